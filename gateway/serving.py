@@ -1,0 +1,92 @@
+"""Run an ASGI app under uvicorn on loopback in a background thread.
+
+Used by the demo (simulated upstream and gateway in one process), by tests (real HTTP servers on
+free ports) and by benchmarks. `ServerThread` binds the socket itself, so port 0 picks a free
+port with no race between choosing and binding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import uvicorn
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def best_loop() -> str:
+    return "uvloop" if _has("uvloop") else "asyncio"
+
+
+def best_http() -> str:
+    return "httptools" if _has("httptools") else "h11"
+
+
+class ServerThread:
+    """`with ServerThread(app) as server: httpx.get(server.url + "/health")`."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 startup_timeout_s: float = 30.0, **uvicorn_options):
+        self.app = app
+        self.host = host
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.port = self.sock.getsockname()[1]
+        options = {"loop": best_loop(), "http": best_http(), "log_level": log_level,
+                   "access_log": False, "timeout_graceful_shutdown": 1}
+        options.update(uvicorn_options)
+        self.config = uvicorn.Config(app, **options)
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self._run, name=f"uvicorn:{self.port}", daemon=True)
+        self.startup_timeout_s = startup_timeout_s
+        self.error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _run(self) -> None:
+        try:
+            if self.config.loop == "uvloop":
+                import uvloop
+
+                uvloop.run(self.server.serve(sockets=[self.sock]))
+            else:
+                asyncio.run(self.server.serve(sockets=[self.sock]))
+        except BaseException as exc:  # surfaced by start()
+            self.error = exc
+
+    def start(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not self.server.started:
+            if self.error is not None or not self.thread.is_alive():
+                raise RuntimeError(f"server on port {self.port} failed to start: {self.error!r}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server on port {self.port} did not start in {self.startup_timeout_s}s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,585 @@
+"""The policy language: a pydantic model of the YAML file.
+
+This module is the single source of truth for what a policy may contain. Every model forbids
+unknown keys, so a typo is an error that names the key instead of a setting silently ignored.
+`sigroute schema` exports the JSON Schema generated from these classes.
+
+Cross-references (a decision naming an undefined signal or model, an entrypoint naming an
+undefined decision) are checked in `Policy._check_references`, which reports the key path of
+the offending value so that the loader can point at its line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
+
+
+class Strict(BaseModel):
+    """Base for every policy object: unknown keys are errors and loaded objects are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------------------------
+# models
+
+
+class Price(Strict):
+    """Declared price in USD per million tokens."""
+
+    input: float = Field(0.0, ge=0, description="USD per 1M prompt tokens")
+    output: float = Field(0.0, ge=0, description="USD per 1M completion tokens")
+
+
+class ModelSpec(Strict):
+    """One backend model that decisions may route to."""
+
+    provider: str = Field(
+        ...,
+        min_length=3,
+        description="litellm model string, e.g. 'hosted_vllm/meta-llama/Llama-3.1-8B-Instruct', "
+        "'openai/gpt-4o', 'anthropic/claude-3-5-sonnet-20240620'",
+    )
+    api_base: str | None = Field(None, description="base URL of the server (…/v1 for OpenAI-compatible ones)")
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="name of the environment variable that holds the API key (never the key itself)",
+    )
+    price: Price = Price()
+    context_window: PositiveInt | None = Field(None, description="maximum prompt + completion tokens")
+    tags: tuple[str, ...] = ()
+    timeout_s: PositiveFloat = Field(60.0, description="limit for a whole non-streamed call")
+    first_token_timeout_s: PositiveFloat = Field(30.0, description="limit until the first streamed chunk")
+    stream_idle_timeout_s: PositiveFloat = Field(30.0, description="limit between two streamed chunks")
+    transport: Literal["auto", "openai", "litellm"] = Field(
+        "auto",
+        description="'openai': direct HTTP to an OpenAI-compatible server; 'litellm': through litellm; "
+        "'auto': direct for openai/, hosted_vllm/ and other OpenAI-compatible providers with an api_base, "
+        "litellm for everything else",
+    )
+    extra_headers: dict[str, str] = Field(default_factory=dict, description="headers sent with every call")
+
+    @field_validator("provider")
+    @classmethod
+    def _provider_has_prefix(cls, value: str) -> str:
+        if "/" not in value:
+            raise ValueError(
+                f"'{value}' has no provider prefix; write it as litellm does, "
+                "e.g. 'openai/gpt-4o' or 'hosted_vllm/meta-llama/Llama-3.1-8B-Instruct'"
+            )
+        return value
+
+    @field_validator("api_key_env", mode="before")
+    @classmethod
+    def _not_a_literal_key(cls, value: Any) -> Any:
+        if isinstance(value, str) and (value.startswith("sk-") or len(value) > 64):
+            raise ValueError(
+                "looks like an API key; put the key in an environment variable and write its name here"
+            )
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# heuristic signals
+
+
+class KeywordSignal(Strict):
+    """Matches words or patterns in the request text."""
+
+    any: tuple[str, ...] | None = Field(None, description="matches if at least one term occurs")
+    all: tuple[str, ...] | None = Field(None, description="matches if every term occurs")
+    none: tuple[str, ...] | None = Field(None, description="matches if no term occurs")
+    regex: bool = Field(False, description="terms are regular expressions")
+    case_sensitive: bool = False
+    word_boundary: bool = Field(True, description="plain terms match whole words only")
+    scope: Literal["last_user", "user", "system", "all"] = Field(
+        "last_user", description="which messages are searched"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_list(self) -> "KeywordSignal":
+        given = [k for k in ("any", "all", "none") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'any', 'all' or 'none'")
+        terms = getattr(self, given[0])
+        if not terms:
+            raise ValueError(f"'{given[0]}' needs at least one term")
+        if self.regex:
+            for term in terms:
+                try:
+                    re.compile(term)
+                except re.error as exc:
+                    raise ValueError(f"invalid regular expression {term!r}: {exc}") from None
+        return self
+
+
+class ContextLengthSignal(Strict):
+    """Matches when the prompt's token count lies in [min_tokens, max_tokens]."""
+
+    min_tokens: int = Field(0, ge=0)
+    max_tokens: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ContextLengthSignal":
+        if self.max_tokens is not None and self.max_tokens < self.min_tokens:
+            raise ValueError("max_tokens must not be smaller than min_tokens")
+        return self
+
+
+class LanguageSignal(Strict):
+    """Matches when the last user message is in one of the given languages (ISO 639-1 codes)."""
+
+    languages: tuple[str, ...] = Field(..., min_length=1)
+    min_confidence: float = Field(0.5, ge=0, le=1)
+
+
+class AuthzSignal(Strict):
+    """Matches on who is calling: any of the roles, users or tenants listed."""
+
+    roles: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    tenants: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _something(self) -> "AuthzSignal":
+        if not (self.roles or self.users or self.tenants):
+            raise ValueError("give at least one of 'roles', 'users' or 'tenants'")
+        return self
+
+
+class ModalitySignal(Strict):
+    """Matches when the request carries content parts of the given kinds."""
+
+    any: tuple[Literal["image", "audio", "file"], ...] = Field(..., min_length=1)
+
+
+class ConversationSignal(Strict):
+    """Matches on the shape of the conversation; every condition given must hold."""
+
+    min_turns: int | None = Field(None, ge=0, description="user turns, at least")
+    max_turns: int | None = Field(None, ge=0, description="user turns, at most")
+    tools: bool | None = Field(None, description="request declares tools (true) or none (false)")
+    system_prompt: bool | None = Field(None, description="a system/developer message is present")
+
+    @model_validator(mode="after")
+    def _something(self) -> "ConversationSignal":
+        if all(getattr(self, k) is None for k in ("min_turns", "max_turns", "tools", "system_prompt")):
+            raise ValueError("give at least one of min_turns, max_turns, tools, system_prompt")
+        if self.min_turns is not None and self.max_turns is not None and self.max_turns < self.min_turns:
+            raise ValueError("max_turns must not be smaller than min_turns")
+        return self
+
+
+class _ValueMatch(Strict):
+    values: tuple[str, ...] | None = Field(None, description="matches if the value equals one of these")
+    pattern: str | None = Field(None, description="matches if this regular expression is found in the value")
+    case_sensitive: bool = False
+
+    @model_validator(mode="after")
+    def _compiles(self):
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {self.pattern!r}: {exc}") from None
+        if self.values is not None and not self.values:
+            raise ValueError("'values' needs at least one value")
+        return self
+
+
+class HeaderSignal(_ValueMatch):
+    """Matches a request header; with neither values nor pattern, matches if the header is present."""
+
+    name: str = Field(..., min_length=1)
+
+
+class MetadataSignal(_ValueMatch):
+    """Matches a key of the request body's `metadata` object (or `user` for key 'user')."""
+
+    key: str = Field(..., min_length=1)
+
+
+class Signals(Strict):
+    """Named signal rules, grouped by type. A decision refers to one as `type:name`."""
+
+    keyword: dict[Name, KeywordSignal] = Field(default_factory=dict)
+    context_length: dict[Name, ContextLengthSignal] = Field(default_factory=dict)
+    language: dict[Name, LanguageSignal] = Field(default_factory=dict)
+    authz: dict[Name, AuthzSignal] = Field(default_factory=dict)
+    modality: dict[Name, ModalitySignal] = Field(default_factory=dict)
+    conversation: dict[Name, ConversationSignal] = Field(default_factory=dict)
+    header: dict[Name, HeaderSignal] = Field(default_factory=dict)
+    metadata: dict[Name, MetadataSignal] = Field(default_factory=dict)
+
+    def declared(self) -> dict[str, Strict]:
+        """All signals as {"type:name": config}."""
+        out: dict[str, Strict] = {}
+        for type_name in type(self).model_fields:
+            for name, config in getattr(self, type_name).items():
+                out[f"{type_name}:{name}"] = config
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# rules
+
+LEAF_PATTERN = re.compile(r"^([a-z_]+):([A-Za-z0-9][A-Za-z0-9_.\-]*)$")
+
+
+class AllRule(Strict):
+    all: tuple["RuleExpr", ...] = Field(..., min_length=1)
+
+
+class AnyRule(Strict):
+    any: tuple["RuleExpr", ...] = Field(..., min_length=1)
+
+
+class NotRule(Strict):
+    not_: "RuleExpr" = Field(..., alias="not")
+
+
+def _check_leaf(value: str) -> str:
+    if not LEAF_PATTERN.match(value):
+        raise ValueError(f"'{value}' is not a signal reference; write it as 'type:name', e.g. 'keyword:urgent'")
+    return value
+
+
+RuleExpr = Union[str, AllRule, AnyRule, NotRule]
+AllRule.model_rebuild()
+AnyRule.model_rebuild()
+NotRule.model_rebuild()
+
+
+def rule_leaves(expr: RuleExpr) -> list[str]:
+    """Every 'type:name' reference in a rule tree, in order."""
+    if isinstance(expr, str):
+        return [expr]
+    if isinstance(expr, AllRule):
+        return [leaf for child in expr.all for leaf in rule_leaves(child)]
+    if isinstance(expr, AnyRule):
+        return [leaf for child in expr.any for leaf in rule_leaves(child)]
+    return rule_leaves(expr.not_)
+
+
+# --------------------------------------------------------------------------------------------
+# selection algorithms
+
+
+class StaticOptions(Strict):
+    """Always the first healthy candidate, in the order the decision lists them."""
+
+
+class WeightedOptions(Strict):
+    """Random choice with the given weights (missing models weigh 1)."""
+
+    weights: dict[str, PositiveFloat] = Field(default_factory=dict)
+
+
+class RoundRobinOptions(Strict):
+    """Each healthy candidate in turn."""
+
+
+class CheapestOptions(Strict):
+    """Lowest expected cost: declared prices × (counted prompt tokens, expected completion tokens)."""
+
+    expected_output_tokens: PositiveInt = Field(
+        256, description="completion length assumed when the request sets no max_tokens"
+    )
+
+
+class FastestOptions(Strict):
+    """Lowest time to first token, from a time-decayed mean of observed values."""
+
+    half_life_s: PositiveFloat = Field(300.0, description="observations lose half their weight after this long")
+    prior_ttft_ms: PositiveFloat = Field(
+        0.0001, description="assumed TTFT of a model never observed (tiny = try unknown models first)"
+    )
+
+
+def _named_options_schema(registry: dict[str, type[Strict]], handler) -> dict[str, Any]:
+    """JSON Schema for `name` or `{name: {options}}` over a registry of option models."""
+    variants: list[dict[str, Any]] = [{"type": "string", "enum": sorted(registry)}]
+    for name, options in sorted(registry.items()):
+        variants.append({
+            "type": "object",
+            "properties": {name: {**options.model_json_schema(), "title": name}},
+            "required": [name],
+            "additionalProperties": False,
+        })
+    return {"anyOf": variants}
+
+
+ALGORITHM_OPTIONS: dict[str, type[Strict]] = {
+    "static": StaticOptions,
+    "weighted": WeightedOptions,
+    "round_robin": RoundRobinOptions,
+    "cheapest": CheapestOptions,
+    "fastest": FastestOptions,
+}
+
+
+class Algorithm(Strict):
+    """A selection algorithm and its options; written in YAML as `name` or `{name: {options}}`."""
+
+    name: str
+    options: Strict
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        return _named_options_schema(ALGORITHM_OPTIONS, handler)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _from_yaml(cls, value: Any, handler):
+        if isinstance(value, Algorithm):
+            return value
+        if isinstance(value, str):
+            name, raw = value, {}
+        elif isinstance(value, dict) and len(value) == 1:
+            name, raw = next(iter(value.items()))
+            raw = {} if raw is None else raw
+        else:
+            raise ValueError("write the algorithm as a name (e.g. 'cheapest') or {name: {options}}")
+        if name not in ALGORITHM_OPTIONS:
+            raise ValueError(f"unknown algorithm '{name}'; known: {', '.join(sorted(ALGORITHM_OPTIONS))}")
+        options = ALGORITHM_OPTIONS[name].model_validate(raw)
+        return cls.model_construct(name=name, options=options)
+
+
+# --------------------------------------------------------------------------------------------
+# decisions, entrypoints, auth, limits
+
+
+class Decision(Strict):
+    """One policy branch: when `rules` hold, route among `models` with `algorithm`."""
+
+    name: Name
+    description: str | None = None
+    priority: int = 0
+    rules: RuleExpr | None = Field(
+        None, description="Boolean tree of all/any/not over 'type:name'; omit it for the default decision"
+    )
+    models: tuple[str, ...] = Field(..., min_length=1, description="candidate models, in fallback order")
+    algorithm: Algorithm = Field(default_factory=lambda: Algorithm.model_validate("static"))
+    plugins: tuple[dict[str, Any], ...] = Field(default=(), description="per-decision plugins (see plugins/)")
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _leaf_syntax(cls, value: Any) -> Any:
+        def walk(node: Any) -> None:
+            if isinstance(node, str):
+                _check_leaf(node)
+            elif isinstance(node, dict):
+                if len(node) != 1 or next(iter(node)) not in ("all", "any", "not"):
+                    keys = ", ".join(map(str, node)) or "nothing"
+                    raise ValueError(
+                        f"a rule node is 'type:name' or one of {{all: [...]}}, {{any: [...]}}, {{not: ...}}; got keys: {keys}"
+                    )
+                (op, child), = node.items()
+                if op == "not":
+                    walk(child)
+                elif isinstance(child, list):
+                    for c in child:
+                        walk(c)
+                else:
+                    raise ValueError(f"'{op}' takes a list of rules")
+            else:
+                raise ValueError(f"a rule is 'type:name' or a mapping with all/any/not, not {type(node).__name__}")
+
+        if value is not None:
+            walk(value)
+        return value
+
+    @property
+    def is_default(self) -> bool:
+        return self.rules is None
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _plugin_shape(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("plugins is a list of {plugin_name: {options}}")
+        for item in value:
+            if not (isinstance(item, dict) and len(item) == 1):
+                raise ValueError("each plugin is written {plugin_name: {options}}")
+        return value
+
+
+class Routing(Strict):
+    strategy: Literal["priority", "confidence"] = Field(
+        "priority",
+        description="priority: the matching decision with the highest priority wins (ties: file order); "
+        "confidence: the one with the highest confidence wins (ties: priority, then file order)",
+    )
+    allow_direct_models: bool = Field(
+        True, description="callers may name a model of this policy to bypass routing"
+    )
+
+
+class Entrypoint(Strict):
+    """A virtual model name (e.g. `auto`) whose requests are routed."""
+
+    description: str | None = None
+    strategy: Literal["priority", "confidence"] | None = Field(None, description="overrides routing.strategy")
+    decisions: tuple[str, ...] | None = Field(None, description="restrict routing to these decisions")
+
+
+class RateLimit(Strict):
+    requests_per_minute: PositiveFloat
+    burst: PositiveInt | None = Field(None, description="bucket size; default: a minute's worth, at least 1")
+
+
+class ApiKey(Strict):
+    """An API key and who holds it. Give the key as its SHA-256 or by environment variable."""
+
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key")
+    key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable holding the key")
+    tenant: Name
+    user: str | None = None
+    roles: tuple[str, ...] = ()
+    rate_limit: RateLimit | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ApiKey":
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError("give exactly one of key_sha256 or key_env")
+        return self
+
+
+class Auth(Strict):
+    keys: tuple[ApiKey, ...] = Field(..., min_length=1)
+    admin_roles: tuple[str, ...] = Field(("admin",), description="roles allowed to use admin endpoints")
+
+
+class Server(Strict):
+    max_request_bytes: PositiveInt = Field(4 * 1024 * 1024, description="larger bodies get 413")
+    rate_limit: RateLimit | None = Field(None, description="applies to callers when auth is off")
+    log_prompts: bool = Field(False, description="prompts and answers are never logged unless this is true")
+
+
+class Breaker(Strict):
+    failure_threshold: PositiveInt = Field(5, description="consecutive failures that open the circuit")
+    cooldown_s: PositiveFloat = Field(30.0, description="how long an open circuit rejects calls")
+
+
+class Upstream(Strict):
+    retries: int = Field(1, ge=0, le=10, description="extra attempts on the same model before falling back")
+    backoff_s: float = Field(0.05, ge=0, description="first retry delay, doubled each time (plus jitter)")
+    backoff_max_s: float = Field(2.0, ge=0)
+    breaker: Breaker = Breaker()
+
+
+class Policy(Strict):
+    version: Literal[1] = 1
+    models: dict[Name, ModelSpec] = Field(..., min_length=1)
+    signals: Signals = Signals()
+    decisions: tuple[Decision, ...] = Field(..., min_length=1)
+    entrypoints: dict[Name, Entrypoint] = Field(default_factory=lambda: {"auto": Entrypoint()})
+    routing: Routing = Routing()
+    auth: Auth | None = None
+    server: Server = Server()
+    upstream: Upstream = Upstream()
+
+    @model_validator(mode="after")
+    def _check_references(self) -> "Policy":
+        errors: list[tuple[tuple[Any, ...], str]] = []
+        declared = self.signals.declared()
+        seen: dict[str, int] = {}
+        defaults = []
+        for i, decision in enumerate(self.decisions):
+            if decision.name in seen:
+                errors.append(((  "decisions", i, "name"), f"decision '{decision.name}' is defined twice"))
+            seen[decision.name] = i
+            if decision.is_default:
+                defaults.append(i)
+            for j, model in enumerate(decision.models):
+                if model not in self.models:
+                    errors.append(
+                        (("decisions", i, "models", j),
+                         f"model '{model}' is not defined under 'models' (defined: {', '.join(self.models)})")
+                    )
+            if len(set(decision.models)) != len(decision.models):
+                errors.append((("decisions", i, "models"), "a model is listed twice"))
+            if decision.rules is not None:
+                for leaf in rule_leaves(decision.rules):
+                    if leaf not in declared:
+                        kind = leaf.split(":", 1)[0]
+                        if kind not in Signals.model_fields:
+                            hint = f"unknown signal type '{kind}' (known: {', '.join(Signals.model_fields)})"
+                        else:
+                            names = ", ".join(getattr(self.signals, kind)) or "none"
+                            hint = f"signal '{leaf}' is not defined under 'signals.{kind}' (defined: {names})"
+                        errors.append((("decisions", i, "rules"), hint))
+            if decision.algorithm.name == "weighted":
+                for model in decision.algorithm.options.weights:
+                    if model not in decision.models:
+                        errors.append(
+                            (("decisions", i, "algorithm"),
+                             f"weight given for '{model}', which is not among this decision's models")
+                        )
+        if not defaults:
+            errors.append((("decisions",), "no default decision: add one without 'rules' (it answers when nothing else matches)"))
+        elif len(defaults) > 1:
+            names = ", ".join(self.decisions[i].name for i in defaults)
+            errors.append((("decisions", defaults[1], "rules"), f"only one decision may omit 'rules' (the default); found: {names}"))
+        for name, entry in self.entrypoints.items():
+            if name in self.models:
+                errors.append((("entrypoints", name), f"entrypoint '{name}' has the same name as a model"))
+            for k, dname in enumerate(entry.decisions or ()):
+                if dname not in seen:
+                    errors.append((("entrypoints", name, "decisions", k), f"decision '{dname}' is not defined"))
+        if errors:
+            raise PolicyReferenceError(errors)
+        return self
+
+    # convenience -------------------------------------------------------------------------
+    def decision(self, name: str) -> Decision:
+        for d in self.decisions:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    @property
+    def default_decision(self) -> Decision:
+        return next(d for d in self.decisions if d.is_default)
+
+    def used_signals(self) -> set[str]:
+        """The 'type:name' references that some decision's rules read."""
+        used: set[str] = set()
+        for d in self.decisions:
+            if d.rules is not None:
+                used.update(rule_leaves(d.rules))
+        return used
+
+
+class PolicyReferenceError(ValueError):
+    """Cross-reference errors, each with the key path it belongs to."""
+
+    def __init__(self, errors: list[tuple[tuple[Any, ...], str]]):
+        self.errors = errors
+        super().__init__("; ".join(msg for _, msg in errors))
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the policy file."""
+    schema = Policy.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "sigroute policy"
+    return schema

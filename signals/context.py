@@ -1,0 +1,180 @@
+"""`RequestContext`: the normalized view of one chat-completion request that signals read.
+
+OpenAI messages come in several shapes: `content` as a string, as a list of typed parts
+(`text`, `image_url`, `input_audio`, `file`), or absent (assistant tool calls). The context flattens
+each message to its text once, remembers which kinds of parts it carried, and computes the derived
+facts that signals need (last user turn, token count, turn count, …) lazily, at most once.
+
+Signals never mutate the context; the pipeline owns it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Mapping
+
+PART_KINDS = {
+    "text": "text",
+    "input_text": "text",
+    "image_url": "image",
+    "input_image": "image",
+    "image": "image",
+    "input_audio": "audio",
+    "audio": "audio",
+    "audio_url": "audio",
+    "file": "file",
+    "input_file": "file",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: resolved from the API key by the gateway."""
+
+    tenant: str = "default"
+    user: str | None = None
+    roles: tuple[str, ...] = ()
+    key_id: str = "anonymous"
+
+
+ANONYMOUS = Principal()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    text: str
+    kinds: frozenset[str]  # kinds of content parts: text, image, audio, file
+    has_tool_calls: bool = False
+
+
+def _flatten_content(content: Any) -> tuple[str, frozenset[str]]:
+    if content is None:
+        return "", frozenset()
+    if isinstance(content, str):
+        return content, frozenset({"text"}) if content else frozenset()
+    if isinstance(content, list):
+        texts: list[str] = []
+        kinds: set[str] = set()
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+                kinds.add("text")
+                continue
+            if not isinstance(part, Mapping):
+                continue
+            ptype = part.get("type", "text")
+            kind = PART_KINDS.get(ptype, "other")
+            kinds.add(kind)
+            if kind == "text":
+                text = part.get("text")
+                if isinstance(text, str):
+                    texts.append(text)
+        return "\n".join(texts), frozenset(kinds)
+    return str(content), frozenset({"text"})
+
+
+def normalize_messages(raw: Any) -> tuple[Message, ...]:
+    """Turn the request's `messages` into `Message`s; the caller has validated the list's shape."""
+    out = []
+    for m in raw or ():
+        text, kinds = _flatten_content(m.get("content"))
+        out.append(Message(role=str(m.get("role", "user")), text=text, kinds=kinds,
+                           has_tool_calls=bool(m.get("tool_calls"))))
+    return tuple(out)
+
+
+@dataclass(eq=False)
+class RequestContext:
+    """Everything sigroute knows about one request while it is routed."""
+
+    request_id: str
+    body: Mapping[str, Any]
+    messages: tuple[Message, ...]
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-cased names
+    principal: Principal = ANONYMOUS
+
+    @classmethod
+    def from_body(cls, request_id: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None,
+                  principal: Principal = ANONYMOUS) -> "RequestContext":
+        return cls(request_id=request_id, body=body, messages=normalize_messages(body.get("messages")),
+                   headers=headers or {}, principal=principal)
+
+    # request parameters ---------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return str(self.body.get("model", ""))
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream", False))
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        value = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
+        return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+    @cached_property
+    def metadata(self) -> Mapping[str, Any]:
+        meta = self.body.get("metadata")
+        out = dict(meta) if isinstance(meta, Mapping) else {}
+        if "user" not in out and isinstance(self.body.get("user"), str):
+            out["user"] = self.body["user"]
+        return out
+
+    # derived text ---------------------------------------------------------------------------
+    @cached_property
+    def last_user_text(self) -> str:
+        for m in reversed(self.messages):
+            if m.role == "user":
+                return m.text
+        return ""
+
+    @cached_property
+    def user_texts(self) -> tuple[str, ...]:
+        return tuple(m.text for m in self.messages if m.role == "user")
+
+    @cached_property
+    def system_text(self) -> str:
+        return "\n".join(m.text for m in self.messages if m.role in ("system", "developer"))
+
+    @cached_property
+    def all_text(self) -> str:
+        return "\n".join(m.text for m in self.messages)
+
+    def text_for_scope(self, scope: str) -> str:
+        if scope == "last_user":
+            return self.last_user_text
+        if scope == "user":
+            return "\n".join(self.user_texts)
+        if scope == "system":
+            return self.system_text
+        return self.all_text
+
+    # derived facts --------------------------------------------------------------------------
+    @cached_property
+    def user_turns(self) -> int:
+        return sum(1 for m in self.messages if m.role == "user")
+
+    @cached_property
+    def has_tools(self) -> bool:
+        return bool(self.body.get("tools") or self.body.get("functions"))
+
+    @cached_property
+    def has_system_prompt(self) -> bool:
+        return any(m.role in ("system", "developer") for m in self.messages)
+
+    @cached_property
+    def modalities(self) -> frozenset[str]:
+        kinds: set[str] = set()
+        for m in self.messages:
+            kinds |= m.kinds
+        return frozenset(kinds)
+
+    @cached_property
+    def prompt_tokens(self) -> int:
+        """Prompt size in tokens, counted with a real BPE tokenizer (see signals.tokens)."""
+        from signals.tokens import count_message_tokens
+
+        return count_message_tokens(self.messages)
