@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    SerializeAsAny,
     field_validator,
     model_validator,
 )
@@ -337,7 +338,7 @@ class Algorithm(Strict):
     """A selection algorithm and its options; written in YAML as `name` or `{name: {options}}`."""
 
     name: str
-    options: Strict
+    options: SerializeAsAny[Strict]  # dump the concrete options model's fields, not those of Strict (none)
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema, handler):

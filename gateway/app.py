@@ -1,0 +1,274 @@
+"""The HTTP surface: an OpenAI-compatible API in front of the routing pipeline.
+
+Endpoints:
+  POST /v1/chat/completions   OpenAI chat completions, streamed or not; `model` is an entrypoint
+                              (e.g. "auto") or, if the policy allows, a concrete model
+  POST /v1/route/explain      same body; shows every signal, every decision's verdict and the
+                              choice, without calling a model
+  GET  /v1/models             entrypoints and models
+  GET  /health                the process is alive
+  GET  /ready                 a policy is loaded and at least one model is in service
+  GET  /metrics               Prometheus
+  POST /v1/admin/reload       reload the policy file (admin role when auth is on)
+
+Every error is OpenAI-shaped: {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import APIError, Forbidden, PayloadTooLarge
+from gateway.metrics import Metrics
+from gateway.openai_wire import model_list
+from gateway.pipeline import Answer, Pipeline
+from policies.schema import Policy
+
+log = logging.getLogger("sigroute.app")
+
+
+class JSONBytes(Response):
+    media_type = "application/json"
+
+
+def error_response(error: APIError) -> Response:
+    return JSONBytes(error.json(), status_code=error.status, headers=error.headers)
+
+
+class SSEResponse(Response):
+    """Streams server-sent events and stops (cancelling the producer) when the client goes away."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events, headers: dict[str, str]):
+        # no super().__init__: Response would add "content-length: 0" for an empty body
+        self.status_code = 200
+        self.background = None
+        self.body = b""
+        all_headers = {**headers, "content-type": "text/event-stream; charset=utf-8",
+                       "cache-control": "no-cache", "x-accel-buffering": "no"}
+        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in all_headers.items()]
+        self.events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def produce() -> None:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+
+        producer = asyncio.ensure_future(produce())
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (producer, watcher):
+                if not task.done():
+                    task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await producer
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            with contextlib.suppress(Exception):
+                await self.events.aclose()
+        if producer.done() and not producer.cancelled() and producer.exception() is not None:
+            exc = producer.exception()
+            if not isinstance(exc, OSError):
+                raise exc
+
+
+class Runtime:
+    """The live pipeline; a reload builds a new one and swaps it in atomically."""
+
+    def __init__(self, policy: Policy, policy_path: str | None, metrics: Metrics, **pipeline_options):
+        self.policy_path = policy_path
+        self.metrics = metrics
+        self.pipeline_options = pipeline_options
+        self.pipeline = Pipeline(policy, metrics, **pipeline_options)
+        self.loaded_at = time.time()
+        self._retired: list[Pipeline] = []
+
+    def reload(self) -> Policy:
+        """Load the policy file again; on any error the running policy stays and the error is raised."""
+        from policies.loader import load_policy
+
+        if not self.policy_path:
+            raise APIError("this gateway runs an embedded policy; there is no file to reload", status=409,
+                           type="invalid_request_error", code="no_policy_file")
+        try:
+            policy = load_policy(self.policy_path)
+            new = Pipeline(policy, self.metrics, **self.pipeline_options)
+        except Exception:
+            self.metrics.policy_reloads.labels("failed").inc()
+            raise
+        old, self.pipeline = self.pipeline, new
+        self._retired.append(old)  # in-flight requests may still use its connections
+        self.loaded_at = time.time()
+        self.metrics.policy_reloads.labels("ok").inc()
+        return policy
+
+    async def aclose(self) -> None:
+        for pipeline in [self.pipeline, *self._retired]:
+            with contextlib.suppress(Exception):
+                await pipeline.aclose()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}",
+                              code="request_too_large")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metrics | None = None,
+               **pipeline_options: Any) -> FastAPI:
+    metrics = metrics or Metrics()
+    runtime = Runtime(policy, policy_path, metrics, **pipeline_options)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await runtime.aclose()
+
+    app = FastAPI(title="sigroute", version="0.1.0", lifespan=lifespan,
+                  description="Semantic model-router gateway with an OpenAI-compatible API")
+    app.state.runtime = runtime
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        runtime.metrics.errors.labels(str(exc.status), exc.code or exc.type).inc()
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        kinds = {404: ("not_found_error", f"no route {request.method} {request.url.path}; "
+                                          "the API lives under /v1 (e.g. POST /v1/chat/completions)"),
+                 405: ("invalid_request_error", f"method {request.method} is not allowed on {request.url.path}")}
+        type_, message = kinds.get(exc.status_code, ("api_error", str(exc.detail)))
+        return error_response(APIError(message, status=exc.status_code, type=type_))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return error_response(APIError(str(exc), status=400, type="invalid_request_error"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        runtime.metrics.errors.labels("500", "internal_error").inc()
+        return error_response(APIError(f"internal error ({type(exc).__name__}); see the gateway log",
+                                       status=500, code="internal_error"))
+
+    @app.post("/v1/chat/completions", summary="Create a chat completion (OpenAI-compatible)")
+    async def chat_completions(request: Request) -> Response:
+        started = time.perf_counter()
+        pipeline = runtime.pipeline
+        raw = await read_body(request, pipeline.max_request_bytes)
+        handling = asyncio.ensure_future(pipeline.handle(raw, request.headers, started))
+        watcher = asyncio.ensure_future(_until_disconnect(request.receive))
+        try:
+            await asyncio.wait({handling, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not handling.done():  # the caller went away: stop working for it
+                handling.cancel()
+                pipeline.metrics.client_disconnects.inc()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await handling
+            watcher.cancel()
+        if handling.cancelled():
+            return Response(status_code=499)
+        answer: Answer = handling.result()
+        if answer.stream is not None:
+            return SSEResponse(answer.stream, answer.headers)
+        return JSONBytes(answer.body, status_code=answer.status, headers=answer.headers)
+
+    @app.post("/v1/route/explain", summary="Show how a request would be routed, without calling a model")
+    async def explain(request: Request) -> Response:
+        pipeline = runtime.pipeline
+        raw = await read_body(request, pipeline.max_request_bytes)
+        return JSONBytes(orjson.dumps(await pipeline.explain(raw, request.headers)))
+
+    @app.get("/v1/models", summary="List entrypoints and models")
+    async def models(request: Request) -> Response:
+        pipeline = runtime.pipeline
+        await pipeline.admit(request.headers)
+        policy = pipeline.policy
+        direct = list(policy.models) if policy.routing.allow_direct_models else []
+        return JSONBytes(orjson.dumps(model_list(dict(policy.entrypoints), direct)))
+
+    @app.get("/health", summary="Liveness")
+    async def health() -> Response:
+        return JSONBytes(b'{"status":"ok"}')
+
+    @app.get("/ready", summary="Readiness: a policy is loaded and some model is in service")
+    async def ready() -> Response:
+        pipeline = runtime.pipeline
+        states = pipeline.upstreams.breaker_states()
+        in_service = [m for m, s in states.items() if s != "open"]
+        body = {"status": "ready" if in_service else "unavailable", "models": states,
+                "policy_loaded_at": runtime.loaded_at}
+        return JSONBytes(orjson.dumps(body), status_code=200 if in_service else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics_endpoint() -> Response:
+        pipeline = runtime.pipeline
+        return Response(pipeline.metrics.render(pipeline.upstreams.breaker_states()),
+                        media_type=pipeline.metrics.content_type)
+
+    @app.post("/v1/admin/reload", summary="Reload the policy file")
+    async def reload(request: Request) -> Response:
+        pipeline = runtime.pipeline
+        principal = await pipeline.admit(request.headers)
+        if not pipeline.auth.is_admin(principal):
+            raise Forbidden("reloading the policy needs an admin role", code="admin_only")
+        try:
+            policy = runtime.reload()
+        except APIError:
+            raise
+        except Exception as exc:
+            raise APIError(f"reload failed, the previous policy keeps running: {exc}", status=422,
+                           type="invalid_request_error", code="invalid_policy") from None
+        return JSONBytes(orjson.dumps({"status": "reloaded", "decisions": [d.name for d in policy.decisions],
+                                       "models": list(policy.models)}))
+
+    return app
+
+
+def app_from_file(path: str | Path | None = None, **options: Any) -> FastAPI:
+    from policies.loader import load_default_policy, load_policy
+
+    if path is None:
+        return create_app(load_default_policy(), **options)
+    return create_app(load_policy(path), policy_path=str(path), **options)

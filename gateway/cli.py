@@ -1,0 +1,214 @@
+"""`sigroute` command line: serve, validate, schema, explain, sim, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+
+def _load(path: str | None):
+    from policies.loader import load_default_policy, load_policy
+
+    return load_default_policy() if path is None else load_policy(path)
+
+
+def cmd_validate(args) -> int:
+    from policies.loader import PolicyError, load_policy, policy_warnings
+
+    status = 0
+    for path in args.files:
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            print(str(exc), file=sys.stderr)
+            status = 1
+            continue
+        except OSError as exc:
+            print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            status = 1
+            continue
+        for warning in policy_warnings(policy):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
+        print(f"{path}: ok ({len(policy.models)} models, {len(policy.decisions)} decisions, "
+              f"{len(policy.signals.declared())} signals)")
+    return status
+
+
+def cmd_schema(args) -> int:
+    from policies.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from gateway.metrics import Metrics
+    from gateway.pipeline import Pipeline
+    from policies.loader import PolicyError
+
+    try:
+        policy = _load(args.policy)
+    except PolicyError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    messages = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": args.prompt})
+    body = {"model": args.model, "messages": messages}
+    if args.max_tokens:
+        body["max_tokens"] = args.max_tokens
+    headers = {k.lower(): v for k, v in (h.split(":", 1) for h in args.header)}
+    headers = {k.strip(): v.strip() for k, v in headers.items()}
+    if args.api_key:
+        headers["authorization"] = f"Bearer {args.api_key}"
+
+    async def run():
+        pipeline = Pipeline(policy, Metrics())
+        try:
+            return await pipeline.explain(json.dumps(body).encode(), headers)
+        finally:
+            await pipeline.aclose()
+
+    from gateway.errors import APIError
+
+    try:
+        report = asyncio.run(run())
+    except APIError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print_explain(report)
+    return 0
+
+
+def print_explain(report: dict) -> None:
+    if report.get("direct"):
+        print(f"model '{report['model']}' is called directly (no routing)")
+        return
+    print(f"entrypoint: {report['entrypoint']}   strategy: {report['strategy']}   "
+          f"prompt tokens: {report['prompt_tokens']}")
+    print("\nsignals:")
+    for key, r in report["signals"].items():
+        mark = "✔" if r["matched"] else "·"
+        used = "" if r["used_by_rules"] else "  (not used by any rule)"
+        value = "" if r["value"] is None else f"  value={r['value']}"
+        print(f"  {mark} {key:<32} confidence={r['confidence']:.3f}{value}{used}")
+    print("\ndecisions:")
+    for v in report["decisions"]:
+        mark = "✔" if v["matched"] else "·"
+        tag = " (default)" if v["default"] else ""
+        print(f"  {mark} {v['decision']:<28} priority={v['priority']:<5} confidence={v['confidence']:.3f}{tag}")
+    w = report["winner"]
+    print(f"\nwinner: {w['decision']} (confidence {w['confidence']:.3f}) → algorithm {w['algorithm']} "
+          f"over {', '.join(w['models'])}")
+    if w["selection"]:
+        s = w["selection"]
+        print(f"choice: {s['model']} (propensity {s['propensity']:.3f}); fallback order: {' → '.join(s['ranking'])}")
+    if w["selection_error"]:
+        print(f"selection error: {w['selection_error']}")
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.serving import best_http, best_loop
+    from policies.loader import PolicyError
+
+    try:
+        policy = _load(args.policy)
+    except PolicyError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    app = create_app(policy, policy_path=args.policy)
+    if args.policy:
+        def on_hup(*_):
+            try:
+                app.state.runtime.reload()
+                logging.getLogger("sigroute").warning("policy reloaded from %s", args.policy)
+            except Exception as exc:  # keep the running policy
+                logging.getLogger("sigroute").error("policy reload failed, keeping the old one: %s", exc)
+
+        signal.signal(signal.SIGHUP, on_hup)
+    uvicorn.run(app, host=args.host, port=args.port, loop=best_loop(), http=best_http(),
+                log_level=args.log_level, access_log=args.access_log, workers=None)
+    return 0
+
+
+def cmd_sim(args) -> int:
+    from gateway.sim import run_sim
+
+    run_sim(args.config, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(requests=args.requests, concurrency=args.concurrency, policy_path=args.policy,
+                    sim_config=args.sim_config, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sigroute", description="Semantic model-router gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--policy", help="policy YAML (default: the embedded default policy)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--access-log", action="store_true", help="log every request line (off by default)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("validate", help="check policy files; exits non-zero on errors")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the policy JSON Schema")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("explain", help="show how a prompt would be routed, without calling a model")
+    p.add_argument("policy", nargs="?", default=None, help="policy YAML (default: embedded default)")
+    p.add_argument("prompt")
+    p.add_argument("--model", default="auto", help="entrypoint or model name (default: auto)")
+    p.add_argument("--system", help="a system prompt to include")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE")
+    p.add_argument("--api-key", help="API key, when the policy has an auth section")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("sim", help="run the simulated OpenAI-compatible upstream")
+    p.add_argument("--config", help="sim YAML (default: the demo's models)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8099)
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("demo", help="run the simulated upstream and the gateway, send requests, print a report")
+    p.add_argument("--requests", type=int, default=300)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--policy", help="policy YAML (default: the embedded default)")
+    p.add_argument("--sim-config", help="sim YAML (default: the demo's models)")
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("SIGROUTE_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Prometheus metrics of one gateway process (`GET /metrics`).
+
+Labels carry policy names (decisions, models, entrypoints), tenants and error kinds — never
+prompt text, answers or anything a PII plugin redacted.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("sigroute_requests_total", "Chat completion requests answered",
+                                ["entrypoint", "decision", "model", "status"], registry=r)
+        self.latency = Histogram("sigroute_request_seconds", "Time to the full answer (streams: to the last byte)",
+                                 ["decision"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("sigroute_time_to_first_token_seconds", "Time to the first streamed byte",
+                              ["decision"], buckets=LATENCY_BUCKETS, registry=r)
+        self.overhead = Histogram("sigroute_overhead_seconds", "Time spent in sigroute itself, upstream excluded",
+                                  buckets=OVERHEAD_BUCKETS, registry=r)
+        self.decisions = Counter("sigroute_decisions_total", "Requests per winning decision",
+                                 ["entrypoint", "decision"], registry=r)
+        self.selected = Counter("sigroute_selected_model_total", "Models picked by selection",
+                                ["decision", "model"], registry=r)
+        self.upstream_errors = Counter("sigroute_upstream_errors_total", "Failed upstream attempts",
+                                       ["model", "kind"], registry=r)
+        self.fallbacks = Counter("sigroute_fallbacks_total", "Moves to the next candidate after a failure",
+                                 ["from_model", "to_model"], registry=r)
+        self.breakers_opened = Counter("sigroute_breaker_opened_total", "Circuits opened", ["model"], registry=r)
+        self.breaker_open = Gauge("sigroute_breaker_open", "1 while a model's circuit is open", ["model"], registry=r)
+        self.rate_limited = Counter("sigroute_rate_limited_total", "Requests refused by rate limits",
+                                    ["tenant"], registry=r)
+        self.errors = Counter("sigroute_errors_total", "Requests answered with an error", ["status", "code"],
+                              registry=r)
+        self.stream_breaks = Counter("sigroute_stream_breaks_total", "Streams that broke after bytes were sent",
+                                     ["model"], registry=r)
+        self.client_disconnects = Counter("sigroute_client_disconnects_total",
+                                          "Requests whose caller went away before the answer", registry=r)
+        self.policy_reloads = Counter("sigroute_policy_reloads_total", "Policy reloads", ["result"], registry=r)
+
+    # upstream observer protocol (gateway.upstream.Observer)
+    def upstream_error(self, model: str, kind: str) -> None:
+        self.upstream_errors.labels(model, kind).inc()
+
+    def fallback(self, from_model: str, to_model: str) -> None:
+        self.fallbacks.labels(from_model, to_model).inc()
+
+    def breaker_opened(self, model: str) -> None:
+        self.breakers_opened.labels(model).inc()
+
+    def render(self, breaker_states: dict[str, str] | None = None) -> bytes:
+        for model, state in (breaker_states or {}).items():
+            self.breaker_open.labels(model).set(1 if state == "open" else 0)
+        return generate_latest(self.registry)

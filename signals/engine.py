@@ -1,0 +1,131 @@
+"""`SignalEngine`: builds a policy's signals once and evaluates them per request.
+
+Demand-driven: on the request path only the signals some decision's rules read (`engine.used`)
+are computed. If any of them needs the embedding, the engine awaits `ctx.embedding()` once first,
+so the signals themselves stay synchronous and cheap. A signal that raises does not fail the
+request: its result is unmatched with an `{"error": ...}` value, and the failure is logged without
+any request text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable, Mapping
+
+from signals.base import Signal, SignalResult
+from signals.context import RequestContext
+from signals.registry import SIGNAL_TYPES
+
+logger = logging.getLogger(__name__)
+
+Plan = tuple[tuple[str, Signal], ...]
+
+
+class SignalEngine:
+    """All signals of one policy, built once (a new policy builds a new engine)."""
+
+    def __init__(self, policy, types: Mapping[str, type[Signal]] = SIGNAL_TYPES):
+        signals: dict[str, Signal] = {}
+        for key, config in policy.signals.declared().items():
+            type_name, name = key.split(":", 1)
+            cls = types.get(type_name)
+            if cls is None:
+                known = ", ".join(sorted(types))
+                raise ValueError(
+                    f"signal '{key}': sigroute has no implementation of signal type '{type_name}' "
+                    f"(implemented: {known})"
+                )
+            signals[key] = cls(name, config)
+        self.signals: Mapping[str, Signal] = signals
+        # Policy validation guarantees every referenced signal is declared.
+        self.used: frozenset[str] = frozenset(k for k in policy.used_signals() if k in signals)
+        self._used_plan: Plan = self._plan(sorted(self.used))
+        self._used_needs_embedding = any(s.needs_embedding for _, s in self._used_plan)
+        self._all_plan: Plan = self._plan(signals)
+
+    @property
+    def needs_embedding(self) -> bool:
+        """Whether the request path (the used signals) needs the request's embedding."""
+        return self._used_needs_embedding
+
+    def _plan(self, keys: Iterable[str]) -> Plan:
+        plan = []
+        for key in keys:
+            signal = self.signals.get(key)
+            if signal is None:
+                raise KeyError(f"signal '{key}' is not declared in this policy")
+            plan.append((key, signal))
+        return tuple(plan)
+
+    async def evaluate(self, ctx: RequestContext, keys: Iterable[str] | None = None) -> dict[str, SignalResult]:
+        """Results of the given signals (default: those the decisions read), keyed 'type:name'."""
+        if keys is None:
+            plan, needs_embedding = self._used_plan, self._used_needs_embedding
+        else:
+            plan = self._plan(keys)
+            needs_embedding = any(s.needs_embedding for _, s in plan)
+        embedding_error = await _ensure_embedding(ctx) if needs_embedding else None
+        results: dict[str, SignalResult] = {}
+        for key, signal in plan:
+            if embedding_error is not None and signal.needs_embedding:
+                results[key] = embedding_error
+                continue
+            try:
+                results[key] = signal.evaluate(ctx)
+            except Exception as exc:  # one broken signal must not fail the request
+                results[key] = _failed(key, ctx, exc)
+        return results
+
+    async def evaluate_all(self, ctx: RequestContext) -> tuple[dict[str, SignalResult], dict[str, float]]:
+        """Every declared signal, used or not, with the time each took in milliseconds (for explain).
+
+        When some signal needs the embedding, its computation is timed under the key "embedding".
+        """
+        timings: dict[str, float] = {}
+        embedding_error = None
+        if any(s.needs_embedding for _, s in self._all_plan):
+            start = time.perf_counter()
+            embedding_error = await _ensure_embedding(ctx)
+            timings["embedding"] = (time.perf_counter() - start) * 1000.0
+        results: dict[str, SignalResult] = {}
+        for key, signal in self._all_plan:
+            if embedding_error is not None and signal.needs_embedding:
+                results[key], timings[key] = embedding_error, 0.0
+                continue
+            start = time.perf_counter()
+            try:
+                results[key] = signal.evaluate(ctx)
+            except Exception as exc:
+                results[key] = _failed(key, ctx, exc)
+            timings[key] = (time.perf_counter() - start) * 1000.0
+        return results, timings
+
+    def __repr__(self) -> str:
+        return f"<SignalEngine {len(self.signals)} declared, {len(self.used)} used>"
+
+
+async def _ensure_embedding(ctx: RequestContext) -> SignalResult | None:
+    """Compute the request's embedding once; on failure, the result every embedding signal gets.
+
+    Learned signals read the embedding, which the context computes once (batched, off the event
+    loop). `RequestContext.embedding` arrives with the neural signals; until then no registered
+    signal needs it, and a context without it leaves each such signal to fail on its own.
+    """
+    embedding = getattr(ctx, "embedding", None)
+    if embedding is None:
+        return None
+    try:
+        await embedding()
+    except Exception as exc:
+        return _failed("embedding", ctx, exc)
+    return None
+
+
+def _failed(key: str, ctx: RequestContext, exc: Exception) -> SignalResult:
+    # Only the type of the error: its message may quote the request.
+    logger.warning(
+        "signal %s failed with %s (request %s); treated as unmatched",
+        key, type(exc).__name__, getattr(ctx, "request_id", "?"),
+    )
+    return SignalResult(False, 0.0, {"error": type(exc).__name__})

@@ -1,0 +1,30 @@
+"""Which class implements each signal type: a plain dict from the YAML key to the class.
+
+The keys are the fields of `policies.schema.Signals`. Learned (embedding) signals are added here
+as they are implemented; `SignalEngine` refuses a policy that declares a type missing from it.
+"""
+
+from __future__ import annotations
+
+from signals.base import Signal
+from signals.heuristics import (
+    Authz,
+    ContextLength,
+    Conversation,
+    Header,
+    Keyword,
+    Language,
+    Metadata,
+    Modality,
+)
+
+SIGNAL_TYPES: dict[str, type[Signal]] = {
+    "keyword": Keyword,
+    "context_length": ContextLength,
+    "language": Language,
+    "authz": Authz,
+    "modality": Modality,
+    "conversation": Conversation,
+    "header": Header,
+    "metadata": Metadata,
+}

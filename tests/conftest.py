@@ -1,0 +1,132 @@
+"""Shared fixtures: a real simulated upstream and real gateways, served by uvicorn on loopback."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+from typing import Any, Callable, Iterator
+
+import httpx
+import openai
+import pytest
+
+from gateway.serving import ServerThread
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+SIM_MODELS = {
+    "alpha": {"ttft_ms": 1, "tokens_per_s": 0, "completion_tokens": 8, "price": {"input": 0.1, "output": 0.2},
+              "accuracy": {"default": 1.0}},
+    "beta": {"ttft_ms": 1, "tokens_per_s": 0, "completion_tokens": 8, "price": {"input": 1.0, "output": 2.0},
+             "accuracy": {"default": 1.0}},
+    "gamma": {"ttft_ms": 1, "tokens_per_s": 0, "completion_tokens": 8, "price": {"input": 5.0, "output": 10.0},
+              "accuracy": {"default": 1.0}},
+    # a slow streamer: 40 chunks spread over ~2 s, for disconnect tests
+    "slow": {"ttft_ms": 5, "tokens_per_s": 20, "completion_tokens": 40, "accuracy": {"default": 1.0}},
+}
+
+
+@pytest.fixture(scope="session")
+def sim_server() -> Iterator[ServerThread]:
+    from gateway.sim import create_sim_app
+
+    with ServerThread(create_sim_app({"seed": 1, "models": SIM_MODELS})) as server:
+        yield server
+
+
+class Sim:
+    """Test-side handle on the simulated upstream."""
+
+    def __init__(self, server: ServerThread):
+        self.url = server.url
+        self.api_base = server.url + "/v1"
+        self.http = httpx.Client(base_url=server.url, timeout=10)
+
+    def reset(self) -> None:
+        self.http.post("/sim/reset").raise_for_status()
+        for name in SIM_MODELS:
+            self.faults(name)
+
+    def faults(self, model: str, **faults: float) -> None:
+        self.http.put(f"/sim/models/{model}/faults", json=faults).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return self.http.get("/sim/stats").json()
+
+    def calls(self, model: str) -> int:
+        return self.stats()[model]["calls"]
+
+    def last_body(self, model: str) -> dict[str, Any]:
+        return self.http.get(f"/sim/last/{model}").json()
+
+
+@pytest.fixture
+def sim(sim_server) -> Iterator[Sim]:
+    handle = Sim(sim_server)
+    handle.reset()
+    yield handle
+    handle.reset()
+    handle.http.close()
+
+
+def base_policy(sim: Sim, **overrides: Any) -> dict[str, Any]:
+    """A small valid policy routing to the sim's models; `overrides` replace top-level keys."""
+    policy: dict[str, Any] = {
+        "version": 1,
+        "models": {name: {"provider": f"openai/{name}", "api_base": sim.api_base,
+                          "price": SIM_MODELS[name].get("price", {"input": 0, "output": 0})}
+                   for name in SIM_MODELS},
+        "decisions": [{"name": "default", "models": ["alpha"]}],
+        "upstream": {"retries": 0, "backoff_s": 0.0, "breaker": {"failure_threshold": 100, "cooldown_s": 1}},
+    }
+    policy.update(copy.deepcopy(overrides))
+    return policy
+
+
+class Gateway:
+    def __init__(self, server: ServerThread, app):
+        self.server = server
+        self.app = app
+        self.url = server.url
+        self.http = httpx.Client(base_url=server.url, timeout=30)
+
+    def client(self, api_key: str = "unused", **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, **kwargs)
+
+    def chat(self, content: str | list | None = None, *, model: str = "auto", headers: dict | None = None,
+             api_key: str | None = None, **body: Any) -> httpx.Response:
+        payload = {"model": model, "messages": body.pop("messages", None) or [{"role": "user", "content": content}]}
+        payload.update(body)
+        h = dict(headers or {})
+        if api_key:
+            h["authorization"] = f"Bearer {api_key}"
+        return self.http.post("/v1/chat/completions", json=payload, headers=h)
+
+
+@pytest.fixture
+def gateway_factory() -> Iterator[Callable[..., Gateway]]:
+    from gateway.app import create_app
+    from policies.schema import Policy
+
+    started: list[Gateway] = []
+
+    def make(policy: dict | Policy, **options: Any) -> Gateway:
+        if isinstance(policy, dict):
+            policy = Policy.model_validate(policy)
+        app = create_app(policy, **options)
+        server = ServerThread(app).start()
+        gw = Gateway(server, app)
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.http.close()
+        gw.server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
