@@ -30,9 +30,18 @@ LONG_CONTEXT = (
     "the previous quarter's commitments, continues with capacity estimates per team, and ends with a "
     "ranked list of projects that fit the available capacity. Every project lists an owner, a goal, a "
     "measure of success and the risks that could delay it. "
-) * 60
+) * 100
 
-STYLES = ("plain", "plain", "plain", "code", "foreign", "long", "urgent")
+# Questions in other languages (written for this demo; not graded, they exercise the language route).
+FOREIGN = (
+    "Pourquoi le ciel est-il bleu pendant la journée et rouge au coucher du soleil ?",
+    "¿Cuáles son las diferencias principales entre una célula animal y una célula vegetal?",
+    "Wie funktioniert eigentlich ein Kühlschrank, und warum wird die Rückseite warm?",
+    "Quali sono stati i motivi principali della caduta dell'Impero romano d'Occidente?",
+    "Por que a água do mar é salgada, enquanto a água dos rios é doce?",
+)
+
+STYLES = ("plain", "plain", "plain", "code", "foreign", "long", "urgent", "conversation")
 
 
 @dataclass
@@ -51,7 +60,14 @@ def _dress(question_text: str, style: str) -> tuple[list[dict], dict[str, str]]:
     if style == "code":
         text = "Think about it like a programmer debugging a Python function.\n\n" + question_text
     elif style == "foreign":
-        text = "Réponds à la question suivante, s'il te plaît, en expliquant ton raisonnement.\n\n" + question_text
+        text = FOREIGN[hash(question_text) % len(FOREIGN)]
+    elif style == "conversation":
+        history = [{"role": "user", "content": "I am preparing for an exam and want to check my answers."},
+                   {"role": "assistant", "content": "Happy to help. Send the first question."},
+                   {"role": "user", "content": "Before that: can you explain why practice questions help?"},
+                   {"role": "assistant", "content": "Retrieval practice strengthens memory more than rereading."},
+                   {"role": "user", "content": "Explain why, step by step, for this one:\n\n" + question_text}]
+        return history, headers
     elif style == "long":
         text = LONG_CONTEXT + "\n\nWith that context in mind:\n" + question_text
     elif style == "urgent":
@@ -106,8 +122,9 @@ async def _drive(base_url: str, questions, n: int, concurrency: int, seed: int, 
                         price = prices.get(model)
                         cost = ((usage.get("prompt_tokens", 0) * price.input + usage.get("completion_tokens", 0)
                                  * price.output) / 1e6) if price else 0.0
+                        correct = None if style == "foreign" else bool(found and found.group(1) == question.answer)
                         outcomes.append(Outcome(style, r.headers.get("x-sigroute-decision", "?"), model,
-                                                bool(found and found.group(1) == question.answer), latency, cost))
+                                                correct, latency, cost))
                 except httpx.HTTPError as exc:
                     outcomes.append(Outcome(style, "?", "-", None, time.perf_counter() - t0, 0.0,
                                             error=type(exc).__name__))
@@ -120,8 +137,11 @@ async def _drive(base_url: str, questions, n: int, concurrency: int, seed: int, 
 
 
 def _progress(done: int, total: int, width: int = 40) -> None:
+    if not sys.stderr.isatty() and done % max(1, total // 10) and done != total:
+        return
     filled = int(width * done / total)
-    sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    end = "" if sys.stderr.isatty() else "\n"
+    sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
     sys.stderr.flush()
 
 

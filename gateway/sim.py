@@ -134,7 +134,7 @@ ECHO_MARKER = "[[sim:echo]]"
 DEFAULT_ACCURACY = 0.5
 HANG_S = 3600.0  # how long a "timeout" fault hangs when the client never gives up
 CHUNK_TOKENS = 3  # tokens per streamed content chunk
-MAX_QUESTION_CHARS = 4096  # longer user messages are never taken for demo questions
+MAX_QUESTION_CHARS = 4096  # only the last this many characters of a message are searched for a question
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +361,7 @@ class _QuestionIndex:
 
     Matching ignores case, punctuation and spacing, and any text around the stem (a prefix such
     as "Question:", the options however they are laid out, extra instructions). Only messages
-    up to `MAX_QUESTION_CHARS` are searched, and recent answers are memoized, so long prompts
+    the last `MAX_QUESTION_CHARS` characters are searched (questions come at the end of a prompt), and recent answers are memoized, so long prompts
     and repeated benchmark prompts cost next to nothing.
     """
 
@@ -373,9 +373,9 @@ class _QuestionIndex:
         self._cached_scan = functools.lru_cache(maxsize=1024)(self._scan)
 
     def find(self, text: str) -> DemoQuestion | None:
-        if not self._stems or not self._min_len <= len(text) <= MAX_QUESTION_CHARS:
+        if not self._stems or len(text) < self._min_len:
             return None
-        return self._cached_scan(text)
+        return self._cached_scan(text[-MAX_QUESTION_CHARS:])
 
     def _scan(self, text: str) -> DemoQuestion | None:
         haystack = f" {_normalize(text)} "
