@@ -366,6 +366,11 @@ class Algorithm(Strict):
 # decisions, entrypoints, auth, limits
 
 
+# Plugin name -> options model. Empty until the plugins package ships its first plugins; a policy
+# that names a plugin this version does not have is rejected rather than silently ignored.
+PLUGIN_OPTIONS: dict[str, type[Strict]] = {}
+
+
 class Decision(Strict):
     """One policy branch: when `rules` hold, route among `models` with `algorithm`."""
 
@@ -420,6 +425,10 @@ class Decision(Strict):
         for item in value:
             if not (isinstance(item, dict) and len(item) == 1):
                 raise ValueError("each plugin is written {plugin_name: {options}}")
+            name = next(iter(item))
+            if name not in PLUGIN_OPTIONS:
+                known = ", ".join(sorted(PLUGIN_OPTIONS)) or "none yet"
+                raise ValueError(f"unknown plugin '{name}' (plugins available in this version: {known})")
         return value
 
 

@@ -583,3 +583,17 @@ def test_json_schema_export():
     assert {"version", "models", "signals", "decisions", "entrypoints", "routing", "auth", "server",
             "upstream"} <= set(schema["properties"])
     assert set(schema["required"]) == {"models", "decisions"}
+
+
+def test_unknown_plugin_is_rejected_not_ignored():
+    text = (
+        "models: {m: {provider: openai/x, api_base: 'http://127.0.0.1:1/v1'}}\n"
+        "decisions:\n"
+        "  - name: default\n"
+        "    models: [m]\n"
+        "    plugins: [{jailbreak: {action: block}}]\n"
+    )
+    with pytest.raises(PolicyError) as err:
+        load_policy_text(text, source="p.yaml")
+    message = str(err.value)
+    assert "p.yaml:5:" in message and "decisions[0].plugins" in message and "unknown plugin 'jailbreak'" in message
