@@ -115,7 +115,7 @@ class Runtime:
                            type="invalid_request_error", code="no_policy_file")
         try:
             policy = load_policy(self.policy_path)
-            new = Pipeline(policy, self.metrics, **self.pipeline_options)
+            new = Pipeline(policy, self.metrics, previous=self.pipeline, **self.pipeline_options)
         except Exception:
             self.metrics.policy_reloads.labels("failed").inc()
             raise

@@ -72,7 +72,7 @@ class Answer:
 
 class Pipeline:
     def __init__(self, policy: Policy, metrics: Metrics, *, environ: Mapping[str, str] | None = None,
-                 transports=None, rate_limiter: RateLimiter | None = None):
+                 transports=None, rate_limiter: RateLimiter | None = None, previous: "Pipeline | None" = None):
         import os
 
         self.policy = policy
@@ -86,11 +86,27 @@ class Pipeline:
             chosen = [d for d in policy.decisions if entry.decisions is None or d.name in entry.decisions]
             self.engines[name] = DecisionEngine(chosen, policy.default_decision,
                                                 entry.strategy or policy.routing.strategy)
-        self.selectors = {d.name: build_selector(d.algorithm, {m: policy.models[m] for m in d.models})
-                          for d in policy.decisions}
+        self.selectors = {d.name: self._selector(d, previous) for d in policy.decisions}
         self.upstreams = Upstreams(policy, observer=metrics, environ=env, transports=transports)
+        if previous is not None:
+            self.upstreams.adopt_breakers(previous.upstreams, policy)
+            self.rate_limiter = rate_limiter or previous.rate_limiter
         self.max_request_bytes = policy.server.max_request_bytes
         self._window_checks = any(spec.context_window for spec in policy.models.values())
+
+    def _selector(self, decision: Decision, previous: "Pipeline | None"):
+        """Build the decision's selector, keeping a reloaded decision's learned state when its
+        algorithm and candidate models are unchanged."""
+        models = {m: self.policy.models[m] for m in decision.models}
+        if previous is not None and decision.name in previous.selectors:
+            try:
+                old = previous.policy.decision(decision.name)
+            except KeyError:
+                old = None
+            if (old is not None and old.algorithm == decision.algorithm and old.models == decision.models
+                    and all(previous.policy.models[m] == models[m] for m in decision.models)):
+                return previous.selectors[decision.name]
+        return build_selector(decision.algorithm, models)
 
     # 1 + 2 ---------------------------------------------------------------------------------------
     async def admit(self, headers: Mapping[str, str]):

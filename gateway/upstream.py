@@ -497,6 +497,15 @@ class Upstreams:
         self.observer = observer or _NoObserver()
         self.rng = rng or random.Random()
 
+    def adopt_breakers(self, previous: "Upstreams", policy: Policy) -> None:
+        """After a reload: keep the circuit state of models whose definition did not change."""
+        for name, breaker in previous.breakers.items():
+            old = previous.targets.get(name)
+            if name in self.breakers and old is not None and old.spec == policy.models[name]:
+                breaker.failure_threshold = policy.upstream.breaker.failure_threshold
+                breaker.cooldown_s = policy.upstream.breaker.cooldown_s
+                self.breakers[name] = breaker
+
     def available(self, models: Sequence[str]) -> list[str]:
         return [m for m in models if self.breakers[m].available()]
 

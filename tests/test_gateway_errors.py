@@ -185,3 +185,35 @@ def test_policy_reload_swaps_and_bad_reload_keeps_old(sim, gateway_factory, tmp_
             r = http.post("/v1/admin/reload")
             assert r.status_code == 422 and "previous policy keeps running" in r.json()["error"]["message"]
             assert http.post("/v1/chat/completions", json=body).headers["x-sigroute-model"] == "beta"
+
+
+def test_reload_keeps_learned_state_of_unchanged_decisions(sim, tmp_path):
+    import httpx
+    import yaml
+
+    from gateway.app import create_app
+    from gateway.serving import ServerThread
+    from policies.loader import load_policy
+
+    path = tmp_path / "policy.yaml"
+    policy = base_policy(sim, decisions=[{"name": "default", "models": ["alpha", "beta"], "algorithm": "round_robin"}],
+                         upstream={"retries": 0, "breaker": {"failure_threshold": 1, "cooldown_s": 60}})
+    policy["models"]["gamma"]["api_base"] = "http://127.0.0.1:9/v1"  # nothing listens there
+    policy["decisions"].insert(0, {"name": "broken", "rules": "header:broken", "models": ["gamma", "beta"]})
+    policy["signals"] = {"header": {"broken": {"name": "x-broken"}}}
+    path.write_text(yaml.safe_dump(policy))
+    with ServerThread(create_app(load_policy(path), policy_path=str(path))) as server, \
+            httpx.Client(base_url=server.url) as http:
+        def model(**headers):
+            return http.post("/v1/chat/completions", headers=headers,
+                             json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).headers["x-sigroute-model"]
+        assert model() == "alpha"
+        assert model(**{"x-broken": "1"}) == "beta"  # gamma refused the connection: its circuit opened
+        assert http.get("/ready").json()["models"]["gamma"] == "open"
+        assert http.post("/v1/admin/reload").status_code == 200
+        assert model() == "beta"  # the round-robin position survived the reload
+        assert http.get("/ready").json()["models"]["gamma"] == "open"  # and so did the open circuit
+        policy["decisions"][1]["models"] = ["beta", "alpha"]  # a changed decision starts afresh
+        path.write_text(yaml.safe_dump(policy))
+        assert http.post("/v1/admin/reload").status_code == 200
+        assert model() == "beta"
