@@ -1,0 +1,450 @@
+"""How much latency does sigroute add on its heuristic-only path?
+
+Three targets answer the same chat-completion requests from the same simulated upstream
+(`gateway.sim`, one model with a small fixed time to first token and a short answer, so that
+overhead is visible):
+
+  direct       the simulated upstream itself
+  passthrough  `benchmarks.passthrough`: FastAPI + a pooled httpx client forwarding bytes, no
+               logic; the floor for any Python proxy
+  sigroute     ``sigroute serve`` with a heuristic-only policy (keyword, context_length and header
+               signals, four decisions; requests evaluate every signal and fall through to the
+               default decision, algorithm static)
+
+Each server runs in its own process (uvicorn with uvloop + httptools), as does the load generator
+(`benchmarks.loadgen`: one keep-alive connection per virtual client, closed loop, warm-up
+excluded). Scenarios: 1 and 16 concurrent clients, non-streamed and streamed (SSE).
+
+Rounds are interleaved so that drifts in machine speed hit every target alike: in each round,
+for each scenario, one batch runs against each target, the order of the targets rotating from
+round to round. Per batch we record p50/p95/p99 of the client-side latency (time to the last
+byte; for streams also time to the first body byte = first SSE event, "TTFT"), the
+``x-sigroute-overhead-ms`` header (sigroute's own time per request, upstream excluded; for
+streams up to the first chunk) and the CPU time the server processes used per request.
+
+Added latency of a proxy = its p50 minus the direct p50 **of the same round**; the summary
+reports the median of these per-round differences across rounds (robust to a noisy round).
+The pooled difference (p50 over all rounds' samples) is in the JSON details as a cross-check.
+``ratio_p50`` = sigroute's added p50 / the pass-through's. ``self_ms_p50`` / ``self_ms_p99``
+pool the header values of all rounds.
+
+    python -m benchmarks.overhead                       # full run, ~3-4 minutes
+    python -m benchmarks.overhead --quick               # smoke run, ~20 s
+    python -m benchmarks.overhead --rounds 12 --requests 200 --json results/overhead.json
+
+The last line printed is the summary as one JSON line; the JSON file holds it under
+``summary`` plus the configuration and every round's numbers.
+
+Targets (reported, not enforced): sigroute's added p50 ≤ 1.5 × the pass-through's at 1 and 16
+clients; its own time p50 < 1 ms and p99 < 5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import yaml
+
+from benchmarks.loadgen import (
+    Connection,
+    ServerProcess,
+    closed_loop,
+    cpu_seconds,
+    machine_info,
+    median,
+    percentile,
+    run_async,
+    stats,
+)
+
+TARGETS = ("direct", "passthrough", "sigroute")
+#: name -> (concurrency, streamed)
+SCENARIOS = {"c1": (1, False), "c16": (16, False), "c1_stream": (1, True), "c16_stream": (16, True)}
+PATH = "/v1/chat/completions"
+RATIO_TARGET = 1.5
+SELF_P50_TARGET_MS = 1.0
+SELF_P99_TARGET_MS = 5.0
+
+# A prompt that matches none of the policy's signals, so every signal is evaluated and the
+# request falls through to the default decision.
+SYSTEM_PROMPT = "You are a concise assistant. Answer in plain prose."
+USER_PROMPT = ("Please write two short sentences about the weather in a coastal town in early spring, "
+               "mentioning the wind and the light over the harbour.")
+
+
+def sim_config(ttft_ms: float, tokens_per_s: float, completion_tokens: int) -> dict:
+    return {"seed": 1, "models": {"bench": {"ttft_ms": ttft_ms, "tokens_per_s": tokens_per_s,
+                                            "completion_tokens": completion_tokens}}}
+
+
+def bench_policy(api_base: str) -> dict:
+    """Heuristic-only policy: one model, a few signals, four decisions; the bench request ends in `default`."""
+    return {
+        "version": 1,
+        "models": {"bench": {"provider": "openai/bench", "api_base": api_base, "price": {"input": 0.1, "output": 0.2},
+                             "context_window": 32768}},
+        "signals": {
+            "keyword": {
+                "code": {"any": ["code", "function", "python", "javascript", "sql", "regex", "bug", "traceback",
+                                 "compile", "refactor", "unit test"]},
+                "math": {"any": ["integral", "derivative", "equation", "theorem", "proof", "matrix", "solve for"]},
+                "urgent": {"any": ["urgent", "asap", "immediately"]},
+                "greeting": {"regex": True, "any": [r"^\s*(hi|hello|hey|thanks|thank you)\W*$"]},
+            },
+            "context_length": {"long": {"min_tokens": 6000}, "medium": {"min_tokens": 1500, "max_tokens": 5999}},
+            "header": {"high_priority": {"name": "x-priority", "values": ["high", "urgent"]},
+                       "batch": {"name": "x-batch"}},
+        },
+        "decisions": [
+            {"name": "priority", "priority": 100,
+             "rules": {"any": ["header:high_priority", "keyword:urgent"]}, "models": ["bench"]},
+            {"name": "long-context", "priority": 90, "rules": "context_length:long", "models": ["bench"]},
+            {"name": "code-and-math", "priority": 60,
+             "rules": {"all": [{"any": ["keyword:code", "keyword:math"]}, {"not": "header:batch"}]},
+             "models": ["bench"]},
+            {"name": "medium-chat", "priority": 40,
+             "rules": {"all": ["context_length:medium", {"not": "keyword:greeting"}]}, "models": ["bench"]},
+            {"name": "default", "models": ["bench"], "algorithm": "static"},
+        ],
+        "entrypoints": {"auto": {}},
+        "routing": {"allow_direct_models": False},
+        "upstream": {"retries": 0},
+    }
+
+
+def request_body(model: str, stream: bool) -> bytes:
+    body = {"model": model, "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                                         {"role": "user", "content": USER_PROMPT}],
+            "max_tokens": 64, "temperature": 0}
+    if stream:
+        body["stream"] = True
+    return orjson.dumps(body)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args, sim: ServerProcess, passthrough: ServerProcess, gateway: ServerProcess):
+        self.args = args
+        self.servers = {"direct": sim, "passthrough": passthrough, "sigroute": gateway}
+        self.sim = sim
+        self.bodies = {(t, s): request_body("auto" if t == "sigroute" else "bench", s)
+                       for t in TARGETS for s in (False, True)}
+
+    def requests_for(self, concurrency: int) -> int:
+        return self.args.requests if concurrency == 1 else self.args.requests_c16
+
+    async def check(self) -> dict:
+        """One request per target and mode: right status, a complete SSE stream, sigroute's headers."""
+        seen = {}
+        for target in TARGETS:
+            server = self.servers[target]
+            for stream in (False, True):
+                conn = Connection(server.host, server.port)
+                raw = conn.prepare("POST", PATH, self.bodies[(target, stream)], {"content-type": "application/json"})
+                sample = await conn.send(raw, keep_body=True)
+                await conn.close()
+                what = f"{target} ({'streamed' if stream else 'not streamed'})"
+                if sample.status != 200:
+                    raise RuntimeError(f"{what} answered {sample.status}: {sample.body[:500]!r}")
+                if stream and b"data: [DONE]" not in sample.body:
+                    raise RuntimeError(f"{what}: the stream did not end with [DONE]: {sample.body[-300:]!r}")
+                if not stream and b'"choices"' not in sample.body:
+                    raise RuntimeError(f"{what}: no choices in {sample.body[:300]!r}")
+                if target == "sigroute":
+                    decision = sample.headers.get("x-sigroute-decision")
+                    if decision != "default":
+                        raise RuntimeError(f"{what}: the bench request should reach the default decision, "
+                                           f"got {decision!r}")
+                    if "x-sigroute-overhead-ms" not in sample.headers:
+                        raise RuntimeError(f"{what}: no x-sigroute-overhead-ms header")
+                    seen[f"stream={stream}"] = {k: v for k, v in sample.headers.items() if k.startswith("x-sigroute")}
+        return seen
+
+    def pids(self, target: str) -> dict[str, int]:
+        out = {"sim": self.sim.pid}
+        if target != "direct":
+            out[target] = self.servers[target].pid
+        return out
+
+    async def batch(self, target: str, scenario: str, warmup: int, requests: int | None = None) -> dict:
+        concurrency, stream = SCENARIOS[scenario]
+        server = self.servers[target]
+        pids = self.pids(target)
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        result = await closed_loop(server.host, server.port, PATH, self.bodies[(target, stream)],
+                                   concurrency=concurrency, warmup=warmup,
+                                   requests=requests or self.requests_for(concurrency))
+        cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        samples = result.samples
+        record = {
+            "target": target,
+            "scenario": scenario,
+            "total_ms": [s.total_ms for s in samples],
+            "ttfb_ms": [s.first_byte_ms for s in samples],
+            "throughput_rps": result.throughput,
+            "sent": result.sent,
+            # CPU seconds of each server process over the whole batch (warm-up included), per request sent
+            "cpu_ms_per_request": {name: (None if cpu0[name] is None or cpu1[name] is None
+                                          else (cpu1[name] - cpu0[name]) * 1000 / result.sent)
+                                   for name in pids},
+        }
+        if target == "sigroute":
+            record["self_ms"] = [float(s.headers["x-sigroute-overhead-ms"]) for s in samples]
+        return record
+
+    async def run(self, log) -> tuple[list[dict], dict]:
+        args = self.args
+        checked = await self.check()
+        # a first unrecorded pass over everything warms caches, pools and connections
+        for scenario in SCENARIOS:
+            for target in TARGETS:
+                await self.batch(target, scenario, warmup=args.warmup, requests=SCENARIOS[scenario][0] * 5)
+        records = []
+        for r in range(args.rounds):
+            t0 = time.perf_counter()
+            for scenario in args.scenarios:
+                order = TARGETS[r % 3:] + TARGETS[: r % 3]  # rotate who goes first
+                for target in order:
+                    rec = await self.batch(target, scenario, warmup=args.warmup)
+                    rec["round"] = r
+                    records.append(rec)
+            log(f"round {r + 1}/{args.rounds} done in {time.perf_counter() - t0:.1f}s")
+        return records, checked
+
+
+# ------------------------------------------------------------------------------------------------
+# analysis
+
+
+def _r(x, digits=4):
+    return None if x is None else round(x, digits)
+
+
+def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
+    summary: dict = {}
+    details: dict = {}
+    rounds = sorted({rec["round"] for rec in records})
+    for scenario in scenarios:
+        _, stream = SCENARIOS[scenario]
+        by = {(rec["round"], rec["target"]): rec for rec in records if rec["scenario"] == scenario}
+        per_round = []
+        for r in rounds:
+            row = {"round": r}
+            for target in TARGETS:
+                rec = by[(r, target)]
+                row[target] = {"total_ms": stats(rec["total_ms"]), "throughput_rps": _r(rec["throughput_rps"], 1),
+                               "cpu_ms_per_request": {k: _r(v) for k, v in rec["cpu_ms_per_request"].items()}}
+                if stream:
+                    row[target]["ttft_ms"] = stats(rec["ttfb_ms"])
+                if "self_ms" in rec:
+                    row[target]["self_ms"] = stats(rec["self_ms"])
+            for proxy in ("passthrough", "sigroute"):
+                row[f"{proxy}_added_ms_p50"] = _r(row[proxy]["total_ms"]["p50"] - row["direct"]["total_ms"]["p50"])
+                if stream:
+                    row[f"{proxy}_added_ttft_ms_p50"] = _r(row[proxy]["ttft_ms"]["p50"] - row["direct"]["ttft_ms"]["p50"])
+            per_round.append(row)
+
+        pooled = {}
+        for target in TARGETS:
+            recs = [by[(r, target)] for r in rounds]
+            total = [x for rec in recs for x in rec["total_ms"]]
+            pooled[target] = {"total_ms": stats(total)}
+            if stream:
+                pooled[target]["ttft_ms"] = stats([x for rec in recs for x in rec["ttfb_ms"]])
+            cpu = {}
+            for name in recs[0]["cpu_ms_per_request"]:
+                values = [rec["cpu_ms_per_request"][name] for rec in recs]
+                if all(v is not None for v in values):
+                    sent = [rec["sent"] for rec in recs]
+                    cpu[name] = _r(sum(v * n for v, n in zip(values, sent)) / sum(sent))
+            pooled[target]["cpu_ms_per_request"] = cpu
+            pooled[target]["throughput_rps_median"] = _r(median([rec["throughput_rps"] for rec in recs]), 1)
+        self_ms = [x for r in rounds for x in by[(r, "sigroute")]["self_ms"]]
+        pooled["sigroute"]["self_ms"] = stats(self_ms)
+
+        def added(proxy: str, key: str = "total_ms") -> dict:
+            suffix = "ttft_ms" if key == "ttft_ms" else "ms"
+            per = [row[f"{proxy}_added_{'ttft_' if key == 'ttft_ms' else ''}ms_p50"] for row in per_round]
+            return {
+                f"added_{suffix}_p50_median_of_rounds": _r(median(per)),
+                f"added_{suffix}_p50_rounds_min": _r(min(per)),
+                f"added_{suffix}_p50_rounds_max": _r(max(per)),
+                f"added_{suffix}_p50_pooled": _r(pooled[proxy][key]["p50"] - pooled["direct"][key]["p50"]),
+                f"added_{suffix}_p95_pooled": _r(pooled[proxy][key]["p95"] - pooled["direct"][key]["p95"]),
+                f"added_{suffix}_p99_pooled": _r(pooled[proxy][key]["p99"] - pooled["direct"][key]["p99"]),
+            }
+
+        comparison = {proxy: added(proxy) for proxy in ("passthrough", "sigroute")}
+        if stream:
+            for proxy in ("passthrough", "sigroute"):
+                comparison[proxy].update(added(proxy, "ttft_ms"))
+
+        s_add = comparison["sigroute"]["added_ms_p50_median_of_rounds"]
+        p_add = comparison["passthrough"]["added_ms_p50_median_of_rounds"]
+        entry = {
+            "sigroute_added_ms_p50": s_add,
+            "passthrough_added_ms_p50": p_add,
+            "ratio_p50": _r(s_add / p_add, 3) if p_add and p_add > 0 else None,
+            "self_ms_p50": pooled["sigroute"]["self_ms"]["p50"],
+            "self_ms_p99": pooled["sigroute"]["self_ms"]["p99"],
+            "direct_ms_p50": _r(median([row["direct"]["total_ms"]["p50"] for row in per_round])),
+        }
+        if stream:
+            s_t = comparison["sigroute"]["added_ttft_ms_p50_median_of_rounds"]
+            p_t = comparison["passthrough"]["added_ttft_ms_p50_median_of_rounds"]
+            entry.update({"sigroute_added_ttft_ms_p50": s_t, "passthrough_added_ttft_ms_p50": p_t,
+                          "ratio_ttft_p50": _r(s_t / p_t, 3) if p_t and p_t > 0 else None})
+        entry["cpu_ms_per_request"] = {"passthrough": pooled["passthrough"]["cpu_ms_per_request"].get("passthrough"),
+                                       "sigroute": pooled["sigroute"]["cpu_ms_per_request"].get("sigroute")}
+        entry["meets_targets"] = {
+            "ratio_p50": entry["ratio_p50"] is not None and entry["ratio_p50"] <= RATIO_TARGET,
+            "self_ms_p50": entry["self_ms_p50"] < SELF_P50_TARGET_MS,
+            "self_ms_p99": entry["self_ms_p99"] < SELF_P99_TARGET_MS,
+        }
+        summary[scenario] = entry
+        details[scenario] = {"comparison": comparison, "pooled": pooled, "rounds": per_round}
+    return summary, details
+
+
+def print_table(summary: dict, details: dict, out=sys.stdout) -> None:
+    print("", file=out)
+    print(f"{'scenario':<11} {'direct p50':>10} {'pt added':>9} {'sr added':>9} {'ratio':>6} "
+          f"{'self p50':>9} {'self p99':>9} {'pt cpu/req':>10} {'sr cpu/req':>10}   (ms)", file=out)
+    for scenario, e in summary.items():
+        if scenario not in SCENARIOS:
+            continue
+        cpu = e["cpu_ms_per_request"]
+        fmt = lambda v, w, d=3: f"{v:>{w}.{d}f}" if isinstance(v, (int, float)) else f"{'-':>{w}}"  # noqa: E731
+        print(f"{scenario:<11} {fmt(e['direct_ms_p50'], 10)} {fmt(e['passthrough_added_ms_p50'], 9)} "
+              f"{fmt(e['sigroute_added_ms_p50'], 9)} {fmt(e['ratio_p50'], 6, 2)} {fmt(e['self_ms_p50'], 9)} "
+              f"{fmt(e['self_ms_p99'], 9)} {fmt(cpu['passthrough'], 10)} {fmt(cpu['sigroute'], 10)}", file=out)
+        if "ratio_ttft_p50" in e:
+            print(f"{'  ttft':<11} {'':>10} {fmt(e['passthrough_added_ttft_ms_p50'], 9)} "
+                  f"{fmt(e['sigroute_added_ttft_ms_p50'], 9)} {fmt(e['ratio_ttft_p50'], 6, 2)}", file=out)
+    print("pt = pass-through proxy, sr = sigroute; added = median over rounds of (proxy p50 - direct p50); "
+          "self = x-sigroute-overhead-ms", file=out)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead",
+                                     description="Latency sigroute adds on its heuristic-only path, compared "
+                                                 "with calling the upstream directly and with a minimal "
+                                                 "pass-through proxy.")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 10; quick: 2)")
+    parser.add_argument("--requests", type=int, default=None,
+                        help="recorded requests per batch at 1 client (default 100; quick: 30)")
+    parser.add_argument("--requests-c16", type=int, default=None,
+                        help="recorded requests per batch at 16 clients (default 320; quick: 96)")
+    parser.add_argument("--warmup", type=int, default=2, help="unrecorded requests per client before each batch")
+    parser.add_argument("--quick", action="store_true", help="smoke run (~20 s)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    parser.add_argument("--ttft-ms", type=float, default=5.0, help="simulated model's time to first token")
+    parser.add_argument("--tokens-per-s", type=float, default=2000.0, help="simulated decode speed")
+    parser.add_argument("--completion-tokens", type=int, default=16, help="simulated answer length")
+    parser.add_argument("--sigroute-command", default=None,
+                        help="run sigroute with this command instead of `sigroute serve` (e.g. to try a change); "
+                             "{policy} and {port} are replaced")
+    parser.add_argument("--json", default="results/overhead.json", help="where to write the full result")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary line")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.rounds = args.rounds or (2 if quick else 10)
+    args.requests = args.requests or (30 if quick else 100)
+    args.requests_c16 = args.requests_c16 or (96 if quick else 320)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    return args
+
+
+def sigroute_command(args, policy_path: Path) -> list[str]:
+    if not args.sigroute_command:
+        return ["sigroute", "serve", "--policy", str(policy_path), "--port", "{port}", "--log-level", "warning"]
+    import shlex
+
+    return [part.replace("{policy}", str(policy_path)) for part in shlex.split(args.sigroute_command)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.time()
+    env = {"PYTHONUNBUFFERED": "1", "SIGROUTE_LOG_LEVEL": "WARNING"}
+    with tempfile.TemporaryDirectory(prefix="sigroute-overhead-") as tmp:
+        sim_path = Path(tmp, "sim.yaml")
+        sim_path.write_text(yaml.safe_dump(sim_config(args.ttft_ms, args.tokens_per_s, args.completion_tokens)))
+        with ServerProcess(["sigroute", "sim", "--config", str(sim_path), "--port", "{port}"], env=env,
+                           name="sim") as sim:
+            policy_path = Path(tmp, "policy.yaml")
+            policy_path.write_text(yaml.safe_dump(bench_policy(sim.url + "/v1"), sort_keys=False))
+            with ServerProcess([sys.executable, "-m", "benchmarks.passthrough", "--upstream", sim.url + "/v1",
+                                "--port", "{port}"], env=env, name="passthrough") as passthrough, \
+                 ServerProcess(sigroute_command(args, policy_path), env=env, name="sigroute") as gateway:
+                log(f"servers up: sim {sim.url} (pid {sim.pid}), passthrough {passthrough.url} "
+                    f"(pid {passthrough.pid}), sigroute {gateway.url} (pid {gateway.pid})")
+                bench = Bench(args, sim, passthrough, gateway)
+                records, checked = run_async(bench.run(log))
+    summary, details = analyse(records, args.scenarios)
+    summary["machine"] = machine_info()
+    summary["commit"] = git_commit()
+    summary["duration_s"] = round(time.time() - started, 1)
+    result = {
+        "benchmark": "overhead",
+        "summary": summary,
+        "config": {
+            "rounds": args.rounds, "requests_c1": args.requests, "requests_c16": args.requests_c16,
+            "warmup_per_client": args.warmup, "scenarios": args.scenarios,
+            "sigroute_command": " ".join(sigroute_command(args, Path("POLICY"))),
+            "sim": sim_config(args.ttft_ms, args.tokens_per_s, args.completion_tokens),
+            "policy": bench_policy("http://SIM/v1"),
+            "request_bodies": {"direct_and_passthrough": request_body("bench", False).decode(),
+                               "sigroute": request_body("auto", False).decode(),
+                               "streamed": 'the same with "stream": true'},
+            "method": "added = median over rounds of (proxy p50 - direct p50 of the same round); target order "
+                      "rotates each round; TTFT = time to the first body byte; self = x-sigroute-overhead-ms "
+                      "pooled over rounds; cpu_ms_per_request = server process CPU time / requests sent",
+            "targets": {"ratio_p50_max": RATIO_TARGET, "self_ms_p50_max": SELF_P50_TARGET_MS,
+                        "self_ms_p99_max": SELF_P99_TARGET_MS},
+        },
+        "sigroute_headers_seen": checked,
+        "details": details,
+    }
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        log(f"wrote {path}")
+    if not args.quiet:
+        print_table(summary, details)
+    print(json.dumps(summary, separators=(",", ":")), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

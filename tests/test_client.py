@@ -1,0 +1,558 @@
+"""The Python SDK (`gateway.client`) against the real gateway and the simulated upstream on loopback.
+
+A few wire situations the gateway never produces on purpose (a stream cut without an error event, a
+404 with a code on /v1/feedback, a non-JSON error page) are served by a tiny scripted ASGI server,
+also over real HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.client import (APIConnectionError, AsyncSigrouteClient, AuthenticationError, BadRequest,
+                            Explanation, FeedbackNotSupported, NotFound, RateLimited, RoutedCompletion,
+                            SigrouteClient, SigrouteError, SignalVerdict, StreamBroken, Unavailable,
+                            UpstreamError)
+from gateway.serving import ServerThread
+from tests.conftest import base_policy, free_port
+
+KEY = "sk-client-test-key"
+ECHO = "[[sim:echo]] repeat exactly this, word for word"
+
+
+def keyword_policy(sim, **overrides):
+    return base_policy(sim,
+                       signals={"keyword": {"code": {"any": ["python", "stack trace"]}, "unused": {"any": ["zebra"]}}},
+                       decisions=[{"name": "coding", "rules": "keyword:code", "models": ["beta", "gamma"],
+                                   "algorithm": "cheapest"},
+                                  {"name": "default", "models": ["alpha"]}],
+                       **overrides)
+
+
+def auth_policy(sim, **key_options):
+    entry = {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest(), "tenant": "acme"}
+    entry.update(key_options)
+    return base_policy(sim, auth={"keys": [entry]})
+
+
+def only_alpha_policy(sim, cooldown_s: float):
+    policy = base_policy(sim, upstream={"retries": 0, "backoff_s": 0.0,
+                                        "breaker": {"failure_threshold": 1, "cooldown_s": cooldown_s}})
+    policy["models"] = {"alpha": policy["models"]["alpha"]}
+    return policy
+
+
+class CountingTransport(httpx.HTTPTransport):
+    """The real HTTP transport, counting the requests the client actually sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        return super().handle_request(request)
+
+
+def counting_client(url: str, **options: Any) -> tuple[SigrouteClient, CountingTransport]:
+    transport = CountingTransport()
+    return SigrouteClient(url, http_client=httpx.Client(transport=transport), **options), transport
+
+
+class Scripted:
+    """A minimal HTTP server answering each request with the next scripted response."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[int, dict[str, str], list[bytes]]] = []
+        self.requests: list[tuple[str, str, bytes]] = []
+        self.server = ServerThread(self._app, lifespan="off", interface="asgi3")
+
+    def answer(self, status: int, body: Any = b"", headers: dict[str, str] | None = None,
+               chunks: list[bytes] | None = None) -> "Scripted":
+        if not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+        self.script.append((status, {"content-type": "application/json", **(headers or {})}, chunks or [body]))
+        return self
+
+    async def _app(self, scope, receive, send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.requests.append((scope["method"], scope["path"], body))
+        status, headers, chunks = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
+        for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@pytest.fixture
+def scripted():
+    handle = Scripted()
+    handle.server.start()
+    yield handle
+    handle.server.stop()
+
+
+# chat and routing ----------------------------------------------------------------------------------
+
+def test_chat_returns_text_and_routing(sim, gateway_factory):
+    gw = gateway_factory(keyword_policy(sim))
+    with SigrouteClient(gw.url) as client:
+        answer = client.chat("Why does my Python loop never end?")
+    assert isinstance(answer, RoutedCompletion)
+    routing = answer.routing
+    assert (routing.decision, routing.model) == ("coding", "beta")
+    assert routing.request_id.startswith("req_")
+    assert routing.confidence == 1.0
+    assert routing.overhead_ms is not None and routing.overhead_ms >= 0
+    assert routing.attempts == 1 and not routing.fell_back
+    assert routing.signals is None  # only with debug=True
+    assert answer.model == "beta" == answer.raw["model"]
+    assert answer.text and answer.text == answer.raw["choices"][0]["message"]["content"]
+    assert answer.choices == answer.raw["choices"] and answer.finish_reason == "stop"
+    assert answer.usage["completion_tokens"] == 8
+    # a str is sent as exactly one user message
+    assert sim.last_body("beta")["messages"] == [{"role": "user", "content": "Why does my Python loop never end?"}]
+    assert sim.calls("beta") == 1 and sim.calls("alpha") == 0
+
+
+def test_chat_messages_params_and_v1_base_url(sim, gateway_factory):
+    gw = gateway_factory(keyword_policy(sim))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
+    with SigrouteClient(gw.url + "/v1/") as client:  # the OpenAI-style base URL is accepted too
+        answer = client.chat(messages, temperature=0, max_tokens=5, metadata={"team": "qa"})
+        assert (answer.routing.decision, answer.routing.model) == ("default", "alpha")
+        sent = sim.last_body("alpha")
+        assert sent["messages"] == messages and sent["temperature"] == 0 and sent["max_tokens"] == 5
+        assert "stream" not in sent or sent["stream"] is False
+        # a concrete model bypasses routing
+        direct = client.chat("hello", model="gamma")
+        assert (direct.routing.decision, direct.routing.model) == ("direct", "gamma")
+        with pytest.raises(ValueError, match="stream"):
+            client.chat("hello", stream=True)
+
+
+def test_default_model_is_used(sim, gateway_factory):
+    gw = gateway_factory(keyword_policy(sim))
+    with SigrouteClient(gw.url, default_model="gamma") as client:
+        assert client.chat("python").routing.model == "gamma"
+
+
+def test_debug_fills_signals(sim, gateway_factory):
+    gw = gateway_factory(keyword_policy(sim))
+    with SigrouteClient(gw.url) as client:
+        answer = client.chat("my python script", debug=True)
+        assert answer.routing.signals is not None
+        assert answer.routing.signals["keyword:code"] == SignalVerdict(True, 1.0)
+        assert answer.routing.signals["keyword:code"].matched is True
+        assert client.chat("hello", debug=True).routing.signals["keyword:code"].matched is False
+
+
+def test_fallback_is_reported_in_attempts(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim, decisions=[{"name": "default", "models": ["alpha", "beta"]}]))
+    sim.faults("alpha", error_rate=1.0)
+    with SigrouteClient(gw.url) as client:
+        answer = client.chat("hi")
+    assert answer.routing.model == "beta"
+    assert answer.routing.attempts == 2 and answer.routing.fell_back
+
+
+# streaming ---------------------------------------------------------------------------------------
+
+def test_stream_text_equals_whole_text(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim))
+    with SigrouteClient(gw.url) as client:
+        whole = client.chat(ECHO)
+        with client.stream(ECHO, stream_options={"include_usage": True}) as stream:
+            # routing comes from the headers, before the first chunk is read
+            assert (stream.routing.decision, stream.routing.model) == ("default", "alpha")
+            assert stream.routing.request_id.startswith("req_")
+            assert stream.routing.request_id != whole.routing.request_id
+            first = next(stream)
+            assert isinstance(first, dict) and first["choices"][0]["delta"]["role"] == "assistant"
+            text = stream.text()  # includes what was already iterated
+            assert stream.done and stream.finish_reason == "stop"
+            assert stream.usage["completion_tokens"] > 0
+    assert "repeat exactly this, word for word" in whole.text
+    assert text == whole.text
+    assert sim.last_body("alpha")["stream"] is True
+
+
+def test_stream_chunks_are_openai_chunks(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim))
+    with SigrouteClient(gw.url) as client:
+        chunks = list(client.stream("stream please"))
+    assert all(c["model"] == "alpha" and c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert len(text.split()) == 8
+
+
+def test_stream_broken_midway_raises(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim, decisions=[{"name": "default", "models": ["slow"]}]))
+    sim.faults("slow", break_stream_rate=1.0)
+    received = []
+    with SigrouteClient(gw.url) as client:
+        stream = client.stream("tell me a story")
+        assert stream.routing.model == "slow"
+        with pytest.raises(StreamBroken) as err:
+            for chunk in stream:
+                received.append(chunk)
+    assert received, "some chunks arrive before the break"
+    assert isinstance(err.value, SigrouteError)
+    assert err.value.code == "stream_broken"
+    assert "mid-stream" in err.value.message
+    assert err.value.request_id == stream.routing.request_id
+    assert err.value.chunks == len(received)
+    assert err.value.partial_text == "".join(c["choices"][0]["delta"].get("content") or ""
+                                             for c in received if c["choices"])
+    assert not stream.done
+
+
+def test_stream_broken_text_raises(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim, decisions=[{"name": "default", "models": ["slow"]}]))
+    sim.faults("slow", break_stream_rate=1.0)
+    with SigrouteClient(gw.url) as client, pytest.raises(StreamBroken):
+        client.stream("tell me a story").text()
+
+
+def test_stream_without_done_raises(scripted):
+    chunk = {"object": "chat.completion.chunk", "model": "m", "choices": [{"index": 0, "delta": {"content": "Hel"}}]}
+    scripted.answer(200, headers={"content-type": "text/event-stream", "x-sigroute-model": "m"},
+                    chunks=[b"data: " + json.dumps(chunk).encode() + b"\n\n"])
+    with SigrouteClient(scripted.server.url) as client:
+        stream = client.stream("hi")
+        assert stream.routing.model == "m"
+        with pytest.raises(StreamBroken) as err:
+            stream.text()
+    assert err.value.code == "stream_incomplete"
+    assert "without [DONE]" in err.value.message
+    assert err.value.partial_text == "Hel" and err.value.chunks == 1
+
+
+def test_stream_errors_before_first_chunk_raise_from_stream(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim))
+    with SigrouteClient(gw.url) as client, pytest.raises(NotFound) as err:
+        client.stream("hi", model="no-such-model")
+    assert err.value.code == "model_not_found"
+
+
+# explain, models, health ---------------------------------------------------------------------------
+
+def test_explain(sim, gateway_factory):
+    gw = gateway_factory(keyword_policy(sim))
+    with SigrouteClient(gw.url) as client:
+        why = client.explain("Why does my Python loop never end?")
+        direct = client.explain("hi", model="gamma")
+    assert isinstance(why, Explanation)
+    assert why.decision == "coding" and why.model == "beta"  # cheapest of beta, gamma
+    assert why.entrypoint == "auto" and not why.direct
+    assert why.confidence == 1.0
+    assert why.candidates == ["beta", "gamma"] and why.selection_error is None
+    assert why.matched_signals == ["keyword:code"]
+    assert why.signals["keyword:code"]["matched"] is True
+    assert why.signals["keyword:unused"]["used_by_rules"] is False
+    verdicts = {d["decision"]: d["matched"] for d in why.decisions}
+    assert verdicts["coding"] is True
+    assert why.raw["winner"]["decision"] == "coding"
+    assert why.prompt_tokens > 0
+    assert direct.direct and direct.decision == "direct" and direct.model == "gamma"
+    assert sim.stats()["total_calls"] == 0  # explaining never calls a model
+
+
+def test_models_health_ready(sim, gateway_factory):
+    gw = gateway_factory(keyword_policy(sim))
+    with SigrouteClient(gw.url) as client:
+        models = client.models()
+        assert client.health() == {"status": "ok"}
+        ready = client.ready()
+    kinds = {m["id"]: m["sigroute"]["kind"] for m in models}
+    assert kinds["auto"] == "entrypoint"
+    assert kinds["alpha"] == "model" and kinds["gamma"] == "model"
+    assert ready["status"] == "ready" and ready["models"]["alpha"] == "closed"
+
+
+# errors and retries --------------------------------------------------------------------------------
+
+def test_authentication_errors(sim, gateway_factory):
+    gw = gateway_factory(auth_policy(sim))
+    client, transport = counting_client(gw.url, max_retries=2)
+    with client:
+        with pytest.raises(AuthenticationError) as err:
+            client.chat("hi")
+        assert err.value.status == 401 and err.value.code == "missing_api_key"
+        assert err.value.type == "authentication_error"
+        assert transport.calls == 1  # a 401 is never retried
+    with SigrouteClient(gw.url, api_key="sk-wrong") as wrong, pytest.raises(AuthenticationError) as err:
+        wrong.models()
+    assert err.value.code == "invalid_api_key"
+    with SigrouteClient(gw.url, api_key=KEY) as good:
+        assert good.chat("hi").routing.model == "alpha"
+        assert any(m["id"] == "auto" for m in good.models())
+    assert sim.calls("alpha") == 1
+
+
+def test_not_found_and_bad_request_are_not_retried(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim))
+    client, transport = counting_client(gw.url, max_retries=3)
+    with client:
+        with pytest.raises(NotFound) as err:
+            client.chat("hi", model="no-such-model")
+        assert (err.value.status, err.value.code, err.value.param) == (404, "model_not_found", "model")
+        assert "auto" in err.value.message  # the gateway says what to use instead
+        with pytest.raises(BadRequest) as err:
+            client.chat([{"role": "robot", "content": "x"}])
+        assert (err.value.status, err.value.param) == (400, "messages[0].role")
+    assert transport.calls == 2
+    assert sim.stats()["total_calls"] == 0
+
+
+def test_rate_limited_and_retry_after(sim, gateway_factory):
+    gw = gateway_factory(auth_policy(sim, rate_limit={"requests_per_minute": 60, "burst": 1}))
+    # no retries: the 429 surfaces with its retry-after
+    with SigrouteClient(gw.url, api_key=KEY, max_retries=0) as client:
+        client.chat("1")
+        with pytest.raises(RateLimited) as err:
+            client.chat("2")
+    assert err.value.status == 429 and err.value.code == "rate_limit_exceeded"
+    assert err.value.retry_after == 1.0
+    # retries allowed but the wait exceeds the cap: raised at once, without sleeping
+    client, transport = counting_client(gw.url, api_key=KEY, max_retries=2, max_retry_wait=0.5)
+    with client:
+        started = time.monotonic()
+        with pytest.raises(RateLimited):
+            client.chat("3")
+        assert time.monotonic() - started < 0.5
+        assert transport.calls == 1
+    # retries allowed within the cap: the client waits retry-after and succeeds
+    time.sleep(1.05)  # refill the bucket
+    client, transport = counting_client(gw.url, api_key=KEY, max_retries=2)
+    with client:
+        client.chat("4")
+        started = time.monotonic()
+        answer = client.chat("5")
+        elapsed = time.monotonic() - started
+    assert answer.routing.model == "alpha"
+    assert transport.calls == 3  # "4", "5" rate limited, "5" again
+    assert elapsed >= 0.95
+    assert sim.calls("alpha") == 3  # "1", "4", "5": rejected requests never reach a model
+
+
+def test_all_failing_is_upstream_error_and_not_retried(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim, decisions=[{"name": "default", "models": ["alpha", "beta"]}]))
+    sim.faults("alpha", error_rate=1.0)
+    sim.faults("beta", error_rate=1.0)
+    client, transport = counting_client(gw.url, max_retries=3)
+    with client, pytest.raises(UpstreamError) as err:
+        client.chat("hi")
+    assert err.value.status == 502 and err.value.code == "upstream_failed"
+    assert "alpha" in err.value.message and "beta" in err.value.message
+    assert transport.calls == 1
+    assert sim.calls("alpha") == 1 and sim.calls("beta") == 1
+
+
+def test_unavailable_retry_after_too_long_is_raised(sim, gateway_factory):
+    gw = gateway_factory(only_alpha_policy(sim, cooldown_s=30))
+    sim.faults("alpha", error_rate=1.0)
+    client, transport = counting_client(gw.url, max_retries=2, max_retry_wait=5)
+    with client:
+        with pytest.raises(UpstreamError):
+            client.chat("hi")  # opens alpha's circuit
+        with pytest.raises(Unavailable) as err:
+            client.chat("hi")
+        assert err.value.status == 503 and err.value.code == "all_circuits_open"
+        assert err.value.retry_after >= 20
+        assert transport.calls == 2
+        ready = client.ready()  # a probe gets the report, not an exception
+    assert ready["status"] == "unavailable" and ready["models"]["alpha"] == "open"
+
+
+def test_unavailable_is_retried_after_retry_after(sim, gateway_factory):
+    gw = gateway_factory(only_alpha_policy(sim, cooldown_s=1))
+    sim.faults("alpha", error_rate=1.0)
+    client, transport = counting_client(gw.url, max_retries=2, max_retry_wait=5)
+    with client:
+        with pytest.raises(UpstreamError):
+            client.chat("hi")
+        sim.faults("alpha")  # alpha recovers; its circuit stays open for the cooldown
+        answer = client.chat("hi")
+    assert answer.routing.model == "alpha"
+    assert transport.calls == 3  # 502, then 503 with retry-after 1, then the trial call succeeds
+
+
+def test_503_without_retry_after_backs_off(scripted):
+    error = {"error": {"message": "busy", "type": "service_unavailable", "param": None, "code": "busy"}}
+    completion = {"id": "x", "object": "chat.completion", "model": "m",
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+    scripted.answer(503, error).answer(503, error).answer(200, completion, headers={"x-sigroute-model": "m"})
+    with SigrouteClient(scripted.server.url, max_retries=2, backoff_s=0.01) as client:
+        answer = client.chat("hi")
+    assert answer.text == "ok" and answer.routing.model == "m"
+    assert len(scripted.requests) == 3
+
+
+def test_retries_are_bounded(scripted):
+    error = {"error": {"message": "slow down", "type": "rate_limit_error", "param": None, "code": "x"}}
+    scripted.answer(429, error, headers={"retry-after": "0"})
+    with SigrouteClient(scripted.server.url, max_retries=2) as client, pytest.raises(RateLimited):
+        client.chat("hi")
+    assert len(scripted.requests) == 3
+
+
+def test_non_openai_error_body(scripted):
+    scripted.answer(500, b"<html>oops</html>", headers={"content-type": "text/html"})
+    with SigrouteClient(scripted.server.url) as client, pytest.raises(SigrouteError) as err:
+        client.chat("hi")
+    assert type(err.value) is SigrouteError
+    assert err.value.status == 500 and "oops" in err.value.message
+    assert len(scripted.requests) == 1  # a 500 is not retried
+
+
+def test_connection_refused_is_retried_then_raised():
+    client, transport = counting_client(f"http://127.0.0.1:{free_port()}", max_retries=2, backoff_s=0.01)
+    with client, pytest.raises(APIConnectionError) as err:
+        client.health()
+    assert err.value.sent is False and err.value.status is None
+    assert transport.calls == 3
+
+
+# feedback --------------------------------------------------------------------------------------------
+
+def test_feedback_raises_while_the_gateway_has_no_endpoint(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim))
+    with SigrouteClient(gw.url) as client:
+        request_id = client.chat("hi").routing.request_id
+        with pytest.raises(FeedbackNotSupported) as err:
+            client.feedback(request_id, thumbs=True)
+        assert isinstance(err.value, NotFound) and isinstance(err.value, SigrouteError)
+        assert err.value.status == 404 and err.value.code == "feedback_not_supported"
+        assert "no feedback endpoint" in str(err.value) and "NOT recorded" in str(err.value)
+        with pytest.raises(ValueError):
+            client.feedback(request_id)  # nothing to report
+        with pytest.raises(ValueError):
+            client.feedback(request_id, thumbs="sideways")
+
+
+def test_feedback_wire_shape_and_other_404s(scripted):
+    scripted.answer(200, {"status": "recorded"})
+    with SigrouteClient(scripted.server.url) as client:
+        assert client.feedback("req_1", score=0.5, thumbs=False, label="wrong") == {"status": "recorded"}
+        method, path, body = scripted.requests[-1]
+        assert (method, path) == ("POST", "/v1/feedback")
+        assert json.loads(body) == {"request_id": "req_1", "score": 0.5, "thumbs": "down", "label": "wrong"}
+        scripted.script[:] = []
+        scripted.answer(404, {"error": {"message": "no answer with id req_2", "type": "not_found_error",
+                                        "param": "request_id", "code": "request_not_found"}})
+        with pytest.raises(NotFound) as err:
+            client.feedback("req_2", score=1)
+    assert not isinstance(err.value, FeedbackNotSupported)
+    assert err.value.code == "request_not_found"
+
+
+# async -------------------------------------------------------------------------------------------
+
+async def test_async_chat_debug_and_explain(sim, gateway_factory):
+    gw = gateway_factory(keyword_policy(sim))
+    async with AsyncSigrouteClient(gw.url) as client:
+        answer = await client.chat("Why does my Python loop never end?", debug=True)
+        why = await client.explain("Why does my Python loop never end?")
+        models = await client.models()
+        health = await client.health()
+        ready = await client.ready()
+    assert (answer.routing.decision, answer.routing.model) == ("coding", "beta")
+    assert answer.routing.signals["keyword:code"] == SignalVerdict(True, 1.0)
+    assert answer.text and answer.routing.request_id.startswith("req_")
+    assert why.decision == "coding" and why.model == "beta"
+    assert {"auto", "alpha"} <= {m["id"] for m in models}
+    assert health == {"status": "ok"} and ready["status"] == "ready"
+
+
+async def test_async_stream_equals_whole(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim))
+    async with AsyncSigrouteClient(gw.url) as client:
+        whole = await client.chat(ECHO)
+        async with await client.stream(ECHO) as stream:
+            assert stream.routing.model == "alpha" and stream.routing.decision == "default"
+            chunks = [chunk async for chunk in stream]
+        assert stream.done
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        assert text == whole.text
+        again = await client.stream(ECHO)
+        assert await again.text() == whole.text
+
+
+async def test_async_stream_broken(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim, decisions=[{"name": "default", "models": ["slow"]}]))
+    sim.faults("slow", break_stream_rate=1.0)
+    async with AsyncSigrouteClient(gw.url) as client:
+        stream = await client.stream("tell me a story")
+        received = []
+        with pytest.raises(StreamBroken) as err:
+            async for chunk in stream:
+                received.append(chunk)
+    assert received and err.value.code == "stream_broken"
+    assert err.value.partial_text
+
+
+async def test_async_errors_and_retry(sim, gateway_factory):
+    gw = gateway_factory(auth_policy(sim, rate_limit={"requests_per_minute": 60, "burst": 1}))
+    async with AsyncSigrouteClient(gw.url) as anonymous:
+        with pytest.raises(AuthenticationError):
+            await anonymous.chat("hi")
+    async with AsyncSigrouteClient(gw.url, api_key=KEY, max_retries=0) as client:
+        await client.chat("1")
+        with pytest.raises(RateLimited) as err:
+            await client.chat("2")
+        assert err.value.retry_after == 1.0
+    async with AsyncSigrouteClient(gw.url, api_key=KEY, max_retries=1) as patient:
+        started = time.monotonic()
+        answer = await patient.chat("3")
+        assert time.monotonic() - started >= 0.5  # it waited for the bucket
+    assert answer.routing.model == "alpha"
+    assert sim.calls("alpha") == 2
+
+
+async def test_async_upstream_error_and_feedback(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim))
+    sim.faults("alpha", error_rate=1.0)
+    async with AsyncSigrouteClient(gw.url, max_retries=2) as client:
+        with pytest.raises(UpstreamError) as err:
+            await client.chat("hi")
+        assert err.value.status == 502 and err.value.code == "upstream_failed"
+        assert sim.calls("alpha") == 1  # never retried by the client
+        with pytest.raises(NotFound) as not_found:
+            await client.chat("hi", model="no-such-model")
+        assert not_found.value.code == "model_not_found"
+        with pytest.raises(FeedbackNotSupported):
+            await client.feedback("req_x", score=1.0)
+
+
+# import isolation --------------------------------------------------------------------------------
+
+def test_client_imports_without_server_dependencies():
+    code = (
+        "import json, sys\n"
+        "import gateway.client as c\n"
+        "assert c.SigrouteClient and c.AsyncSigrouteClient\n"
+        "heavy = ('torch', 'faiss', 'litellm', 'sentence_transformers', 'sklearn', 'fastapi', 'starlette',\n"
+        "         'uvicorn', 'signals', 'bandits', 'policies', 'cache', 'plugins')\n"
+        "ours = ('gateway.app', 'gateway.pipeline', 'gateway.upstream', 'gateway.sim', 'gateway.auth',\n"
+        "        'gateway.errors', 'gateway.metrics', 'gateway.serving')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in ours)\n"
+        "print(json.dumps(loaded))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
