@@ -37,13 +37,20 @@ The last line printed is the summary as one JSON line; the JSON file holds it un
 
 Targets (reported, not enforced): sigroute's added p50 ≤ 1.5 × the pass-through's at 1 and 16
 clients; its own time p50 < 1 ms and p99 < 5 ms.
+
+Reading the numbers: when the machine has few cores, 16 closed-loop clients saturate the proxy's
+single process, so the added latency at 16 clients is mostly queueing and tracks the proxy's CPU
+time per request (``cpu_ms_per_request`` in the summary: server process CPU time divided by the
+requests it served, from /proc). ``x-sigroute-overhead-ms`` is wall time, so under saturation
+it also includes waiting for the event loop while other requests are served.
+``--sigroute-command`` runs another sigroute command (e.g. a patched build) against the same
+baseline, for A/B comparisons of a change.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -60,7 +67,6 @@ from benchmarks.loadgen import (
     cpu_seconds,
     machine_info,
     median,
-    percentile,
     run_async,
     stats,
 )

@@ -228,6 +228,7 @@ class OpenAICompatibleTransport:
                 deadline = spec.stream_idle_timeout_s
                 if data == b"[DONE]":
                     finished = True
+                    await _drain(lines, spec.stream_idle_timeout_s)  # so the connection goes back to the pool
                     break
                 try:
                     chunk = orjson.loads(data)
@@ -245,6 +246,17 @@ class OpenAICompatibleTransport:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+async def _drain(lines: AsyncIterator[bytes], timeout_s: float) -> None:
+    """Read what is left of a finished stream (the chunked terminator); closing a response with
+    unread body would close its connection instead of returning it to the pool."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx.TransportError, httpx.StreamError):
+        pass
 
 
 async def _sse_data_lines(raw: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
