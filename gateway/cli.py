@@ -11,10 +11,15 @@ import signal
 import sys
 
 
-def _load(path: str | None):
-    from policies.loader import load_default_policy, load_policy
+def _load_or_report(path: str | None):
+    """The policy at `path` (or the embedded default); on errors, print them and return None."""
+    from policies.loader import PolicyError, load_default_policy, load_policy
 
-    return load_default_policy() if path is None else load_policy(path)
+    try:
+        return load_default_policy() if path is None else load_policy(path)
+    except PolicyError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
 
 
 def cmd_validate(args) -> int:
@@ -49,12 +54,9 @@ def cmd_schema(args) -> int:
 def cmd_explain(args) -> int:
     from gateway.metrics import Metrics
     from gateway.pipeline import Pipeline
-    from policies.loader import PolicyError
 
-    try:
-        policy = _load(args.policy)
-    except PolicyError as exc:
-        print(str(exc), file=sys.stderr)
+    policy = _load_or_report(args.policy)
+    if policy is None:
         return 1
     messages = []
     if args.system:
@@ -121,12 +123,9 @@ def cmd_serve(args) -> int:
 
     from gateway.app import create_app
     from gateway.serving import best_http, best_loop
-    from policies.loader import PolicyError
 
-    try:
-        policy = _load(args.policy)
-    except PolicyError as exc:
-        print(str(exc), file=sys.stderr)
+    policy = _load_or_report(args.policy)
+    if policy is None:
         return 1
     app = create_app(policy, policy_path=args.policy)
     if args.policy:

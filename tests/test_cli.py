@@ -62,3 +62,13 @@ def test_demo_runs_end_to_end():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "40 requests in" in result.stdout and "0 errors" in result.stdout
     assert "default" in result.stdout
+
+
+def test_serve_refuses_a_bad_policy_with_a_clear_message(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nmodels: {}\ndecisions: []\n")
+    result = sigroute("serve", "--policy", str(bad), "--port", "0", timeout=60)
+    assert result.returncode == 1
+    assert f"{bad}:2:" in result.stderr and "models" in result.stderr
+    missing = sigroute("serve", "--policy", str(tmp_path / "missing.yaml"), timeout=60)
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
