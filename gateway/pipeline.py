@@ -38,7 +38,10 @@ from gateway.upstream import CallResult, UpstreamError, Upstreams
 from policies.rules import DecisionEngine, Outcome
 from policies.schema import Decision, Policy
 from signals.context import RequestContext
+from signals.encoder import RequestEmbedder, shared_encoder
 from signals.engine import SignalEngine
+from signals.learned import SignalResources
+from signals.registry import SIGNAL_TYPES
 
 log = logging.getLogger("sigroute.pipeline")
 
@@ -70,6 +73,15 @@ class Answer:
     on_close: list[Any] = field(default_factory=list)
 
 
+def needs_encoder(policy: Policy) -> bool:
+    """Whether some declared signal reads embeddings (then the encoder is loaded with the policy)."""
+    for key in policy.signals.declared():
+        cls = SIGNAL_TYPES.get(key.split(":", 1)[0])
+        if cls is not None and cls.needs_embedding:
+            return True
+    return False
+
+
 class Pipeline:
     def __init__(self, policy: Policy, metrics: Metrics, *, environ: Mapping[str, str] | None = None,
                  transports=None, rate_limiter: RateLimiter | None = None, previous: "Pipeline | None" = None):
@@ -80,7 +92,15 @@ class Pipeline:
         env = os.environ if environ is None else environ
         self.auth = Authenticator(policy.auth, policy.server.rate_limit, environ=env)
         self.rate_limiter = rate_limiter or RateLimiter()
-        self.signals = SignalEngine(policy)
+        self.embedder = None
+        resources = None
+        if needs_encoder(policy):
+            spec = policy.encoder
+            encoder = shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens,
+                                     max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms)
+            self.embedder = RequestEmbedder(encoder, spec.input, spec.long_input)
+            resources = SignalResources(encoder, policy.domains)
+        self.signals = SignalEngine(policy, resources=resources)
         self.engines: dict[str, DecisionEngine] = {}
         for name, entry in policy.entrypoints.items():
             chosen = [d for d in policy.decisions if entry.decisions is None or d.name in entry.decisions]
@@ -125,7 +145,7 @@ class Pipeline:
             raise APIError(f"request body of {len(raw)} bytes exceeds the limit of {self.max_request_bytes}",
                            status=413, type="invalid_request_error", code="request_too_large")
         body = parse_chat_request(raw)
-        return RequestContext.from_body(request_id, body, headers, principal)
+        return RequestContext.from_body(request_id, body, headers, principal, self.embedder)
 
     # 3 + 4 + 7 -----------------------------------------------------------------------------------
     async def route(self, ctx: RequestContext) -> Route:

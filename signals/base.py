@@ -34,6 +34,16 @@ class Signal(ABC):
         self.name = name
         self.config = config
 
+    @classmethod
+    def build(cls, name: str, config: Any, resources: Any) -> "Signal":
+        """Construct the signal for a policy. Learned signals override this to take what they
+        need from `resources` (a `signals.learned.SignalResources`: encoder, heads, domains)."""
+        return cls(name, config)
+
+    def embedding_texts(self, ctx: RequestContext) -> tuple[str, ...]:
+        """Texts whose embeddings `evaluate` reads (only asked when `needs_embedding`)."""
+        return (ctx.embedding_text,)
+
     @property
     def key(self) -> str:
         return f"{self.type}:{self.name}"

@@ -94,12 +94,16 @@ class RequestContext:
     messages: tuple[Message, ...]
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-cased names
     principal: Principal = ANONYMOUS
+    # Set by the pipeline when some signal needs embeddings (a signals.encoder.RequestEmbedder).
+    embedder: Any = None
+    _vectors: dict[str, Any] = field(default_factory=dict, repr=False)
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)  # per-request results signals share
 
     @classmethod
     def from_body(cls, request_id: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None,
-                  principal: Principal = ANONYMOUS) -> "RequestContext":
+                  principal: Principal = ANONYMOUS, embedder: Any = None) -> "RequestContext":
         return cls(request_id=request_id, body=body, messages=normalize_messages(body.get("messages")),
-                   headers=headers or {}, principal=principal)
+                   headers=headers or {}, principal=principal, embedder=embedder)
 
     # request parameters ---------------------------------------------------------------------
     @property
@@ -178,3 +182,39 @@ class RequestContext:
         from signals.tokens import count_message_tokens
 
         return count_message_tokens(self.messages)
+
+    # embeddings -----------------------------------------------------------------------------
+    @cached_property
+    def embedding_text(self) -> str:
+        """The text behind the request's embedding (the encoder's `input` setting)."""
+        scope = getattr(self.embedder, "input", "last_user")
+        return self.text_for_scope(scope)
+
+    async def ensure_embeddings(self, texts: Any) -> None:
+        """Embed every text not embedded yet for this request, in one encoder call."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if not missing:
+            return
+        if self.embedder is None:
+            raise RuntimeError("this request has no encoder: no signal of the policy declared it needs one")
+        vectors = await self.embedder.embed(missing)
+        for text, vector in zip(missing, vectors):
+            self._vectors[text] = vector
+
+    def vector(self, text: str):
+        """The unit embedding of `text`, which `ensure_embeddings` computed earlier for this request."""
+        try:
+            return self._vectors[text]
+        except KeyError:
+            raise KeyError("text was not embedded for this request; the signal engine embeds what "
+                           "signals list in embedding_texts()") from None
+
+    @property
+    def embedding_vector(self):
+        """The request's embedding (computed by `embedding()` or the signal engine)."""
+        return self.vector(self.embedding_text)
+
+    async def embedding(self):
+        """The request's embedding, computed at most once."""
+        await self.ensure_embeddings((self.embedding_text,))
+        return self.embedding_vector

@@ -1,7 +1,8 @@
 """`SignalEngine`: builds a policy's signals once and evaluates them per request.
 
 Demand-driven: on the request path only the signals some decision's rules read (`engine.used`)
-are computed. If any of them needs the embedding, the engine awaits `ctx.embedding()` once first,
+are computed. If any of them needs embeddings, the engine first collects every text they read
+(usually just the request's embedding text) and embeds them in one micro-batched encoder call,
 so the signals themselves stay synchronous and cheap. A signal that raises does not fail the
 request: its result is unmatched with an `{"error": ...}` value, and the failure is logged without
 any request text.
@@ -25,7 +26,7 @@ Plan = tuple[tuple[str, Signal], ...]
 class SignalEngine:
     """All signals of one policy, built once (a new policy builds a new engine)."""
 
-    def __init__(self, policy, types: Mapping[str, type[Signal]] = SIGNAL_TYPES):
+    def __init__(self, policy, types: Mapping[str, type[Signal]] = SIGNAL_TYPES, resources=None):
         signals: dict[str, Signal] = {}
         for key, config in policy.signals.declared().items():
             type_name, name = key.split(":", 1)
@@ -36,7 +37,7 @@ class SignalEngine:
                     f"signal '{key}': sigroute has no implementation of signal type '{type_name}' "
                     f"(implemented: {known})"
                 )
-            signals[key] = cls(name, config)
+            signals[key] = cls.build(name, config, resources)
         self.signals: Mapping[str, Signal] = signals
         # Policy validation guarantees every referenced signal is declared.
         self.used: frozenset[str] = frozenset(k for k in policy.used_signals() if k in signals)
@@ -65,7 +66,7 @@ class SignalEngine:
         else:
             plan = self._plan(keys)
             needs_embedding = any(s.needs_embedding for _, s in plan)
-        embedding_error = await _ensure_embedding(ctx) if needs_embedding else None
+        embedding_error = await _ensure_embeddings(ctx, plan) if needs_embedding else None
         results: dict[str, SignalResult] = {}
         for key, signal in plan:
             if embedding_error is not None and signal.needs_embedding:
@@ -86,7 +87,7 @@ class SignalEngine:
         embedding_error = None
         if any(s.needs_embedding for _, s in self._all_plan):
             start = time.perf_counter()
-            embedding_error = await _ensure_embedding(ctx)
+            embedding_error = await _ensure_embeddings(ctx, self._all_plan)
             timings["embedding"] = (time.perf_counter() - start) * 1000.0
         results: dict[str, SignalResult] = {}
         for key, signal in self._all_plan:
@@ -105,18 +106,15 @@ class SignalEngine:
         return f"<SignalEngine {len(self.signals)} declared, {len(self.used)} used>"
 
 
-async def _ensure_embedding(ctx: RequestContext) -> SignalResult | None:
-    """Compute the request's embedding once; on failure, the result every embedding signal gets.
-
-    Learned signals read the embedding, which the context computes once (batched, off the event
-    loop). `RequestContext.embedding` arrives with the neural signals; until then no registered
-    signal needs it, and a context without it leaves each such signal to fail on its own.
-    """
-    embedding = getattr(ctx, "embedding", None)
-    if embedding is None:
-        return None
+async def _ensure_embeddings(ctx: RequestContext, plan: Plan) -> SignalResult | None:
+    """Embed every text the plan's learned signals read, in one encoder call; on failure, the
+    result each such signal gets instead."""
+    texts: list[str] = []
     try:
-        await embedding()
+        for _, signal in plan:
+            if signal.needs_embedding:
+                texts.extend(signal.embedding_texts(ctx))
+        await ctx.ensure_embeddings(texts)
     except Exception as exc:
         return _failed("embedding", ctx, exc)
     return None

@@ -18,6 +18,8 @@ from signals.heuristics import (
     Modality,
 )
 
+from signals.learned import Complexity, Domain, Embedding, FactCheck, Jailbreak
+
 SIGNAL_TYPES: dict[str, type[Signal]] = {
     "keyword": Keyword,
     "context_length": ContextLength,
@@ -27,4 +29,9 @@ SIGNAL_TYPES: dict[str, type[Signal]] = {
     "conversation": Conversation,
     "header": Header,
     "metadata": Metadata,
+    "embedding": Embedding,
+    "domain": Domain,
+    "complexity": Complexity,
+    "jailbreak": Jailbreak,
+    "fact_check": FactCheck,
 }

@@ -45,14 +45,19 @@ async def check(type_name: str, config: dict, ctx: RequestContext) -> SignalResu
     return results[f"{type_name}:s"]
 
 
-def test_registry_covers_every_heuristic_type():
-    assert set(SIGNAL_TYPES) >= {
-        "keyword", "context_length", "language", "authz", "modality", "conversation", "header", "metadata",
-    }
+HEURISTIC = {"keyword", "context_length", "language", "authz", "modality", "conversation", "header", "metadata"}
+
+
+def test_registry_covers_every_schema_type():
+    from policies.schema import Signals
+
+    assert set(SIGNAL_TYPES) == set(Signals.model_fields)
+    assert set(SIGNAL_TYPES) >= HEURISTIC
     for type_name, cls in SIGNAL_TYPES.items():
         assert cls.type == type_name
         assert issubclass(cls, Signal)
-        assert cls.needs_embedding is False
+        # heuristics never pay for the encoder
+        assert cls.needs_embedding is (type_name not in HEURISTIC and type_name != "pii")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -680,8 +685,9 @@ class _EmbeddingContext(RequestContext):
     calls = 0
     fail = False
 
-    async def embedding(self):
+    async def ensure_embeddings(self, texts):
         type(self).calls += 1
+        type(self).texts = list(texts)
         if self.fail:
             raise RuntimeError("encoder down")
         self.embedded = True
@@ -701,7 +707,8 @@ async def test_engine_awaits_the_embedding_once_when_needed():
     assert engine.needs_embedding
     ctx = _embedding_ctx("alpha beta")
     results = await engine.evaluate(ctx)
-    assert _EmbeddingContext.calls == 1
+    assert _EmbeddingContext.calls == 1  # two signals, one encoder call
+    assert _EmbeddingContext.texts == ["alpha beta", "alpha beta"]  # each signal's text, deduplicated later
     assert results["keyword:a"].matched and results["keyword:b"].matched and results["context_length:c"].matched
 
     # not awaited when the signals asked for don't need it

