@@ -342,6 +342,7 @@ class Pipeline:
                        "algorithm": decision.algorithm.name, "candidates": candidates,
                        "selection": choice, "selection_error": selection_error},
             "prompt_tokens": ctx.prompt_tokens,
+            "embedding_ms": round(timings["embedding"], 3) if "embedding" in timings else None,
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
         }
 

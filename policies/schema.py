@@ -264,8 +264,8 @@ class ComplexitySignal(Strict):
     method: Literal["exemplars", "head"] = "exemplars"
     hard_examples: Sentences = Field((), description="replace the built-in hard exemplars")
     easy_examples: Sentences = Field((), description="replace the built-in easy exemplars")
-    hard_above: float = Field(0.05, ge=-2, le=2)
-    easy_below: float = Field(-0.05, ge=-2, le=2)
+    hard_above: float = Field(0.02, ge=-2, le=2)
+    easy_below: float = Field(-0.1, ge=-2, le=2)
 
     @property
     def levels(self) -> tuple[str, ...]:

@@ -15,6 +15,41 @@ from gateway.serving import ServerThread
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+
+# --------------------------------------------------------------------------------------------
+# No network at run time: every test runs with connections to non-loopback addresses refused, so
+# a component that tries to download something (weights, a price map, a suffix list) fails loudly.
+
+class NetworkBlocked(OSError):
+    pass
+
+
+def _is_loopback(address: Any) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0] if isinstance(address, tuple) and address else ""
+    return host in ("localhost", "::1") or str(host).startswith("127.") or host == "0.0.0.0"
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _guarded_connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
+        raise NetworkBlocked(f"tests may not reach the network (tried to connect to {address!r})")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
+        raise NetworkBlocked(f"tests may not reach the network (tried to connect to {address!r})")
+    return _real_connect_ex(self, address)
+
+
+socket.socket.connect = _guarded_connect
+socket.socket.connect_ex = _guarded_connect_ex
+
 SIM_MODELS = {
     "alpha": {"ttft_ms": 1, "tokens_per_s": 0, "completion_tokens": 8, "price": {"input": 0.1, "output": 0.2},
               "accuracy": {"default": 1.0}},
