@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8099)
     p.set_defaults(func=cmd_sim)
 
+    sub.add_parser("train", help="rebuild a shipped head from the shared data: train {domain|jailbreak|complexity} "
+                   "--data DIR [--out DIR] (see `sigroute train --help`)", add_help=False)
+
     p = sub.add_parser("demo", help="run the simulated upstream and the gateway, send requests, print a report")
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=16)
@@ -203,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # the trainer owns its options (signals.training)
+        from signals.training import main as train_main
+
+        return train_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("SIGROUTE_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

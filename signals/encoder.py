@@ -5,8 +5,10 @@ nothing is ever downloaded; a local directory holding any sentence-transformers 
 It runs on CUDA when torch sees a GPU, else on the CPU.
 
 Concurrent requests share forward passes: `Encoder.embed(texts)` puts the texts on a queue; a
-single batching task collects whatever arrives within `max_wait_ms` (or until `max_batch` texts)
-and runs one forward pass in a worker thread, off the event loop. Vectors are L2-normalized
+single batching task takes everything that queued up while the previous forward pass ran (up to
+`max_batch` texts) and runs one forward pass in a worker thread, off the event loop. Under load
+(the previous batch had company) it also waits up to `max_wait_ms` for more; a lone request on an
+idle encoder never waits. Vectors are L2-normalized
 float32, so a dot product is the cosine similarity.
 
 Trained heads are tied to the encoder that produced their training embeddings: `fingerprint` (a
@@ -144,14 +146,43 @@ class Encoder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         start = time.perf_counter()
+        texts = list(texts)
         with self._model_lock:
-            vectors = self._st.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                      convert_to_numpy=True, show_progress_bar=False)
+            if len(texts) == 1:
+                vectors = self._forward(texts)
+            else:
+                vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+                for chunk in self._chunks(texts, batch_size):
+                    vectors[chunk] = self._forward([texts[i] for i in chunk])
         self.stats.forward_passes += 1
         self.stats.texts += len(texts)
         self.stats.seconds += time.perf_counter() - start
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(texts))
         return np.asarray(vectors, dtype=np.float32)
+
+    # A padded batch costs (longest text × batch size); on a CPU, long texts gain little from
+    # sharing a pass while short ones gain a lot. So a batch is cut into chunks of similar length
+    # whose padded size stays within a budget of word pieces (estimated from characters).
+    TOKEN_BUDGET = 2048
+    CHARS_PER_TOKEN = 4.0
+
+    def _chunks(self, texts: list[str], batch_size: int) -> list[list[int]]:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        chunks: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            tokens = min(self.max_tokens, len(texts[i]) / self.CHARS_PER_TOKEN + 2)
+            if current and (len(current) + 1) * tokens > self.TOKEN_BUDGET or len(current) >= batch_size:
+                chunks.append(current)
+                current = []
+            current.append(i)
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        return self._st.encode(texts, batch_size=len(texts), normalize_embeddings=True,
+                               convert_to_numpy=True, show_progress_bar=False)
 
     def token_count(self, text: str) -> int:
         """Word pieces `text` becomes under this model's tokenizer (without special tokens)."""
@@ -174,10 +205,11 @@ class Encoder:
 
     async def _batch_forever(self, queue: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
+        busy = False  # did the previous batch have company? only then is waiting worth it
         while True:
             jobs = [await queue.get()]
             count = len(jobs[0][0])
-            deadline = loop.time() + self.max_wait_s
+            deadline = loop.time() + (self.max_wait_s if busy else 0.0)
             while count < self.max_batch:
                 try:
                     job = queue.get_nowait()
@@ -191,6 +223,7 @@ class Encoder:
                         break
                 jobs.append(job)
                 count += len(job[0])
+            busy = len(jobs) > 1
             jobs = [(texts, fut) for texts, fut in jobs if not fut.cancelled()]
             if not jobs:
                 continue
