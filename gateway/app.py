@@ -244,7 +244,8 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics_endpoint() -> Response:
         pipeline = runtime.pipeline
-        return Response(pipeline.metrics.render(pipeline.upstreams.breaker_states()),
+        encoder_stats = pipeline.embedder.encoder.stats if pipeline.embedder is not None else None
+        return Response(pipeline.metrics.render(pipeline.upstreams.breaker_states(), encoder_stats),
                         media_type=pipeline.metrics.content_type)
 
     @app.post("/v1/admin/reload", summary="Reload the policy file")

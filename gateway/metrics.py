@@ -45,6 +45,12 @@ class Metrics:
                                      ["model"], registry=r)
         self.client_disconnects = Counter("sigroute_client_disconnects_total",
                                           "Requests whose caller went away before the answer", registry=r)
+        self.encoder_calls = Gauge("sigroute_encoder_calls", "Batched encoder calls (forward passes) so far", registry=r)
+        self.encoder_texts = Gauge("sigroute_encoder_texts", "Texts embedded so far", registry=r)
+        self.encoder_seconds = Gauge("sigroute_encoder_seconds", "Time spent in encoder forward passes so far",
+                                     registry=r)
+        self.signal_errors = Counter("sigroute_signal_errors_total", "Signals that failed and counted as unmatched",
+                                     ["signal"], registry=r)
         self.policy_reloads = Counter("sigroute_policy_reloads_total", "Policy reloads", ["result"], registry=r)
 
     # upstream observer protocol (gateway.upstream.Observer)
@@ -57,7 +63,11 @@ class Metrics:
     def breaker_opened(self, model: str) -> None:
         self.breakers_opened.labels(model).inc()
 
-    def render(self, breaker_states: dict[str, str] | None = None) -> bytes:
+    def render(self, breaker_states: dict[str, str] | None = None, encoder_stats=None) -> bytes:
         for model, state in (breaker_states or {}).items():
             self.breaker_open.labels(model).set(1 if state == "open" else 0)
+        if encoder_stats is not None:  # signals.encoder.EncoderStats (shared by the process's pipelines)
+            self.encoder_calls.set(encoder_stats.forward_passes)
+            self.encoder_texts.set(encoder_stats.texts)
+            self.encoder_seconds.set(encoder_stats.seconds)
         return generate_latest(self.registry)

@@ -159,6 +159,9 @@ class Pipeline:
             raise NotFound(f"model '{model}' is not offered here; use one of: {', '.join(offered)}",
                            param="model", code="model_not_found")
         results = await self.signals.evaluate(ctx)
+        for key, result in results.items():
+            if result.value.__class__ is dict and "error" in result.value:  # failed: counted as unmatched
+                self.metrics.signal_errors.labels(key).inc()
         outcome = engine.choose(results)
         decision = outcome.winner
         candidates = self.candidates(decision, ctx)

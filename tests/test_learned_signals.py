@@ -180,3 +180,11 @@ def test_a_failing_encoder_leaves_learned_signals_unmatched_not_the_request_fail
     results = asyncio.run(pipeline.signals.evaluate(ctx))
     assert results["embedding:billing"].matched is False
     assert results["embedding:billing"].value == {"error": "RuntimeError"}
+
+
+def test_metrics_show_encoder_work(sim, gateway_factory, encoder):
+    gw = gateway_factory(base_policy(sim, signals=LEARNED_SIGNALS, decisions=LEARNED_DECISIONS))
+    routed(gw, "Which ocean is the deepest?")
+    text = gw.http.get("/metrics").text
+    calls = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("sigroute_encoder_calls "))
+    assert calls >= 1 and calls == encoder.stats.forward_passes
