@@ -224,10 +224,10 @@ BUILTIN_DOMAINS: tuple[str, ...] = (
     "biology", "business", "chemistry", "computer science", "economics", "engineering", "health",
     "history", "law", "math", "other", "philosophy", "physics", "psychology",
 )
-BUILTIN_PII_TYPES: tuple[str, ...] = (
-    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "URL",
-    "US_BANK_NUMBER", "US_PASSPORT", "US_DRIVER_LICENSE", "US_ITIN", "CRYPTO", "MEDICAL_LICENSE",
-    "UK_NHS", "DATE_TIME", "PERSON", "LOCATION", "ORGANIZATION",
+BUILTIN_PII_TYPES: tuple[str, ...] = (  # must equal signals.pii's pattern + NER types (a test checks)
+    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "CRYPTO", "UK_NHS",
+    "US_ITIN", "URL", "DATE_TIME", "MAC_ADDRESS", "US_BANK_NUMBER", "US_PASSPORT", "US_DRIVER_LICENSE",
+    "MEDICAL_LICENSE", "ABA_ROUTING_NUMBER", "PERSON", "LOCATION", "ORGANIZATION", "NRP",
 )
 Sentences = tuple[Annotated[str, Field(min_length=1, max_length=4000)], ...]
 

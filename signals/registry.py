@@ -19,6 +19,7 @@ from signals.heuristics import (
 )
 
 from signals.learned import Complexity, Domain, Embedding, FactCheck, Jailbreak
+from signals.pii import Pii
 
 SIGNAL_TYPES: dict[str, type[Signal]] = {
     "keyword": Keyword,
@@ -34,4 +35,5 @@ SIGNAL_TYPES: dict[str, type[Signal]] = {
     "complexity": Complexity,
     "jailbreak": Jailbreak,
     "fact_check": FactCheck,
+    "pii": Pii,
 }

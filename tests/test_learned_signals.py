@@ -188,3 +188,23 @@ def test_metrics_show_encoder_work(sim, gateway_factory, encoder):
     text = gw.http.get("/metrics").text
     calls = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("sigroute_encoder_calls "))
     assert calls >= 1 and calls == encoder.stats.forward_passes
+
+
+def test_policy_pii_types_are_exactly_the_detectors():
+    from policies.schema import BUILTIN_PII_TYPES
+    from signals.pii import NER_ENTITIES, PATTERN_ENTITIES
+
+    assert set(BUILTIN_PII_TYPES) == set(PATTERN_ENTITIES) | set(NER_ENTITIES)
+
+
+def test_pii_signal_routes_to_the_private_decision(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim,
+        signals={"pii": {"personal": {"entities": ["EMAIL_ADDRESS", "CREDIT_CARD"],
+                                      "allow_values": ["help@sigroute.io"]}}},
+        decisions=[{"name": "private", "rules": "pii:personal", "models": ["beta"]},
+                   {"name": "default", "models": ["alpha"]}]))
+    assert routed(gw, "email the receipt to jo.bloggs@mailhost.org please") == "private"
+    assert routed(gw, "my card is 4111 1111 1111 1111, is it charged?") == "private"
+    assert routed(gw, "contact help@sigroute.io for questions") == "default"
+    assert routed(gw, "my card number is 4111 1111 1111 1112") == "default"  # fails the Luhn check
+    assert gw.app.state.runtime.pipeline.embedder is None  # pattern PII needs no encoder
