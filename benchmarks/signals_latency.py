@@ -42,14 +42,15 @@ from benchmarks.loadgen import machine_info, stats
 DEFAULT_QUESTIONS = "../shared/data/routing/mmlu_pro/questions.jsonl.gz"
 
 
-def load_texts(path: str, n: int, seed: int) -> list[str]:
+def load_texts(path: str, n: int, seed: int, with_options: bool = True) -> list[str]:
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh]
     rng = random.Random(seed)
     rng.shuffle(rows)
     texts = []
     for row in rows[:n]:
-        options = "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(row.get("options") or []))
+        options = "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(row.get("options") or [])) \
+            if with_options else ""
         texts.append(f"{row['question']}\n{options}".strip())
     return texts
 
@@ -87,7 +88,7 @@ async def run(args) -> dict:
     from signals.encoder import load_sentence_transformer
     from signals.registry import SIGNAL_TYPES
 
-    texts = load_texts(args.questions, args.n + args.warmup, args.seed)
+    texts = load_texts(args.questions, args.n + args.warmup, args.seed, not args.stem_only)
     policy = Policy.model_validate(bench_policy("pii" in SIGNAL_TYPES))
     pipeline = Pipeline(policy, Metrics())
     encoder = pipeline.embedder.encoder
@@ -166,6 +167,8 @@ async def run(args) -> dict:
         "mean_batch_size": round((encoder.stats.texts - texts_before) / max(passes, 1), 2),
         "signals": sorted(pipeline.signals.used),
         "n": len(texts),
+        "text": "question" if args.stem_only else "question+options",
+        "mean_chars": round(sum(map(len, texts)) / len(texts), 1),
         "concurrency": args.concurrency,
         "device": encoder.device,
         "targets_met": {"p50_ratio_le_1.2": signals_p50 / bare_p50 <= 1.2,
@@ -183,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--stem-only", action="store_true",
+                        help="send only the question, without its options (shorter, chat-like prompts)")
     parser.add_argument("--json", default="results/signals_latency.json", help="where to write the result")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
