@@ -534,16 +534,15 @@ def _default_encoder():
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sigroute train", description="Train a shipped head.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train one head")
-    train.add_argument("kind", choices=sorted(TRAINERS))
-    train.add_argument("--data", default=str(DEFAULT_DATA), help="data directory laid out like ../shared/data")
-    train.add_argument("--out", default=None, help="output directory (default: signals/trained/<kind>)")
-    train.add_argument("--cache", default=None, help="directory to keep computed embeddings in (optional)")
+    parser = argparse.ArgumentParser(prog="sigroute train",
+                                     description="Rebuild a shipped head from data laid out like ../shared/data.")
+    parser.add_argument("kind", choices=sorted(TRAINERS))
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="data directory laid out like ../shared/data")
+    parser.add_argument("--out", default=None, help="output directory (default: signals/trained/<kind>)")
+    parser.add_argument("--cache", default=None, help="directory to keep computed embeddings in (optional)")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in TRAINERS:  # `sigroute train domain ...` may hand over argv without "train"
-        argv = ["train"] + argv
+    if argv[:1] == ["train"]:  # `python -m signals.training train domain …`
+        argv = argv[1:]
     args = parser.parse_args(argv)
     data = Path(args.data)
     if not data.is_dir():
