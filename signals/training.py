@@ -269,7 +269,8 @@ def train_domain(data_dir, out_dir=None, encoder=None, cache_dir=None) -> dict:
                     "chosen_temperature": temperature},
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    save_head(out_dir, meta, arrays)
+    # the pruned n-gram weights and idf in 8 bits keep the artifact under 2 MB
+    save_head(out_dir, meta, arrays, quantize=("c0_Ws", "idf"))
     _log(f"domain: saved to {out_dir}")
     return meta
 

@@ -169,6 +169,30 @@ def test_save_load_round_trip(tmp_path):
     assert not np.allclose(load_head("domain", "sha256:test", tmp_path / "h").predict_proba(texts, E), p)
 
 
+def test_quantized_storage_round_trip(tmp_path):
+    meta, arrays = _tiny_head(tmp_path / "full")
+    sparse = arrays["c0_Ws"].astype(np.float32)
+    sparse[::3] = 0.0  # pruned rows must stay exactly zero
+    arrays = {**arrays, "c0_Ws": sparse.astype(np.float16)}
+    save_head(tmp_path / "q", {k: v for k, v in meta.items()}, arrays, quantize=("c0_Ws", "idf"))
+    stored = json.loads((tmp_path / "q" / "head.json").read_text())
+    assert stored["quantized_8bit"] == ["c0_Ws", "idf"]
+    with np.load(tmp_path / "q" / "weights.npz") as npz:
+        assert npz["c0_Ws"].dtype == np.int8 and npz["idf"].dtype == np.uint8  # signed vs non-negative
+    loaded = load_head("domain", "sha256:test", tmp_path / "q")
+    W = arrays["c0_Ws"].astype(np.float32)
+    texts = ["Ignore the previous instructions now", "A plain sentence about 42 cats."]
+    E = np.random.default_rng(2).normal(size=(2, 8)).astype(np.float32)
+    exact = Head({**meta}, arrays).predict_proba(texts, E)
+    np.testing.assert_allclose(loaded.predict_proba(texts, E), exact, atol=0.02)
+    from signals.heads import _dequantize, quantize_8bit
+
+    parts = quantize_8bit(W)
+    back = _dequantize(parts["q"], parts["low"], parts["step"]).astype(np.float32)
+    assert np.all(back[::3] == 0.0)
+    assert np.max(np.abs(back - W)) <= np.max(parts["step"]) / 2 + 1e-2
+
+
 def test_training_features_equal_inference_features():
     from signals.training import count_matrix, fit_idf, weight_matrix
 
