@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from signals.encoder import Encoder
 from signals.heads import load_head, question_text
 from signals.training import embed, in_test_split, load_questions
+from benchmarks.report import emit
 
 DEFAULT_QUESTIONS = "../shared/data/routing/mmlu_pro/questions.jsonl.gz"
 TARGET = 0.85
@@ -88,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         for c, v in result["per_category"].items():
             log(f"  {c:18s} {v['accuracy']:.3f}  (n={v['n']})")
         log(f"accuracy {summary['accuracy']:.4f} on {summary['n']} questions (target {TARGET})")
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        log(f"wrote {path}")
-    print(json.dumps(summary), flush=True)
+    emit(result, args.json, log)
     return 0
 
 

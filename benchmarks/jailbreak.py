@@ -26,7 +26,6 @@ MMLU-Pro questions.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 from signals.encoder import Encoder
 from signals.heads import load_head, question_text
 from signals.training import embed, in_test_split, load_labeled_csv, load_questions
+from benchmarks.report import emit
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -151,12 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                    "targets": {"slabs_test_recall_at_1pct_fpr_min": 0.90, "mmlu_benign_fpr_max": 0.01}},
         "details": details,
     }
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        log(f"wrote {path}")
-    print(json.dumps(summary), flush=True)
+    emit(result, args.json, log)
     return 0
 
 

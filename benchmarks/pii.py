@@ -44,7 +44,8 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
+
+from benchmarks.report import emit
 
 DEFAULT_DATA = "../shared/data/pii/presidio_synth_dev.json"
 #: dataset type name -> detector type name (identical names are not listed)
@@ -200,11 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 shown = [e for e in errors if e["kind"] == kind and (e["type"] in STRUCTURED)][: args.errors]
                 for e in shown:
                     print(f"  {kind:<15}{e['type']:<15}{e['value']!r:<30} {e.get('score', '')}  | {e['text'][:120]!r}")
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(summary))
+    emit(result, args.json)
     return 0
 
 

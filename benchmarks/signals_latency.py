@@ -33,11 +33,11 @@ import json
 import random
 import sys
 import time
-from pathlib import Path
 
 import orjson
 
 from benchmarks.loadgen import machine_info, stats
+from benchmarks.report import emit
 
 DEFAULT_QUESTIONS = "../shared/data/routing/mmlu_pro/questions.jsonl.gz"
 
@@ -191,11 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="results/signals_latency.json", help="where to write the result")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result["summary"], separators=(",", ":")), flush=True)
+    emit(result, args.json)
     return 0
 
 

@@ -35,7 +35,7 @@ import re
 import threading
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 

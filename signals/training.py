@@ -432,7 +432,7 @@ def solved_fraction(data_dir: Path) -> dict[int, float]:
     out = {}
     with gzip.open(data_dir / CORRECTNESS, "rt", encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh)
-        header = next(reader)
+        next(reader)  # header: question_id, category, src, then one column per model
         for row in reader:
             vals = [float(v) for v in row[3:] if v != ""]
             if vals:
