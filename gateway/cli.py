@@ -22,6 +22,17 @@ def _load_or_report(path: str | None):
         return None
 
 
+def _startup_problem(exc: Exception, path: str | None) -> str | None:
+    """A policy that validates can still fail to start: its encoder or a trained head is missing
+    or was trained on another encoder. Those errors get one clear line instead of a traceback."""
+    from signals.encoder import EncoderUnavailable
+    from signals.heads import HeadMismatch
+
+    if isinstance(exc, (EncoderUnavailable, HeadMismatch, FileNotFoundError)):
+        return f"{path or 'embedded default policy'}: cannot start: {exc}"
+    return None
+
+
 def cmd_validate(args) -> int:
     from policies.loader import PolicyError, load_policy, policy_warnings
 
@@ -84,6 +95,12 @@ def cmd_explain(args) -> int:
     except APIError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        problem = _startup_problem(exc, args.policy)
+        if problem is None:
+            raise
+        print(problem, file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -127,7 +144,14 @@ def cmd_serve(args) -> int:
     policy = _load_or_report(args.policy)
     if policy is None:
         return 1
-    app = create_app(policy, policy_path=args.policy)
+    try:
+        app = create_app(policy, policy_path=args.policy)
+    except Exception as exc:
+        problem = _startup_problem(exc, args.policy)
+        if problem is None:
+            raise
+        print(problem, file=sys.stderr)
+        return 1
     if args.policy:
         def on_hup(*_):
             try:

@@ -72,3 +72,18 @@ def test_serve_refuses_a_bad_policy_with_a_clear_message(tmp_path):
     assert f"{bad}:2:" in result.stderr and "models" in result.stderr
     missing = sigroute("serve", "--policy", str(tmp_path / "missing.yaml"), timeout=60)
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+def test_serve_and_explain_report_a_missing_encoder_without_a_traceback(tmp_path):
+    policy = tmp_path / "enc.yaml"
+    policy.write_text(
+        "models:\n  m: {provider: openai/m, api_base: 'http://127.0.0.1:9/v1'}\n"
+        "signals:\n  complexity: {hard: {level: hard}}\n"
+        f"encoder: {{model: {tmp_path / 'no-model'}}}\n"
+        "decisions:\n  - {name: hard, rules: 'complexity:hard', models: [m]}\n  - {name: default, models: [m]}\n")
+    for command in (("serve", "--policy", str(policy), "--port", "0"),
+                    ("explain", str(policy), "hello")):
+        result = sigroute(*command, timeout=120)
+        assert result.returncode == 1, command
+        assert "cannot start" in result.stderr and "never downloads" in result.stderr
+        assert "Traceback" not in result.stderr
