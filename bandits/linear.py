@@ -1,0 +1,364 @@
+"""Ridge-regression estimators behind the linear contextual bandits, kept as additive sums.
+
+Every learner here models the reward of arm (model) `a` for a context vector `x` as linear in
+features and keeps only *sufficient statistics that add*: per arm the count, Σ x xᵀ, Σ r x, and so
+on. The ridge term λI is added when the statistics are read, never stored, so two replicas that
+each learned from their own traffic merge exactly by adding their sums (see `bandits.store`).
+
+* `DisjointRidge` — one independent ridge regression per arm (disjoint LinUCB, Li et al. 2010,
+  algorithm 1). The inverse of Aₐ = λI + Σ x xᵀ is kept up to date by the Sherman–Morrison formula
+  after each observation and recomputed exactly from the sums every `recompute_every` updates (and
+  whenever sums are loaded), so rounding error never accumulates.
+* `HybridRidge` — shared coefficients β on features zₐ = armfeatures(a) ⊗ x plus a per-arm θₐ
+  (hybrid LinUCB, algorithm 2). A newly added arm starts at the pooled prediction zₐᵀβ instead of
+  knowing nothing. The estimates are computed from per-arm sums by block elimination, which gives
+  exactly the joint ridge regression over [z, x in arm a's slot].
+
+Both expose `predict(arm, x) -> (mean, variance_factor)` where the variance factor is xᵀA⁻¹x (the
+joint form for the hybrid), `observe(arm, x, reward)` (a full observation: the context counts once
+more and its reward is added), `credit(arm, x, reward)` (only reward added to an earlier
+observation of the same context: delayed quality feedback), and `sums()` / `load_sums()` to move
+state in and out as flat float64 vectors, one per arm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+
+__all__ = ["DisjointRidge", "HybridRidge", "disjoint_layout_size", "hybrid_layout_size"]
+
+
+def disjoint_layout_size(dim: int) -> int:
+    """Length of one arm's flat sum vector for `DisjointRidge`: [n, Σr, Σr², Σ r x (d), Σ x xᵀ (d²)]."""
+    return 3 + dim + dim * dim
+
+
+def hybrid_layout_size(dim: int, shared_dim: int) -> int:
+    """`disjoint_layout_size` plus [Σ r z (k), Σ x zᵀ (d·k), Σ z zᵀ (k²)]."""
+    return disjoint_layout_size(dim) + shared_dim + dim * shared_dim + shared_dim * shared_dim
+
+
+def _as_vector(x: np.ndarray | Iterable[float], dim: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if x.shape[0] != dim:
+        raise ValueError(f"context vector has {x.shape[0]} features, the estimator expects {dim}")
+    return x
+
+
+@dataclass
+class _ArmSums:
+    """Σ statistics of one arm for a d-dimensional context."""
+
+    n: float
+    r_sum: float
+    r2_sum: float
+    xr: np.ndarray  # (d,)
+    xx: np.ndarray  # (d, d)
+
+    @classmethod
+    def zeros(cls, dim: int) -> "_ArmSums":
+        return cls(0.0, 0.0, 0.0, np.zeros(dim), np.zeros((dim, dim)))
+
+    def pack(self) -> np.ndarray:
+        return np.concatenate(([self.n, self.r_sum, self.r2_sum], self.xr, self.xx.reshape(-1)))
+
+    @classmethod
+    def unpack(cls, vec: np.ndarray, dim: int) -> "_ArmSums":
+        vec = np.asarray(vec, dtype=np.float64)
+        head = 3 + dim
+        return cls(float(vec[0]), float(vec[1]), float(vec[2]), vec[3:head].copy(),
+                   vec[head:head + dim * dim].reshape(dim, dim).copy())
+
+
+class DisjointRidge:
+    """Independent ridge regression per arm, with the inverse kept by Sherman–Morrison."""
+
+    kind = "disjoint"
+
+    def __init__(self, dim: int, ridge: float = 1.0, recompute_every: int = 64):
+        if dim < 1:
+            raise ValueError("dim must be at least 1")
+        if ridge <= 0:
+            raise ValueError("ridge (λ) must be positive")
+        self.dim = dim
+        self.ridge = float(ridge)
+        self.recompute_every = max(1, int(recompute_every))
+        self._sums: dict[str, _ArmSums] = {}
+        self._inverse: dict[str, np.ndarray] = {}
+        self._theta: dict[str, np.ndarray] = {}
+        self._since_exact: dict[str, int] = {}
+
+    # -- state in and out ---------------------------------------------------------------------
+    @property
+    def layout_size(self) -> int:
+        return disjoint_layout_size(self.dim)
+
+    def arms(self) -> list[str]:
+        return list(self._sums)
+
+    def sums(self) -> dict[str, np.ndarray]:
+        return {arm: s.pack() for arm, s in self._sums.items()}
+
+    def load_sums(self, arms: Mapping[str, np.ndarray], *, replace: bool = True) -> None:
+        """Set (or, with replace=False, overwrite only the given) arms' statistics and recompute."""
+        if replace:
+            self._sums.clear()
+            self._inverse.clear()
+            self._theta.clear()
+            self._since_exact.clear()
+        for arm, vec in arms.items():
+            vec = np.asarray(vec, dtype=np.float64)
+            if vec.shape != (self.layout_size,):
+                raise ValueError(f"arm '{arm}': state has {vec.size} numbers, expected {self.layout_size} "
+                                 f"for {self.dim} features (was it trained with another feature schema?)")
+            self._sums[arm] = _ArmSums.unpack(vec, self.dim)
+            self._exact(arm)
+
+    def remove_arm(self, arm: str) -> None:
+        for table in (self._sums, self._inverse, self._theta, self._since_exact):
+            table.pop(arm, None)
+
+    def count(self, arm: str) -> float:
+        s = self._sums.get(arm)
+        return s.n if s is not None else 0.0
+
+    def total_count(self) -> float:
+        return sum(s.n for s in self._sums.values())
+
+    # -- estimation ---------------------------------------------------------------------------
+    def _arm(self, arm: str) -> _ArmSums:
+        s = self._sums.get(arm)
+        if s is None:
+            s = self._sums[arm] = _ArmSums.zeros(self.dim)
+            self._inverse[arm] = np.eye(self.dim) / self.ridge
+            self._theta[arm] = np.zeros(self.dim)
+            self._since_exact[arm] = 0
+        return s
+
+    def _exact(self, arm: str) -> None:
+        s = self._sums[arm]
+        a = s.xx + self.ridge * np.eye(self.dim)
+        inv = np.linalg.inv(a)
+        self._inverse[arm] = 0.5 * (inv + inv.T)
+        self._theta[arm] = self._inverse[arm] @ s.xr
+        self._since_exact[arm] = 0
+
+    def inverse(self, arm: str) -> np.ndarray:
+        """A⁻¹ for the arm as currently maintained (exact or Sherman–Morrison updated)."""
+        self._arm(arm)
+        return self._inverse[arm]
+
+    def theta(self, arm: str) -> np.ndarray:
+        self._arm(arm)
+        return self._theta[arm]
+
+    def predict(self, arm: str, x: np.ndarray) -> tuple[float, float]:
+        """(θₐᵀx, xᵀAₐ⁻¹x) — an unseen arm predicts 0 with variance factor |x|²/λ."""
+        x = _as_vector(x, self.dim)
+        if arm not in self._sums:
+            return 0.0, float(x @ x) / self.ridge
+        inv = self._inverse[arm]
+        return float(self._theta[arm] @ x), max(0.0, float(x @ inv @ x))
+
+    def predict_many(self, arms: Iterable[str], x: np.ndarray) -> dict[str, tuple[float, float]]:
+        return {arm: self.predict(arm, x) for arm in arms}
+
+    # -- learning -----------------------------------------------------------------------------
+    def observe(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0) -> None:
+        x = _as_vector(x, self.dim)
+        s = self._arm(arm)
+        w = float(weight)
+        s.n += w
+        s.r_sum += w * reward
+        s.r2_sum += w * reward * reward
+        s.xr += (w * reward) * x
+        s.xx += w * np.outer(x, x)
+        self._since_exact[arm] += 1
+        if self._since_exact[arm] >= self.recompute_every or w != 1.0:
+            self._exact(arm)
+            return
+        inv = self._inverse[arm]
+        ax = inv @ x
+        self._inverse[arm] = inv - np.outer(ax, ax) / (1.0 + float(x @ ax))
+        self._theta[arm] = self._inverse[arm] @ s.xr
+
+    def credit(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0) -> None:
+        """Add reward to an earlier observation of `x` (the context is not counted again)."""
+        x = _as_vector(x, self.dim)
+        s = self._arm(arm)
+        w = float(weight)
+        s.r_sum += w * reward
+        s.xr += (w * reward) * x
+        self._theta[arm] = self._inverse[arm] @ s.xr
+
+    def add_sums(self, arm: str, vec: np.ndarray) -> None:
+        """Add a flat statistics vector (e.g. another replica's delta) to an arm and recompute it."""
+        vec = np.asarray(vec, dtype=np.float64)
+        if vec.shape != (self.layout_size,):
+            raise ValueError(f"arm '{arm}': delta has {vec.size} numbers, expected {self.layout_size}")
+        s = self._arm(arm)
+        merged = s.pack() + vec
+        self._sums[arm] = _ArmSums.unpack(merged, self.dim)
+        self._exact(arm)
+
+
+class HybridRidge:
+    """Hybrid linear model r ≈ zₐᵀβ + xᵀθₐ with zₐ = armfeatures(a) ⊗ x (Li et al. 2010, alg. 2).
+
+    `arm_features` maps each arm to a small vector describing it (for example [1, log price]); an
+    arm without an entry gets `default_arm_features`. With arm features [1] for every arm, β is the
+    pooled linear model shared by all arms and θₐ each arm's deviation from it.
+    """
+
+    kind = "hybrid"
+
+    def __init__(self, dim: int, arm_features: Mapping[str, np.ndarray] | None = None,
+                 default_arm_features: np.ndarray | None = None, ridge: float = 1.0):
+        if dim < 1:
+            raise ValueError("dim must be at least 1")
+        if ridge <= 0:
+            raise ValueError("ridge (λ) must be positive")
+        self.dim = dim
+        self.ridge = float(ridge)
+        self.arm_features = {a: np.asarray(v, dtype=np.float64).reshape(-1) for a, v in (arm_features or {}).items()}
+        if default_arm_features is None:  # [1, 0, 0, …]: the pooled intercept only
+            size = next(iter(self.arm_features.values())).size if self.arm_features else 1
+            default_arm_features = np.eye(size)[0]
+        self.default_arm_features = np.asarray(default_arm_features, dtype=np.float64).reshape(-1)
+        sizes = {v.size for v in self.arm_features.values()} | {self.default_arm_features.size}
+        if len(sizes) != 1:
+            raise ValueError("every arm's features must have the same length")
+        self.arm_dim = sizes.pop()
+        self.shared_dim = self.arm_dim * dim
+        self._sums: dict[str, np.ndarray] = {}
+        self._dirty = True
+        self._cache: dict[str, object] = {}
+
+    @property
+    def layout_size(self) -> int:
+        return hybrid_layout_size(self.dim, self.shared_dim)
+
+    def _features_of(self, arm: str) -> np.ndarray:
+        return self.arm_features.get(arm, self.default_arm_features)
+
+    def shared_vector(self, arm: str, x: np.ndarray) -> np.ndarray:
+        return np.kron(self._features_of(arm), x)
+
+    # -- state --------------------------------------------------------------------------------
+    def arms(self) -> list[str]:
+        return list(self._sums)
+
+    def sums(self) -> dict[str, np.ndarray]:
+        return {arm: v.copy() for arm, v in self._sums.items()}
+
+    def load_sums(self, arms: Mapping[str, np.ndarray], *, replace: bool = True) -> None:
+        if replace:
+            self._sums.clear()
+        for arm, vec in arms.items():
+            vec = np.asarray(vec, dtype=np.float64)
+            if vec.shape != (self.layout_size,):
+                raise ValueError(f"arm '{arm}': state has {vec.size} numbers, expected {self.layout_size} "
+                                 f"(was it trained with another feature schema?)")
+            self._sums[arm] = vec.copy()
+        self._dirty = True
+
+    def remove_arm(self, arm: str) -> None:
+        if self._sums.pop(arm, None) is not None:
+            self._dirty = True
+
+    def count(self, arm: str) -> float:
+        v = self._sums.get(arm)
+        return float(v[0]) if v is not None else 0.0
+
+    def total_count(self) -> float:
+        return float(sum(v[0] for v in self._sums.values()))
+
+    def add_sums(self, arm: str, vec: np.ndarray) -> None:
+        vec = np.asarray(vec, dtype=np.float64)
+        if vec.shape != (self.layout_size,):
+            raise ValueError(f"arm '{arm}': delta has {vec.size} numbers, expected {self.layout_size}")
+        self._sums[arm] = self._sums.get(arm, np.zeros(self.layout_size)) + vec
+        self._dirty = True
+
+    def _split(self, vec: np.ndarray):
+        d, k = self.dim, self.shared_dim
+        i = 3
+        xr = vec[i:i + d]; i += d
+        xx = vec[i:i + d * d].reshape(d, d); i += d * d
+        zr = vec[i:i + k]; i += k
+        xz = vec[i:i + d * k].reshape(d, k); i += d * k
+        zz = vec[i:i + k * k].reshape(k, k)
+        return xr, xx, zr, xz, zz
+
+    def _pack_observation(self, arm: str, x: np.ndarray, reward: float, weight: float, count: bool) -> np.ndarray:
+        z = self.shared_vector(arm, x)
+        w = float(weight)
+        if count:
+            parts = [np.array([w, w * reward, w * reward * reward]), (w * reward) * x, w * np.outer(x, x).ravel(),
+                     (w * reward) * z, w * np.outer(x, z).ravel(), w * np.outer(z, z).ravel()]
+        else:
+            parts = [np.array([0.0, w * reward, 0.0]), (w * reward) * x, np.zeros(self.dim * self.dim),
+                     (w * reward) * z, np.zeros(self.dim * self.shared_dim), np.zeros(self.shared_dim ** 2)]
+        return np.concatenate(parts)
+
+    # -- estimation ---------------------------------------------------------------------------
+    def _solve(self) -> None:
+        d, k, lam = self.dim, self.shared_dim, self.ridge
+        a0 = lam * np.eye(k)
+        b0 = np.zeros(k)
+        per_arm = {}
+        for arm, vec in self._sums.items():
+            xr, xx, zr, xz, zz = self._split(vec)
+            a_inv = np.linalg.inv(xx + lam * np.eye(d))
+            a_inv = 0.5 * (a_inv + a_inv.T)
+            a_inv_b = a_inv @ xz  # (d, k)
+            a0 += zz - xz.T @ a_inv_b
+            b0 += zr - a_inv_b.T @ xr
+            per_arm[arm] = (a_inv, xz, xr, a_inv_b)
+        a0_inv = np.linalg.inv(a0)
+        a0_inv = 0.5 * (a0_inv + a0_inv.T)
+        beta = a0_inv @ b0
+        thetas = {arm: a_inv @ (xr - xz @ beta) for arm, (a_inv, xz, xr, _) in per_arm.items()}
+        self._cache = {"a0_inv": a0_inv, "beta": beta, "arms": per_arm, "theta": thetas}
+        self._dirty = False
+
+    def beta(self) -> np.ndarray:
+        if self._dirty:
+            self._solve()
+        return self._cache["beta"]  # type: ignore[return-value]
+
+    def predict(self, arm: str, x: np.ndarray) -> tuple[float, float]:
+        x = _as_vector(x, self.dim)
+        if self._dirty:
+            self._solve()
+        z = self.shared_vector(arm, x)
+        a0_inv = self._cache["a0_inv"]
+        beta = self._cache["beta"]
+        arm_state = self._cache["arms"].get(arm)  # type: ignore[union-attr]
+        if arm_state is None:  # never observed: θ = 0, A = λI, B = 0
+            mean = float(z @ beta)
+            var = float(z @ a0_inv @ z) + float(x @ x) / self.ridge
+            return mean, max(0.0, var)
+        a_inv, xz, _, a_inv_b = arm_state
+        theta = self._cache["theta"][arm]  # type: ignore[index]
+        mean = float(z @ beta + x @ theta)
+        a_inv_x = a_inv @ x
+        cross = a_inv_b.T @ x  # Bᵀ A⁻¹ x  (k,)
+        var = (float(z @ a0_inv @ z) - 2.0 * float(z @ a0_inv @ cross) + float(x @ a_inv_x)
+               + float(cross @ a0_inv @ cross))
+        return mean, max(0.0, var)
+
+    def predict_many(self, arms: Iterable[str], x: np.ndarray) -> dict[str, tuple[float, float]]:
+        return {arm: self.predict(arm, x) for arm in arms}
+
+    # -- learning -----------------------------------------------------------------------------
+    def observe(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0) -> None:
+        x = _as_vector(x, self.dim)
+        self.add_sums(arm, self._pack_observation(arm, x, reward, weight, count=True))
+
+    def credit(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0) -> None:
+        x = _as_vector(x, self.dim)
+        self.add_sums(arm, self._pack_observation(arm, x, reward, weight, count=False))

@@ -1,0 +1,188 @@
+"""The ridge estimators and exploration rules behind the contextual bandits, checked against
+direct linear algebra on small problems."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from bandits.linear import DisjointRidge, HybridRidge, disjoint_layout_size
+from bandits.policies import EpsilonGreedyRule, LinUCBRule, ThompsonRule
+
+
+def _ridge(X: np.ndarray, r: np.ndarray, lam: float):
+    A = X.T @ X + lam * np.eye(X.shape[1])
+    return np.linalg.solve(A, X.T @ r), np.linalg.inv(A)
+
+
+def test_disjoint_matches_direct_ridge_regression():
+    rng = np.random.default_rng(0)
+    d, lam = 5, 0.7
+    est = DisjointRidge(d, ridge=lam, recompute_every=10_000)  # Sherman–Morrison only
+    data = {"a": ([], []), "b": ([], [])}
+    for _ in range(40):
+        arm = "a" if rng.random() < 0.6 else "b"
+        x = rng.normal(size=d)
+        r = float(rng.random())
+        est.observe(arm, x, r)
+        data[arm][0].append(x)
+        data[arm][1].append(r)
+    x_new = rng.normal(size=d)
+    for arm, (xs, rs) in data.items():
+        theta, a_inv = _ridge(np.array(xs), np.array(rs), lam)
+        mean, var = est.predict(arm, x_new)
+        assert mean == pytest.approx(float(theta @ x_new), rel=1e-9, abs=1e-12)
+        assert var == pytest.approx(float(x_new @ a_inv @ x_new), rel=1e-9)
+    ucb = LinUCBRule(est, alpha=0.8).choose(x_new, ["a", "b"])
+    expected = {arm: est.predict(arm, x_new)[0] + 0.8 * math.sqrt(est.predict(arm, x_new)[1]) for arm in "ab"}
+    assert ucb.arm == max(expected, key=expected.get)
+    assert ucb.scores["a"] == pytest.approx(expected["a"])
+    assert ucb.propensity == 1.0
+
+
+def test_sherman_morrison_inverse_equals_exact_after_many_updates():
+    rng = np.random.default_rng(1)
+    d = 12
+    est = DisjointRidge(d, ridge=1.0, recompute_every=10**9)
+    for _ in range(5000):
+        x = rng.normal(size=d)
+        x /= np.linalg.norm(x)
+        est.observe("m", x, float(rng.random()))
+    exact = np.linalg.inv(est._sums["m"].xx + np.eye(d))
+    assert np.max(np.abs(est.inverse("m") - exact)) < 1e-9
+    est.load_sums(est.sums())  # an exact recomputation from the stored sums
+    assert np.max(np.abs(est.inverse("m") - exact)) < 1e-12
+
+
+def test_credit_adds_reward_without_counting_the_context_again():
+    d = 3
+    full = DisjointRidge(d)
+    split = DisjointRidge(d)
+    x = np.array([1.0, 0.5, -0.2])
+    full.observe("m", x, 0.9)
+    split.observe("m", x, 0.4)
+    split.credit("m", x, 0.5)
+    assert np.allclose(full.sums()["m"][:2], split.sums()["m"][:2])
+    assert np.allclose(full.sums()["m"][3:], split.sums()["m"][3:])  # Σr² is not additive under credit
+    assert split.count("m") == 1
+
+
+def test_sums_merge_by_adding():
+    rng = np.random.default_rng(2)
+    d = 4
+    one, two, together = DisjointRidge(d), DisjointRidge(d), DisjointRidge(d)
+    for i in range(60):
+        x, r = rng.normal(size=d), float(rng.random())
+        (one if i % 2 else two).observe("m", x, r)
+        together.observe("m", x, r)
+    merged = DisjointRidge(d)
+    merged.add_sums("m", one.sums()["m"])
+    merged.add_sums("m", two.sums()["m"])
+    x = rng.normal(size=d)
+    assert merged.predict("m", x) == pytest.approx(together.predict("m", x), rel=1e-9)
+    with pytest.raises(ValueError, match="expected"):
+        merged.load_sums({"m": np.zeros(disjoint_layout_size(d) + 1)})
+
+
+def test_hybrid_equals_joint_ridge_regression():
+    """Block elimination must give the same estimate and variance as ridge on [z, x in arm slot]."""
+    rng = np.random.default_rng(3)
+    d, lam = 3, 0.9
+    arm_feats = {"a": np.array([1.0, 0.2]), "b": np.array([1.0, -0.5]), "c": np.array([1.0, 1.5])}
+    est = HybridRidge(d, arm_features=arm_feats, ridge=lam)
+    arms = list(arm_feats)
+    k = 2 * d
+    rows, rewards = [], []
+
+    def joint(arm, x):
+        phi = np.zeros(k + d * len(arms))
+        phi[:k] = np.kron(arm_feats[arm], x)
+        j = arms.index(arm)
+        phi[k + j * d:k + (j + 1) * d] = x
+        return phi
+
+    for _ in range(50):
+        arm = arms[int(rng.integers(0, 2))]  # "c" never observed: it must borrow from β
+        x = rng.normal(size=d)
+        r = float(rng.normal())
+        est.observe(arm, x, r)
+        rows.append(joint(arm, x))
+        rewards.append(r)
+    w, a_inv = _ridge(np.array(rows), np.array(rewards), lam)
+    x_new = rng.normal(size=d)
+    for arm in arms:
+        phi = joint(arm, x_new)
+        mean, var = est.predict(arm, x_new)
+        assert mean == pytest.approx(float(w @ phi), rel=1e-8, abs=1e-10)
+        assert var == pytest.approx(float(phi @ a_inv @ phi), rel=1e-8)
+    assert est.predict("c", x_new)[0] != 0.0  # a new model starts from the pooled estimate
+
+
+def test_hybrid_state_round_trips_and_merges():
+    rng = np.random.default_rng(4)
+    d = 3
+    a, b, both = HybridRidge(d), HybridRidge(d), HybridRidge(d)
+    for i in range(30):
+        x, r = rng.normal(size=d), float(rng.random())
+        arm = "p" if i % 3 else "q"
+        (a if i % 2 else b).observe(arm, x, r)
+        both.observe(arm, x, r)
+    merged = HybridRidge(d)
+    for part in (a, b):
+        for arm, vec in part.sums().items():
+            merged.add_sums(arm, vec)
+    x = rng.normal(size=d)
+    for arm in ("p", "q"):
+        assert merged.predict(arm, x) == pytest.approx(both.predict(arm, x), rel=1e-9)
+
+
+def test_linucb_learns_a_contextual_best_arm():
+    rng = np.random.default_rng(5)
+    est = DisjointRidge(3)
+    rule = LinUCBRule(est, alpha=0.5)
+    # arm "left" is right when feature 1 is positive, "right" otherwise
+    correct = 0
+    for t in range(1500):
+        x = np.array([1.0, rng.choice([-1.0, 1.0]), rng.normal() * 0.1])
+        best = "left" if x[1] > 0 else "right"
+        pick = rule.choose(x, ["left", "right"])
+        reward = 1.0 if pick.arm == best else 0.0
+        est.observe(pick.arm, x, reward)
+        if t >= 1000:
+            correct += reward
+    assert correct / 500 > 0.95
+
+
+def test_thompson_propensity_tracks_the_empirical_choice_frequency():
+    est = DisjointRidge(2)
+    for _ in range(3):
+        est.observe("a", np.array([1.0, 0.0]), 0.6)
+        est.observe("b", np.array([1.0, 0.0]), 0.5)
+    rule = ThompsonRule(est, v=0.5, propensity_draws=4000, rng=np.random.default_rng(6))
+    x = np.array([1.0, 0.0])
+    picks = [rule.choose(x, ["a", "b"]) for _ in range(4000)]
+    share_a = sum(p.arm == "a" for p in picks) / len(picks)
+    reported = np.mean([p.propensity for p in picks if p.arm == "a"])
+    assert 0.5 < share_a < 0.95
+    assert reported == pytest.approx(share_a, abs=0.03)
+
+
+def test_epsilon_greedy_propensities_and_decay():
+    est = DisjointRidge(1)
+    est.observe("good", np.array([1.0]), 1.0)
+    rule = EpsilonGreedyRule(est, epsilon=0.3, decay=10, min_epsilon=0.05, rng=random.Random(7))
+    assert rule.current_epsilon() == pytest.approx(0.3 / 1.1)
+    pick = rule.choose(np.array([1.0]), ["good", "bad", "other"])
+    eps = rule.current_epsilon()
+    expected = (1 - eps + eps / 3) if pick.arm == "good" else eps / 3
+    assert pick.propensity == pytest.approx(expected)
+    for _ in range(10_000):
+        est.observe("good", np.array([1.0]), 1.0)
+    assert rule.current_epsilon() == 0.05
+    counts = {"good": 0, "bad": 0, "other": 0}
+    for _ in range(3000):
+        counts[rule.choose(np.array([1.0]), list(counts)).arm] += 1
+    assert counts["good"] / 3000 == pytest.approx(1 - 0.05 + 0.05 / 3, abs=0.02)
