@@ -24,6 +24,9 @@ class Choice:
     propensity: float
     scores: Mapping[str, float] = field(default_factory=dict)  # higher is better
     ranking: tuple[str, ...] = ()  # all candidates, best first; `model` is ranking[0]
+    # contextual selectors only: the context vector the pick was made on, and whose state learned it
+    context: Any = field(default=None, compare=False, repr=False)
+    tenant: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "propensity": round(self.propensity, 6),
@@ -60,3 +63,10 @@ class Selector(ABC):
 
     def update(self, choice: Choice, reward: Reward) -> None:
         """Learn from an outcome. Stateless selectors ignore it."""
+
+    # contextual selectors override these -------------------------------------------------------
+    learns_from_feedback: bool = False
+
+    def embedding_texts(self, ctx: RequestContext) -> tuple[str, ...]:
+        """Texts whose embeddings `select` needs; the pipeline computes them before selecting."""
+        return ()

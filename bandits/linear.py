@@ -185,6 +185,15 @@ class DisjointRidge:
         self._inverse[arm] = inv - np.outer(ax, ax) / (1.0 + float(x @ ax))
         self._theta[arm] = self._inverse[arm] @ s.xr
 
+    def observation_sums(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0,
+                         count: bool = True) -> np.ndarray:
+        """The flat statistics one `observe` (count=True) or `credit` (count=False) adds."""
+        x = _as_vector(x, self.dim)
+        w = float(weight)
+        if count:
+            return np.concatenate(([w, w * reward, w * reward * reward], (w * reward) * x, w * np.outer(x, x).ravel()))
+        return np.concatenate(([0.0, w * reward, 0.0], (w * reward) * x, np.zeros(self.dim * self.dim)))
+
     def credit(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0) -> None:
         """Add reward to an earlier observation of `x` (the context is not counted again)."""
         x = _as_vector(x, self.dim)
@@ -293,7 +302,10 @@ class HybridRidge:
         zz = vec[i:i + k * k].reshape(k, k)
         return xr, xx, zr, xz, zz
 
-    def _pack_observation(self, arm: str, x: np.ndarray, reward: float, weight: float, count: bool) -> np.ndarray:
+    def observation_sums(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0,
+                         count: bool = True) -> np.ndarray:
+        """The flat statistics one `observe` (count=True) or `credit` (count=False) adds."""
+        x = _as_vector(x, self.dim)
         z = self.shared_vector(arm, x)
         w = float(weight)
         if count:
@@ -357,8 +369,8 @@ class HybridRidge:
     # -- learning -----------------------------------------------------------------------------
     def observe(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0) -> None:
         x = _as_vector(x, self.dim)
-        self.add_sums(arm, self._pack_observation(arm, x, reward, weight, count=True))
+        self.add_sums(arm, self.observation_sums(arm, x, reward, weight, count=True))
 
     def credit(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0) -> None:
         x = _as_vector(x, self.dim)
-        self.add_sums(arm, self._pack_observation(arm, x, reward, weight, count=False))
+        self.add_sums(arm, self.observation_sums(arm, x, reward, weight, count=False))

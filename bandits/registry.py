@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from typing import Any
+
 from bandits.base import Selector
+from bandits.contextual import CONTEXTUAL_SELECTORS
 from bandits.selectors import (
     CheapestSelector,
     FastestSelector,
@@ -25,6 +28,7 @@ SELECTORS: dict[str, type[Selector]] = {
     "round_robin": RoundRobinSelector,
     "cheapest": CheapestSelector,
     "fastest": FastestSelector,
+    **CONTEXTUAL_SELECTORS,
 }
 
 _missing = sorted(set(ALGORITHM_OPTIONS) - set(SELECTORS))
@@ -37,12 +41,22 @@ assert not _mismatched, f"selector options do not match policies.schema.ALGORITH
 del _missing, _mismatched
 
 
-def build_selector(algorithm: Algorithm, models: Mapping[str, ModelSpec]) -> Selector:
-    """A new selector for a decision's `algorithm` over its candidate `models` (name -> spec)."""
+def build_selector(algorithm: Algorithm, models: Mapping[str, ModelSpec], *, resources: Any = None,
+                   decision: str = "decision") -> Selector:
+    """A new selector for a decision's `algorithm` over its candidate `models` (name -> spec).
+
+    Contextual algorithms also get the policy's signal `resources` (encoder, heads) for their
+    features and the decision's name, which is part of their state key."""
     try:
         cls = SELECTORS[algorithm.name]
     except KeyError:
         raise ValueError(
             f"unknown algorithm '{algorithm.name}'; known: {', '.join(sorted(SELECTORS))}"
         ) from None
+    if name_is_contextual(algorithm.name):
+        return cls(algorithm.options, models, resources=resources, decision=decision)
     return cls(algorithm.options, models)
+
+
+def name_is_contextual(name: str) -> bool:
+    return name in CONTEXTUAL_SELECTORS

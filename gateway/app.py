@@ -5,6 +5,7 @@ Endpoints:
                               (e.g. "auto") or, if the policy allows, a concrete model
   POST /v1/route/explain      same body; shows every signal, every decision's verdict and the
                               choice, without calling a model
+  POST /v1/feedback           {request_id, score | thumbs | label}: quality of an answer, for learning
   GET  /v1/models             entrypoints and models
   GET  /health                the process is alive
   GET  /ready                 a policy is loaded and at least one model is in service
@@ -154,14 +155,38 @@ async def _until_disconnect(receive: Receive) -> None:
 
 
 def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metrics | None = None,
-               **pipeline_options: Any) -> FastAPI:
+               redis_url: str | None = None, **pipeline_options: Any) -> FastAPI:
+    """The gateway app. `redis_url` shares learning state and pending feedback between replicas
+    (and keeps them across restarts); without it both live in this process's memory."""
+    from bandits.store import open_pending_store, open_state_store
+
     metrics = metrics or Metrics()
+    pipeline_options.setdefault("state_store", open_state_store(redis_url))
+    pipeline_options.setdefault("pending_store", open_pending_store(redis_url))
     runtime = Runtime(policy, policy_path, metrics, **pipeline_options)
+
+    async def learning_loop() -> None:
+        """Load stored learning at start, then exchange statistics with the store periodically."""
+        await runtime.pipeline.load_learning()
+        while True:
+            await asyncio.sleep(runtime.pipeline.sync_interval() or 5.0)
+            await runtime.pipeline.sync_learning()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        yield
-        await runtime.aclose()
+        learner = asyncio.ensure_future(learning_loop())
+        try:
+            yield
+        finally:
+            learner.cancel()
+            with contextlib.suppress(BaseException):
+                await learner
+            with contextlib.suppress(Exception):
+                await runtime.pipeline.sync_learning()  # what was learned since the last exchange
+            await runtime.aclose()
+            for store in (pipeline_options["state_store"], pipeline_options["pending_store"]):
+                with contextlib.suppress(Exception):
+                    await store.aclose()
 
     app = FastAPI(title="sigroute", version="0.1.0", lifespan=lifespan,
                   description="Semantic model-router gateway with an OpenAI-compatible API")
@@ -229,6 +254,12 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         raw = await read_body(request, pipeline.max_request_bytes)
         return JSONBytes(orjson.dumps(await pipeline.explain(raw, request.headers)))
 
+    @app.post("/v1/feedback", summary="Report the quality of an answer so learning decisions improve")
+    async def feedback(request: Request) -> Response:
+        pipeline = runtime.pipeline
+        raw = await read_body(request, 64 * 1024)
+        return JSONBytes(orjson.dumps(await pipeline.feedback(raw, request.headers)))
+
     @app.get("/v1/models", summary="List entrypoints and models")
     async def models(request: Request) -> Response:
         pipeline = runtime.pipeline
@@ -270,6 +301,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         except Exception as exc:
             raise APIError(f"reload failed, the previous policy keeps running: {exc}", status=422,
                            type="invalid_request_error", code="invalid_policy") from None
+        await runtime.pipeline.load_learning()  # decisions whose features changed find their stored state
         return JSONBytes(orjson.dumps({"status": "reloaded", "decisions": [d.name for d in policy.decisions],
                                        "models": list(policy.models)}))
 

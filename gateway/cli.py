@@ -9,6 +9,8 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
+from typing import Any
 
 
 def _load_or_report(path: str | None):
@@ -145,7 +147,7 @@ def cmd_serve(args) -> int:
     if policy is None:
         return 1
     try:
-        app = create_app(policy, policy_path=args.policy)
+        app = create_app(policy, policy_path=args.policy, redis_url=args.redis)
     except Exception as exc:
         problem = _startup_problem(exc, args.policy)
         if problem is None:
@@ -180,6 +182,77 @@ def cmd_demo(args) -> int:
                     sim_config=args.sim_config, seed=args.seed)
 
 
+def _state_selector(args) -> tuple[str, Any]:
+    """(store key prefix, filter) for --tenant/--decision: keys look like t=T/d=D/a=ALGO/s=SCHEMA."""
+    prefix = f"t={args.tenant}/" if getattr(args, "tenant", None) else ""
+    decision = getattr(args, "decision", None)
+    if prefix and decision:
+        prefix += f"d={decision}/"
+    if decision and not getattr(args, "tenant", None):
+        return prefix, lambda key: f"/d={decision}/" in f"/{key}/"
+    return prefix, lambda key: True
+
+
+def cmd_bandit(args) -> int:
+    import asyncio
+    import json
+
+    from bandits.store import StoreUnavailable, export_state, import_state, open_state_store
+
+    if not args.redis:
+        print("sigroute bandit: give --redis URL (or set SIGROUTE_REDIS_URL): a gateway without Redis keeps its "
+              "learned state in its own memory, which another process cannot reach", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        store = open_state_store(args.redis)
+        try:
+            if args.bandit_command == "import":
+                text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+                try:
+                    snapshot = json.loads(text)
+                    n = await import_state(store, snapshot, replace=not args.merge)
+                except (ValueError, json.JSONDecodeError) as exc:
+                    print(f"{args.file}: not a sigroute bandit snapshot: {exc}", file=sys.stderr)
+                    return 1
+                print(f"{'merged' if args.merge else 'imported'} {n} state key(s) into {store.description}",
+                      file=sys.stderr)
+                return 0
+            prefix, keep = _state_selector(args)
+            if args.bandit_command == "list":
+                for key in await store.keys(prefix):
+                    if keep(key):
+                        arms = await store.load(key)
+                        counts = ", ".join(f"{arm}: {vec[0]:g}" for arm, vec in sorted(arms.items()))
+                        print(f"{key}  ({counts})")
+                return 0
+            if args.bandit_command == "export":
+                snapshot = await export_state(store, prefix)
+                snapshot["keys"] = {k: v for k, v in snapshot["keys"].items() if keep(k)}
+                text = json.dumps(snapshot)
+                if args.out:
+                    Path(args.out).write_text(text)
+                    print(f"exported {len(snapshot['keys'])} state key(s) to {args.out}", file=sys.stderr)
+                else:
+                    print(text)
+                return 0
+            # reset
+            removed = 0
+            for key in await store.keys(prefix):
+                if keep(key):
+                    removed += await store.delete(key)
+            print(f"reset {removed} state key(s) in {store.description}; running gateways pick this up at their "
+                  "next exchange with the store (about a second)", file=sys.stderr)
+            return 0
+        except StoreUnavailable as exc:
+            print(f"sigroute bandit: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sigroute", description="Semantic model-router gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,7 +263,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--log-level", default="info")
     p.add_argument("--access-log", action="store_true", help="log every request line (off by default)")
+    p.add_argument("--redis", default=os.environ.get("SIGROUTE_REDIS_URL"), metavar="URL",
+                   help="share learning state and pending feedback through Redis (redis://host:port/db); "
+                        "default: $SIGROUTE_REDIS_URL, else in memory")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bandit", help="export, import or reset the learned state of learning decisions")
+    bsub = p.add_subparsers(dest="bandit_command", required=True)
+    for name, help_text in (("export", "write a JSON snapshot of the learned state"),
+                            ("import", "load a JSON snapshot (replacing the keys it holds, or --merge)"),
+                            ("reset", "forget learned state (all of it, or one tenant / decision)"),
+                            ("list", "list the stored state keys")):
+        q = bsub.add_parser(name, help=help_text)
+        q.add_argument("--redis", default=os.environ.get("SIGROUTE_REDIS_URL"), metavar="URL",
+                       help="the Redis the gateways use (default: $SIGROUTE_REDIS_URL)")
+        if name == "import":
+            q.add_argument("file", help="snapshot written by `sigroute bandit export` ('-' = stdin)")
+            q.add_argument("--merge", action="store_true", help="add to the stored sums instead of replacing them")
+        else:
+            q.add_argument("--tenant", help="only this tenant's state")
+            q.add_argument("--decision", help="only this decision's state (with --tenant, or for every tenant)")
+        if name == "export":
+            q.add_argument("--out", help="file to write (default: stdout)")
+        q.set_defaults(func=cmd_bandit)
 
     p = sub.add_parser("validate", help="check policy files; exits non-zero on errors")
     p.add_argument("files", nargs="+")

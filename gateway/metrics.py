@@ -51,6 +51,14 @@ class Metrics:
                                      registry=r)
         self.signal_errors = Counter("sigroute_signal_errors_total", "Signals that failed and counted as unmatched",
                                      ["signal"], registry=r)
+        self.feedback = Counter("sigroute_feedback_total", "Quality feedback received, by outcome",
+                                ["status"], registry=r)
+        self.bandit_store_errors = Counter("sigroute_bandit_store_errors_total",
+                                           "Failed exchanges with the learning-state or pending-feedback store",
+                                           ["operation"], registry=r)
+        self.bandit_store_up = Gauge("sigroute_bandit_store_up",
+                                     "1 when the last exchange with the learning-state store succeeded", registry=r)
+        self.bandit_store_up.set(1)
         self.policy_reloads = Counter("sigroute_policy_reloads_total", "Policy reloads", ["result"], registry=r)
 
     # upstream observer protocol (gateway.upstream.Observer)

@@ -10,7 +10,9 @@
  8. upstream   call the ranking in order: retries, fallback, breakers
  9. plugins    (post)
 10. cache      (later issue)
-11. learn      the selector sees the outcome (latency, time to first token, success)
+11. learn      the selector sees the outcome (latency, time to first token, success); a
+               learning decision keeps a pending record so that quality feedback arriving later
+               (POST /v1/feedback) is credited to the model that answered
 
 `Pipeline` is built once per loaded policy and is immutable apart from learned state; a reload
 builds a new one.
@@ -19,6 +21,7 @@ builds a new one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -28,7 +31,9 @@ from typing import Any, AsyncIterator, Mapping
 import orjson
 
 from bandits.base import Choice, Reward
+from bandits.contextual import ContextualSelector, quality_from_feedback
 from bandits.registry import build_selector
+from bandits.store import MemoryPendingStore, MemoryStateStore
 from gateway.auth import Authenticator
 from gateway.errors import APIError, InvalidRequest, NotFound, RateLimited, Unavailable
 from gateway.metrics import Metrics
@@ -74,17 +79,25 @@ class Answer:
 
 
 def needs_encoder(policy: Policy) -> bool:
-    """Whether some declared signal reads embeddings (then the encoder is loaded with the policy)."""
+    """Whether some declared signal or some bandit's features read embeddings (then the encoder is
+    loaded with the policy)."""
+    from bandits.features import LEARNED_GROUPS
+
     for key in policy.signals.declared():
         cls = SIGNAL_TYPES.get(key.split(":", 1)[0])
         if cls is not None and cls.needs_embedding:
+            return True
+    for decision in policy.decisions:
+        groups = getattr(decision.algorithm.options, "features", ())
+        if any(g.name in LEARNED_GROUPS for g in groups):
             return True
     return False
 
 
 class Pipeline:
     def __init__(self, policy: Policy, metrics: Metrics, *, environ: Mapping[str, str] | None = None,
-                 transports=None, rate_limiter: RateLimiter | None = None, previous: "Pipeline | None" = None):
+                 transports=None, rate_limiter: RateLimiter | None = None, previous: "Pipeline | None" = None,
+                 state_store=None, pending_store=None):
         import os
 
         self.policy = policy
@@ -100,7 +113,13 @@ class Pipeline:
                                      max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms)
             self.embedder = RequestEmbedder(encoder, spec.input, spec.long_input)
             resources = SignalResources(encoder, policy.domains)
+        self.resources = resources
         self.signals = SignalEngine(policy, resources=resources)
+        # learning state and pending feedback outlive reloads: the app owns the stores
+        self.state_store = state_store if state_store is not None else (
+            previous.state_store if previous is not None else MemoryStateStore())
+        self.pending_store = pending_store if pending_store is not None else (
+            previous.pending_store if previous is not None else MemoryPendingStore())
         self.engines: dict[str, DecisionEngine] = {}
         for name, entry in policy.entrypoints.items():
             chosen = [d for d in policy.decisions if entry.decisions is None or d.name in entry.decisions]
@@ -124,9 +143,19 @@ class Pipeline:
             except KeyError:
                 old = None
             if (old is not None and old.algorithm == decision.algorithm and old.models == decision.models
-                    and all(previous.policy.models[m] == models[m] for m in decision.models)):
+                    and all(previous.policy.models[m] == models[m] for m in decision.models)
+                    and not isinstance(previous.selectors[decision.name], ContextualSelector)):
                 return previous.selectors[decision.name]
-        return build_selector(decision.algorithm, models)
+        selector = build_selector(decision.algorithm, models, resources=self.resources, decision=decision.name)
+        if isinstance(selector, ContextualSelector) and previous is not None:
+            old_selector = previous.selectors.get(decision.name)
+            if isinstance(old_selector, ContextualSelector):
+                selector.adopt(old_selector)  # same schema: models kept keep what they learned
+        return selector
+
+    @property
+    def learners(self) -> dict[str, ContextualSelector]:
+        return {name: sel for name, sel in self.selectors.items() if isinstance(sel, ContextualSelector)}
 
     # 1 + 2 ---------------------------------------------------------------------------------------
     async def admit(self, headers: Mapping[str, str]):
@@ -165,7 +194,11 @@ class Pipeline:
         outcome = engine.choose(results)
         decision = outcome.winner
         candidates = self.candidates(decision, ctx)
-        choice = self.selectors[decision.name].select(candidates, ctx)
+        selector = self.selectors[decision.name]
+        texts = selector.embedding_texts(ctx)
+        if texts:
+            await ctx.ensure_embeddings(texts)
+        choice = selector.select(candidates, ctx)
         return Route(model, decision, decision.name, outcome.confidence, outcome, results, candidates, choice)
 
     def candidates(self, decision: Decision, ctx: RequestContext) -> list[str]:
@@ -219,6 +252,7 @@ class Pipeline:
         result = await self.upstreams.call(route.choice.ranking, payload, ctx.stream)
         fallbacks = sum(1 for a in result.attempts if a.error is not None or a.skipped)
         out_headers["x-sigroute-model"] = result.model
+        await self._keep_for_feedback(route, result.model, request_id)
         if fallbacks:
             out_headers["x-sigroute-attempts"] = str(fallbacks + 1)
         if not ctx.stream:
@@ -296,7 +330,7 @@ class Pipeline:
                 cost = (prompt_tokens * price.input + completion_tokens * price.output) / 1e6
         choice = route.choice
         if choice.model != result.model:  # a fallback answered: credit the model that did
-            choice = Choice(result.model, choice.propensity, choice.scores, choice.ranking)
+            choice = dataclasses.replace(choice, model=result.model)
         reward = Reward(model=result.model, ok=ok, latency_ms=latency_ms, ttft_ms=result.ttft_ms,
                         cost_usd=cost, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                         at=time.time())
@@ -306,12 +340,112 @@ class Pipeline:
             log.exception("selector update failed for decision %s", route.decision_name)
         for attempt in result.attempts:  # failed attempts teach the selector too
             if attempt.error is not None:
-                failed = Choice(attempt.model, route.choice.propensity, route.choice.scores, route.choice.ranking)
+                failed = dataclasses.replace(route.choice, model=attempt.model)
                 try:
                     self.selectors[route.decision_name].update(
                         failed, Reward(model=attempt.model, ok=False, at=time.time()))
                 except Exception:
                     log.exception("selector update failed for decision %s", route.decision_name)
+
+    async def _keep_for_feedback(self, route: Route, model: str, request_id: str) -> None:
+        """A learning decision's answer waits for quality feedback in the pending store."""
+        if route.decision is None:
+            return
+        selector = self.selectors.get(route.decision_name)
+        if not isinstance(selector, ContextualSelector):
+            return
+        record = selector.pending_record(route.choice, model)
+        if record is None:
+            return
+        try:
+            await self.pending_store.put(request_id, record, selector.options.reward.feedback_ttl_s)
+        except Exception as exc:  # the answer still goes out; this request just cannot get feedback
+            self.metrics.bandit_store_errors.labels("pending_put").inc()
+            log.warning("could not keep request %s for feedback: %s", request_id, exc)
+
+    # feedback ------------------------------------------------------------------------------------
+    async def feedback(self, raw: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+        """POST /v1/feedback {request_id, score | thumbs | label}: credit the answer's quality."""
+        principal = await self.admit(headers)
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"the feedback body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest('send a JSON object: {"request_id": "...", "score": 0..1 | "thumbs": "up"|"down" '
+                                 '| "label": "correct"|"incorrect"}', code="invalid_feedback")
+        unknown = sorted(set(body) - {"request_id", "score", "thumbs", "label", "comment"})
+        if unknown:
+            raise InvalidRequest(f"unknown feedback field(s): {', '.join(unknown)}; use request_id, score, thumbs, "
+                                 "label", param=unknown[0], code="invalid_feedback")
+        request_id = body.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidRequest("request_id is required: the x-sigroute-request-id header of the answer",
+                                 param="request_id", code="invalid_feedback")
+        try:
+            quality = quality_from_feedback(body.get("score"), body.get("thumbs"), body.get("label"))
+        except ValueError as exc:
+            param = next((k for k in ("score", "thumbs", "label") if k in body), "score")
+            raise InvalidRequest(str(exc), param=param, code="invalid_feedback") from None
+        try:
+            status, record = await self.pending_store.claim(request_id, principal.tenant, f"{quality:.6f}")
+        except Exception as exc:
+            self.metrics.bandit_store_errors.labels("pending_claim").inc()
+            raise Unavailable(f"the feedback store is unreachable, feedback was NOT recorded; retry later ({exc})",
+                              code="feedback_store_unavailable") from None
+        self.metrics.feedback.labels(status).inc()
+        if status == "unknown":
+            raise NotFound(f"no answer '{request_id}' is waiting for feedback: the id is unknown, its feedback "
+                           "window has passed, or it was not routed by a learning decision",
+                           param="request_id", code="unknown_request_id")
+        if status == "conflict":
+            raise APIError(f"feedback for '{request_id}' was already recorded with a different value; "
+                           "feedback is accepted once per answer", status=409, type="invalid_request_error",
+                           param="request_id", code="feedback_conflict")
+        out = {"object": "feedback", "request_id": request_id, "status": "recorded" if status == "applied" else "duplicate",
+               "quality": quality, "decision": record.get("decision"), "model": record.get("model")}
+        if status == "applied":
+            selector = self.selectors.get(record.get("decision"))
+            if isinstance(selector, ContextualSelector) and selector.schema_id == record.get("schema"):
+                selector.credit(record, quality)
+                out["learned"] = True
+            else:  # the decision changed since the answer was routed: the old state is not this one
+                out["learned"] = False
+                out["reason"] = "the decision's algorithm or features changed since this request was routed"
+        return out
+
+    async def sync_learning(self) -> None:
+        """Exchange learned statistics with the state store (called periodically by the app)."""
+        ok = True
+        for name, selector in self.learners.items():
+            try:
+                await selector.sync(self.state_store)
+            except Exception as exc:
+                ok = False
+                self.metrics.bandit_store_errors.labels("sync").inc()
+                log.warning("learning state of decision %s not synced (%s); serving from the last known state",
+                            name, exc)
+        self.metrics.bandit_store_up.set(1 if ok else 0)
+
+    async def load_learning(self) -> None:
+        """Load every tenant's stored state for this policy's learning decisions (at start-up)."""
+        for name, selector in self.learners.items():
+            try:
+                prefix = "t="
+                for key in await self.state_store.keys(prefix):
+                    parts = dict(p.split("=", 1) for p in key.split("/") if "=" in p)
+                    if (parts.get("d") == name and parts.get("a") == selector.name
+                            and parts.get("s") == selector.schema_id):
+                        await selector.load_tenant(self.state_store, parts["t"])
+            except Exception as exc:
+                self.metrics.bandit_store_errors.labels("load").inc()
+                self.metrics.bandit_store_up.set(0)
+                log.warning("learning state of decision %s not loaded (%s); starting from the last known state",
+                            name, exc)
+
+    def sync_interval(self) -> float | None:
+        intervals = [sel.options.sync_interval_s for sel in self.learners.values()]
+        return min(intervals) if intervals else None
 
     # explain -------------------------------------------------------------------------------------
     async def explain(self, raw: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
@@ -329,7 +463,15 @@ class Pipeline:
         decision = outcome.winner
         try:
             candidates = self.candidates(decision, ctx)
-            choice = self.selectors[decision.name].select(candidates, ctx).as_dict()
+            selector = self.selectors[decision.name]
+            texts = selector.embedding_texts(ctx)
+            if texts:
+                await ctx.ensure_embeddings(texts)
+            picked = selector.select(candidates, ctx)
+            choice = picked.as_dict()
+            if isinstance(selector, ContextualSelector) and picked.context is not None:
+                choice["features"] = selector.features.explain(picked.context)
+                choice["learned"] = selector.snapshot(picked.tenant or "default")
             selection_error = None
         except APIError as exc:
             candidates, choice, selection_error = [], None, exc.message

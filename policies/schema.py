@@ -439,13 +439,13 @@ class FastestOptions(Strict):
     )
 
 
-FEATURE_GROUPS = ("bias", "domain", "complexity", "length", "shape", "language", "jailbreak", "pii", "embedding")
+FEATURE_GROUPS = ("bias", "domain", "complexity", "difficulty", "length", "shape", "language", "jailbreak", "pii", "embedding")
 
 
 class FeatureGroup(Strict):
     """One block of a contextual bandit's context vector (see bandits/features.py)."""
 
-    name: Literal["bias", "domain", "complexity", "length", "shape", "language", "jailbreak", "pii", "embedding"]
+    name: Literal["bias", "domain", "complexity", "difficulty", "length", "shape", "language", "jailbreak", "pii", "embedding"]
     dims: PositiveInt = Field(16, description="embedding only: size of the fixed random projection")
     weight: PositiveFloat = Field(1.0, description="scale of this block before the whole vector is set to unit norm")
 
@@ -522,8 +522,9 @@ class HybridLinUCBOptions(LinUCBOptions):
     """Hybrid LinUCB: coefficients shared by all models (on model features ⊗ context) plus
     per-model ones, so a newly added model starts from what the pool has learned."""
 
-    model_features: tuple[Literal["bias", "price", "size"], ...] = Field(
-        ("bias", "price"), description="what describes a model to the shared part: price = log declared prices")
+    model_features: tuple[Literal["bias", "price"], ...] = Field(
+        ("bias", "price"), min_length=1,
+        description="what describes a model to the shared part: bias = 1, price = log(1 + input + output price)")
 
 
 class ThompsonOptions(_ContextualOptions):
@@ -543,13 +544,31 @@ class EpsilonGreedyOptions(_ContextualOptions):
 CONTEXTUAL_ALGORITHMS = ("linucb", "hybrid_linucb", "thompson", "epsilon_greedy")
 
 
+def _inlined_schema(model: type[Strict]) -> dict[str, Any]:
+    """The model's JSON Schema with its nested definitions inlined (no $defs of its own)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline({**defs[ref.split("/")[-1]], **{k: v for k, v in node.items() if k != "$ref"}})
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(schema)
+
+
 def _named_options_schema(registry: dict[str, type[Strict]], handler) -> dict[str, Any]:
     """JSON Schema for `name` or `{name: {options}}` over a registry of option models."""
     variants: list[dict[str, Any]] = [{"type": "string", "enum": sorted(registry)}]
     for name, options in sorted(registry.items()):
         variants.append({
             "type": "object",
-            "properties": {name: {**options.model_json_schema(), "title": name}},
+            "properties": {name: {**_inlined_schema(options), "title": name}},
             "required": [name],
             "additionalProperties": False,
         })

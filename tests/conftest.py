@@ -165,3 +165,85 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------------------------
+# A real redis-server for store tests: one per test session, on a free loopback port, with no
+# persistence. Installed with apt-get when missing and we are root (the README's single test
+# command must work on a fresh machine).
+
+def _redis_server_binary() -> str:
+    import shutil
+    import subprocess
+
+    found = shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server")
+         if os.access(p, os.X_OK)), None)
+    if found:
+        return found
+    how = "install it with `apt-get install -y redis-server` (Debian/Ubuntu) or `brew install redis` (macOS)"
+    if os.geteuid() != 0:
+        pytest.fail(f"redis-server is not installed and the tests are not running as root; {how}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"could not install redis-server ({' '.join(cmd)} exited {done.returncode}: "
+                        f"{done.stderr.strip()[-500:]}); {how}")
+    found = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.access(found, os.X_OK):
+        pytest.fail(f"redis-server still missing after apt-get install; {how}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """`redis://127.0.0.1:PORT/0` of a private redis-server started for this test session."""
+    import subprocess
+    import time
+
+    binary = _redis_server_binary()
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    log = workdir / "redis.log"
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--logfile", str(log), "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                pytest.fail(f"redis-server did not answer PING on port {port} "
+                            f"(exit code {proc.poll()}); its log:\n{text}")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def clean_redis_url(redis_url: str) -> Iterator[str]:
+    """`redis_url` with its database flushed before the test (and after, to keep memory low)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    client.flushdb()
+    try:
+        yield redis_url
+    finally:
+        client.flushdb()
+        client.close()

@@ -430,19 +430,29 @@ def test_connection_refused_is_retried_then_raised():
 
 # feedback --------------------------------------------------------------------------------------------
 
-def test_feedback_raises_while_the_gateway_has_no_endpoint(sim, gateway_factory):
-    gw = gateway_factory(base_policy(sim))
+def test_feedback_for_an_answer_no_learning_decision_routed_is_a_clear_404(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim))  # static selection: nothing waits for feedback
     with SigrouteClient(gw.url) as client:
         request_id = client.chat("hi").routing.request_id
-        with pytest.raises(FeedbackNotSupported) as err:
+        with pytest.raises(NotFound) as err:
             client.feedback(request_id, thumbs=True)
-        assert isinstance(err.value, NotFound) and isinstance(err.value, SigrouteError)
-        assert err.value.status == 404 and err.value.code == "feedback_not_supported"
-        assert "no feedback endpoint" in str(err.value) and "NOT recorded" in str(err.value)
+        assert not isinstance(err.value, FeedbackNotSupported)  # the endpoint exists; the id is not waiting
+        assert err.value.status == 404 and err.value.code == "unknown_request_id"
+        assert request_id in str(err.value) and "learning decision" in str(err.value)
         with pytest.raises(ValueError):
             client.feedback(request_id)  # nothing to report
         with pytest.raises(ValueError):
             client.feedback(request_id, thumbs="sideways")
+
+
+def test_feedback_raises_when_the_gateway_has_no_endpoint(scripted):
+    scripted.answer(404, {"detail": "Not Found"})  # what an older gateway's router says
+    with SigrouteClient(scripted.server.url) as client:
+        with pytest.raises(FeedbackNotSupported) as err:
+            client.feedback("req_1", thumbs=True)
+        assert isinstance(err.value, NotFound) and isinstance(err.value, SigrouteError)
+        assert err.value.status == 404 and err.value.code == "feedback_not_supported"
+        assert "no feedback endpoint" in str(err.value) and "NOT recorded" in str(err.value)
 
 
 def test_feedback_wire_shape_and_other_404s(scripted):
@@ -535,8 +545,9 @@ async def test_async_upstream_error_and_feedback(sim, gateway_factory):
         with pytest.raises(NotFound) as not_found:
             await client.chat("hi", model="no-such-model")
         assert not_found.value.code == "model_not_found"
-        with pytest.raises(FeedbackNotSupported):
+        with pytest.raises(NotFound) as unknown:
             await client.feedback("req_x", score=1.0)
+        assert unknown.value.code == "unknown_request_id" and not isinstance(unknown.value, FeedbackNotSupported)
 
 
 # import isolation --------------------------------------------------------------------------------
