@@ -1,0 +1,267 @@
+"""Learning decisions end to end: contextual selection, quality feedback, shared state on a real
+Redis, restarts, reloads and store outages — real gateways on loopback, the real simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from bandits.store import RedisStateStore
+from conftest import base_policy, free_port
+
+LEARN = {"linucb": {"alpha": 0.2, "features": ["bias", "length", "shape"], "sync_interval_s": 0.05,
+                    "reward": {"quality": 1.0, "feedback_ttl_s": 30}}}
+
+
+def learning_policy(sim, algorithm=None, models=("alpha", "beta"), **overrides):
+    return base_policy(sim, decisions=[{"name": "learn", "models": list(models),
+                                        "algorithm": algorithm or LEARN}], **overrides)
+
+
+def feedback(gw, request_id, **body):
+    return gw.http.post("/v1/feedback", json={"request_id": request_id, **body})
+
+
+def load_state(redis_url, prefix=""):
+    async def run():
+        store = RedisStateStore(redis_url)
+        try:
+            return {key: await store.load(key) for key in await store.keys(prefix)}
+        finally:
+            await store.aclose()
+    return asyncio.run(run())
+
+
+def wait_for(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_feedback_teaches_the_decision_which_model_answers_well(sim, gateway_factory):
+    gw = gateway_factory(learning_policy(sim))
+    picks = []
+    for i in range(80):
+        r = gw.chat(f"question number {i}: what is {i} + {i}?")
+        assert r.status_code == 200
+        model = r.headers["x-sigroute-model"]
+        picks.append(model)
+        answer = feedback(gw, r.headers["x-sigroute-request-id"], thumbs="up" if model == "beta" else "down")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "recorded" and answer.json()["learned"] is True
+    assert picks[:10].count("alpha") >= 1  # it explored the first-listed model
+    assert picks[-30:].count("beta") >= 28  # and learned that beta is the one that gets thumbs up
+    explained = gw.http.post("/v1/route/explain", json={"model": "auto", "messages": [
+        {"role": "user", "content": "what is 3 + 3?"}]}).json()
+    selection = explained["winner"]["selection"]
+    assert selection["model"] == "beta" and selection["propensity"] == 1.0
+    assert set(selection["features"]) >= {"bias", "length:log_tokens", "shape:digits"}
+    assert sum(selection["learned"]["observations"].values()) == 80
+
+
+def test_feedback_edge_cases(sim, gateway_factory):
+    algorithm = {"linucb": {**LEARN["linucb"], "reward": {"quality": 1.0, "feedback_ttl_s": 0.5}}}
+    gw = gateway_factory(learning_policy(sim, algorithm))
+    rid = gw.chat("hello").headers["x-sigroute-request-id"]
+    bad = feedback(gw, rid, score=1.5)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "score"
+    assert "between 0 and 1" in bad.json()["error"]["message"]
+    assert feedback(gw, rid, label="meh").status_code == 400
+    assert gw.http.post("/v1/feedback", content=b"{not json").status_code == 400
+    assert gw.http.post("/v1/feedback", json={"score": 1}).json()["error"]["param"] == "request_id"
+    assert gw.http.post("/v1/feedback", json={"request_id": rid, "stars": 5}).json()["error"]["param"] == "stars"
+    first = feedback(gw, rid, score=0.8)
+    assert first.status_code == 200 and first.json()["status"] == "recorded"
+    again = feedback(gw, rid, score=0.8)  # a client retry: accepted, not counted twice
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    conflict = feedback(gw, rid, thumbs="down")
+    assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "feedback_conflict"
+    unknown = feedback(gw, "req_never_seen", thumbs="up")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_request_id"
+    late = gw.chat("hello again").headers["x-sigroute-request-id"]
+    time.sleep(0.7)  # past feedback_ttl_s
+    expired = feedback(gw, late, thumbs="up")
+    assert expired.status_code == 404 and expired.json()["error"]["code"] == "unknown_request_id"
+    metrics = gw.http.get("/metrics").text
+    assert 'sigroute_feedback_total{status="applied"} 1.0' in metrics
+    assert 'sigroute_feedback_total{status="duplicate"} 1.0' in metrics
+    assert 'sigroute_feedback_total{status="conflict"} 1.0' in metrics
+
+
+def test_feedback_is_per_tenant(sim, gateway_factory, monkeypatch):
+    monkeypatch.setenv("KEY_A", "sk-tenant-a")
+    monkeypatch.setenv("KEY_B", "sk-tenant-b")
+    auth = {"keys": [{"key_env": "KEY_A", "tenant": "a"}, {"key_env": "KEY_B", "tenant": "b"}]}
+    gw = gateway_factory(learning_policy(sim, auth=auth))
+    r = gw.chat("hi", api_key="sk-tenant-a")
+    assert r.status_code == 200, r.text
+    rid = r.headers["x-sigroute-request-id"]
+    other = gw.http.post("/v1/feedback", json={"request_id": rid, "thumbs": "up"},
+                         headers={"authorization": "Bearer sk-tenant-b"})
+    assert other.status_code == 404  # another tenant cannot even learn that the id exists
+    own = gw.http.post("/v1/feedback", json={"request_id": rid, "thumbs": "up"},
+                       headers={"authorization": "Bearer sk-tenant-a"})
+    assert own.status_code == 200
+    learners = gw.app.state.runtime.pipeline.learners["learn"]
+    assert learners.tenants() == ["a"]
+
+
+def test_two_gateways_on_one_redis_learn_together_without_lost_updates(sim, gateway_factory, clean_redis_url):
+    one = gateway_factory(learning_policy(sim), redis_url=clean_redis_url)
+    two = gateway_factory(learning_policy(sim), redis_url=clean_redis_url)
+
+    async def hammer(gw, n):
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+            async def one_request(i):
+                r = await http.post("/v1/chat/completions", json={
+                    "model": "auto", "messages": [{"role": "user", "content": f"q{i} " + "x" * (i % 7)}]})
+                assert r.status_code == 200
+                fb = await http.post("/v1/feedback", json={"request_id": r.headers["x-sigroute-request-id"],
+                                                           "score": 0.9})
+                assert fb.status_code == 200
+            await asyncio.gather(*(one_request(i) for i in range(n)))
+
+    async def both():
+        await asyncio.gather(hammer(one, 60), hammer(two, 60))
+    asyncio.run(both())
+
+    def totals():
+        state = load_state(clean_redis_url)
+        if len(state) != 1:
+            return None
+        (arms,) = state.values()
+        n = sum(vec[0] for vec in arms.values())
+        reward = sum(vec[1] for vec in arms.values())
+        # every request counted once; Σ r = its immediate reward (0.5 assumed quality) + its credit (+0.4)
+        return arms if n == 120 and reward == pytest.approx(120 * 0.9) else None
+    arms = wait_for(totals)
+
+    def same_view():
+        views = []
+        for gw in (one, two):
+            learner = gw.app.state.runtime.pipeline.learners["learn"].learner("default")
+            views.append(learner.estimator.sums())
+        if set(views[0]) != set(arms) or set(views[1]) != set(arms):
+            return False
+        return all(np.allclose(views[0][a], arms[a]) and np.allclose(views[1][a], arms[a]) for a in arms)
+    assert wait_for(same_view)
+
+
+def test_a_restarted_gateway_keeps_what_was_learned(sim, gateway_factory, clean_redis_url):
+    first = gateway_factory(learning_policy(sim), redis_url=clean_redis_url)
+    for i in range(30):
+        r = first.chat(f"item {i}")
+        feedback(first, r.headers["x-sigroute-request-id"],
+                 thumbs="up" if r.headers["x-sigroute-model"] == "beta" else "down")
+    learned = first.app.state.runtime.pipeline.learners["learn"].learner("default").estimator.sums()
+    first.server.stop()  # shutdown flushes what the last sync missed
+    second = gateway_factory(learning_policy(sim), redis_url=clean_redis_url)
+    restored = wait_for(lambda: second.app.state.runtime.pipeline.learners["learn"]._learners.get("default"))
+    sums = restored.estimator.sums()
+    assert set(sums) == set(learned)
+    for arm in learned:
+        assert np.allclose(sums[arm], learned[arm])
+    assert second.chat("item 99").headers["x-sigroute-model"] == "beta"
+
+
+def test_an_unreachable_redis_does_not_stop_serving(sim, gateway_factory):
+    gw = gateway_factory(learning_policy(sim), redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    r = gw.chat("still works?")
+    assert r.status_code == 200
+    # the pending record could not be stored, so feedback is refused loudly, not lost silently
+    fb = feedback(gw, r.headers["x-sigroute-request-id"], thumbs="up")
+    assert fb.status_code == 503 and fb.json()["error"]["code"] == "feedback_store_unavailable"
+    metrics = wait_for(lambda: (lambda m: m if 'sigroute_bandit_store_errors_total{operation="sync"}' in m else None)(
+        gw.http.get("/metrics").text))
+    assert "sigroute_bandit_store_up 0.0" in metrics
+    assert 'sigroute_bandit_store_errors_total{operation="pending_put"} 1.0' in metrics
+    # it still learns locally: the next request is served from the local estimate
+    learner = gw.app.state.runtime.pipeline.learners["learn"].learner("default")
+    assert learner.estimator.total_count() >= 1
+
+
+def test_reload_keeps_learning_and_a_new_model_joins(sim, gateway_factory, tmp_path):
+    import yaml
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(learning_policy(sim)))
+    from gateway.app import app_from_file
+    from gateway.serving import ServerThread
+    from conftest import Gateway
+
+    app = app_from_file(path)
+    with ServerThread(app) as server:
+        gw = Gateway(server, app)
+        for i in range(20):
+            r = gw.chat(f"thing {i}")
+            feedback(gw, r.headers["x-sigroute-request-id"], thumbs="down")  # neither model is any good
+        before = app.state.runtime.pipeline.learners["learn"].learner("default").estimator.sums()
+        path.write_text(yaml.safe_dump(learning_policy(sim, models=("alpha", "beta", "gamma"))))
+        assert gw.http.post("/v1/admin/reload").status_code == 200
+        after = app.state.runtime.pipeline.learners["learn"].learner("default").estimator.sums()
+        for arm in before:
+            assert np.allclose(after[arm], before[arm])
+        picks = {gw.chat(f"new {i}").headers["x-sigroute-model"] for i in range(3)}
+        assert "gamma" in picks  # the newcomer's wide confidence bound beats two known-bad models
+        gw.http.close()
+
+
+def test_every_contextual_algorithm_serves_and_learns(sim, gateway_factory):
+    for algorithm in ({"hybrid_linucb": {"features": ["bias", "shape"]}},
+                      {"thompson": {"features": ["bias", "shape"], "v": 0.5}},
+                      {"epsilon_greedy": {"features": ["bias"], "epsilon": 0.5, "decay": 10}}):
+        gw = gateway_factory(learning_policy(sim, algorithm))
+        seen = set()
+        for i in range(12):
+            r = gw.chat(f"ask {i}")
+            assert r.status_code == 200
+            seen.add(r.headers["x-sigroute-model"])
+            assert feedback(gw, r.headers["x-sigroute-request-id"], score=0.5).status_code == 200
+        name = next(iter(algorithm))
+        learner = gw.app.state.runtime.pipeline.learners["learn"].learner("default")
+        assert learner.estimator.total_count() == 12, name
+        assert seen <= {"alpha", "beta"}
+
+
+def test_bandit_cli_export_import_reset(sim, gateway_factory, clean_redis_url, tmp_path):
+    gw = gateway_factory(learning_policy(sim), redis_url=clean_redis_url)
+    for i in range(5):
+        gw.chat(f"x{i}")
+    wait_for(lambda: load_state(clean_redis_url))
+    gw.server.stop()
+    state = load_state(clean_redis_url)
+
+    def cli(*args, stdin=None):
+        return subprocess.run([sys.executable, "-m", "gateway.cli", "bandit", *args, "--redis", clean_redis_url],
+                              capture_output=True, text=True, input=stdin, timeout=60)
+    listed = cli("list")
+    assert listed.returncode == 0 and "d=learn/a=linucb" in listed.stdout
+    snap = tmp_path / "snap.json"
+    assert cli("export", "--out", str(snap)).returncode == 0
+    snapshot = json.loads(snap.read_text())
+    assert snapshot["format"] == "sigroute-bandit-state" and set(snapshot["keys"]) == set(state)
+    reset = cli("reset", "--decision", "learn")
+    assert reset.returncode == 0 and load_state(clean_redis_url) == {}
+    assert cli("import", str(snap)).returncode == 0
+    restored = load_state(clean_redis_url)
+    for key in state:
+        for arm in state[key]:
+            assert np.array_equal(restored[key][arm], state[key][arm])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something-else"}')
+    refused = cli("import", str(bad))
+    assert refused.returncode == 1 and "not a sigroute bandit snapshot" in refused.stderr
+    no_redis = subprocess.run([sys.executable, "-m", "gateway.cli", "bandit", "export"], capture_output=True,
+                              text=True, env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert no_redis.returncode == 2 and "--redis" in no_redis.stderr
