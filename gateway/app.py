@@ -187,6 +187,8 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
             for store in (pipeline_options["state_store"], pipeline_options["pending_store"]):
                 with contextlib.suppress(Exception):
                     await store.aclose()
+            if pipeline_options.get("decision_log") is not None:
+                pipeline_options["decision_log"].close()
 
     app = FastAPI(title="sigroute", version="0.1.0", lifespan=lifespan,
                   description="Semantic model-router gateway with an OpenAI-compatible API")

@@ -147,7 +147,12 @@ def cmd_serve(args) -> int:
     if policy is None:
         return 1
     try:
-        app = create_app(policy, policy_path=args.policy, redis_url=args.redis)
+        options = {}
+        if args.decision_log:
+            from bandits.replay import DecisionLog
+
+            options["decision_log"] = DecisionLog(args.decision_log)
+        app = create_app(policy, policy_path=args.policy, redis_url=args.redis, **options)
     except Exception as exc:
         problem = _startup_problem(exc, args.policy)
         if problem is None:
@@ -169,10 +174,28 @@ def cmd_serve(args) -> int:
 
 
 def cmd_sim(args) -> int:
-    from gateway.sim import run_sim
+    from gateway.sim import OutcomesError, SimConfigError, run_sim
 
-    run_sim(args.config, host=args.host, port=args.port)
+    if args.time_scale is not None and args.outcomes is None:
+        print("sigroute sim: --time-scale only applies to replay mode (--outcomes DIR)", file=sys.stderr)
+        return 2
+    try:
+        run_sim(args.config, host=args.host, port=args.port, outcomes=args.outcomes,
+                time_scale=1.0 if args.time_scale is None else args.time_scale)
+    except (OutcomesError, SimConfigError) as exc:
+        print(f"sigroute sim: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _time_scale(value: str) -> float:
+    try:
+        scale = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not (scale >= 0 and scale != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value!r}")
+    return scale
 
 
 def cmd_demo(args) -> int:
@@ -191,6 +214,49 @@ def _state_selector(args) -> tuple[str, Any]:
     if decision and not getattr(args, "tenant", None):
         return prefix, lambda key: f"/d={decision}/" in f"/{key}/"
     return prefix, lambda key: True
+
+
+def cmd_replay(args) -> int:
+    from bandits.contextual import ContextualSelector
+    from bandits.registry import build_selector
+    from bandits.replay import evaluate, read_decision_log
+    from gateway.pipeline import needs_encoder
+
+    policy = _load_or_report(args.policy)
+    if policy is None:
+        return 1
+    try:
+        decision = policy.decision(args.decision)
+    except KeyError:
+        print(f"{args.policy or 'default policy'}: no decision '{args.decision}'; decisions: "
+              f"{', '.join(d.name for d in policy.decisions)}", file=sys.stderr)
+        return 1
+    resources = None
+    if needs_encoder(policy):
+        from signals.encoder import shared_encoder
+        from signals.learned import SignalResources
+
+        spec = policy.encoder
+        resources = SignalResources(shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens),
+                                    policy.domains)
+    selector = build_selector(decision.algorithm, {m: policy.models[m] for m in decision.models},
+                              resources=resources, decision=decision.name)
+    if not isinstance(selector, ContextualSelector):
+        print(f"decision '{decision.name}' uses '{decision.algorithm.name}', which does not learn from context; "
+              "replay evaluates linucb, hybrid_linucb, thompson and epsilon_greedy decisions", file=sys.stderr)
+        return 1
+    selector._seed = args.seed
+    try:
+        events = read_decision_log(args.log, decision.name)
+        result = evaluate(events, selector)
+    except (OSError, ValueError) as exc:
+        print(f"sigroute replay: {exc}", file=sys.stderr)
+        return 1
+    result = {"decision": decision.name, "algorithm": decision.algorithm.name, **result}
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+    return 0
 
 
 def cmd_bandit(args) -> int:
@@ -266,7 +332,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", default=os.environ.get("SIGROUTE_REDIS_URL"), metavar="URL",
                    help="share learning state and pending feedback through Redis (redis://host:port/db); "
                         "default: $SIGROUTE_REDIS_URL, else in memory")
+    p.add_argument("--decision-log", metavar="PATH",
+                   help="append every learning decision (features, pick, propensity, reward; no text) and "
+                        "every feedback to this JSON-lines file, for `sigroute replay`")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("replay", help="estimate offline how a learning decision's algorithm would have done on "
+                                      "a decision log (replay method / inverse propensity scoring)")
+    p.add_argument("--log", required=True, help="decision log written by `sigroute serve --decision-log`")
+    p.add_argument("--policy", help="policy YAML whose decision to evaluate (default: the embedded default)")
+    p.add_argument("--decision", required=True, help="the decision to evaluate")
+    p.add_argument("--seed", type=int, default=0, help="random seed of stochastic algorithms")
+    p.add_argument("--json", dest="json_out", help="also write the result here")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("bandit", help="export, import or reset the learned state of learning decisions")
     bsub = p.add_subparsers(dest="bandit_command", required=True)
@@ -306,7 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("sim", help="run the simulated OpenAI-compatible upstream")
-    p.add_argument("--config", help="sim YAML (default: the demo's models)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--config", help="sim YAML (default: the demo's models)")
+    source.add_argument("--outcomes", metavar="DIR",
+                        help="replay mode: serve the recorded per-question outcomes in DIR "
+                             "(models.csv + mmlu_pro/, like the shared routing/ data)")
+    p.add_argument("--time-scale", type=_time_scale, default=None, metavar="F",
+                   help="replay mode: multiply every simulated latency by F (default 1; 0 = no waiting)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8099)
     p.set_defaults(func=cmd_sim)

@@ -65,6 +65,7 @@ class Route:
     signals: dict[str, Any]
     candidates: list[str]
     choice: Choice
+    request_id: str = ""
 
 
 @dataclass
@@ -97,7 +98,7 @@ def needs_encoder(policy: Policy) -> bool:
 class Pipeline:
     def __init__(self, policy: Policy, metrics: Metrics, *, environ: Mapping[str, str] | None = None,
                  transports=None, rate_limiter: RateLimiter | None = None, previous: "Pipeline | None" = None,
-                 state_store=None, pending_store=None):
+                 state_store=None, pending_store=None, decision_log=None):
         import os
 
         self.policy = policy
@@ -120,6 +121,7 @@ class Pipeline:
             previous.state_store if previous is not None else MemoryStateStore())
         self.pending_store = pending_store if pending_store is not None else (
             previous.pending_store if previous is not None else MemoryPendingStore())
+        self.decision_log = decision_log  # bandits.replay.DecisionLog: learning decisions, for `sigroute replay`
         self.engines: dict[str, DecisionEngine] = {}
         for name, entry in policy.entrypoints.items():
             chosen = [d for d in policy.decisions if entry.decisions is None or d.name in entry.decisions]
@@ -199,7 +201,8 @@ class Pipeline:
         if texts:
             await ctx.ensure_embeddings(texts)
         choice = selector.select(candidates, ctx)
-        return Route(model, decision, decision.name, outcome.confidence, outcome, results, candidates, choice)
+        return Route(model, decision, decision.name, outcome.confidence, outcome, results, candidates, choice,
+                     ctx.request_id)
 
     def candidates(self, decision: Decision, ctx: RequestContext) -> list[str]:
         """The decision's models that are healthy and whose context window fits the request."""
@@ -334,8 +337,15 @@ class Pipeline:
         reward = Reward(model=result.model, ok=ok, latency_ms=latency_ms, ttft_ms=result.ttft_ms,
                         cost_usd=cost, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                         at=time.time())
+        selector = self.selectors[route.decision_name]
         try:
-            self.selectors[route.decision_name].update(choice, reward)
+            selector.update(choice, reward)
+            if self.decision_log is not None and isinstance(selector, ContextualSelector) and choice.context is not None:
+                self.decision_log.decision(
+                    request_id=route.request_id, tenant=choice.tenant or "default", decision=route.decision_name,
+                    algorithm=selector.name, schema=selector.schema_id, candidates=route.candidates,
+                    model=route.choice.model, answered_by=result.model, propensity=route.choice.propensity,
+                    context=choice.context, reward=selector.immediate_reward(reward))
         except Exception:  # learning must never fail a request
             log.exception("selector update failed for decision %s", route.decision_name)
         for attempt in result.attempts:  # failed attempts teach the selector too
@@ -407,8 +417,10 @@ class Pipeline:
         if status == "applied":
             selector = self.selectors.get(record.get("decision"))
             if isinstance(selector, ContextualSelector) and selector.schema_id == record.get("schema"):
-                selector.credit(record, quality)
+                change = selector.credit(record, quality)
                 out["learned"] = True
+                if self.decision_log is not None:
+                    self.decision_log.feedback(request_id=request_id, quality=quality, credit=change)
             else:  # the decision changed since the answer was routed: the old state is not this one
                 out["learned"] = False
                 out["reason"] = "the decision's algorithm or features changed since this request was routed"
