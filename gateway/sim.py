@@ -59,8 +59,31 @@ Endpoints:
 ``PUT /sim/models/{name}/faults``
     Replace that model's whole `faults` block (keys left out become 0).
 
+Replay mode (``sigroute sim --outcomes DIR [--time-scale F]``, `create_replay_app`): instead of
+a config, the models, prices and timings come from ``DIR/models.csv`` and every model answers the
+recorded questions (``DIR/mmlu_pro/*.gz``, see `gateway.sim_replay` for the layout and the rules)
+exactly as it really did:
+
+- A question is found in the last user message by its normalized text (with or without its
+  lettered options "A. x" / "(A) x" / "A) x", any text around it; see `sim_replay.QuestionIndex`).
+- The answer ends "The answer is (X).": the right letter when that model's recorded result is 1,
+  else a deterministic wrong letter (also for a missing result: ``x-sim-outcome: no-record``).
+  Neutral filler before it makes it exactly as long as the recorded (or imputed) answer, in
+  characters; ``usage.completion_tokens`` = ceil(chars / 4) (the answer streams in 4-character
+  tokens). A message with no known question gets a short generic answer
+  (``x-sim-outcome: unknown-question``, still 200).
+- Latency: (ttft_ms + completion_tokens / tokens_per_s) x time scale, streamed or not.
+- `model` may carry a provider prefix (``hosted_vllm/NAME``): the part after the last '/' is used.
+- Headers: ``x-sim-outcome`` (recorded | no-record | unknown-question), ``x-sim-question-id``,
+  ``x-sim-correct`` (1 when the answer states the right letter; 0 if max_tokens cut it off),
+  ``x-sim-cost-usd`` (prompt x input price + completion x output price, per million tokens).
+- ``/sim/stats`` adds a ``replay`` block per model: questions, correct, no_record,
+  unknown_question, cost_usd. Faults, reset and runtime settings work as usual; model settings
+  show the scaled timings.
+
 Python API: `load_sim_config`, `create_sim_app`, `run_sim`, `load_question_bank`,
-`format_question`, `extract_answer_letter`.
+`format_question`, `extract_answer_letter`; replay: `load_outcomes` → `Outcomes`,
+`create_replay_app`, `replay_config`, `format_replay_question`.
 
 Example::
 
@@ -80,9 +103,11 @@ import functools
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
+import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -99,23 +124,38 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.sim_replay import (
+    Outcomes,
+    OutcomesError,
+    ReplayAnswer,
+    format_replay_question,
+    load_outcomes,
+    split_tokens,
+)
+
 __all__ = [
     "CATEGORIES",
     "DEFAULT_CONFIG_PATH",
     "DEMO_CONFIG_PATH",
     "DemoQuestion",
     "Faults",
+    "Outcomes",
+    "OutcomesError",
     "Price",
     "SimConfig",
     "SimConfigError",
     "SimModel",
     "SimState",
     "SimulatedStreamBreak",
+    "create_replay_app",
     "create_sim_app",
     "extract_answer_letter",
     "format_question",
+    "format_replay_question",
+    "load_outcomes",
     "load_question_bank",
     "load_sim_config",
+    "replay_config",
     "run_sim",
 ]
 
@@ -450,15 +490,32 @@ class ModelStats:
     broken_streams: int = 0
 
 
+@dataclass(slots=True)
+class ReplayStats:
+    questions: int = 0  # answers to a recorded question (no-record ones included)
+    correct: int = 0  # of those, answers that state the right letter
+    no_record: int = 0
+    unknown_question: int = 0
+    cost_usd: float = 0.0
+
+
 class SimState:
     """Everything the running simulator knows: current model settings, stats, RNG, last bodies.
 
     Lives on `app.state.sim`. Only touched from the server's event loop, so it needs no locks.
+    In replay mode `replay` holds the recorded outcomes and `replay_stats` their counters.
     """
 
-    def __init__(self, config: SimConfig):
+    def __init__(self, config: SimConfig, outcomes: Outcomes | None = None):
         self.config = config
         self.models: dict[str, SimModel] = dict(config.models)
+        self.replay = outcomes
+        if outcomes is not None:
+            unknown = [name for name in self.models if name not in outcomes.models]
+            if unknown:
+                raise SimConfigError(f"replay mode: model{'s' if len(unknown) > 1 else ''} "
+                                     f"{', '.join(unknown)} not in {outcomes.root.parent}/models.csv")
+        self.replay_stats: dict[str, ReplayStats] = {}
         self.stats: dict[str, ModelStats] = {name: ModelStats() for name in self.models}
         self.last_body: dict[str, Any] = {}
         self.rng = random.Random(config.seed)
@@ -468,6 +525,7 @@ class SimState:
 
     def reset(self, restore_config: bool = False) -> None:
         self.stats = {name: ModelStats() for name in self.models}
+        self.replay_stats = {}
         self.last_body.clear()
         self.rng.seed(self.config.seed)
         if restore_config:
@@ -476,8 +534,22 @@ class SimState:
     def next_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids)}"
 
+    def resolve(self, name: str) -> str | None:
+        """The served model a request names: exact; in replay mode also the part after the
+        last '/' (``hosted_vllm/NAME``). None if unknown."""
+        if name in self.models:
+            return name
+        if self.replay is not None:
+            tail = name.rsplit("/", 1)[-1]
+            if tail in self.models:
+                return tail
+        return None
+
     def stats_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: asdict(stats) for name, stats in self.stats.items()}
+        if self.replay is not None:
+            for name in self.stats:
+                out[name]["replay"] = asdict(self.replay_stats.get(name) or ReplayStats())
         out["total_calls"] = sum(stats.calls for stats in self.stats.values())
         return out
 
@@ -623,10 +695,10 @@ async def chat_completions(request: Request) -> Response:
     parsed = _parse_chat(await request.body())
     if isinstance(parsed, Response):
         return parsed
-    name = parsed.model
-    spec = state.models.get(name)
-    if spec is None:
-        return _unknown_model(state, name)
+    name = state.resolve(parsed.model)
+    if name is None:
+        return _unknown_model(state, parsed.model)
+    spec = state.models[name]
     headers = {"x-sim-model": name}
     stats = state.stats[name]
     stats.calls += 1
@@ -657,10 +729,11 @@ async def chat_completions(request: Request) -> Response:
             user_text = _message_text(message)
             break
     prompt_tokens = max(1, (sum(len(_message_text(m)) for m in parsed.messages) + 3) // 4)
+    replay = state.replay.respond(name, user_text) if state.replay is not None else None
     answers: list[list[str] | tuple[str, ...]] = []
     finish: list[str] = []
     for _ in range(parsed.n):
-        tokens = state.answer_tokens(spec, user_text)
+        tokens = split_tokens(replay.text) if replay is not None else state.answer_tokens(spec, user_text)
         if parsed.max_tokens is not None and len(tokens) > parsed.max_tokens:
             answers.append(tokens[: parsed.max_tokens])
             finish.append("length")
@@ -670,6 +743,8 @@ async def chat_completions(request: Request) -> Response:
     completion_tokens = sum(map(len, answers))
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens}
+    if replay is not None:
+        headers.update(_replay_headers(state, name, spec, replay, usage, "length" in finish))
     created = int(time.time())
     completion_id = state.next_id()
 
@@ -696,6 +771,29 @@ async def chat_completions(request: Request) -> Response:
         ],
         "usage": usage,
     }, headers=headers)
+
+
+def _replay_headers(state: SimState, name: str, spec: SimModel, replay: ReplayAnswer,
+                    usage: dict[str, int], truncated: bool) -> dict[str, str]:
+    """The x-sim-* headers of a replayed answer; also counts it in `state.replay_stats`."""
+    cost = (usage["prompt_tokens"] * spec.price.input
+            + usage["completion_tokens"] * spec.price.output) / 1e6
+    stats = state.replay_stats.get(name)
+    if stats is None:
+        stats = state.replay_stats[name] = ReplayStats()
+    stats.cost_usd += cost
+    headers = {"x-sim-outcome": replay.outcome, "x-sim-cost-usd": repr(cost)}
+    if replay.question is None:
+        stats.unknown_question += 1
+        return headers
+    # A truncated answer (max_tokens) lost its final sentence, so it is not a correct answer.
+    correct = replay.correct and not truncated
+    stats.questions += 1
+    stats.correct += correct
+    stats.no_record += replay.outcome == "no-record"
+    headers["x-sim-question-id"] = str(replay.question.question_id)
+    headers["x-sim-correct"] = "1" if correct else "0"
+    return headers
 
 
 async def _sleep_unless_disconnected(receive: Receive, delay: float) -> bool:
@@ -807,9 +905,9 @@ async def list_models(request: Request) -> Response:
 
 async def get_model(request: Request) -> Response:
     state: SimState = request.app.state.sim
-    name = request.path_params["name"]
-    if name not in state.models:
-        return _unknown_model(state, name)
+    name = state.resolve(request.path_params["name"])
+    if name is None:
+        return _unknown_model(state, request.path_params["name"])
     return _json(_model_card(name))
 
 
@@ -830,9 +928,9 @@ async def reset(request: Request) -> Response:
 
 async def last_body(request: Request) -> Response:
     state: SimState = request.app.state.sim
-    name = request.path_params["name"]
-    if name not in state.models:
-        return _unknown_model(state, name)
+    name = state.resolve(request.path_params["name"])
+    if name is None:
+        return _unknown_model(state, request.path_params["name"])
     if name not in state.last_body:
         return _error(404, f"Model '{name}' has not received a request since the last reset.",
                       code="no_request")
@@ -861,18 +959,18 @@ def _validation_message(exc: ValidationError, prefix: str = "") -> str:
 
 async def get_model_settings(request: Request) -> Response:
     state: SimState = request.app.state.sim
-    name = request.path_params["name"]
-    if name not in state.models:
-        return _unknown_model(state, name)
+    name = state.resolve(request.path_params["name"])
+    if name is None:
+        return _unknown_model(state, request.path_params["name"])
     return _json(state.models[name].model_dump())
 
 
 async def put_model_settings(request: Request) -> Response:
     """Replace the given top-level keys of a model's settings, e.g. {"ttft_ms": 500}."""
     state: SimState = request.app.state.sim
-    name = request.path_params["name"]
-    if name not in state.models:
-        return _unknown_model(state, name)
+    name = state.resolve(request.path_params["name"])
+    if name is None:
+        return _unknown_model(state, request.path_params["name"])
     body = await _json_object(request)
     if isinstance(body, Response):
         return body
@@ -887,9 +985,9 @@ async def put_model_settings(request: Request) -> Response:
 async def put_faults(request: Request) -> Response:
     """Replace a model's faults block; keys left out become 0."""
     state: SimState = request.app.state.sim
-    name = request.path_params["name"]
-    if name not in state.models:
-        return _unknown_model(state, name)
+    name = state.resolve(request.path_params["name"])
+    if name is None:
+        return _unknown_model(state, request.path_params["name"])
     body = await _json_object(request)
     if isinstance(body, Response):
         return body
@@ -919,9 +1017,16 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 # --------------------------------------------------------------------------------------------
 
 
-def create_sim_app(config: "SimConfig | Mapping[str, Any] | str | os.PathLike[str]") -> Starlette:
-    """The simulator as a Starlette ASGI app; its `SimState` is `app.state.sim`."""
-    state = SimState(load_sim_config(config))
+def create_sim_app(config: "SimConfig | Mapping[str, Any] | str | os.PathLike[str]",
+                   outcomes: "Outcomes | str | os.PathLike[str] | None" = None) -> Starlette:
+    """The simulator as a Starlette ASGI app; its `SimState` is `app.state.sim`.
+
+    With `outcomes` (an `Outcomes` or a directory for `load_outcomes`) it runs in replay mode:
+    every configured model must be one of the outcomes' models (see `create_replay_app`, which
+    builds that config from models.csv)."""
+    if outcomes is not None and not isinstance(outcomes, Outcomes):
+        outcomes = load_outcomes(outcomes)
+    state = SimState(load_sim_config(config), outcomes)
     _install_log_filter()
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -941,14 +1046,49 @@ def create_sim_app(config: "SimConfig | Mapping[str, Any] | str | os.PathLike[st
     return app
 
 
+def replay_config(outcomes: Outcomes, time_scale: float = 1.0, seed: int | None = None) -> SimConfig:
+    """A sim config serving every model of `outcomes` with its models.csv timings times
+    `time_scale` (ttft_ms x scale, tokens_per_s / scale; 0 = no waiting) and its prices."""
+    if not (isinstance(time_scale, (int, float)) and math.isfinite(time_scale) and time_scale >= 0):
+        raise SimConfigError(f"time_scale must be a number >= 0 (got {time_scale!r})")
+    models = {}
+    for name, m in outcomes.models.items():
+        tokens_per_s = m.tokens_per_s / time_scale if time_scale > 0 and m.tokens_per_s > 0 else 0.0
+        models[name] = SimModel(ttft_ms=m.ttft_ms * time_scale, tokens_per_s=tokens_per_s,
+                                price=Price(input=m.price_in, output=m.price_out))
+    return SimConfig(seed=seed, models=models)
+
+
+def create_replay_app(outcomes: "Outcomes | str | os.PathLike[str]", time_scale: float = 1.0,
+                      seed: int | None = None) -> Starlette:
+    """The simulator in replay mode: the models of `outcomes` (an `Outcomes` or a directory for
+    `load_outcomes`) answer its questions as they really did, at models.csv speed x `time_scale`."""
+    if not isinstance(outcomes, Outcomes):
+        outcomes = load_outcomes(outcomes)
+    return create_sim_app(replay_config(outcomes, time_scale, seed), outcomes=outcomes)
+
+
 def run_sim(config_path: "str | os.PathLike[str] | None" = None, host: str = "127.0.0.1",
-            port: int = 8100, log_level: str = "warning") -> None:
-    """Serve the simulator until interrupted (`sigroute sim`). Default config: the demo one."""
+            port: int = 8100, log_level: str = "warning",
+            outcomes: "str | os.PathLike[str] | None" = None, time_scale: float = 1.0) -> None:
+    """Serve the simulator until interrupted (`sigroute sim`). Default config: the demo one.
+    With `outcomes` (a directory), serve replay mode instead; `config_path` must then be None."""
     import uvicorn
 
     from gateway.serving import best_http, best_loop
 
-    app = create_sim_app(config_path if config_path is not None else DEMO_CONFIG_PATH)
+    if outcomes is not None:
+        if config_path is not None:
+            raise SimConfigError("replay mode takes its models from the outcomes directory; "
+                                 "do not give a sim config as well")
+        loaded = load_outcomes(outcomes)
+        app = create_replay_app(loaded, time_scale)
+        for warning in loaded.warnings:
+            print(f"sigroute sim: warning: {warning}", file=sys.stderr, flush=True)
+        print(f"sigroute sim: replaying {len(loaded)} questions x {len(loaded.models)} models from "
+              f"{loaded.root} (loaded in {loaded.load_s:.2f} s, time scale {time_scale:g})", flush=True)
+    else:
+        app = create_sim_app(config_path if config_path is not None else DEMO_CONFIG_PATH)
     names = ", ".join(app.state.sim.models)
     print(f"sigroute sim: http://{host}:{port}/v1 serving {names}", flush=True)
     uvicorn.run(app, host=host, port=port, loop=best_loop(), http=best_http(),
