@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -259,11 +260,112 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def _warm_start_snapshot(args) -> dict:
+    """Full-information statistics of a decision on recorded outcomes (see bandits.warmstart)."""
+    import numpy as np
+
+    from bandits.contextual import ContextualSelector, reward_value
+    from bandits.registry import build_selector
+    from bandits.warmstart import full_information_sums
+    from gateway.pipeline import needs_encoder
+    from gateway.sim_replay import format_replay_question, load_outcomes
+    from signals.context import RequestContext
+    from signals.training import in_test_split
+
+    policy = _load_or_report(args.policy)
+    if policy is None:
+        raise SystemExit(1)
+    try:
+        decision = policy.decision(args.decision)
+    except KeyError:
+        raise ValueError(f"no decision '{args.decision}' in the policy") from None
+    resources = encoder = None
+    if needs_encoder(policy):
+        from signals.encoder import shared_encoder
+        from signals.learned import SignalResources
+
+        spec = policy.encoder
+        encoder = shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens)
+        resources = SignalResources(encoder, policy.domains)
+    selector = build_selector(decision.algorithm, {m: policy.models[m] for m in decision.models},
+                              resources=resources, decision=decision.name)
+    if not isinstance(selector, ContextualSelector):
+        raise ValueError(f"decision '{decision.name}' uses '{decision.algorithm.name}', which does not learn")
+    outcomes = load_outcomes(args.outcomes)
+    columns = {}
+    for m in decision.models:
+        found = outcomes.resolve_model(m) or outcomes.resolve_model(policy.models[m].provider)
+        if found is None:
+            raise ValueError(f"model '{m}' of decision '{decision.name}' has no outcomes in {args.outcomes} "
+                             f"(name it like a models.csv row, e.g. {outcomes.model_names[0]})")
+        columns[m] = found
+    questions = [q for q in outcomes.questions if args.split == "all" or not in_test_split(q.question_id)]
+    texts = [format_replay_question(q) for q in questions]
+    print(f"warm start of '{decision.name}' on {len(questions)} recorded questions ({args.split} split) "
+          f"× {len(columns)} models", file=sys.stderr)
+    embeddings = encoder.encode(texts) if (encoder is not None and selector.features.needs_embedding) else None
+    contexts, rewards = [], {m: [] for m in decision.models}
+    reward_spec = selector.options.reward
+    for i, (q, text) in enumerate(zip(questions, texts)):
+        ctx = RequestContext.from_body(f"warm_{i}", {"model": "auto", "messages": [{"role": "user", "content": text}]})
+        contexts.append(selector.features.vector_for_text(
+            text, None if embeddings is None else embeddings[i], tokens=ctx.prompt_tokens))
+        costs = {}
+        for m, col in columns.items():
+            price = policy.models[m].price
+            costs[m] = ctx.prompt_tokens * price.input + outcomes.completion_tokens(q, col) * price.output
+        worst = max(costs.values()) or 1.0
+        for m, col in columns.items():
+            outcome = outcomes.outcome(q, col)
+            if outcome is None:
+                rewards[m].append(float("nan"))
+                continue
+            latency_ms = 1000.0 * outcomes.models[col].latency_s(outcomes.completion_tokens(q, col))
+            rewards[m].append(reward_value(reward_spec, quality=float(outcome), cost_share=costs[m] / worst,
+                                           latency_ms=latency_ms))
+    estimator = selector.learner(args.tenant).estimator
+    sums = full_information_sums(estimator, np.array(contexts), {m: np.array(v) for m, v in rewards.items()})
+    learner = selector.learner(args.tenant)
+    weight = selector._weight(learner, time.time())  # discounting: as if observed now
+    key = selector.state_key(args.tenant, learner.epoch)
+    return {"format": "sigroute-bandit-state", "version": 1,
+            "keys": {key: {arm: (vec * weight).tolist() for arm, vec in sums.items()}}}
+
+
 def cmd_bandit(args) -> int:
     import asyncio
     import json
 
     from bandits.store import StoreUnavailable, export_state, import_state, open_state_store
+
+    if args.bandit_command == "warm-start":
+        try:
+            snapshot = _warm_start_snapshot(args)
+        except (OSError, ValueError) as exc:
+            print(f"sigroute bandit warm-start: {exc}", file=sys.stderr)
+            return 1
+        if args.out:
+            Path(args.out).write_text(json.dumps(snapshot))
+            print(f"wrote {args.out}; load it with `sigroute bandit import {args.out} --merge --redis URL`",
+                  file=sys.stderr)
+            return 0
+        if not args.redis:
+            print("sigroute bandit warm-start: give --out FILE or --redis URL", file=sys.stderr)
+            return 2
+
+        async def store_it() -> int:
+            store = open_state_store(args.redis)
+            try:
+                await import_state(store, snapshot, replace=args.replace)
+            except StoreUnavailable as exc:
+                print(f"sigroute bandit warm-start: {exc}", file=sys.stderr)
+                return 1
+            finally:
+                await store.aclose()
+            print(f"{'replaced' if args.replace else 'added to'} {', '.join(snapshot['keys'])} in {args.redis}",
+                  file=sys.stderr)
+            return 0
+        return asyncio.run(store_it())
 
     if not args.redis:
         print("sigroute bandit: give --redis URL (or set SIGROUTE_REDIS_URL): a gateway without Redis keeps its "
@@ -364,6 +466,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             q.add_argument("--out", help="file to write (default: stdout)")
         q.set_defaults(func=cmd_bandit)
+    q = bsub.add_parser("warm-start", help="learn a decision's state from recorded outcomes of every model "
+                                           "(a directory laid out like the routing data) before serving")
+    q.add_argument("--outcomes", required=True, metavar="DIR", help="models.csv + mmlu_pro/ outcome tables")
+    q.add_argument("--policy", help="policy YAML (default: the embedded default)")
+    q.add_argument("--decision", required=True)
+    q.add_argument("--tenant", default="default", help="whose state to warm (default: default)")
+    q.add_argument("--split", choices=("train", "all"), default="train",
+                   help="train (default): leave out the held-out test questions of the shipped heads' split")
+    q.add_argument("--redis", default=os.environ.get("SIGROUTE_REDIS_URL"), metavar="URL",
+                   help="add the statistics to this Redis (default: $SIGROUTE_REDIS_URL)")
+    q.add_argument("--replace", action="store_true", help="replace the stored state instead of adding to it")
+    q.add_argument("--out", help="write a snapshot for `sigroute bandit import` instead")
+    q.set_defaults(func=cmd_bandit)
 
     p = sub.add_parser("validate", help="check policy files; exits non-zero on errors")
     p.add_argument("files", nargs="+")

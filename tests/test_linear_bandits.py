@@ -186,3 +186,25 @@ def test_epsilon_greedy_propensities_and_decay():
     for _ in range(3000):
         counts[rule.choose(np.array([1.0]), list(counts)).arm] += 1
     assert counts["good"] / 3000 == pytest.approx(1 - 0.05 + 0.05 / 3, abs=0.02)
+
+
+def test_full_information_warm_start_equals_observing_every_outcome():
+    from bandits.warmstart import full_information_sums
+
+    rng = np.random.default_rng(8)
+    d = 4
+    x = rng.normal(size=(25, d))
+    rewards = {"a": rng.random(25), "b": rng.random(25)}
+    rewards["b"][3] = np.nan  # unknown outcome: skipped for that model only
+    for make in (lambda: DisjointRidge(d), lambda: HybridRidge(d, arm_features={"a": np.array([1.0, 0.3]),
+                                                                                  "b": np.array([1.0, -0.2])})):
+        one_by_one, closed = make(), make()
+        for i in range(25):
+            for arm, r in rewards.items():
+                if not np.isnan(r[i]):
+                    one_by_one.observe(arm, x[i], float(r[i]))
+        closed.load_sums(full_information_sums(closed, x, rewards))
+        for arm in rewards:
+            assert np.allclose(closed.sums()[arm], one_by_one.sums()[arm])
+            assert closed.predict(arm, x[0]) == pytest.approx(one_by_one.predict(arm, x[0]))
+        assert closed.count("b") == 24
