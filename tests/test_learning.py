@@ -117,45 +117,77 @@ def test_feedback_is_per_tenant(sim, gateway_factory, monkeypatch):
     assert learners.tenants() == ["a"]
 
 
-def test_two_gateways_on_one_redis_learn_together_without_lost_updates(sim, gateway_factory, clean_redis_url):
+class GatewayProcess:
+    """`sigroute serve` in its own OS process."""
+
+    def __init__(self, policy: dict, tmp_path, redis_url: str):
+        import yaml
+
+        path = tmp_path / "replica.yaml"
+        path.write_text(yaml.safe_dump(policy))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--policy", str(path),
+                                      "--port", str(self.port), "--redis", redis_url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway process exited: {self.proc.stderr.read()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("gateway process did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def test_two_gateway_processes_on_one_redis_learn_together_without_lost_updates(
+        sim, gateway_factory, clean_redis_url, tmp_path):
     one = gateway_factory(learning_policy(sim), redis_url=clean_redis_url)
-    two = gateway_factory(learning_policy(sim), redis_url=clean_redis_url)
+    two = GatewayProcess(learning_policy(sim), tmp_path, clean_redis_url)
+    try:
+        async def hammer(url, n):
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                async def one_request(i):
+                    r = await http.post("/v1/chat/completions", json={
+                        "model": "auto", "messages": [{"role": "user", "content": f"q{i} " + "x" * (i % 7)}]})
+                    assert r.status_code == 200
+                    fb = await http.post("/v1/feedback", json={"request_id": r.headers["x-sigroute-request-id"],
+                                                               "score": 0.9})
+                    assert fb.status_code == 200
+                await asyncio.gather(*(one_request(i) for i in range(n)))
 
-    async def hammer(gw, n):
-        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
-            async def one_request(i):
-                r = await http.post("/v1/chat/completions", json={
-                    "model": "auto", "messages": [{"role": "user", "content": f"q{i} " + "x" * (i % 7)}]})
-                assert r.status_code == 200
-                fb = await http.post("/v1/feedback", json={"request_id": r.headers["x-sigroute-request-id"],
-                                                           "score": 0.9})
-                assert fb.status_code == 200
-            await asyncio.gather(*(one_request(i) for i in range(n)))
+        async def both():
+            await asyncio.gather(hammer(one.url, 60), hammer(two.url, 60))
+        asyncio.run(both())
 
-    async def both():
-        await asyncio.gather(hammer(one, 60), hammer(two, 60))
-    asyncio.run(both())
+        def totals():
+            state = load_state(clean_redis_url)
+            if len(state) != 1:
+                return None
+            (arms,) = state.values()
+            n = sum(vec[0] for vec in arms.values())
+            reward = sum(vec[1] for vec in arms.values())
+            # every request counted once; Σ r = its immediate reward (0.5 assumed quality) + its credit (+0.4)
+            return arms if n == 120 and reward == pytest.approx(120 * 0.9) else None
+        arms = wait_for(totals)
+        counts = {arm: vec[0] for arm, vec in arms.items()}
 
-    def totals():
-        state = load_state(clean_redis_url)
-        if len(state) != 1:
-            return None
-        (arms,) = state.values()
-        n = sum(vec[0] for vec in arms.values())
-        reward = sum(vec[1] for vec in arms.values())
-        # every request counted once; Σ r = its immediate reward (0.5 assumed quality) + its credit (+0.4)
-        return arms if n == 120 and reward == pytest.approx(120 * 0.9) else None
-    arms = wait_for(totals)
-
-    def same_view():
-        views = []
-        for gw in (one, two):
-            learner = gw.app.state.runtime.pipeline.learners["learn"].learner("default")
-            views.append(learner.estimator.sums())
-        if set(views[0]) != set(arms) or set(views[1]) != set(arms):
-            return False
-        return all(np.allclose(views[0][a], arms[a]) and np.allclose(views[1][a], arms[a]) for a in arms)
-    assert wait_for(same_view)
+        def same_view():
+            mine = one.app.state.runtime.pipeline.learners["learn"].learner("default").estimator.sums()
+            if set(mine) != set(arms) or not all(np.allclose(mine[a], arms[a]) for a in arms):
+                return False
+            explained = httpx.post(two.url + "/v1/route/explain", json={
+                "model": "auto", "messages": [{"role": "user", "content": "q"}]}).json()
+            return explained["winner"]["selection"]["learned"]["observations"] == counts
+        assert wait_for(same_view)
+    finally:
+        two.stop()
 
 
 def test_a_restarted_gateway_keeps_what_was_learned(sim, gateway_factory, clean_redis_url):
