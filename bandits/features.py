@@ -9,6 +9,7 @@ turns the request into a few numbers:
 | `bias` | 1 | the constant 1 |
 | `domain` | one probability per domain (14 shipped + the policy's `domains:`) | the shipped domain head |
 | `complexity` | hard-vs-easy exemplar contrast | the embedding |
+| `difficulty` | P(easy), P(medium), P(hard) | the shipped complexity head (trained on how many models solve a question) |
 | `length` | log token count, and a one-hot bucket (<64, <256, <1k, <4k, ≥4k tokens) | the tokenizer |
 | `shape` | digits, math symbols, lettered options, code, question marks, lines | the text |
 | `language` | one-hot over en, zh, es, fr, de, ja, ru, other | the fastText language model |
@@ -16,7 +17,9 @@ turns the request into a few numbers:
 | `pii` | any structured PII, log count of entities | the PII detector |
 | `embedding` | a fixed random projection of the embedding to `dims` numbers | the embedding |
 
-Each block is scaled by its `weight`, then the whole vector is scaled to unit length. The vector
+Each block is scaled by its `weight`, then the whole vector is scaled to unit length.
+`matrix(texts, embeddings)` builds many vectors at once (offline evaluation, warm starts); row i is
+exactly `vector_for_text(texts[i], embeddings[i])`. The vector
 comes from the request text (the embedding text of the policy's encoder settings) and, for the
 learned groups, its one shared embedding, so a bandit adds no encoder call of its own.
 
@@ -39,7 +42,7 @@ import numpy as np
 from policies.schema import FeatureGroup
 
 FEATURE_SCHEMA_VERSION = 1
-LEARNED_GROUPS = frozenset({"domain", "complexity", "jailbreak", "embedding"})
+LEARNED_GROUPS = frozenset({"domain", "complexity", "difficulty", "jailbreak", "embedding"})
 LENGTH_BUCKETS = (64, 256, 1024, 4096)
 LANGUAGES = ("en", "zh", "es", "fr", "de", "ja", "ru")
 PROJECTION_SEED = 20261123
@@ -95,7 +98,7 @@ class FeatureExtractor:
         if self.needs_embedding and (resources is None or getattr(resources, "encoder", None) is None):
             learned = sorted(g.name for g in self.groups if g.name in LEARNED_GROUPS)
             raise ValueError(f"feature group(s) {', '.join(learned)} need the encoder, but none is loaded")
-        self._domain = self._complexity = self._jailbreak = self._projection = None
+        self._domain = self._complexity = self._difficulty = self._jailbreak = self._projection = None
         self._pii = pii_detector
         fingerprints: dict[str, str] = {}
         self.names: list[str] = []
@@ -121,6 +124,10 @@ class FeatureExtractor:
                 self.names.append("complexity:contrast")
                 fingerprints["complexity"] = hashlib.sha256(
                     "\n".join(exemplars.HARD + exemplars.EASY).encode()).hexdigest()[:12]
+            elif g.name == "difficulty":
+                self._difficulty = resources.head("complexity")
+                self.names += [f"difficulty:{label}" for label in self._difficulty.labels]
+                fingerprints["complexity_head"] = str(self._difficulty.meta.get("weights_sha256", ""))
             elif g.name == "length":
                 self.names += ["length:log_tokens"] + [f"length:<{e}" for e in LENGTH_BUCKETS] + [f"length:>={LENGTH_BUCKETS[-1]}"]
             elif g.name == "shape":
@@ -157,11 +164,13 @@ class FeatureExtractor:
         self.schema_id = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:12]
 
     # -------------------------------------------------------------------------------------------
-    def _project(self, vector: np.ndarray, dims: int) -> np.ndarray:
-        if self._projection is None or self._projection.shape[0] != vector.shape[0]:
+    def _project(self, vectors: np.ndarray, dims: int) -> np.ndarray:
+        """Rows (or one vector) times the fixed random projection."""
+        size = np.asarray(vectors).shape[-1]
+        if self._projection is None or self._projection.shape != (size, dims):
             rng = np.random.default_rng(PROJECTION_SEED)
-            self._projection = rng.standard_normal((vector.shape[0], dims)) / math.sqrt(dims)
-        return np.asarray(vector, dtype=np.float64) @ self._projection
+            self._projection = rng.standard_normal((size, dims)) / math.sqrt(dims)
+        return np.asarray(vectors, dtype=np.float64) @ self._projection
 
     def embedding_texts(self, ctx) -> tuple[str, ...]:
         """Texts whose embeddings the vector needs (the request's embedding text), for one batch."""
@@ -177,42 +186,71 @@ class FeatureExtractor:
         """The context vector of a single piece of text (offline evaluation, replay, tests)."""
         if self.needs_embedding and embedding is None:
             raise ValueError("this feature schema needs the text's embedding")
-        blocks: list[np.ndarray] = []
-        for g in self.groups:
-            if g.name == "bias":
-                block = np.ones(1)
-            elif g.name == "domain":
-                block = np.asarray(self._domain.probabilities(text, embedding), dtype=np.float64)
-            elif g.name == "complexity":
-                hard, easy = self._complexity
-                block = np.array([float(np.max(hard @ embedding) - np.max(easy @ embedding)) * 5.0])
-            elif g.name == "length":
-                if tokens is None:
-                    tokens = max(1, len(text) // 4)
-                block = _length_features(int(tokens))
-            elif g.name == "shape":
-                block = shape_features(text)
-            elif g.name == "language":
-                from signals.heuristics import detect_language
+        embeddings = None if embedding is None else np.asarray(embedding)[None, :]
+        return self.matrix([text], embeddings, tokens=None if tokens is None else [tokens])[0]
 
-                block = np.zeros(len(LANGUAGES) + 1)
-                candidates = detect_language(text)
+    def matrix(self, texts: Sequence[str], embeddings: np.ndarray | None = None, *,
+               tokens: Sequence[int | None] | None = None) -> np.ndarray:
+        """Context vectors of many texts at once, shape (len(texts), dim): row i is the vector of
+        `texts[i]` with embedding `embeddings[i]` and `tokens[i]` prompt tokens (len // 4 if None)."""
+        texts = list(texts)
+        n = len(texts)
+        if self.needs_embedding:
+            if embeddings is None:
+                raise ValueError("this feature schema needs the texts' embeddings")
+            embeddings = np.asarray(embeddings)
+            if embeddings.ndim != 2 or embeddings.shape[0] != n:
+                raise ValueError(f"expected {n} embeddings, got an array of shape {embeddings.shape}")
+        if n == 0:
+            return np.zeros((0, self.dim))
+        blocks = [np.asarray(self._block(g, texts, embeddings, tokens), dtype=np.float64).reshape(n, -1) * g.weight
+                  for g in self.groups]
+        x = np.concatenate(blocks, axis=1)
+        norm = np.linalg.norm(x, axis=1, keepdims=True)
+        return np.divide(x, norm, out=x.copy(), where=norm > 0)
+
+    def _block(self, g: FeatureGroup, texts: list[str], embeddings: np.ndarray | None,
+               tokens: Sequence[int | None] | None) -> np.ndarray:
+        """One group's (unweighted) numbers for every text, shape (len(texts), size)."""
+        n = len(texts)
+        if g.name == "bias":
+            return np.ones((n, 1))
+        if g.name == "domain":
+            return np.stack([self._domain.probabilities(t, e) for t, e in zip(texts, embeddings)])
+        if g.name == "complexity":
+            hard, easy = self._complexity
+            return ((np.max(embeddings @ hard.T, axis=1) - np.max(embeddings @ easy.T, axis=1)) * 5.0)[:, None]
+        if g.name == "difficulty":
+            return self._difficulty.predict_proba(texts, embeddings)
+        if g.name == "length":
+            counts = [max(1, len(t) // 4) if (tokens is None or tokens[i] is None) else int(tokens[i])
+                      for i, t in enumerate(texts)]
+            return np.stack([_length_features(c) for c in counts])
+        if g.name == "shape":
+            return np.stack([shape_features(t) for t in texts])
+        if g.name == "language":
+            from signals.heuristics import detect_language
+
+            out = np.zeros((n, len(LANGUAGES) + 1))
+            for i, t in enumerate(texts):
+                candidates = detect_language(t)
                 if candidates:
                     top, score = candidates[0]
-                    block[LANGUAGES.index(top) if top in LANGUAGES else len(LANGUAGES)] = float(score)
-            elif g.name == "jailbreak":
-                probs = self._jailbreak.predict_proba([text], np.asarray(embedding)[None, :])[0]
-                labels = list(self._jailbreak.labels)
-                block = np.array([float(probs[labels.index("injection")] if "injection" in labels else probs[-1])])
-            elif g.name == "pii":
-                found = self._pii.detect(text) if text else []
-                block = np.array([1.0 if found else 0.0, math.log1p(len(found)) / 3.0])
-            else:  # embedding
-                block = self._project(np.asarray(embedding), g.dims)
-            blocks.append(block * g.weight)
-        x = np.concatenate(blocks)
-        norm = float(np.linalg.norm(x))
-        return x / norm if norm > 0 else x
+                    out[i, LANGUAGES.index(top) if top in LANGUAGES else len(LANGUAGES)] = float(score)
+            return out
+        if g.name == "jailbreak":
+            probs = self._jailbreak.predict_proba(texts, embeddings)
+            labels = list(self._jailbreak.labels)
+            return probs[:, labels.index("injection") if "injection" in labels else -1][:, None]
+        if g.name == "pii":
+            out = np.zeros((n, 2))
+            for i, t in enumerate(texts):
+                found = self._pii.detect(t) if t else []
+                out[i] = (1.0 if found else 0.0, math.log1p(len(found)) / 3.0)
+            return out
+        if g.name == "embedding":
+            return self._project(embeddings, g.dims)
+        raise ValueError(f"unknown feature group '{g.name}'")  # pragma: no cover - the schema admits only these
 
     def explain(self, x: np.ndarray) -> dict[str, float]:
         return {n: round(float(v), 4) for n, v in zip(self.names, x)}

@@ -1,0 +1,213 @@
+"""The routing benchmark's core on a tiny invented outcomes table (no encoder, no shared data)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import routing as rb
+
+MODELS_CSV = """model,family,params_b,active_params_b,hosting,price_in_per_mtok,price_out_per_mtok,ttft_ms,tokens_per_s
+small,x,1,1,self,0.10,0.20,100,100
+mid,x,10,10,self,1.00,2.00,200,50
+big,x,100,100,hosted,10.00,20.00,300,20
+unused,x,1,1,self,0.10,0.10,100,100
+"""
+POOL = ("small", "mid", "big")
+TOPICS = ("arithmetic", "geography", "cooking")
+
+
+def _write_gz(path, text: str) -> None:
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def make_dir(tmp_path, n: int = 240, seed: int = 0, prefix: str = "q", name: str = "routing"):
+    """An invented routing/ directory: `big` is right on every topic, `small` only on cooking,
+    `mid` on geography and cooking; a few cells are empty and lengths partly unrecorded."""
+    rng = np.random.default_rng(seed)
+    root = tmp_path / name
+    (root / "mmlu_pro").mkdir(parents=True)
+    (root / "models.csv").write_text(MODELS_CSV)
+    questions, corr, chars = [], [], []
+    for i in range(n):
+        topic = TOPICS[i % 3]
+        qid = f"{prefix}{i}"
+        questions.append({"question_id": qid, "category": topic, "src": "invented",
+                          "question": f"Invented {topic} question number {i}?", "options": ["yes", "no", "maybe"],
+                          "answer": "A"})
+        p = {"small": 0.9 if topic == "cooking" else 0.1, "mid": 0.1 if topic == "arithmetic" else 0.9, "big": 0.95}
+        cells = {m: str(int(rng.random() < p[m])) for m in POOL}
+        if i == 5:
+            cells["mid"] = ""  # no result: the question drops out
+        corr.append([qid, topic, "invented"] + [cells[m] for m in POOL] + ["1"])
+        chars.append([qid, str(400 if i % 2 else 0), str(800), "0", str(200)])  # big never recorded
+    _write_gz(root / "mmlu_pro" / "questions.jsonl.gz", "".join(json.dumps(q) + "\n" for q in questions))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["question_id", "category", "src", *POOL, "unused"])
+    w.writerows(corr)
+    _write_gz(root / "mmlu_pro" / "correctness.csv.gz", buf.getvalue())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["question_id", *POOL, "unused"])
+    w.writerows(chars)
+    _write_gz(root / "mmlu_pro" / "output_chars.csv.gz", buf.getvalue())
+    return root
+
+
+def four_tokens(text: str) -> int:
+    return 40
+
+
+@pytest.fixture()
+def tables(tmp_path):
+    train = rb.load_table(make_dir(tmp_path, 300, seed=1, prefix="t", name="train"), POOL, count_tokens=four_tokens)
+    data = rb.load_table(make_dir(tmp_path, 150, seed=2, prefix="s", name="data"), POOL, count_tokens=four_tokens)
+    return train, data
+
+
+def topic_features(table: rb.Table) -> np.ndarray:
+    """One-hot topic plus a bias, unit norm (what a domain feature would give)."""
+    X = np.array([[1.0] + [float(c == t) for t in TOPICS] for c in table.categories])
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def test_load_table_imputation_missing_and_costs(tables):
+    train, data = tables
+    assert train.n == 299 and train.dropped_missing["questions"] == 1
+    assert train.dropped_missing["empty_cells_per_model"]["mid"] == 1
+    # small recorded 400 on odd rows; even rows impute the median of (800 mid, 200 unused) = 500
+    odd = train.question_ids.index("t1")
+    even = train.question_ids.index("t2")
+    assert train.completion_tokens[odd, 0] == 100.0 and train.completion_tokens[even, 0] == 125.0
+    # big never recorded: the median of the others that did (400, 800, 200 -> 400)
+    assert train.completion_tokens[odd, 2] == 100.0 and not train.chars_recorded[odd, 2]
+    cost = train.cost[odd]
+    assert cost[1] == pytest.approx((40 * 1.0 + 200 * 2.0) / 1e6)
+    share = train.cost_share()[odd]
+    assert share[2] == pytest.approx(1.0)
+    assert share[0] == pytest.approx((40 * 0.1 + 100 * 0.2) / (40 * 10 + 100 * 20))
+
+
+def test_reward_matches_the_gateway(tables):
+    from bandits.contextual import reward_value
+    from policies.schema import RewardSpec
+
+    _, data = tables
+    rm = rb.RewardModel(data.models, data.prices, 0.3)
+    out = rb.TableStep(data)(3, "mid")
+    expected = reward_value(RewardSpec(quality=1, cost=0.3), quality=out.correct,
+                            cost_share=rm.share("mid", out), latency_ms=None)
+    assert rm("mid", out) == pytest.approx(expected)
+    R = rm.matrix(data.correct, data.cost_share())
+    assert R[3, 1] == pytest.approx(expected)
+
+
+def test_hull_and_aiq_math():
+    pts = [(1.0, 0.5), (2.0, 0.55), (3.0, 0.8), (4.0, 0.7), (5.0, 0.8)]
+    hull = rb.nondecreasing_hull(pts)
+    # (2, .55) lies under the chord (1,.5)-(3,.8); nothing after the first best point
+    assert hull.tolist() == [[1.0, 0.5], [3.0, 0.8]]
+    assert rb.hull_value(hull, 2.0) == pytest.approx(0.65)
+    assert rb.hull_value(hull, 10.0) == pytest.approx(0.8)
+    # area over [1, 5]: trapezoid 1→3 (0.5..0.8) = 1.3, flat 3→5 = 1.6 -> 2.9 / 4
+    assert rb.aiq(pts, 1.0, 5.0) == pytest.approx(2.9 / 4)
+    # an anchor at the cheap end lifts the part the router does not reach; without it that part counts 0
+    assert rb.aiq([(3.0, 0.8)], 1.0, 5.0) == pytest.approx(0.8 * 2 / 4)
+    assert rb.aiq([(3.0, 0.8)], 1.0, 5.0, anchor=(1.0, 0.4)) == pytest.approx((1.2 + 1.6) / 4)
+    # a single constant router: AIQ is its accuracy
+    assert rb.aiq([(1.0, 0.6)], 1.0, 5.0) == pytest.approx(0.6)
+
+
+def test_operating_point_selection_under_a_cost_threshold():
+    pts = [(0.05, 0.60), (0.09, 0.66), (0.11, 0.70), (0.3, 0.71), (0.5, 0.74), (1.0, 0.72)]
+    assert rb.accuracy_at_budget(pts, 0.10) == 0.66
+    assert rb.accuracy_at_budget(pts, 0.30) == 0.71
+    assert rb.accuracy_at_budget(pts, 0.50) == 0.74
+    assert rb.accuracy_at_budget(pts, 0.01) is None
+
+
+def test_oracle_and_regret_bookkeeping(tables):
+    _, data = tables
+    rm = rb.RewardModel(data.models, data.prices, 0.0)
+    R = rm.matrix(data.correct, data.cost_share())
+    o = rb.oracle_choice(data.correct, R, data.cost)
+    rows = np.arange(data.n)
+    # at w = 0 the oracle is right whenever any model is, and takes the cheapest right model
+    assert np.array_equal(data.correct[rows, o], data.correct.max(axis=1))
+    first_right = np.argmax(data.correct > 0, axis=1)  # pool is ordered cheapest first
+    assert np.array_equal(o[data.correct.max(axis=1) > 0], first_right[data.correct.max(axis=1) > 0])
+    order = np.random.default_rng(0).permutation(data.n)
+    run = rb.static_run(np.full(data.n, 2), order, data.correct, data.cost, R)
+    curve = rb.regret_curve(run, R.max(axis=1))
+    assert curve[-1] == pytest.approx(float((R.max(axis=1) - R[:, 2]).sum()))
+    assert np.all(np.diff(curve) >= -1e-12)  # regret against the per-question oracle never falls
+    # a policy streamed through the table sees exactly the recorded outcomes
+    learner = rb.Learner(rb.PolicySpec("random", "random"), 4, data.models, data.prices, seed=0)
+    got = rb.run_policy(learner, topic_features(data), order, rb.TableStep(data), rm)
+    assert np.array_equal(got.correct, data.correct[order, got.chosen])
+    assert np.allclose(got.cost, data.cost[order, got.chosen])
+    assert np.allclose(got.reward, R[order, got.chosen])
+
+
+def test_warm_start_equals_learning_update_by_update(tables):
+    train, data = tables
+    X = topic_features(train)[:40]
+    rm = rb.RewardModel(train.models, train.prices, 0.2)
+    R = rm.matrix(train.correct[:40], train.cost_share()[:40])
+    for kind in ("linucb", "hybrid_linucb"):
+        warm = rb.Learner(rb.PolicySpec(kind, kind), 4, train.models, train.prices, seed=0)
+        warm.warm_start(X, R)
+        slow = rb.Learner(rb.PolicySpec(kind, kind), 4, train.models, train.prices, seed=0)
+        for x, r in zip(X, R):
+            for j, m in enumerate(train.models):
+                slow.learn(m, x, r[j])
+        for m in train.models:
+            assert np.allclose(warm.estimator.sums()[m], slow.estimator.sums()[m])
+        x = topic_features(data)[0]
+        assert warm.choose(x) == slow.choose(x)
+
+
+def test_split_with_a_training_directory(tables, tmp_path):
+    train, data = tables
+    split = rb.make_split(data, train)
+    assert split.train.n == train.n and split.stream.n == data.n  # no shared ids
+    overlap = rb.make_split(train, train)
+    assert overlap.stream.n == 0
+
+
+def test_run_benchmark_learns_topics_and_reports_the_summary(tables):
+    train, data = tables
+    split = rb.make_split(data, train)
+    X_tr, X_st = topic_features(split.train), topic_features(split.stream)
+    rng = np.random.default_rng(0)
+    E_tr = X_tr + 0.05 * rng.standard_normal(X_tr.shape)
+    E_st = X_st + 0.05 * rng.standard_normal(X_st.shape)
+    out = rb.run_benchmark(split, X_tr, X_st, E_tr, E_st, seeds=2, warm=True, alpha=None, ridge=1.0,
+                           regret_w=0.1, w_grid=(0.0, 0.05, 0.2, 1.0, 10.0), tune_grid=((0.0, 0.5), (1.0,)),
+                           policies="epsilon_greedy,random")
+    s = out["summary"]
+    for key in ("best_single_model", "best_single_accuracy", "best_single_cost", "router_accuracy_at_30pct_cost",
+                "router_accuracy_at_10pct_cost", "router_accuracy_at_50pct_cost", "aiq_router",
+                "aiq_per_category_baseline", "aiq_supervised_baseline", "regret_at_1000", "seeds", "n_questions"):
+        assert key in s, key
+    assert s["best_single_model"] == "big" and s["n_questions"] == data.n and s["seeds"] == 2
+    assert set(s["regret_at_1000"]) >= {"linucb", "epsilon_greedy", "random", "single:big", "cheapest",
+                                        "per_category", "supervised"}
+    # with topic features the warm-started router knows which model covers which topic: big only for
+    # arithmetic (a third of big's cost), mid for geography, small for cooking -> ≈ 0.92 accuracy
+    cheap_best = max(out["single_models"][m]["accuracy"] for m in ("small", "mid"))
+    assert s["router_accuracy_at_50pct_cost"] > max(0.85, cheap_best + 0.2)
+    assert s["router_accuracy_at_10pct_cost"] >= cheap_best - 0.05
+    assert s["aiq_router"] > s["aiq_per_category_baseline"] - 0.05
+    assert s["regret_at_1000"]["linucb"] < s["regret_at_1000"]["random"]
+    assert s["regret_at_1000"]["linucb"] < min(s["regret_at_1000"][f"single:{m}"] for m in POOL)
+    assert out["config"]["hyperparameters"]["linucb_alpha"] in (0.0, 0.5)
+    assert out["honest_operating_points"] is not None
+    json.dumps(rb._jsonable(out))  # the whole result is JSON
