@@ -208,3 +208,49 @@ def test_full_information_warm_start_equals_observing_every_outcome():
             assert np.allclose(closed.sums()[arm], one_by_one.sums()[arm])
             assert closed.predict(arm, x[0]) == pytest.approx(one_by_one.predict(arm, x[0]))
         assert closed.count("b") == 24
+
+
+def test_discounting_fades_old_observations_exactly_even_across_epochs():
+    from bandits.contextual import LinUCBSelector
+    from policies.schema import Algorithm
+
+    options = Algorithm.model_validate({"linucb": {"features": ["bias"], "ridge": 0.5,
+                                                   "discount_half_life_s": 10}}).options
+    selector = LinUCBSelector(options, decision="d")
+    x = np.array([1.0])
+    history = [(630.0, 1.0), (635.0, 1.0), (645.0, 0.0), (650.0, 0.0)]  # epoch 0 ends at 640 s
+    for t, r in history:
+        selector.observe("default", "m", x, r, now=t)
+    # exact discounted ridge at t = 650: weights 2^-(650 - t)/10
+    w = np.array([2.0 ** (-(650.0 - t) / 10.0) for t, _ in history])
+    rewards = np.array([r for _, r in history])
+    expected = float((w * rewards).sum() / (0.5 + w.sum()))
+    mean, _ = selector.learner("default").estimator.predict("m", x)
+    assert mean == pytest.approx(expected, rel=1e-9)
+    assert selector.learner("default").epoch == 1
+    undiscounted = LinUCBSelector(Algorithm.model_validate({"linucb": {"features": ["bias"], "ridge": 0.5}}).options)
+    for t, r in history:
+        undiscounted.observe("default", "m", x, r, now=t)
+    assert undiscounted.learner("default").estimator.predict("m", x)[0] == pytest.approx(2 / 4.5)
+    assert mean < 2 / 4.5  # recent zeros weigh more than the old ones
+
+
+def test_a_discounted_selector_round_trips_through_the_store():
+    import asyncio
+
+    from bandits.contextual import LinUCBSelector
+    from bandits.store import MemoryStateStore
+    from policies.schema import Algorithm
+
+    options = Algorithm.model_validate({"linucb": {"features": ["bias"], "discount_half_life_s": 3600}}).options
+    store = MemoryStateStore()
+    one, two = LinUCBSelector(options, decision="d"), LinUCBSelector(options, decision="d")
+    x = np.array([1.0])
+    for r in (1.0, 0.0, 1.0):
+        one.observe("default", "m", x, r)
+    before = one.learner("default").estimator.predict("m", x)
+    asyncio.run(one.sync(store))
+    assert one.learner("default").estimator.predict("m", x) == pytest.approx(before, rel=1e-6)
+    asyncio.run(two.load_tenant(store, "default"))  # another replica sees the same (decayed) state
+    assert two.learner("default").estimator.predict("m", x) == pytest.approx(before, rel=1e-6)
+    assert list(asyncio.run(store.keys()))[0].endswith(f"/e={one.learner('default').epoch}")
