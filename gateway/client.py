@@ -46,7 +46,7 @@ Errors are exceptions carrying the gateway's OpenAI-shaped error (`status`, `typ
     ├── AuthenticationError        401: missing or wrong API key
     ├── PermissionDenied           403: the key lacks a role (e.g. admin for reload)
     ├── NotFound                   404: unknown model/entrypoint or route
-    │   └── FeedbackNotSupported   the gateway has no POST /v1/feedback yet
+    │   └── FeedbackNotSupported   the gateway (an older version) has no POST /v1/feedback
     ├── RateLimited                429: `retry_after` seconds to wait
     ├── UpstreamError              502/504: every candidate model failed or timed out
     ├── Unavailable                503: every candidate is out of service; `retry_after`
@@ -937,8 +937,13 @@ class SigrouteClient(_ClientCore):
         """Report how good an answer was, so the gateway's learned selectors can use it.
 
         Sends `{request_id, score?, thumbs?, label?}` to `POST /v1/feedback` (`thumbs` True/False
-        is sent as "up"/"down"). Raises `FeedbackNotSupported` when the gateway has no such
-        endpoint: feedback is never silently dropped.
+        is sent as "up"/"down") and returns the gateway's receipt (`status` "recorded" or
+        "duplicate", the decision and model credited). Raises `NotFound` (code
+        `unknown_request_id`) for an id that is not waiting for feedback (unknown, expired, not
+        routed by a learning decision, or another tenant's), `BadRequest` (409
+        `feedback_conflict`) when the answer was already rated differently, and
+        `FeedbackNotSupported` when the gateway has no such endpoint: feedback is never silently
+        dropped.
 
         >>> answer = client.chat("hi")                                   # doctest: +SKIP
         >>> client.feedback(answer.routing.request_id, thumbs=True)     # doctest: +SKIP
