@@ -39,9 +39,10 @@ def gateway_policy(sim_api_base: str, pool: Sequence[str], prices: dict[str, tup
     return policy
 
 
-def run_through_gateway(outcomes: Any, questions: Sequence[Any], pool: Sequence[str], algorithm: dict[str, Any],
-                        *, warm_snapshot: dict | None = None, tenant: str = "default") -> dict[str, Any]:
-    """Send `questions` (gateway.sim_replay.ReplayQuestion, in stream order) through a gateway.
+def run_through_gateway(outcomes: Any, questions: Sequence[tuple[str, str, str]], pool: Sequence[str],
+                        algorithm: dict[str, Any], *, warm_snapshot: dict | None = None,
+                        tenant: str = "default") -> dict[str, Any]:
+    """Send `questions` — (question_id, prompt text, right letter), in stream order — through a gateway.
 
     Returns per-question records (model, correct, cost), the HTTP time spent and, per model, the
     observation count and reward sum the gateway's learner ended with.
@@ -50,7 +51,6 @@ def run_through_gateway(outcomes: Any, questions: Sequence[Any], pool: Sequence[
     from gateway.app import create_app
     from gateway.serving import ServerThread
     from gateway.sim import create_replay_app, extract_answer_letter
-    from gateway.sim_replay import format_replay_question
     from policies.schema import Policy
 
     prices = {m: (outcomes.models[m].price_in, outcomes.models[m].price_out) for m in pool}
@@ -70,15 +70,15 @@ def run_through_gateway(outcomes: Any, questions: Sequence[Any], pool: Sequence[
                 if tenant not in learner.tenants():
                     raise RuntimeError("the gateway did not load the warm-start state")
             started = time.perf_counter()
-            for q in questions:
+            for question_id, text, right in questions:
                 r = http.post("/v1/chat/completions", json={
-                    "model": "auto", "messages": [{"role": "user", "content": format_replay_question(q)}]})
+                    "model": "auto", "messages": [{"role": "user", "content": text}]})
                 if r.status_code != 200:
                     raise RuntimeError(f"gateway answered {r.status_code}: {r.text[:300]}")
                 body = r.json()
                 model = r.headers["x-sigroute-model"]
                 letter = extract_answer_letter(body["choices"][0]["message"]["content"])
-                correct = 1.0 if letter == q.answer else 0.0
+                correct = 1.0 if letter == right else 0.0
                 usage = body.get("usage") or {}
                 price_in, price_out = prices[model]
                 cost = (usage.get("prompt_tokens", 0) * price_in + usage.get("completion_tokens", 0) * price_out) / 1e6
@@ -86,7 +86,7 @@ def run_through_gateway(outcomes: Any, questions: Sequence[Any], pool: Sequence[
                                                      "score": correct})
                 if fb.status_code != 200:
                     raise RuntimeError(f"feedback answered {fb.status_code}: {fb.text[:300]}")
-                records.append({"question_id": q.question_id, "model": model, "correct": correct, "cost": cost,
+                records.append({"question_id": question_id, "model": model, "correct": correct, "cost": cost,
                                 "overhead_ms": float(r.headers.get("x-sigroute-overhead-ms", "nan"))})
             elapsed = time.perf_counter() - started
             sums = learner.learner(tenant).estimator.sums()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.routing_gateway import run_through_gateway
-from gateway.sim_replay import load_outcomes
+from gateway.sim_replay import format_replay_question, load_outcomes
 from test_sim_replay import write_outcomes
 
 
@@ -28,7 +28,8 @@ def test_questions_flow_through_the_gateway_and_feedback_reaches_the_learner(tmp
         warm[arm] = vec.tolist()
     snapshot = {"format": "sigroute-bandit-state", "version": 1, "keys": {key: warm}}
     questions = list(outcomes.questions)
-    result = run_through_gateway(outcomes, questions, pool, algorithm, warm_snapshot=snapshot)
+    items = [(q.question_id, format_replay_question(q), q.answer) for q in questions]
+    result = run_through_gateway(outcomes, items, pool, algorithm, warm_snapshot=snapshot)
     records = result["records"]
     assert [r["question_id"] for r in records] == [q.question_id for q in questions]
     assert {r["model"] for r in records} == {"big-70b"}
