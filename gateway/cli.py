@@ -303,7 +303,11 @@ def _warm_start_snapshot(args) -> dict:
     texts = [format_replay_question(q) for q in questions]
     print(f"warm start of '{decision.name}' on {len(questions)} recorded questions ({args.split} split) "
           f"× {len(columns)} models", file=sys.stderr)
-    embeddings = encoder.encode(texts) if (encoder is not None and selector.features.needs_embedding) else None
+    embeddings = None
+    if encoder is not None and selector.features.needs_embedding:
+        from signals.training import embed
+
+        embeddings = embed(encoder, texts, Path(args.cache).expanduser() if args.cache else None)
     contexts, rewards = [], {m: [] for m in decision.models}
     reward_spec = selector.options.reward
     for i, (q, text) in enumerate(zip(questions, texts)):
@@ -478,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the statistics to this Redis (default: $SIGROUTE_REDIS_URL)")
     q.add_argument("--replace", action="store_true", help="replace the stored state instead of adding to it")
     q.add_argument("--out", help="write a snapshot for `sigroute bandit import` instead")
+    q.add_argument("--cache", default="~/.cache/sigroute/embeddings", metavar="DIR",
+                   help="reuse question embeddings across runs (default: %(default)s; '' = none)")
     q.set_defaults(func=cmd_bandit)
 
     p = sub.add_parser("validate", help="check policy files; exits non-zero on errors")
