@@ -53,6 +53,7 @@ from policies.schema import (
 log = logging.getLogger("sigroute.bandits")
 
 EPOCH_HALF_LIVES = 64  # an epoch spans this many half-lives (weights stay below 2**64)
+IDLE_RELOAD_S = 30.0   # a tenant this process has not served lately is reloaded this often
 
 __all__ = ["ContextualSelector", "LinUCBSelector", "HybridLinUCBSelector", "ThompsonSelector",
            "EpsilonGreedySelector", "reward_value", "quality_from_feedback", "CONTEXTUAL_SELECTORS"]
@@ -114,6 +115,8 @@ class _Learner:
     epoch: int = 0
     deltas: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)  # (epoch, arm) -> sums not yet stored
     lock: threading.Lock = field(default_factory=threading.Lock)
+    used_at: float = 0.0      # last selection for this tenant
+    reloaded_at: float = 0.0  # last reload of the merged totals from the store
 
 
 class ContextualSelector(Selector):
@@ -205,6 +208,7 @@ class ContextualSelector(Selector):
         learner = self.learner(tenant)
         with learner.lock:
             pick = learner.rule.choose(x, tuple(candidates))
+            learner.used_at = time.time()
         return Choice(model=pick.arm, propensity=pick.propensity, scores=dict(pick.scores),
                       ranking=pick.ranking(tuple(candidates)), context=x, tenant=tenant)
 
@@ -288,7 +292,8 @@ class ContextualSelector(Selector):
         self._apply_discount(learner, now)
 
     async def sync(self, store: Any) -> None:
-        """Add unflushed deltas to `store`, then reload the merged totals of every tenant.
+        """Add unflushed deltas to `store`, then reload the merged totals of every tenant this process
+        has served since its last reload (idle tenants every `IDLE_RELOAD_S`).
 
         On a store failure the deltas stay queued (and are still part of the local estimate) and
         the error propagates so the caller can count it.
@@ -296,6 +301,9 @@ class ContextualSelector(Selector):
         now = time.time()
         failure: Exception | None = None
         for tenant, learner in list(self._learners.items()):
+            idle = learner.used_at < learner.reloaded_at and now - learner.reloaded_at < IDLE_RELOAD_S
+            if idle and not learner.deltas:
+                continue  # nothing to send, and nobody here needs a fresher view yet
             with learner.lock:
                 deltas, learner.deltas = learner.deltas, {}
             by_epoch: dict[int, dict[str, np.ndarray]] = {}
@@ -340,6 +348,7 @@ class ContextualSelector(Selector):
             learner.estimator.load_sums(merged)
             self._apply_discount(learner, now)
             learner.estimator.load_sums(learner.estimator.sums())  # exact inverse at the new ridge
+            learner.reloaded_at = now
 
     def adopt(self, previous: "ContextualSelector") -> None:
         """Take over a previous selector's learners (reload with the same feature schema): models

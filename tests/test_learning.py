@@ -179,6 +179,9 @@ def test_two_gateway_processes_on_one_redis_learn_together_without_lost_updates(
         counts = {arm: vec[0] for arm, vec in arms.items()}
 
         def same_view():
+            # explaining selects, which marks the tenant as in use: its state is then reloaded at the
+            # next exchange (an idle tenant's view refreshes only every IDLE_RELOAD_S)
+            one.http.post("/v1/route/explain", json={"model": "auto", "messages": [{"role": "user", "content": "q"}]})
             mine = one.app.state.runtime.pipeline.learners["learn"].learner("default").estimator.sums()
             if set(mine) != set(arms) or not all(np.allclose(mine[a], arms[a]) for a in arms):
                 return False
