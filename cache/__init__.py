@@ -1,0 +1,17 @@
+"""The category-aware semantic cache (library layer).
+
+* `cache.keys`: isolation -- `partition_key` (tenant, user, decision, models, system prompt, tools,
+  response format, generation parameters, stream) and `exact_key` (the normalized conversation;
+  also the document id).
+* `cache.index`: `VectorIndex`, per-partition nearest neighbours over unit vectors (exact numpy
+  search for small partitions, a faiss HNSW graph past ``hnsw_threshold``, tombstones + rebuilds).
+* `cache.store`: `CacheEntry` and the `DocumentStore` protocol -- `MemoryDocumentStore` (the
+  embedded default) and `RedisDocumentStore` (native TTLs, per-category LRU quotas, an event
+  stream that keeps other processes' indexes in step).
+* `cache.semantic`: `SemanticCache` (exact then semantic lookup, insert, sync/rebuild, counters;
+  never raises into the request path) and `SingleFlight` (N identical concurrent misses -> one
+  upstream call).
+
+Nothing here is imported by the package itself: import the submodules you need (faiss is imported
+only when a partition first grows past the HNSW threshold).
+"""

@@ -1,0 +1,639 @@
+"""Where cached answers live: in memory (one process) or in Redis (shared, native TTLs).
+
+One small protocol, `DocumentStore`, with `MemoryDocumentStore` and `RedisDocumentStore` behaving
+the same (tests/test_cache_core.py runs the same tests against both).
+
+A document is a `CacheEntry`: the answer (``response``, the JSON body as bytes), the request's
+embedding (float32, or ``None`` for exact-only entries), its partition, category (the LRU/quota
+domain: a decision name or a domain category), decision and tenant (for admin deletes), creation
+and expiry times (unix seconds, set by ``put``) and a small JSON-able ``metadata`` dict. Its
+``doc_id`` is the exact-match key (`cache.keys.exact_key`), so an exact lookup is a plain ``get``.
+
+Guarantees, for both implementations:
+
+* ``put(entry, ttl_s, quota=N)`` stores (or replaces) the entry for ``ttl_s`` seconds and, when
+  the entry's category then holds more than ``N`` live entries, evicts the least recently used
+  ones *of that category only* and returns their ids. ``get`` refreshes recency.
+* ``get`` never returns an expired entry (Redis: native ``PEXPIRE``; memory: checked on read, and
+  expired entries are purged on every ``put``).
+* ``delete``/``delete_where`` remove entries; ``delete_where`` returns the removed ids, except
+  ``delete_where()`` with no filter, which removes everything and returns ``None`` (Redis:
+  ``UNLINK`` of every document and LRU key under the namespace, then one ``clear`` event).
+* Redis only: every put, delete and eviction is appended to a stream (``XADD ... MAXLEN ~``) that
+  other processes read with ``events_since(cursor)`` to keep their vector index in step. Expiry
+  produces no event: an index hit on a vanished document is a miss and the caller drops it.
+  ``events_since`` reports a *gap* when events were trimmed away (or the stream vanished) before
+  the reader got them: the reader must then rebuild its index from ``scan()``.
+
+Redis layout (namespace default ``"sigroute:cache:"``):
+
+* ``<ns>d:<doc_id>``: a hash (``p`` partition, ``c`` category, ``d`` decision, ``t`` tenant,
+  ``e`` embedding as little-endian float32 bytes, ``r`` response, ``ca``/``xa`` created/expires,
+  ``m`` metadata JSON) with a native TTL;
+* ``<ns>lru:<category>``: a sorted set doc_id -> last access (Redis server time, microseconds);
+* ``<ns>events``: the stream (fields ``op`` put|del|clear, ``id``, ``p``, ``e``).
+
+``put``, ``get`` and ``delete`` are one Lua script each (one round trip, atomic: the LRU set,
+the document and the event never disagree). ``put`` also drops up to 32 LRU members whose
+documents expired (so expired entries stop counting against the quota) before enforcing it.
+Scripts touch document keys they derive from the namespace, so this layout targets a single Redis
+(or one Cluster slot via a ``{hash-tag}`` namespace), not a sharded Cluster.
+Scans use ``SCAN`` (never ``KEYS``) and ``UNLINK``.
+
+Redis connection failures and timeouts raise `StoreUnavailable` naming the URL (never its
+password); the semantic cache turns them into misses and skipped inserts. The client is created
+lazily, on first use, so it binds to the event loop that uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, AsyncIterator, Iterator, Protocol, runtime_checkable
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import numpy as np
+
+__all__ = [
+    "CacheEntry",
+    "CacheEvent",
+    "DocumentStore",
+    "MemoryDocumentStore",
+    "RedisDocumentStore",
+    "StoreUnavailable",
+    "open_document_store",
+]
+
+
+class StoreUnavailable(RuntimeError):
+    """The cache's backend (Redis) cannot be reached; the message names the URL and the cause."""
+
+
+@dataclass
+class CacheEntry:
+    doc_id: str                       # = the exact key (cache.keys.exact_key)
+    partition: str
+    category: str
+    response: bytes
+    embedding: np.ndarray | None = None
+    decision: str = ""
+    tenant: str = ""
+    created_at: float = 0.0
+    expires_at: float = 0.0
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def exact_key(self) -> str:
+        return self.doc_id
+
+
+@dataclass(frozen=True)
+class CacheEvent:
+    op: str                           # "put" | "del" | "clear"
+    doc_id: str = ""
+    partition: str = ""
+    embedding: np.ndarray | None = None
+
+
+@runtime_checkable
+class DocumentStore(Protocol):
+    """Cache documents by id, with TTLs and per-category LRU quotas. Methods are coroutines."""
+
+    description: str
+    shared: bool                      # True when other processes see the same documents
+
+    async def put(self, entry: CacheEntry, ttl_s: float, *, quota: int | None = None) -> list[str]:
+        """Store (or replace) `entry` for `ttl_s` s; returns ids evicted from its category."""
+
+    async def get(self, doc_id: str) -> CacheEntry | None:
+        """The live entry (refreshing its recency), or None when missing or expired."""
+
+    async def get_exact(self, partition: str, exact_key: str) -> CacheEntry | None:
+        """`get(exact_key)` when the entry belongs to `partition`, else None."""
+
+    async def delete(self, doc_id: str) -> bool:
+        """Remove one entry; False when it was not there."""
+
+    async def delete_where(self, *, partition: str | None = None, decision: str | None = None,
+                           tenant: str | None = None) -> list[str] | None:
+        """Remove matching entries (ids returned); no filter removes everything (returns None)."""
+
+    def scan(self) -> AsyncIterator[tuple[str, str, np.ndarray]]:
+        """(doc_id, partition, embedding) of every live entry that has an embedding."""
+
+    async def exists(self, doc_ids: list[str]) -> list[bool]:
+        """Whether each id is (still) stored."""
+
+    async def count(self) -> int:
+        """Live entries."""
+
+    async def position(self) -> str:
+        """The event stream's newest id (a cursor for `events_since`)."""
+
+    async def events_since(self, cursor: str, limit: int = 1000) -> tuple[list[CacheEvent], str, bool]:
+        """(events after `cursor`, the new cursor, gap: events were lost and a rebuild is due)."""
+
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` when the backend cannot be reached."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
+
+
+def _check_put(entry: CacheEntry, ttl_s: float, quota: int | None) -> None:
+    if not entry.doc_id or not entry.partition or not entry.category:
+        raise ValueError("a cache entry needs a doc_id, a partition and a category")
+    if not isinstance(entry.response, (bytes, bytearray)):
+        raise ValueError(f"response must be bytes (the JSON body), got {type(entry.response).__name__}")
+    if not (ttl_s > 0):
+        raise ValueError(f"ttl_s must be positive, got {ttl_s!r}")
+    if quota is not None and quota < 1:
+        raise ValueError(f"quota must be at least 1 (or None for no quota), got {quota!r}")
+
+
+def _embedding(value) -> np.ndarray | None:
+    return None if value is None else np.asarray(value, dtype=np.float32).reshape(-1).copy()
+
+
+# --------------------------------------------------------------------------------------------
+# Memory
+
+
+class MemoryDocumentStore:
+    """In-process documents. Safe for asyncio tasks and threads (one lock guards everything)."""
+
+    description = "memory"
+    shared = False
+
+    def __init__(self, clock=time.time) -> None:
+        self._docs: dict[str, CacheEntry] = {}
+        self._lru: dict[str, OrderedDict[str, None]] = {}
+        self._expiry: list[tuple[float, str]] = []     # heap of (expires_at, doc_id), lazily stale
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def _drop(self, doc_id: str) -> CacheEntry | None:
+        entry = self._docs.pop(doc_id, None)
+        if entry is not None:
+            lru = self._lru.get(entry.category)
+            if lru is not None:
+                lru.pop(doc_id, None)
+                if not lru:
+                    del self._lru[entry.category]
+        return entry
+
+    def _purge(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] <= now:
+            _, doc_id = heapq.heappop(self._expiry)
+            entry = self._docs.get(doc_id)
+            if entry is not None and entry.expires_at <= now:
+                self._drop(doc_id)
+
+    async def put(self, entry: CacheEntry, ttl_s: float, *, quota: int | None = None) -> list[str]:
+        _check_put(entry, ttl_s, quota)
+        now = self._clock()
+        stored = replace(entry, response=bytes(entry.response), embedding=_embedding(entry.embedding),
+                         created_at=now, expires_at=now + ttl_s,
+                         metadata=json.loads(json.dumps(entry.metadata)))
+        evicted: list[str] = []
+        with self._lock:
+            self._purge(now)
+            self._drop(stored.doc_id)
+            self._docs[stored.doc_id] = stored
+            lru = self._lru.setdefault(stored.category, OrderedDict())
+            lru[stored.doc_id] = None
+            heapq.heappush(self._expiry, (stored.expires_at, stored.doc_id))
+            if quota is not None:
+                while len(lru) > quota:
+                    victim, _ = lru.popitem(last=False)
+                    self._docs.pop(victim, None)
+                    evicted.append(victim)
+        return evicted
+
+    async def get(self, doc_id: str) -> CacheEntry | None:
+        with self._lock:
+            entry = self._docs.get(doc_id)
+            if entry is None:
+                return None
+            if entry.expires_at <= self._clock():
+                self._drop(doc_id)
+                return None
+            self._lru[entry.category].move_to_end(doc_id)
+            return replace(entry, metadata=dict(entry.metadata))
+
+    async def get_exact(self, partition: str, exact_key: str) -> CacheEntry | None:
+        entry = await self.get(exact_key)
+        return entry if entry is not None and entry.partition == partition else None
+
+    async def delete(self, doc_id: str) -> bool:
+        with self._lock:
+            return self._drop(doc_id) is not None
+
+    async def delete_where(self, *, partition: str | None = None, decision: str | None = None,
+                           tenant: str | None = None) -> list[str] | None:
+        with self._lock:
+            if partition is None and decision is None and tenant is None:
+                self._docs.clear()
+                self._lru.clear()
+                self._expiry.clear()
+                return None
+            victims = [d for d, e in self._docs.items()
+                       if (partition is None or e.partition == partition)
+                       and (decision is None or e.decision == decision)
+                       and (tenant is None or e.tenant == tenant)]
+            for doc_id in victims:
+                self._drop(doc_id)
+            return victims
+
+    async def scan(self) -> AsyncIterator[tuple[str, str, np.ndarray]]:
+        with self._lock:
+            now = self._clock()
+            items = [(e.doc_id, e.partition, e.embedding) for e in self._docs.values()
+                     if e.embedding is not None and e.expires_at > now]
+        for item in items:
+            yield item
+
+    async def exists(self, doc_ids: list[str]) -> list[bool]:
+        now = self._clock()
+        with self._lock:
+            return [(e := self._docs.get(d)) is not None and e.expires_at > now for d in doc_ids]
+
+    async def count(self) -> int:
+        with self._lock:
+            self._purge(self._clock())
+            return len(self._docs)
+
+    async def position(self) -> str:
+        return "0-0"
+
+    async def events_since(self, cursor: str, limit: int = 1000) -> tuple[list[CacheEvent], str, bool]:
+        return [], cursor, False   # one process: its own index is always in step
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"MemoryDocumentStore(entries={len(self._docs)})"
+
+
+# --------------------------------------------------------------------------------------------
+# Redis
+
+# Recency scores are Redis server time in microseconds (one clock for every client), bumped to
+# stay strictly increasing within a category, so LRU order is exactly access order.
+# KEYS: doc, lru set, stream. ARGV: id, ttl_ms, quota (0 = none), stream maxlen, doc key prefix,
+# partition, embedding bytes, then the hash's field/value pairs.
+_PUT_LUA = """
+redis.replicate_commands()
+local id = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local quota = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if top[2] and tonumber(top[2]) >= now then now = tonumber(top[2]) + 1 end
+redis.call('DEL', KEYS[1])
+local fields = {}
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], string.format('%.0f', now), id)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'op', 'put', 'id', id, 'p', ARGV[6], 'e', ARGV[7])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now - ttl * 1000), 'LIMIT', 0, 32)
+for _, m in ipairs(stale) do
+  if redis.call('EXISTS', ARGV[5] .. m) == 0 then redis.call('ZREM', KEYS[2], m) end
+end
+local evicted = {}
+if quota > 0 then
+  while redis.call('ZCARD', KEYS[2]) > quota do
+    local m = redis.call('ZPOPMIN', KEYS[2])[1]
+    if redis.call('DEL', ARGV[5] .. m) == 1 then
+      evicted[#evicted + 1] = m
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'op', 'del', 'id', m)
+    end
+  end
+end
+return evicted
+"""
+
+# KEYS: doc. ARGV: lru prefix, id.
+_GET_LUA = """
+redis.replicate_commands()
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return h end
+for i = 1, #h, 2 do
+  if h[i] == 'c' then
+    local lru = ARGV[1] .. h[i + 1]
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local top = redis.call('ZRANGE', lru, -1, -1, 'WITHSCORES')
+    if top[2] and tonumber(top[2]) >= now then now = tonumber(top[2]) + 1 end
+    redis.call('ZADD', lru, 'XX', string.format('%.0f', now), ARGV[2])
+    break
+  end
+end
+return h
+"""
+
+# KEYS: doc, stream. ARGV: id, lru prefix, stream maxlen.
+_DELETE_LUA = """
+local c = redis.call('HGET', KEYS[1], 'c')
+if not c then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', ARGV[2] .. c, ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'op', 'del', 'id', ARGV[1])
+return 1
+"""
+
+
+def _redacted(url: str) -> str:
+    """`url` without credentials (user info and a `password` query parameter are dropped)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def _stream_id(value) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _glob_escape(text: str) -> str:
+    for ch in "\\*?[]^":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+class RedisDocumentStore:
+    """Documents in Redis with native TTLs, per-category LRU sets and an event stream."""
+
+    shared = True
+
+    def __init__(self, url: str, namespace: str = "sigroute:cache:", *, socket_timeout: float = 0.5,
+                 connect_timeout: float = 0.5, retries: int = 1, stream_maxlen: int = 100_000) -> None:
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"not a Redis URL: {url!r}; use redis://[:password@]host[:port][/db], "
+                             f"rediss://... or unix:///path/to/redis.sock")
+        self.url = url
+        self.namespace = namespace
+        self.description = _redacted(url)
+        self.stream_maxlen = stream_maxlen
+        self._options = dict(socket_timeout=socket_timeout, connect_timeout=connect_timeout, retries=retries)
+        self._client = None
+        self._scripts: dict[str, Any] = {}
+        self._stream = f"{namespace}events"
+        self._doc_prefix = f"{namespace}d:"
+        self._lru_prefix = f"{namespace}lru:"
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    @property
+    def _redis(self):
+        if self._client is None:  # created lazily: binds to the loop that first uses it
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import ExponentialBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
+
+            o = self._options
+            try:
+                # Retry only connection errors (a stale pooled connection after a restart), never
+                # timeouts: a slow Redis must not slow requests down further.
+                self._client = aioredis.from_url(
+                    self.url, decode_responses=False, socket_timeout=o["socket_timeout"],
+                    socket_connect_timeout=o["connect_timeout"],
+                    retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), o["retries"],
+                                supported_errors=(RedisConnectionError,)))
+            except ValueError as exc:
+                raise ValueError(f"invalid Redis URL {self.description!r}: {exc}") from None
+            self._scripts = {name: self._client.register_script(src) for name, src in
+                             (("put", _PUT_LUA), ("get", _GET_LUA), ("delete", _DELETE_LUA))}
+        return self._client
+
+    @contextlib.contextmanager
+    def _guard(self, operation: str) -> Iterator[None]:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            cause = str(exc) or type(exc).__name__
+            raise StoreUnavailable(
+                f"Redis at {self.description} is unavailable ({operation}): {cause}; "
+                f"check that redis-server is running there and that the URL is right") from exc
+
+    def _doc(self, doc_id: str) -> str:
+        return self._doc_prefix + doc_id
+
+    def _decode(self, doc_id: str, flat: list) -> CacheEntry | None:
+        if not flat:
+            return None
+        h = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+        emb = h.get("e") or b""
+        return CacheEntry(
+            doc_id=doc_id, partition=_text(h["p"]), category=_text(h["c"]), response=bytes(h.get("r", b"")),
+            embedding=np.frombuffer(emb, dtype="<f4").copy() if emb else None,
+            decision=_text(h.get("d", b"")), tenant=_text(h.get("t", b"")),
+            created_at=float(h.get("ca", 0)), expires_at=float(h.get("xa", 0)),
+            metadata=json.loads(h["m"]) if h.get("m") else {})
+
+    # ------------------------------------------------------------------------------ documents
+
+    async def put(self, entry: CacheEntry, ttl_s: float, *, quota: int | None = None) -> list[str]:
+        _check_put(entry, ttl_s, quota)
+        now = time.time()
+        emb = _embedding(entry.embedding)
+        emb_bytes = emb.astype("<f4").tobytes() if emb is not None else b""
+        fields = ["p", entry.partition, "c", entry.category, "d", entry.decision, "t", entry.tenant,
+                  "e", emb_bytes, "r", bytes(entry.response), "ca", repr(now), "xa", repr(now + ttl_s),
+                  "m", json.dumps(entry.metadata, separators=(",", ":"))]
+        client = self._redis
+        with self._guard("put"):
+            evicted = await self._scripts["put"](
+                keys=[self._doc(entry.doc_id), self._lru_prefix + entry.category, self._stream],
+                args=[entry.doc_id, max(1, int(ttl_s * 1000)), quota or 0, self.stream_maxlen,
+                      self._doc_prefix, entry.partition, emb_bytes, *fields],
+                client=client)
+        return [_text(e) for e in evicted]
+
+    async def get(self, doc_id: str) -> CacheEntry | None:
+        client = self._redis
+        with self._guard("get"):
+            flat = await self._scripts["get"](keys=[self._doc(doc_id)], args=[self._lru_prefix, doc_id],
+                                              client=client)
+        return self._decode(doc_id, flat)
+
+    async def get_exact(self, partition: str, exact_key: str) -> CacheEntry | None:
+        entry = await self.get(exact_key)
+        return entry if entry is not None and entry.partition == partition else None
+
+    async def delete(self, doc_id: str) -> bool:
+        client = self._redis
+        with self._guard("delete"):
+            return bool(await self._scripts["delete"](keys=[self._doc(doc_id), self._stream],
+                                                      args=[doc_id, self._lru_prefix, self.stream_maxlen],
+                                                      client=client))
+
+    async def _scan_docs(self, fields: list[str], batch: int = 500) -> AsyncIterator[tuple[str, list]]:
+        client = self._redis
+        pattern = _glob_escape(self._doc_prefix) + "*"
+        seen: set[str] = set()   # SCAN may return a key twice
+        names: list[str] = []
+        with self._guard("scan"):
+            async for name in client.scan_iter(match=pattern, count=1000):
+                name = _text(name)
+                if name not in seen:
+                    seen.add(name)
+                    names.append(name)
+                if len(names) >= batch:
+                    for item in await self._fetch(names, fields):
+                        yield item
+                    names = []
+            if names:
+                for item in await self._fetch(names, fields):
+                    yield item
+
+    async def _fetch(self, names: list[str], fields: list[str]) -> list[tuple[str, list]]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hmget(name, fields)
+            rows = await pipe.execute()
+        return [(name[len(self._doc_prefix):], row) for name, row in zip(names, rows)
+                if row and row[0] is not None]   # None: expired between SCAN and HMGET
+
+    async def delete_where(self, *, partition: str | None = None, decision: str | None = None,
+                           tenant: str | None = None) -> list[str] | None:
+        if partition is None and decision is None and tenant is None:
+            await self._clear()
+            return None
+        victims = [doc_id async for doc_id, (p, d, t) in self._scan_docs(["p", "d", "t"])
+                   if (partition is None or _text(p) == partition)
+                   and (decision is None or _text(d or b"") == decision)
+                   and (tenant is None or _text(t or b"") == tenant)]
+        removed: list[str] = []
+        client = self._redis
+        with self._guard("delete"):
+            for start in range(0, len(victims), 500):
+                chunk = victims[start:start + 500]
+                async with client.pipeline(transaction=False) as pipe:
+                    for doc_id in chunk:
+                        await self._scripts["delete"](keys=[self._doc(doc_id), self._stream],
+                                                      args=[doc_id, self._lru_prefix, self.stream_maxlen],
+                                                      client=pipe)
+                    removed += [d for d, r in zip(chunk, await pipe.execute()) if int(r)]
+        return removed
+
+    async def _clear(self) -> None:
+        client = self._redis
+        with self._guard("clear"):
+            for prefix in (self._doc_prefix, self._lru_prefix):
+                batch: list = []
+                async for name in client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+                    batch.append(name)
+                    if len(batch) >= 1000:
+                        await client.unlink(*batch)
+                        batch = []
+                if batch:
+                    await client.unlink(*batch)
+            await client.xadd(self._stream, {"op": "clear"}, maxlen=self.stream_maxlen, approximate=True)
+
+    async def scan(self) -> AsyncIterator[tuple[str, str, np.ndarray]]:
+        async for doc_id, (p, e) in self._scan_docs(["p", "e"]):
+            if e:
+                yield doc_id, _text(p), np.frombuffer(e, dtype="<f4").copy()
+
+    async def exists(self, doc_ids: list[str]) -> list[bool]:
+        if not doc_ids:
+            return []
+        client = self._redis
+        with self._guard("exists"):
+            async with client.pipeline(transaction=False) as pipe:
+                for doc_id in doc_ids:
+                    pipe.exists(self._doc(doc_id))
+                return [bool(n) for n in await pipe.execute()]
+
+    async def count(self) -> int:
+        return sum([1 async for _ in self._scan_docs(["p"])])
+
+    # ------------------------------------------------------------------------------ events
+
+    async def position(self) -> str:
+        client = self._redis
+        with self._guard("position"):
+            last = await client.xrevrange(self._stream, count=1)
+        return _text(last[0][0]) if last else "0-0"
+
+    async def events_since(self, cursor: str, limit: int = 1000) -> tuple[list[CacheEvent], str, bool]:
+        from redis.exceptions import ResponseError
+
+        client = self._redis
+        with self._guard("events"):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.xrange(self._stream, min=f"({cursor}", count=limit)
+                pipe.xinfo_stream(self._stream)
+                rows, info = await pipe.execute(raise_on_error=False)
+        if isinstance(rows, ResponseError):
+            raise rows
+        gap = False
+        if isinstance(info, ResponseError):       # no stream: nothing written yet, or it was wiped
+            gap = cursor != "0-0"
+        else:
+            # MAXLEN trims oldest-first. If the oldest entry left is newer than the cursor and
+            # anything was ever trimmed, events after the cursor may be gone: report a gap. (It
+            # is conservative: when exactly the cursor's own entry was trimmed, a rebuild is
+            # done that was not strictly needed, never the reverse.)
+            info = {_text(k): v for k, v in info.items()}
+            first = info.get("first-entry")
+            added, length = info.get("entries-added"), info.get("length", 0)
+            trimmed = added > length if added is not None else cursor != "0-0"
+            if first and trimmed and _stream_id(first[0]) > _stream_id(cursor):
+                gap = True
+        events = []
+        for event_id, fields in rows or []:
+            f = {_text(k): v for k, v in fields.items()}
+            e = f.get("e") or b""
+            events.append(CacheEvent(op=_text(f.get("op", b"")), doc_id=_text(f.get("id", b"")),
+                                     partition=_text(f.get("p", b"")),
+                                     embedding=np.frombuffer(e, dtype="<f4").copy() if e else None))
+            cursor = _text(event_id)
+        return events, cursor, gap
+
+    async def ping(self) -> None:
+        client = self._redis
+        with self._guard("ping"):
+            await client.ping()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisDocumentStore({self.description!r}, namespace={self.namespace!r})"
+
+
+def open_document_store(url: str | None, **options: Any) -> DocumentStore:
+    """``None``/``"memory"`` -> `MemoryDocumentStore`; a redis://, rediss:// or unix:// URL -> Redis."""
+    if url is None or url.strip().lower() in ("", "memory", "memory://"):
+        return MemoryDocumentStore()
+    return RedisDocumentStore(url, **options)
