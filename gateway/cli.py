@@ -519,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="rebuild a shipped head from the shared data: train {domain|jailbreak|complexity} "
                    "--data DIR [--out DIR] (see `sigroute train --help`)", add_help=False)
 
+    from cache.calibrate import add_cache_parser
+
+    add_cache_parser(sub)  # sigroute cache calibrate --pairs FILE.csv --target-precision P
+
     p = sub.add_parser("demo", help="run the simulated upstream and the gateway, send requests, print a report")
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=16)
