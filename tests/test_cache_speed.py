@@ -1,0 +1,44 @@
+"""benchmarks.cache_speed end to end at tiny sizes: the summary's keys and sanity (a few seconds)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from benchmarks import cache_speed
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_cache_speed_tiny(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    # 500 stays on the exact numpy path, 3000 crosses the HNSW threshold (2000)
+    rc = cache_speed.main(["--sizes", "500,3000", "--queries", "50", "--inserts", "50", "--vectors", "clustered",
+                           "--redis", "--json", str(out), "--quiet"])
+    assert rc == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads(last)
+    result = json.loads(out.read_text())
+    assert result["summary"] == summary
+    assert summary["vectors"] == "clustered"
+
+    p50 = summary["lookup_p50_ms"]
+    assert set(p50) == {"500", "3000", "10000", "100000", "1000000"}
+    assert p50["10000"] is None and p50["100000"] is None and p50["1000000"] is None
+    assert p50["500"] > 0 and p50["3000"] > 0
+    assert summary["recall_top1"]["500"] == 1.0          # exact search
+    assert summary["recall_top1"]["3000"] >= 0.9         # HNSW
+    assert summary["miss_cost_ms_redis"] > 0 and summary["hit_cost_ms_redis"] > 0
+    assert summary["redis_size"] == 3000 and summary["rebuild_s"] >= 0
+    assert summary["bytes_per_entry"] is None or summary["bytes_per_entry"] > 0
+    assert summary["insert_per_s_memory"] > 0 and summary["insert_per_s_redis"] > 0
+    assert summary["targets_met"]["lookup_p50_100k_lt_1ms"] is None
+    assert isinstance(summary["targets_met"]["miss_redis_lt_2ms"], bool)
+
+    by = {r["n"]: r for r in result["per_size"]}
+    assert by[500]["hnsw"] is False and by[3000]["hnsw"] is True
+    for r in by.values():
+        assert r["memory_lookup_hit"]["hits"] == 50 and r["memory_lookup_miss"]["hits"] == 0
+        assert r["redis"]["lookup_hit"]["hits"] == 50 and r["redis"]["lookup_miss"]["hits"] == 0
+        assert r["redis"]["lookup_hit"]["hit_is_exact_top1"] >= 0.9
