@@ -50,14 +50,10 @@ import asyncio
 import gc
 import os
 import platform
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -176,51 +172,20 @@ def _exact_top1(stored: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ Redis
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def private_redis() -> Iterator[str]:
     """A private redis-server on a free loopback port, without persistence; yields its URL."""
-    binary = shutil.which("redis-server") or next(
-        (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server")
-         if os.access(p, os.X_OK)), None)
-    if binary is None:
-        raise SystemExit("error: redis-server is not installed; install it (`apt-get install -y redis-server`, "
-                         "`brew install redis`), pass --redis-url redis://HOST:PORT/DB, or run with --no-redis")
+    from gateway.serving import RedisServer, RedisServerError
+
     with tempfile.TemporaryDirectory(prefix="sigroute-bench-redis-") as workdir:
-        port = _free_port()
-        log = Path(workdir) / "redis.log"
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", workdir, "--logfile", str(log), "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                        s.sendall(b"PING\r\n")
-                        if s.recv(64).startswith(b"+PONG"):
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                    raise SystemExit(f"error: redis-server did not answer PING on port {port} "
-                                     f"(exit code {proc.poll()}); its log:\n{text}")
-                time.sleep(0.02)
-            yield f"redis://127.0.0.1:{port}/0"
+            server = RedisServer(workdir).__enter__()
+        except RedisServerError as exc:
+            raise SystemExit(f"error: {exc}; or pass --redis-url redis://HOST:PORT/DB, or run with --no-redis")
+        try:
+            yield server.url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            server.__exit__()
 
 
 async def _redis_used_memory(store: RedisDocumentStore) -> int:

@@ -90,3 +90,79 @@ class ServerThread:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# a private redis-server (tests and benchmarks start their own)
+
+REDIS_SERVER_PATHS = ("/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server")
+
+
+class RedisServerError(RuntimeError):
+    """redis-server is missing, or did not start; the message says why (with its log)."""
+
+
+def find_redis_server() -> str | None:
+    import os
+    import shutil
+
+    return shutil.which("redis-server") or next((p for p in REDIS_SERVER_PATHS if os.access(p, os.X_OK)), None)
+
+
+class RedisServer:
+    """A redis-server on a free loopback port without persistence, for as long as the `with` block.
+
+    `url` is `redis://127.0.0.1:PORT/0`. Start-up waits until PING answers; failures raise
+    `RedisServerError` with the server's log.
+    """
+
+    def __init__(self, workdir: str, binary: str | None = None):
+        self.workdir = workdir
+        self.binary = binary or find_redis_server()
+        self.proc = None
+        self.url = ""
+
+    def __enter__(self) -> "RedisServer":
+        import subprocess
+        from pathlib import Path
+
+        if self.binary is None:
+            raise RedisServerError("redis-server is not installed (apt-get install -y redis-server, "
+                                   "or brew install redis)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = Path(self.workdir) / "redis.log"
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--logfile", str(log), "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                self.__exit__()
+                raise RedisServerError(f"redis-server did not answer PING on port {port} "
+                                       f"(exit code {self.proc.poll()}); its log:\n{text}")
+            time.sleep(0.02)
+        self.url = f"redis://127.0.0.1:{port}/0"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import subprocess
+
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

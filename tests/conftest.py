@@ -173,12 +173,11 @@ def free_port() -> int:
 # command must work on a fresh machine).
 
 def _redis_server_binary() -> str:
-    import shutil
     import subprocess
 
-    found = shutil.which("redis-server") or next(
-        (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server")
-         if os.access(p, os.X_OK)), None)
+    from gateway.serving import find_redis_server
+
+    found = find_redis_server()
     if found:
         return found
     how = "install it with `apt-get install -y redis-server` (Debian/Ubuntu) or `brew install redis` (macOS)"
@@ -190,8 +189,8 @@ def _redis_server_binary() -> str:
         if done.returncode != 0:
             pytest.fail(f"could not install redis-server ({' '.join(cmd)} exited {done.returncode}: "
                         f"{done.stderr.strip()[-500:]}); {how}")
-    found = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.access(found, os.X_OK):
+    found = find_redis_server()
+    if found is None:
         pytest.fail(f"redis-server still missing after apt-get install; {how}")
     return found
 
@@ -199,40 +198,16 @@ def _redis_server_binary() -> str:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> Iterator[str]:
     """`redis://127.0.0.1:PORT/0` of a private redis-server started for this test session."""
-    import subprocess
-    import time
+    from gateway.serving import RedisServer, RedisServerError
 
-    binary = _redis_server_binary()
-    workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    log = workdir / "redis.log"
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--logfile", str(log), "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                pytest.fail(f"redis-server did not answer PING on port {port} "
-                            f"(exit code {proc.poll()}); its log:\n{text}")
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
+        server = RedisServer(str(tmp_path_factory.mktemp("redis")), _redis_server_binary()).__enter__()
+    except RedisServerError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.__exit__()
 
 
 @pytest.fixture
