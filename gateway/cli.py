@@ -149,6 +149,14 @@ def cmd_serve(args) -> int:
         return 1
     try:
         options = {}
+        if args.redis:
+            from bandits.store import open_state_store
+
+            try:
+                open_state_store(args.redis)  # checks the URL's form; connecting happens per request
+            except ValueError as exc:
+                print(f"sigroute serve: --redis: {exc}", file=sys.stderr)
+                return 2
         if args.decision_log:
             from bandits.replay import DecisionLog
 

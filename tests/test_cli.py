@@ -87,3 +87,9 @@ def test_serve_and_explain_report_a_missing_encoder_without_a_traceback(tmp_path
         assert result.returncode == 1, command
         assert "cannot start" in result.stderr and "never downloads" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_malformed_redis_url_in_one_line():
+    result = sigroute("serve", "--redis", "http://not-redis:1", "--port", "1")
+    assert result.returncode == 2
+    assert "--redis" in result.stderr and "redis://" in result.stderr and "Traceback" not in result.stderr
