@@ -19,6 +19,9 @@ canonical JSON of everything that may change what a correct answer is, or who ma
   that typically matter: temperature, top_p, top_k, max_tokens, max_completion_tokens, stop,
   seed, n, presence_penalty, frequency_penalty, repetition_penalty, logit_bias, logprobs,
   top_logprobs, tool_choice, parallel_tool_calls, reasoning_effort, modalities, ...;
+* ``history``: the conversation before the message being answered (without system messages,
+  which ``system_prompt`` covers). The semantic tier compares only the last user message, so
+  two conversations share a partition only when everything before that message is identical;
 * ``stream``: a streamed and a non-streamed answer are stored (and replayed) differently.
 
 `exact_key(partition, messages)` is the exact-match key *and the document id*: a hash of the
@@ -43,7 +46,7 @@ from typing import Any, Iterable, Mapping
 
 __all__ = ["IGNORED_PARAMS", "KEY_VERSION", "exact_key", "normalize_text", "partition_key"]
 
-KEY_VERSION = 1
+KEY_VERSION = 2
 
 # Request keys that never change the answer's content, or are covered by another argument.
 IGNORED_PARAMS = frozenset({
@@ -106,7 +109,8 @@ def _content_text(content: Any) -> str:
 
 def partition_key(*, tenant: str, user: str | None = None, decision: str, models: Iterable[str],
                   system_prompt: str | list | None = None, tools: Any = None, response_format: Any = None,
-                  params: Mapping[str, Any] | None = None, stream: bool = False) -> str:
+                  params: Mapping[str, Any] | None = None, stream: bool = False,
+                  history: Iterable[Any] = ()) -> str:
     """The isolation partition of a request (32 hex chars); see the module docstring."""
     if not isinstance(tenant, str) or not tenant:
         raise ValueError(f"tenant must be a non-empty string, got {tenant!r}")
@@ -123,6 +127,7 @@ def partition_key(*, tenant: str, user: str | None = None, decision: str, models
         "response_format": response_format or None,
         "params": kept,
         "stream": bool(stream),
+        "history": _hash(_dumps([_message_repr(m) for m in history])) if history else None,
     }
     return _hash(_dumps(doc))
 

@@ -28,23 +28,19 @@ request. Other errors (a corrupt document, an embedding of the wrong dimension) 
 counted, and only that request goes without the cache. The maintenance and admin calls
 (``sync``, ``rebuild``, ``sweep``, ``delete``, ``delete_where``) do raise `StoreUnavailable`.
 Everything is counted in ``counters`` (a plain dict of ints: ``hits_exact``, ``hits_semantic``, ``misses``,
-``stale``, ``inserts``, ``evictions``, ``store_errors``, ``bypassed``, ``insert_errors``,
+``stale``, ``rejected``, ``inserts``, ``evictions``, ``store_errors``, ``bypassed``, ``insert_errors``,
 ``sync_events``, ``rebuilds``).
 
-`SingleFlight`: ``value, leader = await flight.run(key, factory)``. The first caller for a key
-starts ``factory()`` as a task; callers arriving while it runs await the same task, so N
-concurrent identical misses make exactly one upstream call. Use the exact key (partition +
-conversation) as the flight key: followers asked the identical question in the identical
-partition, so the leader's answer is theirs too. Semantics:
-
-* the result object is shared by every caller: treat it as immutable (e.g. bytes);
-* if the call raises, every caller of that flight gets the same exception (they asked the same
-  backend the same thing at the same moment); no one is given a made-up or other answer, and
-  the next call for the key starts a new flight;
-* ``leader`` may be False for every caller that gets the result (the leader's caller was
-  cancelled), so do the cache ``insert`` *inside* the factory, not after ``run`` returns;
-* a caller that is cancelled (client disconnected) leaves the flight; the call is cancelled only
-  when no caller is left. A caller that joined a flight cancelled that way starts a new one.
+`SingleFlight`: at most one upstream call per exact key at a time. ``waiter = flights.lead(key)``
+returns ``None`` to the first caller (the *leader*: it calls upstream and must ``land(key,
+answer)`` whatever happens, with the cacheable answer bytes or ``None``) and a future to every
+identical request arriving while the leader works (*followers*). A follower awaits the future
+(``await flights.wait(waiter)``): bytes are the leader's complete answer, to be served as its
+own (it asked the identical question in the identical partition); ``None`` means the leader got
+no cacheable answer (an upstream error, a truncated or broken stream, the leader's client went
+away), and the follower then calls upstream itself: one request's failure is never handed to
+another caller. Works for streams too: the leader streams live to its own client and lands the
+assembled answer at the end.
 """
 
 from __future__ import annotations
@@ -53,7 +49,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Hashable, TypeVar
+from typing import Any, Callable, Hashable
 
 from .index import VectorIndex
 from .store import CacheEntry, DocumentStore, StoreUnavailable
@@ -63,9 +59,6 @@ __all__ = ["MODES", "Hit", "SemanticCache", "SingleFlight"]
 log = logging.getLogger("sigroute.cache")
 
 MODES = ("exact", "semantic", "exact_then_semantic")
-
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class Hit:
@@ -90,7 +83,7 @@ class SemanticCache:
         self._sync_lock = asyncio.Lock()
         self._sync_task: asyncio.Task | None = None
         self.counters: dict[str, int] = dict.fromkeys(
-            ("hits_exact", "hits_semantic", "misses", "stale", "inserts", "evictions", "store_errors",
+            ("hits_exact", "hits_semantic", "misses", "stale", "rejected", "inserts", "evictions", "store_errors",
              "bypassed", "insert_errors", "sync_events", "rebuilds"), 0)
 
     # ------------------------------------------------------------------------------ health
@@ -111,14 +104,19 @@ class SemanticCache:
     # ------------------------------------------------------------------------------ request path
 
     async def lookup(self, partition: str, exact_key: str, embedding: Any = None, *,
-                     mode: str = "exact_then_semantic", threshold: float = 0.9) -> Hit | None:
-        """The cached answer for this request, or None (a miss, or the store is unavailable)."""
+                     mode: str = "exact_then_semantic", threshold: float = 0.9,
+                     accept: Callable[[CacheEntry, float], bool] | None = None) -> Hit | None:
+        """The cached answer for this request, or None (a miss, or the store is unavailable).
+
+        `accept(entry, similarity)`, when given, must also approve a semantic candidate (e.g. the
+        verifier); candidates it rejects are counted in ``rejected`` and the next one is tried.
+        """
         if mode not in MODES:
             raise ValueError(f"unknown cache mode {mode!r}; use one of {', '.join(MODES)}")
         if not self._available():
             return None
         try:
-            hit = await self._lookup(partition, exact_key, embedding, mode, threshold)
+            hit = await self._lookup(partition, exact_key, embedding, mode, threshold, accept)
         except Exception as exc:  # noqa: BLE001 - the request is served without the cache
             self.counters["store_errors"] += 1
             self._failed("lookup", exc)
@@ -127,7 +125,7 @@ class SemanticCache:
         self._maintain_soon()
         return hit
 
-    async def _lookup(self, partition, exact_key, embedding, mode, threshold) -> Hit | None:
+    async def _lookup(self, partition, exact_key, embedding, mode, threshold, accept) -> Hit | None:
         if mode != "semantic":
             entry = await self.store.get_exact(partition, exact_key)
             if entry is not None:
@@ -142,30 +140,36 @@ class SemanticCache:
                 self.index.remove(doc_id)
                 self.counters["stale"] += 1
                 continue
+            if accept is not None and not accept(entry, similarity):
+                self.counters["rejected"] += 1
+                continue
             return Hit(entry, "semantic", similarity)
         return None
 
     async def insert(self, *, partition: str, exact_key: str, response: bytes, category: str,
                      ttl_s: float, embedding: Any = None, quota: int | None = None, decision: str = "",
-                     tenant: str = "", metadata: dict | None = None) -> bool:
-        """Store an answer (and index its embedding); False when skipped (store unavailable)."""
+                     tenant: str = "", metadata: dict | None = None, evicted: list | None = None) -> bool:
+        """Store an answer (and index its embedding); False when skipped (store unavailable).
+        The ids the category's quota evicted are appended to `evicted` when it is given."""
         entry = CacheEntry(doc_id=exact_key, partition=partition, category=category, response=response,
                            embedding=embedding, decision=decision, tenant=tenant, metadata=metadata or {})
         if not self._available():
             return False
         try:
-            evicted = await self.store.put(entry, ttl_s, quota=quota)
+            removed = await self.store.put(entry, ttl_s, quota=quota)
             if embedding is not None:
                 self.index.add(partition, exact_key, embedding)
         except Exception as exc:  # noqa: BLE001
             self.counters["insert_errors"] += 1
             self._failed("insert", exc)
             return False
-        for doc_id in evicted:
+        for doc_id in removed:
             self.index.remove(doc_id)
+        if evicted is not None:
+            evicted.extend(removed)
         self._maintain_soon()
         self.counters["inserts"] += 1
-        self.counters["evictions"] += len(evicted)
+        self.counters["evictions"] += len(removed)
         return True
 
     # ------------------------------------------------------------------------------ admin
@@ -300,55 +304,34 @@ class SemanticCache:
 # Single flight
 
 
-class _Flight:
-    __slots__ = ("task", "callers")
-
-    def __init__(self, task: asyncio.Task) -> None:
-        self.task = task
-        self.callers = 0
-
-
 class SingleFlight:
-    """Coalesce concurrent calls with the same key into one (see the module docstring)."""
+    """One upstream call per exact key at a time; see the module docstring."""
 
     def __init__(self) -> None:
-        self._flights: dict[Hashable, _Flight] = {}
-        self.calls = 0        # factories started
-        self.coalesced = 0    # callers that joined a running flight
+        self._flights: dict[Hashable, asyncio.Future] = {}
+        self.led = 0          # flights started (upstream calls made by leaders)
+        self.joined = 0       # followers that waited for a leader
 
     def in_flight(self, key: Hashable) -> bool:
         return key in self._flights
 
-    async def run(self, key: Hashable, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """(result, leader): `leader` is True for the caller whose call started the flight."""
-        while True:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if leader:
-                flight = _Flight(asyncio.ensure_future(factory()))
-                self._flights[key] = flight
-                flight.task.add_done_callback(lambda _t, k=key, f=flight: self._land(k, f))
-                self.calls += 1
-            else:
-                self.coalesced += 1
-            flight.callers += 1
-            try:
-                return await asyncio.shield(flight.task), leader
-            except asyncio.CancelledError:
-                me = asyncio.current_task()
-                if me is not None and me.cancelling():
-                    self._leave(key, flight)
-                    raise
-                # not us: the flight was abandoned by its other callers; start a new one
-                flight.callers -= 1
-                continue
+    def lead(self, key: Hashable) -> asyncio.Future | None:
+        """None: you lead (call upstream, then `land`); else the leader's future to `wait` on."""
+        flight = self._flights.get(key)
+        if flight is None:
+            self._flights[key] = asyncio.get_running_loop().create_future()
+            self.led += 1
+            return None
+        self.joined += 1
+        return flight
 
-    def _leave(self, key: Hashable, flight: _Flight) -> None:
-        flight.callers -= 1
-        if flight.callers <= 0 and not flight.task.done():
-            self._land(key, flight)
-            flight.task.cancel()
+    def land(self, key: Hashable, answer: Any) -> None:
+        """The leader is done: `answer` (None: nothing the followers can use) goes to every follower."""
+        flight = self._flights.pop(key, None)
+        if flight is not None and not flight.done():
+            flight.set_result(answer)
 
-    def _land(self, key: Hashable, flight: _Flight) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
+    @staticmethod
+    async def wait(flight: asyncio.Future) -> Any:
+        """The leader's answer; cancelling the waiter leaves the flight untouched."""
+        return await asyncio.shield(flight)

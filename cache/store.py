@@ -129,6 +129,10 @@ class DocumentStore(Protocol):
     async def exists(self, doc_ids: list[str]) -> list[bool]:
         """Whether each id is (still) stored."""
 
+    async def category_counts(self) -> dict[str, int]:
+        """Entries per category (Redis: members of each category's LRU set, which may still
+        include entries that expired since the last put of that category)."""
+
     async def count(self) -> int:
         """Live entries."""
 
@@ -267,6 +271,11 @@ class MemoryDocumentStore:
         with self._lock:
             self._purge(self._clock())
             return len(self._docs)
+
+    async def category_counts(self) -> dict[str, int]:
+        with self._lock:
+            self._purge(self._clock())
+            return {category: len(lru) for category, lru in self._lru.items()}
 
     async def position(self) -> str:
         return "0-0"
@@ -574,6 +583,18 @@ class RedisDocumentStore:
 
     async def count(self) -> int:
         return sum([1 async for _ in self._scan_docs(["p"])])
+
+    async def category_counts(self) -> dict[str, int]:
+        client = self._redis
+        with self._guard("category_counts"):
+            names = [_text(n) async for n in client.scan_iter(match=_glob_escape(self._lru_prefix) + "*", count=500)]
+            if not names:
+                return {}
+            async with client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zcard(name)
+                sizes = await pipe.execute()
+        return {name[len(self._lru_prefix):]: int(n) for name, n in zip(names, sizes) if n}
 
     # ------------------------------------------------------------------------------ events
 

@@ -11,6 +11,8 @@ Endpoints:
   GET  /ready                 a policy is loaded and at least one model is in service
   GET  /metrics               Prometheus
   POST /v1/admin/reload       reload the policy file (admin role when auth is on)
+  DELETE /v1/admin/cache      remove cached answers: all, or ?decision=NAME and/or ?tenant=NAME
+  DELETE /v1/admin/cache/entries/{key}   remove one cached answer by its key (admin role)
 
 Every error is OpenAI-shaped: {"error": {"message", "type", "param", "code"}}.
 """
@@ -31,13 +33,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import APIError, Forbidden, PayloadTooLarge
+from gateway.errors import APIError, Forbidden, PayloadTooLarge, Unavailable
 from gateway.metrics import Metrics
 from gateway.openai_wire import model_list
 from gateway.pipeline import Answer, Pipeline
 from policies.schema import Policy
 
 log = logging.getLogger("sigroute.app")
+
+CACHE_SYNC_S = 0.25   # how often a shared cache's index follows the store's events
+CACHE_SWEEP_S = 30.0  # how often expired entries leave the index and the size gauge is refreshed
 
 
 class JSONBytes(Response):
@@ -53,7 +58,7 @@ class SSEResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events, headers: dict[str, str]):
+    def __init__(self, events, headers: dict[str, str], on_close=()):
         # no super().__init__: Response would add "content-length: 0" for an empty body
         self.status_code = 200
         self.background = None
@@ -62,6 +67,7 @@ class SSEResponse(Response):
                        "cache-control": "no-cache", "x-accel-buffering": "no"}
         self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in all_headers.items()]
         self.events = events
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def produce() -> None:
@@ -90,6 +96,11 @@ class SSEResponse(Response):
                 await watcher
             with contextlib.suppress(Exception):
                 await self.events.aclose()
+            for finish in self.on_close:
+                try:
+                    await finish()
+                except Exception:  # noqa: BLE001 - cleanup must not mask the stream's own outcome
+                    log.exception("closing a stream failed")
         if producer.done() and not producer.cancelled() and producer.exception() is not None:
             exc = producer.exception()
             if not isinstance(exc, OSError):
@@ -156,14 +167,19 @@ async def _until_disconnect(receive: Receive) -> None:
 
 def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metrics | None = None,
                redis_url: str | None = None, **pipeline_options: Any) -> FastAPI:
-    """The gateway app. `redis_url` shares learning state and pending feedback between replicas
-    (and keeps them across restarts); without it both live in this process's memory."""
+    """The gateway app. `redis_url` shares learning state, pending feedback and cached answers
+    between replicas (and keeps them across restarts); without it they live in this process's memory."""
     from bandits.store import open_pending_store, open_state_store
+    from cache.semantic import SemanticCache, SingleFlight
+    from cache.store import open_document_store
 
     metrics = metrics or Metrics()
     pipeline_options.setdefault("state_store", open_state_store(redis_url))
     pipeline_options.setdefault("pending_store", open_pending_store(redis_url))
+    pipeline_options.setdefault("semantic_cache", SemanticCache(open_document_store(redis_url)))
+    pipeline_options.setdefault("flights", SingleFlight())
     runtime = Runtime(policy, policy_path, metrics, **pipeline_options)
+    semantic_cache: SemanticCache = pipeline_options["semantic_cache"]
 
     async def learning_loop() -> None:
         """Load stored learning at start, then exchange statistics with the store periodically."""
@@ -172,19 +188,50 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
             await asyncio.sleep(runtime.pipeline.sync_interval() or 5.0)
             await runtime.pipeline.sync_learning()
 
+    async def cache_loop() -> None:
+        """Keep the cache's index in step with a shared store (rebuild at start, then follow its
+        events), drop expired entries from the index and refresh the per-category size gauge."""
+        shown: set[str] = set()
+        rebuilt = False
+        last_sweep = 0.0
+        while True:
+            try:
+                if runtime.pipeline.cache is not None:
+                    if semantic_cache.store.shared:
+                        if not rebuilt:
+                            await semantic_cache.rebuild()
+                            rebuilt = True
+                        await semantic_cache.sync()
+                    if time.monotonic() - last_sweep >= CACHE_SWEEP_S:
+                        last_sweep = time.monotonic()
+                        await semantic_cache.sweep()
+                        counts = await semantic_cache.store.category_counts()
+                        for category in shown - set(counts):
+                            metrics.cache_entries.labels(category).set(0)
+                        for category, n in counts.items():
+                            metrics.cache_entries.labels(category).set(n)
+                        shown |= set(counts)
+                    metrics.cache_store_up.set(1)
+            except Exception as exc:  # a store outage: requests go on without the cache meanwhile
+                metrics.cache_store_up.set(0)
+                log.warning("cache maintenance failed: %s", exc)
+            await asyncio.sleep(CACHE_SYNC_S if semantic_cache.store.shared else 1.0)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         learner = asyncio.ensure_future(learning_loop())
+        cache_keeper = asyncio.ensure_future(cache_loop())
         try:
             yield
         finally:
-            learner.cancel()
-            with contextlib.suppress(BaseException):
-                await learner
+            for task in (learner, cache_keeper):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             with contextlib.suppress(Exception):
                 await runtime.pipeline.sync_learning()  # what was learned since the last exchange
             await runtime.aclose()
-            for store in (pipeline_options["state_store"], pipeline_options["pending_store"]):
+            for store in (pipeline_options["state_store"], pipeline_options["pending_store"], semantic_cache):
                 with contextlib.suppress(Exception):
                     await store.aclose()
             if pipeline_options.get("decision_log") is not None:
@@ -247,7 +294,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         finally:
             watcher.cancel()
         if answer.stream is not None:
-            return SSEResponse(answer.stream, answer.headers)
+            return SSEResponse(answer.stream, answer.headers, answer.on_close)
         return JSONBytes(answer.body, status_code=answer.status, headers=answer.headers)
 
     @app.post("/v1/route/explain", summary="Show how a request would be routed, without calling a model")
@@ -292,10 +339,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
 
     @app.post("/v1/admin/reload", summary="Reload the policy file")
     async def reload(request: Request) -> Response:
-        pipeline = runtime.pipeline
-        principal = await pipeline.admit(request.headers)
-        if not pipeline.auth.is_admin(principal):
-            raise Forbidden("reloading the policy needs an admin role", code="admin_only")
+        await admin_principal(request, "reloading the policy")
         try:
             policy = runtime.reload()
         except APIError:
@@ -306,6 +350,39 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         await runtime.pipeline.load_learning()  # decisions whose features changed find their stored state
         return JSONBytes(orjson.dumps({"status": "reloaded", "decisions": [d.name for d in policy.decisions],
                                        "models": list(policy.models)}))
+
+    async def admin_principal(request: Request, what: str):
+        pipeline = runtime.pipeline
+        principal = await pipeline.admit(request.headers)
+        if not pipeline.auth.is_admin(principal):
+            raise Forbidden(f"{what} needs an admin role", code="admin_only")
+        return principal
+
+    def cache_unavailable(exc: Exception) -> APIError:
+        return Unavailable(f"the cache store is unreachable, nothing was removed; retry later ({exc})",
+                           code="cache_store_unavailable")
+
+    @app.delete("/v1/admin/cache", summary="Remove cached answers: all, or those of a decision and/or tenant")
+    async def clear_cache(request: Request, decision: str | None = None, tenant: str | None = None) -> Response:
+        await admin_principal(request, "clearing the cache")
+        try:
+            removed = await semantic_cache.delete_where(decision=decision, tenant=tenant)
+        except Exception as exc:
+            raise cache_unavailable(exc) from None
+        return JSONBytes(orjson.dumps({"object": "cache.deleted", "decision": decision, "tenant": tenant,
+                                       "deleted": "all" if removed is None else removed}))
+
+    @app.delete("/v1/admin/cache/entries/{key}", summary="Remove one cached answer by its key")
+    async def delete_cache_entry(request: Request, key: str) -> Response:
+        await admin_principal(request, "removing a cache entry")
+        try:
+            removed = await semantic_cache.delete(key)
+        except Exception as exc:
+            raise cache_unavailable(exc) from None
+        if not removed:
+            raise APIError(f"no cached answer has the key '{key}'", status=404, type="not_found_error",
+                           param="key", code="cache_entry_not_found")
+        return JSONBytes(orjson.dumps({"object": "cache.deleted", "key": key, "deleted": 1}))
 
     return app
 

@@ -59,6 +59,28 @@ class Metrics:
         self.bandit_store_up = Gauge("sigroute_bandit_store_up",
                                      "1 when the last exchange with the learning-state store succeeded", registry=r)
         self.bandit_store_up.set(1)
+        self.cache_lookups = Counter(
+            "sigroute_cache_lookups_total", "Cache lookups by result: hit_exact, hit_semantic, coalesced (waited for "
+            "an identical request in flight), miss, rejected (similar entries the verifier refused), and why the "
+            "cache was not used: bypass, stream, temperature, no_user, category_disabled",
+            ["decision", "category", "result"], registry=r)
+        self.cache_stores = Counter("sigroute_cache_stores_total",
+                                    "Answers offered to the cache: stored, incomplete (error, truncated, broken "
+                                    "stream: never stored), no_store (the caller said so), failed (store down)",
+                                    ["category", "result"], registry=r)
+        self.cache_evictions = Counter("sigroute_cache_evictions_total", "Entries evicted by a category's quota",
+                                       ["category"], registry=r)
+        self.cache_false_hits = Counter("sigroute_cache_false_hits_total",
+                                        "Cached answers reported wrong through feedback (the entry is removed)",
+                                        ["category"], registry=r)
+        self.cache_relaxed = Counter("sigroute_cache_relaxed_total",
+                                     "Lookups made with relaxed thresholds because the decision's models were saturated",
+                                     ["decision"], registry=r)
+        self.cache_entries = Gauge("sigroute_cache_entries", "Cached entries per category (refreshed periodically)",
+                                   ["category"], registry=r)
+        self.cache_store_up = Gauge("sigroute_cache_store_up",
+                                    "1 when the cache's document store answered its last maintenance call", registry=r)
+        self.cache_store_up.set(1)
         self.policy_reloads = Counter("sigroute_policy_reloads_total", "Policy reloads", ["result"], registry=r)
 
     # upstream observer protocol (gateway.upstream.Observer)

@@ -99,3 +99,121 @@ def model_list(entrypoints: dict[str, Any], models: list[str]) -> dict[str, Any]
     data += [{"id": name, "object": "model", "created": created, "owned_by": "sigroute",
               "sigroute": {"kind": "model"}} for name in models]
     return {"object": "list", "data": data}
+
+
+# --------------------------------------------------------------------------------------------
+# streams <-> whole completions (for the cache: a streamed answer is stored whole and a cached
+# answer is re-streamed as chunks)
+
+FINISHED = frozenset({"stop", "tool_calls", "function_call"})  # "length": truncated; "content_filter": refused
+
+
+class StreamAssembler:
+    """Rebuilds the whole `chat.completion` from the chunks of a streamed one.
+
+    Content and refusal deltas are concatenated per choice; tool-call deltas are merged by their
+    `index` (id, type and function name taken from the first delta that has them, arguments
+    concatenated). `completion()` returns the assembled body.
+    """
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.created: int | None = None
+        self.system_fingerprint: str | None = None
+        self.usage: dict | None = None
+        self.choices: dict[int, dict[str, Any]] = {}
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        self.id = self.id or chunk.get("id")
+        self.created = self.created or chunk.get("created")
+        self.system_fingerprint = self.system_fingerprint or chunk.get("system_fingerprint")
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for part in chunk.get("choices") or ():
+            index = part.get("index", 0)
+            choice = self.choices.setdefault(index, {"role": None, "content": [], "refusal": [], "tools": {},
+                                                     "finish_reason": None})
+            delta = part.get("delta") or {}
+            if delta.get("role"):
+                choice["role"] = delta["role"]
+            if isinstance(delta.get("content"), str):
+                choice["content"].append(delta["content"])
+            if isinstance(delta.get("refusal"), str):
+                choice["refusal"].append(delta["refusal"])
+            for call in delta.get("tool_calls") or ():
+                slot = choice["tools"].setdefault(call.get("index", 0), {"id": None, "type": "function",
+                                                                         "name": "", "arguments": []})
+                slot["id"] = slot["id"] or call.get("id")
+                if call.get("type"):
+                    slot["type"] = call["type"]
+                function = call.get("function") or {}
+                if function.get("name"):
+                    slot["name"] = slot["name"] or function["name"]
+                if isinstance(function.get("arguments"), str):
+                    slot["arguments"].append(function["arguments"])
+            if part.get("finish_reason"):
+                choice["finish_reason"] = part["finish_reason"]
+
+    def completion(self, model: str) -> dict[str, Any]:
+        choices = []
+        for index in sorted(self.choices):
+            c = self.choices[index]
+            message: dict[str, Any] = {"role": c["role"] or "assistant",
+                                       "content": "".join(c["content"]) if c["content"] or not c["tools"] else None}
+            if c["refusal"]:
+                message["refusal"] = "".join(c["refusal"])
+            if c["tools"]:
+                message["tool_calls"] = [
+                    {"id": t["id"], "type": t["type"], "function": {"name": t["name"], "arguments": "".join(t["arguments"])}}
+                    for _, t in sorted(c["tools"].items())]
+            choices.append({"index": index, "message": message, "finish_reason": c["finish_reason"]})
+        body = {"id": self.id or "chatcmpl-assembled", "object": "chat.completion",
+                "created": self.created or int(time.time()), "model": model, "choices": choices}
+        if self.system_fingerprint:
+            body["system_fingerprint"] = self.system_fingerprint
+        if self.usage:
+            body["usage"] = self.usage
+        return body
+
+
+def complete_answer(body: Any) -> bool:
+    """Whether a completion body is a whole, successful answer worth keeping: at least one choice,
+    every choice finished normally ("stop", "tool_calls") and carries content or tool calls;
+    truncated ("length"), filtered or refused answers are not."""
+    if not isinstance(body, dict) or body.get("error") is not None:
+        return False
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict) or choice.get("finish_reason") not in FINISHED:
+            return False
+        message = choice.get("message") or {}
+        if message.get("refusal"):
+            return False
+        if not (isinstance(message.get("content"), str) and message["content"]) and not message.get("tool_calls") \
+                and not message.get("function_call"):
+            return False
+    return True
+
+
+def completion_chunks(body: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    """A whole `chat.completion` as the chunks of a stream: per choice, one delta with the role
+    and the whole content (and tool calls), then one with the finish reason; a usage chunk last
+    when the caller asked for it (`stream_options.include_usage`)."""
+    base = {"id": body.get("id"), "object": "chat.completion.chunk", "created": body.get("created"),
+            "model": body.get("model")}
+    if body.get("system_fingerprint"):
+        base["system_fingerprint"] = body["system_fingerprint"]
+    chunks = []
+    for choice in body.get("choices") or ():
+        message = choice.get("message") or {}
+        delta: dict[str, Any] = {"role": message.get("role", "assistant"), "content": message.get("content")}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+        chunks.append({**base, "choices": [{"index": choice.get("index", 0), "delta": delta, "finish_reason": None}]})
+        chunks.append({**base, "choices": [{"index": choice.get("index", 0), "delta": {},
+                                            "finish_reason": choice.get("finish_reason")}]})
+    if include_usage and body.get("usage"):
+        chunks.append({**base, "choices": [], "usage": body["usage"]})
+    return chunks

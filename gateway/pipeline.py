@@ -4,12 +4,15 @@
  2. context    the checked OpenAI body → RequestContext
  3. signals    only the signals some decision reads
  4. decide     rule trees → the winning decision (or a direct model, if the policy allows it)
- 5. plugins    (per decision; later issues add them)
- 6. cache      (later issue)
+ 5. plugins    (per decision; a later issue adds them)
+ 6. cache      the decision's cache: exact, then semantic (verified) within the request's isolation
+               partition; a hit is answered here (re-streamed for streams). On a miss, an identical
+               request already in flight is waited for (single flight) instead of calling upstream
  7. select     the decision's algorithm ranks the healthy candidates that fit the prompt
  8. upstream   call the ranking in order: retries, fallback, breakers
  9. plugins    (post)
-10. cache      (later issue)
+10. cache      keep the answer if it is complete (never errors, truncated or broken streams) and the
+               caller did not say no-store; hand it to the identical requests that waited
 11. learn      the selector sees the outcome (latency, time to first token, success); a
                learning decision keeps a pending record so that quality feedback arriving later
                (POST /v1/feedback) is credited to the model that answered
@@ -34,10 +37,14 @@ from bandits.base import Choice, Reward
 from bandits.contextual import ContextualSelector, quality_from_feedback
 from bandits.registry import build_selector
 from bandits.store import MemoryPendingStore, MemoryStateStore
+from cache.semantic import SemanticCache, SingleFlight
+from cache.store import MemoryDocumentStore
+from cache.service import CachePlan, ResponseCache
 from gateway.auth import Authenticator
 from gateway.errors import APIError, InvalidRequest, NotFound, RateLimited, Unavailable
 from gateway.metrics import Metrics
-from gateway.openai_wire import SSE_DONE, parse_chat_request, sse_event, stream_error_event
+from gateway.openai_wire import (SSE_DONE, StreamAssembler, complete_answer, completion_chunks, parse_chat_request,
+                                 sse_event, stream_error_event)
 from gateway.ratelimit import RateLimiter
 from gateway.upstream import CallResult, UpstreamError, Upstreams
 from policies.rules import DecisionEngine, Outcome
@@ -51,6 +58,7 @@ from signals.registry import SIGNAL_TYPES
 log = logging.getLogger("sigroute.pipeline")
 
 DIRECT = "direct"  # decision name reported when a caller names a concrete model
+CACHE_FEEDBACK_TTL_S = 3600.0  # how long a cached answer can be reported wrong
 
 
 @dataclass
@@ -63,8 +71,8 @@ class Route:
     confidence: float
     outcome: Outcome | None
     signals: dict[str, Any]
-    candidates: list[str]
-    choice: Choice
+    candidates: list[str] = field(default_factory=list)
+    choice: Choice | None = None   # set by `select` (step 7)
     request_id: str = ""
 
 
@@ -76,7 +84,8 @@ class Answer:
     headers: dict[str, str]
     body: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
-    on_close: list[Any] = field(default_factory=list)
+    on_close: list[Any] = field(default_factory=list)  # coroutine functions the HTTP layer awaits when a
+                                                        # stream is over (finished, broken or never begun)
 
 
 def needs_encoder(policy: Policy) -> bool:
@@ -92,13 +101,43 @@ def needs_encoder(policy: Policy) -> bool:
         groups = getattr(decision.algorithm.options, "features", ())
         if any(g.name in LEARNED_GROUPS for g in groups):
             return True
+        if decision.cache is not None and decision.cache.needs_embedding():
+            return True
     return False
+
+
+class ModelLoad:
+    """Upstream calls in progress through this gateway and a moving average of their latency, per
+    model: what the load-aware cache calls saturation."""
+
+    SMOOTHING = 0.2   # weight of the newest latency in the moving average
+
+    def __init__(self) -> None:
+        self.in_flight: dict[str, int] = {}
+        self.latency_ms: dict[str, float] = {}
+
+    def start(self, model: str) -> None:
+        self.in_flight[model] = self.in_flight.get(model, 0) + 1
+
+    def end(self, model: str, latency_ms: float | None) -> None:
+        self.in_flight[model] = max(0, self.in_flight.get(model, 0) - 1)
+        if latency_ms is not None:
+            old = self.latency_ms.get(model)
+            self.latency_ms[model] = latency_ms if old is None else old + self.SMOOTHING * (latency_ms - old)
+
+    def saturated(self, models, bound) -> bool:
+        """Every model is at or above the in-flight bound or the latency bound."""
+        def busy(m: str) -> bool:
+            return ((bound.in_flight_above is not None and self.in_flight.get(m, 0) >= bound.in_flight_above)
+                    or (bound.latency_above_ms is not None and self.latency_ms.get(m, 0.0) >= bound.latency_above_ms))
+        return bool(models) and all(busy(m) for m in models)
 
 
 class Pipeline:
     def __init__(self, policy: Policy, metrics: Metrics, *, environ: Mapping[str, str] | None = None,
                  transports=None, rate_limiter: RateLimiter | None = None, previous: "Pipeline | None" = None,
-                 state_store=None, pending_store=None, decision_log=None):
+                 state_store=None, pending_store=None, decision_log=None, semantic_cache: SemanticCache | None = None,
+                 flights: SingleFlight | None = None):
         import os
 
         self.policy = policy
@@ -122,6 +161,14 @@ class Pipeline:
         self.pending_store = pending_store if pending_store is not None else (
             previous.pending_store if previous is not None else MemoryPendingStore())
         self.decision_log = decision_log  # bandits.replay.DecisionLog: learning decisions, for `sigroute replay`
+        # cached answers outlive reloads too (the app owns the shared cache)
+        if semantic_cache is None:
+            semantic_cache = previous.semantic_cache if previous is not None else SemanticCache(MemoryDocumentStore())
+        self.semantic_cache = semantic_cache
+        self.flights = flights or (previous.flights if previous is not None else SingleFlight())
+        self.cache = (ResponseCache(policy, semantic_cache, self.flights, resources)
+                      if any(d.cache is not None and d.cache.enabled for d in policy.decisions) else None)
+        self.load = ModelLoad()
         self.engines: dict[str, DecisionEngine] = {}
         for name, entry in policy.entrypoints.items():
             chosen = [d for d in policy.decisions if entry.decisions is None or d.name in entry.decisions]
@@ -178,14 +225,15 @@ class Pipeline:
         body = parse_chat_request(raw)
         return RequestContext.from_body(request_id, body, headers, principal, self.embedder)
 
-    # 3 + 4 + 7 -----------------------------------------------------------------------------------
-    async def route(self, ctx: RequestContext) -> Route:
+    # 3 + 4 ---------------------------------------------------------------------------------------
+    async def decide(self, ctx: RequestContext) -> Route:
+        """Signals and rules: the decision (or the directly named model, already chosen)."""
         model = ctx.model
         engine = self.engines.get(model)
         if engine is None:
             if model in self.policy.models and self.policy.routing.allow_direct_models:
                 choice = Choice(model, 1.0, {model: 1.0}, (model,))
-                return Route(None, None, DIRECT, 1.0, None, {}, [model], choice)
+                return Route(None, None, DIRECT, 1.0, None, {}, [model], choice, ctx.request_id)
             offered = list(self.engines) + (list(self.policy.models) if self.policy.routing.allow_direct_models else [])
             raise NotFound(f"model '{model}' is not offered here; use one of: {', '.join(offered)}",
                            param="model", code="model_not_found")
@@ -195,14 +243,24 @@ class Pipeline:
                 self.metrics.signal_errors.labels(key).inc()
         outcome = engine.choose(results)
         decision = outcome.winner
-        candidates = self.candidates(decision, ctx)
-        selector = self.selectors[decision.name]
+        return Route(model, decision, decision.name, outcome.confidence, outcome, results, request_id=ctx.request_id)
+
+    # 7 -------------------------------------------------------------------------------------------
+    async def select(self, route: Route, ctx: RequestContext) -> Route:
+        """The decision's algorithm ranks its healthy candidates that fit the prompt."""
+        if route.choice is not None:  # a direct model call
+            return route
+        route.candidates = self.candidates(route.decision, ctx)
+        selector = self.selectors[route.decision_name]
         texts = selector.embedding_texts(ctx)
         if texts:
             await ctx.ensure_embeddings(texts)
-        choice = selector.select(candidates, ctx)
-        return Route(model, decision, decision.name, outcome.confidence, outcome, results, candidates, choice,
-                     ctx.request_id)
+        route.choice = selector.select(route.candidates, ctx)
+        return route
+
+    async def route(self, ctx: RequestContext) -> Route:
+        """Steps 3, 4 and 7 (no cache): where this request would go."""
+        return await self.select(await self.decide(ctx), ctx)
 
     def candidates(self, decision: Decision, ctx: RequestContext) -> list[str]:
         """The decision's models that are healthy and whose context window fits the request."""
@@ -238,11 +296,10 @@ class Pipeline:
     # the whole journey ---------------------------------------------------------------------------
     async def handle(self, raw: bytes, headers: Mapping[str, str], started: float) -> Answer:
         request_id = "req_" + uuid.uuid4().hex
-        principal = await self.admit(headers)
-        ctx = self.context(raw, headers, principal, request_id)
-        route = await self.route(ctx)
+        principal = await self.admit(headers)                                    # 1
+        ctx = self.context(raw, headers, principal, request_id)                  # 2
+        route = await self.decide(ctx)                                           # 3 + 4
         self.metrics.decisions.labels(route.entrypoint or DIRECT, route.decision_name).inc()
-        self.metrics.selected.labels(route.decision_name, route.choice.model).inc()
         out_headers = {
             "x-sigroute-request-id": request_id,
             "x-sigroute-decision": route.decision_name,
@@ -251,52 +308,97 @@ class Pipeline:
         if headers.get("x-sigroute-debug") in ("1", "true"):
             out_headers["x-sigroute-signals"] = orjson.dumps(
                 {k: [r.matched, round(r.confidence, 3)] for k, r in route.signals.items()}).decode()
-        payload = dict(ctx.body)
-        result = await self.upstreams.call(route.choice.ranking, payload, ctx.stream)
-        fallbacks = sum(1 for a in result.attempts if a.error is not None or a.skipped)
-        out_headers["x-sigroute-model"] = result.model
-        await self._keep_for_feedback(route, result.model, request_id)
-        if fallbacks:
-            out_headers["x-sigroute-attempts"] = str(fallbacks + 1)
+        # 5: plugins.pre (issue 6)
+        plan = await self._cache_plan(route, ctx, principal, headers, out_headers)   # 6
+        if plan is not None and plan.active:
+            answer = await self._answer_from_cache(plan, route, ctx, principal, out_headers, started)
+            if answer is not None:
+                return answer
+        leading = plan is not None and plan.active and plan.serve  # identical requests may be waiting on us
+        result = None
+        try:
+            await self.select(route, ctx)                                        # 7
+            self.metrics.selected.labels(route.decision_name, route.choice.model).inc()
+            self.load.start(route.choice.model)
+            result = await self.upstreams.call(route.choice.ranking, dict(ctx.body), ctx.stream)   # 8
+            out_headers["x-sigroute-model"] = result.model
+            fallbacks = sum(1 for a in result.attempts if a.error is not None or a.skipped)
+            if fallbacks:
+                out_headers["x-sigroute-attempts"] = str(fallbacks + 1)
+            await self._keep_for_feedback(route, result.model, request_id)
+        except BaseException:
+            if leading:
+                self.flights.land(plan.key, None)
+            if route.choice is not None and self.load.in_flight.get(route.choice.model):
+                self.load.end(route.choice.model, None)
+            if result is not None and ctx.stream:
+                await result.chunks.aclose()
+            raise
         if not ctx.stream:
-            return self._whole_answer(ctx, route, result, out_headers, started)
-        return self._streamed_answer(ctx, route, result, out_headers, started)
+            return await self._whole_answer(ctx, route, result, out_headers, started, plan, principal, leading)
+        return self._streamed_answer(ctx, route, result, out_headers, started, plan, principal, leading)
 
-    def _whole_answer(self, ctx, route: Route, result: CallResult, headers, started) -> Answer:
+    async def _whole_answer(self, ctx, route: Route, result: CallResult, headers, started, plan, principal,
+                            leading: bool) -> Answer:
+        self.load.end(route.choice.model, result.upstream_ms)
         body = result.body
         body["model"] = result.model
         encoded = orjson.dumps(body)
+        # 9: plugins.post (issue 6)
+        if plan is not None and plan.active:                                     # 10
+            complete = complete_answer(body)
+            if leading:
+                self.flights.land(plan.key, encoded if complete else None)
+            await self._cache_store(plan, encoded if complete else None, principal, result.model)
         elapsed = time.perf_counter() - started
         overhead = max(0.0, elapsed - result.upstream_ms / 1000)
         headers["x-sigroute-overhead-ms"] = f"{overhead * 1000:.3f}"
-        self._learn(route, result, ok=True, latency_ms=elapsed * 1000, usage=body.get("usage"))
+        self._learn(route, result, ok=True, latency_ms=elapsed * 1000, usage=body.get("usage"))     # 11
         self.metrics.overhead.observe(overhead)
         self.metrics.latency.labels(route.decision_name).observe(elapsed)
         self.metrics.requests.labels(route.entrypoint or DIRECT, route.decision_name, result.model, "200").inc()
         return Answer(200, headers, body=encoded)
 
-    def _streamed_answer(self, ctx, route: Route, result: CallResult, headers, started) -> Answer:
+    def _streamed_answer(self, ctx, route: Route, result: CallResult, headers, started, plan, principal,
+                         leading: bool) -> Answer:
         now = time.perf_counter()
         overhead = max(0.0, (now - started) - result.upstream_ms / 1000)
         headers["x-sigroute-overhead-ms"] = f"{overhead * 1000:.3f}"
         self.metrics.overhead.observe(overhead)
         self.metrics.ttft.labels(route.decision_name).observe(now - started)
         model = result.model
+        caching = plan is not None and plan.active
+        assembler = StreamAssembler() if caching else None
+        began = False
 
         async def events() -> AsyncIterator[bytes]:
+            nonlocal began
+            began = True
             usage = None
             error: UpstreamError | None = None
             status = "200"
+            landed = not leading
             try:
                 first = result.first_chunk
                 first["model"] = model
+                if assembler is not None:
+                    assembler.add(first)
                 yield sse_event(first)
                 async for chunk in result.chunks:
                     chunk["model"] = model
                     if chunk.get("usage"):
                         usage = chunk["usage"]
+                    if assembler is not None:
+                        assembler.add(chunk)
                     yield sse_event(chunk)
                 yield SSE_DONE
+                if caching:                                                      # 10
+                    body = assembler.completion(model)
+                    encoded = orjson.dumps(body) if complete_answer(body) else None
+                    if leading:
+                        self.flights.land(plan.key, encoded)
+                        landed = True
+                    await self._cache_store(plan, encoded, principal, model)
             except UpstreamError as exc:
                 error = exc
                 status = "stream_broken"
@@ -309,15 +411,135 @@ class Pipeline:
                 self.metrics.client_disconnects.inc()
                 raise
             finally:
+                if not landed:  # broken, cancelled or failed: the waiting requests call upstream themselves
+                    self.flights.land(plan.key, None)
+                if caching and status != "200":
+                    self.metrics.cache_stores.labels(plan.category, "incomplete").inc()
                 await result.chunks.aclose()
                 self.upstreams.record_stream_end(model, error)
                 elapsed = time.perf_counter() - started
+                self.load.end(route.choice.model, elapsed * 1000)
                 self._learn(route, result, ok=error is None and status == "200", latency_ms=elapsed * 1000,
                             usage=usage)
                 self.metrics.latency.labels(route.decision_name).observe(elapsed)
                 self.metrics.requests.labels(route.entrypoint or DIRECT, route.decision_name, model, status).inc()
 
+        async def abandoned() -> None:
+            """The HTTP layer closes the answer; if the caller left before the stream began, clean up
+            what `events` would have."""
+            if began:
+                return
+            if leading:
+                self.flights.land(plan.key, None)
+            self.load.end(route.choice.model, None)
+            self.metrics.client_disconnects.inc()
+            await result.chunks.aclose()
+            self.upstreams.record_stream_end(model, None)
+
+        return Answer(200, headers, stream=events(), on_close=[abandoned])
+
+    # 6 + 10 --------------------------------------------------------------------------------------
+    async def _cache_plan(self, route: Route, ctx, principal, headers, out_headers) -> CachePlan | None:
+        """How this request uses its decision's cache (None: the decision has none)."""
+        if self.cache is None or route.decision is None:
+            return None
+        spec = self.cache.spec(route.decision_name)
+        if spec is None:
+            return None
+        decision = route.decision
+        saturated = spec.load_aware is not None and self.load.saturated(
+            self.upstreams.available(decision.models), spec.load_aware)
+        plan = await self.cache.plan(spec, decision.name, decision.models, ctx, principal, headers, saturated)
+        if not plan.active:
+            out_headers["x-sigroute-cache"] = plan.skipped
+            self.metrics.cache_lookups.labels(decision.name, plan.category or decision.name, plan.skipped).inc()
+        else:
+            out_headers["x-sigroute-cache-category"] = plan.category
+            out_headers["x-sigroute-cache-key"] = plan.key   # for DELETE /v1/admin/cache/entries/{key}
+            if plan.relaxed:
+                self.metrics.cache_relaxed.labels(decision.name).inc()
+        return plan
+
+    async def _answer_from_cache(self, plan: CachePlan, route: Route, ctx, principal, headers,
+                                 started: float) -> Answer | None:
+        """A cached (or coalesced) answer, or None: call upstream (and maybe lead a flight)."""
+        metric = self.metrics.cache_lookups.labels
+        if not plan.serve:  # cache-control: no-cache: a fresh answer, which is then stored
+            headers["x-sigroute-cache"] = "refresh"
+            metric(plan.decision, plan.category, "refresh").inc()
+            return None
+        rejected = self.cache.cache.counters["rejected"]
+        hit = await self.cache.lookup(plan)
+        if hit is not None:
+            kind = f"hit-{hit.kind}"
+            metric(plan.decision, plan.category, f"hit_{hit.kind}").inc()
+            if hit.kind == "semantic":
+                headers["x-sigroute-cache-similarity"] = f"{hit.similarity:.4f}"
+            return await self._cached_answer(hit.entry.response, kind, route, ctx, principal, headers, started,
+                                             plan, doc_id=hit.entry.doc_id)
+        waiter = self.flights.lead(plan.key)
+        if waiter is not None:  # an identical request is being answered right now: wait for it
+            shared = await self.flights.wait(waiter)
+            if shared is not None:
+                metric(plan.decision, plan.category, "coalesced").inc()
+                return await self._cached_answer(shared, "coalesced", route, ctx, principal, headers, started,
+                                                 plan, doc_id=plan.key)
+            plan.serve = False  # the leader got nothing usable: this request calls upstream itself
+        refused = self.cache.cache.counters["rejected"] > rejected
+        headers["x-sigroute-cache"] = "miss"
+        metric(plan.decision, plan.category, "rejected" if refused else "miss").inc()
+        return None
+
+    async def _cached_answer(self, response: bytes, kind: str, route: Route, ctx, principal, headers,
+                             started: float, plan: CachePlan, doc_id: str) -> Answer:
+        body = orjson.loads(response)
+        body["id"] = "chatcmpl-" + ctx.request_id[4:]
+        body["created"] = int(time.time())
+        model = body.get("model", "")
+        headers["x-sigroute-cache"] = kind
+        headers["x-sigroute-model"] = model
+        await self._keep_hit_for_feedback(plan, principal, doc_id, model, ctx.request_id)
+        elapsed = time.perf_counter() - started
+        headers["x-sigroute-overhead-ms"] = f"{elapsed * 1000:.3f}"
+        self.metrics.overhead.observe(elapsed)
+        self.metrics.latency.labels(route.decision_name).observe(elapsed)
+        self.metrics.requests.labels(route.entrypoint or DIRECT, route.decision_name, "cache", "200").inc()
+        if not ctx.stream:
+            return Answer(200, headers, body=orjson.dumps(body))
+        include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+        chunks = completion_chunks(body, include_usage)
+
+        async def events() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield sse_event(chunk)
+            yield SSE_DONE
+
+        self.metrics.ttft.labels(route.decision_name).observe(elapsed)
         return Answer(200, headers, stream=events())
+
+    async def _cache_store(self, plan: CachePlan, encoded: bytes | None, principal, model: str) -> None:
+        """Step 10: keep a complete answer (`encoded` None: it was not complete)."""
+        if encoded is None:
+            self.metrics.cache_stores.labels(plan.category, "incomplete").inc()
+            return
+        if not plan.keep:
+            self.metrics.cache_stores.labels(plan.category, "no_store").inc()
+            return
+        stored, evicted = await self.cache.store(plan, encoded, tenant=principal.tenant, model=model)
+        self.metrics.cache_stores.labels(plan.category, "stored" if stored else "failed").inc()
+        if evicted:
+            self.metrics.cache_evictions.labels(plan.category).inc(evicted)
+
+    async def _keep_hit_for_feedback(self, plan: CachePlan, principal, doc_id: str, model: str,
+                                     request_id: str) -> None:
+        """A cached answer can be reported wrong (POST /v1/feedback): the entry is then removed."""
+        record = {"tenant": principal.tenant, "kind": "cache_hit", "decision": plan.decision, "model": model,
+                  "category": plan.category, "doc_id": doc_id}
+        try:
+            await self.pending_store.put(request_id, record, CACHE_FEEDBACK_TTL_S)
+        except Exception as exc:  # the answer still goes out
+            self.metrics.bandit_store_errors.labels("pending_put").inc()
+            log.warning("could not keep cached answer %s for feedback: %s", request_id, exc)
 
     # 11 ------------------------------------------------------------------------------------------
     def _learn(self, route: Route, result: CallResult, ok: bool, latency_ms: float, usage: Any) -> None:
@@ -414,7 +636,9 @@ class Pipeline:
                            param="request_id", code="feedback_conflict")
         out = {"object": "feedback", "request_id": request_id, "status": "recorded" if status == "applied" else "duplicate",
                "quality": quality, "decision": record.get("decision"), "model": record.get("model")}
-        if status == "applied":
+        if record.get("kind") == "cache_hit":
+            out["cache"] = await self._cache_feedback(record, quality, first=status == "applied")
+        elif status == "applied":
             selector = self.selectors.get(record.get("decision"))
             if isinstance(selector, ContextualSelector) and selector.schema_id == record.get("schema"):
                 change = selector.credit(record, quality)
@@ -424,6 +648,19 @@ class Pipeline:
             else:  # the decision changed since the answer was routed: the old state is not this one
                 out["learned"] = False
                 out["reason"] = "the decision's algorithm or features changed since this request was routed"
+        return out
+
+    async def _cache_feedback(self, record: dict, quality: float, first: bool) -> dict[str, Any]:
+        """Feedback on a cached answer: a bad score (< 0.5) marks a false hit and removes the entry."""
+        false_hit = quality < 0.5
+        out: dict[str, Any] = {"category": record.get("category"), "false_hit": false_hit}
+        if false_hit and first:
+            self.metrics.cache_false_hits.labels(record.get("category") or "").inc()
+            try:
+                out["removed"] = await self.semantic_cache.delete(record["doc_id"])
+            except Exception as exc:  # the false hit is counted; the entry expires with its TTL
+                log.warning("could not remove a cache entry reported wrong: %s", exc)
+                out["removed"] = False
         return out
 
     async def sync_learning(self) -> None:

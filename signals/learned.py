@@ -49,6 +49,13 @@ class SignalResources:
             self._heads[kind] = load_head(kind, self.encoder.fingerprint, directory)
         return self._heads[kind]
 
+    def domain_classifier(self) -> "DomainClassifier":
+        """The policy's one domain classifier (shared by every `domain` signal and the cache)."""
+        classifier = self._heads.get("__domain_classifier__")
+        if classifier is None:
+            classifier = self._heads["__domain_classifier__"] = DomainClassifier(self)
+        return classifier
+
     def embed(self, texts: tuple[str, ...]) -> np.ndarray:
         """Unit embeddings of fixed sentences (references, exemplars), computed once per policy."""
         if texts not in self._exemplars:
@@ -149,11 +156,7 @@ class Domain(_Learned):
 
     @classmethod
     def build(cls, name, config, resources):
-        res = _require(resources, f"domain:{name}")
-        classifier = res._heads.get("__domain_classifier__")
-        if classifier is None:
-            classifier = res._heads["__domain_classifier__"] = DomainClassifier(res)
-        return cls(name, config, classifier)
+        return cls(name, config, _require(resources, f"domain:{name}").domain_classifier())
 
     def score(self, ctx, vector):
         probs = _cached(ctx, "domain_probabilities",
@@ -283,6 +286,18 @@ class FactCheck(_Learned):
         need = 1.0 / (1.0 + math.exp(-(contrast / 0.1 + cues)))
         return SignalResult(need >= self.config.threshold, need,
                             {"need": round(need, 4), "contrast": round(contrast, 4)})
+
+
+async def request_domain(ctx: RequestContext, resources: SignalResources) -> tuple[str, float]:
+    """The request's most likely domain and its probability; computed once per request and
+    shared with the policy's `domain` signals."""
+    classifier = resources.domain_classifier()
+    text = ctx.embedding_text
+    await ctx.ensure_embeddings((text,))
+    vector = ctx.vector(text)
+    probs = _cached(ctx, "domain_probabilities", lambda: classifier.probabilities(text, vector))
+    best = int(np.argmax(probs))
+    return classifier.labels[best], float(probs[best])
 
 
 def _cached(ctx: RequestContext, key: Any, compute):

@@ -456,54 +456,44 @@ async def test_redis_down_means_misses_and_skipped_inserts_never_errors():
 # Single flight
 
 
-async def test_single_flight_coalesces_identical_concurrent_calls():
-    flight, calls = SingleFlight(), 0
+async def test_single_flight_one_leader_followers_get_its_answer():
+    flights, calls = SingleFlight(), 0
 
-    async def upstream():
+    async def request():
         nonlocal calls
+        waiter = flights.lead("k")
+        if waiter is not None:
+            answer = await flights.wait(waiter)
+            if answer is not None:
+                return answer, "follower"
         calls += 1
-        await asyncio.sleep(0.05)
-        return b"the answer"
+        try:
+            await asyncio.sleep(0.05)
+            return b"the answer", "leader"
+        finally:
+            if waiter is None:
+                flights.land("k", b"the answer")
 
-    results = await asyncio.gather(*(flight.run("k", upstream) for _ in range(20)))
-    assert calls == 1 and flight.calls == 1 and flight.coalesced == 19
-    assert {r for r, _ in results} == {b"the answer"} and sum(leader for _, leader in results) == 1
-    assert not flight.in_flight("k")
-    await flight.run("k", upstream)   # finished flights are not cached: a new call goes upstream
-    await asyncio.gather(flight.run("x", upstream), flight.run("y", upstream))
-    assert calls == 4
+    results = await asyncio.gather(*(request() for _ in range(20)))
+    assert calls == 1 and flights.led == 1 and flights.joined == 19
+    assert {r for r, _ in results} == {b"the answer"} and [k for _, k in results].count("leader") == 1
+    assert not flights.in_flight("k")
+    await request()   # finished flights are not kept: a new request leads again
+    assert calls == 2 and flights.led == 2
 
 
-async def test_single_flight_shares_errors_and_survives_cancelled_callers():
-    flight, calls = SingleFlight(), 0
-
-    async def failing():
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.02)
-        raise RuntimeError("upstream 503")
-
-    results = await asyncio.gather(*(flight.run("k", failing) for _ in range(5)), return_exceptions=True)
-    assert calls == 1 and all(isinstance(r, RuntimeError) for r in results)
-
-    started, finished = 0, 0
-
-    async def slow():
-        nonlocal started, finished
-        started += 1
-        await asyncio.sleep(0.1)
-        finished += 1
-        return "ok"
-
-    leader = asyncio.create_task(flight.run("s", slow))
-    follower = asyncio.create_task(flight.run("s", slow))
-    await asyncio.sleep(0.01)
-    leader.cancel()                          # the first client disconnects: the call goes on
-    assert await follower == ("ok", False) and started == finished == 1
-    assert leader.cancelled()
-
-    lone = asyncio.create_task(flight.run("t", slow))
-    await asyncio.sleep(0.01)
-    lone.cancel()                            # nobody left waiting: the call is cancelled
-    await asyncio.sleep(0.15)
-    assert started == 2 and finished == 1 and not flight.in_flight("t")
+async def test_single_flight_followers_go_their_own_way_when_the_leader_has_nothing():
+    flights = SingleFlight()
+    assert flights.lead("k") is None
+    waiters = [flights.lead("k") for _ in range(3)]
+    follower = asyncio.ensure_future(flights.wait(waiters[0]))
+    cancelled = asyncio.ensure_future(flights.wait(waiters[1]))
+    await asyncio.sleep(0)
+    cancelled.cancel()                           # a follower's client goes away ...
+    await asyncio.sleep(0)
+    assert not waiters[1].cancelled()            # ... the flight is untouched for the others
+    flights.land("k", None)                      # the leader failed: nothing to share
+    assert await follower is None and await flights.wait(waiters[2]) is None
+    assert flights.lead("k") is None             # the next identical request leads a new flight
+    flights.land("k", b"x")
+    flights.land("k", b"y")                      # landing twice is harmless
