@@ -96,7 +96,10 @@ UNRESOLVED = "unresolved"
 ECHO_MARKER = "[[sim:echo]]"  # gateway.sim.ECHO_MARKER (not imported: that module is heavy)
 MODEL = "sim-a"
 DECISION = "default"
-WARMUP_PROMPT = "sigroute cache workload warm-up request, not part of the stream"
+# Sent before the stream (not counted): the second is a near-copy of the first, so both cache tiers
+# (and the encoder and verifier) are loaded before anything is timed.
+WARMUP_PROMPTS = ("sigroute cache workload warm-up request, not part of the stream",
+                  "sigroute cache workload warm up request - not part of the stream")
 DEFAULT_REQUESTS = 2500
 DEFAULT_CACHE = {"ttl": "1h", "max_entries": 100_000}  # threshold / verify: the schema's defaults
 
@@ -116,7 +119,7 @@ class StreamRequest:
     partner: str | None = None
 
 
-def test_rows(pairs: Iterable[Mapping[str, Any]]) -> list[dict]:
+def rows_in_test_split(pairs: Iterable[Mapping[str, Any]]) -> list[dict]:
     """The rows of the test part only (the verifier never saw them)."""
     return [dict(r) for r in pairs if r["split"] == "test"]
 
@@ -306,7 +309,9 @@ def summarize_run(records: Sequence[dict], upstream_calls: int | None, labels: P
     origins = origins_of(records, extra_origins)
     ok = [r for r in records if r["cache"] != "error"]
     for r in records:
-        r["verdict"] = classify_hit(r["text"], r.get("answer"), origins, labels) if r["cache"] in HIT_VALUES else None
+        is_hit = r["cache"] in HIT_VALUES
+        r["verdict"] = classify_hit(r["text"], r.get("answer"), origins, labels) if is_hit else None
+        r["origins"] = sorted(origins.get(r.get("answer"), ())) if is_hit and r.get("answer") is not None else None
     hits = [r for r in ok if r["cache"] in HIT_VALUES]
     verdicts = Counter(r["verdict"] for r in hits)
     wrong = sum(verdicts[v] for v in WRONG)
@@ -413,9 +418,10 @@ async def drive(base_url: str, stream: Sequence[StreamRequest], concurrency: int
 
 def run_configuration(sim_url: str, stream: Sequence[StreamRequest], cache: Mapping[str, Any] | None,
                       concurrency: int, answers: str = "echo") -> dict[str, Any]:
-    """Serve `workload_policy(cache)` with a fresh gateway, send one warm-up request (loads the
-    encoder; its answer is stored like any other), zero the sim's counters, send the stream.
-    Returns the records, the sim's upstream call count and the wall time."""
+    """Serve `workload_policy(cache)` with a fresh gateway, send the warm-up requests (they load the
+    encoder and verifier; their answers are stored like any other), zero the sim's counters, send the
+    stream. Returns the records, the sim's upstream call count, the wall time and the warm-up
+    answers (answer text -> warm-up prompt, for attributing hits on them)."""
     import httpx
 
     from gateway.app import create_app
@@ -423,28 +429,33 @@ def run_configuration(sim_url: str, stream: Sequence[StreamRequest], cache: Mapp
     from policies.schema import Policy
 
     policy = Policy.model_validate(workload_policy(sim_url + "/v1", cache))
-    warmup = [StreamRequest(-1, "warmup", WARMUP_PROMPT)]
+    warmup = [StreamRequest(-1 - i, "warmup", text) for i, text in enumerate(WARMUP_PROMPTS)]
     with ServerThread(create_app(policy)) as gateway, httpx.Client(base_url=sim_url, timeout=30) as sim:
         warm = asyncio.run(drive(gateway.url, warmup, 1, answers))
-        if warm[0]["cache"] == "error":
-            raise RuntimeError(f"the gateway failed the warm-up request: {warm[0]['error']}")
+        failed = [r for r in warm if r["cache"] == "error"]
+        if failed:
+            raise RuntimeError(f"the gateway failed a warm-up request: {failed[0]['error']}")
         sim.post("/sim/reset").raise_for_status()
         started = time.perf_counter()
         records = asyncio.run(drive(gateway.url, stream, concurrency, answers))
         wall_s = time.perf_counter() - started
         upstream_calls = int(sim.get("/sim/stats").json()["total_calls"])
+    warmup_origins = {r["answer"]: r["text"] for r in warm if r["cache"] in UPSTREAM_VALUES and r["answer"]}
     return {"records": records, "upstream_calls": upstream_calls, "wall_s": round(wall_s, 3),
-            "warmup_answer": warm[0]["answer"]}
+            "warmup_origins": warmup_origins}
 
 
 def run_benchmark(pairs_path: str, n_requests: int = DEFAULT_REQUESTS, seed: int = 0, concurrency: int = 4,
                   upstream_ms: float = 50.0, answers: str = "echo", baseline: bool = True,
-                  compare_no_verify: bool = False, log: Callable[[str], Any] = lambda msg: None) -> dict[str, Any]:
-    """Build the stream, run it with the cache (and the baselines), return the full result with its summary."""
+                  compare_no_verify: bool = False, wrong_examples: int = 0,
+                  log: Callable[[str], Any] = lambda msg: None) -> dict[str, Any]:
+    """Build the stream, run it with the cache (and the baselines), return the full result with its
+    summary. `wrong_examples` > 0 adds that many wrong hits per run (asked question, origin, cache
+    value, similarity) to the full result, for diagnosis: they contain dataset text."""
     from gateway.serving import ServerThread
     from gateway.sim import create_sim_app
 
-    rows = test_rows(load_pairs(pairs_path))
+    rows = rows_in_test_split(load_pairs(pairs_path))
     stream = build_stream(rows, n_requests, seed)
     labels = PairLabels(rows)
     realized = Counter(r.kind for r in stream)
@@ -464,9 +475,12 @@ def run_benchmark(pairs_path: str, n_requests: int = DEFAULT_REQUESTS, seed: int
         for name, cache in configs:
             log(f"run {name}: cache {cache if cache is not None else 'none'}")
             out = run_configuration(sim.url, stream, cache, concurrency, answers)
-            summary = summarize_run(out["records"], out["upstream_calls"], labels,
-                                    {out["warmup_answer"]: WARMUP_PROMPT} if out["warmup_answer"] else None)
+            summary = summarize_run(out["records"], out["upstream_calls"], labels, out["warmup_origins"])
             summary.update(cache_block=cache, wall_s=out["wall_s"])
+            if wrong_examples > 0:
+                summary["wrong_hit_examples"] = [
+                    {k: r[k] for k in ("index", "kind", "cache", "similarity", "verdict", "text", "origins")}
+                    for r in out["records"] if r["verdict"] in WRONG][:wrong_examples]
             runs[name] = {"summary": summary, "records": out["records"]}
             log(f"  {summary['requests']} requests in {out['wall_s']:.1f} s: hit rate {summary['hit_rate']}, "
                 f"wrong hits {summary['wrong_hits']} (rate {summary['wrong_hit_rate']}), "
@@ -512,7 +526,8 @@ def run_benchmark(pairs_path: str, n_requests: int = DEFAULT_REQUESTS, seed: int
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cache_workload", description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", default=str(DEFAULT_PAIRS), help="CSV: question1,question2,is_duplicate")
-    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help=f"stream length (default {DEFAULT_REQUESTS})")
+    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
+                        help=f"stream length (default {DEFAULT_REQUESTS})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     parser.add_argument("--upstream-ms", type=float, default=50.0, help="the sim's time to answer (default 50)")
@@ -521,6 +536,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "filler: plain prompts, most hits unresolved")
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-cache run")
     parser.add_argument("--compare-no-verify", action="store_true", help="also run with verify: false")
+    parser.add_argument("--wrong-examples", type=int, default=0, metavar="N",
+                        help="put N wrong hits per run in the JSON (they contain dataset text; default 0)")
     parser.add_argument("--json", default=None, help="where to write the full result")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
     args = parser.parse_args(argv)
@@ -533,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = run_benchmark(args.pairs, args.requests, args.seed, args.concurrency, args.upstream_ms, args.answers,
-                           baseline=not args.no_baseline, compare_no_verify=args.compare_no_verify, log=log)
+                           baseline=not args.no_baseline, compare_no_verify=args.compare_no_verify,
+                           wrong_examples=args.wrong_examples, log=log)
     emit(result, args.json, log)
     return 0
 

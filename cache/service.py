@@ -11,7 +11,8 @@ For each request whose decision has a ``cache:`` block the pipeline asks three t
    the embedding of the last user message (the one the signals computed, when they used it).
 2. `ResponseCache.lookup(plan)` -- exact, then semantic; a semantic candidate must be at least
    ``threshold`` similar and, with ``verify``, pass the shipped verifier (`cache.verifier`),
-   which compares the two questions' texts and embeddings.
+   which compares the two questions' texts and embeddings (two questions that differ only in
+   case, spacing or the closing punctuation need no verifier).
 3. `ResponseCache.store(plan, body)` -- keeps a complete answer (the pipeline checks that) for
    the category's TTL, within its quota.
 
@@ -27,6 +28,7 @@ keep anything else from the request.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -70,6 +72,15 @@ class CachePlan:
     @property
     def active(self) -> bool:
         return self.skipped is None
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def loose_text(text: str) -> str:
+    """Case folded, spacing collapsed, closing ?.! dropped: two questions equal under it ask the
+    same thing (other punctuation stays: "C++" and "C#" differ)."""
+    return _SPACES.sub(" ", text.casefold()).strip().rstrip("?.! ").strip()
 
 
 def cache_directives(headers: Mapping[str, str]) -> tuple[bool, bool]:
@@ -164,11 +175,15 @@ class ResponseCache:
         if s.verify_threshold is not None and plan.question is not None:
             question, vector, verifier, threshold = plan.question, plan.embedding, self.verifier, s.verify_threshold
 
+            loose = loose_text(question)
+
             def accept(entry, similarity: float) -> bool:
                 cached = entry.metadata.get("q")
                 if not isinstance(cached, str) or entry.embedding is None:
                     return False   # nothing to verify against: never serve unverified
-                return verifier.score(question, cached, vector, entry.embedding, threshold)
+                if loose_text(cached) == loose:
+                    return True    # the same words, differing only in case, punctuation or spacing
+                return verifier.accepts(question, cached, vector, entry.embedding, threshold)
 
         return await self.cache.lookup(plan.partition, plan.key, plan.embedding,
                                        mode=s.mode if plan.embedding is not None or s.mode != "semantic" else "exact",

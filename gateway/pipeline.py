@@ -724,6 +724,16 @@ class Pipeline:
             selection_error = None
         except APIError as exc:
             candidates, choice, selection_error = [], None, exc.message
+        cache = None
+        spec = self.cache.spec(decision.name) if self.cache is not None else None
+        if spec is not None:  # how the cache would treat this request (nothing is looked up or counted)
+            saturated = spec.load_aware is not None and self.load.saturated(
+                self.upstreams.available(decision.models), spec.load_aware)
+            plan = await self.cache.plan(spec, decision.name, decision.models, ctx, principal, headers, saturated)
+            cache = {"used": plan.active, "skipped": plan.skipped, "category": plan.category or None}
+            if plan.active:
+                cache.update(key=plan.key, serve=plan.serve, store=plan.keep, relaxed=plan.relaxed,
+                             semantic=plan.embedding is not None, **dataclasses.asdict(plan.settings))
         return {
             "entrypoint": model,
             "strategy": outcome.strategy,
@@ -734,7 +744,7 @@ class Pipeline:
             "winner": {"decision": decision.name, "confidence": round(outcome.confidence, 4),
                        "default": outcome.fell_back_to_default, "models": list(decision.models),
                        "algorithm": decision.algorithm.name, "candidates": candidates,
-                       "selection": choice, "selection_error": selection_error},
+                       "selection": choice, "selection_error": selection_error, "cache": cache},
             "prompt_tokens": ctx.prompt_tokens,
             "embedding_ms": round(timings["embedding"], 3) if "embedding" in timings else None,
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
