@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import os
 import socket
+import subprocess
+import sys
+import time
 from typing import Any, Callable, Iterator
 
 import httpx
@@ -222,3 +225,36 @@ def clean_redis_url(redis_url: str) -> Iterator[str]:
     finally:
         client.flushdb()
         client.close()
+
+
+# --------------------------------------------------------------------------------------------
+# `sigroute serve` as a separate OS process (replicas sharing Redis)
+
+
+class GatewayProcess:
+    """`sigroute serve` in its own OS process."""
+
+    def __init__(self, policy: dict, tmp_path, redis_url: str):
+        import yaml
+
+        path = tmp_path / "replica.yaml"
+        path.write_text(yaml.safe_dump(policy))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--policy", str(path),
+                                      "--port", str(self.port), "--redis", redis_url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway process exited: {self.proc.stderr.read()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("gateway process did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bandits.store import RedisStateStore
-from conftest import base_policy, free_port
+from conftest import GatewayProcess, base_policy, free_port
 
 LEARN = {"linucb": {"alpha": 0.2, "features": ["bias", "length", "shape"], "sync_interval_s": 0.05,
                     "reward": {"quality": 1.0, "feedback_ttl_s": 30}}}
@@ -115,35 +115,6 @@ def test_feedback_is_per_tenant(sim, gateway_factory, monkeypatch):
     assert own.status_code == 200
     learners = gw.app.state.runtime.pipeline.learners["learn"]
     assert learners.tenants() == ["a"]
-
-
-class GatewayProcess:
-    """`sigroute serve` in its own OS process."""
-
-    def __init__(self, policy: dict, tmp_path, redis_url: str):
-        import yaml
-
-        path = tmp_path / "replica.yaml"
-        path.write_text(yaml.safe_dump(policy))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--policy", str(path),
-                                      "--port", str(self.port), "--redis", redis_url],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gateway process exited: {self.proc.stderr.read()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise AssertionError("gateway process did not start")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 def test_two_gateway_processes_on_one_redis_learn_together_without_lost_updates(
