@@ -316,10 +316,12 @@ class Pipeline:
                 return answer
         leading = plan is not None and plan.active and plan.serve  # identical requests may be waiting on us
         result = None
+        calling = False
         try:
             await self.select(route, ctx)                                        # 7
             self.metrics.selected.labels(route.decision_name, route.choice.model).inc()
             self.load.start(route.choice.model)
+            calling = True
             result = await self.upstreams.call(route.choice.ranking, dict(ctx.body), ctx.stream)   # 8
             out_headers["x-sigroute-model"] = result.model
             fallbacks = sum(1 for a in result.attempts if a.error is not None or a.skipped)
@@ -329,7 +331,7 @@ class Pipeline:
         except BaseException:
             if leading:
                 self.flights.land(plan.key, None)
-            if route.choice is not None and self.load.in_flight.get(route.choice.model):
+            if calling:
                 self.load.end(route.choice.model, None)
             if result is not None and ctx.stream:
                 await result.chunks.aclose()
