@@ -460,3 +460,21 @@ def test_explain_shows_how_the_cache_would_treat_the_request(sim, gateway_factor
     skipped = gw.http.post("/v1/route/explain", json=body, headers={"x-sigroute-cache": "bypass"}).json()
     assert skipped["winner"]["cache"] == {"used": False, "skipped": "bypass", "category": None}
     assert metric(gw, "sigroute_cache_lookups_total") == 1   # explain looked nothing up
+
+
+def test_a_bad_cache_setting_in_yaml_names_file_line_and_key():
+    from policies.loader import PolicyError, load_policy_text
+
+    text = """version: 1
+models:
+  m: {provider: openai/m, api_base: "http://127.0.0.1:9/v1"}
+decisions:
+  - name: default
+    models: [m]
+    cache:
+      ttl: 5 parsecs
+"""
+    with pytest.raises(PolicyError) as info:
+        load_policy_text(text, "support.yaml")
+    message = str(info.value)
+    assert "support.yaml:8" in message and "ttl" in message and "is not a duration" in message

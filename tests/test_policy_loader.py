@@ -508,7 +508,8 @@ def test_every_example_loads(path):
 
 def test_the_expected_examples_exist():
     names = {p.name for p in EXAMPLES.glob("*.yaml")}
-    assert {"default.yaml", "cost-optimized.yaml", "privacy-regulated.yaml", "latency-sensitive.yaml"} <= names
+    assert {"default.yaml", "cost-optimized.yaml", "privacy-regulated.yaml", "latency-sensitive.yaml",
+            "learning.yaml", "support-cache.yaml"} <= names
 
 
 def test_default_policy_routes_to_the_simulator_without_keys():
