@@ -192,16 +192,11 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         """Keep the cache's index in step with a shared store (rebuild at start, then follow its
         events), drop expired entries from the index and refresh the per-category size gauge."""
         shown: set[str] = set()
-        rebuilt = False
         last_sweep = 0.0
         while True:
             try:
                 if runtime.pipeline.cache is not None:
-                    if semantic_cache.store.shared:
-                        if not rebuilt:
-                            await semantic_cache.rebuild()
-                            rebuilt = True
-                        await semantic_cache.sync()
+                    await semantic_cache.sync()   # the first call (re)builds the index from the store
                     if time.monotonic() - last_sweep >= CACHE_SWEEP_S:
                         last_sweep = time.monotonic()
                         await semantic_cache.sweep()
