@@ -59,6 +59,9 @@ class Metrics:
         self.bandit_store_up = Gauge("sigroute_bandit_store_up",
                                      "1 when the last exchange with the learning-state store succeeded", registry=r)
         self.bandit_store_up.set(1)
+        self.plugin_actions = Counter("sigroute_plugin_actions_total",
+                                      "What plugins did (block, reroute, warn, masked, redacted, changed, ...)",
+                                      ["decision", "plugin", "action"], registry=r)
         self.cache_lookups = Counter(
             "sigroute_cache_lookups_total", "Cache lookups by result: hit_exact, hit_semantic, coalesced (waited for "
             "an identical request in flight), miss, rejected (similar entries the verifier refused), and why the "

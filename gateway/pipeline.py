@@ -4,13 +4,14 @@
  2. context    the checked OpenAI body → RequestContext
  3. signals    only the signals some decision reads
  4. decide     rule trees → the winning decision (or a direct model, if the policy allows it)
- 5. plugins    (per decision; a later issue adds them)
+ 5. plugins    the decision's plugins before the call (plugins.chain: jailbreak, fast_response, pii,
+               params, system_prompt, headers); one may block (no model call) or reroute
  6. cache      the decision's cache: exact, then semantic (verified) within the request's isolation
                partition; a hit is answered here (re-streamed for streams). On a miss, an identical
                request already in flight is waited for (single flight) instead of calling upstream
  7. select     the decision's algorithm ranks the healthy candidates that fit the prompt
  8. upstream   call the ranking in order: retries, fallback, breakers
- 9. plugins    (post)
+ 9. plugins    after the call, on every answer (model or cache): pii restores masked values
 10. cache      keep the answer if it is complete (never errors, truncated or broken streams) and the
                caller did not say no-store; hand it to the identical requests that waited
 11. learn      the selector sees the outcome (latency, time to first token, success); a
@@ -47,6 +48,8 @@ from gateway.openai_wire import (SSE_DONE, StreamAssembler, complete_answer, com
                                  sse_event, stream_error_event)
 from gateway.ratelimit import RateLimiter
 from gateway.upstream import CallResult, UpstreamError, Upstreams
+from plugins.base import Blocked, PluginState, Reroute
+from plugins.chain import PluginChain, needs_encoder as plugins_need_encoder
 from policies.rules import DecisionEngine, Outcome
 from policies.schema import Decision, Policy
 from signals.context import RequestContext
@@ -103,7 +106,46 @@ def needs_encoder(policy: Policy) -> bool:
             return True
         if decision.cache is not None and decision.cache.needs_embedding():
             return True
+        if plugins_need_encoder(decision):
+            return True
     return False
+
+
+def _through(filters, index: int, text: str, final: bool) -> str:
+    for f in filters:
+        text = f.feed(index, text)
+        if final:
+            text += f.flush(index)
+    return text
+
+
+def filter_chunk(chunk: dict[str, Any], filters) -> dict[str, Any]:
+    """Run a streamed chunk's content deltas through the plugins' content filters; a choice's
+    finish flushes what they held back into that chunk."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            continue
+        text = delta.get("content")
+        final = bool(choice.get("finish_reason"))
+        if isinstance(text, str) or final:
+            out = _through(filters, choice.get("index", 0), text or "", final)
+            if isinstance(text, str) or out:
+                delta["content"] = out
+    return chunk
+
+
+def flush_filters(filters, like: dict[str, Any]) -> list[dict[str, Any]]:
+    """Chunks with whatever the filters still hold when a stream ends without a finish reason."""
+    out = []
+    indices = sorted({i for f in filters for i in f.pending_indices()})
+    for index in indices:
+        text = _through(filters, index, "", True)
+        if text:
+            out.append({"id": like.get("id"), "object": "chat.completion.chunk", "created": like.get("created"),
+                        "model": like.get("model"),
+                        "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}]})
+    return out
 
 
 class ModelLoad:
@@ -169,6 +211,7 @@ class Pipeline:
         self.cache = (ResponseCache(policy, semantic_cache, self.flights, resources)
                       if any(d.cache is not None and d.cache.enabled for d in policy.decisions) else None)
         self.load = ModelLoad()
+        self.chains = {d.name: PluginChain(d, resources) for d in policy.decisions if d.plugins}
         self.engines: dict[str, DecisionEngine] = {}
         for name, entry in policy.entrypoints.items():
             chosen = [d for d in policy.decisions if entry.decisions is None or d.name in entry.decisions]
@@ -299,6 +342,8 @@ class Pipeline:
         principal = await self.admit(headers)                                    # 1
         ctx = self.context(raw, headers, principal, request_id)                  # 2
         route = await self.decide(ctx)                                           # 3 + 4
+        state = PluginState()
+        ctx, blocked = await self._plugins_before(route, ctx, state)             # 5
         self.metrics.decisions.labels(route.entrypoint or DIRECT, route.decision_name).inc()
         out_headers = {
             "x-sigroute-request-id": request_id,
@@ -308,10 +353,11 @@ class Pipeline:
         if headers.get("x-sigroute-debug") in ("1", "true"):
             out_headers["x-sigroute-signals"] = orjson.dumps(
                 {k: [r.matched, round(r.confidence, 3)] for k, r in route.signals.items()}).decode()
-        # 5: plugins.pre (issue 6)
-        plan = await self._cache_plan(route, ctx, principal, headers, out_headers)   # 6
+        if blocked is not None:
+            return self._blocked_answer(blocked, route, ctx, state, out_headers, started)
+        plan = await self._cache_plan(route, ctx, principal, headers, out_headers, state)   # 6
         if plan is not None and plan.active:
-            answer = await self._answer_from_cache(plan, route, ctx, principal, out_headers, started)
+            answer = await self._answer_from_cache(plan, route, ctx, principal, out_headers, started, state)
             if answer is not None:
                 return answer
         leading = plan is not None and plan.active and plan.serve  # identical requests may be waiting on us
@@ -322,7 +368,9 @@ class Pipeline:
             self.metrics.selected.labels(route.decision_name, route.choice.model).inc()
             self.load.start(route.choice.model)
             calling = True
-            result = await self.upstreams.call(route.choice.ranking, dict(ctx.body), ctx.stream)   # 8
+            chain = self.chains.get(route.decision_name)
+            result = await self.upstreams.call(route.choice.ranking, dict(ctx.body), ctx.stream,   # 8
+                                               chain.upstream_headers if chain is not None else None)
             out_headers["x-sigroute-model"] = result.model
             fallbacks = sum(1 for a in result.attempts if a.error is not None or a.skipped)
             if fallbacks:
@@ -337,16 +385,22 @@ class Pipeline:
                 await result.chunks.aclose()
             raise
         if not ctx.stream:
-            return await self._whole_answer(ctx, route, result, out_headers, started, plan, principal, leading)
-        return self._streamed_answer(ctx, route, result, out_headers, started, plan, principal, leading)
+            return await self._whole_answer(ctx, route, result, out_headers, started, plan, principal, leading, state)
+        return self._streamed_answer(ctx, route, result, out_headers, started, plan, principal, leading, state)
 
     async def _whole_answer(self, ctx, route: Route, result: CallResult, headers, started, plan, principal,
-                            leading: bool) -> Answer:
+                            leading: bool, state: PluginState) -> Answer:
         self.load.end(route.choice.model, result.upstream_ms)
         body = result.body
         body["model"] = result.model
-        encoded = orjson.dumps(body)
-        # 9: plugins.post (issue 6)
+        encoded = orjson.dumps(body)       # the answer to the request as sent upstream (what the cache keeps)
+        chain = self.chains.get(route.decision_name)
+        if chain is not None and chain.post:                                     # 9
+            body = chain.after(body, state)
+            answer_bytes = orjson.dumps(body)
+        else:
+            answer_bytes = encoded
+        self._plugin_headers(route, state, headers)
         if plan is not None and plan.active:                                     # 10
             complete = complete_answer(body)
             if leading:
@@ -359,10 +413,10 @@ class Pipeline:
         self.metrics.overhead.observe(overhead)
         self.metrics.latency.labels(route.decision_name).observe(elapsed)
         self.metrics.requests.labels(route.entrypoint or DIRECT, route.decision_name, result.model, "200").inc()
-        return Answer(200, headers, body=encoded)
+        return Answer(200, headers, body=answer_bytes)
 
     def _streamed_answer(self, ctx, route: Route, result: CallResult, headers, started, plan, principal,
-                         leading: bool) -> Answer:
+                         leading: bool, state: PluginState) -> Answer:
         now = time.perf_counter()
         overhead = max(0.0, (now - started) - result.upstream_ms / 1000)
         headers["x-sigroute-overhead-ms"] = f"{overhead * 1000:.3f}"
@@ -371,6 +425,9 @@ class Pipeline:
         model = result.model
         caching = plan is not None and plan.active
         assembler = StreamAssembler() if caching else None
+        chain = self.chains.get(route.decision_name)
+        filters = chain.filters(state) if chain is not None else []
+        self._plugin_headers(route, state, headers)
         began = False
 
         async def events() -> AsyncIterator[bytes]:
@@ -385,14 +442,16 @@ class Pipeline:
                 first["model"] = model
                 if assembler is not None:
                     assembler.add(first)
-                yield sse_event(first)
+                yield sse_event(filter_chunk(first, filters) if filters else first)
                 async for chunk in result.chunks:
                     chunk["model"] = model
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     if assembler is not None:
                         assembler.add(chunk)
-                    yield sse_event(chunk)
+                    yield sse_event(filter_chunk(chunk, filters) if filters else chunk)
+                for tail in flush_filters(filters, first):
+                    yield sse_event(tail)
                 yield SSE_DONE
                 if caching:                                                      # 10
                     body = assembler.completion(model)
@@ -441,7 +500,8 @@ class Pipeline:
         return Answer(200, headers, stream=events(), on_close=[abandoned])
 
     # 6 + 10 --------------------------------------------------------------------------------------
-    async def _cache_plan(self, route: Route, ctx, principal, headers, out_headers) -> CachePlan | None:
+    async def _cache_plan(self, route: Route, ctx, principal, headers, out_headers,
+                          state: PluginState) -> CachePlan | None:
         """How this request uses its decision's cache (None: the decision has none)."""
         if self.cache is None or route.decision is None:
             return None
@@ -449,6 +509,10 @@ class Pipeline:
         if spec is None:
             return None
         decision = route.decision
+        if state.skip_cache is not None:  # e.g. personal data was found: the cache is not used at all
+            out_headers["x-sigroute-cache"] = state.skip_cache
+            self.metrics.cache_lookups.labels(decision.name, decision.name, state.skip_cache).inc()
+            return None
         saturated = spec.load_aware is not None and self.load.saturated(
             self.upstreams.available(decision.models), spec.load_aware)
         plan = await self.cache.plan(spec, decision.name, decision.models, ctx, principal, headers, saturated)
@@ -463,7 +527,7 @@ class Pipeline:
         return plan
 
     async def _answer_from_cache(self, plan: CachePlan, route: Route, ctx, principal, headers,
-                                 started: float) -> Answer | None:
+                                 started: float, state: PluginState) -> Answer | None:
         """A cached (or coalesced) answer, or None: call upstream (and maybe lead a flight)."""
         metric = self.metrics.cache_lookups.labels
         if not plan.serve:  # cache-control: no-cache: a fresh answer, which is then stored
@@ -478,14 +542,14 @@ class Pipeline:
             if hit.kind == "semantic":
                 headers["x-sigroute-cache-similarity"] = f"{hit.similarity:.4f}"
             return await self._cached_answer(hit.entry.response, kind, route, ctx, principal, headers, started,
-                                             plan, doc_id=hit.entry.doc_id)
+                                             plan, hit.entry.doc_id, state)
         waiter = self.flights.lead(plan.key)
         if waiter is not None:  # an identical request is being answered right now: wait for it
             shared = await self.flights.wait(waiter)
             if shared is not None:
                 metric(plan.decision, plan.category, "coalesced").inc()
                 return await self._cached_answer(shared, "coalesced", route, ctx, principal, headers, started,
-                                                 plan, doc_id=plan.key)
+                                                 plan, plan.key, state)
             plan.serve = False  # the leader got nothing usable: this request calls upstream itself
         refused = self.cache.cache.counters["rejected"] > rejected
         headers["x-sigroute-cache"] = "miss"
@@ -493,11 +557,15 @@ class Pipeline:
         return None
 
     async def _cached_answer(self, response: bytes, kind: str, route: Route, ctx, principal, headers,
-                             started: float, plan: CachePlan, doc_id: str) -> Answer:
+                             started: float, plan: CachePlan, doc_id: str, state: PluginState) -> Answer:
         body = orjson.loads(response)
         body["id"] = "chatcmpl-" + ctx.request_id[4:]
         body["created"] = int(time.time())
         model = body.get("model", "")
+        chain = self.chains.get(route.decision_name)
+        if chain is not None and chain.post:                                     # 9, on the cached answer
+            body = chain.after(body, state)
+        self._plugin_headers(route, state, headers)
         headers["x-sigroute-cache"] = kind
         headers["x-sigroute-model"] = model
         await self._keep_hit_for_feedback(plan, principal, doc_id, model, ctx.request_id)
@@ -542,6 +610,67 @@ class Pipeline:
         except Exception as exc:  # the answer still goes out
             self.metrics.bandit_store_errors.labels("pending_put").inc()
             log.warning("could not keep cached answer %s for feedback: %s", request_id, exc)
+
+    # 5 + 9 ---------------------------------------------------------------------------------------
+    async def _plugins_before(self, route: Route, ctx, state: PluginState):
+        """Run the decision's plugins before the call: (ctx, None) or (ctx, Blocked). A reroute
+        switches the route to the named decision and runs its plugins (jailbreak is not scored
+        twice)."""
+        chain = self.chains.get(route.decision_name)
+        if chain is None:
+            return ctx, None
+        ctx, outcome = await chain.before(ctx, state)
+        if isinstance(outcome, Reroute):
+            target = self.policy.decision(outcome.decision)
+            state.response_headers["x-sigroute-rerouted-from"] = route.decision_name
+            route.decision, route.decision_name = target, target.name
+            state.skip.add("jailbreak")
+            chain = self.chains.get(target.name)
+            outcome = None
+            if chain is not None:
+                ctx, outcome = await chain.before(ctx, state)
+                if isinstance(outcome, Reroute):   # cannot happen with jailbreak skipped; never loop
+                    outcome = None
+        for plugin, action, _ in state.actions:
+            self.metrics.plugin_actions.labels(route.decision_name, plugin, action).inc()
+        return ctx, outcome
+
+    def _plugin_headers(self, route: Route, state: PluginState, headers: dict[str, str]) -> None:
+        if state.actions:
+            headers["x-sigroute-plugins"] = state.header()
+        if state.response_headers:
+            headers.update(state.response_headers)
+        for name in state.removed_response_headers:
+            headers.pop(name, None)
+
+    def _blocked_answer(self, blocked: Blocked, route: Route, ctx, state: PluginState, headers,
+                        started: float) -> Answer:
+        """A plugin answered instead of a model (the model was never called)."""
+        self._plugin_headers(route, state, headers)
+        headers["x-sigroute-blocked-by"] = blocked.plugin
+        elapsed = time.perf_counter() - started
+        headers["x-sigroute-overhead-ms"] = f"{elapsed * 1000:.3f}"
+        self.metrics.latency.labels(route.decision_name).observe(elapsed)
+        if blocked.response == "error":
+            self.metrics.requests.labels(route.entrypoint or DIRECT, route.decision_name, "none", "400").inc()
+            raise InvalidRequest(blocked.message, code=blocked.code, headers=headers)
+        self.metrics.requests.labels(route.entrypoint or DIRECT, route.decision_name, "none", "200").inc()
+        body = {"id": "chatcmpl-" + ctx.request_id[4:], "object": "chat.completion", "created": int(time.time()),
+                "model": f"sigroute/{blocked.plugin}",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": blocked.message},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+        if not ctx.stream:
+            return Answer(200, headers, body=orjson.dumps(body))
+        include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+        chunks = completion_chunks(body, include_usage)
+
+        async def events() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield sse_event(chunk)
+            yield SSE_DONE
+
+        return Answer(200, headers, stream=events())
 
     # 11 ------------------------------------------------------------------------------------------
     def _learn(self, route: Route, result: CallResult, ok: bool, latency_ms: float, usage: Any) -> None:

@@ -143,10 +143,26 @@ class ModelTarget:
         return cls(name, spec, "litellm", spec.provider, spec.api_base, api_key)
 
 
-class Transport(Protocol):
-    async def complete(self, target: ModelTarget, payload: dict[str, Any]) -> dict[str, Any]: ...
+# Per-decision header changes for upstream calls (the `headers` plugin): (headers to set, names to
+# remove), both lower-cased; hashable, so prepared requests can be kept per change set.
+HeaderChanges = tuple[tuple[tuple[str, str], ...], frozenset[str]]
 
-    def stream(self, target: ModelTarget, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
+
+def _merged_headers(base: dict[str, str], changes: HeaderChanges | None) -> dict[str, str]:
+    if changes is None:
+        return dict(base)
+    to_set, to_remove = changes
+    out = {k: v for k, v in base.items() if k.lower() not in to_remove}
+    out.update(to_set)
+    return out
+
+
+class Transport(Protocol):
+    async def complete(self, target: ModelTarget, payload: dict[str, Any],
+                       headers: HeaderChanges | None = None) -> dict[str, Any]: ...
+
+    def stream(self, target: ModelTarget, payload: dict[str, Any],
+               headers: HeaderChanges | None = None) -> AsyncIterator[dict[str, Any]]: ...
 
     async def aclose(self) -> None: ...
 
@@ -160,16 +176,17 @@ class OpenAICompatibleTransport:
         self.client = http1.Client(max_connections_per_host=max_connections, keepalive_expiry=30.0)
         self._prepared_by_target: dict[tuple, tuple[http1.Request, http1.Timeouts]] = {}
 
-    def _prepared(self, target: ModelTarget, stream: bool) -> tuple[http1.Request, http1.Timeouts]:
-        """Request head and timeouts of a target, built once."""
-        key = (target.name, target.api_base, stream)
+    def _prepared(self, target: ModelTarget, stream: bool,
+                  changes: HeaderChanges | None = None) -> tuple[http1.Request, http1.Timeouts]:
+        """Request head and timeouts of a target (and header change set), built once."""
+        key = (target.name, target.api_base, stream, changes)
         prepared = self._prepared_by_target.get(key)
         if prepared is None:
             headers = {"content-type": "application/json",
                        "accept": "text/event-stream" if stream else "application/json"}
             if target.api_key:
                 headers["authorization"] = f"Bearer {target.api_key}"
-            headers.update(target.spec.extra_headers)
+            headers.update(_merged_headers(target.spec.extra_headers, changes))
             timeouts = http1.Timeouts(connect=min(10.0, target.spec.timeout_s), read=None, write=30.0, pool=10.0)
             prepared = (self.client.prepare("POST", f"{target.api_base}/chat/completions", headers), timeouts)
             self._prepared_by_target[key] = prepared
@@ -181,8 +198,9 @@ class OpenAICompatibleTransport:
         body["model"] = target.upstream_model
         return orjson.dumps(body)
 
-    async def complete(self, target: ModelTarget, payload: dict[str, Any]) -> dict[str, Any]:
-        request, timeouts = self._prepared(target, stream=False)
+    async def complete(self, target: ModelTarget, payload: dict[str, Any],
+                       headers: HeaderChanges | None = None) -> dict[str, Any]:
+        request, timeouts = self._prepared(target, False, headers)
         try:
             async with asyncio.timeout(target.spec.timeout_s):
                 response = await self.client.send(request, self._body(target, payload), timeouts=timeouts)
@@ -204,8 +222,9 @@ class OpenAICompatibleTransport:
             raise UpstreamError("protocol", "response has no 'choices'", status=200, model=target.name)
         return data
 
-    async def stream(self, target: ModelTarget, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        request, timeouts = self._prepared(target, stream=True)
+    async def stream(self, target: ModelTarget, payload: dict[str, Any],
+                     headers: HeaderChanges | None = None) -> AsyncIterator[dict[str, Any]]:
+        request, timeouts = self._prepared(target, True, headers)
         spec = target.spec
         try:
             async with asyncio.timeout(spec.first_token_timeout_s):
@@ -327,7 +346,8 @@ class LiteLLMTransport:
             self._litellm = litellm
         return self._litellm
 
-    def _kwargs(self, target: ModelTarget, payload: dict[str, Any], stream: bool) -> dict[str, Any]:
+    def _kwargs(self, target: ModelTarget, payload: dict[str, Any], stream: bool,
+                headers: HeaderChanges | None = None) -> dict[str, Any]:
         kwargs = {k: v for k, v in payload.items() if k not in ("model", "stream")}
         kwargs.update(model=target.upstream_model, stream=stream, num_retries=0,
                       timeout=target.spec.timeout_s if not stream else target.spec.first_token_timeout_s)
@@ -338,8 +358,9 @@ class LiteLLMTransport:
         elif target.api_base:
             # self-hosted OpenAI-compatible servers often need no key, but litellm insists on one
             kwargs["api_key"] = "no-key"
-        if target.spec.extra_headers:
-            kwargs["extra_headers"] = dict(target.spec.extra_headers)
+        extra = _merged_headers(target.spec.extra_headers, headers)
+        if extra:
+            kwargs["extra_headers"] = extra
         return kwargs
 
     def _map(self, exc: Exception, target: ModelTarget) -> UpstreamError:
@@ -362,11 +383,12 @@ class LiteLLMTransport:
         return UpstreamError(kind, f"{name}: {message}", status=status if isinstance(status, int) else None,
                              model=target.name)
 
-    async def complete(self, target: ModelTarget, payload: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, target: ModelTarget, payload: dict[str, Any],
+                       headers: HeaderChanges | None = None) -> dict[str, Any]:
         litellm = self._lib()
         try:
             async with asyncio.timeout(target.spec.timeout_s):
-                response = await litellm.acompletion(**self._kwargs(target, payload, stream=False))
+                response = await litellm.acompletion(**self._kwargs(target, payload, False, headers))
         except asyncio.CancelledError:
             raise
         except TimeoutError:
@@ -375,12 +397,13 @@ class LiteLLMTransport:
             raise self._map(exc, target) from None
         return response.model_dump(exclude_none=True)
 
-    async def stream(self, target: ModelTarget, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, target: ModelTarget, payload: dict[str, Any],
+                     headers: HeaderChanges | None = None) -> AsyncIterator[dict[str, Any]]:
         litellm = self._lib()
         spec = target.spec
         try:
             async with asyncio.timeout(spec.first_token_timeout_s):
-                response = await litellm.acompletion(**self._kwargs(target, payload, stream=True))
+                response = await litellm.acompletion(**self._kwargs(target, payload, True, headers))
         except asyncio.CancelledError:
             raise
         except TimeoutError:
@@ -571,8 +594,10 @@ class Upstreams:
         if error.counts_against_model and self.breakers[model].record_failure():
             self.observer.breaker_opened(model)
 
-    async def call(self, ranking: Sequence[str], payload: dict[str, Any], stream: bool) -> CallResult:
-        """Try `ranking` in order until one model answers; raise an `APIError` if none does."""
+    async def call(self, ranking: Sequence[str], payload: dict[str, Any], stream: bool,
+                   headers: HeaderChanges | None = None) -> CallResult:
+        """Try `ranking` in order until one model answers; raise an `APIError` if none does.
+        `headers` changes the headers of every upstream call (the `headers` plugin)."""
         attempts: list[Attempt] = []
         started = time.perf_counter()
         previous: str | None = None
@@ -592,7 +617,7 @@ class Upstreams:
                 t0 = time.perf_counter()
                 try:
                     if stream:
-                        chunks = transport.stream(target, payload)
+                        chunks = transport.stream(target, payload, headers)
                         try:
                             first = await anext(chunks)
                         except StopAsyncIteration:
@@ -600,7 +625,7 @@ class Upstreams:
                         now = time.perf_counter()
                         return CallResult(model, first_chunk=first, chunks=chunks, attempts=attempts,
                                           ttft_ms=(now - t0) * 1000, upstream_ms=(now - started) * 1000)
-                    body = await transport.complete(target, payload)
+                    body = await transport.complete(target, payload, headers)
                     now = time.perf_counter()
                     breaker.record_success()
                     return CallResult(model, body=body, attempts=attempts, ttft_ms=(now - t0) * 1000,

@@ -726,9 +726,164 @@ class CacheSpec(Strict):
         return self.per_domain or any(m != "exact" for m in modes)
 
 
-# Plugin name -> options model. Empty until the plugins package ships its first plugins; a policy
-# that names a plugin this version does not have is rejected rather than silently ignored.
-PLUGIN_OPTIONS: dict[str, type[Strict]] = {}
+# --------------------------------------------------------------------------------------------
+# plugins (see plugins/): each decision lists the plugins it runs; they run in the fixed order of
+# `PLUGIN_ORDER`, whatever the order in the file.
+
+
+class BlockAnswer(Strict):
+    """How a plugin that stops a request answers the caller."""
+
+    response: Literal["refusal", "error"] = Field(
+        "refusal", description="refusal: an ordinary chat completion (status 200, streamed if the request "
+                               "streamed) whose content is `message`; error: an OpenAI-shaped 400 error")
+    message: str = Field("I can't help with that request.", min_length=1, max_length=4000)
+
+
+class JailbreakPlugin(BlockAnswer):
+    """Acts on the jailbreak score of the request's user turns (the shipped head), graduated:
+    at or above `block_above` the request is blocked (the model is never called); else at or above
+    `reroute_above` it goes to the decision `reroute_to`; else at or above `warn_above` it goes on
+    with an `x-sigroute-jailbreak` warning header."""
+
+    block_above: float | None = Field(0.98, gt=0, le=1, description="score at which the request is blocked")
+    reroute_above: float | None = Field(None, gt=0, le=1, description="score at which it goes to `reroute_to`")
+    reroute_to: Name | None = Field(None, description="a decision of this policy (e.g. one with a guarded model)")
+    warn_above: float | None = Field(None, gt=0, le=1, description="score at which a warning header is added")
+    turns: Literal["all_user", "last_user"] = "all_user"
+    message: str = Field("I can't help with that request.", min_length=1, max_length=4000)
+
+    @model_validator(mode="after")
+    def _graduated(self) -> "JailbreakPlugin":
+        levels = [v for v in (self.warn_above, self.reroute_above, self.block_above) if v is not None]
+        if not levels:
+            raise ValueError("give at least one of block_above, reroute_above, warn_above")
+        if levels != sorted(levels):
+            raise ValueError("thresholds must rise: warn_above <= reroute_above <= block_above")
+        if (self.reroute_above is None) != (self.reroute_to is None):
+            raise ValueError("reroute_above and reroute_to go together")
+        return self
+
+
+class PiiPlugin(BlockAnswer):
+    """Personal data in the request: `block` it, `redact` it (typed placeholders such as
+    <EMAIL_ADDRESS_1> reach the model and stay in the answer), or `mask_and_restore` (placeholders
+    reach the model and the original values are put back in its answer, streams included).
+    Every message is scanned, assistant turns too (they may hold values restored earlier)."""
+
+    action: Literal["block", "redact", "mask_and_restore"] = "mask_and_restore"
+    entities: tuple[str, ...] = Field((), description="entity types acted on; empty: the detector's default set")
+    allow: tuple[str, ...] = Field((), description="entity types left alone")
+    allow_values: tuple[str, ...] = Field((), description="exact values left alone (e.g. a public support address)")
+    threshold: float = Field(0.5, ge=0, le=1, description="minimum recognizer score")
+    cache: bool = Field(False, description="false: a request in which personal data was found never uses the cache")
+    message: str = Field("This request contains personal data and cannot be processed.", min_length=1,
+                         max_length=4000)
+
+    _known_types = field_validator("entities", "allow")(PiiSignal._known_types.__func__)
+
+
+class SystemPromptPlugin(Strict):
+    """Sets the system prompt the model sees: `insert` (only when the request has none),
+    `replace` (every system/developer message is removed and this one put first), `prepend` or
+    `append` (to the first system message; inserted when there is none)."""
+
+    mode: Literal["insert", "replace", "prepend", "append"] = "insert"
+    text: str = Field(..., min_length=1, max_length=100_000)
+
+
+class HeaderChanges(Strict):
+    set: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")], str] = Field(default_factory=dict)
+    remove: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")], ...] = ()
+
+
+class HeadersPlugin(Strict):
+    """Headers added to the upstream call (`upstream`) and to the answer (`response`; `remove`
+    drops headers sigroute would send, such as x-sigroute-signals)."""
+
+    upstream: HeaderChanges = HeaderChanges()
+    response: HeaderChanges = HeaderChanges()
+
+    @model_validator(mode="after")
+    def _something(self) -> "HeadersPlugin":
+        if not (self.upstream.set or self.upstream.remove or self.response.set or self.response.remove):
+            raise ValueError("the headers plugin changes nothing; give upstream or response set/remove")
+        for name in self.upstream.set:
+            if name.lower() in ("authorization", "content-type", "content-length", "host"):
+                raise ValueError(f"upstream header '{name}' is set by sigroute itself")
+        return self
+
+
+class ParamsPlugin(Strict):
+    """Generation parameters: caps and clamps, defaults, and parameters callers may not send."""
+
+    max_tokens: PositiveInt | None = Field(None, description="cap on max_tokens / max_completion_tokens (also set "
+                                                               "when the request gives none)")
+    temperature_min: float | None = Field(None, ge=0, le=2)
+    temperature_max: float | None = Field(None, ge=0, le=2)
+    defaults: dict[str, Any] = Field(default_factory=dict, description="parameters set when the request omits them")
+    drop: tuple[str, ...] = Field((), description="parameters removed from the request (e.g. logit_bias, tools)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ParamsPlugin":
+        if (self.temperature_min is not None and self.temperature_max is not None
+                and self.temperature_min > self.temperature_max):
+            raise ValueError("temperature_min is above temperature_max")
+        for name in ("model", "messages", "stream"):
+            if name in self.drop or name in self.defaults:
+                raise ValueError(f"'{name}' cannot be dropped or defaulted by the params plugin")
+        if (self.max_tokens is None and self.temperature_min is None and self.temperature_max is None
+                and not self.defaults and not self.drop):
+            raise ValueError("the params plugin changes nothing; give max_tokens, temperature_min/max, defaults or drop")
+        return self
+
+
+class FastResponsePlugin(Strict):
+    """Answer with `message` without calling a model (maintenance notices, canned replies)."""
+
+    message: str = Field(..., min_length=1, max_length=100_000)
+
+
+# Plugin name -> options model; a policy that names a plugin this version does not have is
+# rejected rather than silently ignored.
+PLUGIN_OPTIONS: dict[str, type[Strict]] = {
+    "jailbreak": JailbreakPlugin,
+    "fast_response": FastResponsePlugin,
+    "pii": PiiPlugin,
+    "params": ParamsPlugin,
+    "system_prompt": SystemPromptPlugin,
+    "headers": HeadersPlugin,
+}
+PLUGIN_ORDER: tuple[str, ...] = ("jailbreak", "fast_response", "pii", "params", "system_prompt", "headers")
+
+
+class Plugin(Strict):
+    """One plugin of a decision; written in YAML as `{name: {options}}` (or just `name` when its
+    options all have defaults)."""
+
+    name: str
+    options: SerializeAsAny[Strict]
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        return _named_options_schema(PLUGIN_OPTIONS, handler)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _from_yaml(cls, value: Any, handler):
+        if isinstance(value, Plugin):
+            return value
+        if isinstance(value, str):
+            name, raw = value, {}
+        elif isinstance(value, dict) and len(value) == 1:
+            name, raw = next(iter(value.items()))
+            raw = {} if raw is None else raw
+        else:
+            raise ValueError("each plugin is written {plugin_name: {options}}")
+        if name not in PLUGIN_OPTIONS:
+            raise ValueError(f"unknown plugin '{name}' (plugins available in this version: "
+                             f"{', '.join(sorted(PLUGIN_OPTIONS))})")
+        return cls.model_construct(name=name, options=PLUGIN_OPTIONS[name].model_validate(raw))
 
 
 class Decision(Strict):
@@ -742,7 +897,8 @@ class Decision(Strict):
     )
     models: tuple[str, ...] = Field(..., min_length=1, description="candidate models, in fallback order")
     algorithm: Algorithm = Field(default_factory=lambda: Algorithm.model_validate("static"))
-    plugins: tuple[dict[str, Any], ...] = Field(default=(), description="per-decision plugins (see plugins/)")
+    plugins: tuple[Plugin, ...] = Field(
+        default=(), description="per-decision plugins (see plugins/); they run in a fixed order, not file order")
     cache: CacheSpec | None = Field(None, description="cache this decision's answers (omit: no cache)")
 
     @field_validator("rules", mode="before")
@@ -778,19 +934,25 @@ class Decision(Strict):
 
     @field_validator("plugins", mode="before")
     @classmethod
-    def _plugin_shape(cls, value: Any) -> Any:
+    def _plugin_list(cls, value: Any) -> Any:
         if value is None:
             return ()
         if not isinstance(value, (list, tuple)):
             raise ValueError("plugins is a list of {plugin_name: {options}}")
-        for item in value:
-            if not (isinstance(item, dict) and len(item) == 1):
-                raise ValueError("each plugin is written {plugin_name: {options}}")
-            name = next(iter(item))
-            if name not in PLUGIN_OPTIONS:
-                known = ", ".join(sorted(PLUGIN_OPTIONS)) or "none yet"
-                raise ValueError(f"unknown plugin '{name}' (plugins available in this version: {known})")
         return value
+
+    @field_validator("plugins")
+    @classmethod
+    def _each_once(cls, value: tuple) -> tuple:
+        names = [p.name for p in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"plugin '{name}' is listed twice; merge its options")
+        return value
+
+    def plugin(self, name: str):
+        """The options of this decision's plugin `name`, or None."""
+        return next((p.options for p in self.plugins if p.name == name), None)
 
 
 class Routing(Strict):
@@ -908,6 +1070,14 @@ class Policy(Strict):
                             (("decisions", i, "algorithm"),
                              f"weight given for '{model}', which is not among this decision's models")
                         )
+            jailbreak = decision.plugin("jailbreak")
+            if jailbreak is not None and jailbreak.reroute_to is not None:
+                target = jailbreak.reroute_to
+                if target == decision.name:
+                    errors.append((("decisions", i, "plugins"), "jailbreak reroute_to names this decision itself"))
+                elif target not in {d.name for d in self.decisions}:
+                    errors.append((("decisions", i, "plugins"),
+                                   f"jailbreak reroute_to: decision '{target}' is not defined"))
             if decision.cache is not None:
                 for category in decision.cache.categories:
                     if category not in BUILTIN_DOMAINS and category not in self.domains:

@@ -105,6 +105,13 @@ class RequestContext:
         return cls(request_id=request_id, body=body, messages=normalize_messages(body.get("messages")),
                    headers=headers or {}, principal=principal, embedder=embedder)
 
+    def with_body(self, body: Mapping[str, Any]) -> "RequestContext":
+        """The same request with another body (a plugin changed it): same id, caller and headers;
+        embeddings computed so far are reused (they are keyed by text), per-request results are not."""
+        return RequestContext(request_id=self.request_id, body=body, messages=normalize_messages(body.get("messages")),
+                              headers=self.headers, principal=self.principal, embedder=self.embedder,
+                              _vectors=self._vectors)
+
     # request parameters ---------------------------------------------------------------------
     @property
     def model(self) -> str:

@@ -592,9 +592,10 @@ def test_unknown_plugin_is_rejected_not_ignored():
         "decisions:\n"
         "  - name: default\n"
         "    models: [m]\n"
-        "    plugins: [{jailbreak: {action: block}}]\n"
+        "    plugins: [{guardrails: {action: block}}]\n"
     )
     with pytest.raises(PolicyError) as err:
         load_policy_text(text, source="p.yaml")
     message = str(err.value)
-    assert "p.yaml:5:" in message and "decisions[0].plugins" in message and "unknown plugin 'jailbreak'" in message
+    assert "p.yaml:5:" in message and "decisions[0].plugins" in message and "unknown plugin 'guardrails'" in message
+    assert "jailbreak" in message   # the message lists the plugins this version has

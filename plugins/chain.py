@@ -1,0 +1,80 @@
+"""A decision's plugins, in the documented order.
+
+Before the model call (``before``), in this order whatever the order in the policy file:
+
+1. ``jailbreak``      block, reroute or warn on the jailbreak score
+2. ``fast_response``  answer with a fixed message (no model call)
+3. ``pii``            block, redact or mask personal data
+4. ``params``         cap/clamp/default/drop generation parameters
+5. ``system_prompt``  insert, replace, prepend or append the system prompt
+6. ``headers``        headers for the upstream call and the answer
+
+The first plugin that blocks ends the chain (the model is never called). After the call
+(``after`` for a whole answer, ``filters`` for a stream) the plugins that change answers run in
+reverse order (today: ``pii`` restoring masked values). The cache sits between the two halves: it
+keeps the answer to the request as sent upstream, and the post-call plugins run on every answer,
+cached or fresh.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plugins.base import Blocked, Plugin, PluginState, Reroute
+from plugins.guards import Jailbreak, Pii
+from plugins.transform import FastResponse, Headers, Params, SystemPrompt
+from policies.schema import PLUGIN_ORDER
+
+# YAML name -> class; `build` passes the options (and the signal resources to those that need them)
+PLUGIN_TYPES: dict[str, type[Plugin]] = {
+    "jailbreak": Jailbreak,
+    "fast_response": FastResponse,
+    "pii": Pii,
+    "params": Params,
+    "system_prompt": SystemPrompt,
+    "headers": Headers,
+}
+NEEDS_ENCODER = frozenset({"jailbreak"})
+
+
+def build(name: str, options: Any, resources: Any) -> Plugin:
+    cls = PLUGIN_TYPES[name]
+    return cls(options, resources) if name in NEEDS_ENCODER else cls(options)
+
+
+class PluginChain:
+    """The plugins of one decision, built once per loaded policy."""
+
+    def __init__(self, decision, resources=None):
+        by_name = {p.name: build(p.name, p.options, resources) for p in decision.plugins}
+        self.plugins: list[Plugin] = [by_name[n] for n in PLUGIN_ORDER if n in by_name]
+        self.post: list[Plugin] = [p for p in reversed(self.plugins)
+                                   if type(p).on_response is not Plugin.on_response]
+        headers = by_name.get("headers")
+        self.upstream_headers = headers.upstream_changes() if headers is not None else None
+
+    def __bool__(self) -> bool:
+        return bool(self.plugins)
+
+    async def before(self, ctx, state: PluginState):
+        """(ctx, None) to go on, or (ctx, Blocked | Reroute)."""
+        for plugin in self.plugins:
+            if plugin.name in state.skip:
+                continue
+            outcome = await plugin.on_request(ctx, state)
+            if isinstance(outcome, (Blocked, Reroute)):
+                return ctx, outcome
+            ctx = outcome
+        return ctx, None
+
+    def after(self, body: dict[str, Any], state: PluginState) -> dict[str, Any]:
+        for plugin in self.post:
+            body = plugin.on_response(body, state)
+        return body
+
+    def filters(self, state: PluginState) -> list:
+        return [f for f in (p.stream_filter(state) for p in self.post) if f is not None]
+
+
+def needs_encoder(decision) -> bool:
+    return any(p.name in NEEDS_ENCODER for p in decision.plugins)
