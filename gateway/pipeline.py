@@ -875,7 +875,9 @@ class Pipeline:
             "winner": {"decision": decision.name, "confidence": round(outcome.confidence, 4),
                        "default": outcome.fell_back_to_default, "models": list(decision.models),
                        "algorithm": decision.algorithm.name, "candidates": candidates,
-                       "selection": choice, "selection_error": selection_error, "cache": cache},
+                       "selection": choice, "selection_error": selection_error, "cache": cache,
+                       "plugins": [p.name for p in self.chains[decision.name].plugins]
+                       if decision.name in self.chains else []},
             "prompt_tokens": ctx.prompt_tokens,
             "embedding_ms": round(timings["embedding"], 3) if "embedding" in timings else None,
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
