@@ -7,9 +7,9 @@ For each request whose decision has a ``cache:`` block the pipeline asks three t
    store the fresh answer; ``no-store`` = answer from the cache if possible but store nothing;
    ``x-sigroute-cache: bypass`` = neither), the decision's settings (and the domain category's
    overrides when the cache is ``by_domain``), the temperature and stream rules, the load-aware
-   relaxation, and computes the isolation partition, the exact key and, for the semantic tier,
-   the embedding of the last user message (the one the signals computed, when they used it).
-2. `ResponseCache.lookup(plan)` -- exact, then semantic; a semantic candidate must be at least
+   relaxation, and computes the isolation partition and the exact key.
+2. `ResponseCache.lookup(plan, ctx)` -- exact, then semantic: only when the exact tier misses is the
+   last user message embedded (free when a signal already embedded the same text); a semantic candidate must be at least
    ``threshold`` similar and, with ``verify``, pass the shipped verifier (`cache.verifier`),
    which compares the two questions' texts and embeddings (two questions that differ only in
    case, spacing or the closing punctuation need no verifier).
@@ -63,7 +63,7 @@ class CachePlan:
     partition: str = ""
     key: str = ""
     question: str | None = None          # the last user message (semantic tier), None: exact only
-    embedding: np.ndarray | None = None
+    embedding: np.ndarray | None = None  # the question's, computed when first needed
     serve: bool = True                   # may answer from the cache
     keep: bool = True                    # may store the answer
     relaxed: bool = False                # load-aware relaxation applied
@@ -145,10 +145,14 @@ class ResponseCache:
         plan = CachePlan(decision, category, settings, partition, exact_key(partition, messages),
                          serve=serve, keep=keep, relaxed=saturated and spec.load_aware is not None)
         if settings.mode != "exact" and last.get("role") == "user" and ctx.last_user_text.strip():
-            plan.question = ctx.last_user_text
-            await ctx.ensure_embeddings((plan.question,))
-            plan.embedding = ctx.vector(plan.question)
+            plan.question = ctx.last_user_text   # embedded only when the exact tier misses (`lookup`)
         return plan
+
+    @staticmethod
+    async def _embed(plan: CachePlan, ctx) -> None:
+        if plan.question is not None and plan.embedding is None:
+            await ctx.ensure_embeddings((plan.question,))   # free when a signal already embedded it
+            plan.embedding = ctx.vector(plan.question)
 
     def _settings(self, spec, tuning, saturated: bool) -> CacheSettings:
         def pick(name):
@@ -169,8 +173,14 @@ class ResponseCache:
         return CacheSettings(pick("mode"), threshold, verify, ttl, pick("max_entries"))
 
     # 6b ------------------------------------------------------------------------------------
-    async def lookup(self, plan: CachePlan) -> Hit | None:
+    async def lookup(self, plan: CachePlan, ctx) -> Hit | None:
+        """Exact first (no embedding needed), then semantic (the request is embedded only now)."""
         s = plan.settings
+        if s.mode != "semantic" or plan.question is None:
+            hit = await self.cache.lookup(plan.partition, plan.key, mode="exact")
+            if hit is not None or s.mode == "exact" or plan.question is None:
+                return hit
+        await self._embed(plan, ctx)
         accept = None
         if s.verify_threshold is not None and plan.question is not None:
             question, vector, verifier, threshold = plan.question, plan.embedding, self.verifier, s.verify_threshold
@@ -185,13 +195,13 @@ class ResponseCache:
                     return True    # the same words, differing only in case, punctuation or spacing
                 return verifier.accepts(question, cached, vector, entry.embedding, threshold)
 
-        return await self.cache.lookup(plan.partition, plan.key, plan.embedding,
-                                       mode=s.mode if plan.embedding is not None or s.mode != "semantic" else "exact",
+        return await self.cache.lookup(plan.partition, plan.key, plan.embedding, mode="semantic",
                                        threshold=s.threshold, accept=accept)
 
     # 10 ------------------------------------------------------------------------------------
-    async def store(self, plan: CachePlan, response: bytes, *, tenant: str, model: str) -> tuple[bool, int]:
+    async def store(self, plan: CachePlan, response: bytes, ctx, *, tenant: str, model: str) -> tuple[bool, int]:
         """Keep the answer; (stored, how many entries the category's quota evicted for it)."""
+        await self._embed(plan, ctx)   # usually done by the lookup already
         metadata: dict[str, Any] = {"model": model}
         if plan.question is not None:
             metadata["q"] = plan.question

@@ -405,7 +405,7 @@ class Pipeline:
             complete = complete_answer(body)
             if leading:
                 self.flights.land(plan.key, encoded if complete else None)
-            await self._cache_store(plan, encoded if complete else None, principal, result.model)
+            await self._cache_store(plan, encoded if complete else None, ctx, principal, result.model)
         elapsed = time.perf_counter() - started
         overhead = max(0.0, elapsed - result.upstream_ms / 1000)
         headers["x-sigroute-overhead-ms"] = f"{overhead * 1000:.3f}"
@@ -459,7 +459,7 @@ class Pipeline:
                     if leading:
                         self.flights.land(plan.key, encoded)
                         landed = True
-                    await self._cache_store(plan, encoded, principal, model)
+                    await self._cache_store(plan, encoded, ctx, principal, model)
             except UpstreamError as exc:
                 error = exc
                 status = "stream_broken"
@@ -535,7 +535,7 @@ class Pipeline:
             metric(plan.decision, plan.category, "refresh").inc()
             return None
         rejected = self.cache.cache.counters["rejected"]
-        hit = await self.cache.lookup(plan)
+        hit = await self.cache.lookup(plan, ctx)
         if hit is not None:
             kind = f"hit-{hit.kind}"
             metric(plan.decision, plan.category, f"hit_{hit.kind}").inc()
@@ -587,7 +587,7 @@ class Pipeline:
         self.metrics.ttft.labels(route.decision_name).observe(elapsed)
         return Answer(200, headers, stream=events())
 
-    async def _cache_store(self, plan: CachePlan, encoded: bytes | None, principal, model: str) -> None:
+    async def _cache_store(self, plan: CachePlan, encoded: bytes | None, ctx, principal, model: str) -> None:
         """Step 10: keep a complete answer (`encoded` None: it was not complete)."""
         if encoded is None:
             self.metrics.cache_stores.labels(plan.category, "incomplete").inc()
@@ -595,7 +595,7 @@ class Pipeline:
         if not plan.keep:
             self.metrics.cache_stores.labels(plan.category, "no_store").inc()
             return
-        stored, evicted = await self.cache.store(plan, encoded, tenant=principal.tenant, model=model)
+        stored, evicted = await self.cache.store(plan, encoded, ctx, tenant=principal.tenant, model=model)
         self.metrics.cache_stores.labels(plan.category, "stored" if stored else "failed").inc()
         if evicted:
             self.metrics.cache_evictions.labels(plan.category).inc(evicted)
@@ -864,7 +864,7 @@ class Pipeline:
             cache = {"used": plan.active, "skipped": plan.skipped, "category": plan.category or None}
             if plan.active:
                 cache.update(key=plan.key, serve=plan.serve, store=plan.keep, relaxed=plan.relaxed,
-                             semantic=plan.embedding is not None, **dataclasses.asdict(plan.settings))
+                             semantic=plan.question is not None, **dataclasses.asdict(plan.settings))
         return {
             "entrypoint": model,
             "strategy": outcome.strategy,

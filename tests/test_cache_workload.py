@@ -207,7 +207,10 @@ def test_end_to_end_small_run(tmp_path):
     cached = result["runs"]["cache"]
     repeats = cached["by_kind"]["repeat"]
     assert repeats["requests"] > 0
-    assert repeats["by_cache"] == {"hit-exact": repeats["requests"]}  # one at a time: every repeat is an exact hit
+    # one at a time, every repeat is a hit: exact, or semantic when the question's first ask was
+    # itself served from another question's entry (then its own answer was never stored)
+    assert repeats["hit_rate"] == 1.0
+    assert set(repeats["by_cache"]) <= {"hit-exact", "hit-semantic"} and repeats["by_cache"].get("hit-exact", 0) > 0
     assert cached["upstream_calls"] == 30 - cached["hits"]
     nocache = result["runs"]["nocache"]
     assert nocache["hits"] == 0 and nocache["upstream_calls"] == 30
