@@ -52,6 +52,7 @@ class PluginState:
     pii_mapping: dict[str, str] = field(default_factory=dict)   # placeholder -> original value
     skip_cache: str | None = None                           # why the cache must not be used
     skip: set[str] = field(default_factory=set)             # plugins not to run again (after a reroute)
+    guard: Any = None                                       # response_guard: what answers must not repeat
 
     def did(self, plugin: str, action: str, detail: str = "") -> None:
         self.actions.append((plugin, action, detail))

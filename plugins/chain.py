@@ -8,10 +8,12 @@ Before the model call (``before``), in this order whatever the order in the poli
 4. ``params``         cap/clamp/default/drop generation parameters
 5. ``system_prompt``  insert, replace, prepend or append the system prompt
 6. ``headers``        headers for the upstream call and the answer
+7. ``response_guard`` notes the system prompt and injected instructions the answer must not repeat
 
 The first plugin that blocks ends the chain (the model is never called). After the call
 (``after`` for a whole answer, ``filters`` for a stream) the plugins that change answers run in
-reverse order (today: ``pii`` restoring masked values). The cache sits between the two halves: it
+reverse order: ``response_guard`` checks the answer as the model wrote it, then ``pii`` restores
+masked values. The cache sits between the two halves: it
 keeps the answer to the request as sent upstream, and the post-call plugins run on every answer,
 cached or fresh.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 from plugins.base import Blocked, Plugin, PluginState, Reroute
 from plugins.guards import Jailbreak, Pii
+from plugins.response_guard import ResponseGuard
 from plugins.transform import FastResponse, Headers, Params, SystemPrompt
 from policies.schema import PLUGIN_ORDER
 
@@ -33,6 +36,7 @@ PLUGIN_TYPES: dict[str, type[Plugin]] = {
     "params": Params,
     "system_prompt": SystemPrompt,
     "headers": Headers,
+    "response_guard": ResponseGuard,
 }
 NEEDS_ENCODER = frozenset({"jailbreak"})
 

@@ -844,6 +844,26 @@ class FastResponsePlugin(Strict):
     message: str = Field(..., min_length=1, max_length=100_000)
 
 
+class ResponseGuardPlugin(Strict):
+    """Checks the answer: does it repeat the system prompt, or instructions that arrived inside
+    tool results (prompt injection)? `min_words` consecutive words (case and punctuation ignored)
+    count as a repeat. `header` reports it, `redact` replaces the repeated words with [withheld],
+    `block` replaces the answer with `message`. Streams are checked before words reach the caller
+    (the last min_words - 1 words are held back until more arrive)."""
+
+    system_prompt_leak: bool = True
+    injected_instructions: bool = True
+    min_words: int = Field(8, ge=4, le=50)
+    action: Literal["header", "redact", "block"] = "redact"
+    message: str = Field("I can't share that.", min_length=1, max_length=4000)
+
+    @model_validator(mode="after")
+    def _checks_something(self) -> "ResponseGuardPlugin":
+        if not (self.system_prompt_leak or self.injected_instructions):
+            raise ValueError("the response guard checks nothing; enable system_prompt_leak or injected_instructions")
+        return self
+
+
 # Plugin name -> options model; a policy that names a plugin this version does not have is
 # rejected rather than silently ignored.
 PLUGIN_OPTIONS: dict[str, type[Strict]] = {
@@ -853,8 +873,10 @@ PLUGIN_OPTIONS: dict[str, type[Strict]] = {
     "params": ParamsPlugin,
     "system_prompt": SystemPromptPlugin,
     "headers": HeadersPlugin,
+    "response_guard": ResponseGuardPlugin,
 }
-PLUGIN_ORDER: tuple[str, ...] = ("jailbreak", "fast_response", "pii", "params", "system_prompt", "headers")
+PLUGIN_ORDER: tuple[str, ...] = ("jailbreak", "fast_response", "pii", "params", "system_prompt", "headers",
+                                 "response_guard")
 
 
 class Plugin(Strict):
