@@ -98,7 +98,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from benchmarks.report import emit
-from cache.training import DEFAULT_PAIRS, load_pairs, normalize_question
+from cache.training import DEFAULT_PAIRS, Components, load_pairs, normalize_question
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -227,29 +227,15 @@ class PairLabels:
     def __init__(self, rows: Iterable[Mapping[str, Any]]):
         self.duplicate: set[frozenset[str]] = set()
         self.non_duplicate: set[frozenset[str]] = set()
-        self._parent: dict[str, str] = {}
+        self._clusters = Components()
         for r in rows:
             a, b = normalize_question(r["question1"]), normalize_question(r["question2"])
             if r["is_duplicate"]:
                 self.duplicate.add(frozenset((a, b)))
-                self._union(a, b)
+                self._clusters.union(a, b)
             else:
                 self.non_duplicate.add(frozenset((a, b)))
 
-    def _find(self, x: str) -> str:
-        parent = self._parent
-        parent.setdefault(x, x)
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    def _union(self, a: str, b: str) -> None:
-        ra, rb = self._find(a), self._find(b)
-        if ra != rb:
-            self._parent[rb] = ra
 
     def verdict(self, asked: str, origin: str) -> str:
         """How an answer produced for `origin` serves a request for `asked` (one of CORRECT + WRONG)."""
@@ -261,7 +247,8 @@ class PairLabels:
             return "correct_duplicate"
         if key in self.non_duplicate:
             return "wrong_non_duplicate"
-        if a in self._parent and o in self._parent and self._find(a) == self._find(o):
+        clusters = self._clusters
+        if a in clusters.parent and o in clusters.parent and clusters.find(a) == clusters.find(o):
             return "correct_cluster"
         return "wrong_unlabelled"
 

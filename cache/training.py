@@ -54,11 +54,15 @@ def part_of_hash(h: int) -> str:
     return "train" if h < 60 else ("validation" if h < 80 else "test")
 
 
-def split_of(pairs: Sequence[tuple[str, str]]) -> list[str]:
-    """The part ("train", "validation", "test") of each (question1, question2) pair (see module doc)."""
-    parent: dict[str, str] = {}
+class Components:
+    """Connected components of texts (union-find with path compression); a component's root is
+    its smallest text, so the root does not depend on the order the edges arrive in."""
 
-    def find(x: str) -> str:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        parent = self.parent
         parent.setdefault(x, x)
         root = x
         while parent[root] != root:
@@ -67,12 +71,20 @@ def split_of(pairs: Sequence[tuple[str, str]]) -> list[str]:
             parent[x], x = root, parent[x]
         return root
 
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            lo, hi = (ra, rb) if ra < rb else (rb, ra)
+            self.parent[hi] = lo
+
+
+def split_of(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """The part ("train", "validation", "test") of each (question1, question2) pair (see module doc)."""
+    components = Components()
     normed = [(normalize_question(a), normalize_question(b)) for a, b in pairs]
     for a, b in normed:
-        ra, rb = find(a), find(b)
-        if ra != rb:  # the root stays the smallest text of the component
-            lo, hi = (ra, rb) if ra < rb else (rb, ra)
-            parent[hi] = lo
+        components.union(a, b)
+    find = components.find
     out = []
     for a, _ in normed:
         root = find(a)

@@ -111,6 +111,21 @@ def needs_encoder(policy: Policy) -> bool:
     return False
 
 
+def ready_answer(body: dict[str, Any], ctx: RequestContext, headers: dict[str, str]) -> Answer:
+    """An answer sigroute already has (cached, or a plugin's): JSON, or SSE chunks if the request
+    streamed (with the usage chunk when `stream_options.include_usage` asks for it)."""
+    if not ctx.stream:
+        return Answer(200, headers, body=orjson.dumps(body))
+    chunks = completion_chunks(body, bool((ctx.body.get("stream_options") or {}).get("include_usage")))
+
+    async def events() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield sse_event(chunk)
+        yield SSE_DONE
+
+    return Answer(200, headers, stream=events())
+
+
 def _through(filters, index: int, text: str, final: bool) -> str:
     for f in filters:
         text = f.feed(index, text)
@@ -574,18 +589,9 @@ class Pipeline:
         self.metrics.overhead.observe(elapsed)
         self.metrics.latency.labels(route.decision_name).observe(elapsed)
         self.metrics.requests.labels(route.entrypoint or DIRECT, route.decision_name, "cache", "200").inc()
-        if not ctx.stream:
-            return Answer(200, headers, body=orjson.dumps(body))
-        include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
-        chunks = completion_chunks(body, include_usage)
-
-        async def events() -> AsyncIterator[bytes]:
-            for chunk in chunks:
-                yield sse_event(chunk)
-            yield SSE_DONE
-
-        self.metrics.ttft.labels(route.decision_name).observe(elapsed)
-        return Answer(200, headers, stream=events())
+        if ctx.stream:
+            self.metrics.ttft.labels(route.decision_name).observe(elapsed)
+        return ready_answer(body, ctx, headers)
 
     async def _cache_store(self, plan: CachePlan, encoded: bytes | None, ctx, principal, model: str) -> None:
         """Step 10: keep a complete answer (`encoded` None: it was not complete)."""
@@ -660,17 +666,7 @@ class Pipeline:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": blocked.message},
                              "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
-        if not ctx.stream:
-            return Answer(200, headers, body=orjson.dumps(body))
-        include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
-        chunks = completion_chunks(body, include_usage)
-
-        async def events() -> AsyncIterator[bytes]:
-            for chunk in chunks:
-                yield sse_event(chunk)
-            yield SSE_DONE
-
-        return Answer(200, headers, stream=events())
+        return ready_answer(body, ctx, headers)
 
     # 11 ------------------------------------------------------------------------------------------
     def _learn(self, route: Route, result: CallResult, ok: bool, latency_ms: float, usage: Any) -> None:

@@ -563,6 +563,20 @@ def _inlined_schema(model: type[Strict]) -> dict[str, Any]:
     return inline(schema)
 
 
+def _named_options(value: Any, registry: dict[str, type[Strict]], *, shape: str, unknown) -> tuple[str, Strict]:
+    """(name, validated options) from YAML written as `name` or `{name: {options}}`."""
+    if isinstance(value, str):
+        name, raw = value, {}
+    elif isinstance(value, dict) and len(value) == 1:
+        name, raw = next(iter(value.items()))
+        raw = {} if raw is None else raw
+    else:
+        raise ValueError(shape)
+    if name not in registry:
+        raise ValueError(unknown(name))
+    return name, registry[name].model_validate(raw)
+
+
 def _named_options_schema(registry: dict[str, type[Strict]], handler) -> dict[str, Any]:
     """JSON Schema for `name` or `{name: {options}}` over a registry of option models."""
     variants: list[dict[str, Any]] = [{"type": "string", "enum": sorted(registry)}]
@@ -604,16 +618,9 @@ class Algorithm(Strict):
     def _from_yaml(cls, value: Any, handler):
         if isinstance(value, Algorithm):
             return value
-        if isinstance(value, str):
-            name, raw = value, {}
-        elif isinstance(value, dict) and len(value) == 1:
-            name, raw = next(iter(value.items()))
-            raw = {} if raw is None else raw
-        else:
-            raise ValueError("write the algorithm as a name (e.g. 'cheapest') or {name: {options}}")
-        if name not in ALGORITHM_OPTIONS:
-            raise ValueError(f"unknown algorithm '{name}'; known: {', '.join(sorted(ALGORITHM_OPTIONS))}")
-        options = ALGORITHM_OPTIONS[name].model_validate(raw)
+        name, options = _named_options(
+            value, ALGORITHM_OPTIONS, shape="write the algorithm as a name (e.g. 'cheapest') or {name: {options}}",
+            unknown=lambda n: f"unknown algorithm '{n}'; known: {', '.join(sorted(ALGORITHM_OPTIONS))}")
         return cls.model_construct(name=name, options=options)
 
 
@@ -895,17 +902,11 @@ class Plugin(Strict):
     def _from_yaml(cls, value: Any, handler):
         if isinstance(value, Plugin):
             return value
-        if isinstance(value, str):
-            name, raw = value, {}
-        elif isinstance(value, dict) and len(value) == 1:
-            name, raw = next(iter(value.items()))
-            raw = {} if raw is None else raw
-        else:
-            raise ValueError("each plugin is written {plugin_name: {options}}")
-        if name not in PLUGIN_OPTIONS:
-            raise ValueError(f"unknown plugin '{name}' (plugins available in this version: "
-                             f"{', '.join(sorted(PLUGIN_OPTIONS))})")
-        return cls.model_construct(name=name, options=PLUGIN_OPTIONS[name].model_validate(raw))
+        name, options = _named_options(
+            value, PLUGIN_OPTIONS, shape="each plugin is written {plugin_name: {options}}",
+            unknown=lambda n: f"unknown plugin '{n}' (plugins available in this version: "
+                              f"{', '.join(sorted(PLUGIN_OPTIONS))})")
+        return cls.model_construct(name=name, options=options)
 
 
 class Decision(Strict):
