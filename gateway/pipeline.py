@@ -11,7 +11,8 @@
                request already in flight is waited for (single flight) instead of calling upstream
  7. select     the decision's algorithm ranks the healthy candidates that fit the prompt
  8. upstream   call the ranking in order: retries, fallback, breakers
- 9. plugins    after the call, on every answer (model or cache): pii restores masked values
+ 9. plugins    after the call, on every answer (model or cache): hallucination check, response
+               guard, pii restoring masked values
 10. cache      keep the answer if it is complete (never errors, truncated or broken streams) and the
                caller did not say no-store; hand it to the identical requests that waited
 11. learn      the selector sees the outcome (latency, time to first token, success); a
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import time
 import uuid
@@ -126,15 +128,16 @@ def ready_answer(body: dict[str, Any], ctx: RequestContext, headers: dict[str, s
     return Answer(200, headers, stream=events())
 
 
-def _through(filters, index: int, text: str, final: bool) -> str:
+async def _through(filters, index: int, text: str, final: bool) -> str:
     for f in filters:
         text = f.feed(index, text)
         if final:
-            text += f.flush(index)
+            tail = f.flush(index)
+            text += await tail if inspect.isawaitable(tail) else tail
     return text
 
 
-def filter_chunk(chunk: dict[str, Any], filters) -> dict[str, Any]:
+async def filter_chunk(chunk: dict[str, Any], filters) -> dict[str, Any]:
     """Run a streamed chunk's content deltas through the plugins' content filters; a choice's
     finish flushes what they held back into that chunk."""
     for choice in chunk.get("choices") or ():
@@ -144,18 +147,18 @@ def filter_chunk(chunk: dict[str, Any], filters) -> dict[str, Any]:
         text = delta.get("content")
         final = bool(choice.get("finish_reason"))
         if isinstance(text, str) or final:
-            out = _through(filters, choice.get("index", 0), text or "", final)
+            out = await _through(filters, choice.get("index", 0), text or "", final)
             if isinstance(text, str) or out:
                 delta["content"] = out
     return chunk
 
 
-def flush_filters(filters, like: dict[str, Any]) -> list[dict[str, Any]]:
+async def flush_filters(filters, like: dict[str, Any]) -> list[dict[str, Any]]:
     """Chunks with whatever the filters still hold when a stream ends without a finish reason."""
     out = []
     indices = sorted({i for f in filters for i in f.pending_indices()})
     for index in indices:
-        text = _through(filters, index, "", True)
+        text = await _through(filters, index, "", True)
         if text:
             out.append({"id": like.get("id"), "object": "chat.completion.chunk", "created": like.get("created"),
                         "model": like.get("model"),
@@ -411,7 +414,7 @@ class Pipeline:
         encoded = orjson.dumps(body)       # the answer to the request as sent upstream (what the cache keeps)
         chain = self.chains.get(route.decision_name)
         if chain is not None and chain.post:                                     # 9
-            body = chain.after(body, state)
+            body = await chain.after(body, state)
             answer_bytes = orjson.dumps(body)
         else:
             answer_bytes = encoded
@@ -457,15 +460,15 @@ class Pipeline:
                 first["model"] = model
                 if assembler is not None:
                     assembler.add(first)
-                yield sse_event(filter_chunk(first, filters) if filters else first)
+                yield sse_event(await filter_chunk(first, filters) if filters else first)
                 async for chunk in result.chunks:
                     chunk["model"] = model
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     if assembler is not None:
                         assembler.add(chunk)
-                    yield sse_event(filter_chunk(chunk, filters) if filters else chunk)
-                for tail in flush_filters(filters, first):
+                    yield sse_event(await filter_chunk(chunk, filters) if filters else chunk)
+                for tail in await flush_filters(filters, first):
                     yield sse_event(tail)
                 yield SSE_DONE
                 if caching:                                                      # 10
@@ -579,7 +582,7 @@ class Pipeline:
         model = body.get("model", "")
         chain = self.chains.get(route.decision_name)
         if chain is not None and chain.post:                                     # 9, on the cached answer
-            body = chain.after(body, state)
+            body = await chain.after(body, state)
         self._plugin_headers(route, state, headers)
         headers["x-sigroute-cache"] = kind
         headers["x-sigroute-model"] = model

@@ -10,11 +10,11 @@ Contract (all methods optional except `name`):
   Return the (possibly new) context to go on, `Blocked` to answer without calling a model, or
   `Reroute` to send the request to another decision. A plugin never raises for a request it
   dislikes: it returns `Blocked`.
-* ``on_response(body, state) -> body``: a whole chat completion (model or cache answer), after the
-  call.
+* ``on_response(body, state) -> body`` (or a coroutine returning it): a whole chat completion
+  (model or cache answer), after the call.
 * ``stream_filter(state) -> ContentFilter | None``: for a streamed answer, a filter that sees the
   text of every content delta, per choice, in order, and may hold text back until it can decide
-  (``feed(index, text) -> text out``, ``flush(index) -> text out`` when that choice finishes,
+  (``feed(index, text) -> text out``, ``flush(index) -> text out`` (or a coroutine) when that choice finishes,
   ``pending_indices()`` for a stream that ends without finishing).
 """
 
@@ -53,6 +53,8 @@ class PluginState:
     skip_cache: str | None = None                           # why the cache must not be used
     skip: set[str] = field(default_factory=set)             # plugins not to run again (after a reroute)
     guard: Any = None                                       # response_guard: what answers must not repeat
+    grounding: Any = None                                   # hallucination: the context answers must follow
+    embed: Any = None                                       # hallucination: the request's embedder
 
     def did(self, plugin: str, action: str, detail: str = "") -> None:
         self.actions.append((plugin, action, detail))

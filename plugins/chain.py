@@ -9,21 +9,24 @@ Before the model call (``before``), in this order whatever the order in the poli
 5. ``system_prompt``  insert, replace, prepend or append the system prompt
 6. ``headers``        headers for the upstream call and the answer
 7. ``response_guard`` notes the system prompt and injected instructions the answer must not repeat
+8. ``hallucination``  notes the grounding context, if the request carries any and needs a check
 
 The first plugin that blocks ends the chain (the model is never called). After the call
 (``after`` for a whole answer, ``filters`` for a stream) the plugins that change answers run in
-reverse order: ``response_guard`` checks the answer as the model wrote it, then ``pii`` restores
-masked values. The cache sits between the two halves: it
+reverse order: ``hallucination`` checks the answer as the model wrote it, ``response_guard``
+checks it for leaks, then ``pii`` restores masked values. The cache sits between the two halves: it
 keeps the answer to the request as sent upstream, and the post-call plugins run on every answer,
 cached or fresh.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from plugins.base import Blocked, Plugin, PluginState, Reroute
 from plugins.guards import Jailbreak, Pii
+from plugins.hallucination import Hallucination
 from plugins.response_guard import ResponseGuard
 from plugins.transform import FastResponse, Headers, Params, SystemPrompt
 from policies.schema import PLUGIN_ORDER
@@ -37,8 +40,9 @@ PLUGIN_TYPES: dict[str, type[Plugin]] = {
     "system_prompt": SystemPrompt,
     "headers": Headers,
     "response_guard": ResponseGuard,
+    "hallucination": Hallucination,
 }
-NEEDS_ENCODER = frozenset({"jailbreak"})
+NEEDS_ENCODER = frozenset({"jailbreak", "hallucination"})
 
 
 def build(name: str, options: Any, resources: Any) -> Plugin:
@@ -71,9 +75,10 @@ class PluginChain:
             ctx = outcome
         return ctx, None
 
-    def after(self, body: dict[str, Any], state: PluginState) -> dict[str, Any]:
+    async def after(self, body: dict[str, Any], state: PluginState) -> dict[str, Any]:
         for plugin in self.post:
-            body = plugin.on_response(body, state)
+            out = plugin.on_response(body, state)
+            body = await out if inspect.isawaitable(out) else out
         return body
 
     def filters(self, state: PluginState) -> list:

@@ -871,6 +871,27 @@ class ResponseGuardPlugin(Strict):
         return self
 
 
+class HallucinationPlugin(Strict):
+    """Checks that the answer's statements are supported by the grounding context the request
+    carried (see plugins/hallucination.py for how, and what it cannot catch)."""
+
+    action: Literal["header", "annotate", "block"] = "header"
+    context_roles: tuple[Literal["system", "developer", "user", "assistant", "tool", "function"], ...] = Field(
+        ("tool", "function", "system"), min_length=1, description="messages whose text is the grounding context")
+    min_context_words: PositiveInt = Field(20, description="less context than this: no check")
+    require_fact_check: bool = Field(True, description="check only requests the fact_check estimate flags")
+    fact_check_threshold: float = Field(0.5, ge=0, le=1)
+    threshold: float = Field(0.6, gt=0, lt=1, description="a claim less similar than this to every context "
+                                                            "sentence is unsupported")
+    entity_margin: float = Field(0.15, ge=0, le=0.5, description="a claim naming something the context does not "
+                                                                  "is unsupported below threshold + this")
+    min_claim_words: PositiveInt = Field(4, description="shorter sentences are not checked")
+    note: str = Field("[sigroute: these statements are not supported by the provided context:]", min_length=1,
+                      max_length=1000)
+    message: str = Field("I could not produce an answer supported by the provided sources.", min_length=1,
+                         max_length=4000)
+
+
 # Plugin name -> options model; a policy that names a plugin this version does not have is
 # rejected rather than silently ignored.
 PLUGIN_OPTIONS: dict[str, type[Strict]] = {
@@ -881,9 +902,10 @@ PLUGIN_OPTIONS: dict[str, type[Strict]] = {
     "system_prompt": SystemPromptPlugin,
     "headers": HeadersPlugin,
     "response_guard": ResponseGuardPlugin,
+    "hallucination": HallucinationPlugin,
 }
 PLUGIN_ORDER: tuple[str, ...] = ("jailbreak", "fast_response", "pii", "params", "system_prompt", "headers",
-                                 "response_guard")
+                                 "response_guard", "hallucination")
 
 
 class Plugin(Strict):

@@ -363,3 +363,56 @@ def test_response_guard_blocks_injected_instructions_echoed_from_a_tool_result(s
     raw = gw.client().chat.completions.with_raw_response.create(model="auto", stream=True, messages=messages)
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     assert "prize.example" not in text and text.endswith("Withheld.")
+
+
+# --------------------------------------------------------------------------------------------
+# hallucination
+
+CONTEXT = ("Tool result from the facilities database: The Harbor Street warehouse has 4 loading docks and "
+           "opened in 2011. It stores refrigerated goods for the Lindqvist grocery chain. The manager on "
+           "duty this week is Priya Raman.")
+
+
+def grounded(question):
+    return [{"role": "system", "content": CONTEXT}, {"role": "user", "content": question}]
+
+
+def test_hallucination_flags_unsupported_numbers_and_names(splitter, gateway_factory):
+    gw = gateway_factory(splitter_policy(splitter, [{"hallucination": {"action": "annotate",
+                                                                       "require_fact_check": False}}]))
+    # the splitter answers "You said: <last message>": the question doubles as the model's claims
+    good = gw.chat(None, messages=grounded("The Harbor Street warehouse opened in 2011 and has 4 loading docks."))
+    assert good.headers["x-sigroute-plugins"] == "hallucination:supported"
+    assert "[sigroute:" not in content(good)
+    bad = gw.chat(None, messages=grounded("The Harbor Street warehouse opened in 1997 and has 9 loading docks."))
+    assert "hallucination:unsupported(1)" in bad.headers["x-sigroute-plugins"]
+    assert content(bad).startswith("You said: The Harbor Street") and "[sigroute:" in content(bad)
+    raw = gw.client().chat.completions.with_raw_response.create(
+        model="auto", stream=True, messages=grounded("The Harbor Street warehouse opened in 1997 and has 9 loading docks."))
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text.startswith("You said: The Harbor Street warehouse opened in 1997") and "[sigroute:" in text
+
+
+def test_hallucination_block_and_header_whole_and_streamed(splitter, gateway_factory):
+    claim = "The manager on duty this week is Marcus Oyelaran from the Lindqvist chain."
+    blocker = gateway_factory(splitter_policy(splitter, [{"hallucination": {"action": "block",
+                                                                            "require_fact_check": False}}]))
+    r = blocker.chat(None, messages=grounded(claim))
+    assert content(r) == "I could not produce an answer supported by the provided sources."
+    raw = blocker.client().chat.completions.with_raw_response.create(model="auto", stream=True,
+                                                                    messages=grounded(claim))
+    pieces = [c.choices[0].delta.content or "" for c in raw.parse() if c.choices]
+    assert "".join(pieces) == "I could not produce an answer supported by the provided sources."
+    assert not any("Marcus" in p for p in pieces)
+    header = gateway_factory(splitter_policy(splitter, [{"hallucination": {"require_fact_check": False}}]))
+    r = header.chat(None, messages=grounded(claim))
+    spans = json.loads(r.headers["x-sigroute-unsupported"])
+    assert [content(r)[s:e] for s, e in spans] == ["You said: " + claim]
+
+
+def test_hallucination_skips_requests_without_context_or_factual_need(splitter, gateway_factory):
+    gw = gateway_factory(splitter_policy(splitter, [{"hallucination": {"action": "block"}}]))
+    no_context = gw.chat("The warehouse opened in 1997 and has 9 loading docks.")
+    assert no_context.headers.get("x-sigroute-plugins") is None and "1997" in content(no_context)
+    creative = gw.chat(None, messages=grounded("Write a short poem about a warehouse cat named Pixel."))
+    assert creative.headers.get("x-sigroute-plugins") is None
