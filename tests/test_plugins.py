@@ -416,3 +416,24 @@ def test_hallucination_skips_requests_without_context_or_factual_need(splitter, 
     assert no_context.headers.get("x-sigroute-plugins") is None and "1997" in content(no_context)
     creative = gw.chat(None, messages=grounded("Write a short poem about a warehouse cat named Pixel."))
     assert creative.headers.get("x-sigroute-plugins") is None
+
+
+def test_streamed_requests_get_the_same_plugin_actions(sim, gateway_factory):
+    guarded = {"name": "guarded", "rules": "keyword:never", "models": ["beta"]}
+    policy = with_plugins(sim, [{"jailbreak": {"warn_above": 0.2, "reroute_above": 0.9, "reroute_to": "guarded",
+                                               "block_above": 1.0}},
+                                {"pii": {"action": "block", "message": "No personal data, please."}}],
+                          extra_decisions=[guarded], signals={"keyword": {"never": {"any": ["zzzz-never"]}}})
+    gw = gateway_factory(policy)
+    headers, text, _ = streamed_text(gw, ATTACK)
+    assert headers["x-sigroute-decision"] == "guarded" and headers["x-sigroute-rerouted-from"] == "default"
+    assert text and sim.calls("beta") == 1
+    headers, text, _ = streamed_text(gw, "Summarize the plot of Hamlet in three sentences.")
+    assert "x-sigroute-jailbreak" in headers and sim.calls("alpha") == 1
+    headers, text, _ = streamed_text(gw, "my card is 4111 1111 1111 1111")
+    assert text == "No personal data, please." and headers["x-sigroute-blocked-by"] == "pii"
+    strict = gateway_factory(with_plugins(sim, [{"jailbreak": {"block_above": 0.9, "response": "error"}}]))
+    r = strict.http.post("/v1/chat/completions", json={"model": "auto", "stream": True,
+                                                      "messages": [{"role": "user", "content": ATTACK}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "jailbreak_detected"
+    assert sim.calls("alpha") == 1
