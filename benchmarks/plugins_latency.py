@@ -25,7 +25,10 @@ Configurations (every one routes through the same decision; only its plugins dif
   jailbreak-bearing configurations are measured against a baseline whose rules already read a
   `jailbreak` signal (`signals` baseline: the embedding is computed in both): `jailbreak` and
   `chain` report their added time against it. `jailbreak_own_embedding` is the plugin against the
-  `none` baseline, i.e. including the embedding it triggers.
+  `none` baseline, i.e. including the embedding it triggers;
+* `hallucination` — the grounding check on every request (fact-check gate off; the system prompt is
+  the context), against `none`: one encoder call for the answer's claims and the context
+  sentences. Not part of `chain`, as the issue asks.
 
 Targets (issue 6): pattern-based plugins < 1 ms p50 each; the whole chain (no hallucination check)
 < 5 ms p50 beyond the shared embedding.
@@ -76,6 +79,7 @@ PLUGINS = {
     "headers": {"headers": {"upstream": {"set": {"x-route": "blue"}}, "response": {"set": {"x-served-by": "nw"}}}},
     "response_guard": {"response_guard": {"action": "redact"}},
     "fast_response": {"fast_response": {"message": "We are closed for maintenance until 10:00 UTC."}},
+    "hallucination": {"hallucination": {"action": "header", "require_fact_check": False}},
 }
 CHAIN = ("jailbreak", "pii", "params", "system_prompt", "headers", "response_guard")
 
@@ -101,6 +105,7 @@ def configurations(sim_base: str) -> dict[str, tuple[dict, str | None]]:
     out["jailbreak"] = (policy(sim_base, [PLUGINS["jailbreak"]], True), "signals")
     out["jailbreak_own_embedding"] = (policy(sim_base, [PLUGINS["jailbreak"]], False), "none")
     out["chain"] = (policy(sim_base, [PLUGINS[n] for n in CHAIN], True), "signals")
+    out["hallucination"] = (policy(sim_base, [PLUGINS["hallucination"]], False), "none")
     return out
 
 
@@ -157,7 +162,7 @@ async def run(args) -> dict:
             continue
         added[name] = {kind: paired(name, baseline, kind) for kind in ("clean", "findings")}
         added[name]["all"] = paired(name, baseline, None)
-    per_plugin = {n: added[n]["all"] for n in added if n not in ("chain",)}
+    per_plugin = {n: added[n]["all"] for n in added if n not in ("chain",)}  # includes hallucination
     pattern_plugins = ("pii", "params", "system_prompt", "headers", "response_guard", "fast_response")
     summary = {
         "chain_p50_ms": added["chain"]["all"],

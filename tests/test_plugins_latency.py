@@ -12,7 +12,8 @@ def test_plugins_latency_smoke(tmp_path, capsys):
     assert plugins_latency.main(["--requests", "6", "--warmup", "2", "--json", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary["per_plugin_p50_ms"]) == {"pii", "params", "system_prompt", "headers", "response_guard",
-                                                 "fast_response", "jailbreak", "jailbreak_own_embedding"}
+                                                 "fast_response", "jailbreak", "jailbreak_own_embedding",
+                                                 "hallucination"}
     assert isinstance(summary["chain_p50_ms"], float)
     full = json.loads(out.read_text())
     assert full["summary"] == summary
