@@ -303,6 +303,12 @@ class RoutingInfo:
     the gateway itself added, `attempts` how many upstream attempts it took (1 unless a fallback
     happened) and `signals` every evaluated signal's verdict when the request was sent with
     ``debug=True`` (None otherwise).
+
+    Cache: `cache` is how the decision's cache treated the request ("hit-exact", "hit-semantic",
+    "coalesced", "miss", "refresh", or why it was not used, e.g. "bypass"; None when the decision
+    has no cache), `cache_similarity` the similarity of a semantic hit. Plugins: `plugins` lists
+    what the decision's plugins did, e.g. ``("jailbreak:warn(0.412)", "pii:masked(2)")``, and
+    `blocked_by` names the plugin that answered instead of a model.
     """
 
     request_id: str | None
@@ -312,6 +318,10 @@ class RoutingInfo:
     overhead_ms: float | None
     attempts: int = 1
     signals: dict[str, SignalVerdict] | None = None
+    cache: str | None = None
+    cache_similarity: float | None = None
+    plugins: tuple[str, ...] = ()
+    blocked_by: str | None = None
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> "RoutingInfo":
@@ -324,12 +334,21 @@ class RoutingInfo:
             overhead_ms=_float(headers.get("x-sigroute-overhead-ms")),
             attempts=int(attempts) if attempts and attempts.isdigit() else 1,
             signals=_parse_signals(headers.get("x-sigroute-signals")),
+            cache=headers.get("x-sigroute-cache"),
+            cache_similarity=_float(headers.get("x-sigroute-cache-similarity")),
+            plugins=tuple(p for p in (headers.get("x-sigroute-plugins") or "").split(",") if p),
+            blocked_by=headers.get("x-sigroute-blocked-by"),
         )
 
     @property
     def fell_back(self) -> bool:
         """True when the first-choice model failed and another one answered."""
         return self.attempts > 1
+
+    @property
+    def cached(self) -> bool:
+        """True when the answer came from the cache (or from an identical request in flight)."""
+        return self.cache in ("hit-exact", "hit-semantic", "coalesced")
 
 
 def _content_text(content: Any) -> str | None:

@@ -129,6 +129,25 @@ def test_chat_returns_text_and_routing(sim, gateway_factory):
     assert sim.calls("beta") == 1 and sim.calls("alpha") == 0
 
 
+def test_routing_reports_cache_and_plugins(sim, gateway_factory):
+    policy = base_policy(sim, decisions=[{"name": "default", "models": ["alpha"], "cache": {"mode": "exact"},
+                                          "plugins": [{"params": {"max_tokens": 32}}]}])
+    gw = gateway_factory(policy)
+    with SigrouteClient(gw.url) as client:
+        first = client.chat("cache me")
+        second = client.chat("cache me")
+    assert first.routing.cache == "miss" and not first.routing.cached
+    assert second.routing.cache == "hit-exact" and second.routing.cached and second.text == first.text
+    assert first.routing.plugins == ("params:changed(capped max_tokens)",)
+    assert first.routing.blocked_by is None and first.routing.cache_similarity is None
+    blocked = base_policy(sim, decisions=[{"name": "default", "models": ["alpha"],
+                                           "plugins": [{"fast_response": {"message": "closed"}}]}])
+    with SigrouteClient(gateway_factory(blocked).url) as client:
+        answer = client.chat("anyone there?")
+    assert answer.text == "closed" and answer.routing.blocked_by == "fast_response"
+    assert answer.routing.cache is None
+
+
 def test_chat_messages_params_and_v1_base_url(sim, gateway_factory):
     gw = gateway_factory(keyword_policy(sim))
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
