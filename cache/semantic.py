@@ -46,6 +46,7 @@ assembled answer at the end.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -105,11 +106,12 @@ class SemanticCache:
 
     async def lookup(self, partition: str, exact_key: str, embedding: Any = None, *,
                      mode: str = "exact_then_semantic", threshold: float = 0.9,
-                     accept: Callable[[CacheEntry, float], bool] | None = None) -> Hit | None:
+                     accept: Callable[[CacheEntry, float], Any] | None = None) -> Hit | None:
         """The cached answer for this request, or None (a miss, or the store is unavailable).
 
         `accept(entry, similarity)`, when given, must also approve a semantic candidate (e.g. the
-        verifier); candidates it rejects are counted in ``rejected`` and the next one is tried.
+        verifier; it may be a coroutine function); candidates it rejects are counted in
+        ``rejected`` and the next one is tried.
         """
         if mode not in MODES:
             raise ValueError(f"unknown cache mode {mode!r}; use one of {', '.join(MODES)}")
@@ -140,9 +142,13 @@ class SemanticCache:
                 self.index.remove(doc_id)
                 self.counters["stale"] += 1
                 continue
-            if accept is not None and not accept(entry, similarity):
-                self.counters["rejected"] += 1
-                continue
+            if accept is not None:
+                verdict = accept(entry, similarity)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+                if not verdict:
+                    self.counters["rejected"] += 1
+                    continue
             return Hit(entry, "semantic", similarity)
         return None
 

@@ -10,9 +10,11 @@ For each request whose decision has a ``cache:`` block the pipeline asks three t
    relaxation, and computes the isolation partition and the exact key.
 2. `ResponseCache.lookup(plan, ctx)` -- exact, then semantic: only when the exact tier misses is the
    last user message embedded (free when a signal already embedded the same text); a semantic candidate must be at least
-   ``threshold`` similar and, with ``verify``, pass the shipped verifier (`cache.verifier`),
-   which compares the two questions' texts and embeddings (two questions that differ only in
-   case, spacing or the closing punctuation need no verifier).
+   ``threshold`` similar and, with ``verify``, pass the shipped verifier (`cache.verifier`,
+   boosted trees over the two questions' embeddings and lexical checks; with ``verifier:
+   accurate`` their probability is averaged with the cross-encoder's, `cache.cross_encoder`, run
+   in a worker thread and only when the average can still reach the threshold). Two questions
+   that differ only in case, spacing or the closing punctuation need no verifier.
 3. `ResponseCache.store(plan, body)` -- keeps a complete answer (the pipeline checks that) for
    the category's TTL, within its quota.
 
@@ -27,6 +29,7 @@ keep anything else from the request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -51,6 +54,7 @@ class CacheSettings:
     verify_threshold: float | None   # None: semantic candidates are not verified
     ttl_s: float
     max_entries: int
+    verifier: str = "fast"           # "accurate": the trees' probability averaged with a cross-encoder's
 
 
 @dataclass
@@ -99,13 +103,21 @@ class ResponseCache:
         self.flights = flights
         self.resources = resources
         self.specs = {d.name: d.cache for d in policy.decisions if d.cache is not None and d.cache.enabled}
-        self.verifier = None
-        if any(spec.verify and spec.needs_embedding() for spec in self.specs.values()):
+        self.verifier = self.cross = None
+        verified = [spec for spec in self.specs.values() if spec.verify and spec.needs_embedding()]
+        if verified:
             from cache.verifier import load_verifier
 
             if resources is None:
                 raise ValueError("a semantic cache needs the sentence encoder, which was not loaded")
             self.verifier = load_verifier(resources.encoder.fingerprint)
+            if any(spec.verifier == "accurate" for spec in verified):
+                from cache.cross_encoder import load_cross_verifier
+
+                self.cross = load_cross_verifier(resources.encoder.fingerprint)
+                if (self.cross.combination or {}).get("rule") != "mean":
+                    raise ValueError(f"the cross-encoder artifact combines by {self.cross.combination!r}; "
+                                     "this version averages it with the trees ('mean')")
 
     def spec(self, decision: str):
         return self.specs.get(decision)
@@ -162,7 +174,9 @@ class ResponseCache:
         threshold = pick("threshold")
         verify = None
         if spec.verify and self.verifier is not None:
-            verify = pick("verify_threshold") or self.verifier.threshold
+            default = (self.cross.combination["threshold"] if spec.verifier == "accurate"
+                       else self.verifier.threshold)
+            verify = pick("verify_threshold") or default
         ttl = pick("ttl")
         relax = spec.load_aware if saturated else None
         if relax is not None:
@@ -170,7 +184,7 @@ class ResponseCache:
             if verify is not None:
                 verify = max(0.5, verify - relax.relax)
             ttl *= relax.ttl_factor
-        return CacheSettings(pick("mode"), threshold, verify, ttl, pick("max_entries"))
+        return CacheSettings(pick("mode"), threshold, verify, ttl, pick("max_entries"), spec.verifier)
 
     # 6b ------------------------------------------------------------------------------------
     async def lookup(self, plan: CachePlan, ctx) -> Hit | None:
@@ -186,14 +200,21 @@ class ResponseCache:
             question, vector, verifier, threshold = plan.question, plan.embedding, self.verifier, s.verify_threshold
 
             loose = loose_text(question)
+            cross = self.cross if s.verifier == "accurate" else None
 
-            def accept(entry, similarity: float) -> bool:
+            async def accept(entry, similarity: float) -> bool:
                 cached = entry.metadata.get("q")
                 if not isinstance(cached, str) or entry.embedding is None:
                     return False   # nothing to verify against: never serve unverified
                 if loose_text(cached) == loose:
                     return True    # the same words, differing only in case, punctuation or spacing
-                return verifier.accepts(question, cached, vector, entry.embedding, threshold)
+                p_trees = verifier.score(question, cached, vector, entry.embedding)
+                if cross is None:
+                    return p_trees >= threshold
+                if (p_trees + 1.0) / 2 < threshold:
+                    return False   # the mean cannot reach the threshold: spare the cross-encoder
+                p_cross = await asyncio.to_thread(cross.score, question, cached)   # ~20 ms: off the loop
+                return (p_trees + p_cross) / 2 >= threshold
 
         return await self.cache.lookup(plan.partition, plan.key, plan.embedding, mode="semantic",
                                        threshold=s.threshold, accept=accept)
