@@ -54,7 +54,7 @@ from typing import Sequence
 
 import numpy as np
 
-from signals.heads import META_FILE, WEIGHTS_FILE, HeadMismatch, _dequantize
+from signals.heads import META_FILE, WEIGHTS_FILE, HeadMismatch, _dequantize, forget_artifact, load_artifact
 
 TRAINED_DIR = Path(__file__).resolve().parent / "trained"
 KIND = "cache_cross_verifier"
@@ -362,10 +362,6 @@ def _apply_arrays(net, arrays: dict[str, np.ndarray]) -> None:
     net.load_state_dict(state, strict=True)
 
 
-_CACHE: dict[str, CrossVerifier] = {}
-_LOCK = threading.Lock()
-
-
 def load_cross_verifier(encoder_fingerprint: str | None, directory: str | Path | None = None) -> CrossVerifier:
     """The cross-encoder verifier from `cache/trained/cross_verifier/` (or `directory`).
 
@@ -373,18 +369,8 @@ def load_cross_verifier(encoder_fingerprint: str | None, directory: str | Path |
     encoder (pass ``None`` to skip the caller-side check; the installed weights are always checked).
     Cached per directory; safe to call from several threads."""
     path = DEFAULT_DIR if directory is None else Path(directory)
-    key = str(path.resolve())
-    with _LOCK:
-        verifier = _CACHE.get(key)
-        if verifier is None:
-            verifier = _CACHE[key] = read_cross_verifier(path)
-    trained_on = verifier.meta.get("encoder", {}).get("fingerprint")
-    if encoder_fingerprint is not None and trained_on != encoder_fingerprint:
-        raise HeadMismatch(
-            f"the cross-encoder verifier in {path} was trained on encoder "
-            f"{verifier.meta.get('encoder', {}).get('model', '?')} with fingerprint {trained_on}, but the loaded "
-            f"encoder's fingerprint is {encoder_fingerprint}; retrain it with `python -m cache.cross_encoder`")
-    return verifier
+    return load_artifact(path, read_cross_verifier, "cross-encoder verifier", encoder_fingerprint,
+                         "`python -m cache.cross_encoder --pairs FILE.csv`")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -713,7 +699,7 @@ def train_cross_verifier(pairs_path, out_dir=None, layers: Sequence[int] = (3,),
         "train_seconds": round(time.perf_counter() - t0, 1),
     })
     save_head(out_dir, meta, arrays, quantize=matrices)
-    _CACHE.pop(str(out_dir.resolve()), None)
+    forget_artifact(out_dir)
     _log(f"wrote {out_dir}: threshold {chosen['threshold']:.4f}, validation {meta['metrics']['validation']['cross_verifier']}")
     return meta
 
@@ -758,7 +744,7 @@ def evaluate_test(pairs_path, out_dir=None, cache_dir=None, threads: int = 1) ->
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta.setdefault("metrics", {})["test"] = result
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    _CACHE.pop(str(out_dir.resolve()), None)
+    forget_artifact(out_dir)
     print(json.dumps(result, indent=2))
     return result
 

@@ -327,10 +327,7 @@ def train_verifier(pairs_path, out_dir=None, encoder=None, cache_dir=None,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "train_seconds": round(time.perf_counter() - t0, 1),
     })
-    save_head(out_dir, meta, arrays)
-    from cache import verifier as _verifier_module
-
-    _verifier_module._CACHE.pop(str(out_dir.resolve()), None)
+    save_head(out_dir, meta, arrays)   # also forgets a verifier loaded from out_dir before
     _log(f"wrote {out_dir}: threshold {chosen['threshold']:.4f}, validation {meta['metrics']['validation']['verifier']}")
     return meta
 

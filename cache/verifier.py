@@ -36,13 +36,12 @@ import difflib
 import json
 import math
 import re
-import threading
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from signals.heads import HeadMismatch, META_FILE, WEIGHTS_FILE, _dequantize
+from signals.heads import HeadMismatch, META_FILE, WEIGHTS_FILE, _dequantize, load_artifact
 
 TRAINED_DIR = Path(__file__).resolve().parent / "trained"
 KIND = "cache_verifier"
@@ -257,10 +256,6 @@ class Verifier:
         return self.score(request_text, cached_text, request_embedding, cached_embedding) >= t
 
 
-_CACHE: dict[str, Verifier] = {}
-_LOCK = threading.Lock()
-
-
 def read_verifier(directory: str | Path) -> Verifier:
     directory = Path(directory)
     meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
@@ -286,15 +281,5 @@ def load_verifier(encoder_fingerprint: str | None, directory: str | Path | None 
     directory.
     """
     path = DEFAULT_DIR if directory is None else Path(directory)
-    key = str(path.resolve())
-    with _LOCK:
-        verifier = _CACHE.get(key)
-        if verifier is None:
-            verifier = _CACHE[key] = read_verifier(path)
-    trained_on = verifier.meta.get("encoder", {}).get("fingerprint")
-    if encoder_fingerprint is not None and trained_on != encoder_fingerprint:
-        raise HeadMismatch(
-            f"the cache verifier in {path} was trained on encoder {verifier.meta.get('encoder', {}).get('model', '?')} "
-            f"with fingerprint {trained_on}, but the loaded encoder's fingerprint is {encoder_fingerprint}; retrain it "
-            f"with `python -m cache.training --pairs FILE.csv` using this encoder")
-    return verifier
+    return load_artifact(path, read_verifier, "cache verifier", encoder_fingerprint,
+                         "`python -m cache.training --pairs FILE.csv` using this encoder")

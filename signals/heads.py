@@ -35,7 +35,7 @@ import re
 import threading
 import zlib
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -368,7 +368,7 @@ def save_head(directory: str | Path, meta: dict, arrays: dict[str, np.ndarray],
     np.savez_compressed(directory / WEIGHTS_FILE, **stored)
     meta["weights_sha256"] = file_sha256(directory / WEIGHTS_FILE)
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    _CACHE.pop(str(directory.resolve()), None)
+    forget_artifact(directory)
     return directory
 
 
@@ -389,6 +389,35 @@ def _read(directory: Path) -> Head:
     for name in meta.get("quantized_8bit", ()):
         arrays[name] = _dequantize(arrays[name], arrays.pop(f"{name}@low"), arrays.pop(f"{name}@step"))
     return Head(meta, arrays)
+
+
+_ARTIFACTS: dict[str, Any] = {}
+
+
+def forget_artifact(directory: str | Path) -> None:
+    """Drop what was loaded from `directory` (it was just rewritten)."""
+    key = str(Path(directory).resolve())
+    with _CACHE_LOCK:
+        _CACHE.pop(key, None)
+        _ARTIFACTS.pop(key, None)
+
+
+def load_artifact(path: Path, reader, what: str, encoder_fingerprint: str | None, retrain: str):
+    """A trained artifact read once per directory (`reader(path)`, thread-safe), checked against
+    the loaded encoder: raises `HeadMismatch` naming `what` and how to `retrain` when it was trained
+    on another encoder's embeddings (``encoder_fingerprint=None`` skips the check)."""
+    key = str(path.resolve())
+    with _CACHE_LOCK:
+        artifact = _ARTIFACTS.get(key)
+        if artifact is None:
+            artifact = _ARTIFACTS[key] = reader(path)
+    encoder = artifact.meta.get("encoder", {})
+    trained_on = encoder.get("fingerprint")
+    if encoder_fingerprint is not None and trained_on != encoder_fingerprint:
+        raise HeadMismatch(
+            f"the {what} in {path} was trained on encoder {encoder.get('model', '?')} with fingerprint {trained_on}, "
+            f"but the loaded encoder's fingerprint is {encoder_fingerprint}; retrain it with {retrain}")
+    return artifact
 
 
 def load_head(kind: str, encoder_fingerprint: str, directory: str | Path | None = None) -> Head:
