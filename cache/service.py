@@ -195,14 +195,14 @@ class ResponseCache:
             if hit is not None or s.mode == "exact" or plan.question is None:
                 return hit
         await self._embed(plan, ctx)
-        accept = None
+        accept = None   # verify off: the similarity threshold alone decides
         if s.verify_threshold is not None and plan.question is not None:
             question, vector, verifier, threshold = plan.question, plan.embedding, self.verifier, s.verify_threshold
 
             loose = loose_text(question)
             cross = self.cross if s.verifier == "accurate" else None
 
-            async def accept(entry, similarity: float) -> bool:
+            async def verified(entry, similarity: float) -> bool:
                 cached = entry.metadata.get("q")
                 if not isinstance(cached, str) or entry.embedding is None:
                     return False   # nothing to verify against: never serve unverified
@@ -216,6 +216,7 @@ class ResponseCache:
                 p_cross = await asyncio.to_thread(cross.score, question, cached)   # ~20 ms: off the loop
                 return (p_trees + p_cross) / 2 >= threshold
 
+            accept = verified
         return await self.cache.lookup(plan.partition, plan.key, plan.embedding, mode="semantic",
                                        threshold=s.threshold, accept=accept)
 
