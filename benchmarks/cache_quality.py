@@ -12,10 +12,7 @@ MiniLM cosine and by the shipped candidate-hit verifier (`cache.verifier`), and 
   an in-sample, optimistic number) — never on the test pairs it is evaluated on,
 
 and, as the baseline, cosine alone at the threshold the same rule picks for it on validation and at
-the cache's stock thresholds (0.90, 0.95). ``accurate`` reports the policy's ``verifier: accurate``
-(the trees' probability averaged with the cross-encoder's, `cache.cross_encoder`) the same way, at
-its shipped combination threshold and calibrated on validation (``--no-accurate`` skips it: the
-cross-encoder takes ~20 ms a pair on CPU, about two minutes for both parts).
+the cache's stock thresholds (0.90, 0.95).
 
     python -m benchmarks.cache_quality --pairs ../shared/data/cache/question_pairs_dev.csv
     python -m benchmarks.cache_quality --pairs FILE.csv --json results/cache_quality.json
@@ -51,7 +48,6 @@ def parse_args(argv):
                         help=f"precision the calibrated threshold aims for (default {DEFAULT_TARGET})")
     parser.add_argument("--verifier", default=None, metavar="DIR", help="verifier directory (default: shipped)")
     parser.add_argument("--cache", default="~/.cache/sigroute/embeddings", help="embedding cache ('' to disable)")
-    parser.add_argument("--no-accurate", action="store_true", help="skip the cross-encoder (verifier: accurate)")
     parser.add_argument("--json", default=None, help="where to write the full result")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
     return parser.parse_args(argv)
@@ -134,22 +130,6 @@ def main(argv: list[str] | None = None) -> int:
                                      "cosine": _precision_at_recall(cos, y, TARGET_RECALL)},
         "curve": {"verifier": curve(ver, y), "cosine": curve(cos, y)},
     }
-    if not args.no_accurate:
-        from cache.cross_encoder import load_cross_verifier
-
-        cross = load_cross_verifier(encoder.fingerprint)
-        log("scoring with the cross-encoder (verifier: accurate) ...")
-        t0 = time.perf_counter()
-        acc = (ver + cross.predict_proba([p["question1"] for p in evaluated], [p["question2"] for p in evaluated])) / 2
-        cross_ms = (time.perf_counter() - t0) / max(len(evaluated), 1) * 1000
-        acc_c = (ver_c + cross.predict_proba([p["question1"] for p in calib], [p["question2"] for p in calib])) / 2
-        acc_cal = choose_threshold(acc_c, yc, args.target_precision)
-        summary["accurate"] = {"default": _short(metrics_at(acc, y, cross.combination["threshold"])),
-                               "calibrated": _short(metrics_at(acc, y, acc_cal["threshold"]))}
-        result["precision_at_recall_0.30"]["accurate"] = _precision_at_recall(acc, y, TARGET_RECALL)
-        result["accurate_ms_per_pair"] = round(cross_ms, 3)
-        result["curve"]["accurate"] = curve(acc, y)
-        log(f"accurate default    {summary['accurate']['default']}")
     log(f"verifier default    {default}")
     log(f"verifier calibrated {calibrated}")
     log(f"cosine calibrated   {cosine_calibrated}")

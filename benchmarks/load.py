@@ -91,14 +91,12 @@ async def replay(targets: list[tuple[str, int]], arrivals: list[tuple[float, byt
                  upstream_ms: float = 0.0, max_connections: int = 1024) -> dict:
     """Send each body at its arrival time / speedup (round-robin over `targets`); open loop."""
     pools: list[list[Connection]] = [[] for _ in targets]
-    open_connections = 0
     added: list[float] = []
     totals: list[float] = []
     errors: dict[str, int] = {}
     gate = asyncio.Semaphore(max_connections)
 
     async def one(i: int, body: bytes) -> None:
-        nonlocal open_connections
         k = i % len(targets)
         async with gate:
             pool = pools[k]

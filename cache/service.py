@@ -11,10 +11,8 @@ For each request whose decision has a ``cache:`` block the pipeline asks three t
 2. `ResponseCache.lookup(plan, ctx)` -- exact, then semantic: only when the exact tier misses is the
    last user message embedded (free when a signal already embedded the same text); a semantic candidate must be at least
    ``threshold`` similar and, with ``verify``, pass the shipped verifier (`cache.verifier`,
-   boosted trees over the two questions' embeddings and lexical checks; with ``verifier:
-   accurate`` their probability is averaged with the cross-encoder's, `cache.cross_encoder`, run
-   in a worker thread and only when the average can still reach the threshold). Two questions
-   that differ only in case, spacing or the closing punctuation need no verifier.
+   boosted trees over the two questions' embeddings and lexical checks). Two questions that
+   differ only in case, spacing or the closing punctuation need no verifier.
 3. `ResponseCache.store(plan, body)` -- keeps a complete answer (the pipeline checks that) for
    the category's TTL, within its quota.
 
@@ -29,7 +27,6 @@ keep anything else from the request.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -54,7 +51,6 @@ class CacheSettings:
     verify_threshold: float | None   # None: semantic candidates are not verified
     ttl_s: float
     max_entries: int
-    verifier: str = "fast"           # "accurate": the trees' probability averaged with a cross-encoder's
 
 
 @dataclass
@@ -103,21 +99,13 @@ class ResponseCache:
         self.flights = flights
         self.resources = resources
         self.specs = {d.name: d.cache for d in policy.decisions if d.cache is not None and d.cache.enabled}
-        self.verifier = self.cross = None
-        verified = [spec for spec in self.specs.values() if spec.verify and spec.needs_embedding()]
-        if verified:
+        self.verifier = None
+        if any(spec.verify and spec.needs_embedding() for spec in self.specs.values()):
             from cache.verifier import load_verifier
 
             if resources is None:
                 raise ValueError("a semantic cache needs the sentence encoder, which was not loaded")
             self.verifier = load_verifier(resources.encoder.fingerprint)
-            if any(spec.verifier == "accurate" for spec in verified):
-                from cache.cross_encoder import load_cross_verifier
-
-                self.cross = load_cross_verifier(resources.encoder.fingerprint)
-                if (self.cross.combination or {}).get("rule") != "mean":
-                    raise ValueError(f"the cross-encoder artifact combines by {self.cross.combination!r}; "
-                                     "this version averages it with the trees ('mean')")
 
     def spec(self, decision: str):
         return self.specs.get(decision)
@@ -174,9 +162,7 @@ class ResponseCache:
         threshold = pick("threshold")
         verify = None
         if spec.verify and self.verifier is not None:
-            default = (self.cross.combination["threshold"] if spec.verifier == "accurate"
-                       else self.verifier.threshold)
-            verify = pick("verify_threshold") or default
+            verify = pick("verify_threshold") or self.verifier.threshold
         ttl = pick("ttl")
         relax = spec.load_aware if saturated else None
         if relax is not None:
@@ -184,7 +170,7 @@ class ResponseCache:
             if verify is not None:
                 verify = max(0.5, verify - relax.relax)
             ttl *= relax.ttl_factor
-        return CacheSettings(pick("mode"), threshold, verify, ttl, pick("max_entries"), spec.verifier)
+        return CacheSettings(pick("mode"), threshold, verify, ttl, pick("max_entries"))
 
     # 6b ------------------------------------------------------------------------------------
     async def lookup(self, plan: CachePlan, ctx) -> Hit | None:
@@ -200,21 +186,14 @@ class ResponseCache:
             question, vector, verifier, threshold = plan.question, plan.embedding, self.verifier, s.verify_threshold
 
             loose = loose_text(question)
-            cross = self.cross if s.verifier == "accurate" else None
 
-            async def verified(entry, similarity: float) -> bool:
+            def verified(entry, similarity: float) -> bool:
                 cached = entry.metadata.get("q")
                 if not isinstance(cached, str) or entry.embedding is None:
                     return False   # nothing to verify against: never serve unverified
                 if loose_text(cached) == loose:
                     return True    # the same words, differing only in case, punctuation or spacing
-                p_trees = verifier.score(question, cached, vector, entry.embedding)
-                if cross is None:
-                    return p_trees >= threshold
-                if (p_trees + 1.0) / 2 < threshold:
-                    return False   # the mean cannot reach the threshold: spare the cross-encoder
-                p_cross = await asyncio.to_thread(cross.score, question, cached)   # ~20 ms: off the loop
-                return (p_trees + p_cross) / 2 >= threshold
+                return verifier.accepts(question, cached, vector, entry.embedding, threshold)
 
             accept = verified
         return await self.cache.lookup(plan.partition, plan.key, plan.embedding, mode="semantic",

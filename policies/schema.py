@@ -699,10 +699,6 @@ class CacheSpec(Strict):
     mode: Literal["exact", "semantic", "exact_then_semantic"] = "exact_then_semantic"
     threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity a semantic candidate needs")
     verify: bool = Field(True, description="re-score semantic candidates with the shipped verifier")
-    verifier: Literal["fast", "accurate"] = Field(
-        "fast", description="fast: boosted trees over embeddings and lexical checks (~0.5 ms a candidate); "
-                            "accurate: their mean with a cross-encoder (~20-25 ms a candidate on CPU, more "
-                            "hits at the same precision)")
     verify_threshold: float | None = Field(
         None, gt=0, lt=1, description="verifier probability a semantic hit needs; default: the verifier's own")
     ttl: Duration = Field(3600.0, description="lifetime of an entry: seconds or '30s', '5m', '1h', '7d'")

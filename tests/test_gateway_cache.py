@@ -3,13 +3,10 @@ hits, single flight, verifier, feedback, admin deletes, Redis shared by two gate
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import hashlib
 import time
 
 import httpx
-import openai
 import pytest
 
 from policies.schema import Policy
@@ -479,17 +476,3 @@ decisions:
     message = str(info.value)
     assert "support.yaml:8" in message and "ttl" in message and "is not a duration" in message
 
-
-def test_accurate_verifier_combines_trees_and_cross_encoder(sim, gateway_factory):
-    gw = gateway_factory(cached_policy(sim, {"threshold": 0.6, "verifier": "accurate"}))
-    pipeline = gw.app.state.runtime.pipeline
-    assert pipeline.cache.cross is not None
-    ask(gw, "Which books should I read to learn machine learning?")
-    hit = ask(gw, "What are the best books on machine learning?")
-    assert hit.headers["x-sigroute-cache"] == "hit-semantic"
-    ask(gw, "What is the capital of France?")
-    assert ask(gw, "What is the capital of Germany?").headers["x-sigroute-cache"] == "miss"
-    explained = gw.http.post("/v1/route/explain", json={"model": "auto", "messages": [
-        {"role": "user", "content": "anything"}]}).json()["winner"]["cache"]
-    assert explained["verifier"] == "accurate"
-    assert explained["verify_threshold"] == pipeline.cache.cross.combination["threshold"]
