@@ -310,11 +310,14 @@ class Connection:
 # closed-loop load
 
 
-async def closed_loop(host: str, port: int, path: str, body: bytes, *, concurrency: int, requests: int,
-                      warmup: int = 2, headers: Mapping[str, str] | None = None,
+async def closed_loop(host: str, port: int, path: str, body: bytes | Sequence[bytes], *, concurrency: int,
+                      requests: int, warmup: int = 2, headers: Mapping[str, str] | None = None,
                       method: str = "POST", expect_status: int = 200) -> "LoadResult":
     """`concurrency` virtual clients on one keep-alive connection each, each sending its next request
     as soon as the previous one is answered.
+
+    `body` is one request body, or a list of bodies that the clients go through in turn (client
+    ``i`` starts at body ``i`` and steps by `concurrency`), e.g. to keep concurrent requests distinct.
 
     Every client first sends `warmup` unrecorded requests; then all start together and record
     ``ceil(requests / concurrency)`` each (so at least `requests` in total), and a client that is
@@ -327,7 +330,10 @@ async def closed_loop(host: str, port: int, path: str, body: bytes, *, concurren
     all_headers = {"content-type": "application/json", **(headers or {})}
     connections = [Connection(host, port) for _ in range(concurrency)]
     await asyncio.gather(*(c.connect() for c in connections))
-    raw = connections[0].prepare(method, path, body, all_headers)
+    bodies = [body] if isinstance(body, (bytes, bytearray)) else list(body)
+    if not bodies:
+        raise ValueError("closed_loop needs at least one request body")
+    raws = [connections[0].prepare(method, path, b, all_headers) for b in bodies]
     warmed = 0
     sent = 0
     began = ended = 0.0
@@ -339,8 +345,16 @@ async def closed_loop(host: str, port: int, path: str, body: bytes, *, concurren
     async def client(i: int) -> None:
         nonlocal warmed, done_count, began, ended
         conn = connections[i]
+        turn = i
+
+        def next_raw() -> bytes:
+            nonlocal turn
+            raw = raws[turn % len(raws)]
+            turn += concurrency
+            return raw
+
         for _ in range(warmup):
-            _check(await conn.send(raw))
+            _check(await conn.send(next_raw()))
         warmed += 1
         if warmed == concurrency:
             began = time.perf_counter()
@@ -348,7 +362,7 @@ async def closed_loop(host: str, port: int, path: str, body: bytes, *, concurren
         await go.wait()
         out = results[i]
         for _ in range(per_client):
-            sample = await conn.send(raw)
+            sample = await conn.send(next_raw())
             _check(sample)
             out.append(sample)
         done_count += 1
@@ -356,7 +370,7 @@ async def closed_loop(host: str, port: int, path: str, body: bytes, *, concurren
             ended = time.perf_counter()
             all_done.set()
         while not all_done.is_set():  # keep the concurrency up for the others
-            _check(await conn.send(raw))
+            _check(await conn.send(next_raw()))
 
     def _check(sample: Sample) -> None:
         nonlocal sent

@@ -18,6 +18,7 @@ hash of the weights file) is stored in every head and checked when the head is l
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import os
@@ -137,6 +138,11 @@ class Encoder:
         self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
         self.stats = EncoderStats()
         self._model_lock = threading.Lock()  # one forward pass at a time per model
+        # The batcher runs every forward pass on this one thread. Spreading them over a thread
+        # pool (asyncio.to_thread) costs ~10 ms a pass on a CPU: each new calling thread brings
+        # its own intra-op thread team, and the idle teams compete with the working one.
+        self._forward_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sigroute-encoder")
         # one batching task per event loop (each gateway thread runs its own loop)
         self._batchers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple]" = weakref.WeakKeyDictionary()
 
@@ -229,7 +235,7 @@ class Encoder:
                 continue
             flat = [t for texts, _ in jobs for t in texts]
             try:
-                vectors = await asyncio.to_thread(self.encode, flat, max(len(flat), 1))
+                vectors = await loop.run_in_executor(self._forward_thread, self.encode, flat, max(len(flat), 1))
             except Exception as exc:  # every waiter learns of the failure
                 for _, fut in jobs:
                     if not fut.done():
