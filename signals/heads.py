@@ -34,6 +34,7 @@ import json
 import re
 import threading
 import zlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -79,7 +80,7 @@ def normalize_text(text: str, digits: bool = False) -> str:
 
 
 def _char_hashes(text: str, n: int) -> np.ndarray:
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
     if codes.size < n:
         return np.zeros(0, dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -92,12 +93,33 @@ def _char_hashes(text: str, n: int) -> np.ndarray:
 def _word_hashes(tokens: list[str], n: int) -> np.ndarray:
     if len(tokens) < n:
         return np.zeros(0, dtype=np.uint64)
-    base = np.fromiter((zlib.crc32(t.encode("utf-8")) for t in tokens), dtype=np.uint64, count=len(tokens))
+    base = np.fromiter((zlib.crc32(t.encode("utf-8", "surrogatepass")) for t in tokens), dtype=np.uint64, count=len(tokens))
     with np.errstate(over="ignore"):
         h = np.full(len(tokens) - n + 1, np.uint64(n) * np.uint64(0xC2B2AE3D27D4EB4F) + np.uint64(1), dtype=np.uint64)
         for k in range(n):
             h = h * _MUL + base[k:len(tokens) - n + 1 + k]
         return _mix(h)
+
+
+@lru_cache(maxsize=256)
+def _ngram_hashes(text: str, word: tuple[int, int] | None, char: tuple[int, int] | None, digits: bool,
+                  max_chars: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """The raw 64-bit hashes of `text`'s word and character n-grams, one array per n.
+
+    Heads differ only in how many buckets they fold these into, so the hashes of a request's text
+    are computed once and shared (the arrays are read-only: callers fold them into new arrays)."""
+    norm = normalize_text(text[:max_chars], digits)
+    words: list[np.ndarray] = []
+    chars: list[np.ndarray] = []
+    if word:
+        tokens = _WORD_RE.findall(norm)
+        words = [_word_hashes(tokens, n) for n in range(word[0], word[1] + 1)]
+    if char:
+        padded = f" {norm} "
+        chars = [_char_hashes(padded, n) for n in range(char[0], char[1] + 1)]
+    for array in (*words, *chars):
+        array.flags.writeable = False
+    return tuple(words), tuple(chars)
 
 
 def ngram_counts(text: str, spec: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -108,21 +130,19 @@ def ngram_counts(text: str, spec: dict) -> tuple[np.ndarray, np.ndarray]:
     char buckets after them), ``digits`` (map digits to 0 first), ``max_chars`` (only the first
     so many characters are read).
     """
-    norm = normalize_text(text[: int(spec.get("max_chars", 4000))], bool(spec.get("digits", False)))
-    parts = []
     word = spec.get("word")
-    if word:
-        wb = np.uint64(spec["word_buckets"])
-        tokens = _WORD_RE.findall(norm)
-        for n in range(int(word[0]), int(word[1]) + 1):
-            parts.append((_word_hashes(tokens, n) % wb).astype(np.int64))
     char = spec.get("char")
-    if char:
+    words, chars = _ngram_hashes(text, (int(word[0]), int(word[1])) if word else None,
+                                 (int(char[0]), int(char[1])) if char else None,
+                                 bool(spec.get("digits", False)), int(spec.get("max_chars", 4000)))
+    parts = []
+    if words:
+        wb = np.uint64(spec["word_buckets"])
+        parts += [(h % wb).astype(np.int64) for h in words]
+    if chars:
         cb = np.uint64(spec["char_buckets"])
         offset = int(spec["word_buckets"]) if word else 0
-        padded = f" {norm} "
-        for n in range(int(char[0]), int(char[1]) + 1):
-            parts.append((_char_hashes(padded, n) % cb).astype(np.int64) + offset)
+        parts += [(h % cb).astype(np.int64) + offset for h in chars]
     if not parts:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     idx, counts = np.unique(np.concatenate(parts), return_counts=True)
@@ -186,14 +206,33 @@ def pattern_features(text: str, names: Sequence[str]) -> np.ndarray:
     return np.array([1.0 if _COMPILED_PATTERNS[n].search(sample) else 0.0 for n in names], dtype=np.float32)
 
 
+# Character classes of the ASCII range as Python's str methods define them; text_stats looks ASCII
+# characters up here and asks Python only about the others, with the same results.
+_ASCII = [chr(i) for i in range(128)]
+_ASCII_ALPHA = np.array([c.isalpha() for c in _ASCII])
+_ASCII_UPPER = np.array([c.isupper() for c in _ASCII])
+_ASCII_DIGIT = np.array([c.isdigit() for c in _ASCII])
+_ASCII_PUNCT = np.array([(not c.isalnum()) and (not c.isspace()) for c in _ASCII])
+
+
 def text_stats(text: str) -> np.ndarray:
     """A few scale-free shape statistics of the text (length, non-ASCII and punctuation shares)."""
     n = max(len(text), 1)
-    letters = sum(c.isalpha() for c in text)
-    upper = sum(c.isupper() for c in text)
-    non_ascii = sum(ord(c) > 127 for c in text)
-    digits = sum(c.isdigit() for c in text)
-    punct = sum((not c.isalnum()) and (not c.isspace()) for c in text)
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    ascii_mask = codes < 128
+    ascii_codes = codes[ascii_mask]
+    letters = int(np.count_nonzero(_ASCII_ALPHA[ascii_codes]))
+    upper = int(np.count_nonzero(_ASCII_UPPER[ascii_codes]))
+    digits = int(np.count_nonzero(_ASCII_DIGIT[ascii_codes]))
+    punct = int(np.count_nonzero(_ASCII_PUNCT[ascii_codes]))
+    non_ascii = len(text) - ascii_codes.size
+    if non_ascii:
+        for i in np.flatnonzero(~ascii_mask):
+            c = text[i]
+            letters += c.isalpha()
+            upper += c.isupper()
+            digits += c.isdigit()
+            punct += (not c.isalnum()) and (not c.isspace())
     return np.array([
         np.log1p(len(text)) / 8.0,
         non_ascii / n,

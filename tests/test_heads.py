@@ -211,3 +211,43 @@ def test_training_features_equal_inference_features():
         np.testing.assert_allclose(dense, X[row], atol=1e-6)
     # hashing is stable: same text, same buckets
     assert np.array_equal(heads.ngram_counts(texts[0], spec)[0], heads.ngram_counts(texts[0], spec)[0])
+
+
+def _reference_text_stats(text: str) -> np.ndarray:
+    """text_stats written the plain way (one Python test per character), as the heads were trained."""
+    n = max(len(text), 1)
+    letters = sum(c.isalpha() for c in text)
+    upper = sum(c.isupper() for c in text)
+    return np.array([np.log1p(len(text)) / 8.0, sum(ord(c) > 127 for c in text) / n,
+                     sum(c.isdigit() for c in text) / n,
+                     sum((not c.isalnum()) and (not c.isspace()) for c in text) / n,
+                     upper / max(letters, 1), text.count("\n") / n * 10.0], dtype=np.float32)
+
+
+def test_vectorized_text_stats_equal_the_per_character_definition():
+    import random
+
+    rng = random.Random(7)
+    alphabet = [chr(i) for i in range(0x3000) if not 0xD800 <= i < 0xE000]
+    texts = ["", "A", "Hello, World!\n", "Straße ÄÖÜ ½ ² ٣ Ⅷ 12", "日本語のテキスト。", "\t\n \x0b\x1f\x7f"]
+    texts += ["".join(rng.choice(alphabet) if rng.random() < 0.3 else rng.choice("abXY09 .,!?\n\t-")
+                      for _ in range(rng.randint(1, 200))) for _ in range(200)]
+    for text in texts:
+        np.testing.assert_array_equal(heads.text_stats(text), _reference_text_stats(text), err_msg=repr(text[:50]))
+
+
+def test_ngram_hashes_are_shared_between_heads_and_survive_lone_surrogates():
+    spec = {"word": [1, 2], "char": [2, 4], "word_buckets": 1024, "char_buckets": 2048}
+    other = dict(spec, word_buckets=512, char_buckets=4096)
+    text = "Shared hashing for two heads with different bucket counts"
+    heads._ngram_hashes.cache_clear()
+    first = heads.ngram_counts(text, spec)
+    second = heads.ngram_counts(text, other)
+    info = heads._ngram_hashes.cache_info()
+    assert (info.misses, info.hits) == (1, 1)  # the second head reused the first one's hashes
+    assert first[0].max() < 1024 + 2048 and second[0].max() < 512 + 4096
+    assert not np.array_equal(first[0], second[0])
+    assert heads.ngram_counts(text, spec)[0].tolist() == first[0].tolist()  # cached arrays were not changed
+    idx, counts = heads.ngram_counts("odd \ud800 text", spec)  # a lone surrogate (valid in JSON) must not crash
+    assert idx.size > 0 and counts.sum() > 0
+    assert np.isfinite(heads.text_stats("odd \ud800 text")).all()
