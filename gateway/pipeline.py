@@ -427,6 +427,7 @@ class Pipeline:
         elapsed = time.perf_counter() - started
         overhead = max(0.0, elapsed - result.upstream_ms / 1000)
         headers["x-sigroute-overhead-ms"] = f"{overhead * 1000:.3f}"
+        headers["x-sigroute-upstream-ms"] = f"{result.upstream_ms:.3f}"
         self._learn(route, result, ok=True, latency_ms=elapsed * 1000, usage=body.get("usage"))     # 11
         self.metrics.overhead.observe(overhead)
         self.metrics.latency.labels(route.decision_name).observe(elapsed)
@@ -438,6 +439,7 @@ class Pipeline:
         now = time.perf_counter()
         overhead = max(0.0, (now - started) - result.upstream_ms / 1000)
         headers["x-sigroute-overhead-ms"] = f"{overhead * 1000:.3f}"
+        headers["x-sigroute-upstream-ms"] = f"{result.upstream_ms:.3f}"
         self.metrics.overhead.observe(overhead)
         self.metrics.ttft.labels(route.decision_name).observe(now - started)
         model = result.model

@@ -39,6 +39,21 @@ def test_keyword_route_and_openai_client_headers(sim, gateway_factory):
     assert routed(gw, "a pythonic idea about cats") == ("default", "alpha")
 
 
+def test_time_headers_split_the_request_between_sigroute_and_the_upstream(sim, gateway_factory):
+    import time
+
+    gw = gateway_factory(base_policy(sim))
+    for stream in (False, True):
+        started = time.perf_counter()
+        r = gw.chat("how long did this take?", stream=stream)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        assert r.status_code == 200, r.text
+        upstream = float(r.headers["x-sigroute-upstream-ms"])
+        own = float(r.headers["x-sigroute-overhead-ms"])
+        assert upstream >= 1.0  # the simulated model takes 1 ms to its first token
+        assert 0 <= own and upstream + own <= elapsed_ms
+
+
 def test_context_length_route(sim, gateway_factory):
     gw = gateway_factory(base_policy(sim,
         signals={"context_length": {"long": {"min_tokens": 200}}},
