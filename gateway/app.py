@@ -325,7 +325,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                 "policy_loaded_at": runtime.loaded_at}
         if pipeline.embedder is not None:  # which encoder the neural signals run on, and where
             encoder = pipeline.embedder.encoder
-            body["encoder"] = {"model": encoder.model_name, "device": encoder.device}
+            body["encoder"] = {"model": encoder.model_name, "device": encoder.device, "backend": encoder.backend}
         return JSONBytes(orjson.dumps(body), status_code=200 if in_service else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")

