@@ -30,7 +30,8 @@ runs the rest without it.)
 
 The load generator (`benchmarks.loadgen`, its own process) runs closed loops of 1, 16 and 64
 clients, one keep-alive connection each, non-streamed and streamed. Every request is distinct
-(its ``seed`` differs, so no cache or request coalescing can answer one request for another) and
+(its ``seed`` and the number at the end of its user message differ, so no cache, request
+coalescing or memo of a text can serve one request from another) and
 the same list of bodies goes to every target. Rounds are interleaved: in each round, for each
 scenario, one batch per target, the order rotating from round to round, so that drifts in machine
 speed hit every target alike.
@@ -46,7 +47,8 @@ Reported per scenario and target:
 - resident memory (largest RSS of the target's process tree seen after a batch).
 
 ``embedding_forward_ms_p50`` is one forward pass of the sentence encoder over the benchmark's user
-message, batch of one, measured in a separate process while the servers are idle (the same
+message, batch of one, 15 ms apart (as requests arrive at one client), measured in a separate
+process while the servers are idle (the same
 ``signals.encoder.Encoder`` the gateway uses, on the same device); the gateway's own mean forward
 time, from its ``/metrics``, is reported beside it. The device the gateway's encoder ran on comes
 from its ``/ready``.
@@ -168,11 +170,17 @@ def litellm_config(api_base: str) -> dict:
     }
 
 
+def user_message(seed: int) -> str:
+    """The benchmark's user message, numbered so that no two requests carry the same text (nothing
+    computed from the text of one request can be reused for the next)."""
+    return f"{USER_PROMPT} (Note {seed}.)"
+
+
 def request_bodies(model: str, stream: bool, count: int = DISTINCT_BODIES) -> list[bytes]:
     out = []
     for seed in range(count):
         body = {"model": model, "messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                                             {"role": "user", "content": USER_PROMPT}],
+                                             {"role": "user", "content": user_message(seed)}],
                 "max_tokens": 64, "temperature": 0, "seed": seed}
         if stream:
             body["stream"] = True
@@ -240,13 +248,15 @@ def measure_embedding_forward(samples: int, device: str, backend: str = "auto") 
     from signals.encoder import Encoder
 
     encoder = Encoder(device=device, backend=backend)
-    for _ in range(10):
-        encoder.encode([USER_PROMPT])
+    for i in range(10):
+        encoder.encode([user_message(i)])
     times = []
-    for _ in range(samples):
+    for i in range(samples):
+        text = user_message(i)
         t0 = time.perf_counter()
-        encoder.encode([USER_PROMPT])
+        encoder.encode([text])
         times.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.015)  # a gap between passes, as between requests (threads go idle)
     return {"device": encoder.device, "backend": encoder.backend, "samples": samples,
             "p50_ms": round(percentile(times, 50), 4),
             "p95_ms": round(percentile(times, 95), 4), "model": encoder.model_name}

@@ -153,9 +153,13 @@ class OnnxForward:
         if threads:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        # idle intra-op threads sleep instead of spinning: on a few cores the event loop, the
-        # upstream connections and other work need the CPU between forward passes
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Intra-op threads spin between the many small parallel sections of one forward pass (waking
+        # a sleeping thread for each costs ~4 ms a pass) but stop spinning when the pass ends: on a
+        # few cores the event loop and the upstream connections need the CPU between passes.
+        # Measured at one request in flight: 10 ms and 19 ms CPU a pass, against 14.5 / 19 never
+        # spinning and 11 / 37 spinning on after the pass.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         options.log_severity_level = 3
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
