@@ -390,6 +390,24 @@ async def closed_loop(host: str, port: int, path: str, body: bytes | Sequence[by
     return LoadResult([s for client_samples in results for s in client_samples], sent, ended - began)
 
 
+async def interleaved_rounds(rounds: int, scenarios: Sequence[str], targets: Sequence[str], batch, log) -> list[dict]:
+    """Run ``await batch(target, scenario)`` for every scenario and target, `rounds` times; the
+    order of the targets rotates from round to round so that drifts in machine speed hit every
+    target alike. Each returned record gets its ``round``."""
+    records = []
+    targets = list(targets)
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        for scenario in scenarios:
+            shift = r % len(targets)
+            for target in targets[shift:] + targets[:shift]:
+                record = await batch(target, scenario)
+                record["round"] = r
+                records.append(record)
+        log(f"round {r + 1}/{rounds} done in {time.perf_counter() - t0:.1f}s")
+    return records
+
+
 @dataclass(slots=True)
 class LoadResult:
     samples: list[Sample]  # the recorded requests

@@ -65,6 +65,7 @@ from benchmarks.loadgen import (
     ServerProcess,
     closed_loop,
     cpu_seconds,
+    interleaved_rounds,
     machine_info,
     median,
     run_async,
@@ -215,16 +216,9 @@ class Bench:
         for scenario in SCENARIOS:
             for target in TARGETS:
                 await self.batch(target, scenario, warmup=args.warmup, requests=SCENARIOS[scenario][0] * 5)
-        records = []
-        for r in range(args.rounds):
-            t0 = time.perf_counter()
-            for scenario in args.scenarios:
-                order = TARGETS[r % 3:] + TARGETS[: r % 3]  # rotate who goes first
-                for target in order:
-                    rec = await self.batch(target, scenario, warmup=args.warmup)
-                    rec["round"] = r
-                    records.append(rec)
-            log(f"round {r + 1}/{args.rounds} done in {time.perf_counter() - t0:.1f}s")
+        records = await interleaved_rounds(args.rounds, args.scenarios, TARGETS,
+                                           lambda target, scenario: self.batch(target, scenario, warmup=args.warmup),
+                                           log)
         return records, checked
 
 

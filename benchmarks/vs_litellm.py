@@ -93,6 +93,7 @@ from benchmarks.loadgen import (
     ServerProcess,
     closed_loop,
     cpu_seconds,
+    interleaved_rounds,
     machine_info,
     median,
     percentile,
@@ -412,16 +413,7 @@ class Bench:
         for scenario in args.scenarios:  # one unrecorded pass warms pools, caches and connections
             for target in self.targets:
                 await self.batch(target, scenario, requests=SCENARIOS[scenario][0] * 4)
-        records = []
-        for r in range(args.rounds):
-            t0 = time.perf_counter()
-            for scenario in args.scenarios:
-                shift = r % len(self.targets)
-                for target in self.targets[shift:] + self.targets[:shift]:
-                    rec = await self.batch(target, scenario)
-                    rec["round"] = r
-                    records.append(rec)
-            log(f"round {r + 1}/{args.rounds} done in {time.perf_counter() - t0:.1f}s")
+        records = await interleaved_rounds(args.rounds, args.scenarios, self.targets, self.batch, log)
         return records, checked
 
 
