@@ -91,6 +91,7 @@ def _export(st, pooling: str, input_names: list[str], path: Path) -> None:
             warnings.simplefilter("ignore")
             torch.onnx.export(Embed().eval(), args, tmp, input_names=input_names, output_names=["embedding"],
                               dynamic_axes=axes, opset_version=17, dynamo=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared by several users
         os.replace(tmp, path)  # atomic: replicas starting together never read a half-written graph
     finally:
         if os.path.exists(tmp):

@@ -54,6 +54,7 @@ def test_export_is_cached_and_a_damaged_file_is_exported_again(encoders, tmp_pat
     first = OnnxForward.build(st, onnx_encoder.fingerprint, threads=1, directory=tmp_path)
     assert first.path.parent == tmp_path and first.path.stat().st_size > 1_000_000
     assert not list(tmp_path.glob("*.tmp"))  # the export was written aside and moved in place
+    assert first.path.stat().st_mode & 0o777 == 0o644
 
     import signals.onnx_backend as backend
 
