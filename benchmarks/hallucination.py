@@ -128,8 +128,8 @@ async def score_cases(cases: list[dict], thresholds: list[float]) -> dict[float,
     from signals.encoder import RequestEmbedder, shared_encoder
 
     spec = EncoderSpec()
-    encoder = shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens, backend=spec.backend,
-                             max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms)
+    encoder = shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens,
+                             backend=spec.backend, max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms)
     embedder = RequestEmbedder(encoder, spec.input, spec.long_input)
     defaults = HallucinationPlugin()
     memo: dict[str, np.ndarray] = {}

@@ -330,10 +330,11 @@ class Bench:
         """Store answers to unrelated questions in the neural gateway's cache (the seeds of some of
         the benchmark's bodies, so its lookups also search partitions that hold entries).
         Returns how many answers were stored, from the gateway's metrics."""
+        seeds = [i * DISTINCT_BODIES // self.args.fill_seeds for i in range(self.args.fill_seeds)]
         bodies = [orjson.dumps({"model": "auto", "messages": [{"role": "system", "content": SYSTEM_PROMPT},
                                                                {"role": "user", "content": question}],
                                 "max_tokens": 64, "temperature": 0, "seed": seed})
-                  for question in fill_questions() for seed in range(0, DISTINCT_BODIES, DISTINCT_BODIES // self.args.fill_seeds)]
+                  for question in fill_questions() for seed in seeds]
         server = self.servers["sigroute_neural"]
         await closed_loop(server.host, server.port, PATH, bodies, concurrency=8, warmup=0, requests=len(bodies))
         sample = await self._send_one_get("sigroute_neural", "/metrics")

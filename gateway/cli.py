@@ -246,8 +246,8 @@ def cmd_replay(args) -> int:
         from signals.learned import SignalResources
 
         spec = policy.encoder
-        resources = SignalResources(shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens, backend=spec.backend),
-                                    policy.domains)
+        resources = SignalResources(shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens,
+                                                   backend=spec.backend), policy.domains)
     selector = build_selector(decision.algorithm, {m: policy.models[m] for m in decision.models},
                               resources=resources, decision=decision.name)
     if not isinstance(selector, ContextualSelector):
@@ -293,7 +293,8 @@ def _warm_start_snapshot(args) -> dict:
         from signals.learned import SignalResources
 
         spec = policy.encoder
-        encoder = shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens, backend=spec.backend)
+        encoder = shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens,
+                                 backend=spec.backend)
         resources = SignalResources(encoder, policy.domains)
     selector = build_selector(decision.algorithm, {m: policy.models[m] for m in decision.models},
                               resources=resources, decision=decision.name)

@@ -209,8 +209,8 @@ class Pipeline:
         resources = None
         if needs_encoder(policy):
             spec = policy.encoder
-            encoder = shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens, backend=spec.backend,
-                                     max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms)
+            encoder = shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens,
+                                     backend=spec.backend, max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms)
             self.embedder = RequestEmbedder(encoder, spec.input, spec.long_input)
             resources = SignalResources(encoder, policy.domains)
         self.resources = resources
