@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from signals.context import RequestContext
+from sigroute.signals.context import RequestContext
 
 
 @dataclass(frozen=True, slots=True)

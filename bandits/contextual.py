@@ -38,11 +38,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bandits.base import Choice, Reward, Selector
-from bandits.features import FeatureExtractor
-from bandits.linear import DisjointRidge, HybridRidge
-from bandits.policies import EpsilonGreedyRule, LinUCBRule, ThompsonRule
-from policies.schema import (
+from sigroute.bandits.base import Choice, Reward, Selector
+from sigroute.bandits.features import FeatureExtractor
+from sigroute.bandits.linear import DisjointRidge, HybridRidge
+from sigroute.bandits.policies import EpsilonGreedyRule, LinUCBRule, ThompsonRule
+from sigroute.policies.schema import (
     EpsilonGreedyOptions,
     HybridLinUCBOptions,
     LinUCBOptions,

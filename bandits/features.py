@@ -39,7 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from policies.schema import FeatureGroup
+from sigroute.policies.schema import FeatureGroup
 
 FEATURE_SCHEMA_VERSION = 1
 LEARNED_GROUPS = frozenset({"domain", "complexity", "difficulty", "jailbreak", "embedding"})
@@ -106,7 +106,7 @@ class FeatureExtractor:
             if g.name == "bias":
                 self.names.append("bias")
             elif g.name == "domain":
-                from signals.learned import DomainClassifier
+                from sigroute.signals.learned import DomainClassifier
 
                 classifier = resources._heads.get("__domain_classifier__")
                 if classifier is None:
@@ -118,7 +118,7 @@ class FeatureExtractor:
                     fingerprints["domains"] = json.dumps(
                         {k: [v.threshold, list(v.examples)] for k, v in sorted(resources.domains.items())})
             elif g.name == "complexity":
-                from signals import exemplars
+                from sigroute.signals import exemplars
 
                 self._complexity = (resources.embed(tuple(exemplars.HARD)), resources.embed(tuple(exemplars.EASY)))
                 self.names.append("complexity:contrast")
@@ -133,7 +133,7 @@ class FeatureExtractor:
             elif g.name == "shape":
                 self.names += [f"shape:{n}" for n in SHAPE_NAMES]
             elif g.name == "language":
-                from signals.heuristics import language_detector
+                from sigroute.signals.heuristics import language_detector
 
                 language_detector()  # load now, not on the first request
                 self.names += [f"language:{l}" for l in LANGUAGES] + ["language:other"]
@@ -143,7 +143,7 @@ class FeatureExtractor:
                 fingerprints["jailbreak_head"] = str(self._jailbreak.meta.get("weights_sha256", ""))
             elif g.name == "pii":
                 if self._pii is None:
-                    from signals.pii import default_detector
+                    from sigroute.signals.pii import default_detector
 
                     self._pii = default_detector()
                 self.names += ["pii:any", "pii:log_count"]
@@ -229,7 +229,7 @@ class FeatureExtractor:
         if g.name == "shape":
             return np.stack([shape_features(t) for t in texts])
         if g.name == "language":
-            from signals.heuristics import detect_language
+            from sigroute.signals.heuristics import detect_language
 
             out = np.zeros((n, len(LANGUAGES) + 1))
             for i, t in enumerate(texts):

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bandits.linear import DisjointRidge, HybridRidge
+from sigroute.bandits.linear import DisjointRidge, HybridRidge
 
 Estimator = DisjointRidge | HybridRidge
 

@@ -11,16 +11,16 @@ from typing import Mapping
 
 from typing import Any
 
-from bandits.base import Selector
-from bandits.contextual import CONTEXTUAL_SELECTORS
-from bandits.selectors import (
+from sigroute.bandits.base import Selector
+from sigroute.bandits.contextual import CONTEXTUAL_SELECTORS
+from sigroute.bandits.selectors import (
     CheapestSelector,
     FastestSelector,
     RoundRobinSelector,
     StaticSelector,
     WeightedSelector,
 )
-from policies.schema import ALGORITHM_OPTIONS, Algorithm, ModelSpec
+from sigroute.policies.schema import ALGORITHM_OPTIONS, Algorithm, ModelSpec
 
 SELECTORS: dict[str, type[Selector]] = {
     "static": StaticSelector,

@@ -20,8 +20,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from bandits.base import Choice, Reward, Selector
-from policies.schema import (
+from sigroute.bandits.base import Choice, Reward, Selector
+from sigroute.policies.schema import (
     CheapestOptions,
     FastestOptions,
     RoundRobinOptions,
@@ -29,7 +29,7 @@ from policies.schema import (
     Strict,
     WeightedOptions,
 )
-from signals.context import RequestContext
+from sigroute.signals.context import RequestContext
 
 __all__ = [
     "StaticSelector",

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from bandits.linear import DisjointRidge, HybridRidge
+from sigroute.bandits.linear import DisjointRidge, HybridRidge
 
 __all__ = ["full_information_sums"]
 

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import emit
-from cache.calibrate import DEFAULT_TARGET, choose_threshold, curve, metrics_at
-from cache.training import DEFAULT_PAIRS, load_pairs, pair_embeddings
-from cache.verifier import load_verifier
+from sigroute.cache.calibrate import DEFAULT_TARGET, choose_threshold, curve, metrics_at
+from sigroute.cache.training import DEFAULT_PAIRS, load_pairs, pair_embeddings
+from sigroute.cache.verifier import load_verifier
 
 TARGET_PRECISION, TARGET_RECALL = 0.95, 0.30
 COSINE_STOCK = (0.90, 0.95)
@@ -69,7 +69,7 @@ def _short(m: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    from signals.encoder import shared_encoder
+    from sigroute.signals.encoder import shared_encoder
 
     pairs = load_pairs(args.pairs)
     if args.all:

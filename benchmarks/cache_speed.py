@@ -59,9 +59,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from benchmarks.report import emit
-from cache.index import VectorIndex
-from cache.semantic import SemanticCache
-from cache.store import MemoryDocumentStore, RedisDocumentStore
+from sigroute.cache.index import VectorIndex
+from sigroute.cache.semantic import SemanticCache
+from sigroute.cache.store import MemoryDocumentStore, RedisDocumentStore
 
 STANDARD_SIZES = (10_000, 100_000, 1_000_000)
 TARGET_LOOKUP_MS_100K = 1.0
@@ -175,7 +175,7 @@ def _exact_top1(stored: np.ndarray, queries: np.ndarray) -> np.ndarray:
 @contextmanager
 def private_redis() -> Iterator[str]:
     """A private redis-server on a free loopback port, without persistence; yields its URL."""
-    from gateway.serving import RedisServer, RedisServerError
+    from sigroute.gateway.serving import RedisServer, RedisServerError
 
     with tempfile.TemporaryDirectory(prefix="sigroute-bench-redis-") as workdir:
         try:
@@ -307,7 +307,7 @@ async def run_size(n: int, args, gen: Vectors, redis_url: str | None, log) -> di
 
 
 def _entry(i: int, v: np.ndarray, response_bytes: int, base: bytes):
-    from cache.store import CacheEntry
+    from sigroute.cache.store import CacheEntry
 
     return CacheEntry(doc_id=_doc_id(i), partition=PARTITION, category=CATEGORY,
                       response=_response(i, response_bytes, base), embedding=v)

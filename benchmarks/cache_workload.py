@@ -98,7 +98,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from benchmarks.report import emit
-from cache.training import DEFAULT_PAIRS, Components, load_pairs, normalize_question
+from sigroute.cache.training import DEFAULT_PAIRS, Components, load_pairs, normalize_question
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -428,9 +428,9 @@ def run_configuration(sim_url: str, stream: Sequence[StreamRequest], cache: Mapp
     answers (answer text -> warm-up prompt, for attributing hits on them)."""
     import httpx
 
-    from gateway.app import create_app
-    from gateway.serving import ServerThread
-    from policies.schema import Policy
+    from sigroute.gateway.app import create_app
+    from sigroute.gateway.serving import ServerThread
+    from sigroute.policies.schema import Policy
 
     policy = Policy.model_validate(workload_policy(sim_url + "/v1", cache))
     warmup = [StreamRequest(-1 - i, "warmup", text) for i, text in enumerate(WARMUP_PROMPTS)]
@@ -456,8 +456,8 @@ def run_benchmark(pairs_path: str, n_requests: int = DEFAULT_REQUESTS, seed: int
     """Build the stream, run it with the cache (and the baselines), return the full result with its
     summary. `wrong_examples` > 0 adds that many wrong hits per run (asked question, origin, cache
     value, similarity) to the full result, for diagnosis: they contain dataset text."""
-    from gateway.serving import ServerThread
-    from gateway.sim import create_sim_app
+    from sigroute.gateway.serving import ServerThread
+    from sigroute.gateway.sim import create_sim_app
 
     rows = rows_in_test_split(load_pairs(pairs_path))
     stream = build_stream(rows, n_requests, seed)

@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-from signals.encoder import Encoder
-from signals.heads import load_head, question_text
-from signals.training import embed, in_test_split, load_questions
+from sigroute.signals.encoder import Encoder
+from sigroute.signals.heads import load_head, question_text
+from sigroute.signals.training import embed, in_test_split, load_questions
 from benchmarks.report import emit
 
 DEFAULT_QUESTIONS = "../shared/data/routing/mmlu_pro/questions.jsonl.gz"

@@ -123,9 +123,9 @@ def build_cases(data_dir: Path, seed: int = 0, exam_questions: int = 600) -> lis
 
 async def score_cases(cases: list[dict], thresholds: list[float]) -> dict[float, list[bool]]:
     """For each threshold, whether each case is flagged (the embeddings are computed once)."""
-    from plugins.hallucination import GroundingChecker
-    from policies.schema import EncoderSpec, HallucinationPlugin
-    from signals.encoder import RequestEmbedder, shared_encoder
+    from sigroute.plugins.hallucination import GroundingChecker
+    from sigroute.policies.schema import EncoderSpec, HallucinationPlugin
+    from sigroute.signals.encoder import RequestEmbedder, shared_encoder
 
     spec = EncoderSpec()
     encoder = shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens,
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data:
         parser.error("give --data FILE (build it first with --build FILE)")
     cases = [json.loads(line) for line in Path(args.data).expanduser().read_text(encoding="utf-8").splitlines() if line]
-    from policies.schema import HallucinationPlugin
+    from sigroute.policies.schema import HallucinationPlugin
 
     default = HallucinationPlugin().threshold
     test = [c for c in cases if c["split"] == "test"][:args.limit]

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from signals.encoder import Encoder
-from signals.heads import load_head, question_text
-from signals.training import embed, in_test_split, load_labeled_csv, load_questions
+from sigroute.signals.encoder import Encoder
+from sigroute.signals.heads import load_head, question_text
+from sigroute.signals.training import embed, in_test_split, load_labeled_csv, load_questions
 from benchmarks.report import emit
 
 

@@ -301,7 +301,7 @@ def replicas(args, counts, serve, policy, tmp, trace, bodies, speedup, env, log)
     gateways sharing one Redis: the achieved rate is what the replicas can serve together."""
     import httpx
 
-    from gateway.serving import RedisServer
+    from sigroute.gateway.serving import RedisServer
 
     policy = dict(policy)
     policy["decisions"] = [dict(d) for d in policy["decisions"]]

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from gateway.serving import best_http, best_loop
+    from sigroute.gateway.serving import best_http, best_loop
 
     uvicorn.run(create_passthrough_app(args.upstream), host=args.host, port=args.port, loop=best_loop(),
                 http=best_http(), log_level=args.log_level, access_log=False, timeout_graceful_shutdown=1)

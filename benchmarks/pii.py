@@ -139,7 +139,7 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    from signals.pii import NER_ENTITIES, PATTERN_ENTITIES, PiiDetector
+    from sigroute.signals.pii import NER_ENTITIES, PATTERN_ENTITIES, PiiDetector
 
     detector = PiiDetector()
     build_s = time.perf_counter() - t0

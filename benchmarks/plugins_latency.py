@@ -115,11 +115,11 @@ def request(text: str) -> bytes:
 
 
 async def run(args) -> dict:
-    from gateway.metrics import Metrics
-    from gateway.pipeline import Pipeline
-    from gateway.serving import ServerThread
-    from gateway.sim import create_sim_app
-    from policies.schema import Policy
+    from sigroute.gateway.metrics import Metrics
+    from sigroute.gateway.pipeline import Pipeline
+    from sigroute.gateway.serving import ServerThread
+    from sigroute.gateway.sim import create_sim_app
+    from sigroute.policies.schema import Policy
 
     sim = ServerThread(create_sim_app({"models": {"sim": {"ttft_ms": 0, "tokens_per_s": 0,
                                                           "completion_tokens": 24}}})).start()

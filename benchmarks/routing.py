@@ -204,7 +204,7 @@ def read_models(path: Path) -> list[dict]:
 def prompt_token_counter() -> tuple[Callable[[str], int], str]:
     """Prompt tokens of a question sent as one user message (the gateway's accounting)."""
     try:
-        from signals import tokens as tok
+        from sigroute.signals import tokens as tok
 
         enc = tok.encoding()
         framing = tok.TOKENS_PER_REPLY + tok.TOKENS_PER_MESSAGE + len(enc.encode_ordinary("user"))
@@ -236,7 +236,7 @@ def impute_chars(chars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def load_table(data_dir: str | Path, pool: Sequence[str], *, count_tokens: Callable[[str], int] | None = None,
                tokenizer_name: str = "") -> Table:
-    from signals.heads import question_text
+    from sigroute.signals.heads import question_text
 
     root, mmlu = _resolve_dir(data_dir)
     models_table = read_models(root / "models.csv")
@@ -301,7 +301,7 @@ def load_table(data_dir: str | Path, pool: Sequence[str], *, count_tokens: Calla
 
 def head_training_sha256s() -> set[str]:
     """sha256s of the questions files the shipped heads were trained on."""
-    from signals.heads import TRAINED_DIR
+    from sigroute.signals.heads import TRAINED_DIR
 
     out = set()
     for meta_path in Path(TRAINED_DIR).glob("*/head.json"):
@@ -324,7 +324,7 @@ class Split:
 
 
 def make_split(data: Table, train_data: Table | None) -> Split:
-    from signals.training import SPLIT_RULE, in_inner_validation, in_test_split
+    from sigroute.signals.training import SPLIT_RULE, in_inner_validation, in_test_split
 
     if train_data is None:
         test = np.array([in_test_split(q) for q in data.question_ids])
@@ -349,7 +349,7 @@ def make_split(data: Table, train_data: Table | None) -> Split:
 
 def parse_features(spec: str) -> list:
     """'bias,domain,embedding:32,shape*0.5' -> FeatureGroups (':N' = dims, '*W' = weight)."""
-    from policies.schema import FeatureGroup
+    from sigroute.policies.schema import FeatureGroup
 
     groups = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
@@ -384,12 +384,12 @@ class FeatureBank:
         self._blocks: dict[tuple, np.ndarray] = {}
 
     def extractor(self, groups):
-        from bandits.features import FeatureExtractor
+        from sigroute.bandits.features import FeatureExtractor
 
         return FeatureExtractor(groups, self.resources)
 
     def matrix(self, groups, texts: Sequence[str], embeddings: np.ndarray, tokens: np.ndarray, key: str) -> np.ndarray:
-        from policies.schema import FeatureGroup
+        from sigroute.policies.schema import FeatureGroup
 
         blocks = []
         for g in groups:
@@ -442,8 +442,8 @@ def cross_fitted_head_blocks(train: Table, questions_path: Path, correctness_pat
     from scipy.special import log_softmax, softmax
     from sklearn.linear_model import LogisticRegression
 
-    from signals.heads import TRAINED_DIR, question_text
-    from signals.training import (_prune, count_matrix, embed, fit_idf, in_test_split, load_questions,
+    from sigroute.signals.heads import TRAINED_DIR, question_text
+    from sigroute.signals.training import (_prune, count_matrix, embed, fit_idf, in_test_split, load_questions,
                                   weight_matrix)
 
     dmeta = json.loads((Path(TRAINED_DIR) / "domain" / "head.json").read_text(encoding="utf-8"))
@@ -544,8 +544,8 @@ class RewardModel:
     """The gateway's reward for {quality: 1, cost: w}: `bandits.contextual.reward_value`."""
 
     def __init__(self, models: Sequence[str], prices: np.ndarray, w: float):
-        from bandits.contextual import reward_value
-        from policies.schema import RewardSpec
+        from sigroute.bandits.contextual import reward_value
+        from sigroute.policies.schema import RewardSpec
 
         self.models = list(models)
         self.prices = np.asarray(prices, dtype=np.float64)
@@ -579,8 +579,8 @@ class Learner:
 
     def __init__(self, spec: PolicySpec, dim: int, models: Sequence[str], prices: np.ndarray, seed: int,
                  ridge: float = 1.0):
-        from bandits.linear import DisjointRidge, HybridRidge
-        from bandits.policies import EpsilonGreedyRule, LinUCBRule, ThompsonRule
+        from sigroute.bandits.linear import DisjointRidge, HybridRidge
+        from sigroute.bandits.policies import EpsilonGreedyRule, LinUCBRule, ThompsonRule
 
         self.spec = spec
         self.models = tuple(models)
@@ -609,7 +609,7 @@ class Learner:
 
     def warm_start(self, X: np.ndarray, R: np.ndarray) -> None:
         """Learn every arm from full-information rows (X, reward matrix R (n, m)) at once."""
-        from bandits.warmstart import full_information_sums
+        from sigroute.bandits.warmstart import full_information_sums
 
         if self.estimator is None or len(X) == 0:
             return
@@ -1084,9 +1084,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{data.n} questions with every pool model's result ({data.dropped_missing['questions']} dropped); "
         f"training split {split.train.n}, stream {split.stream.n}")
 
-    from signals.encoder import shared_encoder
-    from signals.learned import SignalResources
-    from signals.training import embed
+    from sigroute.signals.encoder import shared_encoder
+    from sigroute.signals.learned import SignalResources
+    from sigroute.signals.training import embed
 
     encoder = shared_encoder()
     cache = str(Path(args.cache).expanduser()) if args.cache else None
@@ -1179,11 +1179,11 @@ def through_gateway(args, split: Split, X_train: np.ndarray, X_stream: np.ndarra
                     log: Callable[[str], Any]) -> dict:
     """The LinUCB router of this run, served by the real gateway: seed 0's stream order at cost weight
     `--regret-w`, warm-started with the same statistics, next to the same run done offline."""
-    from bandits.contextual import LinUCBSelector
-    from bandits.warmstart import full_information_sums
+    from sigroute.bandits.contextual import LinUCBSelector
+    from sigroute.bandits.warmstart import full_information_sums
     from benchmarks.routing_gateway import run_through_gateway
-    from gateway.sim_replay import load_outcomes
-    from policies.schema import Algorithm
+    from sigroute.gateway.sim.replay import load_outcomes
+    from sigroute.policies.schema import Algorithm
 
     stream, train = split.stream, split.train
     hp = out["config"]["hyperparameters"]

@@ -47,11 +47,11 @@ def run_through_gateway(outcomes: Any, questions: Sequence[tuple[str, str, str]]
     Returns per-question records (model, correct, cost), the HTTP time spent and, per model, the
     observation count and reward sum the gateway's learner ended with.
     """
-    from bandits.store import MemoryStateStore, import_state
-    from gateway.app import create_app
-    from gateway.serving import ServerThread
-    from gateway.sim import create_replay_app, extract_answer_letter
-    from policies.schema import Policy
+    from sigroute.bandits.store import MemoryStateStore, import_state
+    from sigroute.gateway.app import create_app
+    from sigroute.gateway.serving import ServerThread
+    from sigroute.gateway.sim import create_replay_app, extract_answer_letter
+    from sigroute.policies.schema import Policy
 
     prices = {m: (outcomes.models[m].price_in, outcomes.models[m].price_out) for m in pool}
     with ServerThread(create_replay_app(outcomes, time_scale=0.0)) as sim:

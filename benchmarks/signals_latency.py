@@ -82,11 +82,11 @@ def request_bytes(text: str) -> bytes:
 
 
 async def run(args) -> dict:
-    from gateway.metrics import Metrics
-    from gateway.pipeline import Pipeline
-    from policies.schema import Policy
-    from signals.encoder import load_sentence_transformer
-    from signals.registry import SIGNAL_TYPES
+    from sigroute.gateway.metrics import Metrics
+    from sigroute.gateway.pipeline import Pipeline
+    from sigroute.policies.schema import Policy
+    from sigroute.signals.encoder import load_sentence_transformer
+    from sigroute.signals.registry import SIGNAL_TYPES
 
     texts = load_texts(args.questions, args.n + args.warmup, args.seed, not args.stem_only)
     policy = Policy.model_validate(bench_policy("pii" in SIGNAL_TYPES))

@@ -246,7 +246,7 @@ def find_litellm(explicit: str | None) -> str | None:
 
 def measure_embedding_forward(samples: int, device: str, backend: str = "auto") -> dict:
     """In this process: p50 of one encoder forward pass over the benchmark's user message."""
-    from signals.encoder import Encoder
+    from sigroute.signals.encoder import Encoder
 
     encoder = Encoder(device=device, backend=backend)
     for i in range(10):

@@ -127,8 +127,8 @@ def format_curve(rows: list[dict]) -> str:
 def score_pairs(pairs: list[dict], scorer: str = "verifier", encoder=None, cache_dir=None,
                 verifier_dir=None) -> np.ndarray:
     """Scores of `pairs` (dicts with question1, question2) by the verifier or by MiniLM cosine."""
-    from signals.encoder import shared_encoder
-    from signals.training import embed
+    from sigroute.signals.encoder import shared_encoder
+    from sigroute.signals.training import embed
 
     encoder = encoder or shared_encoder()
     a = [p["question1"] for p in pairs]
@@ -142,7 +142,7 @@ def score_pairs(pairs: list[dict], scorer: str = "verifier", encoder=None, cache
         return np.sum(U * V, axis=1).astype(np.float64)
     if scorer != "verifier":
         raise ValueError(f"unknown scorer '{scorer}' (verifier or cosine)")
-    from cache.verifier import load_verifier
+    from sigroute.cache.verifier import load_verifier
 
     verifier = load_verifier(encoder.fingerprint, verifier_dir)
     return verifier.predict_proba(a, b, U, V)
@@ -184,7 +184,7 @@ def add_calibrate_parser(cache_sub) -> argparse.ArgumentParser:
 
 
 def cmd_cache_calibrate(args) -> int:
-    from cache.training import load_pairs
+    from sigroute.cache.training import load_pairs
 
     pairs = load_pairs(args.pairs)
     if args.split != "all":
@@ -216,7 +216,7 @@ def cmd_cache_calibrate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cache.calibrate")
+    parser = argparse.ArgumentParser(prog="python -m sigroute.cache.calibrate")
     sub = parser.add_subparsers(dest="command")
     add_cache_parser(sub)
     args = parser.parse_args(["cache", *(argv if argv is not None else sys.argv[1:])])

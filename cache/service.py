@@ -34,8 +34,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cache.keys import exact_key, partition_key
-from cache.semantic import Hit, SemanticCache, SingleFlight
+from sigroute.cache.keys import exact_key, partition_key
+from sigroute.cache.semantic import Hit, SemanticCache, SingleFlight
 
 __all__ = ["CachePlan", "CacheSettings", "ResponseCache", "cache_directives"]
 
@@ -101,7 +101,7 @@ class ResponseCache:
         self.specs = {d.name: d.cache for d in policy.decisions if d.cache is not None and d.cache.enabled}
         self.verifier = None
         if any(spec.verify and spec.needs_embedding() for spec in self.specs.values()):
-            from cache.verifier import load_verifier
+            from sigroute.cache.verifier import load_verifier
 
             if resources is None:
                 raise ValueError("a semantic cache needs the sentence encoder, which was not loaded")
@@ -128,7 +128,7 @@ class ResponseCache:
                 return CachePlan(decision, skipped="no_user")
         category, tuning = decision, None
         if spec.per_domain:
-            from signals.learned import request_domain
+            from sigroute.signals.learned import request_domain
 
             label, _ = await request_domain(ctx, self.resources)
             category, tuning = f"{decision}/{label}", spec.categories.get(label)

@@ -1,6 +1,6 @@
 """Reproducible training of the cache verifier (`cache.verifier`) from labelled question pairs.
 
-    python -m cache.training --pairs ../shared/data/cache/question_pairs_dev.csv \
+    python -m sigroute.cache.training --pairs ../shared/data/cache/question_pairs_dev.csv \
         [--out cache/trained/verifier] [--cache ~/.cache/sigroute/embeddings]
 
 Input: CSV with header ``question1,question2,is_duplicate``. scikit-learn is used here only.
@@ -34,8 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
-from cache.calibrate import choose_threshold, metrics_at
-from cache.verifier import DEFAULT_DIR, KIND, LEXICAL_FEATURES, pair_features
+from sigroute.cache.calibrate import choose_threshold, metrics_at
+from sigroute.cache.verifier import DEFAULT_DIR, KIND, LEXICAL_FEATURES, pair_features
 
 SPLIT_RULE = ("pairs grouped into connected components of normalized question text (lower case, whitespace "
               "collapsed; an edge per pair); h = int(sha256(min normalized question of the component).hexdigest(), 16) "
@@ -155,7 +155,7 @@ def transitive_pairs(pairs: list[dict]) -> list[dict]:
 
 
 def pair_embeddings(encoder, pairs: list[dict], cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
-    from signals.training import embed
+    from sigroute.signals.training import embed
 
     a = [p["question1"] for p in pairs]
     b = [p["question2"] for p in pairs]
@@ -230,11 +230,11 @@ def train_verifier(pairs_path, out_dir=None, encoder=None, cache_dir=None,
     write the artifact to `out_dir` (default `cache/trained/verifier`) and return its metadata."""
     from sklearn.linear_model import LogisticRegression
 
-    from signals.heads import file_sha256, save_head
-    from signals.training import _git_commit
+    from sigroute.signals.heads import file_sha256, save_head
+    from sigroute.signals.training import _git_commit
 
     if encoder is None:
-        from signals.encoder import shared_encoder
+        from sigroute.signals.encoder import shared_encoder
         encoder = shared_encoder()
     out_dir = Path(out_dir) if out_dir else DEFAULT_DIR
     t0 = time.perf_counter()
@@ -289,7 +289,7 @@ def train_verifier(pairs_path, out_dir=None, encoder=None, cache_dir=None,
     arrays, depth = _gbdt_arrays(clf)
 
     # the shipped model's validation scores, computed through the numpy inference path
-    from cache.verifier import Verifier
+    from sigroute.cache.verifier import Verifier
 
     meta = {
         "kind": KIND,
@@ -333,7 +333,7 @@ def train_verifier(pairs_path, out_dir=None, encoder=None, cache_dir=None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cache.training", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sigroute.cache.training", description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", default=str(DEFAULT_PAIRS), help="CSV: question1,question2,is_duplicate")
     parser.add_argument("--out", default=str(DEFAULT_DIR), help="artifact directory (default: the shipped one)")
     parser.add_argument("--cache", default="~/.cache/sigroute/embeddings", help="embedding cache ('' to disable)")

@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from signals.heads import HeadMismatch, META_FILE, WEIGHTS_FILE, _dequantize, load_artifact
+from sigroute.signals.heads import HeadMismatch, META_FILE, WEIGHTS_FILE, _dequantize, load_artifact
 
 TRAINED_DIR = Path(__file__).resolve().parent / "trained"
 KIND = "cache_verifier"
@@ -262,7 +262,7 @@ def read_verifier(directory: str | Path) -> Verifier:
     if not meta_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(
             f"no cache verifier in {directory} (expected {META_FILE} and {WEIGHTS_FILE}); train one with "
-            f"`python -m cache.training --pairs FILE.csv --out {directory}`")
+            f"`python -m sigroute.cache.training --pairs FILE.csv --out {directory}`")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta.get("kind") != KIND:
         raise HeadMismatch(f"the artifact in {directory} is a '{meta.get('kind')}', not a '{KIND}'")
@@ -282,4 +282,4 @@ def load_verifier(encoder_fingerprint: str | None, directory: str | Path | None 
     """
     path = DEFAULT_DIR if directory is None else Path(directory)
     return load_artifact(path, read_verifier, "cache verifier", encoder_fingerprint,
-                         "`python -m cache.training --pairs FILE.csv` using this encoder")
+                         "`python -m sigroute.cache.training --pairs FILE.csv` using this encoder")

@@ -33,11 +33,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import APIError, Forbidden, PayloadTooLarge, Unavailable
-from gateway.metrics import Metrics
-from gateway.openai_wire import model_list
-from gateway.pipeline import Answer, Pipeline
-from policies.schema import Policy
+from sigroute.gateway.errors import APIError, Forbidden, PayloadTooLarge, Unavailable
+from sigroute.gateway.metrics import Metrics
+from sigroute.gateway.openai_wire import model_list
+from sigroute.gateway.pipeline import Answer, Pipeline
+from sigroute.policies.schema import Policy
 
 log = logging.getLogger("sigroute.app")
 
@@ -120,7 +120,7 @@ class Runtime:
 
     def reload(self) -> Policy:
         """Load the policy file again; on any error the running policy stays and the error is raised."""
-        from policies.loader import load_policy
+        from sigroute.policies.loader import load_policy
 
         if not self.policy_path:
             raise APIError("this gateway runs an embedded policy; there is no file to reload", status=409,
@@ -169,9 +169,9 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                redis_url: str | None = None, **pipeline_options: Any) -> FastAPI:
     """The gateway app. `redis_url` shares learning state, pending feedback and cached answers
     between replicas (and keeps them across restarts); without it they live in this process's memory."""
-    from bandits.store import open_pending_store, open_state_store
-    from cache.semantic import SemanticCache, SingleFlight
-    from cache.store import open_document_store
+    from sigroute.bandits.store import open_pending_store, open_state_store
+    from sigroute.cache.semantic import SemanticCache, SingleFlight
+    from sigroute.cache.store import open_document_store
 
     metrics = metrics or Metrics()
     pipeline_options.setdefault("state_store", open_state_store(redis_url))
@@ -386,7 +386,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
 
 
 def app_from_file(path: str | Path | None = None, **options: Any) -> FastAPI:
-    from policies.loader import load_default_policy, load_policy
+    from sigroute.policies.loader import load_default_policy, load_policy
 
     if path is None:
         return create_app(load_default_policy(), **options)

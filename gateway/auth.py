@@ -14,9 +14,9 @@ import logging
 import os
 from typing import Mapping
 
-from gateway.errors import Unauthorized
-from policies.schema import ApiKey, Auth, RateLimit
-from signals.context import ANONYMOUS, Principal
+from sigroute.gateway.errors import Unauthorized
+from sigroute.policies.schema import ApiKey, Auth, RateLimit
+from sigroute.signals.context import ANONYMOUS, Principal
 
 log = logging.getLogger("sigroute.auth")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 def _load_or_report(path: str | None):
     """The policy at `path` (or the embedded default); on errors, print them and return None."""
-    from policies.loader import PolicyError, load_default_policy, load_policy
+    from sigroute.policies.loader import PolicyError, load_default_policy, load_policy
 
     try:
         return load_default_policy() if path is None else load_policy(path)
@@ -28,8 +28,8 @@ def _load_or_report(path: str | None):
 def _startup_problem(exc: Exception, path: str | None) -> str | None:
     """A policy that validates can still fail to start: its encoder or a trained head is missing
     or was trained on another encoder. Those errors get one clear line instead of a traceback."""
-    from signals.encoder import EncoderUnavailable
-    from signals.heads import HeadMismatch
+    from sigroute.signals.encoder import EncoderUnavailable
+    from sigroute.signals.heads import HeadMismatch
 
     if isinstance(exc, (EncoderUnavailable, HeadMismatch, FileNotFoundError)):
         return f"{path or 'embedded default policy'}: cannot start: {exc}"
@@ -37,7 +37,7 @@ def _startup_problem(exc: Exception, path: str | None) -> str | None:
 
 
 def cmd_validate(args) -> int:
-    from policies.loader import PolicyError, load_policy, policy_warnings
+    from sigroute.policies.loader import PolicyError, load_policy, policy_warnings
 
     status = 0
     for path in args.files:
@@ -59,15 +59,15 @@ def cmd_validate(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from policies.schema import json_schema
+    from sigroute.policies.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
 def cmd_explain(args) -> int:
-    from gateway.metrics import Metrics
-    from gateway.pipeline import Pipeline
+    from sigroute.gateway.metrics import Metrics
+    from sigroute.gateway.pipeline import Pipeline
 
     policy = _load_or_report(args.policy)
     if policy is None:
@@ -91,7 +91,7 @@ def cmd_explain(args) -> int:
         finally:
             await pipeline.aclose()
 
-    from gateway.errors import APIError
+    from sigroute.gateway.errors import APIError
 
     try:
         report = asyncio.run(run())
@@ -141,8 +141,8 @@ def print_explain(report: dict) -> None:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from gateway.app import create_app
-    from gateway.serving import best_http, best_loop
+    from sigroute.gateway.app import create_app
+    from sigroute.gateway.serving import best_http, best_loop
 
     policy = _load_or_report(args.policy)
     if policy is None:
@@ -150,7 +150,7 @@ def cmd_serve(args) -> int:
     try:
         options = {}
         if args.redis:
-            from bandits.store import open_state_store
+            from sigroute.bandits.store import open_state_store
 
             try:
                 open_state_store(args.redis)  # checks the URL's form; connecting happens per request
@@ -158,7 +158,7 @@ def cmd_serve(args) -> int:
                 print(f"sigroute serve: --redis: {exc}", file=sys.stderr)
                 return 2
         if args.decision_log:
-            from bandits.replay import DecisionLog
+            from sigroute.bandits.replay import DecisionLog
 
             options["decision_log"] = DecisionLog(args.decision_log)
         app = create_app(policy, policy_path=args.policy, redis_url=args.redis, **options)
@@ -183,7 +183,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_sim(args) -> int:
-    from gateway.sim import OutcomesError, SimConfigError, run_sim
+    from sigroute.gateway.sim import OutcomesError, SimConfigError, run_sim
 
     if args.time_scale is not None and args.outcomes is None:
         print("sigroute sim: --time-scale only applies to replay mode (--outcomes DIR)", file=sys.stderr)
@@ -208,7 +208,7 @@ def _time_scale(value: str) -> float:
 
 
 def cmd_demo(args) -> int:
-    from gateway.demo import run_demo
+    from sigroute.gateway.demo import run_demo
 
     return run_demo(requests=args.requests, concurrency=args.concurrency, policy_path=args.policy,
                     sim_config=args.sim_config, seed=args.seed)
@@ -226,10 +226,10 @@ def _state_selector(args) -> tuple[str, Any]:
 
 
 def cmd_replay(args) -> int:
-    from bandits.contextual import ContextualSelector
-    from bandits.registry import build_selector
-    from bandits.replay import evaluate, read_decision_log
-    from gateway.pipeline import needs_encoder
+    from sigroute.bandits.contextual import ContextualSelector
+    from sigroute.bandits.registry import build_selector
+    from sigroute.bandits.replay import evaluate, read_decision_log
+    from sigroute.gateway.pipeline import needs_encoder
 
     policy = _load_or_report(args.policy)
     if policy is None:
@@ -242,8 +242,8 @@ def cmd_replay(args) -> int:
         return 1
     resources = None
     if needs_encoder(policy):
-        from signals.encoder import shared_encoder
-        from signals.learned import SignalResources
+        from sigroute.signals.encoder import shared_encoder
+        from sigroute.signals.learned import SignalResources
 
         spec = policy.encoder
         resources = SignalResources(shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens,
@@ -272,13 +272,13 @@ def _warm_start_snapshot(args) -> dict:
     """Full-information statistics of a decision on recorded outcomes (see bandits.warmstart)."""
     import numpy as np
 
-    from bandits.contextual import ContextualSelector, reward_value
-    from bandits.registry import build_selector
-    from bandits.warmstart import full_information_sums
-    from gateway.pipeline import needs_encoder
-    from gateway.sim_replay import format_replay_question, load_outcomes
-    from signals.context import RequestContext
-    from signals.training import in_test_split
+    from sigroute.bandits.contextual import ContextualSelector, reward_value
+    from sigroute.bandits.registry import build_selector
+    from sigroute.bandits.warmstart import full_information_sums
+    from sigroute.gateway.pipeline import needs_encoder
+    from sigroute.gateway.sim.replay import format_replay_question, load_outcomes
+    from sigroute.signals.context import RequestContext
+    from sigroute.signals.training import in_test_split
 
     policy = _load_or_report(args.policy)
     if policy is None:
@@ -289,8 +289,8 @@ def _warm_start_snapshot(args) -> dict:
         raise ValueError(f"no decision '{args.decision}' in the policy") from None
     resources = encoder = None
     if needs_encoder(policy):
-        from signals.encoder import shared_encoder
-        from signals.learned import SignalResources
+        from sigroute.signals.encoder import shared_encoder
+        from sigroute.signals.learned import SignalResources
 
         spec = policy.encoder
         encoder = shared_encoder(spec.model, device=spec.device, max_tokens=spec.max_tokens,
@@ -314,7 +314,7 @@ def _warm_start_snapshot(args) -> dict:
           f"× {len(columns)} models", file=sys.stderr)
     embeddings = None
     if encoder is not None and selector.features.needs_embedding:
-        from signals.training import embed
+        from sigroute.signals.training import embed
 
         embeddings = embed(encoder, texts, Path(args.cache).expanduser() if args.cache else None)
     contexts, rewards = [], {m: [] for m in decision.models}
@@ -349,7 +349,7 @@ def cmd_bandit(args) -> int:
     import asyncio
     import json
 
-    from bandits.store import StoreUnavailable, export_state, import_state, open_state_store
+    from sigroute.bandits.store import StoreUnavailable, export_state, import_state, open_state_store
 
     if args.bandit_command == "warm-start":
         try:
@@ -528,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="rebuild a shipped head from the shared data: train {domain|jailbreak|complexity} "
                    "--data DIR [--out DIR] (see `sigroute train --help`)", add_help=False)
 
-    from cache.calibrate import add_cache_parser
+    from sigroute.cache.calibrate import add_cache_parser
 
     add_cache_parser(sub)  # sigroute cache calibrate --pairs FILE.csv --target-precision P
 
@@ -542,10 +542,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SERVER_MODULES = ("fastapi", "uvicorn", "pydantic", "yaml", "numpy", "orjson")  # what every command needs
+
+
+def missing_server_dependencies() -> list[str]:
+    """The server extra's modules this environment lacks (`pip install sigroute` is the SDK alone)."""
+    import importlib.util
+
+    return [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    missing = missing_server_dependencies()
+    if missing:
+        print("sigroute: this installation has the Python SDK only (no " + ", ".join(missing) + "); the gateway "
+              "and its commands need the server extra: pip install torch==2.13.0 && pip install 'sigroute[server]'",
+              file=sys.stderr)
+        return 2
     if argv[:1] == ["train"]:  # the trainer owns its options (signals.training)
-        from signals.training import main as train_main
+        from sigroute.signals.training import main as train_main
 
         return train_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)

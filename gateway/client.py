@@ -9,9 +9,9 @@ from any application.
 
 Example (start a gateway first: ``sigroute serve``)::
 
-    from gateway.client import SigrouteClient, RateLimited
+    from sigroute.gateway.client import Client, RateLimited
 
-    with SigrouteClient("http://127.0.0.1:8080", api_key="sk-my-key") as client:
+    with Client("http://127.0.0.1:8080", api_key="sk-my-key") as client:
         answer = client.chat("Why does my Python loop never end?")
         print(answer.text)
         print(answer.routing.decision, answer.routing.model, answer.routing.confidence)
@@ -27,10 +27,10 @@ Example (start a gateway first: ``sigroute serve``)::
 The async client has the same methods, awaited::
 
     import asyncio
-    from gateway.client import AsyncSigrouteClient
+    from sigroute.gateway.client import AsyncClient
 
     async def main():
-        async with AsyncSigrouteClient("http://127.0.0.1:8080") as client:
+        async with AsyncClient("http://127.0.0.1:8080") as client:
             answer = await client.chat("hello", debug=True)
             print(answer.routing.signals)
             stream = await client.stream("hello")
@@ -95,7 +95,7 @@ except ImportError:  # pragma: no cover - exercised only where orjson is absent
     _JSONDecodeError = json.JSONDecodeError
 
 __all__ = [
-    "SigrouteClient", "AsyncSigrouteClient", "RoutedCompletion", "RoutingInfo", "SignalVerdict",
+    "Client", "AsyncClient", "RoutedCompletion", "RoutingInfo", "SignalVerdict",
     "Explanation", "ChatStream", "AsyncChatStream",
     "SigrouteError", "BadRequest", "AuthenticationError", "PermissionDenied", "NotFound",
     "FeedbackNotSupported", "RateLimited", "UpstreamError", "Unavailable", "StreamBroken",
@@ -822,7 +822,7 @@ class _ClientCore:
         return error
 
 
-class SigrouteClient(_ClientCore):
+class Client(_ClientCore):
     """Synchronous client for a sigroute gateway.
 
     Args:
@@ -841,7 +841,7 @@ class SigrouteClient(_ClientCore):
 
     Example::
 
-        with SigrouteClient("http://127.0.0.1:8080") as client:
+        with Client("http://127.0.0.1:8080") as client:
             answer = client.chat([{"role": "system", "content": "Be brief."},
                                   {"role": "user", "content": "What is 2+2?"}], temperature=0)
             assert answer.routing.request_id.startswith("req_")
@@ -979,24 +979,24 @@ class SigrouteClient(_ClientCore):
         if self._owns_http:
             self._http.close()
 
-    def __enter__(self) -> "SigrouteClient":
+    def __enter__(self) -> "Client":
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SigrouteClient(base_url={self.base_url!r}, default_model={self.default_model!r})"
+        return f"Client(base_url={self.base_url!r}, default_model={self.default_model!r})"
 
 
-class AsyncSigrouteClient(_ClientCore):
-    """Asynchronous client for a sigroute gateway: the same API as `SigrouteClient`, awaited.
+class AsyncClient(_ClientCore):
+    """Asynchronous client for a sigroute gateway: the same API as `Client`, awaited.
 
     `stream()` is awaited too and returns an `AsyncChatStream` (`async for chunk in stream`).
 
     Example::
 
-        async with AsyncSigrouteClient("http://127.0.0.1:8080") as client:
+        async with AsyncClient("http://127.0.0.1:8080") as client:
             answer = await client.chat("hello")
             async with await client.stream("hello") as stream:
                 async for chunk in stream:
@@ -1042,7 +1042,7 @@ class AsyncSigrouteClient(_ClientCore):
 
     async def chat(self, messages: Messages, model: str | None = None, *, debug: bool = False,
                    headers: Mapping[str, str] | None = None, **params: Any) -> RoutedCompletion:
-        """See `SigrouteClient.chat`."""
+        """See `Client.chat`."""
         body = self._chat_body(messages, model, params, stream=False)
         response = await self._send("POST", "/v1/chat/completions", content=body,
                                     headers=self._headers(headers, debug=debug, body=True))
@@ -1050,7 +1050,7 @@ class AsyncSigrouteClient(_ClientCore):
 
     async def stream(self, messages: Messages, model: str | None = None, *, debug: bool = False,
                      headers: Mapping[str, str] | None = None, **params: Any) -> AsyncChatStream:
-        """See `SigrouteClient.stream`; returns an `AsyncChatStream`."""
+        """See `Client.stream`; returns an `AsyncChatStream`."""
         body = self._chat_body(messages, model, params, stream=True)
         response = await self._send("POST", "/v1/chat/completions", content=body, stream=True,
                                     headers=self._headers(headers, debug=debug, body=True, stream=True))
@@ -1058,33 +1058,33 @@ class AsyncSigrouteClient(_ClientCore):
 
     async def explain(self, messages: Messages, model: str | None = None,
                       headers: Mapping[str, str] | None = None, **params: Any) -> Explanation:
-        """See `SigrouteClient.explain`."""
+        """See `Client.explain`."""
         body = self._chat_body(messages, model, params, stream=False)
         response = await self._send("POST", "/v1/route/explain", content=body,
                                     headers=self._headers(headers, body=True))
         return Explanation(self._json(response))
 
     async def models(self) -> list[dict[str, Any]]:
-        """See `SigrouteClient.models`."""
+        """See `Client.models`."""
         return list((await self._get_json("/v1/models")).get("data") or [])
 
     async def health(self) -> dict[str, Any]:
-        """See `SigrouteClient.health`."""
+        """See `Client.health`."""
         return await self._get_json("/health")
 
     async def ready(self) -> dict[str, Any]:
-        """See `SigrouteClient.ready`."""
+        """See `Client.ready`."""
         response = await self._send("GET", "/ready", headers=self._headers(), accept=(503,))
         return self._json(response)
 
     async def reload(self) -> dict[str, Any]:
-        """See `SigrouteClient.reload`."""
+        """See `Client.reload`."""
         response = await self._send("POST", "/v1/admin/reload", headers=self._headers())
         return self._json(response)
 
     async def feedback(self, request_id: str, score: float | None = None, thumbs: bool | str | None = None,
                        label: str | None = None) -> dict[str, Any]:
-        """See `SigrouteClient.feedback`."""
+        """See `Client.feedback`."""
         body = self._feedback_body(request_id, score, thumbs, label)
         try:
             response = await self._send("POST", "/v1/feedback", content=body, headers=self._headers(body=True))
@@ -1098,11 +1098,11 @@ class AsyncSigrouteClient(_ClientCore):
 
     aclose = close
 
-    async def __aenter__(self) -> "AsyncSigrouteClient":
+    async def __aenter__(self) -> "AsyncClient":
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"AsyncSigrouteClient(base_url={self.base_url!r}, default_model={self.default_model!r})"
+        return f"AsyncClient(base_url={self.base_url!r}, default_model={self.default_model!r})"

@@ -1,7 +1,7 @@
 """`sigroute demo`: the simulated upstream and the gateway in one process, a few hundred requests,
 and a report per decision (requests, chosen models, accuracy, cost, latency).
 
-The requests are the project's own multiple-choice questions (gateway/data/demo_questions.json),
+The requests are the project's own multiple-choice questions (gateway/sim/data/demo_questions.json),
 dressed in ways that trigger the default policy's decisions: plain, about code, in another
 language, with a long pasted context, or flagged urgent by a header. The simulated models answer
 correctly with their configured accuracy for the question's category, so the report shows what
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from gateway.serving import ServerThread
+from sigroute.gateway.serving import ServerThread
 
 ANSWER = re.compile(r"answer is \(?([A-J])\)?")
 
@@ -85,7 +85,7 @@ def _with_api_base(policy, url: str):
 
 
 async def _drive(base_url: str, questions, n: int, concurrency: int, seed: int, prices) -> list[Outcome]:
-    from gateway.sim import format_question
+    from sigroute.gateway.sim import format_question
 
     rng = random.Random(seed)
     plan = [(rng.choice(questions), rng.choice(STYLES)) for _ in range(n)]
@@ -182,9 +182,9 @@ def report(outcomes: list[Outcome], elapsed_s: float) -> str:
 
 def run_demo(requests: int = 300, concurrency: int = 16, policy_path: str | None = None,
              sim_config: str | None = None, seed: int = 7) -> int:
-    from gateway.app import create_app
-    from gateway.sim import DEFAULT_CONFIG_PATH, create_sim_app, load_question_bank
-    from policies.loader import load_default_policy, load_policy
+    from sigroute.gateway.app import create_app
+    from sigroute.gateway.sim import DEFAULT_CONFIG_PATH, create_sim_app, load_question_bank
+    from sigroute.policies.loader import load_default_policy, load_policy
 
     policy = load_policy(policy_path) if policy_path else load_default_policy()
     questions = load_question_bank()

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import InvalidRequest
+from sigroute.gateway.errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal", "input_text", "input_image"})

@@ -36,29 +36,29 @@ from typing import Any, AsyncIterator, Mapping
 
 import orjson
 
-from bandits.base import Choice, Reward
-from bandits.contextual import ContextualSelector, quality_from_feedback
-from bandits.registry import build_selector
-from bandits.store import MemoryPendingStore, MemoryStateStore
-from cache.semantic import SemanticCache, SingleFlight
-from cache.store import MemoryDocumentStore
-from cache.service import CachePlan, ResponseCache
-from gateway.auth import Authenticator
-from gateway.errors import APIError, InvalidRequest, NotFound, RateLimited, Unavailable
-from gateway.metrics import Metrics
-from gateway.openai_wire import (SSE_DONE, StreamAssembler, complete_answer, completion_chunks, parse_chat_request,
+from sigroute.bandits.base import Choice, Reward
+from sigroute.bandits.contextual import ContextualSelector, quality_from_feedback
+from sigroute.bandits.registry import build_selector
+from sigroute.bandits.store import MemoryPendingStore, MemoryStateStore
+from sigroute.cache.semantic import SemanticCache, SingleFlight
+from sigroute.cache.store import MemoryDocumentStore
+from sigroute.cache.service import CachePlan, ResponseCache
+from sigroute.gateway.auth import Authenticator
+from sigroute.gateway.errors import APIError, InvalidRequest, NotFound, RateLimited, Unavailable
+from sigroute.gateway.metrics import Metrics
+from sigroute.gateway.openai_wire import (SSE_DONE, StreamAssembler, complete_answer, completion_chunks, parse_chat_request,
                                  sse_event, stream_error_event)
-from gateway.ratelimit import RateLimiter
-from gateway.upstream import CallResult, UpstreamError, Upstreams
-from plugins.base import Blocked, PluginState, Reroute
-from plugins.chain import PluginChain, needs_encoder as plugins_need_encoder
-from policies.rules import DecisionEngine, Outcome
-from policies.schema import Decision, Policy
-from signals.context import RequestContext
-from signals.encoder import RequestEmbedder, shared_encoder
-from signals.engine import SignalEngine
-from signals.learned import SignalResources
-from signals.registry import SIGNAL_TYPES
+from sigroute.gateway.ratelimit import RateLimiter
+from sigroute.gateway.upstream import CallResult, UpstreamError, Upstreams
+from sigroute.plugins.base import Blocked, PluginState, Reroute
+from sigroute.plugins.chain import PluginChain, needs_encoder as plugins_need_encoder
+from sigroute.policies.rules import DecisionEngine, Outcome
+from sigroute.policies.schema import Decision, Policy
+from sigroute.signals.context import RequestContext
+from sigroute.signals.encoder import RequestEmbedder, shared_encoder
+from sigroute.signals.engine import SignalEngine
+from sigroute.signals.learned import SignalResources
+from sigroute.signals.registry import SIGNAL_TYPES
 
 log = logging.getLogger("sigroute.pipeline")
 
@@ -96,7 +96,7 @@ class Answer:
 def needs_encoder(policy: Policy) -> bool:
     """Whether some declared signal or some bandit's features read embeddings (then the encoder is
     loaded with the policy)."""
-    from bandits.features import LEARNED_GROUPS
+    from sigroute.bandits.features import LEARNED_GROUPS
 
     for key in policy.signals.declared():
         cls = SIGNAL_TYPES.get(key.split(":", 1)[0])

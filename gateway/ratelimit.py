@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Protocol
 
-from policies.schema import RateLimit
+from sigroute.policies.schema import RateLimit
 
 
 def bucket_size(limit: RateLimit) -> float:

@@ -35,9 +35,9 @@ from typing import Any, AsyncIterator, Callable, Mapping, Protocol, Sequence
 
 import orjson
 
-from gateway import http1
-from gateway.errors import APIError, InvalidRequest, UpstreamFailed, Unavailable
-from policies.schema import ModelSpec, Policy
+from sigroute.gateway import http1
+from sigroute.gateway.errors import APIError, InvalidRequest, UpstreamFailed, Unavailable
+from sigroute.policies.schema import ModelSpec, Policy
 
 log = logging.getLogger("sigroute.upstream")
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from plugins.base import Blocked, Plugin, PluginState, Reroute
-from plugins.guards import Jailbreak, Pii
-from plugins.hallucination import Hallucination
-from plugins.response_guard import ResponseGuard
-from plugins.transform import FastResponse, Headers, Params, SystemPrompt
-from policies.schema import PLUGIN_ORDER
+from sigroute.plugins.base import Blocked, Plugin, PluginState, Reroute
+from sigroute.plugins.guards import Jailbreak, Pii
+from sigroute.plugins.hallucination import Hallucination
+from sigroute.plugins.response_guard import ResponseGuard
+from sigroute.plugins.transform import FastResponse, Headers, Params, SystemPrompt
+from sigroute.policies.schema import PLUGIN_ORDER
 
 # YAML name -> class; `build` passes the options (and the signal resources to those that need them)
 PLUGIN_TYPES: dict[str, type[Plugin]] = {

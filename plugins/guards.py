@@ -20,15 +20,15 @@ import json
 import re
 from typing import Any
 
-from plugins.base import Blocked, Plugin, PluginState, Reroute
+from sigroute.plugins.base import Blocked, Plugin, PluginState, Reroute
 
 
 class Jailbreak(Plugin):
     name = "jailbreak"
 
     def __init__(self, options, resources):
-        from policies.schema import JailbreakSignal
-        from signals.learned import Jailbreak as JailbreakScore
+        from sigroute.policies.schema import JailbreakSignal
+        from sigroute.signals.learned import Jailbreak as JailbreakScore
 
         if resources is None:
             raise ValueError("the jailbreak plugin needs the sentence encoder, which was not loaded")
@@ -91,7 +91,7 @@ class Pii(Plugin):
     name = "pii"
 
     def __init__(self, options):
-        from signals.pii import _norm_value, default_detector
+        from sigroute.signals.pii import _norm_value, default_detector
 
         self.options = options
         self.detector = default_detector()

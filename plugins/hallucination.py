@@ -40,7 +40,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import numpy as np
 
-from plugins.base import Plugin, PluginState
+from sigroute.plugins.base import Plugin, PluginState
 
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
 _WORD = re.compile(r"[A-Za-z0-9][\w'’-]*")
@@ -151,8 +151,8 @@ class Hallucination(Plugin):
     name = "hallucination"
 
     def __init__(self, options, resources):
-        from policies.schema import FactCheckSignal
-        from signals.learned import FactCheck
+        from sigroute.policies.schema import FactCheckSignal
+        from sigroute.signals.learned import FactCheck
 
         if resources is None:
             raise ValueError("the hallucination plugin needs the sentence encoder, which was not loaded")

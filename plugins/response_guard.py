@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from plugins.base import Plugin, PluginState
+from sigroute.plugins.base import Plugin, PluginState
 
 _WORD = re.compile(r"[\w'’-]+", re.UNICODE)
 _LINK = re.compile(r"https?://[^\s)\]>\"']+|www\.[^\s)\]>\"']+|[\w.+-]+@[\w-]+\.[\w.-]+", re.IGNORECASE)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from plugins.base import Blocked, Plugin, PluginState
+from sigroute.plugins.base import Blocked, Plugin, PluginState
 
 
 class FastResponse(Plugin):

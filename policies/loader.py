@@ -4,7 +4,7 @@ Every problem found is reported with the file, the 1-based line and column, and 
 the offending key (e.g. ``decisions[2].rules``), in a sentence that says what is wrong and how to
 fix it::
 
-    from policies.loader import load_policy, PolicyError
+    from sigroute.policies.loader import load_policy, PolicyError
 
     try:
         policy = load_policy("policy.yaml")
@@ -37,7 +37,7 @@ from typing import Annotated, Any, Iterable, Literal, Mapping, Union, get_args, 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from policies.schema import (
+from sigroute.policies.schema import (
     ALGORITHM_OPTIONS,
     LEAF_PATTERN,
     NAME_PATTERN,
@@ -300,7 +300,7 @@ def load_policy_text(text: str, source: str = "<string>") -> Policy:
 
 def load_default_policy() -> Policy:
     """The embedded default policy (`policies/examples/default.yaml`), which routes to the simulated upstream."""
-    resource = resources.files("policies").joinpath(DEFAULT_POLICY)
+    resource = resources.files("sigroute.policies").joinpath(DEFAULT_POLICY)
     return load_policy_text(resource.read_text(encoding="utf-8"), str(resource))
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
-from policies.schema import AllRule, AnyRule, Decision, NotRule, RuleExpr
+from sigroute.policies.schema import AllRule, AnyRule, Decision, NotRule, RuleExpr
 
 
 class SignalOutcome(Protocol):

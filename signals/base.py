@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from signals.context import RequestContext
+from sigroute.signals.context import RequestContext
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,7 +186,7 @@ class RequestContext:
     @cached_property
     def prompt_tokens(self) -> int:
         """Prompt size in tokens, counted with a real BPE tokenizer (see signals.tokens)."""
-        from signals.tokens import count_message_tokens
+        from sigroute.signals.tokens import count_message_tokens
 
         return count_message_tokens(self.messages)
 

@@ -200,7 +200,7 @@ class Encoder:
         return chunks
 
     def _load_onnx(self, required: bool):
-        from signals.onnx_backend import OnnxForward, OnnxUnavailable
+        from sigroute.signals.onnx_backend import OnnxForward, OnnxUnavailable
 
         import torch
 

@@ -14,9 +14,9 @@ import logging
 import time
 from typing import Iterable, Mapping
 
-from signals.base import Signal, SignalResult
-from signals.context import RequestContext
-from signals.registry import SIGNAL_TYPES
+from sigroute.signals.base import Signal, SignalResult
+from sigroute.signals.context import RequestContext
+from sigroute.signals.registry import SIGNAL_TYPES
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-from policies.schema import (
+from sigroute.policies.schema import (
     AuthzSignal,
     ContextLengthSignal,
     ConversationSignal,
@@ -26,8 +26,8 @@ from policies.schema import (
     MetadataSignal,
     ModalitySignal,
 )
-from signals.base import Signal, SignalResult
-from signals.context import RequestContext
+from sigroute.signals.base import Signal, SignalResult
+from sigroute.signals.context import RequestContext
 
 # Shared results for the common outcomes: SignalResult is immutable, so reuse is safe.
 _NO = SignalResult(False, 0.0, None)

@@ -23,9 +23,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from signals.base import Signal, SignalResult
-from signals.context import RequestContext
-from signals import exemplars
+from sigroute.signals.base import Signal, SignalResult
+from sigroute.signals.context import RequestContext
+from sigroute.signals import exemplars
 
 
 @dataclass
@@ -43,7 +43,7 @@ class SignalResources:
 
     def head(self, kind: str):
         if kind not in self._heads:
-            from signals.heads import load_head
+            from sigroute.signals.heads import load_head
 
             directory = None if self.heads_dir is None else f"{self.heads_dir}/{kind}"
             self._heads[kind] = load_head(kind, self.encoder.fingerprint, directory)

@@ -53,8 +53,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 
-from signals.base import Signal, SignalResult
-from signals.context import RequestContext
+from sigroute.signals.base import Signal, SignalResult
+from sigroute.signals.context import RequestContext
 
 # --------------------------------------------------------------------------------------------
 # entity catalogue

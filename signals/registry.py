@@ -6,8 +6,8 @@ as they are implemented; `SignalEngine` refuses a policy that declares a type mi
 
 from __future__ import annotations
 
-from signals.base import Signal
-from signals.heuristics import (
+from sigroute.signals.base import Signal
+from sigroute.signals.heuristics import (
     Authz,
     ContextLength,
     Conversation,
@@ -18,8 +18,8 @@ from signals.heuristics import (
     Modality,
 )
 
-from signals.learned import Complexity, Domain, Embedding, FactCheck, Jailbreak
-from signals.pii import Pii
+from sigroute.signals.learned import Complexity, Domain, Embedding, FactCheck, Jailbreak
+from sigroute.signals.pii import Pii
 
 SIGNAL_TYPES: dict[str, type[Signal]] = {
     "keyword": Keyword,

@@ -1,6 +1,6 @@
 """Training of the shipped heads (domain, jailbreak, complexity). scikit-learn is used here only.
 
-    python -m signals.training train domain --data ../shared/data [--out DIR] [--cache DIR]
+    python -m sigroute.signals.training train domain --data ../shared/data [--out DIR] [--cache DIR]
 
 The data directory is laid out like the project's evaluation data (see the data README):
 ``routing/mmlu_pro/questions.jsonl.gz``, ``routing/mmlu_pro/correctness.csv.gz`` and
@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from signals.heads import (
+from sigroute.signals.heads import (
     ATTACK_PATTERNS,
     TEXT_STATS,
     TRAINED_DIR,
@@ -529,7 +529,7 @@ TRAINERS = {"domain": train_domain, "jailbreak": train_jailbreak, "complexity": 
 
 
 def _default_encoder():
-    from signals.encoder import Encoder
+    from sigroute.signals.encoder import Encoder
 
     return Encoder()
 
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output directory (default: signals/trained/<kind>)")
     parser.add_argument("--cache", default=None, help="directory to keep computed embeddings in (optional)")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:  # `python -m signals.training train domain …`
+    if argv[:1] == ["train"]:  # `python -m sigroute.signals.training train domain …`
         argv = argv[1:]
     args = parser.parse_args(argv)
     data = Path(args.data)

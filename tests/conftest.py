@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.serving import ServerThread
+from sigroute.gateway.serving import ServerThread
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -67,7 +67,7 @@ SIM_MODELS = {
 
 @pytest.fixture(scope="session")
 def sim_server() -> Iterator[ServerThread]:
-    from gateway.sim import create_sim_app
+    from sigroute.gateway.sim import create_sim_app
 
     with ServerThread(create_sim_app({"seed": 1, "models": SIM_MODELS})) as server:
         yield server
@@ -144,8 +144,8 @@ class Gateway:
 
 @pytest.fixture
 def gateway_factory() -> Iterator[Callable[..., Gateway]]:
-    from gateway.app import create_app
-    from policies.schema import Policy
+    from sigroute.gateway.app import create_app
+    from sigroute.policies.schema import Policy
 
     started: list[Gateway] = []
 
@@ -178,7 +178,7 @@ def free_port() -> int:
 def _redis_server_binary() -> str:
     import subprocess
 
-    from gateway.serving import find_redis_server
+    from sigroute.gateway.serving import find_redis_server
 
     found = find_redis_server()
     if found:
@@ -201,7 +201,7 @@ def _redis_server_binary() -> str:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> Iterator[str]:
     """`redis://127.0.0.1:PORT/0` of a private redis-server started for this test session."""
-    from gateway.serving import RedisServer, RedisServerError
+    from sigroute.gateway.serving import RedisServer, RedisServerError
 
     try:
         server = RedisServer(str(tmp_path_factory.mktemp("redis")), _redis_server_binary()).__enter__()
@@ -241,7 +241,7 @@ class GatewayProcess:
         path.write_text(yaml.safe_dump(policy))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--policy", str(path),
+        self.proc = subprocess.Popen([sys.executable, "-m", "sigroute.gateway.cli", "serve", "--policy", str(path),
                                       "--port", str(self.port), "--redis", redis_url],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60

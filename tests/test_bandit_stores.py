@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bandits.store import (
+from sigroute.bandits.store import (
     MemoryPendingStore,
     MemoryStateStore,
     PendingStore,
@@ -161,7 +161,7 @@ _ADDER_PROCESS = textwrap.dedent("""
     import asyncio, sys
     import numpy as np
     import redis.asyncio as aioredis
-    from bandits.store import RedisStateStore
+    from sigroute.bandits.store import RedisStateStore
 
     async def main(url, worker, rounds, n):
         signal = aioredis.from_url(url)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.index import VectorIndex
-from cache.keys import exact_key, partition_key
-from cache.semantic import SemanticCache, SingleFlight
-from cache.store import DocumentStore, MemoryDocumentStore, RedisDocumentStore
+from sigroute.cache.index import VectorIndex
+from sigroute.cache.keys import exact_key, partition_key
+from sigroute.cache.semantic import SemanticCache, SingleFlight
+from sigroute.cache.store import DocumentStore, MemoryDocumentStore, RedisDocumentStore
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -369,10 +369,10 @@ async def test_two_caches_share_inserts_and_deletes_through_the_stream(clean_red
 _WRITER_PROCESS = textwrap.dedent("""
     import asyncio, sys
     import numpy as np
-    from cache.index import VectorIndex
-    from cache.keys import exact_key, partition_key
-    from cache.semantic import SemanticCache
-    from cache.store import RedisDocumentStore
+    from sigroute.cache.index import VectorIndex
+    from sigroute.cache.keys import exact_key, partition_key
+    from sigroute.cache.semantic import SemanticCache
+    from sigroute.cache.store import RedisDocumentStore
 
     async def main(url):
         cache = SemanticCache(RedisDocumentStore(url))

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import calibrate, training, verifier
-from cache.calibrate import choose_threshold, curve, metrics_at
-from cache.training import split_of
-from cache.verifier import LEXICAL_FEATURES, HeadMismatch, load_verifier, pair_features, pair_lexical
+from sigroute.cache import calibrate, training, verifier
+from sigroute.cache.calibrate import choose_threshold, curve, metrics_at
+from sigroute.cache.training import split_of
+from sigroute.cache.verifier import LEXICAL_FEATURES, HeadMismatch, load_verifier, pair_features, pair_lexical
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_pair_features_layout():
 
 
 def _encoder_fingerprint() -> str:
-    from signals.encoder import EncoderUnavailable, fingerprint, resolve_model_path
+    from sigroute.signals.encoder import EncoderUnavailable, fingerprint, resolve_model_path
 
     try:
         return fingerprint(resolve_model_path())
@@ -227,8 +227,8 @@ def test_training_and_calibrate_cli_round_trip(tmp_path, monkeypatch, capsys):
     v = load_verifier(_FakeEncoder.fingerprint, out)
     assert v.model_type == "gbdt" and len(v.roots) == 20
 
-    import signals.encoder
-    monkeypatch.setattr(signals.encoder, "shared_encoder", lambda *a, **k: _FakeEncoder())
+    import sigroute.signals.encoder as encoder_module
+    monkeypatch.setattr(encoder_module, "shared_encoder", lambda *a, **k: _FakeEncoder())
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
     calibrate.add_cache_parser(sub)

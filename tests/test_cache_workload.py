@@ -26,7 +26,7 @@ from benchmarks.cache_workload import (
     summarize_run,
     rows_in_test_split,
 )
-from cache.training import load_pairs, normalize_question
+from sigroute.cache.training import load_pairs, normalize_question
 
 VERBS = ("repair", "paint", "clean", "insure", "store", "sell", "ship", "photograph", "measure", "recycle")
 OBJECTS = ("a bicycle chain", "an oak table", "a ceramic vase", "a wool rug", "a canoe", "a piano", "a kite",
@@ -187,7 +187,7 @@ def test_summary_counts_hits_wrong_hits_and_savings():
 
 
 def test_echo_prompt_carries_the_sim_marker():
-    from gateway.sim import ECHO_MARKER
+    from sigroute.gateway.sim import ECHO_MARKER
 
     assert prompt_for("Why?", "echo").endswith(ECHO_MARKER)
     assert prompt_for("Why?", "filler") == "Why?"

@@ -13,7 +13,7 @@ EXAMPLES = sorted((Path(__file__).parent.parent / "policies" / "examples").glob(
 
 def sigroute(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sigroute.gateway.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

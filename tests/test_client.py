@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import tempfile
 import sys
 import time
 from typing import Any
@@ -17,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.client import (APIConnectionError, AsyncSigrouteClient, AuthenticationError, BadRequest,
+from sigroute.gateway.client import (APIConnectionError, AsyncClient, AuthenticationError, BadRequest,
                             Explanation, FeedbackNotSupported, NotFound, RateLimited, RoutedCompletion,
-                            SigrouteClient, SigrouteError, SignalVerdict, StreamBroken, Unavailable,
+                            Client, SigrouteError, SignalVerdict, StreamBroken, Unavailable,
                             UpstreamError)
-from gateway.serving import ServerThread
+from sigroute.gateway.serving import ServerThread
 from tests.conftest import base_policy, free_port
 
 KEY = "sk-client-test-key"
@@ -62,9 +63,9 @@ class CountingTransport(httpx.HTTPTransport):
         return super().handle_request(request)
 
 
-def counting_client(url: str, **options: Any) -> tuple[SigrouteClient, CountingTransport]:
+def counting_client(url: str, **options: Any) -> tuple[Client, CountingTransport]:
     transport = CountingTransport()
-    return SigrouteClient(url, http_client=httpx.Client(transport=transport), **options), transport
+    return Client(url, http_client=httpx.Client(transport=transport), **options), transport
 
 
 class Scripted:
@@ -110,7 +111,7 @@ def scripted():
 
 def test_chat_returns_text_and_routing(sim, gateway_factory):
     gw = gateway_factory(keyword_policy(sim))
-    with SigrouteClient(gw.url) as client:
+    with Client(gw.url) as client:
         answer = client.chat("Why does my Python loop never end?")
     assert isinstance(answer, RoutedCompletion)
     routing = answer.routing
@@ -133,7 +134,7 @@ def test_routing_reports_cache_and_plugins(sim, gateway_factory):
     policy = base_policy(sim, decisions=[{"name": "default", "models": ["alpha"], "cache": {"mode": "exact"},
                                           "plugins": [{"params": {"max_tokens": 32}}]}])
     gw = gateway_factory(policy)
-    with SigrouteClient(gw.url) as client:
+    with Client(gw.url) as client:
         first = client.chat("cache me")
         second = client.chat("cache me")
     assert first.routing.cache == "miss" and not first.routing.cached
@@ -142,7 +143,7 @@ def test_routing_reports_cache_and_plugins(sim, gateway_factory):
     assert first.routing.blocked_by is None and first.routing.cache_similarity is None
     blocked = base_policy(sim, decisions=[{"name": "default", "models": ["alpha"],
                                            "plugins": [{"fast_response": {"message": "closed"}}]}])
-    with SigrouteClient(gateway_factory(blocked).url) as client:
+    with Client(gateway_factory(blocked).url) as client:
         answer = client.chat("anyone there?")
     assert answer.text == "closed" and answer.routing.blocked_by == "fast_response"
     assert answer.routing.cache is None
@@ -151,7 +152,7 @@ def test_routing_reports_cache_and_plugins(sim, gateway_factory):
 def test_chat_messages_params_and_v1_base_url(sim, gateway_factory):
     gw = gateway_factory(keyword_policy(sim))
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
-    with SigrouteClient(gw.url + "/v1/") as client:  # the OpenAI-style base URL is accepted too
+    with Client(gw.url + "/v1/") as client:  # the OpenAI-style base URL is accepted too
         answer = client.chat(messages, temperature=0, max_tokens=5, metadata={"team": "qa"})
         assert (answer.routing.decision, answer.routing.model) == ("default", "alpha")
         sent = sim.last_body("alpha")
@@ -166,13 +167,13 @@ def test_chat_messages_params_and_v1_base_url(sim, gateway_factory):
 
 def test_default_model_is_used(sim, gateway_factory):
     gw = gateway_factory(keyword_policy(sim))
-    with SigrouteClient(gw.url, default_model="gamma") as client:
+    with Client(gw.url, default_model="gamma") as client:
         assert client.chat("python").routing.model == "gamma"
 
 
 def test_debug_fills_signals(sim, gateway_factory):
     gw = gateway_factory(keyword_policy(sim))
-    with SigrouteClient(gw.url) as client:
+    with Client(gw.url) as client:
         answer = client.chat("my python script", debug=True)
         assert answer.routing.signals is not None
         assert answer.routing.signals["keyword:code"] == SignalVerdict(True, 1.0)
@@ -183,7 +184,7 @@ def test_debug_fills_signals(sim, gateway_factory):
 def test_fallback_is_reported_in_attempts(sim, gateway_factory):
     gw = gateway_factory(base_policy(sim, decisions=[{"name": "default", "models": ["alpha", "beta"]}]))
     sim.faults("alpha", error_rate=1.0)
-    with SigrouteClient(gw.url) as client:
+    with Client(gw.url) as client:
         answer = client.chat("hi")
     assert answer.routing.model == "beta"
     assert answer.routing.attempts == 2 and answer.routing.fell_back
@@ -193,7 +194,7 @@ def test_fallback_is_reported_in_attempts(sim, gateway_factory):
 
 def test_stream_text_equals_whole_text(sim, gateway_factory):
     gw = gateway_factory(base_policy(sim))
-    with SigrouteClient(gw.url) as client:
+    with Client(gw.url) as client:
         whole = client.chat(ECHO)
         with client.stream(ECHO, stream_options={"include_usage": True}) as stream:
             # routing comes from the headers, before the first chunk is read
@@ -212,7 +213,7 @@ def test_stream_text_equals_whole_text(sim, gateway_factory):
 
 def test_stream_chunks_are_openai_chunks(sim, gateway_factory):
     gw = gateway_factory(base_policy(sim))
-    with SigrouteClient(gw.url) as client:
+    with Client(gw.url) as client:
         chunks = list(client.stream("stream please"))
     assert all(c["model"] == "alpha" and c["object"] == "chat.completion.chunk" for c in chunks)
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
@@ -223,7 +224,7 @@ def test_stream_broken_midway_raises(sim, gateway_factory):
     gw = gateway_factory(base_policy(sim, decisions=[{"name": "default", "models": ["slow"]}]))
     sim.faults("slow", break_stream_rate=1.0)
     received = []
-    with SigrouteClient(gw.url) as client:
+    with Client(gw.url) as client:
         stream = client.stream("tell me a story")
         assert stream.routing.model == "slow"
         with pytest.raises(StreamBroken) as err:
@@ -243,7 +244,7 @@ def test_stream_broken_midway_raises(sim, gateway_factory):
 def test_stream_broken_text_raises(sim, gateway_factory):
     gw = gateway_factory(base_policy(sim, decisions=[{"name": "default", "models": ["slow"]}]))
     sim.faults("slow", break_stream_rate=1.0)
-    with SigrouteClient(gw.url) as client, pytest.raises(StreamBroken):
+    with Client(gw.url) as client, pytest.raises(StreamBroken):
         client.stream("tell me a story").text()
 
 
@@ -251,7 +252,7 @@ def test_stream_without_done_raises(scripted):
     chunk = {"object": "chat.completion.chunk", "model": "m", "choices": [{"index": 0, "delta": {"content": "Hel"}}]}
     scripted.answer(200, headers={"content-type": "text/event-stream", "x-sigroute-model": "m"},
                     chunks=[b"data: " + json.dumps(chunk).encode() + b"\n\n"])
-    with SigrouteClient(scripted.server.url) as client:
+    with Client(scripted.server.url) as client:
         stream = client.stream("hi")
         assert stream.routing.model == "m"
         with pytest.raises(StreamBroken) as err:
@@ -263,7 +264,7 @@ def test_stream_without_done_raises(scripted):
 
 def test_stream_errors_before_first_chunk_raise_from_stream(sim, gateway_factory):
     gw = gateway_factory(base_policy(sim))
-    with SigrouteClient(gw.url) as client, pytest.raises(NotFound) as err:
+    with Client(gw.url) as client, pytest.raises(NotFound) as err:
         client.stream("hi", model="no-such-model")
     assert err.value.code == "model_not_found"
 
@@ -272,7 +273,7 @@ def test_stream_errors_before_first_chunk_raise_from_stream(sim, gateway_factory
 
 def test_explain(sim, gateway_factory):
     gw = gateway_factory(keyword_policy(sim))
-    with SigrouteClient(gw.url) as client:
+    with Client(gw.url) as client:
         why = client.explain("Why does my Python loop never end?")
         direct = client.explain("hi", model="gamma")
     assert isinstance(why, Explanation)
@@ -293,7 +294,7 @@ def test_explain(sim, gateway_factory):
 
 def test_models_health_ready(sim, gateway_factory):
     gw = gateway_factory(keyword_policy(sim))
-    with SigrouteClient(gw.url) as client:
+    with Client(gw.url) as client:
         models = client.models()
         assert client.health() == {"status": "ok"}
         ready = client.ready()
@@ -314,10 +315,10 @@ def test_authentication_errors(sim, gateway_factory):
         assert err.value.status == 401 and err.value.code == "missing_api_key"
         assert err.value.type == "authentication_error"
         assert transport.calls == 1  # a 401 is never retried
-    with SigrouteClient(gw.url, api_key="sk-wrong") as wrong, pytest.raises(AuthenticationError) as err:
+    with Client(gw.url, api_key="sk-wrong") as wrong, pytest.raises(AuthenticationError) as err:
         wrong.models()
     assert err.value.code == "invalid_api_key"
-    with SigrouteClient(gw.url, api_key=KEY) as good:
+    with Client(gw.url, api_key=KEY) as good:
         assert good.chat("hi").routing.model == "alpha"
         assert any(m["id"] == "auto" for m in good.models())
     assert sim.calls("alpha") == 1
@@ -341,7 +342,7 @@ def test_not_found_and_bad_request_are_not_retried(sim, gateway_factory):
 def test_rate_limited_and_retry_after(sim, gateway_factory):
     gw = gateway_factory(auth_policy(sim, rate_limit={"requests_per_minute": 60, "burst": 1}))
     # no retries: the 429 surfaces with its retry-after
-    with SigrouteClient(gw.url, api_key=KEY, max_retries=0) as client:
+    with Client(gw.url, api_key=KEY, max_retries=0) as client:
         client.chat("1")
         with pytest.raises(RateLimited) as err:
             client.chat("2")
@@ -416,7 +417,7 @@ def test_503_without_retry_after_backs_off(scripted):
     completion = {"id": "x", "object": "chat.completion", "model": "m",
                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
     scripted.answer(503, error).answer(503, error).answer(200, completion, headers={"x-sigroute-model": "m"})
-    with SigrouteClient(scripted.server.url, max_retries=2, backoff_s=0.01) as client:
+    with Client(scripted.server.url, max_retries=2, backoff_s=0.01) as client:
         answer = client.chat("hi")
     assert answer.text == "ok" and answer.routing.model == "m"
     assert len(scripted.requests) == 3
@@ -425,14 +426,14 @@ def test_503_without_retry_after_backs_off(scripted):
 def test_retries_are_bounded(scripted):
     error = {"error": {"message": "slow down", "type": "rate_limit_error", "param": None, "code": "x"}}
     scripted.answer(429, error, headers={"retry-after": "0"})
-    with SigrouteClient(scripted.server.url, max_retries=2) as client, pytest.raises(RateLimited):
+    with Client(scripted.server.url, max_retries=2) as client, pytest.raises(RateLimited):
         client.chat("hi")
     assert len(scripted.requests) == 3
 
 
 def test_non_openai_error_body(scripted):
     scripted.answer(500, b"<html>oops</html>", headers={"content-type": "text/html"})
-    with SigrouteClient(scripted.server.url) as client, pytest.raises(SigrouteError) as err:
+    with Client(scripted.server.url) as client, pytest.raises(SigrouteError) as err:
         client.chat("hi")
     assert type(err.value) is SigrouteError
     assert err.value.status == 500 and "oops" in err.value.message
@@ -451,7 +452,7 @@ def test_connection_refused_is_retried_then_raised():
 
 def test_feedback_for_an_answer_no_learning_decision_routed_is_a_clear_404(sim, gateway_factory):
     gw = gateway_factory(base_policy(sim))  # static selection: nothing waits for feedback
-    with SigrouteClient(gw.url) as client:
+    with Client(gw.url) as client:
         request_id = client.chat("hi").routing.request_id
         with pytest.raises(NotFound) as err:
             client.feedback(request_id, thumbs=True)
@@ -466,7 +467,7 @@ def test_feedback_for_an_answer_no_learning_decision_routed_is_a_clear_404(sim, 
 
 def test_feedback_raises_when_the_gateway_has_no_endpoint(scripted):
     scripted.answer(404, {"detail": "Not Found"})  # what an older gateway's router says
-    with SigrouteClient(scripted.server.url) as client:
+    with Client(scripted.server.url) as client:
         with pytest.raises(FeedbackNotSupported) as err:
             client.feedback("req_1", thumbs=True)
         assert isinstance(err.value, NotFound) and isinstance(err.value, SigrouteError)
@@ -476,7 +477,7 @@ def test_feedback_raises_when_the_gateway_has_no_endpoint(scripted):
 
 def test_feedback_wire_shape_and_other_404s(scripted):
     scripted.answer(200, {"status": "recorded"})
-    with SigrouteClient(scripted.server.url) as client:
+    with Client(scripted.server.url) as client:
         assert client.feedback("req_1", score=0.5, thumbs=False, label="wrong") == {"status": "recorded"}
         method, path, body = scripted.requests[-1]
         assert (method, path) == ("POST", "/v1/feedback")
@@ -494,7 +495,7 @@ def test_feedback_wire_shape_and_other_404s(scripted):
 
 async def test_async_chat_debug_and_explain(sim, gateway_factory):
     gw = gateway_factory(keyword_policy(sim))
-    async with AsyncSigrouteClient(gw.url) as client:
+    async with AsyncClient(gw.url) as client:
         answer = await client.chat("Why does my Python loop never end?", debug=True)
         why = await client.explain("Why does my Python loop never end?")
         models = await client.models()
@@ -510,7 +511,7 @@ async def test_async_chat_debug_and_explain(sim, gateway_factory):
 
 async def test_async_stream_equals_whole(sim, gateway_factory):
     gw = gateway_factory(base_policy(sim))
-    async with AsyncSigrouteClient(gw.url) as client:
+    async with AsyncClient(gw.url) as client:
         whole = await client.chat(ECHO)
         async with await client.stream(ECHO) as stream:
             assert stream.routing.model == "alpha" and stream.routing.decision == "default"
@@ -525,7 +526,7 @@ async def test_async_stream_equals_whole(sim, gateway_factory):
 async def test_async_stream_broken(sim, gateway_factory):
     gw = gateway_factory(base_policy(sim, decisions=[{"name": "default", "models": ["slow"]}]))
     sim.faults("slow", break_stream_rate=1.0)
-    async with AsyncSigrouteClient(gw.url) as client:
+    async with AsyncClient(gw.url) as client:
         stream = await client.stream("tell me a story")
         received = []
         with pytest.raises(StreamBroken) as err:
@@ -537,15 +538,15 @@ async def test_async_stream_broken(sim, gateway_factory):
 
 async def test_async_errors_and_retry(sim, gateway_factory):
     gw = gateway_factory(auth_policy(sim, rate_limit={"requests_per_minute": 60, "burst": 1}))
-    async with AsyncSigrouteClient(gw.url) as anonymous:
+    async with AsyncClient(gw.url) as anonymous:
         with pytest.raises(AuthenticationError):
             await anonymous.chat("hi")
-    async with AsyncSigrouteClient(gw.url, api_key=KEY, max_retries=0) as client:
+    async with AsyncClient(gw.url, api_key=KEY, max_retries=0) as client:
         await client.chat("1")
         with pytest.raises(RateLimited) as err:
             await client.chat("2")
         assert err.value.retry_after == 1.0
-    async with AsyncSigrouteClient(gw.url, api_key=KEY, max_retries=1) as patient:
+    async with AsyncClient(gw.url, api_key=KEY, max_retries=1) as patient:
         started = time.monotonic()
         answer = await patient.chat("3")
         assert time.monotonic() - started >= 0.5  # it waited for the bucket
@@ -556,7 +557,7 @@ async def test_async_errors_and_retry(sim, gateway_factory):
 async def test_async_upstream_error_and_feedback(sim, gateway_factory):
     gw = gateway_factory(base_policy(sim))
     sim.faults("alpha", error_rate=1.0)
-    async with AsyncSigrouteClient(gw.url, max_retries=2) as client:
+    async with AsyncClient(gw.url, max_retries=2) as client:
         with pytest.raises(UpstreamError) as err:
             await client.chat("hi")
         assert err.value.status == 502 and err.value.code == "upstream_failed"
@@ -574,15 +575,19 @@ async def test_async_upstream_error_and_feedback(sim, gateway_factory):
 def test_client_imports_without_server_dependencies():
     code = (
         "import json, sys\n"
-        "import gateway.client as c\n"
-        "assert c.SigrouteClient and c.AsyncSigrouteClient\n"
+        "import sigroute\n"
+        "from sigroute import Client, AsyncClient\n"
+        "assert Client is sigroute.Client and AsyncClient.__name__ == 'AsyncClient'\n"
         "heavy = ('torch', 'faiss', 'litellm', 'sentence_transformers', 'sklearn', 'fastapi', 'starlette',\n"
-        "         'uvicorn', 'signals', 'bandits', 'policies', 'cache', 'plugins')\n"
-        "ours = ('gateway.app', 'gateway.pipeline', 'gateway.upstream', 'gateway.sim', 'gateway.auth',\n"
-        "        'gateway.errors', 'gateway.metrics', 'gateway.serving')\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in ours)\n"
+        "         'uvicorn', 'presidio_analyzer', 'onnxruntime')\n"
+        "ours = ('sigroute.signals', 'sigroute.bandits', 'sigroute.policies', 'sigroute.cache', 'sigroute.plugins',\n"
+        "        'sigroute.gateway.app', 'sigroute.gateway.pipeline', 'sigroute.gateway.upstream',\n"
+        "        'sigroute.gateway.sim', 'sigroute.gateway.auth', 'sigroute.gateway.errors',\n"
+        "        'sigroute.gateway.metrics', 'sigroute.gateway.serving')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy\n"
+        "                or any(m == o or m.startswith(o + '.') for o in ours))\n"
         "print(json.dumps(loaded))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir())
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []

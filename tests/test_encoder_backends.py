@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from signals.encoder import Encoder, EncoderUnavailable
-from signals.onnx_backend import OnnxForward, OnnxUnavailable
+from sigroute.signals.encoder import Encoder, EncoderUnavailable
+from sigroute.signals.onnx_backend import OnnxForward, OnnxUnavailable
 
 TEXTS = [
     "How do I reset my password?",
@@ -56,7 +56,7 @@ def test_export_is_cached_and_a_damaged_file_is_exported_again(encoders, tmp_pat
     assert not list(tmp_path.glob("*.tmp"))  # the export was written aside and moved in place
     assert first.path.stat().st_mode & 0o777 == 0o644
 
-    import signals.onnx_backend as backend
+    import sigroute.signals.onnx_backend as backend
 
     calls = []
     real_export = backend._export
@@ -89,7 +89,7 @@ def test_without_onnxruntime_auto_stays_on_torch_and_onnx_is_an_error(monkeypatc
 
 
 def test_policy_encoder_backend_is_validated():
-    from policies.loader import PolicyError, load_policy_text
+    from sigroute.policies.loader import PolicyError, load_policy_text
 
     base = ("version: 1\nmodels: {m: {provider: openai/m, api_base: 'http://127.0.0.1:1/v1'}}\n"
             "decisions: [{name: d, models: [m]}]\n")

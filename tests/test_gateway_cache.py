@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from policies.schema import Policy
+from sigroute.policies.schema import Policy
 from tests.conftest import GatewayProcess, base_policy, free_port
 
 
@@ -460,7 +460,7 @@ def test_explain_shows_how_the_cache_would_treat_the_request(sim, gateway_factor
 
 
 def test_a_bad_cache_setting_in_yaml_names_file_line_and_key():
-    from policies.loader import PolicyError, load_policy_text
+    from sigroute.policies.loader import PolicyError, load_policy_text
 
     text = """version: 1
 models:

@@ -163,9 +163,9 @@ def test_health_ready_models_and_metrics(sim, gateway_factory):
 def test_policy_reload_swaps_and_bad_reload_keeps_old(sim, gateway_factory, tmp_path):
     import yaml
 
-    from gateway.app import create_app
-    from gateway.serving import ServerThread
-    from policies.loader import load_policy
+    from sigroute.gateway.app import create_app
+    from sigroute.gateway.serving import ServerThread
+    from sigroute.policies.loader import load_policy
 
     path = tmp_path / "policy.yaml"
     policy = base_policy(sim)
@@ -191,9 +191,9 @@ def test_reload_keeps_learned_state_of_unchanged_decisions(sim, tmp_path):
     import httpx
     import yaml
 
-    from gateway.app import create_app
-    from gateway.serving import ServerThread
-    from policies.loader import load_policy
+    from sigroute.gateway.app import create_app
+    from sigroute.gateway.serving import ServerThread
+    from sigroute.policies.loader import load_policy
 
     path = tmp_path / "policy.yaml"
     policy = base_policy(sim, decisions=[{"name": "default", "models": ["alpha", "beta"], "algorithm": "round_robin"}],

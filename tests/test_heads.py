@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from signals import heads
-from signals.encoder import Encoder
-from signals.heads import Head, HeadMismatch, load_head, ngram_features, question_text, save_head
+from sigroute.signals import heads
+from sigroute.signals.encoder import Encoder
+from sigroute.signals.heads import Head, HeadMismatch, load_head, ngram_features, question_text, save_head
 
 KINDS = ("domain", "jailbreak", "complexity")
 
@@ -185,7 +185,7 @@ def test_quantized_storage_round_trip(tmp_path):
     E = np.random.default_rng(2).normal(size=(2, 8)).astype(np.float32)
     exact = Head({**meta}, arrays).predict_proba(texts, E)
     np.testing.assert_allclose(loaded.predict_proba(texts, E), exact, atol=0.02)
-    from signals.heads import _dequantize, quantize_8bit
+    from sigroute.signals.heads import _dequantize, quantize_8bit
 
     parts = quantize_8bit(W)
     back = _dequantize(parts["q"], parts["low"], parts["step"]).astype(np.float32)
@@ -194,7 +194,7 @@ def test_quantized_storage_round_trip(tmp_path):
 
 
 def test_training_features_equal_inference_features():
-    from signals.training import count_matrix, fit_idf, weight_matrix
+    from sigroute.signals.training import count_matrix, fit_idf, weight_matrix
 
     spec = {"word": [1, 2], "char": [2, 5], "word_buckets": 1 << 12, "char_buckets": 1 << 12, "digits": False,
             "max_chars": 4000, "sublinear_tf": True, "idf": True}

@@ -10,9 +10,9 @@ import subprocess
 import orjson
 import pytest
 
-from gateway import http1
-from gateway.upstream import ModelTarget, OpenAICompatibleTransport, UpstreamError
-from policies.schema import ModelSpec
+from sigroute.gateway import http1
+from sigroute.gateway.upstream import ModelTarget, OpenAICompatibleTransport, UpstreamError
+from sigroute.policies.schema import ModelSpec
 from tests.conftest import free_port
 
 

@@ -8,11 +8,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from gateway.pipeline import Pipeline
-from gateway.metrics import Metrics
-from policies.schema import Policy
-from signals.context import RequestContext
-from signals.encoder import EncoderUnavailable, RequestEmbedder, shared_encoder
+from sigroute.gateway.pipeline import Pipeline
+from sigroute.gateway.metrics import Metrics
+from sigroute.policies.schema import Policy
+from sigroute.signals.context import RequestContext
+from sigroute.signals.encoder import EncoderUnavailable, RequestEmbedder, shared_encoder
 from tests.conftest import base_policy
 
 
@@ -191,8 +191,8 @@ def test_metrics_show_encoder_work(sim, gateway_factory, encoder):
 
 
 def test_policy_pii_types_are_exactly_the_detectors():
-    from policies.schema import BUILTIN_PII_TYPES
-    from signals.pii import NER_ENTITIES, PATTERN_ENTITIES
+    from sigroute.policies.schema import BUILTIN_PII_TYPES
+    from sigroute.signals.pii import NER_ENTITIES, PATTERN_ENTITIES
 
     assert set(BUILTIN_PII_TYPES) == set(PATTERN_ENTITIES) | set(NER_ENTITIES)
 

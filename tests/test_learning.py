@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bandits.store import RedisStateStore
+from sigroute.bandits.store import RedisStateStore
 from conftest import GatewayProcess, base_policy, free_port
 
 LEARN = {"linucb": {"alpha": 0.2, "features": ["bias", "length", "shape"], "sync_interval_s": 0.05,
@@ -202,8 +202,8 @@ def test_reload_keeps_learning_and_a_new_model_joins(sim, gateway_factory, tmp_p
 
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(learning_policy(sim)))
-    from gateway.app import app_from_file
-    from gateway.serving import ServerThread
+    from sigroute.gateway.app import app_from_file
+    from sigroute.gateway.serving import ServerThread
     from conftest import Gateway
 
     app = app_from_file(path)
@@ -249,7 +249,7 @@ def test_bandit_cli_export_import_reset(sim, gateway_factory, clean_redis_url, t
     state = load_state(clean_redis_url)
 
     def cli(*args, stdin=None):
-        return subprocess.run([sys.executable, "-m", "gateway.cli", "bandit", *args, "--redis", clean_redis_url],
+        return subprocess.run([sys.executable, "-m", "sigroute.gateway.cli", "bandit", *args, "--redis", clean_redis_url],
                               capture_output=True, text=True, input=stdin, timeout=60)
     listed = cli("list")
     assert listed.returncode == 0 and "d=learn/a=linucb" in listed.stdout
@@ -268,7 +268,7 @@ def test_bandit_cli_export_import_reset(sim, gateway_factory, clean_redis_url, t
     bad.write_text('{"format": "something-else"}')
     refused = cli("import", str(bad))
     assert refused.returncode == 1 and "not a sigroute bandit snapshot" in refused.stderr
-    no_redis = subprocess.run([sys.executable, "-m", "gateway.cli", "bandit", "export"], capture_output=True,
+    no_redis = subprocess.run([sys.executable, "-m", "sigroute.gateway.cli", "bandit", "export"], capture_output=True,
                               text=True, env={"PATH": "/usr/bin:/bin"}, timeout=60)
     assert no_redis.returncode == 2 and "--redis" in no_redis.stderr
 
@@ -276,7 +276,7 @@ def test_bandit_cli_export_import_reset(sim, gateway_factory, clean_redis_url, t
 def test_decision_log_and_offline_replay(sim, gateway_factory, tmp_path):
     import yaml
 
-    from bandits.replay import DecisionLog, read_decision_log
+    from sigroute.bandits.replay import DecisionLog, read_decision_log
 
     log_path = tmp_path / "decisions.jsonl"
     uniform = {"epsilon_greedy": {"epsilon": 1.0, "features": ["bias", "length", "shape"]}}  # logs uniformly
@@ -296,7 +296,7 @@ def test_decision_log_and_offline_replay(sim, gateway_factory, tmp_path):
     candidate = tmp_path / "candidate.yaml"
     candidate.write_text(yaml.safe_dump(learning_policy(sim)))  # LinUCB on the same features
     out = tmp_path / "replay.json"
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "replay", "--log", str(log_path), "--policy",
+    done = subprocess.run([sys.executable, "-m", "sigroute.gateway.cli", "replay", "--log", str(log_path), "--policy",
                            str(candidate), "--decision", "learn", "--json", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -308,7 +308,7 @@ def test_decision_log_and_offline_replay(sim, gateway_factory, tmp_path):
 
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(learning_policy(sim, {"linucb": {"features": ["bias"]}})))
-    refused = subprocess.run([sys.executable, "-m", "gateway.cli", "replay", "--log", str(log_path), "--policy",
+    refused = subprocess.run([sys.executable, "-m", "sigroute.gateway.cli", "replay", "--log", str(log_path), "--policy",
                               str(other), "--decision", "learn"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "feature schema" in refused.stderr
 
@@ -329,7 +329,7 @@ def test_warm_start_from_recorded_outcomes(tmp_path, clean_redis_url):
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(policy))
     snap = tmp_path / "warm.json"
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "bandit", "warm-start", "--outcomes", str(outcomes),
+    done = subprocess.run([sys.executable, "-m", "sigroute.gateway.cli", "bandit", "warm-start", "--outcomes", str(outcomes),
                            "--policy", str(path), "--decision", "learn", "--split", "all", "--out", str(snap)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -339,11 +339,11 @@ def test_warm_start_from_recorded_outcomes(tmp_path, clean_redis_url):
     # every recorded outcome counted once; reward = quality = recorded correctness
     assert arms["tiny-7b"][0] == 5 and arms["tiny-7b"][1] == 2
     assert arms["big-70b"][0] == 5 and arms["big-70b"][1] == 4
-    loaded = subprocess.run([sys.executable, "-m", "gateway.cli", "bandit", "import", str(snap), "--merge",
+    loaded = subprocess.run([sys.executable, "-m", "sigroute.gateway.cli", "bandit", "import", str(snap), "--merge",
                              "--redis", clean_redis_url], capture_output=True, text=True, timeout=60)
     assert loaded.returncode == 0, loaded.stderr
     assert load_state(clean_redis_url)[key]["big-70b"][1] == 4
-    bad = subprocess.run([sys.executable, "-m", "gateway.cli", "bandit", "warm-start", "--outcomes",
+    bad = subprocess.run([sys.executable, "-m", "sigroute.gateway.cli", "bandit", "warm-start", "--outcomes",
                           str(tmp_path / "nowhere"), "--policy", str(path), "--decision", "learn", "--out", str(snap)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "nowhere" in bad.stderr

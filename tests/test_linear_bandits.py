@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from bandits.linear import DisjointRidge, HybridRidge, disjoint_layout_size
-from bandits.policies import EpsilonGreedyRule, LinUCBRule, ThompsonRule
+from sigroute.bandits.linear import DisjointRidge, HybridRidge, disjoint_layout_size
+from sigroute.bandits.policies import EpsilonGreedyRule, LinUCBRule, ThompsonRule
 
 
 def _ridge(X: np.ndarray, r: np.ndarray, lam: float):
@@ -189,7 +189,7 @@ def test_epsilon_greedy_propensities_and_decay():
 
 
 def test_full_information_warm_start_equals_observing_every_outcome():
-    from bandits.warmstart import full_information_sums
+    from sigroute.bandits.warmstart import full_information_sums
 
     rng = np.random.default_rng(8)
     d = 4
@@ -211,8 +211,8 @@ def test_full_information_warm_start_equals_observing_every_outcome():
 
 
 def test_discounting_fades_old_observations_exactly_even_across_epochs():
-    from bandits.contextual import LinUCBSelector
-    from policies.schema import Algorithm
+    from sigroute.bandits.contextual import LinUCBSelector
+    from sigroute.policies.schema import Algorithm
 
     options = Algorithm.model_validate({"linucb": {"features": ["bias"], "ridge": 0.5,
                                                    "discount_half_life_s": 10}}).options
@@ -238,9 +238,9 @@ def test_discounting_fades_old_observations_exactly_even_across_epochs():
 def test_a_discounted_selector_round_trips_through_the_store():
     import asyncio
 
-    from bandits.contextual import LinUCBSelector
-    from bandits.store import MemoryStateStore
-    from policies.schema import Algorithm
+    from sigroute.bandits.contextual import LinUCBSelector
+    from sigroute.bandits.store import MemoryStateStore
+    from sigroute.policies.schema import Algorithm
 
     options = Algorithm.model_validate({"linucb": {"features": ["bias"], "discount_half_life_s": 3600}}).options
     store = MemoryStateStore()

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from signals.context import RequestContext
-from signals.pii import (
+from sigroute.signals.context import RequestContext
+from sigroute.signals.pii import (
     DEFAULT_ENTITIES,
     Pii,
     PiiConfigError,
@@ -243,7 +243,7 @@ def _no_dns(host, *a, **k):
     return _real_gai(host, *a, **k)
 _real_gai = socket.getaddrinfo
 socket.getaddrinfo = _no_dns
-from signals.pii import PiiDetector
+from sigroute.signals.pii import PiiDetector
 d = PiiDetector()
 found = d.detect('mail a@example.com, see https://docs.example.org and www.example.co.uk', ['EMAIL_ADDRESS', 'URL'])
 assert [e.type for e in found] == ['EMAIL_ADDRESS', 'URL', 'URL'], found

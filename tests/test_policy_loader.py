@@ -11,7 +11,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from policies.loader import (
+from sigroute.policies.loader import (
     PolicyError,
     Problem,
     load_default_policy,
@@ -20,7 +20,7 @@ from policies.loader import (
     parse_yaml,
     policy_warnings,
 )
-from policies.schema import Policy, json_schema
+from sigroute.policies.schema import Policy, json_schema
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "policies" / "examples"
 

@@ -96,8 +96,8 @@ def test_load_table_imputation_missing_and_costs(tables):
 
 
 def test_reward_matches_the_gateway(tables):
-    from bandits.contextual import reward_value
-    from policies.schema import RewardSpec
+    from sigroute.bandits.contextual import reward_value
+    from sigroute.policies.schema import RewardSpec
 
     _, data = tables
     rm = rb.RewardModel(data.models, data.prices, 0.3)

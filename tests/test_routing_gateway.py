@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.routing_gateway import run_through_gateway
-from gateway.sim_replay import format_replay_question, load_outcomes
+from sigroute.gateway.sim.replay import format_replay_question, load_outcomes
 from test_sim_replay import write_outcomes
 
 
 def test_questions_flow_through_the_gateway_and_feedback_reaches_the_learner(tmp_path):
-    from bandits.contextual import LinUCBSelector
-    from policies.schema import Algorithm
+    from sigroute.bandits.contextual import LinUCBSelector
+    from sigroute.policies.schema import Algorithm
 
     outcomes = load_outcomes(write_outcomes(tmp_path / "outcomes"))
     pool = ["tiny-7b", "big-70b"]

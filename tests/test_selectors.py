@@ -10,18 +10,18 @@ from collections import Counter
 
 import pytest
 
-from bandits.base import Choice, Reward, Selector
-from bandits.registry import SELECTORS, build_selector
-from bandits.selectors import (
+from sigroute.bandits.base import Choice, Reward, Selector
+from sigroute.bandits.registry import SELECTORS, build_selector
+from sigroute.bandits.selectors import (
     CheapestSelector,
     FastestSelector,
     RoundRobinSelector,
     StaticSelector,
     WeightedSelector,
 )
-from policies.schema import ALGORITHM_OPTIONS, Algorithm, FastestOptions, ModelSpec, WeightedOptions
-from signals.context import RequestContext
-from signals.tokens import count_tokens
+from sigroute.policies.schema import ALGORITHM_OPTIONS, Algorithm, FastestOptions, ModelSpec, WeightedOptions
+from sigroute.signals.context import RequestContext
+from sigroute.signals.tokens import count_tokens
 
 
 def spec(input_price: float = 0.0, output_price: float = 0.0, **extra) -> ModelSpec:

@@ -8,12 +8,12 @@ import socket
 import pytest
 from pydantic import ValidationError
 
-from policies.schema import Policy
-from signals.base import Signal, SignalResult
-from signals.context import Principal, RequestContext
-from signals.engine import SignalEngine
-from signals.registry import SIGNAL_TYPES
-from signals import heuristics
+from sigroute.policies.schema import Policy
+from sigroute.signals.base import Signal, SignalResult
+from sigroute.signals.context import Principal, RequestContext
+from sigroute.signals.engine import SignalEngine
+from sigroute.signals.registry import SIGNAL_TYPES
+from sigroute.signals import heuristics
 
 MODELS = {"m": {"provider": "openai/x", "api_base": "http://127.0.0.1:1/v1"}}
 
@@ -49,7 +49,7 @@ HEURISTIC = {"keyword", "context_length", "language", "authz", "modality", "conv
 
 
 def test_registry_covers_every_schema_type():
-    from policies.schema import Signals
+    from sigroute.policies.schema import Signals
 
     assert set(SIGNAL_TYPES) == set(Signals.model_fields)
     assert set(SIGNAL_TYPES) >= HEURISTIC

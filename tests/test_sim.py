@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.serving import ServerThread
-from gateway.sim import (
+from sigroute.gateway.serving import ServerThread
+from sigroute.gateway.sim import (
     CATEGORIES,
     DEMO_CONFIG_PATH,
     SimConfigError,

@@ -20,9 +20,9 @@ import numpy as np
 import openai
 import pytest
 
-from gateway.cli import build_parser, cmd_sim
-from gateway.serving import ServerThread
-from gateway.sim import (
+from sigroute.gateway.cli import build_parser, cmd_sim
+from sigroute.gateway.serving import ServerThread
+from sigroute.gateway.sim import (
     Outcomes,
     OutcomesError,
     create_replay_app,

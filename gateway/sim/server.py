@@ -61,7 +61,7 @@ Endpoints:
 
 Replay mode (``sigroute sim --outcomes DIR [--time-scale F]``, `create_replay_app`): instead of
 a config, the models, prices and timings come from ``DIR/models.csv`` and every model answers the
-recorded questions (``DIR/mmlu_pro/*.gz``, see `gateway.sim_replay` for the layout and the rules)
+recorded questions (``DIR/mmlu_pro/*.gz``, see `sigroute.gateway.sim.replay` for the layout and the rules)
 exactly as it really did:
 
 - A question is found in the last user message by its normalized text (with or without its
@@ -87,8 +87,8 @@ Python API: `load_sim_config`, `create_sim_app`, `run_sim`, `load_question_bank`
 
 Example::
 
-    from gateway.serving import ServerThread
-    from gateway.sim import create_sim_app
+    from sigroute.gateway.serving import ServerThread
+    from sigroute.gateway.sim import create_sim_app
 
     app = create_sim_app({"models": {"sim-small": {"ttft_ms": 20, "tokens_per_s": 200}}})
     with ServerThread(app) as server:
@@ -124,7 +124,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.sim_replay import (
+from sigroute.gateway.sim.replay import (
     Outcomes,
     OutcomesError,
     ReplayAnswer,
@@ -138,6 +138,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEMO_CONFIG_PATH",
     "DemoQuestion",
+    "ECHO_MARKER",
     "Faults",
     "Outcomes",
     "OutcomesError",
@@ -1075,7 +1076,7 @@ def run_sim(config_path: "str | os.PathLike[str] | None" = None, host: str = "12
     With `outcomes` (a directory), serve replay mode instead; `config_path` must then be None."""
     import uvicorn
 
-    from gateway.serving import best_http, best_loop
+    from sigroute.gateway.serving import best_http, best_loop
 
     if outcomes is not None:
         if config_path is not None:
