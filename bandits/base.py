@@ -49,9 +49,31 @@ class Reward:
 
 
 class Selector(ABC):
-    """Base class of every selection algorithm."""
+    """The contract every selection algorithm honours, static and learning alike.
+
+    The gateway holds one selector per decision and only ever calls the methods below; it never
+    asks which kind of selector it holds. A static selector inherits the defaults (nothing to
+    learn, keep, share or explain); a learning one overrides them.
+
+    Per request:
+      `embedding_texts(ctx)`      texts whose embeddings `select` needs (computed before it)
+      `select(candidates, ctx)`   the pick, its propensity and the ranking for fallback
+      `update(choice, reward)`    the immediate outcome (latency, cost, errors)
+      `pending_record(choice, model)`  what to keep until quality feedback arrives (None: nothing),
+                                  for `feedback_ttl_s` seconds
+      `credit(record, quality)`   apply that feedback; None when the record is not this
+                                  selector's (its algorithm or features changed since)
+      `log_entry(choice, reward)` fields for the decision log (offline replay); None: not logged
+      `explain(choice)`           what explain shows beyond the choice (features, learned state)
+    Across requests:
+      `adopt(previous)`           after a policy reload: take over what the previous selector of
+                                  the same decision learned, when it still applies
+      `sync_interval_s`           how often `sync` should run; None: nothing to share
+      `sync(store)` / `restore(store)`  exchange learned sums with / load them from the state store
+    """
 
     name: str = ""
+    learns_from_feedback: bool = False   # keeps pending records and learns from POST /v1/feedback
 
     def __init__(self, options: Any, models: Mapping[str, Any]):
         self.options = options
@@ -61,12 +83,45 @@ class Selector(ABC):
     def select(self, candidates: Sequence[str], ctx: RequestContext) -> Choice:
         """Choose among `candidates` (non-empty, in the decision's order)."""
 
-    def update(self, choice: Choice, reward: Reward) -> None:
-        """Learn from an outcome. Stateless selectors ignore it."""
-
-    # contextual selectors override these -------------------------------------------------------
-    learns_from_feedback: bool = False
-
     def embedding_texts(self, ctx: RequestContext) -> tuple[str, ...]:
         """Texts whose embeddings `select` needs; the pipeline computes them before selecting."""
         return ()
+
+    def update(self, choice: Choice, reward: Reward) -> None:
+        """Learn from an outcome. Stateless selectors ignore it."""
+
+    def pending_record(self, choice: Choice, model: str) -> dict[str, Any] | None:
+        """What to keep until quality feedback for this answer arrives; None: feedback teaches nothing."""
+        return None
+
+    @property
+    def feedback_ttl_s(self) -> float:
+        """How long a pending record waits for feedback."""
+        return 0.0
+
+    def credit(self, record: Mapping[str, Any], quality: float) -> float | None:
+        """Apply quality feedback for a kept record; the reward change, or None if `record` was
+        not made by this selector's state (then nothing is learned)."""
+        return None
+
+    def log_entry(self, choice: Choice, reward: Reward) -> dict[str, Any] | None:
+        """Fields the decision log keeps for offline replay of this choice; None: not logged."""
+        return None
+
+    def explain(self, choice: Choice) -> dict[str, Any]:
+        """Extra detail for `/v1/route/explain` about how `choice` was made."""
+        return {}
+
+    def adopt(self, previous: "Selector") -> None:
+        """After a reload, take over what `previous` (the same decision's old selector) learned."""
+
+    @property
+    def sync_interval_s(self) -> float | None:
+        """How often this selector's state should meet the shared store; None: it shares nothing."""
+        return None
+
+    async def sync(self, store: Any) -> None:
+        """Add what was learned here to `store` and reload the merged totals."""
+
+    async def restore(self, store: Any) -> None:
+        """Load every tenant's state stored for this selector (at start-up and after a reload)."""

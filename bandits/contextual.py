@@ -272,15 +272,33 @@ class ContextualSelector(Selector):
             "default_quality": spec.default_quality, "epoch": learner.epoch, "at": time.time(),
         }
 
-    def credit(self, record: Mapping[str, Any], quality: float) -> float:
-        """Apply quality feedback for a pending record; returns the reward change credited."""
-        if record.get("schema") != self.schema_id:
-            raise ValueError("the feedback's request was routed under another feature schema")
+    @property
+    def feedback_ttl_s(self) -> float:
+        return self.options.reward.feedback_ttl_s
+
+    def credit(self, record: Mapping[str, Any], quality: float) -> float | None:
+        """Apply quality feedback for a pending record; returns the reward change credited, or None
+        when the record was routed by another algorithm or feature schema (nothing is learned)."""
+        if record.get("schema") != self.schema_id or record.get("algorithm", self.name) != self.name:
+            return None
         change = float(record["quality_share"]) * (float(quality) - float(record["default_quality"]))
         x = np.asarray(record["context"], dtype=np.float64)
         self.observe(record["tenant"], record["model"], x, change, now=float(record.get("at") or time.time()),
                      count=False)
         return change
+
+    def log_entry(self, choice: Choice, reward: Reward) -> dict[str, Any] | None:
+        """The decision log's fields for offline replay: algorithm, schema, context, immediate reward."""
+        if choice.context is None:
+            return None
+        return {"algorithm": self.name, "schema": self.schema_id, "context": choice.context,
+                "reward": self.immediate_reward(reward)}
+
+    def explain(self, choice: Choice) -> dict[str, Any]:
+        if choice.context is None:
+            return {}
+        return {"features": self.features.explain(choice.context),
+                "learned": self.snapshot(choice.tenant or "default")}
 
     # shared state ------------------------------------------------------------------------------
     def _roll_epoch(self, learner: _Learner, now: float) -> None:
@@ -325,6 +343,19 @@ class ContextualSelector(Selector):
             raise failure
         self.last_sync_ok = now
 
+    @property
+    def sync_interval_s(self) -> float | None:
+        return self.options.sync_interval_s
+
+    async def restore(self, store: Any) -> None:
+        """Load the stored state of every tenant that has some for this decision, algorithm and
+        feature schema (state keys look like `t=TENANT/d=DECISION/a=ALGORITHM/s=SCHEMA[/e=EPOCH]`)."""
+        for key in await store.keys("t="):
+            parts = dict(p.split("=", 1) for p in key.split("/") if "=" in p)
+            if (parts.get("d") == self.decision and parts.get("a") == self.name
+                    and parts.get("s") == self.schema_id and "t" in parts):
+                await self.load_tenant(store, parts["t"])
+
     async def load_tenant(self, store: Any, tenant: str) -> None:
         await self._reload(store, tenant, self.learner(tenant), time.time())
 
@@ -350,10 +381,11 @@ class ContextualSelector(Selector):
             learner.estimator.load_sums(learner.estimator.sums())  # exact inverse at the new ridge
             learner.reloaded_at = now
 
-    def adopt(self, previous: "ContextualSelector") -> None:
+    def adopt(self, previous: Selector) -> None:
         """Take over a previous selector's learners (reload with the same feature schema): models
         kept keep their state; models removed from the decision stop being scored."""
-        if previous.schema_id != self.schema_id or previous.estimator_kind != self.estimator_kind:
+        if (getattr(previous, "schema_id", None) != self.schema_id
+                or getattr(previous, "estimator_kind", None) != self.estimator_kind):
             return
         for tenant, old in previous._learners.items():
             learner = self.learner(tenant)

@@ -163,6 +163,12 @@ class RoundRobinSelector(_OptionsSelector):
         scores = {m: float(k - r) for r, m in enumerate(ranking)}
         return Choice(model=ranking[0], propensity=1.0, scores=scores, ranking=ranking)
 
+    def adopt(self, previous: Selector) -> None:
+        """A reload continues the rotation where the previous policy left it."""
+        if type(previous) is type(self):
+            with self._lock:
+                self._counter = previous._counter
+
 
 # --------------------------------------------------------------------------------------------
 # cheapest
@@ -342,6 +348,15 @@ class FastestSelector(_OptionsSelector):
         ranking = tuple(sorted(candidates, key=means.__getitem__))  # stable: ties keep candidate order
         return Choice(model=ranking[0], propensity=1.0, scores={m: -means[m] for m in candidates},
                       ranking=ranking)
+
+    def adopt(self, previous: Selector) -> None:
+        """A reload keeps the observed TTFTs of the models still in the decision (same half-life
+        only: sums decayed at another rate cannot be combined)."""
+        if type(previous) is not type(self) or previous.half_life_s != self.half_life_s:
+            return
+        state = previous.state()
+        state["models"] = {m: v for m, v in state["models"].items() if m in self.models}
+        self.load(state)
 
     # sharing between replicas -----------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def run_through_gateway(outcomes: Any, questions: Sequence[tuple[str, str, str]]
         app = create_app(policy, state_store=store)
         records: list[dict[str, Any]] = []
         with ServerThread(app) as gateway, httpx.Client(base_url=gateway.url, timeout=60) as http:
-            learner = app.state.runtime.pipeline.learners["route"]
+            learner = app.state.runtime.pipeline.selectors["route"]
             if warm_snapshot is not None:  # the app loads stored state at start-up; wait for it
                 deadline = time.monotonic() + 30
                 while tenant not in learner.tenants() and time.monotonic() < deadline:

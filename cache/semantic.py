@@ -55,7 +55,7 @@ from typing import Any, Callable, Hashable
 from .index import VectorIndex
 from .store import CacheEntry, DocumentStore, StoreUnavailable
 
-__all__ = ["MODES", "Hit", "SemanticCache", "SingleFlight"]
+__all__ = ["MODES", "FlightLease", "Hit", "SemanticCache", "SingleFlight"]
 
 log = logging.getLogger("sigroute.cache")
 
@@ -317,6 +317,7 @@ class SingleFlight:
         self._flights: dict[Hashable, asyncio.Future] = {}
         self.led = 0          # flights started (upstream calls made by leaders)
         self.joined = 0       # followers that waited for a leader
+        self.timed_out = 0    # followers that stopped waiting (and called upstream themselves)
 
     def in_flight(self, key: Hashable) -> bool:
         return key in self._flights
@@ -331,13 +332,57 @@ class SingleFlight:
         self.joined += 1
         return flight
 
+    def lease(self, key: Hashable) -> "FlightLease":
+        """The flight `lead(key)` just gave this caller, as a context manager that always lands it."""
+        return FlightLease(self, key, self._flights[key])
+
     def land(self, key: Hashable, answer: Any) -> None:
         """The leader is done: `answer` (None: nothing the followers can use) goes to every follower."""
         flight = self._flights.pop(key, None)
         if flight is not None and not flight.done():
             flight.set_result(answer)
 
-    @staticmethod
-    async def wait(flight: asyncio.Future) -> Any:
-        """The leader's answer; cancelling the waiter leaves the flight untouched."""
-        return await asyncio.shield(flight)
+    def _land(self, key: Hashable, flight: asyncio.Future, answer: Any) -> None:
+        if self._flights.get(key) is flight:   # never end a newer flight of the same key
+            del self._flights[key]
+        if not flight.done():
+            flight.set_result(answer)
+
+    async def wait(self, flight: asyncio.Future, timeout_s: float | None = None) -> Any:
+        """The leader's answer, or None if it has none within `timeout_s` (the follower then calls
+        upstream itself). Cancelling the waiter leaves the flight untouched."""
+        if timeout_s is None:
+            return await asyncio.shield(flight)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(flight)
+        except TimeoutError:
+            self.timed_out += 1
+            return None
+
+
+class FlightLease:
+    """A leader's hold on a flight. `land(answer)` hands the answer to the followers at once;
+    leaving the `with` block without landing lands None, whatever ended it (an error, a
+    cancellation, a client that went away), so no follower ever waits on a leader that is gone."""
+
+    __slots__ = ("flights", "key", "_flight")
+
+    def __init__(self, flights: SingleFlight, key: Hashable, flight: asyncio.Future):
+        self.flights = flights
+        self.key = key
+        self._flight = flight
+
+    @property
+    def landed(self) -> bool:
+        return self._flight.done()
+
+    def land(self, answer: Any) -> None:
+        self.flights._land(self.key, self._flight, answer)
+
+    def __enter__(self) -> "FlightLease":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if not self.landed:
+            self.land(None)

@@ -36,7 +36,8 @@ from starlette.types import Receive, Scope, Send
 from sigroute.gateway.errors import APIError, Forbidden, PayloadTooLarge, Unavailable
 from sigroute.gateway.metrics import Metrics
 from sigroute.gateway.openai_wire import model_list
-from sigroute.gateway.pipeline import Answer, Pipeline
+from sigroute.gateway.answering import Answer
+from sigroute.gateway.pipeline import Pipeline
 from sigroute.policies.schema import Policy
 
 log = logging.getLogger("sigroute.app")
@@ -195,7 +196,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         last_sweep = 0.0
         while True:
             try:
-                if runtime.pipeline.cache is not None:
+                if runtime.pipeline.caching.enabled:
                     await semantic_cache.sync()   # the first call (re)builds the index from the store
                     if time.monotonic() - last_sweep >= CACHE_SWEEP_S:
                         last_sweep = time.monotonic()

@@ -226,7 +226,6 @@ def _state_selector(args) -> tuple[str, Any]:
 
 
 def cmd_replay(args) -> int:
-    from sigroute.bandits.contextual import ContextualSelector
     from sigroute.bandits.registry import build_selector
     from sigroute.bandits.replay import evaluate, read_decision_log
     from sigroute.gateway.pipeline import needs_encoder
@@ -250,7 +249,7 @@ def cmd_replay(args) -> int:
                                                    backend=spec.backend), policy.domains)
     selector = build_selector(decision.algorithm, {m: policy.models[m] for m in decision.models},
                               resources=resources, decision=decision.name)
-    if not isinstance(selector, ContextualSelector):
+    if not selector.learns_from_feedback:  # replay and warm start need context vectors
         print(f"decision '{decision.name}' uses '{decision.algorithm.name}', which does not learn from context; "
               "replay evaluates linucb, hybrid_linucb, thompson and epsilon_greedy decisions", file=sys.stderr)
         return 1
@@ -272,7 +271,7 @@ def _warm_start_snapshot(args) -> dict:
     """Full-information statistics of a decision on recorded outcomes (see bandits.warmstart)."""
     import numpy as np
 
-    from sigroute.bandits.contextual import ContextualSelector, reward_value
+    from sigroute.bandits.contextual import reward_value
     from sigroute.bandits.registry import build_selector
     from sigroute.bandits.warmstart import full_information_sums
     from sigroute.gateway.pipeline import needs_encoder
@@ -298,7 +297,7 @@ def _warm_start_snapshot(args) -> dict:
         resources = SignalResources(encoder, policy.domains)
     selector = build_selector(decision.algorithm, {m: policy.models[m] for m in decision.models},
                               resources=resources, decision=decision.name)
-    if not isinstance(selector, ContextualSelector):
+    if not selector.learns_from_feedback:  # replay and warm start need context vectors
         raise ValueError(f"decision '{decision.name}' uses '{decision.algorithm.name}', which does not learn")
     outcomes = load_outcomes(args.outcomes)
     columns = {}

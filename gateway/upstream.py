@@ -518,15 +518,66 @@ class Attempt:
     skipped: str | None = None  # why the model was not tried (e.g. "circuit open")
 
 
+class ModelLoad:
+    SMOOTHING = 0.2
+
+    def __init__(self) -> None:
+        self.in_flight: dict[str, int] = {}
+        self.latency_ms: dict[str, float] = {}
+
+    def start(self, model: str) -> None:
+        self.in_flight[model] = self.in_flight.get(model, 0) + 1
+
+    def end(self, model: str, latency_ms: float | None) -> None:
+        self.in_flight[model] = max(0, self.in_flight.get(model, 0) - 1)
+        if latency_ms is not None:
+            old = self.latency_ms.get(model)
+            self.latency_ms[model] = latency_ms if old is None else old + self.SMOOTHING * (latency_ms - old)
+
+    def saturated(self, models, bound) -> bool:
+        def busy(m: str) -> bool:
+            return ((bound.in_flight_above is not None and self.in_flight.get(m, 0) >= bound.in_flight_above)
+                    or (bound.latency_above_ms is not None and self.latency_ms.get(m, 0.0) >= bound.latency_above_ms))
+        return bool(models) and all(busy(m) for m in models)
+
+
+class UpstreamStream:
+    def __init__(self, upstreams, model, first, chunks, started):
+        self.upstreams, self.model, self.first_chunk, self._chunks, self._started = upstreams, model, first, chunks, started
+        self.error = None
+        self.finished = False
+        self._closed = False
+
+    async def __aiter__(self):
+        try:
+            async for chunk in self._chunks:
+                yield chunk
+        except UpstreamError as exc:
+            self.error = exc
+            raise
+        self.finished = True
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._chunks.aclose()
+        self.upstreams.record_stream_end(self.model, self.error)
+        self.upstreams.load.end(self.model, (time.perf_counter() - self._started) * 1000)
+
+
 @dataclass
 class CallResult:
     model: str
     body: dict[str, Any] | None = None  # non-streamed answer
-    first_chunk: dict[str, Any] | None = None  # streamed: the first chunk …
-    chunks: AsyncIterator[dict[str, Any]] | None = None  # … and the rest
+    stream: UpstreamStream | None = None
     attempts: list[Attempt] = field(default_factory=list)
     ttft_ms: float = 0.0
     upstream_ms: float = 0.0  # time spent waiting on upstreams, retries and backoff included
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            await self.stream.aclose()
 
 
 class Observer(Protocol):
@@ -566,6 +617,13 @@ class Upstreams:
             self.transports["litellm"] = LiteLLMTransport()
         self.observer = observer or _NoObserver()
         self.rng = rng or random.Random()
+        self.load = ModelLoad()
+
+    def saturated(self, models, bound) -> bool:
+        return self.load.saturated(self.available(models), bound)
+
+    def retry_in_s(self, models) -> float:
+        return min(self.breakers[m].retry_in_s() for m in models)
 
     def adopt_breakers(self, previous: "Upstreams", policy: Policy) -> None:
         """After a reload: keep the circuit state of models whose definition did not change."""
@@ -623,9 +681,14 @@ class Upstreams:
                         except StopAsyncIteration:
                             raise UpstreamError("stream_broken", "stream ended before any chunk", model=model) from None
                         now = time.perf_counter()
-                        return CallResult(model, first_chunk=first, chunks=chunks, attempts=attempts,
+                        self.load.start(model)
+                        return CallResult(model, stream=UpstreamStream(self, model, first, chunks, t0), attempts=attempts,
                                           ttft_ms=(now - t0) * 1000, upstream_ms=(now - started) * 1000)
-                    body = await transport.complete(target, payload, headers)
+                    self.load.start(model)
+                    try:
+                        body = await transport.complete(target, payload, headers)
+                    finally:
+                        self.load.end(model, (time.perf_counter() - t0) * 1000)
                     now = time.perf_counter()
                     breaker.record_success()
                     return CallResult(model, body=body, attempts=attempts, ttft_ms=(now - t0) * 1000,

@@ -63,6 +63,15 @@ class PluginState:
         """The x-sigroute-plugins value: "plugin:action[(detail)]", comma-separated, in order."""
         return ",".join(f"{p}:{a}({d})" if d else f"{p}:{a}" for p, a, d in self.actions)
 
+    def apply_to(self, headers: dict[str, str]) -> None:
+        """Put what the plugins did and the response headers they set (or removed) on an answer."""
+        if self.actions:
+            headers["x-sigroute-plugins"] = self.header()
+        if self.response_headers:
+            headers.update(self.response_headers)
+        for name in self.removed_response_headers:
+            headers.pop(name, None)
+
 
 class ContentFilter(Protocol):
     def feed(self, index: int, text: str) -> str: ...

@@ -87,3 +87,59 @@ class PluginChain:
 
 def needs_encoder(decision) -> bool:
     return any(p.name in NEEDS_ENCODER for p in decision.plugins)
+
+
+class PolicyPlugins:
+    """Every decision's plugin chain for one loaded policy, and the reroute between decisions.
+
+    `before` runs the decision's chain before the model call. When a plugin reroutes (e.g. the
+    jailbreak plugin sends a suspicious request to a guarded decision), the target decision's
+    chain runs next, with jailbreak not scored twice; a reroute never loops.
+    """
+
+    def __init__(self, policy, resources=None):
+        self.chains: dict[str, PluginChain] = {d.name: PluginChain(d, resources) for d in policy.decisions if d.plugins}
+
+    async def before(self, decision: str, ctx, state: PluginState):
+        """(ctx, outcome, decision): the request as the plugins left it, `Blocked` or None, and the
+        decision that now owns the request (another one after a reroute)."""
+        chain = self.chains.get(decision)
+        if chain is None:
+            return ctx, None, decision
+        ctx, outcome = await chain.before(ctx, state)
+        if isinstance(outcome, Reroute):
+            state.response_headers["x-sigroute-rerouted-from"] = decision
+            decision = outcome.decision
+            state.skip.add("jailbreak")
+            outcome = None
+            chain = self.chains.get(decision)
+            if chain is not None:
+                ctx, outcome = await chain.before(ctx, state)
+                if isinstance(outcome, Reroute):   # cannot happen with jailbreak skipped; never loop
+                    outcome = None
+        return ctx, outcome, decision
+
+    async def after(self, decision: str, body: dict[str, Any], state: PluginState) -> dict[str, Any]:
+        """The answer after the decision's answer plugins (the same object when none changes answers)."""
+        chain = self.chains.get(decision)
+        if chain is None or not chain.post:
+            return body
+        return await chain.after(body, state)
+
+    def changes_answers(self, decision: str) -> bool:
+        chain = self.chains.get(decision)
+        return chain is not None and bool(chain.post)
+
+    def filters(self, decision: str, state: PluginState) -> list:
+        """Stream filters of the decision's answer plugins, in the order they apply."""
+        chain = self.chains.get(decision)
+        return chain.filters(state) if chain is not None else []
+
+    def upstream_headers(self, decision: str):
+        """Header changes for the upstream call (the `headers` plugin), or None."""
+        chain = self.chains.get(decision)
+        return chain.upstream_headers if chain is not None else None
+
+    def names(self, decision: str) -> list[str]:
+        chain = self.chains.get(decision)
+        return [p.name for p in chain.plugins] if chain is not None else []

@@ -113,7 +113,7 @@ def test_feedback_is_per_tenant(sim, gateway_factory, monkeypatch):
     own = gw.http.post("/v1/feedback", json={"request_id": rid, "thumbs": "up"},
                        headers={"authorization": "Bearer sk-tenant-a"})
     assert own.status_code == 200
-    learners = gw.app.state.runtime.pipeline.learners["learn"]
+    learners = gw.app.state.runtime.pipeline.selectors["learn"]
     assert learners.tenants() == ["a"]
 
 
@@ -153,7 +153,7 @@ def test_two_gateway_processes_on_one_redis_learn_together_without_lost_updates(
             # explaining selects, which marks the tenant as in use: its state is then reloaded at the
             # next exchange (an idle tenant's view refreshes only every IDLE_RELOAD_S)
             one.http.post("/v1/route/explain", json={"model": "auto", "messages": [{"role": "user", "content": "q"}]})
-            mine = one.app.state.runtime.pipeline.learners["learn"].learner("default").estimator.sums()
+            mine = one.app.state.runtime.pipeline.selectors["learn"].learner("default").estimator.sums()
             if set(mine) != set(arms) or not all(np.allclose(mine[a], arms[a]) for a in arms):
                 return False
             explained = httpx.post(two.url + "/v1/route/explain", json={
@@ -170,10 +170,10 @@ def test_a_restarted_gateway_keeps_what_was_learned(sim, gateway_factory, clean_
         r = first.chat(f"item {i}")
         feedback(first, r.headers["x-sigroute-request-id"],
                  thumbs="up" if r.headers["x-sigroute-model"] == "beta" else "down")
-    learned = first.app.state.runtime.pipeline.learners["learn"].learner("default").estimator.sums()
+    learned = first.app.state.runtime.pipeline.selectors["learn"].learner("default").estimator.sums()
     first.server.stop()  # shutdown flushes what the last sync missed
     second = gateway_factory(learning_policy(sim), redis_url=clean_redis_url)
-    restored = wait_for(lambda: second.app.state.runtime.pipeline.learners["learn"]._learners.get("default"))
+    restored = wait_for(lambda: second.app.state.runtime.pipeline.selectors["learn"]._learners.get("default"))
     sums = restored.estimator.sums()
     assert set(sums) == set(learned)
     for arm in learned:
@@ -193,7 +193,7 @@ def test_an_unreachable_redis_does_not_stop_serving(sim, gateway_factory):
     assert "sigroute_bandit_store_up 0.0" in metrics
     assert 'sigroute_bandit_store_errors_total{operation="pending_put"} 1.0' in metrics
     # it still learns locally: the next request is served from the local estimate
-    learner = gw.app.state.runtime.pipeline.learners["learn"].learner("default")
+    learner = gw.app.state.runtime.pipeline.selectors["learn"].learner("default")
     assert learner.estimator.total_count() >= 1
 
 
@@ -212,10 +212,10 @@ def test_reload_keeps_learning_and_a_new_model_joins(sim, gateway_factory, tmp_p
         for i in range(20):
             r = gw.chat(f"thing {i}")
             feedback(gw, r.headers["x-sigroute-request-id"], thumbs="down")  # neither model is any good
-        before = app.state.runtime.pipeline.learners["learn"].learner("default").estimator.sums()
+        before = app.state.runtime.pipeline.selectors["learn"].learner("default").estimator.sums()
         path.write_text(yaml.safe_dump(learning_policy(sim, models=("alpha", "beta", "gamma"))))
         assert gw.http.post("/v1/admin/reload").status_code == 200
-        after = app.state.runtime.pipeline.learners["learn"].learner("default").estimator.sums()
+        after = app.state.runtime.pipeline.selectors["learn"].learner("default").estimator.sums()
         for arm in before:
             assert np.allclose(after[arm], before[arm])
         picks = {gw.chat(f"new {i}").headers["x-sigroute-model"] for i in range(3)}
@@ -235,7 +235,7 @@ def test_every_contextual_algorithm_serves_and_learns(sim, gateway_factory):
             seen.add(r.headers["x-sigroute-model"])
             assert feedback(gw, r.headers["x-sigroute-request-id"], score=0.5).status_code == 200
         name = next(iter(algorithm))
-        learner = gw.app.state.runtime.pipeline.learners["learn"].learner("default")
+        learner = gw.app.state.runtime.pipeline.selectors["learn"].learner("default")
         assert learner.estimator.total_count() == 12, name
         assert seen <= {"alpha", "beta"}
 

@@ -1,0 +1,250 @@
+"""Steps 9–11 of the journey as an answer goes out: whole, streamed, or one sigroute already has.
+
+`Answer` is what the HTTP layer sends: a JSON body or an SSE stream, plus headers, plus the
+callbacks it awaits once a stream is over (finished, broken, or never begun).
+
+`Answering` turns what the pipeline has into an `Answer`:
+
+- `whole(journey)`     a model's non-streamed answer: answer plugins (9), cache store and the
+                       followers of a single flight (10), learning and metrics (11).
+- `streamed(journey, held)`  a model's stream, relayed chunk by chunk through the plugins' stream
+                       filters; when it ends, the assembled answer is stored and learned from.
+                       `held` is the request's exit stack (the upstream stream, its breaker verdict
+                       and in-flight count, the single-flight lease): the stream owns it from here
+                       and closes it on every ending — finished, broken upstream, client gone,
+                       plugin error, or never started.
+- `cached(journey, answer)`  a cached or coalesced answer: answer plugins, headers, and a pending
+                       record so feedback can report it wrong.
+- `blocked(journey, blocked)`  a plugin answered instead of a model (refusal or error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import orjson
+
+from sigroute.gateway.caching import CachedAnswer, Caching
+from sigroute.gateway.errors import InvalidRequest
+from sigroute.gateway.journey import Journey
+from sigroute.gateway.learning import Learning
+from sigroute.gateway.metrics import Metrics
+from sigroute.gateway.openai_wire import (SSE_DONE, StreamAssembler, complete_answer, completion_chunks, sse_event,
+                                          stream_error_event)
+from sigroute.gateway.upstream import UpstreamError
+from sigroute.plugins.base import Blocked
+from sigroute.plugins.chain import PolicyPlugins
+from sigroute.signals.context import RequestContext
+
+
+@dataclass
+class Answer:
+    """What the HTTP layer sends back: a JSON body or an SSE stream, plus headers."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes | None = None
+    stream: AsyncIterator[bytes] | None = None
+    on_close: list[Any] = field(default_factory=list)  # coroutine functions the HTTP layer awaits when a
+                                                        # stream is over (finished, broken or never begun)
+
+
+def ready_answer(body: dict[str, Any], ctx: RequestContext, headers: dict[str, str]) -> Answer:
+    """An answer sigroute already has (cached, or a plugin's): JSON, or SSE chunks if the request
+    streamed (with the usage chunk when `stream_options.include_usage` asks for it)."""
+    if not ctx.stream:
+        return Answer(200, headers, body=orjson.dumps(body))
+    chunks = completion_chunks(body, bool((ctx.body.get("stream_options") or {}).get("include_usage")))
+
+    async def events() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield sse_event(chunk)
+        yield SSE_DONE
+
+    return Answer(200, headers, stream=events())
+
+
+async def _through(filters, index: int, text: str, final: bool) -> str:
+    for f in filters:
+        text = f.feed(index, text)
+        if final:
+            tail = f.flush(index)
+            text += await tail if inspect.isawaitable(tail) else tail
+    return text
+
+
+async def filter_chunk(chunk: dict[str, Any], filters) -> dict[str, Any]:
+    """Run a streamed chunk's content deltas through the plugins' content filters; a choice's
+    finish flushes what they held back into that chunk."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            continue
+        text = delta.get("content")
+        final = bool(choice.get("finish_reason"))
+        if isinstance(text, str) or final:
+            out = await _through(filters, choice.get("index", 0), text or "", final)
+            if isinstance(text, str) or out:
+                delta["content"] = out
+    return chunk
+
+
+async def flush_filters(filters, like: dict[str, Any]) -> list[dict[str, Any]]:
+    """Chunks with whatever the filters still hold when a stream ends without a finish reason."""
+    out = []
+    indices = sorted({i for f in filters for i in f.pending_indices()})
+    for index in indices:
+        text = await _through(filters, index, "", True)
+        if text:
+            out.append({"id": like.get("id"), "object": "chat.completion.chunk", "created": like.get("created"),
+                        "model": like.get("model"),
+                        "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}]})
+    return out
+
+
+class Answering:
+    def __init__(self, plugins: PolicyPlugins, caching: Caching, learning: Learning, metrics: Metrics):
+        self.plugins = plugins
+        self.caching = caching
+        self.learning = learning
+        self.metrics = metrics
+
+    def _count(self, journey: Journey, model: str, status: str, elapsed_s: float) -> None:
+        route = journey.route
+        self.metrics.latency.labels(route.decision_name).observe(elapsed_s)
+        self.metrics.requests.labels(route.entrypoint_label, route.decision_name, model, status).inc()
+
+    def _timing_headers(self, journey: Journey, elapsed_s: float) -> float:
+        """x-sigroute-overhead-ms (time in sigroute itself) and -upstream-ms; returns the overhead."""
+        upstream_ms = journey.result.upstream_ms if journey.result is not None else 0.0
+        overhead = max(0.0, elapsed_s - upstream_ms / 1000)
+        journey.response_headers["x-sigroute-overhead-ms"] = f"{overhead * 1000:.3f}"
+        if journey.result is not None:
+            journey.response_headers["x-sigroute-upstream-ms"] = f"{upstream_ms:.3f}"
+        self.metrics.overhead.observe(overhead)
+        return overhead
+
+    # a model's whole answer ----------------------------------------------------------------------
+    async def whole(self, journey: Journey) -> Answer:
+        result, name = journey.result, journey.route.decision_name
+        body = result.body
+        body["model"] = result.model
+        encoded = orjson.dumps(body)       # the answer to the request as sent upstream (what the cache keeps)
+        if self.plugins.changes_answers(name):                                   # 9
+            body = await self.plugins.after(name, body, journey.plugins)
+            answer_bytes = orjson.dumps(body)
+        else:
+            answer_bytes = encoded
+        journey.plugins.apply_to(journey.response_headers)
+        if journey.caching:                                                      # 10
+            await self.caching.store(journey, encoded if complete_answer(body) else None)
+        elapsed = journey.elapsed_s()
+        self._timing_headers(journey, elapsed)
+        self.learning.learn(journey, ok=True, latency_ms=elapsed * 1000, usage=body.get("usage"))   # 11
+        self._count(journey, result.model, "200", elapsed)
+        return Answer(200, journey.response_headers, body=answer_bytes)
+
+    # a model's stream ----------------------------------------------------------------------------
+    def streamed(self, journey: Journey, held: AsyncExitStack) -> Answer:
+        result, name, headers = journey.result, journey.route.decision_name, journey.response_headers
+        stream, model = result.stream, result.model
+        self._timing_headers(journey, journey.elapsed_s())
+        self.metrics.ttft.labels(name).observe(journey.elapsed_s())
+        assembler = StreamAssembler() if journey.caching else None
+        filters = self.plugins.filters(name, journey.plugins)
+        journey.plugins.apply_to(headers)
+        began = False
+
+        async def events() -> AsyncIterator[bytes]:
+            nonlocal began
+            began = True
+            usage = None
+            status = "failed"   # until the stream is relayed to its end
+            try:
+                first = stream.first_chunk
+                first["model"] = model
+                if assembler is not None:
+                    assembler.add(first)
+                yield sse_event(await filter_chunk(first, filters) if filters else first)
+                async for chunk in stream:
+                    chunk["model"] = model
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    if assembler is not None:
+                        assembler.add(chunk)
+                    yield sse_event(await filter_chunk(chunk, filters) if filters else chunk)
+                for tail in await flush_filters(filters, first):
+                    yield sse_event(tail)
+                yield SSE_DONE
+                status = "200"
+                if assembler is not None:                                        # 10
+                    body = assembler.completion(model)
+                    await self.caching.store(journey, orjson.dumps(body) if complete_answer(body) else None)
+            except UpstreamError as exc:
+                status = "stream_broken"
+                self.metrics.stream_breaks.labels(model).inc()
+                yield stream_error_event(
+                    f"the upstream model '{model}' failed mid-stream ({exc.kind}: {exc.message}); "
+                    "the answer above is incomplete", code="stream_broken")
+            except (asyncio.CancelledError, GeneratorExit):
+                status = "client_disconnected"
+                self.metrics.client_disconnects.inc()
+                raise
+            finally:
+                if assembler is not None and status != "200":
+                    self.metrics.cache_stores.labels(journey.plan.category, "incomplete").inc()
+                await held.aclose()   # the upstream stream, its breaker verdict, the single-flight lease
+                elapsed = journey.elapsed_s()
+                self.learning.learn(journey, ok=status == "200", latency_ms=elapsed * 1000, usage=usage)   # 11
+                self._count(journey, model, status, elapsed)
+
+        async def close() -> None:
+            """The HTTP layer is done with the answer; if the stream never began (the caller left
+            first), give back what the request holds here."""
+            if not began:
+                self.metrics.client_disconnects.inc()
+            await held.aclose()
+
+        return Answer(200, headers, stream=events(), on_close=[close])
+
+    # answers sigroute already has ----------------------------------------------------------------
+    async def cached(self, journey: Journey, cached: CachedAnswer) -> Answer:
+        body = orjson.loads(cached.response)
+        body["id"] = "chatcmpl-" + journey.request_id[4:]
+        body["created"] = int(time.time())
+        model = body.get("model", "")
+        name, headers = journey.route.decision_name, journey.response_headers
+        body = await self.plugins.after(name, body, journey.plugins)              # 9, on the cached answer
+        journey.plugins.apply_to(headers)
+        headers["x-sigroute-cache"] = cached.kind
+        headers["x-sigroute-model"] = model
+        await self.learning.keep_cache_hit(journey, cached.doc_id, model)
+        elapsed = journey.elapsed_s()
+        self._timing_headers(journey, elapsed)
+        self._count(journey, "cache", "200", elapsed)
+        if journey.ctx.stream:
+            self.metrics.ttft.labels(name).observe(elapsed)
+        return ready_answer(body, journey.ctx, headers)
+
+    def blocked(self, journey: Journey, blocked: Blocked) -> Answer:
+        """A plugin answered instead of a model (the model was never called)."""
+        headers = journey.response_headers
+        journey.plugins.apply_to(headers)
+        headers["x-sigroute-blocked-by"] = blocked.plugin
+        elapsed = journey.elapsed_s()
+        headers["x-sigroute-overhead-ms"] = f"{elapsed * 1000:.3f}"
+        if blocked.response == "error":
+            self._count(journey, "none", "400", elapsed)
+            raise InvalidRequest(blocked.message, code=blocked.code, headers=headers)
+        self._count(journey, "none", "200", elapsed)
+        body = {"id": "chatcmpl-" + journey.request_id[4:], "object": "chat.completion", "created": int(time.time()),
+                "model": f"sigroute/{blocked.plugin}",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": blocked.message},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+        return ready_answer(body, journey.ctx, headers)

@@ -1,0 +1,210 @@
+"""Step 11 of the journey, and the feedback that arrives after it: how selectors learn.
+
+`Learning` is built once per loaded policy around its selectors (one per decision) and the
+app-wide stores (learned state and pending feedback outlive reloads):
+
+- `learn(journey, ok, latency_ms, usage)`   the immediate outcome of an answer (latency, time to
+  first token, cost from the usage and the model's price, success) goes to the decision's
+  selector; failed attempts before a fallback teach it too; learning decisions' choices are
+  written to the decision log for offline replay.
+- `keep_for_feedback(journey)`   the selector's pending record (None for selectors that learn
+  nothing from feedback) waits in the pending store for quality feedback.
+- `keep_cache_hit(journey, ...)` a cached answer can be reported wrong: its record says which
+  entry to remove.
+- `feedback(raw, principal)`     `POST /v1/feedback`: claim the pending record once (per tenant),
+  credit the quality to the selector that made the choice, or count a false cache hit.
+- `sync()` / `restore()`         exchange learned sums with the state store (periodically) and load
+  them at start-up.
+
+Learning never fails a request: a selector or store error is logged and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from sigroute.bandits.base import Reward, Selector
+from sigroute.bandits.contextual import quality_from_feedback
+from sigroute.gateway.errors import APIError, InvalidRequest, NotFound, Unavailable
+from sigroute.gateway.journey import Journey
+from sigroute.gateway.metrics import Metrics
+from sigroute.policies.schema import Policy
+
+log = logging.getLogger("sigroute.learning")
+
+CACHE_FEEDBACK_TTL_S = 3600.0  # how long a cached answer can be reported wrong
+FEEDBACK_FIELDS = ("request_id", "score", "thumbs", "label", "comment")
+
+
+class Learning:
+    def __init__(self, policy: Policy, selectors: dict[str, Selector], metrics: Metrics, *, state_store,
+                 pending_store, semantic_cache, decision_log=None):
+        self.policy = policy
+        self.selectors = selectors
+        self.metrics = metrics
+        self.state_store = state_store
+        self.pending_store = pending_store
+        self.semantic_cache = semantic_cache
+        self.decision_log = decision_log  # bandits.replay.DecisionLog, for `sigroute replay`
+
+    # 11 ------------------------------------------------------------------------------------------
+    def learn(self, journey: Journey, *, ok: bool, latency_ms: float, usage: Any) -> None:
+        route, result = journey.route, journey.result
+        if route.decision is None:
+            return
+        prompt_tokens = completion_tokens = None
+        cost = None
+        if isinstance(usage, dict):
+            prompt_tokens = usage.get("prompt_tokens")
+            completion_tokens = usage.get("completion_tokens")
+            price = self.policy.models[result.model].price
+            if isinstance(prompt_tokens, int) and isinstance(completion_tokens, int):
+                cost = (prompt_tokens * price.input + completion_tokens * price.output) / 1e6
+        choice = route.choice
+        if choice.model != result.model:  # a fallback answered: credit the model that did
+            choice = dataclasses.replace(choice, model=result.model)
+        reward = Reward(model=result.model, ok=ok, latency_ms=latency_ms, ttft_ms=result.ttft_ms,
+                        cost_usd=cost, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                        at=time.time())
+        selector = self.selectors[route.decision_name]
+        try:
+            selector.update(choice, reward)
+            entry = selector.log_entry(choice, reward) if self.decision_log is not None else None
+            if entry is not None:
+                self.decision_log.decision(
+                    request_id=journey.request_id, tenant=choice.tenant or "default", decision=route.decision_name,
+                    candidates=route.candidates, model=route.choice.model, answered_by=result.model,
+                    propensity=route.choice.propensity, **entry)
+        except Exception:  # learning must never fail a request
+            log.exception("selector update failed for decision %s", route.decision_name)
+        for attempt in result.attempts:  # failed attempts teach the selector too
+            if attempt.error is not None:
+                failed = dataclasses.replace(route.choice, model=attempt.model)
+                try:
+                    selector.update(failed, Reward(model=attempt.model, ok=False, at=time.time()))
+                except Exception:
+                    log.exception("selector update failed for decision %s", route.decision_name)
+
+    async def keep_for_feedback(self, journey: Journey) -> None:
+        """The answer's pending record waits in the pending store for quality feedback."""
+        route = journey.route
+        if route.decision is None:
+            return
+        selector = self.selectors[route.decision_name]
+        record = selector.pending_record(route.choice, journey.result.model)
+        if record is not None:
+            await self._put(journey.request_id, record, selector.feedback_ttl_s)
+
+    async def keep_cache_hit(self, journey: Journey, doc_id: str, model: str) -> None:
+        """A cached answer can be reported wrong (POST /v1/feedback): the entry is then removed."""
+        plan = journey.plan
+        record = {"tenant": journey.principal.tenant, "kind": "cache_hit", "decision": plan.decision,
+                  "model": model, "category": plan.category, "doc_id": doc_id}
+        await self._put(journey.request_id, record, CACHE_FEEDBACK_TTL_S)
+
+    async def _put(self, request_id: str, record: dict[str, Any], ttl_s: float) -> None:
+        try:
+            await self.pending_store.put(request_id, record, ttl_s)
+        except Exception as exc:  # the answer still goes out; this request just cannot get feedback
+            self.metrics.bandit_store_errors.labels("pending_put").inc()
+            log.warning("could not keep request %s for feedback: %s", request_id, exc)
+
+    # feedback ------------------------------------------------------------------------------------
+    async def feedback(self, raw: bytes, principal) -> dict[str, Any]:
+        """POST /v1/feedback {request_id, score | thumbs | label}: credit the answer's quality."""
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"the feedback body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest('send a JSON object: {"request_id": "...", "score": 0..1 | "thumbs": "up"|"down" '
+                                 '| "label": "correct"|"incorrect"}', code="invalid_feedback")
+        unknown = sorted(set(body) - set(FEEDBACK_FIELDS))
+        if unknown:
+            raise InvalidRequest(f"unknown feedback field(s): {', '.join(unknown)}; use request_id, score, thumbs, "
+                                 "label", param=unknown[0], code="invalid_feedback")
+        request_id = body.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidRequest("request_id is required: the x-sigroute-request-id header of the answer",
+                                 param="request_id", code="invalid_feedback")
+        try:
+            quality = quality_from_feedback(body.get("score"), body.get("thumbs"), body.get("label"))
+        except ValueError as exc:
+            param = next((k for k in ("score", "thumbs", "label") if k in body), "score")
+            raise InvalidRequest(str(exc), param=param, code="invalid_feedback") from None
+        try:
+            status, record = await self.pending_store.claim(request_id, principal.tenant, f"{quality:.6f}")
+        except Exception as exc:
+            self.metrics.bandit_store_errors.labels("pending_claim").inc()
+            raise Unavailable(f"the feedback store is unreachable, feedback was NOT recorded; retry later ({exc})",
+                              code="feedback_store_unavailable") from None
+        self.metrics.feedback.labels(status).inc()
+        if status == "unknown":
+            raise NotFound(f"no answer '{request_id}' is waiting for feedback: the id is unknown, its feedback "
+                           "window has passed, or it was not routed by a learning decision",
+                           param="request_id", code="unknown_request_id")
+        if status == "conflict":
+            raise APIError(f"feedback for '{request_id}' was already recorded with a different value; "
+                           "feedback is accepted once per answer", status=409, type="invalid_request_error",
+                           param="request_id", code="feedback_conflict")
+        out = {"object": "feedback", "request_id": request_id, "status": "recorded" if status == "applied" else "duplicate",
+               "quality": quality, "decision": record.get("decision"), "model": record.get("model")}
+        if record.get("kind") == "cache_hit":
+            out["cache"] = await self._cache_feedback(record, quality, first=status == "applied")
+        elif status == "applied":
+            selector = self.selectors.get(record.get("decision"))
+            change = selector.credit(record, quality) if selector is not None else None
+            out["learned"] = change is not None
+            if change is None:  # the decision changed since the answer was routed: the old state is not this one
+                out["reason"] = "the decision's algorithm or features changed since this request was routed"
+            elif self.decision_log is not None:
+                self.decision_log.feedback(request_id=request_id, quality=quality, credit=change)
+        return out
+
+    async def _cache_feedback(self, record: dict, quality: float, first: bool) -> dict[str, Any]:
+        """Feedback on a cached answer: a bad score (< 0.5) marks a false hit and removes the entry."""
+        false_hit = quality < 0.5
+        out: dict[str, Any] = {"category": record.get("category"), "false_hit": false_hit}
+        if false_hit and first:
+            self.metrics.cache_false_hits.labels(record.get("category") or "").inc()
+            try:
+                out["removed"] = await self.semantic_cache.delete(record["doc_id"])
+            except Exception as exc:  # the false hit is counted; the entry expires with its TTL
+                log.warning("could not remove a cache entry reported wrong: %s", exc)
+                out["removed"] = False
+        return out
+
+    # shared state --------------------------------------------------------------------------------
+    def sync_interval(self) -> float | None:
+        """How often learned state should meet the store (None: no selector shares any)."""
+        intervals = [s.sync_interval_s for s in self.selectors.values() if s.sync_interval_s is not None]
+        return min(intervals) if intervals else None
+
+    async def sync(self) -> None:
+        """Exchange learned statistics with the state store (called periodically by the app)."""
+        ok = True
+        for name, selector in self.selectors.items():
+            try:
+                await selector.sync(self.state_store)
+            except Exception as exc:
+                ok = False
+                self.metrics.bandit_store_errors.labels("sync").inc()
+                log.warning("learning state of decision %s not synced (%s); serving from the last known state",
+                            name, exc)
+        self.metrics.bandit_store_up.set(1 if ok else 0)
+
+    async def restore(self) -> None:
+        """Load every tenant's stored state for this policy's selectors (at start-up, after a reload)."""
+        for name, selector in self.selectors.items():
+            try:
+                await selector.restore(self.state_store)
+            except Exception as exc:
+                self.metrics.bandit_store_errors.labels("load").inc()
+                self.metrics.bandit_store_up.set(0)
+                log.warning("learning state of decision %s not loaded (%s); starting from the last known state",
+                            name, exc)
