@@ -39,6 +39,7 @@ from pydantic import BaseModel, ValidationError
 
 from sigroute.policies.schema import (
     ALGORITHM_OPTIONS,
+    ENV_NAME_PATTERN,
     LEAF_PATTERN,
     NAME_PATTERN,
     Algorithm,
@@ -494,7 +495,7 @@ def _pattern_message(value: Any, pattern: str, is_key: bool) -> str:
         what = "name" if is_key else "value"
         return (f"'{value}' is not a valid {what}: start with a letter or digit and use only letters, digits, "
                 "'_', '.' and '-'")
-    if pattern == r"^[A-Za-z_][A-Za-z0-9_]*$":
+    if pattern == ENV_NAME_PATTERN:
         return f"'{value}' is not an environment variable name (letters, digits and '_', not starting with a digit)"
     if pattern == r"^[0-9a-f]{64}$":
         return (f"expected the key's SHA-256 as 64 lowercase hex digits, got {_describe(value)} "

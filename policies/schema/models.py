@@ -1,0 +1,65 @@
+"""The backend models a policy routes to (`models:`): how each is called and what it costs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+
+from sigroute.policies.schema.base import ENV_NAME_PATTERN, Strict
+
+
+class Price(Strict):
+    """Declared price in USD per million tokens."""
+
+    input: float = Field(0.0, ge=0, description="USD per 1M prompt tokens")
+    output: float = Field(0.0, ge=0, description="USD per 1M completion tokens")
+
+
+class ModelSpec(Strict):
+    """One backend model that decisions may route to."""
+
+    provider: str = Field(
+        ...,
+        min_length=3,
+        description="litellm model string, e.g. 'hosted_vllm/meta-llama/Llama-3.1-8B-Instruct', "
+        "'openai/gpt-4o', 'anthropic/claude-3-5-sonnet-20240620'",
+    )
+    api_base: str | None = Field(None, description="base URL of the server (…/v1 for OpenAI-compatible ones)")
+    api_key_env: str | None = Field(
+        None,
+        pattern=ENV_NAME_PATTERN,
+        description="name of the environment variable that holds the API key (never the key itself)",
+    )
+    price: Price = Price()
+    context_window: PositiveInt | None = Field(None, description="maximum prompt + completion tokens")
+    tags: tuple[str, ...] = ()
+    timeout_s: PositiveFloat = Field(60.0, description="limit for a whole non-streamed call")
+    first_token_timeout_s: PositiveFloat = Field(30.0, description="limit until the first streamed chunk")
+    stream_idle_timeout_s: PositiveFloat = Field(30.0, description="limit between two streamed chunks")
+    transport: Literal["auto", "openai", "litellm"] = Field(
+        "auto",
+        description="'openai': direct HTTP to an OpenAI-compatible server; 'litellm': through litellm; "
+        "'auto': direct for openai/, hosted_vllm/ and other OpenAI-compatible providers with an api_base, "
+        "litellm for everything else",
+    )
+    extra_headers: dict[str, str] = Field(default_factory=dict, description="headers sent with every call")
+
+    @field_validator("provider")
+    @classmethod
+    def _provider_has_prefix(cls, value: str) -> str:
+        if "/" not in value:
+            raise ValueError(
+                f"'{value}' has no provider prefix; write it as litellm does, "
+                "e.g. 'openai/gpt-4o' or 'hosted_vllm/meta-llama/Llama-3.1-8B-Instruct'"
+            )
+        return value
+
+    @field_validator("api_key_env", mode="before")
+    @classmethod
+    def _not_a_literal_key(cls, value: Any) -> Any:
+        if isinstance(value, str) and (value.startswith("sk-") or len(value) > 64):
+            raise ValueError(
+                "looks like an API key; put the key in an environment variable and write its name here"
+            )
+        return value

@@ -1,0 +1,76 @@
+"""How the gateway serves a policy: routing among decisions (`routing:`), the virtual model
+names callers send (`entrypoints:`), API keys and roles (`auth:`), request limits (`server:`),
+and retries, backoff and circuit breakers for upstream calls (`upstream:`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from sigroute.policies.schema.base import ENV_NAME_PATTERN, Name, Strict
+
+
+class Routing(Strict):
+    strategy: Literal["priority", "confidence"] = Field(
+        "priority",
+        description="priority: the matching decision with the highest priority wins (ties: file order); "
+        "confidence: the one with the highest confidence wins (ties: priority, then file order)",
+    )
+    allow_direct_models: bool = Field(
+        True, description="callers may name a model of this policy to bypass routing"
+    )
+
+
+class Entrypoint(Strict):
+    """A virtual model name (e.g. `auto`) whose requests are routed."""
+
+    description: str | None = None
+    strategy: Literal["priority", "confidence"] | None = Field(None, description="overrides routing.strategy")
+    decisions: tuple[str, ...] | None = Field(None, description="restrict routing to these decisions")
+
+
+class RateLimit(Strict):
+    requests_per_minute: PositiveFloat
+    burst: PositiveInt | None = Field(None, description="bucket size; default: a minute's worth, at least 1")
+
+
+class ApiKey(Strict):
+    """An API key and who holds it. Give the key as its SHA-256 or by environment variable."""
+
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key")
+    key_env: str | None = Field(None, pattern=ENV_NAME_PATTERN, description="variable holding the key")
+    tenant: Name
+    user: str | None = None
+    roles: tuple[str, ...] = ()
+    rate_limit: RateLimit | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ApiKey":
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError("give exactly one of key_sha256 or key_env")
+        return self
+
+
+class Auth(Strict):
+    keys: tuple[ApiKey, ...] = Field(..., min_length=1)
+    admin_roles: tuple[str, ...] = Field(("admin",), description="roles allowed to use admin endpoints")
+
+
+class Server(Strict):
+    max_request_bytes: PositiveInt = Field(4 * 1024 * 1024, description="larger bodies get 413")
+    rate_limit: RateLimit | None = Field(None, description="applies to callers when auth is off")
+    log_prompts: bool = Field(False, description="prompts and answers are never logged unless this is true")
+
+
+class Breaker(Strict):
+    failure_threshold: PositiveInt = Field(5, description="consecutive failures that open the circuit")
+    cooldown_s: PositiveFloat = Field(30.0, description="how long an open circuit rejects calls")
+
+
+class Upstream(Strict):
+    retries: int = Field(1, ge=0, le=10, description="extra attempts on the same model before falling back")
+    backoff_s: float = Field(0.05, ge=0, description="first retry delay, doubled each time (plus jitter)")
+    backoff_max_s: float = Field(2.0, ge=0)
+    breaker: Breaker = Breaker()
