@@ -322,6 +322,10 @@ class SingleFlight:
     def in_flight(self, key: Hashable) -> bool:
         return key in self._flights
 
+    def __len__(self) -> int:
+        """Flights whose leader has not landed yet."""
+        return len(self._flights)
+
     def lead(self, key: Hashable) -> asyncio.Future | None:
         """None: you lead (call upstream, then `land`); else the leader's future to `wait` on."""
         flight = self._flights.get(key)
