@@ -166,33 +166,6 @@ async def flush_filters(filters, like: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-class ModelLoad:
-    """Upstream calls in progress through this gateway and a moving average of their latency, per
-    model: what the load-aware cache calls saturation."""
-
-    SMOOTHING = 0.2   # weight of the newest latency in the moving average
-
-    def __init__(self) -> None:
-        self.in_flight: dict[str, int] = {}
-        self.latency_ms: dict[str, float] = {}
-
-    def start(self, model: str) -> None:
-        self.in_flight[model] = self.in_flight.get(model, 0) + 1
-
-    def end(self, model: str, latency_ms: float | None) -> None:
-        self.in_flight[model] = max(0, self.in_flight.get(model, 0) - 1)
-        if latency_ms is not None:
-            old = self.latency_ms.get(model)
-            self.latency_ms[model] = latency_ms if old is None else old + self.SMOOTHING * (latency_ms - old)
-
-    def saturated(self, models, bound) -> bool:
-        """Every model is at or above the in-flight bound or the latency bound."""
-        def busy(m: str) -> bool:
-            return ((bound.in_flight_above is not None and self.in_flight.get(m, 0) >= bound.in_flight_above)
-                    or (bound.latency_above_ms is not None and self.latency_ms.get(m, 0.0) >= bound.latency_above_ms))
-        return bool(models) and all(busy(m) for m in models)
-
-
 class Pipeline:
     def __init__(self, policy: Policy, metrics: Metrics, *, environ: Mapping[str, str] | None = None,
                  transports=None, rate_limiter: RateLimiter | None = None, previous: "Pipeline | None" = None,
@@ -228,7 +201,6 @@ class Pipeline:
         self.flights = flights or (previous.flights if previous is not None else SingleFlight())
         self.cache = (ResponseCache(policy, semantic_cache, self.flights, resources)
                       if any(d.cache is not None and d.cache.enabled for d in policy.decisions) else None)
-        self.load = ModelLoad()
         self.chains = {d.name: PluginChain(d, resources) for d in policy.decisions if d.plugins}
         self.engines: dict[str, DecisionEngine] = {}
         for name, entry in policy.entrypoints.items():
@@ -347,7 +319,7 @@ class Pipeline:
             models = fitting
         healthy = self.upstreams.available(models)
         if not healthy:
-            soonest = min(self.upstreams.breakers[m].retry_in_s() for m in models)
+            soonest = self.upstreams.retry_in_s(models)
             raise Unavailable(
                 f"every candidate model of decision '{decision.name}' ({', '.join(models)}) is failing and "
                 f"temporarily taken out of service; retry in {soonest:.0f}s",
@@ -380,12 +352,9 @@ class Pipeline:
                 return answer
         leading = plan is not None and plan.active and plan.serve  # identical requests may be waiting on us
         result = None
-        calling = False
         try:
             await self.select(route, ctx)                                        # 7
             self.metrics.selected.labels(route.decision_name, route.choice.model).inc()
-            self.load.start(route.choice.model)
-            calling = True
             chain = self.chains.get(route.decision_name)
             result = await self.upstreams.call(route.choice.ranking, dict(ctx.body), ctx.stream,   # 8
                                                chain.upstream_headers if chain is not None else None)
@@ -397,10 +366,8 @@ class Pipeline:
         except BaseException:
             if leading:
                 self.flights.land(plan.key, None)
-            if calling:
-                self.load.end(route.choice.model, None)
-            if result is not None and ctx.stream:
-                await result.chunks.aclose()
+            if result is not None:
+                await result.aclose()
             raise
         if not ctx.stream:
             return await self._whole_answer(ctx, route, result, out_headers, started, plan, principal, leading, state)
@@ -408,7 +375,6 @@ class Pipeline:
 
     async def _whole_answer(self, ctx, route: Route, result: CallResult, headers, started, plan, principal,
                             leading: bool, state: PluginState) -> Answer:
-        self.load.end(route.choice.model, result.upstream_ms)
         body = result.body
         body["model"] = result.model
         encoded = orjson.dumps(body)       # the answer to the request as sent upstream (what the cache keeps)
@@ -458,12 +424,12 @@ class Pipeline:
             status = "200"
             landed = not leading
             try:
-                first = result.first_chunk
+                first = result.stream.first_chunk
                 first["model"] = model
                 if assembler is not None:
                     assembler.add(first)
                 yield sse_event(await filter_chunk(first, filters) if filters else first)
-                async for chunk in result.chunks:
+                async for chunk in result.stream:
                     chunk["model"] = model
                     if chunk.get("usage"):
                         usage = chunk["usage"]
@@ -496,10 +462,8 @@ class Pipeline:
                     self.flights.land(plan.key, None)
                 if caching and status != "200":
                     self.metrics.cache_stores.labels(plan.category, "incomplete").inc()
-                await result.chunks.aclose()
-                self.upstreams.record_stream_end(model, error)
+                await result.aclose()
                 elapsed = time.perf_counter() - started
-                self.load.end(route.choice.model, elapsed * 1000)
                 self._learn(route, result, ok=error is None and status == "200", latency_ms=elapsed * 1000,
                             usage=usage)
                 self.metrics.latency.labels(route.decision_name).observe(elapsed)
@@ -512,10 +476,8 @@ class Pipeline:
                 return
             if leading:
                 self.flights.land(plan.key, None)
-            self.load.end(route.choice.model, None)
             self.metrics.client_disconnects.inc()
-            await result.chunks.aclose()
-            self.upstreams.record_stream_end(model, None)
+            await result.aclose()
 
         return Answer(200, headers, stream=events(), on_close=[abandoned])
 
@@ -533,8 +495,7 @@ class Pipeline:
             out_headers["x-sigroute-cache"] = state.skip_cache
             self.metrics.cache_lookups.labels(decision.name, decision.name, state.skip_cache).inc()
             return None
-        saturated = spec.load_aware is not None and self.load.saturated(
-            self.upstreams.available(decision.models), spec.load_aware)
+        saturated = spec.load_aware is not None and self.upstreams.saturated(decision.models, spec.load_aware)
         plan = await self.cache.plan(spec, decision.name, decision.models, ctx, principal, headers, saturated)
         if not plan.active:
             out_headers["x-sigroute-cache"] = plan.skipped
@@ -859,8 +820,7 @@ class Pipeline:
         cache = None
         spec = self.cache.spec(decision.name) if self.cache is not None else None
         if spec is not None:  # how the cache would treat this request (nothing is looked up or counted)
-            saturated = spec.load_aware is not None and self.load.saturated(
-                self.upstreams.available(decision.models), spec.load_aware)
+            saturated = spec.load_aware is not None and self.upstreams.saturated(decision.models, spec.load_aware)
             plan = await self.cache.plan(spec, decision.name, decision.models, ctx, principal, headers, saturated)
             cache = {"used": plan.active, "skipped": plan.skipped, "category": plan.category or None}
             if plan.active:
