@@ -204,13 +204,12 @@ class Upstreams:
                                 break
                         else:
                             now = time.perf_counter()
-                            timing = dict(attempts=attempts, ttft_ms=(now - t0) * 1000,
-                                          upstream_ms=(now - started) * 1000)
+                            ttft_ms, upstream_ms = (now - t0) * 1000, (now - started) * 1000
                             if stream:
-                                return CallResult(model, stream=opened, **timing)
+                                return CallResult(model, attempts, ttft_ms, upstream_ms, stream=opened)
                             permit.succeeded()
                             flight.succeeded()
-                            return CallResult(model, body=body, **timing)
+                            return CallResult(model, attempts, ttft_ms, upstream_ms, body=body)
                 await asyncio.sleep(delay)  # holding neither the permit nor a place in flight
         raise self._exhausted(ranking, attempts)
 
