@@ -175,7 +175,6 @@ class Upstreams:
                             self.observer.fallback(previous, model)
                         previous = model
                     with self.load.flight(model) as flight:
-                        t0 = time.perf_counter()
                         try:
                             if stream:
                                 chunks = transport.stream(target, payload, headers)
@@ -204,7 +203,7 @@ class Upstreams:
                                 break
                         else:
                             now = time.perf_counter()
-                            ttft_ms, upstream_ms = (now - t0) * 1000, (now - started) * 1000
+                            ttft_ms, upstream_ms = (now - flight.started) * 1000, (now - started) * 1000
                             if stream:
                                 return CallResult(model, attempts, ttft_ms, upstream_ms, stream=opened)
                             permit.succeeded()
