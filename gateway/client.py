@@ -73,6 +73,8 @@ from typing import Any, AsyncIterator, Iterator, Mapping, NamedTuple, Sequence, 
 
 import httpx
 
+from sigroute.gateway.sse import SSEDecoder  # standard library only
+
 try:  # orjson is a dependency of the gateway, but the client works without it
     import orjson
 
@@ -474,32 +476,6 @@ class Explanation:
 
 # streams -----------------------------------------------------------------------------------------
 
-class _SSEDecoder:
-    """Server-sent events, line by line: yields each event's data (multi-line data joined by \\n)."""
-
-    def __init__(self) -> None:
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> str | None:
-        if not line:
-            return self.flush()
-        if line.startswith(":"):  # comment / keep-alive
-            return None
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        return None
-
-    def flush(self) -> str | None:
-        if not self._data:
-            return None
-        data = "\n".join(self._data)
-        self._data = []
-        return data
-
-
 _DONE = object()
 
 
@@ -514,7 +490,7 @@ class _StreamState:
         self.finish_reason: str | None = None
         self.model: str | None = routing.model
         self._parts: list[str] = []
-        self._decoder = _SSEDecoder()
+        self.decoder = SSEDecoder()
 
     def collected_text(self) -> str:
         return "".join(self._parts)
@@ -555,15 +531,12 @@ class _StreamState:
                 self.finish_reason = choice["finish_reason"]
         return chunk
 
-    def feed(self, line: str) -> Any:
-        data = self._decoder.feed(line)
-        return None if data is None else self.handle(data)
-
     def end(self) -> Any:
-        """The body ended: handle a last unterminated event, then insist on [DONE]."""
-        data = self._decoder.flush()
-        if data is not None and not self.done:
-            result = self.handle(data)
+        """The body ended: handle a last event the server did not terminate with a blank line
+        (which the SSE standard discards; see `sigroute.gateway.sse`), then insist on [DONE]."""
+        last = self.decoder.end()
+        if last is not None and not self.done:
+            result = self.handle(last.data)
             if result is not _DONE:
                 return result
         if not self.done:
@@ -596,11 +569,11 @@ class ChatStream:
         state = self._state
         try:
             try:
-                for line in self.response.iter_lines():
-                    result = state.feed(line)
-                    if result is _DONE:
-                        return
-                    if result is not None:
+                for piece in self.response.iter_bytes():
+                    for event in state.decoder.feed(piece):
+                        result = state.handle(event.data)
+                        if result is _DONE:
+                            return
                         yield result
             except httpx.TransportError as exc:
                 raise state.broken(f"the connection broke mid-stream ({type(exc).__name__}: {exc}); "
@@ -655,11 +628,11 @@ class AsyncChatStream:
         state = self._state
         try:
             try:
-                async for line in self.response.aiter_lines():
-                    result = state.feed(line)
-                    if result is _DONE:
-                        return
-                    if result is not None:
+                async for piece in self.response.aiter_bytes():
+                    for event in state.decoder.feed(piece):
+                        result = state.handle(event.data)
+                        if result is _DONE:
+                            return
                         yield result
             except httpx.TransportError as exc:
                 raise state.broken(f"the connection broke mid-stream ({type(exc).__name__}: {exc}); "

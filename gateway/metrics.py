@@ -86,7 +86,7 @@ class Metrics:
         self.cache_store_up.set(1)
         self.policy_reloads = Counter("sigroute_policy_reloads_total", "Policy reloads", ["result"], registry=r)
 
-    # upstream observer protocol (gateway.upstream.Observer)
+    # upstream observer protocol (gateway.upstream.resilience.Observer)
     def upstream_error(self, model: str, kind: str) -> None:
         self.upstream_errors.labels(model, kind).inc()
 

@@ -1,4 +1,4 @@
-"""gateway.http1 against real loopback servers: keep-alive, bodies, stale connections, timeouts,
+"""gateway.upstream.http1 against real loopback servers: keep-alive, bodies, stale connections, timeouts,
 the pool cap, cancellation and TLS."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import subprocess
 import orjson
 import pytest
 
-from sigroute.gateway import http1
-from sigroute.gateway.upstream import ModelTarget, OpenAICompatibleTransport, UpstreamError
+from sigroute.gateway.upstream import ModelTarget, OpenAICompatibleTransport, UpstreamError, http1
 from sigroute.policies.schema import ModelSpec
 from tests.conftest import free_port
 
@@ -538,5 +537,39 @@ async def test_transport_stream_stall_is_a_timeout():
             with pytest.raises(UpstreamError) as info:
                 await anext(chunks)
             assert info.value.kind == "timeout" and "stalled for 0.2s" in info.value.message
+    finally:
+        await transport.aclose()
+
+
+async def test_transport_stream_follows_the_sse_standard():
+    """Multi-line data, CR and CRLF line ends, a BOM, comments, pieces cut anywhere (inside CRLFs
+    and UTF-8 characters), and a last `data: [DONE]` the server closed without its blank line."""
+    events = ('\ufeff: hello\r\n\r\n'
+              'data: {"choices": [{"index": 0, "delta": {"content": "Grü"}}]}\r\n\r\n'
+              'event: message\rdata: {"choices": [{"index": 0,\rdata: "delta": {"content": "ße"}}]}\r\r'
+              ': keep-alive\n\n').encode()
+
+    async def answers(server, conn_no, n, body, writer):
+        path = server.heads[-1].split(b" ")[1]
+        stream = events + (b"data: [DONE]" if path.startswith(b"/done") else b'data: {"choices": []}')
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for i in range(0, len(stream), 7):
+            piece = stream[i:i + 7]
+            writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    transport = OpenAICompatibleTransport()
+    try:
+        async with RawServer(answers) as server:
+            base = f"http://127.0.0.1:{server.port}"
+            chunks = [c async for c in transport.stream(_target(base + "/done"), {"messages": []})]
+            assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == "Grüße"
+            assert transport.client.stats()[base]["idle"] == 1  # complete: the connection is reused
+            with pytest.raises(UpstreamError) as info:  # the body ends without [DONE]
+                async for _ in transport.stream(_target(base + "/cut"), {"messages": []}):
+                    pass
+            assert info.value.kind == "stream_broken" and "[DONE]" in info.value.message
     finally:
         await transport.aclose()

@@ -1,0 +1,36 @@
+"""Calling backend models: transports, retries, fallback across candidates, circuit breakers.
+
+One concept per module:
+
+- `errors`             `UpstreamError` and its kinds; reading an HTTP error (status, Retry-After, message)
+- `targets`            `ModelTarget` (a policy model resolved for calling), header changes, the `Transport` protocol
+- `http1`              our small pooled HTTP/1.1 client (the fast path's wire)
+- `openai_compatible`  `OpenAICompatibleTransport`: direct HTTP to OpenAI-compatible servers, streams read
+                       with `sigroute.gateway.sse`
+- `litellm_transport`  `LiteLLMTransport`: every other provider, through litellm (imported on first use)
+- `breaker`            `CircuitBreaker` and the `Permit` a call holds (a half-open trial is always given back)
+- `load`               `ModelLoad`: calls in flight and latency per model (the load-aware cache's saturation)
+- `stream`             `UpstreamStream`: a committed stream that owns its response, permit and flight
+- `resilience`         `Upstreams`: the retries/fallback loop; `CallResult`, `Attempt`
+
+Both transports behave identically (same errors, same retry and streaming semantics), so
+`Upstreams` never asks which one it holds; tests inject their own through
+``Upstreams(transports={"openai": …})``.
+"""
+
+from sigroute.gateway.upstream.breaker import CircuitBreaker, Permit
+from sigroute.gateway.upstream.errors import UpstreamError, classify_status, error_message, parse_retry_after
+from sigroute.gateway.upstream.litellm_transport import LiteLLMTransport
+from sigroute.gateway.upstream.load import Flight, ModelLoad
+from sigroute.gateway.upstream.openai_compatible import OpenAICompatibleTransport
+from sigroute.gateway.upstream.resilience import Attempt, CallResult, Observer, Upstreams
+from sigroute.gateway.upstream.stream import UpstreamStream
+from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, Transport
+
+__all__ = [
+    "Upstreams", "CallResult", "Attempt", "Observer", "UpstreamStream",
+    "UpstreamError", "classify_status", "error_message", "parse_retry_after",
+    "ModelTarget", "HeaderChanges", "Transport",
+    "OpenAICompatibleTransport", "LiteLLMTransport",
+    "CircuitBreaker", "Permit", "ModelLoad", "Flight",
+]

@@ -1,0 +1,107 @@
+"""What can go wrong calling one model, in one vocabulary shared by every transport.
+
+`UpstreamError.kind` says what happened; its flags say what the resilience loop does next (retry
+the same model, fall back to the next one, count it against the model's breaker). The helpers
+read an HTTP answer the same way for every transport: its status → a kind, its ``Retry-After``
+→ seconds, its body → a short message for the logs and the caller (never credentials: only the
+upstream's own error text is kept).
+
+`unsendable_body` is the one failure that is the caller's before anything is sent: a request
+that parsed (orjson reads up to 1024 levels of nesting) but cannot be serialized again for the
+upstream (orjson writes at most 254). It is an `InvalidRequest` (400), not an `UpstreamError`: no
+model was called, no breaker learns anything from it.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from sigroute.gateway.errors import InvalidRequest
+
+__all__ = ["UpstreamError", "classify_status", "parse_retry_after", "error_message", "unsendable_body"]
+
+
+class UpstreamError(Exception):
+    """A failed call to one model. `kind` says what happened; the flags say what to do next.
+
+    Kinds: ``connect``, ``timeout``, ``rate_limited``, ``server``, ``stream_broken``, ``protocol``
+    (retryable); ``auth``, ``not_found``, ``unavailable`` (another model may work); ``client``
+    (the upstream rejected the request itself: returned to the caller as it is).
+    """
+
+    RETRYABLE = {"connect", "timeout", "rate_limited", "server", "stream_broken", "protocol"}
+    FALLBACK = RETRYABLE | {"auth", "not_found", "unavailable"}
+
+    def __init__(self, kind: str, message: str, *, status: int | None = None, retry_after_s: float | None = None,
+                 model: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.model = model
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in self.RETRYABLE
+
+    @property
+    def may_fall_back(self) -> bool:
+        return self.kind in self.FALLBACK
+
+    @property
+    def counts_against_model(self) -> bool:
+        """Whether this failure says something about the model's health (breaker input)."""
+        return self.kind in self.FALLBACK
+
+    def __str__(self) -> str:
+        where = f"{self.model}: " if self.model else ""
+        status = f" (HTTP {self.status})" if self.status else ""
+        return f"{where}{self.kind}{status}: {self.message}"
+
+
+def classify_status(status: int) -> str:
+    """The kind of failure an HTTP status other than 200 reports."""
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "auth"
+    if status == 404:
+        return "not_found"
+    if status in (408, 504):
+        return "timeout"
+    if status >= 500:
+        return "server"
+    return "client"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (None if absent or not a number of seconds)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def error_message(content: bytes) -> str:
+    """The message of an upstream's error body (OpenAI-shaped or not), at most 500 characters."""
+    try:
+        data = orjson.loads(content)
+        err = data.get("error", data) if isinstance(data, dict) else data
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:500]
+        return str(err)[:500]
+    except Exception:
+        return content[:300].decode("utf-8", "replace") or "empty response"
+
+
+def unsendable_body(exc: Exception) -> InvalidRequest:
+    """The caller's error for a request body the upstream call cannot serialize (`exc`: the
+    encoder's error)."""
+    reason = str(exc)
+    fix = ("JSON nested more than 254 levels deep cannot be sent upstream; flatten the deeply nested value"
+           if "recursion" in reason.lower() else "send only plain JSON values")
+    return InvalidRequest(f"the request body cannot be forwarded to the model ({reason}): {fix}",
+                          code="invalid_request_body")

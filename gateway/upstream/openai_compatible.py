@@ -1,0 +1,165 @@
+"""The direct transport: HTTP to OpenAI-compatible servers (vLLM, SGLang, TGI's OpenAI API, OpenAI …).
+
+It is the fast path: one keep-alive pool of `http1` (our small HTTP/1.1 client, several times
+cheaper per call than httpx), request heads built once per target, bodies encoded with orjson,
+streams read with the one server-sent-events decoder (`sigroute.gateway.sse`).
+
+Streams: the first event must arrive within the model's ``first_token_timeout_s`` and each next
+one within ``stream_idle_timeout_s`` of being asked for (bytes that complete no event, such as
+keep-alive comments, do not count), else ``UpstreamError("timeout")``. A stream is complete only
+at ``data: [DONE]``; its connection then goes back to the pool. A stream that ends without it,
+breaks off, or sends an error event raises ``UpstreamError("stream_broken")``; closing the stream
+early closes its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import orjson
+
+from sigroute.gateway.sse import SSEDecoder
+from sigroute.gateway.upstream import http1
+from sigroute.gateway.upstream.errors import (UpstreamError, classify_status, error_message, parse_retry_after,
+                                              unsendable_body)
+from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, merged_headers
+
+__all__ = ["OpenAICompatibleTransport"]
+
+
+class OpenAICompatibleTransport:
+    """Direct HTTP to OpenAI-compatible servers over a shared keep-alive pool (`http1`)."""
+
+    def __init__(self, max_connections: int = 1000, max_keepalive: int = 200):
+        # max_keepalive is kept for compatibility: idle connections are capped by max_connections
+        # per host and closed after 30 s unused
+        self.client = http1.Client(max_connections_per_host=max_connections, keepalive_expiry=30.0)
+        self._prepared_by_target: dict[tuple, tuple[http1.Request, http1.Timeouts]] = {}
+
+    def _prepared(self, target: ModelTarget, stream: bool,
+                  changes: HeaderChanges | None = None) -> tuple[http1.Request, http1.Timeouts]:
+        """Request head and timeouts of a target (and header change set), built once."""
+        key = (target.name, target.api_base, stream, changes)
+        prepared = self._prepared_by_target.get(key)
+        if prepared is None:
+            headers = {"content-type": "application/json",
+                       "accept": "text/event-stream" if stream else "application/json"}
+            if target.api_key:
+                headers["authorization"] = f"Bearer {target.api_key}"
+            headers.update(merged_headers(target.spec.extra_headers, changes))
+            timeouts = http1.Timeouts(connect=min(10.0, target.spec.timeout_s), read=None, write=30.0, pool=10.0)
+            prepared = (self.client.prepare("POST", f"{target.api_base}/chat/completions", headers), timeouts)
+            self._prepared_by_target[key] = prepared
+        return prepared
+
+    @staticmethod
+    def _body(target: ModelTarget, payload: dict[str, Any]) -> bytes:
+        body = dict(payload)
+        body["model"] = target.upstream_model
+        try:
+            return orjson.dumps(body)
+        except orjson.JSONEncodeError as exc:  # parsed, but too deep (or odd) to send again
+            raise unsendable_body(exc) from None
+
+    async def complete(self, target: ModelTarget, payload: dict[str, Any],
+                       headers: HeaderChanges | None = None) -> dict[str, Any]:
+        request, timeouts = self._prepared(target, False, headers)
+        body = self._body(target, payload)
+        try:
+            async with asyncio.timeout(target.spec.timeout_s):
+                response = await self.client.send(request, body, timeouts=timeouts)
+        except TimeoutError:
+            raise UpstreamError("timeout", f"no answer within {target.spec.timeout_s:g}s", model=target.name) from None
+        except http1.TimeoutException as exc:
+            raise UpstreamError("timeout", f"{type(exc).__name__}", model=target.name) from None
+        except http1.TransportError as exc:
+            raise UpstreamError("connect", f"{type(exc).__name__}: {exc}", model=target.name) from None
+        if response.status_code != 200:
+            raise UpstreamError(classify_status(response.status_code), error_message(response.content),
+                                status=response.status_code, model=target.name,
+                                retry_after_s=parse_retry_after(response.headers.get("retry-after")))
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("protocol", "response is not JSON", status=200, model=target.name) from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise UpstreamError("protocol", "response has no 'choices'", status=200, model=target.name)
+        return data
+
+    async def stream(self, target: ModelTarget, payload: dict[str, Any],
+                     headers: HeaderChanges | None = None) -> AsyncIterator[dict[str, Any]]:
+        request, timeouts = self._prepared(target, True, headers)
+        body = self._body(target, payload)
+        spec = target.spec
+        try:
+            async with asyncio.timeout(spec.first_token_timeout_s):
+                response = await self.client.send(request, body, stream=True, timeouts=timeouts)
+        except TimeoutError:
+            raise UpstreamError("timeout", f"no response within {spec.first_token_timeout_s:g}s",
+                                model=target.name) from None
+        except http1.TimeoutException as exc:
+            raise UpstreamError("timeout", f"{type(exc).__name__}", model=target.name) from None
+        except http1.TransportError as exc:
+            raise UpstreamError("connect", f"{type(exc).__name__}: {exc}", model=target.name) from None
+        try:
+            if response.status_code != 200:
+                try:
+                    content = await response.aread()
+                except (http1.TransportError, http1.StreamError):
+                    content = b""
+                raise UpstreamError(classify_status(response.status_code), error_message(content),
+                                    status=response.status_code, model=target.name,
+                                    retry_after_s=parse_retry_after(response.headers.get("retry-after")))
+            loop = asyncio.get_running_loop()
+            decoder = SSEDecoder()
+            events: list = []
+            taken = 0
+            allowed = spec.first_token_timeout_s  # for the next event, from the moment it is asked for
+            while True:
+                if taken < len(events):
+                    event = events[taken]
+                    taken += 1
+                else:  # read until some event is complete
+                    deadline = loop.time() + allowed
+                    while True:
+                        left = deadline - loop.time()
+                        try:
+                            if left <= 0:
+                                raise http1.ReadTimeout
+                            piece = await response.read_chunk(left)
+                        except http1.ReadTimeout:
+                            raise UpstreamError("timeout", f"stream stalled for {allowed:g}s",
+                                                model=target.name) from None
+                        except (http1.TransportError, http1.StreamError) as exc:
+                            raise UpstreamError("stream_broken", f"{type(exc).__name__}: {exc}",
+                                                model=target.name) from None
+                        if piece is None:  # the body ended; accept a last [DONE] without its blank line
+                            last = decoder.end()
+                            if last is not None and last.data.strip() == "[DONE]":
+                                return
+                            raise UpstreamError("stream_broken", "stream ended before [DONE]", model=target.name)
+                        events = decoder.feed(piece)
+                        if events:
+                            break
+                    event = events[0]
+                    taken = 1
+                allowed = spec.stream_idle_timeout_s
+                data = event.data
+                if not data.startswith("{") and data.strip() == "[DONE]":
+                    await response.drain(spec.stream_idle_timeout_s)  # so the connection goes back to the pool
+                    return
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise UpstreamError("protocol", "stream chunk is not JSON", model=target.name) from None
+                if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+                    err = chunk["error"]
+                    message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+                    raise UpstreamError("stream_broken", f"upstream sent an error event: {message}", model=target.name)
+                yield chunk
+        finally:
+            await response.aclose()  # a response not read to its end closes its connection
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

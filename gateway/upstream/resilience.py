@@ -1,0 +1,231 @@
+"""Calling a ranked list of models: retries, fallback, a breaker and a load count per model.
+
+`Upstreams.call` tries the ranking in order. Each model is tried up to ``1 + retries`` times on
+retryable failures (connection errors, timeouts, 429, 5xx, broken streams) with exponential
+backoff and jitter (honouring a short ``Retry-After``), then the next model is tried. A model
+whose circuit is open (`breaker.CircuitBreaker`) is skipped without a call. A caller's mistake
+reported by the upstream (400, 413, 422) is returned as it is: another model would not fix the
+request; so is a body that cannot be serialized (400 ``invalid_request_body``, no model called).
+
+Every attempt holds its breaker `Permit` and its `Flight` (in-flight count) as context managers,
+so no exit (an unexpected exception, a cancellation, a caller's mistake) leaves a half-open trial
+taken or a model counted busy. A whole answer holds nothing once `call` returns. A stream is
+committed once its first chunk has arrived (failures before that retry and fall back like whole
+answers); it then takes both over and gives them back when closed (`stream.UpstreamStream`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence
+
+from sigroute.gateway.errors import APIError, InvalidRequest, UpstreamFailed, Unavailable
+from sigroute.gateway.upstream.breaker import CircuitBreaker, Permit
+from sigroute.gateway.upstream.errors import UpstreamError
+from sigroute.gateway.upstream.litellm_transport import LiteLLMTransport
+from sigroute.gateway.upstream.load import ModelLoad
+from sigroute.gateway.upstream.openai_compatible import OpenAICompatibleTransport
+from sigroute.gateway.upstream.stream import UpstreamStream
+from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, Transport
+from sigroute.policies.schema import Policy
+
+__all__ = ["Upstreams", "CallResult", "Attempt", "Observer"]
+
+
+@dataclass
+class Attempt:
+    """One model of the ranking that did not answer: it failed (`error`) or was skipped (`skipped`)."""
+
+    model: str
+    error: UpstreamError | None = None
+    skipped: str | None = None  # why the model was not tried (e.g. "circuit open")
+
+
+@dataclass
+class CallResult:
+    """The answer of `Upstreams.call`: a whole `body`, or a committed `stream` to close.
+
+    An async context manager: leaving it closes the stream (a no-op for whole answers).
+    """
+
+    model: str
+    attempts: list[Attempt] = field(default_factory=list)
+    ttft_ms: float = 0.0
+    upstream_ms: float = 0.0  # time spent waiting on upstreams, retries and backoff included
+    body: dict[str, Any] | None = None  # whole answer (stream=False); nothing is held after call() returns
+    stream: UpstreamStream | None = None  # streamed answer
+
+    async def aclose(self) -> None:
+        """Release what the answer holds (idempotent)."""
+        if self.stream is not None:
+            await self.stream.aclose()
+
+    async def __aenter__(self) -> "CallResult":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.aclose()
+
+
+class Observer(Protocol):
+    def upstream_error(self, model: str, kind: str) -> None: ...
+
+    def fallback(self, from_model: str, to_model: str) -> None: ...
+
+    def breaker_opened(self, model: str) -> None: ...
+
+
+class _NoObserver:
+    def upstream_error(self, model, kind):
+        pass
+
+    def fallback(self, from_model, to_model):
+        pass
+
+    def breaker_opened(self, model):
+        pass
+
+
+class Upstreams:
+    """The policy's models, ready to call, with retries, fallback, a breaker and a load count each."""
+
+    def __init__(self, policy: Policy, observer: Observer | None = None, environ: Mapping[str, str] = os.environ,
+                 transports: Mapping[str, Transport] | None = None, rng: random.Random | None = None):
+        self.targets = {name: ModelTarget.resolve(name, spec, environ) for name, spec in policy.models.items()}
+        settings = policy.upstream
+        self.retries = settings.retries
+        self.backoff_s = settings.backoff_s
+        self.backoff_max_s = settings.backoff_max_s
+        self.breakers = {name: CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.cooldown_s)
+                         for name in policy.models}
+        self.load = ModelLoad()
+        self.transports: dict[str, Transport] = dict(transports or {})
+        self.transports.setdefault("openai", OpenAICompatibleTransport())
+        if "litellm" not in self.transports:
+            self.transports["litellm"] = LiteLLMTransport()
+        self.observer = observer or _NoObserver()
+        self.rng = rng or random.Random()
+
+    # the models' state ---------------------------------------------------------------------------
+
+    def adopt_breakers(self, previous: "Upstreams", policy: Policy) -> None:
+        """After a reload: keep the circuit state of models whose definition did not change."""
+        for name, breaker in previous.breakers.items():
+            old = previous.targets.get(name)
+            if name in self.breakers and old is not None and old.spec == policy.models[name]:
+                breaker.failure_threshold = policy.upstream.breaker.failure_threshold
+                breaker.cooldown_s = policy.upstream.breaker.cooldown_s
+                self.breakers[name] = breaker
+
+    def available(self, models: Sequence[str]) -> list[str]:
+        """The models a call may be sent to now (circuit closed, or half-open with no trial running)."""
+        return [m for m in models if self.breakers[m].available()]
+
+    def saturated(self, models: Sequence[str], bound) -> bool:
+        """Every available model of `models` is busy per `bound` (a policy's `LoadAwareCache`)."""
+        return self.load.saturated(self.available(models), bound)
+
+    def retry_in_s(self, models: Sequence[str]) -> float:
+        """Seconds until the soonest of `models` may be tried again (0 if one may be now)."""
+        return min((self.breakers[m].retry_in_s() for m in models), default=0.0)
+
+    def breaker_states(self) -> dict[str, str]:
+        return {name: b.state for name, b in self.breakers.items()}
+
+    # calling -------------------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int, error: UpstreamError) -> float | None:
+        """Delay before retrying the same model, or None to move on to the next one."""
+        if error.retry_after_s is not None:
+            return error.retry_after_s if error.retry_after_s <= self.backoff_max_s else None
+        delay = min(self.backoff_max_s, self.backoff_s * (2 ** attempt))
+        return delay * (0.5 + self.rng.random() / 2)
+
+    def _failed(self, error: UpstreamError, permit: Permit) -> None:
+        """Report a failure and count it against its model's breaker if it says something about it."""
+        self.observer.upstream_error(error.model, error.kind)
+        if error.counts_against_model and permit.failed():
+            self.observer.breaker_opened(error.model)
+
+    async def call(self, ranking: Sequence[str], payload: dict[str, Any], stream: bool,
+                   headers: HeaderChanges | None = None) -> CallResult:
+        """Try `ranking` in order until one model answers; raise an `APIError` if none does.
+        `headers` changes the headers of every upstream call (the `headers` plugin). A streamed
+        result holds resources until closed: use it as ``async with`` (or `aclose()` it)."""
+        attempts: list[Attempt] = []
+        started = time.perf_counter()
+        previous: str | None = None
+        for model in ranking:
+            target = self.targets[model]
+            transport = self.transports[target.transport]
+            for attempt in range(self.retries + 1):
+                delay = None
+                with self.breakers[model].permit() as permit:
+                    if not permit.granted:
+                        if attempt == 0:
+                            retry = self.breakers[model].retry_in_s()
+                            attempts.append(Attempt(model, skipped=f"circuit open, retry in {retry:.1f}s"))
+                        break
+                    if attempt == 0:
+                        if previous is not None:
+                            self.observer.fallback(previous, model)
+                        previous = model
+                    with self.load.flight(model) as flight:
+                        try:
+                            if stream:
+                                chunks = transport.stream(target, payload, headers)
+                                try:
+                                    first = await anext(chunks)
+                                except StopAsyncIteration:
+                                    raise UpstreamError("stream_broken", "stream ended before any chunk",
+                                                        model=model) from None
+                                # committed: from here the stream holds the permit and the flight
+                                opened = UpstreamStream(model, first, chunks, permit.transfer(), flight.transfer(),
+                                                        self._failed)
+                            else:
+                                body = await transport.complete(target, payload, headers)
+                        except UpstreamError as error:
+                            error.model = model
+                            attempts.append(Attempt(model, error=error))
+                            if error.kind == "client":
+                                raise InvalidRequest(
+                                    f"model '{model}' rejected the request: {error.message}",
+                                    status=error.status if error.status in (400, 413, 422) else 400,
+                                    code="upstream_rejected") from None
+                            self._failed(error, permit)
+                            if error.retryable and attempt < self.retries:
+                                delay = self._backoff(attempt, error)
+                            if delay is None:
+                                break
+                        else:
+                            now = time.perf_counter()
+                            ttft_ms, upstream_ms = (now - flight.started) * 1000, (now - started) * 1000
+                            if stream:
+                                return CallResult(model, attempts, ttft_ms, upstream_ms, stream=opened)
+                            permit.succeeded()
+                            flight.succeeded()
+                            return CallResult(model, attempts, ttft_ms, upstream_ms, body=body)
+                await asyncio.sleep(delay)  # holding neither the permit nor a place in flight
+        raise self._exhausted(ranking, attempts)
+
+    def _exhausted(self, ranking: Sequence[str], attempts: list[Attempt]) -> APIError:
+        errors = [a.error for a in attempts if a.error is not None]
+        if not errors:
+            soonest = self.retry_in_s(ranking)
+            return Unavailable(
+                f"every candidate model ({', '.join(ranking)}) is failing and temporarily taken out of "
+                f"service (circuit open); retry in {soonest:.0f}s",
+                code="all_circuits_open", headers={"retry-after": str(max(1, round(soonest)))})
+        summary = "; ".join(str(e) if e else f"{a.model}: {a.skipped}"
+                            for a in attempts for e in [a.error])
+        if all(e.kind == "timeout" for e in errors):
+            return UpstreamFailed(f"every candidate model timed out: {summary}", status=504, code="upstream_timeout")
+        return UpstreamFailed(f"every candidate model failed: {summary}", code="upstream_failed")
+
+    async def aclose(self) -> None:
+        for transport in self.transports.values():
+            await transport.aclose()

@@ -1,0 +1,84 @@
+"""Where a call goes and what carries it: `ModelTarget`, header changes, the `Transport` protocol.
+
+A `ModelTarget` is a policy model resolved for calling (which transport, the model name the
+server knows, the base URL, the API key read from the environment). Every transport implements
+`Transport`: the same two calls, the same `UpstreamError` kinds, the same streaming contract, so
+the resilience loop never asks which one it holds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Mapping, Protocol
+
+from sigroute.policies.schema import ModelSpec
+
+__all__ = ["ModelTarget", "HeaderChanges", "merged_headers", "Transport", "OPENAI_COMPATIBLE_PREFIXES",
+           "DEFAULT_API_BASES"]
+
+# Providers whose wire format is OpenAI's chat completions API.
+OPENAI_COMPATIBLE_PREFIXES = ("openai/", "hosted_vllm/", "vllm/", "openai_compatible/", "custom_openai/",
+                              "sglang/", "lm_studio/", "llamafile/", "deepseek/", "together_ai/",
+                              "fireworks_ai/", "groq/", "mistral/", "openrouter/", "xai/", "perplexity/")
+DEFAULT_API_BASES = {"openai/": "https://api.openai.com/v1"}
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """A policy model resolved for calling: where, as what, with which key and limits."""
+
+    name: str  # the policy's name for it
+    spec: ModelSpec
+    transport: str  # "openai" or "litellm"
+    upstream_model: str  # the model name sent to the server (openai) or the litellm model string
+    api_base: str | None
+    api_key: str | None
+
+    @classmethod
+    def resolve(cls, name: str, spec: ModelSpec, environ: Mapping[str, str] = os.environ) -> "ModelTarget":
+        api_key = environ.get(spec.api_key_env) if spec.api_key_env else None
+        transport = spec.transport
+        if transport == "auto":
+            transport = "openai" if spec.provider.startswith(OPENAI_COMPATIBLE_PREFIXES) and (
+                spec.api_base or spec.provider.startswith(tuple(DEFAULT_API_BASES))) else "litellm"
+        if transport == "openai":
+            prefix, _, model = spec.provider.partition("/")
+            api_base = spec.api_base or DEFAULT_API_BASES.get(prefix + "/")
+            if not api_base:
+                raise ValueError(f"model '{name}': the direct OpenAI-compatible transport needs an api_base")
+            return cls(name, spec, "openai", model, api_base.rstrip("/"), api_key)
+        return cls(name, spec, "litellm", spec.provider, spec.api_base, api_key)
+
+
+# Per-decision header changes for upstream calls (the `headers` plugin): (headers to set, names to
+# remove), both lower-cased; hashable, so prepared requests can be kept per change set.
+HeaderChanges = tuple[tuple[tuple[str, str], ...], frozenset[str]]
+
+
+def merged_headers(base: dict[str, str], changes: HeaderChanges | None) -> dict[str, str]:
+    """A model's extra headers with a decision's changes applied."""
+    if changes is None:
+        return dict(base)
+    to_set, to_remove = changes
+    out = {k: v for k, v in base.items() if k.lower() not in to_remove}
+    out.update(to_set)
+    return out
+
+
+class Transport(Protocol):
+    """Calls one model. Failures are `UpstreamError`s (a body that cannot be serialized is the
+    caller's `InvalidRequest`, see `errors.unsendable_body`).
+
+    `stream` is an async generator of OpenAI chunk dicts: it ends normally only when the answer is
+    complete (``[DONE]``, or a finish reason), raises `UpstreamError` (``stream_broken``,
+    ``timeout``, …) otherwise, and closing it early releases the upstream response.
+    """
+
+    async def complete(self, target: ModelTarget, payload: dict[str, Any],
+                       headers: HeaderChanges | None = None) -> dict[str, Any]: ...
+
+    def stream(self, target: ModelTarget, payload: dict[str, Any],
+               headers: HeaderChanges | None = None) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
