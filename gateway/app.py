@@ -254,12 +254,20 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     async def _validation_error(request: Request, exc: RequestValidationError):
         return error_response(APIError(str(exc), status=400, type="invalid_request_error"))
 
+    def internal_error(request: Request, exc: Exception) -> APIError:
+        """A bug or an unexpected failure: the details go to the log, the caller gets a 500 that
+        names only the error's type (its message may quote the request)."""
+        log.error("unexpected error on %s", request.url.path, exc_info=exc)
+        return APIError(f"internal error ({type(exc).__name__}); see the gateway log", status=500,
+                        code="internal_error")
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unexpected error on %s", request.url.path)
+        # last resort: Starlette re-raises after this answer, so the connection is closed; the
+        # pipeline's endpoints turn unexpected errors into an APIError themselves (`internal_error`)
+        error = internal_error(request, exc)
         runtime.metrics.errors.labels("500", "internal_error").inc()
-        return error_response(APIError(f"internal error ({type(exc).__name__}); see the gateway log",
-                                       status=500, code="internal_error"))
+        return error_response(error)
 
     @app.post("/v1/chat/completions", summary="Create a chat completion (OpenAI-compatible)")
     async def chat_completions(request: Request) -> Response:
@@ -287,6 +295,10 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
             task.uncancel()  # the caller went away: we stopped working for it
             pipeline.metrics.client_disconnects.inc()
             return Response(status_code=499)
+        except APIError:
+            raise
+        except Exception as exc:  # answered as a 500 on a connection that stays usable
+            raise internal_error(request, exc) from None
         finally:
             watcher.cancel()
         if answer.stream is not None:

@@ -209,7 +209,7 @@ async def test_cancelled_consumer_of_a_stream_gives_everything_back_when_closed(
 
 # the stream owns what it holds -------------------------------------------------------------------------
 
-async def test_finished_stream_returns_its_connection_and_ends_its_flight(sim, faulty):
+async def test_finished_stream_returns_its_connection_and_ends_its_in_flight_count(sim, faulty):
     upstreams, _ = make_upstreams(sim, faulty)
     result = await upstreams.call(["alpha"], STREAMED, True)
     assert result.body is None and result.stream.model == "alpha"

@@ -10,7 +10,7 @@ One concept per module:
 - `litellm_transport`  `LiteLLMTransport`: every other provider, through litellm (imported on first use)
 - `breaker`            `CircuitBreaker` and the `Permit` a call holds (a half-open trial is always given back)
 - `load`               `ModelLoad`: calls in flight and latency per model (the load-aware cache's saturation)
-- `stream`             `UpstreamStream`: a committed stream that owns its response, permit and flight
+- `stream`             `UpstreamStream`: a committed stream that owns its response, permit and in-flight count
 - `resilience`         `Upstreams`: the retries/fallback loop; `CallResult`, `Attempt`
 
 Both transports behave identically (same errors, same retry and streaming semantics), so
@@ -21,7 +21,7 @@ Both transports behave identically (same errors, same retry and streaming semant
 from sigroute.gateway.upstream.breaker import CircuitBreaker, Permit
 from sigroute.gateway.upstream.errors import UpstreamError, classify_status, error_message, parse_retry_after
 from sigroute.gateway.upstream.litellm_transport import LiteLLMTransport
-from sigroute.gateway.upstream.load import Flight, ModelLoad
+from sigroute.gateway.upstream.load import CountedCall, ModelLoad
 from sigroute.gateway.upstream.openai_compatible import OpenAICompatibleTransport
 from sigroute.gateway.upstream.resilience import Attempt, CallResult, Observer, Upstreams
 from sigroute.gateway.upstream.stream import UpstreamStream
@@ -32,5 +32,5 @@ __all__ = [
     "UpstreamError", "classify_status", "error_message", "parse_retry_after",
     "ModelTarget", "HeaderChanges", "Transport",
     "OpenAICompatibleTransport", "LiteLLMTransport",
-    "CircuitBreaker", "Permit", "ModelLoad", "Flight",
+    "CircuitBreaker", "Permit", "ModelLoad", "CountedCall",
 ]

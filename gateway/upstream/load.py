@@ -2,12 +2,12 @@
 
 It is what the load-aware cache calls saturation (policies.schema `LoadAwareCache`): every
 in-service candidate has at least ``in_flight_above`` calls running, or a recent latency at or
-above ``latency_above_ms``. Every attempt at a model counts while it runs, held by a `Flight`
-context manager; a stream counts until it is closed (it takes the flight over)::
+above ``latency_above_ms``. Every attempt at a model counts while it runs, held by a `CountedCall`
+context manager; a stream counts until it is closed (it takes the count over)::
 
-    with load.flight("llama-8b") as flight:
+    with load.count("llama-8b") as counted:
         ...                         # call the model
-        flight.succeeded()          # its duration feeds the moving average
+        counted.succeeded()          # its duration feeds the moving average
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-__all__ = ["ModelLoad", "Flight"]
+__all__ = ["ModelLoad", "CountedCall"]
 
 
 class ModelLoad:
@@ -27,10 +27,10 @@ class ModelLoad:
         self.in_flight: dict[str, int] = {}
         self.latency_ms: dict[str, float] = {}
 
-    def flight(self, model: str) -> "Flight":
-        """Count a call to `model` until the returned context manager exits (or the flight ends)."""
+    def count(self, model: str) -> "CountedCall":
+        """Count a call to `model` until the returned context manager exits (or the counted call ends)."""
         self.in_flight[model] = self.in_flight.get(model, 0) + 1
-        return Flight(self, model)
+        return CountedCall(self, model)
 
     def _end(self, model: str, latency_ms: float | None) -> None:
         self.in_flight[model] = max(0, self.in_flight.get(model, 0) - 1)
@@ -50,7 +50,7 @@ class ModelLoad:
         return bool(models) and all(self.busy(m, bound) for m in models)
 
 
-class Flight:
+class CountedCall:
     """One call in flight to one model; ends once (context exit, `end()`), with its duration if
     `succeeded()` was called (a failed call does not feed the latency average)."""
 
@@ -63,7 +63,7 @@ class Flight:
         self.ok = False
         self._open = True
 
-    def __enter__(self) -> "Flight":
+    def __enter__(self) -> "CountedCall":
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -78,9 +78,9 @@ class Flight:
             self._open = False
             self.load._end(self.model, (time.perf_counter() - self.started) * 1000 if self.ok else None)
 
-    def transfer(self) -> "Flight":
-        """A new flight carrying this one on (same start); this one is left ending nothing."""
-        taken = Flight.__new__(Flight)
+    def transfer(self) -> "CountedCall":
+        """A new counted call carrying this one on (same start); this one is left ending nothing."""
+        taken = CountedCall.__new__(CountedCall)
         taken.load, taken.model, taken.started, taken.ok, taken._open = (self.load, self.model, self.started,
                                                                          self.ok, self._open)
         self._open = False

@@ -161,5 +161,9 @@ class OpenAICompatibleTransport:
         finally:
             await response.aclose()  # a response not read to its end closes its connection
 
+    def connections_in_use(self) -> int:
+        """Connections a request or a stream is using now (open and not idle in the pool)."""
+        return sum(s["open"] - s["idle"] for s in self.client.stats().values())
+
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -7,7 +7,7 @@ whose circuit is open (`breaker.CircuitBreaker`) is skipped without a call. A ca
 reported by the upstream (400, 413, 422) is returned as it is: another model would not fix the
 request; so is a body that cannot be serialized (400 ``invalid_request_body``, no model called).
 
-Every attempt holds its breaker `Permit` and its `Flight` (in-flight count) as context managers,
+Every attempt holds its breaker `Permit` and its `CountedCall` (in-flight count) as context managers,
 so no exit (an unexpected exception, a cancellation, a caller's mistake) leaves a half-open trial
 taken or a model counted busy. A whole answer holds nothing once `call` returns. A stream is
 committed once its first chunk has arrived (failures before that retry and fall back like whole
@@ -136,6 +136,11 @@ class Upstreams:
     def breaker_states(self) -> dict[str, str]:
         return {name: b.state for name, b in self.breakers.items()}
 
+    def connections_in_use(self) -> int:
+        """Upstream connections in use by calls and streams right now, over the transports that
+        keep their own pool (litellm's connections are litellm's and are not counted)."""
+        return sum(getattr(t, "connections_in_use", lambda: 0)() for t in self.transports.values())
+
     # calling -------------------------------------------------------------------------------------
 
     def _backoff(self, attempt: int, error: UpstreamError) -> float | None:
@@ -174,7 +179,7 @@ class Upstreams:
                         if previous is not None:
                             self.observer.fallback(previous, model)
                         previous = model
-                    with self.load.flight(model) as flight:
+                    with self.load.count(model) as counted:
                         try:
                             if stream:
                                 chunks = transport.stream(target, payload, headers)
@@ -183,8 +188,8 @@ class Upstreams:
                                 except StopAsyncIteration:
                                     raise UpstreamError("stream_broken", "stream ended before any chunk",
                                                         model=model) from None
-                                # committed: from here the stream holds the permit and the flight
-                                opened = UpstreamStream(model, first, chunks, permit.transfer(), flight.transfer(),
+                                # committed: from here the stream holds the permit and the in-flight count
+                                opened = UpstreamStream(model, first, chunks, permit.transfer(), counted.transfer(),
                                                         self._failed)
                             else:
                                 body = await transport.complete(target, payload, headers)
@@ -203,11 +208,11 @@ class Upstreams:
                                 break
                         else:
                             now = time.perf_counter()
-                            ttft_ms, upstream_ms = (now - flight.started) * 1000, (now - started) * 1000
+                            ttft_ms, upstream_ms = (now - counted.started) * 1000, (now - started) * 1000
                             if stream:
                                 return CallResult(model, attempts, ttft_ms, upstream_ms, stream=opened)
                             permit.succeeded()
-                            flight.succeeded()
+                            counted.succeeded()
                             return CallResult(model, attempts, ttft_ms, upstream_ms, body=body)
                 await asyncio.sleep(delay)  # holding neither the permit nor a place in flight
         raise self._exhausted(ranking, attempts)

@@ -27,7 +27,7 @@ from typing import Any, AsyncIterator, Callable
 
 from sigroute.gateway.upstream.breaker import Permit
 from sigroute.gateway.upstream.errors import UpstreamError
-from sigroute.gateway.upstream.load import Flight
+from sigroute.gateway.upstream.load import CountedCall
 
 __all__ = ["UpstreamStream"]
 
@@ -36,14 +36,14 @@ class UpstreamStream:
     """The chunks of a committed stream after the first; close it to release what it holds."""
 
     def __init__(self, model: str, first_chunk: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
-                 permit: Permit, flight: Flight, on_error: Callable[[UpstreamError, Permit], None]):
+                 permit: Permit, counted: CountedCall, on_error: Callable[[UpstreamError, Permit], None]):
         self.model = model
         self.first_chunk = first_chunk
         self.finished = False  # the upstream completed the answer ([DONE] / a finish reason)
         self.error: UpstreamError | None = None  # what broke the stream, if something did
         self._chunks = chunks
         self._permit = permit
-        self._flight = flight
+        self._counted = counted
         self._on_error = on_error  # reports the failure and counts it against the model
         self._crashed = False  # an unexpected exception came out of the transport
         self._closed = False
@@ -84,8 +84,8 @@ class UpstreamStream:
             if self.error is None and not self._crashed:
                 self._permit.succeeded()
             self._permit.release()
-            self._flight.succeeded()  # a stream's duration counts, however it ended
-            self._flight.end()
+            self._counted.succeeded()  # a stream's duration counts, however it ended
+            self._counted.end()
 
     async def __aenter__(self) -> "UpstreamStream":
         return self
