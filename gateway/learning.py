@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 import time
 from typing import Any
 
@@ -41,16 +42,15 @@ CACHE_FEEDBACK_TTL_S = 3600.0  # how long a cached answer can be reported wrong
 FEEDBACK_FIELDS = ("request_id", "score", "thumbs", "label", "comment")
 
 
+@dataclass
 class Learning:
-    def __init__(self, policy: Policy, selectors: dict[str, Selector], metrics: Metrics, *, state_store,
-                 pending_store, semantic_cache, decision_log=None):
-        self.policy = policy
-        self.selectors = selectors
-        self.metrics = metrics
-        self.state_store = state_store
-        self.pending_store = pending_store
-        self.semantic_cache = semantic_cache
-        self.decision_log = decision_log  # bandits.replay.DecisionLog, for `sigroute replay`
+    policy: Policy
+    selectors: dict[str, Selector]   # one per decision (built by gateway.routing)
+    metrics: Metrics
+    state_store: Any                 # learned sums (bandits.store), app-wide
+    pending_store: Any               # answers waiting for feedback (bandits.store), app-wide
+    semantic_cache: Any              # cached answers (cache.semantic), app-wide: feedback may remove one
+    decision_log: Any = None         # bandits.replay.DecisionLog, for `sigroute replay`
 
     # 11 ------------------------------------------------------------------------------------------
     def learn(self, journey: Journey, *, ok: bool, latency_ms: float, usage: Any) -> None:

@@ -230,29 +230,35 @@ def _concurrently(*calls):
         return [f.result() for f in [pool.submit(c) for c in calls]]
 
 
-def test_followers_are_answered_when_the_leader_fails_after_its_upstream_call(sim, gateway_factory, monkeypatch):
-    gw = gateway_factory(resource_policy(sim, model="slow"))
-    pipeline = pipeline_of(gw)
-    real_after = pipeline.plugins.after
-    failures = []
+def ask_after(gw, content: str, delay_s: float):
+    """A request sent `delay_s` from now (on its own connection): (status, x-sigroute-cache)."""
+    time.sleep(delay_s)
+    with httpx.Client(base_url=gw.url, timeout=30) as http:
+        r = http.post("/v1/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": content}]})
+        return r.status_code, r.headers.get("x-sigroute-cache")
 
-    async def leader_fails(decision, body, state):
-        if not failures:   # the first answer to get here (the leader's) fails; the rest go through
-            failures.append(decision)
-            raise RuntimeError("injected answer plugin failure")
+
+def first_answer_plugin_call(pipeline, monkeypatch, misbehave):
+    """Make the first answer to reach the answer plugins (the leader's) run `misbehave` there."""
+    real_after = pipeline.plugins.after
+    calls = []
+
+    async def after(decision, body, state):
+        calls.append(decision)
+        if len(calls) == 1:
+            await misbehave()
         return await real_after(decision, body, state)
 
-    monkeypatch.setattr(pipeline.plugins, "after", leader_fails)
+    monkeypatch.setattr(pipeline.plugins, "after", after)
     monkeypatch.setattr(pipeline.plugins, "changes_answers", lambda decision: True)
 
-    def ask(delay: float):
-        time.sleep(delay)
-        with httpx.Client(base_url=gw.url, timeout=30) as http:
-            r = http.post("/v1/chat/completions",
-                          json={"model": "auto", "messages": [{"role": "user", "content": "one question, three askers"}]})
-            return r.status_code, r.headers.get("x-sigroute-cache")
 
-    results = _concurrently(lambda: ask(0), lambda: ask(0.3), lambda: ask(0.3))
+def test_followers_are_answered_when_the_leader_fails_after_its_upstream_call(sim, gateway_factory, monkeypatch):
+    gw = gateway_factory(resource_policy(sim, model="slow"))
+    first_answer_plugin_call(pipeline_of(gw), monkeypatch, fail_with(RuntimeError("injected answer plugin failure")))
+    question = "one question, three askers"
+    results = _concurrently(lambda: ask_after(gw, question, 0), lambda: ask_after(gw, question, 0.3),
+                            lambda: ask_after(gw, question, 0.3))
     assert sorted(status for status, _ in results) == [200, 200, 500]
     assert sim.calls("slow") >= 2   # the followers were not handed the failure: they asked upstream
     assert settles_empty(gw) == EMPTY
@@ -264,26 +270,9 @@ def test_followers_stop_waiting_for_a_stalled_leader(sim, gateway_factory, monke
     then calls upstream itself."""
     gw = gateway_factory(resource_policy(sim, model="alpha"))
     pipeline = pipeline_of(gw)
-    real_after = pipeline.plugins.after
-    stalled = []
-
-    async def leader_stalls(decision, body, state):
-        if not stalled:
-            stalled.append(decision)
-            await asyncio.sleep(5)
-        return await real_after(decision, body, state)
-
-    monkeypatch.setattr(pipeline.plugins, "after", leader_stalls)
-    monkeypatch.setattr(pipeline.plugins, "changes_answers", lambda decision: True)
-
-    def ask(delay: float):
-        time.sleep(delay)
-        with httpx.Client(base_url=gw.url, timeout=30) as http:
-            r = http.post("/v1/chat/completions",
-                          json={"model": "auto", "messages": [{"role": "user", "content": "stalled leader"}]})
-            return r.status_code, r.headers.get("x-sigroute-cache")
-
-    leader, follower = _concurrently(lambda: ask(0), lambda: ask(0.5))
+    first_answer_plugin_call(pipeline, monkeypatch, lambda: asyncio.sleep(5))
+    leader, follower = _concurrently(lambda: ask_after(gw, "stalled leader", 0),
+                                     lambda: ask_after(gw, "stalled leader", 0.5))
     assert leader == (200, "miss") and follower == (200, "miss")
     assert pipeline.caching.flights.timed_out == 1 and sim.calls("alpha") == 2
     assert settles_empty(gw) == EMPTY
