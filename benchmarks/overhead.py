@@ -44,12 +44,23 @@ time per request (``cpu_ms_per_request`` in the summary: server process CPU time
 requests it served, from /proc). ``x-sigroute-overhead-ms`` is wall time, so under saturation
 it also includes waiting for the event loop while other requests are served.
 ``--sigroute-command`` runs another sigroute command (e.g. a patched build) against the same
-baseline, for A/B comparisons of a change.
+baseline. ``--compare-command`` adds a fourth target, ``compare`` (another sigroute command, e.g. the
+previous commit's checkout), measured in the same interleaved rounds as ``sigroute``: the summary
+then gives its added latency, ratio, own time and CPU per request beside sigroute's, and
+``sigroute_vs_compare`` = sigroute's value / compare's for each, so a change is judged on one run::
+
+    git worktree add /tmp/before HEAD~1
+    python -m benchmarks.overhead --compare-command \
+        "env PYTHONPATH=/tmp/before-path python -m sigroute.gateway.cli serve --policy {policy} --port {port}"
+
+(``/tmp/before-path/sigroute`` a symlink to the worktree; a checkout from before the ``sigroute``
+package layout runs as ``env PYTHONPATH=/tmp/before python -m gateway.cli serve …``.)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -73,6 +84,8 @@ from benchmarks.loadgen import (
 )
 
 TARGETS = ("direct", "passthrough", "sigroute")
+COMPARE = "compare"   # the optional fourth target (--compare-command): another sigroute build
+GATEWAYS = ("sigroute", COMPARE)   # targets that answer the routed body and report their own time
 #: name -> (concurrency, streamed)
 SCENARIOS = {"c1": (1, False), "c16": (16, False), "c1_stream": (1, True), "c16_stream": (16, True)}
 PATH = "/v1/chat/completions"
@@ -140,12 +153,16 @@ def request_body(model: str, stream: bool) -> bytes:
 
 
 class Bench:
-    def __init__(self, args, sim: ServerProcess, passthrough: ServerProcess, gateway: ServerProcess):
+    def __init__(self, args, sim: ServerProcess, passthrough: ServerProcess, gateway: ServerProcess,
+                 compare: ServerProcess | None = None):
         self.args = args
         self.servers = {"direct": sim, "passthrough": passthrough, "sigroute": gateway}
+        if compare is not None:
+            self.servers[COMPARE] = compare
+        self.targets = tuple(self.servers)
         self.sim = sim
-        self.bodies = {(t, s): request_body("auto" if t == "sigroute" else "bench", s)
-                       for t in TARGETS for s in (False, True)}
+        self.bodies = {(t, s): request_body("auto" if t in GATEWAYS else "bench", s)
+                       for t in self.targets for s in (False, True)}
 
     def requests_for(self, concurrency: int) -> int:
         return self.args.requests if concurrency == 1 else self.args.requests_c16
@@ -153,7 +170,7 @@ class Bench:
     async def check(self) -> dict:
         """One request per target and mode: right status, a complete SSE stream, sigroute's headers."""
         seen = {}
-        for target in TARGETS:
+        for target in self.targets:
             server = self.servers[target]
             for stream in (False, True):
                 conn = Connection(server.host, server.port)
@@ -167,14 +184,16 @@ class Bench:
                     raise RuntimeError(f"{what}: the stream did not end with [DONE]: {sample.body[-300:]!r}")
                 if not stream and b'"choices"' not in sample.body:
                     raise RuntimeError(f"{what}: no choices in {sample.body[:300]!r}")
-                if target == "sigroute":
+                if target in GATEWAYS:
                     decision = sample.headers.get("x-sigroute-decision")
                     if decision != "default":
                         raise RuntimeError(f"{what}: the bench request should reach the default decision, "
                                            f"got {decision!r}")
                     if "x-sigroute-overhead-ms" not in sample.headers:
                         raise RuntimeError(f"{what}: no x-sigroute-overhead-ms header")
-                    seen[f"stream={stream}"] = {k: v for k, v in sample.headers.items() if k.startswith("x-sigroute")}
+                    if target == "sigroute":
+                        seen[f"stream={stream}"] = {k: v for k, v in sample.headers.items()
+                                                    if k.startswith("x-sigroute")}
         return seen
 
     def pids(self, target: str) -> dict[str, int]:
@@ -205,7 +224,7 @@ class Bench:
                                           else (cpu1[name] - cpu0[name]) * 1000 / result.sent)
                                    for name in pids},
         }
-        if target == "sigroute":
+        if target in GATEWAYS:
             record["self_ms"] = [float(s.headers["x-sigroute-overhead-ms"]) for s in samples]
         return record
 
@@ -214,9 +233,9 @@ class Bench:
         checked = await self.check()
         # a first unrecorded pass over everything warms caches, pools and connections
         for scenario in SCENARIOS:
-            for target in TARGETS:
+            for target in self.targets:
                 await self.batch(target, scenario, warmup=args.warmup, requests=SCENARIOS[scenario][0] * 5)
-        records = await interleaved_rounds(args.rounds, args.scenarios, TARGETS,
+        records = await interleaved_rounds(args.rounds, args.scenarios, self.targets,
                                            lambda target, scenario: self.batch(target, scenario, warmup=args.warmup),
                                            log)
         return records, checked
@@ -234,13 +253,16 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
     summary: dict = {}
     details: dict = {}
     rounds = sorted({rec["round"] for rec in records})
+    targets = [t for t in (*TARGETS, COMPARE) if any(rec["target"] == t for rec in records)]
+    proxies = [t for t in targets if t != "direct"]
+    gateways = [t for t in targets if t in GATEWAYS]
     for scenario in scenarios:
         _, stream = SCENARIOS[scenario]
         by = {(rec["round"], rec["target"]): rec for rec in records if rec["scenario"] == scenario}
         per_round = []
         for r in rounds:
             row = {"round": r}
-            for target in TARGETS:
+            for target in targets:
                 rec = by[(r, target)]
                 row[target] = {"total_ms": stats(rec["total_ms"]), "throughput_rps": _r(rec["throughput_rps"], 1),
                                "cpu_ms_per_request": {k: _r(v) for k, v in rec["cpu_ms_per_request"].items()}}
@@ -248,14 +270,14 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
                     row[target]["ttft_ms"] = stats(rec["ttfb_ms"])
                 if "self_ms" in rec:
                     row[target]["self_ms"] = stats(rec["self_ms"])
-            for proxy in ("passthrough", "sigroute"):
+            for proxy in proxies:
                 row[f"{proxy}_added_ms_p50"] = _r(row[proxy]["total_ms"]["p50"] - row["direct"]["total_ms"]["p50"])
                 if stream:
                     row[f"{proxy}_added_ttft_ms_p50"] = _r(row[proxy]["ttft_ms"]["p50"] - row["direct"]["ttft_ms"]["p50"])
             per_round.append(row)
 
         pooled = {}
-        for target in TARGETS:
+        for target in targets:
             recs = [by[(r, target)] for r in rounds]
             total = [x for rec in recs for x in rec["total_ms"]]
             pooled[target] = {"total_ms": stats(total)}
@@ -269,8 +291,8 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
                     cpu[name] = _r(sum(v * n for v, n in zip(values, sent)) / sum(sent))
             pooled[target]["cpu_ms_per_request"] = cpu
             pooled[target]["throughput_rps_median"] = _r(median([rec["throughput_rps"] for rec in recs]), 1)
-        self_ms = [x for r in rounds for x in by[(r, "sigroute")]["self_ms"]]
-        pooled["sigroute"]["self_ms"] = stats(self_ms)
+        for gateway in gateways:
+            pooled[gateway]["self_ms"] = stats([x for r in rounds for x in by[(r, gateway)]["self_ms"]])
 
         def added(proxy: str, key: str = "total_ms") -> dict:
             suffix = "ttft_ms" if key == "ttft_ms" else "ms"
@@ -284,9 +306,9 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
                 f"added_{suffix}_p99_pooled": _r(pooled[proxy][key]["p99"] - pooled["direct"][key]["p99"]),
             }
 
-        comparison = {proxy: added(proxy) for proxy in ("passthrough", "sigroute")}
+        comparison = {proxy: added(proxy) for proxy in proxies}
         if stream:
-            for proxy in ("passthrough", "sigroute"):
+            for proxy in proxies:
                 comparison[proxy].update(added(proxy, "ttft_ms"))
 
         s_add = comparison["sigroute"]["added_ms_p50_median_of_rounds"]
@@ -311,6 +333,18 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
             "self_ms_p50": entry["self_ms_p50"] < SELF_P50_TARGET_MS,
             "self_ms_p99": entry["self_ms_p99"] < SELF_P99_TARGET_MS,
         }
+        if COMPARE in targets:   # the other build, measured in the same rounds
+            c_add = comparison[COMPARE]["added_ms_p50_median_of_rounds"]
+            other = {"added_ms_p50": c_add,
+                     "ratio_p50": _r(c_add / p_add, 3) if p_add and p_add > 0 else None,
+                     "self_ms_p50": pooled[COMPARE]["self_ms"]["p50"],
+                     "self_ms_p99": pooled[COMPARE]["self_ms"]["p99"],
+                     "cpu_ms_per_request": pooled[COMPARE]["cpu_ms_per_request"].get(COMPARE)}
+            ours = {"added_ms_p50": s_add, "ratio_p50": entry["ratio_p50"], "self_ms_p50": entry["self_ms_p50"],
+                    "self_ms_p99": entry["self_ms_p99"], "cpu_ms_per_request": entry["cpu_ms_per_request"]["sigroute"]}
+            entry[COMPARE] = other
+            entry["sigroute_vs_compare"] = {k: _r(ours[k] / other[k], 3) if ours[k] is not None and other[k]
+                                            else None for k in other}
         summary[scenario] = entry
         details[scenario] = {"comparison": comparison, "pooled": pooled, "rounds": per_round}
     return summary, details
@@ -331,8 +365,13 @@ def print_table(summary: dict, details: dict, out=sys.stdout) -> None:
         if "ratio_ttft_p50" in e:
             print(f"{'  ttft':<11} {'':>10} {fmt(e['passthrough_added_ttft_ms_p50'], 9)} "
                   f"{fmt(e['sigroute_added_ttft_ms_p50'], 9)} {fmt(e['ratio_ttft_p50'], 6, 2)}", file=out)
-    print("pt = pass-through proxy, sr = sigroute; added = median over rounds of (proxy p50 - direct p50); "
-          "self = x-sigroute-overhead-ms", file=out)
+        if COMPARE in e:
+            c = e[COMPARE]
+            print(f"{'  compare':<11} {'':>10} {'':>9} {fmt(c['added_ms_p50'], 9)} {fmt(c['ratio_p50'], 6, 2)} "
+                  f"{fmt(c['self_ms_p50'], 9)} {fmt(c['self_ms_p99'], 9)} {'':>10} {fmt(c['cpu_ms_per_request'], 10)}",
+                  file=out)
+    print("pt = pass-through proxy, sr = sigroute (compare: the --compare-command build, same rounds); "
+          "added = median over rounds of (proxy p50 - direct p50); self = x-sigroute-overhead-ms", file=out)
 
 
 def git_commit() -> str | None:
@@ -369,6 +408,9 @@ def parse_args(argv):
     parser.add_argument("--sigroute-command", default=None,
                         help="run sigroute with this command instead of `sigroute serve` (e.g. to try a change); "
                              "{policy} and {port} are replaced")
+    parser.add_argument("--compare-command", default=None,
+                        help="also measure this sigroute command (e.g. a checkout of the previous commit) as the "
+                             "target 'compare', in the same rounds; {policy} and {port} are replaced")
     parser.add_argument("--json", default="results/overhead.json", help="where to write the full result")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
     args = parser.parse_args(argv)
@@ -383,12 +425,13 @@ def parse_args(argv):
     return args
 
 
-def sigroute_command(args, policy_path: Path) -> list[str]:
-    if not args.sigroute_command:
+def sigroute_command(args, policy_path: Path, command: str | None = None) -> list[str]:
+    command = command or args.sigroute_command
+    if not command:
         return ["sigroute", "serve", "--policy", str(policy_path), "--port", "{port}", "--log-level", "warning"]
     import shlex
 
-    return [part.replace("{policy}", str(policy_path)) for part in shlex.split(args.sigroute_command)]
+    return [part.replace("{policy}", str(policy_path)) for part in shlex.split(command)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -403,12 +446,20 @@ def main(argv: list[str] | None = None) -> int:
                            name="sim") as sim:
             policy_path = Path(tmp, "policy.yaml")
             policy_path.write_text(yaml.safe_dump(bench_policy(sim.url + "/v1"), sort_keys=False))
-            with ServerProcess([sys.executable, "-m", "benchmarks.passthrough", "--upstream", sim.url + "/v1",
-                                "--port", "{port}"], env=env, name="passthrough") as passthrough, \
-                 ServerProcess(sigroute_command(args, policy_path), env=env, name="sigroute") as gateway:
+            with contextlib.ExitStack() as servers:
+                passthrough = servers.enter_context(ServerProcess(
+                    [sys.executable, "-m", "benchmarks.passthrough", "--upstream", sim.url + "/v1", "--port", "{port}"],
+                    env=env, name="passthrough"))
+                gateway = servers.enter_context(ServerProcess(sigroute_command(args, policy_path), env=env,
+                                                              name="sigroute"))
+                compare = None
+                if args.compare_command:
+                    compare = servers.enter_context(ServerProcess(
+                        sigroute_command(args, policy_path, args.compare_command), env=env, name=COMPARE))
                 log(f"servers up: sim {sim.url} (pid {sim.pid}), passthrough {passthrough.url} "
-                    f"(pid {passthrough.pid}), sigroute {gateway.url} (pid {gateway.pid})")
-                bench = Bench(args, sim, passthrough, gateway)
+                    f"(pid {passthrough.pid}), sigroute {gateway.url} (pid {gateway.pid})"
+                    + (f", compare {compare.url} (pid {compare.pid})" if compare is not None else ""))
+                bench = Bench(args, sim, passthrough, gateway, compare)
                 records, checked = run_async(bench.run(log))
     summary, details = analyse(records, args.scenarios)
     summary["machine"] = machine_info()
@@ -421,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds, "requests_c1": args.requests, "requests_c16": args.requests_c16,
             "warmup_per_client": args.warmup, "scenarios": args.scenarios,
             "sigroute_command": " ".join(sigroute_command(args, Path("POLICY"))),
+            "compare_command": args.compare_command,
             "sim": sim_config(args.ttft_ms, args.tokens_per_s, args.completion_tokens),
             "policy": bench_policy("http://SIM/v1"),
             "request_bodies": {"direct_and_passthrough": request_body("bench", False).decode(),

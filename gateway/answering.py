@@ -10,9 +10,10 @@ callbacks it awaits once a stream is over (finished, broken, or never begun).
 - `streamed(journey, held)`  a model's stream, relayed chunk by chunk through the plugins' stream
                        filters; when it ends, the assembled answer is stored and learned from.
                        `held` is the request's exit stack (the upstream stream, its breaker verdict
-                       and in-flight count, the single-flight lease): the stream owns it from here
-                       and closes it on every ending — finished, broken upstream, client gone,
-                       plugin error, or never started.
+                       and in-flight count, the single-flight lease): the answer takes over what it
+                       holds (the last thing `streamed` does, so nothing is lost if building the
+                       answer fails) and gives it back on every ending — finished, broken upstream,
+                       client gone, plugin error, or never started.
 - `cached(journey, answer)`  a cached or coalesced answer: answer plugins, headers, and a pending
                        record so feedback can report it wrong.
 - `blocked(journey, blocked)`  a plugin answered instead of a model (refusal or error).
@@ -150,7 +151,7 @@ class Answering:
         return Answer(200, journey.response_headers, body=answer_bytes)
 
     # a model's stream ----------------------------------------------------------------------------
-    def streamed(self, journey: Journey, held: AsyncExitStack) -> Answer:
+    def streamed(self, journey: Journey, request_held: AsyncExitStack) -> Answer:
         result, name, headers = journey.result, journey.route.decision_name, journey.response_headers
         stream, model = result.stream, result.model
         self._timing_headers(journey, journey.elapsed_s())
@@ -210,6 +211,7 @@ class Answering:
                 self.metrics.client_disconnects.inc()
             await held.aclose()
 
+        held = request_held.pop_all()   # from here the stream gives back what the request holds
         return Answer(200, headers, stream=events(), on_close=[close])
 
     # answers sigroute already has ----------------------------------------------------------------

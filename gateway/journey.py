@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 DIRECT = "direct"  # decision name reported when a caller names a concrete model
 
 
-@dataclass
+@dataclass(slots=True)
 class Route:
     """Where a request goes, before any upstream call."""
 
@@ -47,7 +47,7 @@ class Route:
         return self.entrypoint or DIRECT
 
 
-@dataclass
+@dataclass(slots=True)
 class Journey:
     """One request, from its bytes to its answer."""
 

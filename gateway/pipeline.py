@@ -156,7 +156,7 @@ class Pipeline:
             self._answered_by(journey)
             await self.learning.keep_for_feedback(journey)                                         # 11 (pending)
             if journey.ctx.stream:
-                return self.answering.streamed(journey, held.pop_all())                            # 9–11, streamed
+                return self.answering.streamed(journey, held)                                      # 9–11, streamed
             return await self.answering.whole(journey)                                             # 9, 10, 11
 
     async def _plugins_before(self, journey: Journey):

@@ -95,11 +95,14 @@ def stall(seconds: float):
 
 
 STEPS = {
-    # step name -> (object on the pipeline, attribute) replaced by a function that raises
-    "select (7), after leading the flight": ("router", "select"),
-    "pending record (11), after the upstream call": ("learning", "keep_for_feedback"),
-    "answer plugins (9)": ("plugins", "after"),
-    "cache store (10)": ("caching", "store"),
+    # step name -> (the object on the pipeline, its attribute) replaced by a function that raises
+    "request plugins (5)": (lambda p: p.plugins, "before"),
+    "cache lookup (6)": (lambda p: p.caching.cache, "lookup"),
+    "select (7), after leading the flight": (lambda p: p.router, "select"),
+    "upstream call (8), during the half-open trial": (lambda p: p.upstreams.transports["openai"], "complete"),
+    "pending record (11), after the upstream call": (lambda p: p.learning, "keep_for_feedback"),
+    "answer plugins (9)": (lambda p: p.plugins, "after"),
+    "cache store (10)": (lambda p: p.caching, "store"),
 }
 
 
@@ -108,7 +111,7 @@ def test_an_error_at_any_step_gives_everything_back(sim, gateway_factory, monkey
     gw = gateway_factory(resource_policy(sim))
     half_open(gw, sim, "alpha")
     owner, name = STEPS[step]
-    target = getattr(pipeline_of(gw), owner)
+    target = owner(pipeline_of(gw))
     monkeypatch.setattr(target, name, fail_with(RuntimeError(f"injected failure in {step}")))
     if name == "after":
         monkeypatch.setattr(target, "changes_answers", lambda decision: True)
