@@ -32,15 +32,18 @@ Everything is counted in ``counters`` (a plain dict of ints: ``hits_exact``, ``h
 ``sync_events``, ``rebuilds``).
 
 `SingleFlight`: at most one upstream call per exact key at a time. ``waiter = flights.lead(key)``
-returns ``None`` to the first caller (the *leader*: it calls upstream and must ``land(key,
-answer)`` whatever happens, with the cacheable answer bytes or ``None``) and a future to every
-identical request arriving while the leader works (*followers*). A follower awaits the future
-(``await flights.wait(waiter)``): bytes are the leader's complete answer, to be served as its
+returns ``None`` to the first caller (the *leader*: it calls upstream and must land the flight
+whatever happens, with the cacheable answer bytes or ``None``) and a future to every identical
+request arriving while the leader works (*followers*). The leader holds its flight as a
+context manager, ``with flights.lease(key) as flight: … flight.land(answer)``: leaving the block
+without landing lands ``None``, so no ending of the leader (an error, a cancellation, a client
+that went away) leaves followers waiting. A follower awaits the future (``await
+flights.wait(waiter, timeout_s)``): bytes are the leader's complete answer, to be served as its
 own (it asked the identical question in the identical partition); ``None`` means the leader got
 no cacheable answer (an upstream error, a truncated or broken stream, the leader's client went
-away), and the follower then calls upstream itself: one request's failure is never handed to
-another caller. Works for streams too: the leader streams live to its own client and lands the
-assembled answer at the end.
+away) or did not land within ``timeout_s``, and the follower then calls upstream itself: one
+request's failure is never handed to another caller. Works for streams too: the leader streams
+live to its own client and lands the assembled answer at the end.
 """
 
 from __future__ import annotations

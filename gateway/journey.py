@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from sigroute.bandits.base import Choice
     from sigroute.cache.service import CachePlan
     from sigroute.gateway.auth import Principal
-    from sigroute.gateway.caching import FlightLease
+    from sigroute.cache.semantic import FlightLease
     from sigroute.gateway.upstream import CallResult
     from sigroute.policies.rules import Outcome
     from sigroute.policies.schema import Decision

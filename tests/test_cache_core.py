@@ -497,3 +497,33 @@ async def test_single_flight_followers_go_their_own_way_when_the_leader_has_noth
     assert flights.lead("k") is None             # the next identical request leads a new flight
     flights.land("k", b"x")
     flights.land("k", b"y")                      # landing twice is harmless
+
+
+async def test_a_leader_that_leaves_without_landing_releases_its_followers():
+    flights = SingleFlight()
+    assert flights.lead("k") is None
+    follower = flights.lead("k")
+    with pytest.raises(RuntimeError):
+        with flights.lease("k"):
+            raise RuntimeError("the leader's request failed after its upstream call")
+    assert await flights.wait(follower, timeout_s=5) is None and len(flights) == 0
+
+
+async def test_a_landed_lease_never_ends_a_newer_flight_of_the_same_key():
+    flights = SingleFlight()
+    assert flights.lead("k") is None
+    with flights.lease("k") as first:
+        first.land(b"first answer")
+        assert flights.lead("k") is None        # a new identical request leads a new flight at once
+        newer = flights.lead("k")               # ... and someone follows it
+    assert not newer.done() and flights.in_flight("k")   # leaving the first lease did not touch it
+    flights.land("k", b"second answer")
+    assert await flights.wait(newer) == b"second answer"
+
+
+async def test_a_follower_stops_waiting_after_its_timeout():
+    flights = SingleFlight()
+    assert flights.lead("k") is None            # a leader that never lands
+    follower = flights.lead("k")
+    assert await flights.wait(follower, timeout_s=0.05) is None
+    assert flights.timed_out == 1 and flights.in_flight("k")   # the leader's flight is left to it
