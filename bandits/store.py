@@ -214,13 +214,20 @@ def _shape_error(key: str, arm: str, stored: int, given: int) -> StateShapeError
 
 
 def _redacted(url: str) -> str:
-    """`url` without credentials (user info and a `password` query parameter are dropped)."""
+    """`url` without credentials (user info and a `password` query parameter are dropped); text
+    that is not a URL at all is not repeated (it may be a secret pasted in the wrong place)."""
+    if "://" not in url:
+        return "<not a URL>"
     parts = urlsplit(url)
     netloc = parts.hostname or ""
     if ":" in netloc:  # IPv6
         netloc = f"[{netloc}]"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:   # a port that is not a number
+        port = None
+    if port is not None:
+        netloc += f":{port}"
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
@@ -231,7 +238,7 @@ def _url_kind(url: str | None) -> str:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in _REDIS_SCHEMES:
         return "redis"
-    raise ValueError(f"unsupported store URL {url!r}: use {_ACCEPTED_URLS}")
+    raise ValueError(f"unsupported store URL {_redacted(url)!r}: use {_ACCEPTED_URLS}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +336,7 @@ class _RedisBase:
         from redis.exceptions import ConnectionError as RedisConnectionError
 
         if _url_kind(url) != "redis":
-            raise ValueError(f"not a Redis URL: {url!r}; use {_ACCEPTED_URLS}")
+            raise ValueError(f"not a Redis URL: {_redacted(url)!r}; use {_ACCEPTED_URLS}")
         if not isinstance(namespace, str):
             raise ValueError(f"namespace must be a string, got {namespace!r}")
         self.namespace = namespace

@@ -364,13 +364,20 @@ return 1
 
 
 def _redacted(url: str) -> str:
-    """`url` without credentials (user info and a `password` query parameter are dropped)."""
+    """`url` without credentials (user info and a `password` query parameter are dropped); text
+    that is not a URL at all is not repeated (it may be a secret pasted in the wrong place)."""
+    if "://" not in url:
+        return "<not a URL>"
     parts = urlsplit(url)
     netloc = parts.hostname or ""
-    if ":" in netloc:
+    if ":" in netloc:  # IPv6
         netloc = f"[{netloc}]"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:   # a port that is not a number
+        port = None
+    if port is not None:
+        netloc += f":{port}"
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
@@ -400,7 +407,7 @@ class RedisDocumentStore:
                  connect_timeout: float = 0.5, retries: int = 1, stream_maxlen: int = 100_000) -> None:
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"not a Redis URL: {url!r}; use redis://[:password@]host[:port][/db], "
+            raise ValueError(f"not a Redis URL: {_redacted(url)!r}; use redis://[:password@]host[:port][/db], "
                              f"rediss://... or unix:///path/to/redis.sock")
         self.url = url
         self.namespace = namespace

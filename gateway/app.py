@@ -1,18 +1,21 @@
 """The HTTP surface: an OpenAI-compatible API in front of the routing pipeline.
 
-Endpoints:
+Endpoints (who may call each: `gateway.auth`; the roles are the policy's `auth` section):
   POST /v1/chat/completions   OpenAI chat completions, streamed or not; `model` is an entrypoint
-                              (e.g. "auto") or, if the policy allows, a concrete model
+                              (e.g. "auto") or, if the policy allows, a concrete model     any key
   POST /v1/route/explain      same body; shows every signal, every decision's verdict and the
-                              choice, without calling a model
-  POST /v1/feedback           {request_id, score | thumbs | label}: quality of an answer, for learning
-  GET  /v1/models             entrypoints and models
-  GET  /health                the process is alive
-  GET  /ready                 a policy is loaded and at least one model is in service
-  GET  /metrics               Prometheus
-  POST /v1/admin/reload       reload the policy file (admin role when auth is on)
+                              choice, without calling a model                          explain role
+  POST /v1/feedback           {request_id, score | thumbs | label}: quality of an answer   any key
+  GET  /v1/models             entrypoints and models                                       any key
+  GET  /health                the process is alive                                         public
+  GET  /ready                 a policy is loaded and some model is in service   public by default
+  GET  /metrics               Prometheus                                                metrics role
+  POST /v1/admin/reload       reload the policy file                                     admin role
   DELETE /v1/admin/cache      remove cached answers: all, or ?decision=NAME and/or ?tenant=NAME
-  DELETE /v1/admin/cache/entries/{key}   remove one cached answer by its key (admin role)
+                                                                                         admin role
+  DELETE /v1/admin/cache/entries/{key}   remove one cached answer by its key             admin role
+With no `auth` section every caller is anonymous: the role-only surfaces are refused unless the
+policy lists them in `server.open_without_auth` (metrics stays open).
 
 Every error is OpenAI-shaped: {"error": {"message", "type", "param", "code"}}.
 """
@@ -33,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from sigroute.gateway.errors import APIError, Forbidden, PayloadTooLarge, Unavailable
+from sigroute.gateway.errors import APIError, PayloadTooLarge, Unavailable
 from sigroute.gateway.metrics import Metrics
 from sigroute.gateway.openai_wire import model_list
 from sigroute.gateway.answering import Answer
@@ -308,6 +311,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     @app.post("/v1/route/explain", summary="Show how a request would be routed, without calling a model")
     async def explain(request: Request) -> Response:
         pipeline = runtime.pipeline
+        await operator(request, "explain", "explaining a route")
         raw = await read_body(request, pipeline.max_request_bytes)
         return JSONBytes(orjson.dumps(await pipeline.explain(raw, request.headers)))
 
@@ -330,8 +334,10 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         return JSONBytes(b'{"status":"ok"}')
 
     @app.get("/ready", summary="Readiness: a policy is loaded and some model is in service")
-    async def ready() -> Response:
+    async def ready(request: Request) -> Response:
         pipeline = runtime.pipeline
+        if "ready" not in pipeline.auth.public_endpoints:
+            await pipeline.admit(request.headers)
         states = pipeline.upstreams.breaker_states()
         in_service = [m for m, s in states.items() if s != "open"]
         body = {"status": "ready" if in_service else "unavailable", "models": states,
@@ -342,15 +348,17 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         return JSONBytes(orjson.dumps(body), status_code=200 if in_service else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
         pipeline = runtime.pipeline
+        if "metrics" not in pipeline.auth.public_endpoints:
+            await operator(request, "metrics", "reading /metrics")
         encoder_stats = pipeline.embedder.encoder.stats if pipeline.embedder is not None else None
         return Response(pipeline.metrics.render(pipeline.upstreams.breaker_states(), encoder_stats),
                         media_type=pipeline.metrics.content_type)
 
     @app.post("/v1/admin/reload", summary="Reload the policy file")
     async def reload(request: Request) -> Response:
-        await admin_principal(request, "reloading the policy")
+        await operator(request, "admin", "reloading the policy")
         try:
             policy = runtime.reload()
         except APIError:
@@ -362,11 +370,12 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         return JSONBytes(orjson.dumps({"status": "reloaded", "decisions": [d.name for d in policy.decisions],
                                        "models": list(policy.models)}))
 
-    async def admin_principal(request: Request, what: str):
+    async def operator(request: Request, surface: str, what: str):
+        """The caller, if it may use an operator surface (admin, explain, metrics); else 401/403."""
         pipeline = runtime.pipeline
         principal = await pipeline.admit(request.headers)
-        if not pipeline.auth.is_admin(principal):
-            raise Forbidden(f"{what} needs an admin role", code="admin_only")
+        if not pipeline.auth.may(principal, surface):
+            raise pipeline.auth.refusal(surface, what)
         return principal
 
     def cache_unavailable(exc: Exception) -> APIError:
@@ -375,7 +384,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
 
     @app.delete("/v1/admin/cache", summary="Remove cached answers: all, or those of a decision and/or tenant")
     async def clear_cache(request: Request, decision: str | None = None, tenant: str | None = None) -> Response:
-        await admin_principal(request, "clearing the cache")
+        await operator(request, "admin", "clearing the cache")
         try:
             removed = await semantic_cache.delete_where(decision=decision, tenant=tenant)
         except Exception as exc:
@@ -385,7 +394,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
 
     @app.delete("/v1/admin/cache/entries/{key}", summary="Remove one cached answer by its key")
     async def delete_cache_entry(request: Request, key: str) -> Response:
-        await admin_principal(request, "removing a cache entry")
+        await operator(request, "admin", "removing a cache entry")
         try:
             removed = await semantic_cache.delete(key)
         except Exception as exc:

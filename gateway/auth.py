@@ -1,9 +1,13 @@
-"""API keys → principals (tenant, user, roles, rate limit).
+"""API keys → principals (tenant, user, roles, rate limit), and what each principal may reach.
 
 Keys are never stored in the policy: an entry gives either the key's SHA-256 (`key_sha256`) or
 the name of an environment variable that holds it (`key_env`, hashed when the policy loads).
-Callers send `Authorization: Bearer KEY` (or `x-api-key: KEY`). Without an `auth` section the
-gateway is open and every caller is the anonymous principal of tenant `default`.
+Callers send `Authorization: Bearer KEY` (or `x-api-key: KEY`). Without an `auth` section every
+caller is the anonymous principal of tenant `default`: chat completions and feedback are open,
+but the operator surfaces (`admin`: reload and cache deletion; `explain`: `/v1/route/explain` and
+the `x-sigroute-debug` header) are closed unless `server.open_without_auth` lists them. With
+keys, each surface needs one of the roles the policy names for it (`auth.admin_roles`,
+`explain_roles`, `metrics_roles`); see `policies.schema.server.Auth`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import os
 from typing import Mapping
 
-from sigroute.gateway.errors import Unauthorized
+from sigroute.gateway.errors import Forbidden, Unauthorized
 from sigroute.policies.schema import ApiKey, Auth, RateLimit
 from sigroute.signals.context import ANONYMOUS, Principal
 
@@ -27,10 +31,15 @@ def hash_key(key: str) -> str:
 
 class Authenticator:
     def __init__(self, auth: Auth | None, default_rate_limit: RateLimit | None = None,
-                 environ: Mapping[str, str] = os.environ):
+                 environ: Mapping[str, str] = os.environ, open_without_auth: tuple[str, ...] = ()):
         self.enabled = auth is not None
         self.default_rate_limit = default_rate_limit
         self.admin_roles = frozenset(auth.admin_roles) if auth else frozenset()
+        self.roles_for = {"admin": self.admin_roles,
+                          "explain": frozenset(auth.explain_roles) if auth else frozenset(),
+                          "metrics": frozenset(auth.metrics_roles) if auth else frozenset()}
+        self.public_endpoints = frozenset(auth.public_endpoints) if auth else frozenset(("ready", "metrics"))
+        self.open_without_auth = frozenset(open_without_auth)
         self._by_hash: dict[str, tuple[Principal, RateLimit | None]] = {}
         self.unusable: list[str] = []  # key_env entries whose variable is not set
         for i, entry in enumerate(auth.keys if auth else ()):
@@ -70,7 +79,20 @@ class Authenticator:
             raise Unauthorized("invalid API key", code="invalid_api_key")
         return found
 
-    def is_admin(self, principal: Principal) -> bool:
+    def may(self, principal: Principal, surface: str) -> bool:
+        """Whether `principal` may use an operator surface: admin, explain or metrics."""
         if not self.enabled:
-            return True
-        return bool(self.admin_roles.intersection(principal.roles))
+            return surface == "metrics" or surface in self.open_without_auth
+        return bool(self.roles_for[surface].intersection(principal.roles))
+
+    def is_admin(self, principal: Principal) -> bool:
+        return self.may(principal, "admin")
+
+    def refusal(self, surface: str, what: str) -> Forbidden:
+        """The 403 for a principal that may not use `surface`, saying how to get access."""
+        if not self.enabled:
+            return Forbidden(f"{what} is refused: this gateway has no `auth` section, so no caller is "
+                             f"authenticated; add API keys with a role in auth.{surface}_roles, or for local "
+                             f"development list '{surface}' in server.open_without_auth", code=f"{surface}_only")
+        roles = ", ".join(sorted(self.roles_for[surface])) or "(none configured)"
+        return Forbidden(f"{what} needs one of the roles: {roles}", code=f"{surface}_only")

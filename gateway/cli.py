@@ -142,7 +142,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from sigroute.gateway.app import create_app
-    from sigroute.gateway.serving import best_http, best_loop
+    from sigroute.gateway.serving import best_http, best_loop, redact_access_log
 
     policy = _load_or_report(args.policy)
     if policy is None:
@@ -177,6 +177,7 @@ def cmd_serve(args) -> int:
                 logging.getLogger("sigroute").error("policy reload failed, keeping the old one: %s", exc)
 
         signal.signal(signal.SIGHUP, on_hup)
+    redact_access_log()
     uvicorn.run(app, host=args.host, port=args.port, loop=best_loop(), http=best_http(),
                 log_level=args.log_level, access_log=args.access_log, workers=None)
     return 0
@@ -374,7 +375,7 @@ def cmd_bandit(args) -> int:
                 return 1
             finally:
                 await store.aclose()
-            print(f"{'replaced' if args.replace else 'added to'} {', '.join(snapshot['keys'])} in {args.redis}",
+            print(f"{'replaced' if args.replace else 'added to'} {', '.join(snapshot['keys'])} in {store.description}",
                   file=sys.stderr)
             return 0
         return asyncio.run(store_it())

@@ -87,7 +87,8 @@ class Pipeline:
         self.policy = policy
         self.metrics = metrics
         self.max_request_bytes = policy.server.max_request_bytes
-        self.auth = Authenticator(policy.auth, policy.server.rate_limit, environ=env)
+        self.auth = Authenticator(policy.auth, policy.server.rate_limit, environ=env,
+                                  open_without_auth=policy.server.open_without_auth)
         self.rate_limiter = rate_limiter or (previous.rate_limiter if previous is not None else RateLimiter())
         self.embedder = self.resources = None
         if needs_encoder(policy):
@@ -171,9 +172,12 @@ class Pipeline:
         out["x-sigroute-request-id"] = journey.request_id
         out["x-sigroute-decision"] = route.decision_name
         out["x-sigroute-confidence"] = f"{route.confidence:.3f}"
-        if journey.headers.get("x-sigroute-debug") in ("1", "true"):
-            out["x-sigroute-signals"] = orjson.dumps(
-                {k: [r.matched, round(r.confidence, 3)] for k, r in route.signals.items()}).decode()
+        if journey.headers.get("x-sigroute-debug") in ("1", "true"):   # signal scores: for explain roles only
+            if self.auth.may(journey.principal, "explain"):
+                out["x-sigroute-signals"] = orjson.dumps(
+                    {k: [r.matched, round(r.confidence, 3)] for k, r in route.signals.items()}).decode()
+            else:
+                out["x-sigroute-debug"] = "refused: needs an explain role (auth.explain_roles)"
         return blocked
 
     @staticmethod

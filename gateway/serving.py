@@ -8,6 +8,7 @@ port with no race between choosing and binding it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -21,6 +22,24 @@ def _has(module: str) -> bool:
         return True
     except ImportError:
         return False
+
+
+class RedactQueryStrings(logging.Filter):
+    """Drops the query string from uvicorn's access-log lines: callers put credentials there
+    (`?api_key=…`) and the path alone says which endpoint was called."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?…", *args[3:])
+        return True
+
+
+def redact_access_log() -> None:
+    """Install `RedactQueryStrings` on uvicorn's access logger (idempotent)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactQueryStrings) for f in access.filters):
+        access.addFilter(RedactQueryStrings())
 
 
 def best_loop() -> str:

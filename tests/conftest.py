@@ -108,8 +108,15 @@ def sim(sim_server) -> Iterator[Sim]:
     handle.http.close()
 
 
+OPERATOR_SURFACES_FOR_TESTS = ["admin", "explain"]
+
+
 def base_policy(sim: Sim, **overrides: Any) -> dict[str, Any]:
-    """A small valid policy routing to the sim's models; `overrides` replace top-level keys."""
+    """A small valid policy routing to the sim's models; `overrides` replace top-level keys.
+
+    Without an `auth` section the operator surfaces (admin endpoints, explain, debug signals) are
+    refused by default; these functional tests use them, so the policy opens them through
+    `server.open_without_auth` (tests/test_access.py checks the closed default)."""
     policy: dict[str, Any] = {
         "version": 1,
         "models": {name: {"provider": f"openai/{name}", "api_base": sim.api_base,
@@ -119,6 +126,8 @@ def base_policy(sim: Sim, **overrides: Any) -> dict[str, Any]:
         "upstream": {"retries": 0, "backoff_s": 0.0, "breaker": {"failure_threshold": 100, "cooldown_s": 1}},
     }
     policy.update(copy.deepcopy(overrides))
+    if "auth" not in policy:
+        policy.setdefault("server", {}).setdefault("open_without_auth", list(OPERATOR_SURFACES_FOR_TESTS))
     return policy
 
 

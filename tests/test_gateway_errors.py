@@ -108,7 +108,11 @@ def test_too_large_request_is_413(sim, gateway_factory):
 
 
 def test_rate_limit_is_429_with_retry_after(sim, gateway_factory):
-    gw = gateway_factory(auth_policy(sim, rate_limit={"requests_per_minute": 60, "burst": 2}))
+    policy = auth_policy(sim, rate_limit={"requests_per_minute": 60, "burst": 2})
+    scraper = "sk-prometheus"
+    policy["auth"]["keys"].append({"key_sha256": hashlib.sha256(scraper.encode()).hexdigest(), "tenant": "ops",
+                                   "roles": ["metrics"]})
+    gw = gateway_factory(policy)
     assert gw.chat("1", api_key=KEY).status_code == 200
     assert gw.chat("2", api_key=KEY).status_code == 200
     r = gw.chat("3", api_key=KEY)
@@ -119,7 +123,8 @@ def test_rate_limit_is_429_with_retry_after(sim, gateway_factory):
         gw.client(api_key=KEY).chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}])
     time.sleep(1.05)  # one token per second refills
     assert gw.chat("4", api_key=KEY).status_code == 200
-    assert 'sigroute_rate_limited_total{tenant="acme"}' in gw.http.get("/metrics").text
+    metrics = gw.http.get("/metrics", headers={"authorization": f"Bearer {scraper}"}).text
+    assert 'sigroute_rate_limited_total{tenant="acme"}' in metrics
 
 
 def test_rate_limits_are_per_key(sim, gateway_factory):

@@ -99,6 +99,10 @@ class Policy(Strict):
         elif len(defaults) > 1:
             names = ", ".join(self.decisions[i].name for i in defaults)
             errors.append((("decisions", defaults[1], "rules"), f"only one decision may omit 'rules' (the default); found: {names}"))
+        if self.auth is not None and self.server.open_without_auth:
+            errors.append((("server", "open_without_auth"),
+                           "applies only to a gateway without an `auth` section; with API keys, give the roles "
+                           "in auth.admin_roles / auth.explain_roles instead"))
         for name, entry in self.entrypoints.items():
             if name in self.models:
                 errors.append((("entrypoints", name), f"entrypoint '{name}' has the same name as a model"))

@@ -53,15 +53,35 @@ class ApiKey(Strict):
         return self
 
 
+OPERATOR_SURFACES = ("admin", "explain")   # what `server.open_without_auth` may open
+PUBLIC_ENDPOINTS = ("ready", "metrics")     # what `auth.public_endpoints` may open
+
+
 class Auth(Strict):
+    """API keys and what their roles allow. Chat completions, feedback and `/v1/models` need any
+    valid key; the operator surfaces need a role: `admin_roles` for reload and cache deletion,
+    `explain_roles` for `/v1/route/explain` and the `x-sigroute-debug` header (which reveal signal
+    scores, e.g. the jailbreak classifier's: an oracle for crafting attacks), `metrics_roles` for
+    `/metrics` (its labels name tenants). `/health` is always public; `/ready` is public unless
+    removed from `public_endpoints`."""
+
     keys: tuple[ApiKey, ...] = Field(..., min_length=1)
     admin_roles: tuple[str, ...] = Field(("admin",), description="roles allowed to use admin endpoints")
+    explain_roles: tuple[str, ...] = Field(
+        ("admin",), description="roles allowed to call /v1/route/explain and to get signals with x-sigroute-debug")
+    metrics_roles: tuple[str, ...] = Field(("admin", "metrics"), description="roles allowed to read /metrics")
+    public_endpoints: tuple[Literal[PUBLIC_ENDPOINTS], ...] = Field(
+        ("ready",), description="endpoints answered without a key (for probes and scrapers): ready, metrics")
 
 
 class Server(Strict):
     max_request_bytes: PositiveInt = Field(4 * 1024 * 1024, description="larger bodies get 413")
     rate_limit: RateLimit | None = Field(None, description="applies to callers when auth is off")
     log_prompts: bool = Field(False, description="prompts and answers are never logged unless this is true")
+    open_without_auth: tuple[Literal[OPERATOR_SURFACES], ...] = Field(
+        (), description="with no `auth` section nobody is authenticated, so the operator surfaces are refused "
+        "unless listed here (for local development): admin (reload, cache deletion), explain (/v1/route/explain "
+        "and x-sigroute-debug)")
 
 
 class Breaker(Strict):
