@@ -33,6 +33,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -147,18 +148,34 @@ class Runtime:
                 await pipeline.aclose()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+class ClientGone(Exception):
+    """The caller went away before its request was read: there is nobody to answer."""
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body: at most `limit` bytes (else 413), all of it within `timeout_s` (else 408:
+    a client that declares more than it sends must not hold a request open); `ClientGone` if the
+    caller disconnects meanwhile."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}",
                               code="request_too_large")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", code="request_too_large")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise APIError(f"the request body did not arrive within {timeout_s:g}s ({size} bytes received"
+                       + (f" of {declared} declared" if declared is not None else "") + ")",
+                       status=408, type="invalid_request_error", code="request_timeout",
+                       headers={"connection": "close"}) from None
+    except ClientDisconnect:
+        raise ClientGone() from None
     return b"".join(chunks)
 
 
@@ -253,6 +270,11 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         type_, message = kinds.get(exc.status_code, ("api_error", str(exc.detail)))
         return error_response(APIError(message, status=exc.status_code, type=type_))
 
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request: Request, exc: ClientGone):
+        runtime.metrics.client_disconnects.inc()   # not an error of ours: nobody is there to answer
+        return Response(status_code=499)
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         return error_response(APIError(str(exc), status=400, type="invalid_request_error"))
@@ -276,7 +298,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     async def chat_completions(request: Request) -> Response:
         started = time.perf_counter()
         pipeline = runtime.pipeline
-        raw = await read_body(request, pipeline.max_request_bytes)
+        raw = await read_body(request, pipeline.max_request_bytes, pipeline.policy.server.body_timeout_s)
         # The pipeline runs in this request's own task (a separate task would wait a loop cycle to
         # start, which under load is most of sigroute's latency); a watcher cancels it if the
         # caller goes away.
@@ -312,13 +334,13 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     async def explain(request: Request) -> Response:
         pipeline = runtime.pipeline
         await operator(request, "explain", "explaining a route")
-        raw = await read_body(request, pipeline.max_request_bytes)
+        raw = await read_body(request, pipeline.max_request_bytes, pipeline.policy.server.body_timeout_s)
         return JSONBytes(orjson.dumps(await pipeline.explain(raw, request.headers)))
 
     @app.post("/v1/feedback", summary="Report the quality of an answer so learning decisions improve")
     async def feedback(request: Request) -> Response:
         pipeline = runtime.pipeline
-        raw = await read_body(request, 64 * 1024)
+        raw = await read_body(request, 64 * 1024, pipeline.policy.server.body_timeout_s)
         return JSONBytes(orjson.dumps(await pipeline.feedback(raw, request.headers)))
 
     @app.get("/v1/models", summary="List entrypoints and models")

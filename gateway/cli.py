@@ -142,7 +142,8 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from sigroute.gateway.app import create_app
-    from sigroute.gateway.serving import best_http, best_loop, redact_access_log
+    from sigroute.gateway.http_server import server_options
+    from sigroute.gateway.serving import best_loop, redact_access_log
 
     policy = _load_or_report(args.policy)
     if policy is None:
@@ -178,8 +179,8 @@ def cmd_serve(args) -> int:
 
         signal.signal(signal.SIGHUP, on_hup)
     redact_access_log()
-    uvicorn.run(app, host=args.host, port=args.port, loop=best_loop(), http=best_http(),
-                log_level=args.log_level, access_log=args.access_log, workers=None)
+    uvicorn.run(app, host=args.host, port=args.port, loop=best_loop(), log_level=args.log_level,
+                access_log=args.access_log, workers=None, **server_options(policy))
     return 0
 
 

@@ -154,6 +154,7 @@ class Gateway:
 @pytest.fixture
 def gateway_factory() -> Iterator[Callable[..., Gateway]]:
     from sigroute.gateway.app import create_app
+    from sigroute.gateway.http_server import server_options
     from sigroute.policies.schema import Policy
 
     started: list[Gateway] = []
@@ -162,7 +163,7 @@ def gateway_factory() -> Iterator[Callable[..., Gateway]]:
         if isinstance(policy, dict):
             policy = Policy.model_validate(policy)
         app = create_app(policy, **options)
-        server = ServerThread(app).start()
+        server = ServerThread(app, **server_options(policy)).start()   # as `sigroute serve` runs it
         gw = Gateway(server, app)
         started.append(gw)
         return gw

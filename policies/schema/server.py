@@ -75,7 +75,16 @@ class Auth(Strict):
 
 
 class Server(Strict):
+    """Limits on what callers send. The header limits apply to the HTTP server from its start (a
+    reload does not change them); the body limits apply per request."""
+
     max_request_bytes: PositiveInt = Field(4 * 1024 * 1024, description="larger bodies get 413")
+    body_timeout_s: PositiveFloat = Field(30.0, description="a request body must arrive within this time (else 408)")
+    header_timeout_s: PositiveFloat = Field(
+        10.0, description="a request's headers must arrive within this time of its first byte, and a new "
+        "connection must start a request within it (else 408 and the connection is closed)")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="larger request heads get 431")
+    max_headers: int = Field(100, ge=8, description="requests with more header fields get 431")
     rate_limit: RateLimit | None = Field(None, description="applies to callers when auth is off")
     log_prompts: bool = Field(False, description="prompts and answers are never logged unless this is true")
     open_without_auth: tuple[Literal[OPERATOR_SURFACES], ...] = Field(
