@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -113,36 +114,72 @@ class SSEResponse(Response):
 
 
 class Runtime:
-    """The live pipeline; a reload builds a new one and swaps it in atomically."""
+    """The live pipeline. A reload builds the new one off the event loop (loading a policy's encoder
+    and heads takes seconds of CPU), warms it, and swaps it in atomically on the loop; requests
+    already running finish on the pipeline they started with. A retired pipeline is closed once it
+    has been retired `retire_after_s` and none of its upstream calls or streams is running."""
 
-    def __init__(self, policy: Policy, policy_path: str | None, metrics: Metrics, **pipeline_options):
+    RETIRE_AFTER_S = 30.0     # a request reaches its upstream call well within this after it started
+
+    def __init__(self, policy: Policy, policy_path: str | None, metrics: Metrics, *,
+                 retire_after_s: float = RETIRE_AFTER_S, **pipeline_options):
         self.policy_path = policy_path
         self.metrics = metrics
         self.pipeline_options = pipeline_options
         self.pipeline = Pipeline(policy, metrics, **pipeline_options)
         self.loaded_at = time.time()
-        self._retired: list[Pipeline] = []
+        self.retire_after_s = retire_after_s
+        self._retired: set[Pipeline] = set()
+        self._closers: set[asyncio.Task] = set()
+        self._reloading = asyncio.Lock()
 
-    def reload(self) -> Policy:
-        """Load the policy file again; on any error the running policy stays and the error is raised."""
+    async def reload(self) -> Policy:
+        """Load the policy file again; on any error the running policy stays and the error is raised.
+        Reloads are serialized; the event loop keeps serving while the new pipeline is built."""
         from sigroute.policies.loader import load_policy
 
         if not self.policy_path:
             raise APIError("this gateway runs an embedded policy; there is no file to reload", status=409,
                            type="invalid_request_error", code="no_policy_file")
-        try:
-            policy = load_policy(self.policy_path)
-            new = Pipeline(policy, self.metrics, previous=self.pipeline, **self.pipeline_options)
-        except Exception:
-            self.metrics.policy_reloads.labels("failed").inc()
-            raise
-        old, self.pipeline = self.pipeline, new
-        self._retired.append(old)  # in-flight requests may still use its connections
-        self.loaded_at = time.time()
-        self.metrics.policy_reloads.labels("ok").inc()
-        return policy
+        async with self._reloading:
+            current = self.pipeline
+
+            def build() -> Pipeline:   # in a worker thread
+                policy = load_policy(self.policy_path)
+                new = Pipeline(policy, self.metrics, previous=current, **self.pipeline_options)
+                new.warm()
+                return new
+
+            try:
+                new = await asyncio.to_thread(build)
+            except Exception:
+                self.metrics.policy_reloads.labels("failed").inc()
+                raise
+            new.take_over(current)              # on the loop: nothing learned meanwhile is missed
+            self.pipeline = new
+            self.loaded_at = time.time()
+            self.metrics.policy_reloads.labels("ok").inc()
+            self._retire(current)
+        await new.load_learning()   # decisions whose features changed find their stored state
+        return new.policy
+
+    def _retire(self, pipeline: Pipeline) -> None:
+        self._retired.add(pipeline)
+
+        async def close_when_idle() -> None:
+            await asyncio.sleep(self.retire_after_s)
+            while not pipeline.idle():
+                await asyncio.sleep(1.0)
+            self._retired.discard(pipeline)
+            await pipeline.aclose()
+
+        task = asyncio.ensure_future(close_when_idle())
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
 
     async def aclose(self) -> None:
+        for task in list(self._closers):
+            task.cancel()
         for pipeline in [self.pipeline, *self._retired]:
             with contextlib.suppress(Exception):
                 await pipeline.aclose()
@@ -187,9 +224,12 @@ async def _until_disconnect(receive: Receive) -> None:
 
 
 def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metrics | None = None,
-               redis_url: str | None = None, **pipeline_options: Any) -> FastAPI:
+               redis_url: str | None = None, reload_on_sighup: bool = False,
+               retire_after_s: float = Runtime.RETIRE_AFTER_S, **pipeline_options: Any) -> FastAPI:
     """The gateway app. `redis_url` shares learning state, pending feedback and cached answers
-    between replicas (and keeps them across restarts); without it they live in this process's memory."""
+    between replicas (and keeps them across restarts); without it they live in this process's memory.
+    `reload_on_sighup` (for `sigroute serve`, which runs the app in the main thread) reloads the
+    policy file when the process gets SIGHUP, as a task on the event loop."""
     from sigroute.bandits.store import open_pending_store, open_state_store
     from sigroute.cache.semantic import SemanticCache, SingleFlight
     from sigroute.cache.store import open_document_store
@@ -199,7 +239,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     pipeline_options.setdefault("pending_store", open_pending_store(redis_url))
     pipeline_options.setdefault("semantic_cache", SemanticCache(open_document_store(redis_url)))
     pipeline_options.setdefault("flights", SingleFlight())
-    runtime = Runtime(policy, policy_path, metrics, **pipeline_options)
+    runtime = Runtime(policy, policy_path, metrics, retire_after_s=retire_after_s, **pipeline_options)
     semantic_cache: SemanticCache = pipeline_options["semantic_cache"]
 
     async def learning_loop() -> None:
@@ -233,13 +273,25 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                 log.warning("cache maintenance failed: %s", exc)
             await asyncio.sleep(CACHE_SYNC_S if semantic_cache.store.shared else 1.0)
 
+    async def reload_from_signal() -> None:
+        try:
+            await runtime.reload()
+            log.warning("policy reloaded from %s (SIGHUP)", policy_path)
+        except Exception as exc:  # the running policy stays
+            log.error("policy reload on SIGHUP failed, keeping the running policy: %s", exc)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         learner = asyncio.ensure_future(learning_loop())
         cache_keeper = asyncio.ensure_future(cache_loop())
+        if reload_on_sighup and policy_path:
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(reload_from_signal()))
         try:
             yield
         finally:
+            if reload_on_sighup and policy_path:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             for task in (learner, cache_keeper):
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -382,13 +434,12 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     async def reload(request: Request) -> Response:
         await operator(request, "admin", "reloading the policy")
         try:
-            policy = runtime.reload()
+            policy = await runtime.reload()
         except APIError:
             raise
         except Exception as exc:
             raise APIError(f"reload failed, the previous policy keeps running: {exc}", status=422,
                            type="invalid_request_error", code="invalid_policy") from None
-        await runtime.pipeline.load_learning()  # decisions whose features changed find their stored state
         return JSONBytes(orjson.dumps({"status": "reloaded", "decisions": [d.name for d in policy.decisions],
                                        "models": list(policy.models)}))
 

@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -162,22 +161,13 @@ def cmd_serve(args) -> int:
             from sigroute.bandits.replay import DecisionLog
 
             options["decision_log"] = DecisionLog(args.decision_log)
-        app = create_app(policy, policy_path=args.policy, redis_url=args.redis, **options)
+        app = create_app(policy, policy_path=args.policy, redis_url=args.redis, reload_on_sighup=True, **options)
     except Exception as exc:
         problem = _startup_problem(exc, args.policy)
         if problem is None:
             raise
         print(problem, file=sys.stderr)
         return 1
-    if args.policy:
-        def on_hup(*_):
-            try:
-                app.state.runtime.reload()
-                logging.getLogger("sigroute").warning("policy reloaded from %s", args.policy)
-            except Exception as exc:  # keep the running policy
-                logging.getLogger("sigroute").error("policy reload failed, keeping the old one: %s", exc)
-
-        signal.signal(signal.SIGHUP, on_hup)
     redact_access_log()
     uvicorn.run(app, host=args.host, port=args.port, loop=best_loop(), log_level=args.log_level,
                 access_log=args.access_log, workers=None, **server_options(policy))

@@ -99,9 +99,7 @@ class Pipeline:
             self.resources = SignalResources(encoder, policy.domains)
         self.signals = SignalEngine(policy, resources=self.resources)
         self.upstreams = Upstreams(policy, observer=metrics, environ=env, transports=transports)
-        if previous is not None:
-            self.upstreams.adopt_breakers(previous.upstreams, policy)
-        self.selectors = build_selectors(policy, self.resources, previous.selectors if previous is not None else None)
+        self.selectors = build_selectors(policy, self.resources)
         self.router = Router(policy, self.signals, self.selectors, self.upstreams, metrics)
         self.plugins = PolicyPlugins(policy, self.resources)
         # learned state, pending feedback and cached answers outlive reloads: the app owns the stores
@@ -115,6 +113,27 @@ class Pipeline:
         flights = _given_or_kept(flights, previous and previous.caching.flights, SingleFlight)
         self.caching = Caching(policy, self.learning.semantic_cache, flights, self.resources, self.upstreams, metrics)
         self.answering = Answering(self.plugins, self.caching, self.learning, metrics)
+
+    def take_over(self, previous: "Pipeline") -> None:
+        """After a reload, right before this pipeline replaces `previous`: keep what it learned
+        (each decision's selector adopts its predecessor's state) and its circuit breakers'
+        state for models that did not change. Cheap; runs on the event loop at the swap, so
+        nothing learned in between is missed. (Shared stores and the cache were handed over when
+        this pipeline was built.)"""
+        for name, selector in self.selectors.items():
+            if name in previous.selectors:
+                selector.adopt(previous.selectors[name])
+        self.upstreams.adopt_breakers(previous.upstreams, self.policy)
+
+    def warm(self) -> None:
+        """Run what a first request would otherwise pay for (one encoder pass), in the calling
+        thread: a reload calls it off the event loop before the swap."""
+        if self.embedder is not None:
+            self.embedder.encoder.encode(["sigroute warm-up"])
+
+    def idle(self) -> bool:
+        """No upstream call or stream of this pipeline is running."""
+        return not any(self.upstreams.load.in_flight.values())
 
     # 1 + 2 ---------------------------------------------------------------------------------------
     async def admit(self, headers: Mapping[str, str]):

@@ -11,12 +11,12 @@ methods, so explain shows exactly what serving would do:
 - `candidates(decision, ctx)`  those candidates, or the error that says why there are none.
 
 Selectors (one per decision, `bandits`) are built here too; after a reload each new selector
-adopts what the previous policy's selector of the same decision learned.
+adopts what the previous policy's selector of the same decision learned (`Pipeline.take_over`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 from sigroute.bandits.base import Choice, Selector
 from sigroute.bandits.registry import build_selector
@@ -30,17 +30,12 @@ from sigroute.signals.context import RequestContext
 from sigroute.signals.engine import SignalEngine
 
 
-def build_selectors(policy: Policy, resources: Any, previous: Mapping[str, Selector] | None = None
-                    ) -> dict[str, Selector]:
-    """One selector per decision; each adopts its predecessor's learning after a reload."""
-    selectors = {}
-    for decision in policy.decisions:
-        models = {m: policy.models[m] for m in decision.models}
-        selector = build_selector(decision.algorithm, models, resources=resources, decision=decision.name)
-        if previous is not None and decision.name in previous:
-            selector.adopt(previous[decision.name])
-        selectors[decision.name] = selector
-    return selectors
+def build_selectors(policy: Policy, resources: Any) -> dict[str, Selector]:
+    """One selector per decision (after a reload each adopts its predecessor's learning:
+    `Pipeline.take_over`)."""
+    return {d.name: build_selector(d.algorithm, {m: policy.models[m] for m in d.models}, resources=resources,
+                                   decision=d.name)
+            for d in policy.decisions}
 
 
 class Router:
