@@ -22,8 +22,9 @@ def _bad(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param, code="invalid_value")
 
 
-def parse_chat_request(raw: bytes) -> dict[str, Any]:
-    """Parse and check a chat-completion request body; raise `InvalidRequest` on a problem."""
+def parse_chat_request(raw: bytes, max_messages: int = 4096, max_tools: int = 512) -> dict[str, Any]:
+    """Parse and check a chat-completion request body; raise `InvalidRequest` on a problem. The
+    message and tool counts are bounded first, so a hostile body costs little to refuse."""
     if not raw:
         raise InvalidRequest("request body is empty; send a JSON object with 'model' and 'messages'",
                              code="invalid_json")
@@ -41,6 +42,15 @@ def parse_chat_request(raw: bytes) -> dict[str, Any]:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty list of {role, content} objects",
                              param="messages", code="missing_required_parameter")
+    if len(messages) > max_messages:
+        raise _bad(f"'messages' has {len(messages)} entries; this gateway accepts at most {max_messages} "
+                   "(server.max_messages)", "messages")
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise _bad("'tools' must be a list", "tools")
+    if tools is not None and len(tools) > max_tools:
+        raise _bad(f"'tools' has {len(tools)} entries; this gateway accepts at most {max_tools} (server.max_tools)",
+                   "tools")
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -74,9 +84,6 @@ def parse_chat_request(raw: bytes) -> dict[str, Any]:
     if temperature is not None and (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
                                     or not 0 <= temperature <= 2):
         raise _bad("'temperature' must be a number between 0 and 2", "temperature")
-    tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise _bad("'tools' must be a list", "tools")
     return body
 
 

@@ -151,7 +151,7 @@ class Pipeline:
         if len(raw) > self.max_request_bytes:
             raise APIError(f"request body of {len(raw)} bytes exceeds the limit of {self.max_request_bytes}",
                            status=413, type="invalid_request_error", code="request_too_large")
-        body = parse_chat_request(raw)
+        body = parse_chat_request(raw, self.policy.server.max_messages, self.policy.server.max_tools)
         return RequestContext.from_body(request_id, body, headers, principal, self.embedder)
 
     # the whole journey ---------------------------------------------------------------------------

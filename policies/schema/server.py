@@ -85,6 +85,9 @@ class Server(Strict):
         "connection must start a request within it (else 408 and the connection is closed)")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="larger request heads get 431")
     max_headers: int = Field(100, ge=8, description="requests with more header fields get 431")
+    max_messages: PositiveInt = Field(
+        4096, description="chat requests with more messages get 400 (bounds the work one request costs)")
+    max_tools: PositiveInt = Field(512, description="chat requests with more tools get 400")
     rate_limit: RateLimit | None = Field(None, description="applies to callers when auth is off")
     log_prompts: bool = Field(False, description="prompts and answers are never logged unless this is true")
     open_without_auth: tuple[Literal[OPERATOR_SURFACES], ...] = Field(
