@@ -120,6 +120,7 @@ class Keyword(Signal):
         self._scan = config.scan_chars
         if config.regex:
             self._regexes = tuple((t, PolicyRegex(t, config.case_sensitive, config.scan_chars)) for t in self._terms)
+            self._occurs = tuple((t, regex.occurs) for t, regex in self._regexes)
         else:
             tests = []
             for term in self._terms:
@@ -134,7 +135,11 @@ class Keyword(Signal):
         """Distinct terms that occur in `text`, in policy order."""
         if not text:
             return []
-        if self._regexes is not None:
+        if self._regexes is not None:  # encoded once, shared by every term
+            if len(text) <= self._scan:  # the common case: the whole text is one window
+                data = text.encode("utf-8", "surrogatepass")
+                end = len(data)
+                return [term for term, occurs in self._occurs if occurs(data, 0, end)]
             windows = scan_windows(text, self._scan)
             return [term for term, regex in self._regexes if regex.search_windows(windows)]
         if self._fold:

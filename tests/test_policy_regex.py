@@ -313,5 +313,24 @@ async def test_keyword_scan_chars_option_bounds_regex_terms():
     text = "x" * 40_000 + " needle " + "x" * 40_000  # the needle sits at character 40,001
     ctx = RequestContext.from_body("r", {"model": "auto", "messages": [{"role": "user", "content": text}]},
                                    headers={}, principal=Principal())
-    assert not (await engine(None).evaluate(ctx))["keyword:k"].matched  # default: 32 Ki + 32 Ki characters
+    assert not (await engine(None).evaluate(ctx))["keyword:k"].matched  # default: the first and last 16,384 characters
     assert (await engine(100_000).evaluate(ctx))["keyword:k"].matched
+
+
+def test_regex_safety_benchmark_smoke(tmp_path, capsys):
+    from benchmarks import regex_safety
+
+    out = tmp_path / "regex.json"
+    assert regex_safety.main(["--sizes", "256,2048", "--re-timeout", "0.3", "--calls", "20", "--rounds", "1",
+                              "--json", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    full = json.loads(out.read_text())
+    assert full["summary"] == summary
+    # Python's re never finishes the nested-quantifier case, RE2 and sigroute always do
+    nested = [r for r in full["pathological"] if r["name"] == "nested_plus"]
+    assert [r["chars"] for r in nested] == [256, 2048]
+    assert all(r["python_re_s"] == {"killed_after_s": 0.3} for r in nested)
+    assert all(r["sigroute_ms"] >= 0 and r["re2_full_ms"] >= 0 for r in full["pathological"])
+    assert summary["python_re_killed"].split("/")[1] == str(len(full["pathological"]))
+    assert len(full["ordinary"]) == 5 * 4 and len(full["keyword_signal"]) == 4
+    assert set(summary["targets_met"]) == {"few_ms_per_regex_on_largest_body", "keyword_signal_within_10pct"}
