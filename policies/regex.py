@@ -433,7 +433,10 @@ class _Translator:
             if i in replaced:
                 out.append(replaced[i])
                 continue
-            l_edge, r_edge = self.edges(items, i, flags, left, right)
+            if self.boundaries and _has_boundary([(op, av)]):  # only boundaries need their neighbours
+                l_edge, r_edge = self.edges(items, i, flags, left, right)
+            else:
+                l_edge, r_edge = left, right
             if _is_boundary((op, av)):
                 out.append(self.boundary(av is _c.AT_BOUNDARY, items, i, flags, l_edge, r_edge, replaced,
                                          initial and i == 0, final and i == len(items) - 1))
