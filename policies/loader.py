@@ -723,7 +723,8 @@ def _problems(exc: ValidationError, data: Any, positions: Positions, source: str
             bad = _bad_rule_node(where.raw, where.path)
             if bad is not None:
                 where.path = bad
-        elif err["type"] == "value_error" and message.startswith("invalid regular expression"):
+        elif err["type"] == "value_error" and message.startswith(("invalid regular expression",
+                                                                   "unsupported regular expression")):
             hit = next((p for p, s in _leaf_paths(where.raw, where.path) if repr(s) in message), None)
             if hit is not None:
                 where.path = hit

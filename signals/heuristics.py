@@ -28,6 +28,7 @@ from sigroute.policies.schema import (
 )
 from sigroute.signals.base import Signal, SignalResult
 from sigroute.signals.context import RequestContext
+from sigroute.signals.patterns import PolicyRegex, scan_windows
 
 # Shared results for the common outcomes: SignalResult is immutable, so reuse is safe.
 _NO = SignalResult(False, 0.0, None)
@@ -93,7 +94,11 @@ class Keyword(Signal):
     are checked for word boundaries by a regex, which for typical prompts is an order of
     magnitude faster than one alternation regex (whose every branch is tried at every position).
     Case-insensitive plain terms compare Unicode case-folded text (`str.casefold`, so "strasse"
-    also matches "Straße"); regex terms use `re.IGNORECASE` on the original text.
+    also matches "Straße"); regex terms use Python's `re.IGNORECASE` rules on the original text.
+
+    Regex terms (`regex: true`) are written in Python's syntax and run by RE2 (`signals.patterns`):
+    linear time, and at most `scan_chars` characters read (the first and last halves of a longer
+    text); the text is encoded once and shared by every term.
     """
 
     type = "keyword"
@@ -110,10 +115,12 @@ class Keyword(Signal):
         self._terms: tuple[str, ...] = tuple(dict.fromkeys(raw_terms))
         self._scope = config.scope
         self._fold = not config.case_sensitive and not config.regex
-        self._tests: tuple[tuple[str, str | None, re.Pattern[str] | None], ...]
+        self._tests: tuple[tuple[str, str | None, re.Pattern[str] | None], ...] = ()
+        self._regexes: tuple[tuple[str, PolicyRegex], ...] | None = None
+        self._scan = config.scan_chars
         if config.regex:
-            flags = 0 if config.case_sensitive else re.IGNORECASE
-            self._tests = tuple((t, None, re.compile(t, flags)) for t in self._terms)
+            self._regexes = tuple((t, PolicyRegex(t, config.case_sensitive, config.scan_chars)) for t in self._terms)
+            self._occurs = tuple((t, regex.occurs) for t, regex in self._regexes)
         else:
             tests = []
             for term in self._terms:
@@ -128,6 +135,13 @@ class Keyword(Signal):
         """Distinct terms that occur in `text`, in policy order."""
         if not text:
             return []
+        if self._regexes is not None:  # encoded once, shared by every term
+            if len(text) <= self._scan:  # the common case: the whole text is one window
+                data = text.encode("utf-8", "surrogatepass")
+                end = len(data)
+                return [term for term, occurs in self._occurs if occurs(data, 0, end)]
+            windows = scan_windows(text, self._scan)
+            return [term for term, regex in self._regexes if regex.search_windows(windows)]
         if self._fold:
             text = text.casefold()
         return [
@@ -339,7 +353,8 @@ class Conversation(Signal):
 class _ValueMatcher:
     """values / pattern / presence test shared by `header` and `metadata`.
 
-    With neither `values` nor `pattern`, presence is enough. With both, either may match.
+    With neither `values` nor `pattern`, presence is enough. With both, either may match. The
+    pattern runs on RE2 (`signals.patterns`), reading at most `DEFAULT_SCAN_CHARS` of a value.
     """
 
     __slots__ = ("values", "pattern", "fold", "presence")
@@ -347,7 +362,7 @@ class _ValueMatcher:
     def __init__(self, values: Iterable[str] | None, pattern: str | None, case_sensitive: bool):
         self.fold = not case_sensitive
         self.values = None if values is None else frozenset(v.casefold() if self.fold else v for v in values)
-        self.pattern = None if pattern is None else re.compile(pattern, 0 if case_sensitive else re.IGNORECASE)
+        self.pattern = None if pattern is None else PolicyRegex(pattern, case_sensitive)
         self.presence = values is None and pattern is None
 
     def __call__(self, value: str) -> bool:
@@ -355,7 +370,7 @@ class _ValueMatcher:
             return True
         if self.values is not None and (value.casefold() if self.fold else value) in self.values:
             return True
-        return self.pattern is not None and self.pattern.search(value) is not None
+        return self.pattern is not None and self.pattern.search(value)
 
 
 # Headers whose value must never travel in a SignalResult (explain output, traces, logs).

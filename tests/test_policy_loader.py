@@ -303,6 +303,59 @@ def test_invalid_regex_in_keyword_signal():
     expect(text, "signals.keyword.ids.any[1]", line_of(text, "(unclosed"), "invalid regular expression '(unclosed'")
 
 
+def test_regex_that_needs_backtracking_is_refused_with_file_line_key_and_what_to_write():
+    # Policy regexes run on RE2 (linear time): constructs only a backtracking engine can run are
+    # refused at load, at the exact term, with what to write instead.
+    text = policy(
+        MODELS,
+        block("""\
+        signals:
+          keyword:
+            repeats:
+              regex: true
+              any:
+                - '\\bJIRA-\\d+\\b'
+                - '(\\w+) \\1'
+        decisions:
+        """),
+        DEFAULT_DECISION,
+    )
+    expect(text, "signals.keyword.repeats.any[1]", line_of(text, "(\\w+)"),
+           "unsupported regular expression '(\\\\w+) \\\\1'", "backreference", "RE2", "Write the repeated text out")
+
+
+@pytest.mark.parametrize("pattern, what, fix", [
+    ("(?<!un)safe", "lookbehind (?<!...)", "its own keyword signal"),
+    ("foo(?=bar)", "lookahead (?=...)", "Match the surrounding text itself"),
+    ("a++b", "possessive repeat", "without"),
+    ("(?>ab)c", "atomic group", "without"),
+    ("(a)?(?(1)b|c)", "conditional group", "alternatives with |"),
+    ("x{2000}", "above RE2's limit of 1000", "at most 1000"),
+    ("a$b", "'$' before the end of the pattern", "\\Z"),
+    ("\\w{100}", "RE2 instructions", "narrower class"),
+])
+def test_unsupported_regex_constructs_name_what_to_change(pattern, what, fix):
+    text = policy(
+        MODELS,
+        "signals:\n  header:\n    agent:\n      name: user-agent\n"
+        f"      pattern: '{pattern}'\n"
+        "decisions:\n",
+        DEFAULT_DECISION,
+    )
+    p = expect(text, "signals.header.agent.pattern", line_of(text, "pattern:"), "unsupported regular expression",
+               what, fix)
+    assert repr(pattern) in p.message
+
+
+def test_scan_chars_is_for_regex_terms_only():
+    text = policy(MODELS, "signals:\n  keyword:\n    k:\n      any: [a]\n      scan_chars: 4096\ndecisions:\n",
+                  DEFAULT_DECISION)
+    expect(text, "signals.keyword.k", line_of(text, "k:"), "'scan_chars' bounds regex terms only")
+    text = policy(MODELS, "signals:\n  keyword:\n    k:\n      any: [a]\n      regex: true\n"
+                          "      scan_chars: 100\ndecisions:\n", DEFAULT_DECISION)
+    expect(text, "signals.keyword.k.scan_chars", line_of(text, "scan_chars"), "must be at least 1024")
+
+
 def test_keyword_signal_with_both_any_and_all():
     text = policy(MODELS, "signals:\n  keyword:\n    both:\n      any: [a]\n      all: [b]\ndecisions:\n", DEFAULT_DECISION)
     expect(text, "signals.keyword.both", line_of(text, "both:"), "give exactly one of 'any', 'all' or 'none'",

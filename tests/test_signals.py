@@ -143,12 +143,33 @@ async def test_keyword_regex_terms():
 
 
 async def test_keyword_regex_terms_with_groups_and_inline_flags():
-    # Groups and backreferences cannot share one alternation; each term is then searched alone.
-    cfg = {"any": [r"(\w+) \1", "(?i)HELLO", "zzz"], "regex": True, "case_sensitive": True}
-    r = await check("keyword", cfg, make_ctx("this is is repeated, hello"))
-    assert r.matched and r.value == [r"(\w+) \1", "(?i)HELLO"]
-    r = await check("keyword", {"none": [r"(\w+) \1"], "regex": True}, make_ctx("no repeats here"))
+    # Each term is searched alone, so groups and inline flags apply to their own term only.
+    # (This test used a backreference, `(\w+) \1`; RE2 has none, and the loader now refuses it:
+    # see test_keyword_regex_that_needs_backtracking_is_refused_with_what_to_write_instead.)
+    cfg = {"any": [r"(?P<word>\w+) (is|are) repeated", "(?i)HELLO", "zzz"], "regex": True, "case_sensitive": True}
+    r = await check("keyword", cfg, make_ctx("this is repeated, hello"))
+    assert r.matched and r.value == [r"(?P<word>\w+) (is|are) repeated", "(?i)HELLO"]
+    r = await check("keyword", {"none": [r"(\d+)-(\d+)"], "regex": True}, make_ctx("no ranges here"))
     assert r.matched
+
+
+async def test_keyword_regex_terms_keep_pythons_unicode_and_case_insensitive_matching():
+    # Regex terms run on RE2 now; what they match must not change: Unicode \w and \b, Python's
+    # case rules (Kelvin sign, long s), and case_sensitive as before.
+    cfg = {"any": [r"\bcafé\b", r"\bna\b", r"^\w+ \w+$", r"\d{3}", r"STRASSE", r"\bkm\b"], "regex": True}
+    r = await check("keyword", cfg, make_ctx("UN CAFÉ NAÏVE"))
+    assert r.value == [r"\bcafé\b"]  # É folds to é; "na" is inside the word "naïve"
+    r = await check("keyword", cfg, make_ctx("Größe ٣٤٥"))
+    assert r.value == [r"^\w+ \w+$", r"\d{3}"]  # ö and ß are letters, Arabic-Indic digits are digits
+    r = await check("keyword", cfg, make_ctx("5 \u212am, cafés, Straße"))
+    assert r.value == [r"\bkm\b"]  # the Kelvin sign folds to k; cafés goes on; ß is not ss
+    sensitive = {**cfg, "case_sensitive": True}
+    r = await check("keyword", sensitive, make_ctx("UN CAFÉ, un café"))
+    assert r.value == [r"\bcafé\b"]
+    assert (await check("keyword", sensitive, make_ctx("UN CAFÉ!"))).value == []
+    header = {"name": "x-city", "pattern": r"^zürich\b"}
+    assert (await check("header", header, make_ctx("hi", headers={"x-city": "ZÜRICH HB"}))).matched
+    assert not (await check("header", header, make_ctx("hi", headers={"x-city": "Zürichberg"}))).matched
 
 
 def test_keyword_invalid_regex_is_rejected_by_the_schema():

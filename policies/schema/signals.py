@@ -9,11 +9,11 @@ shared sentence embedding.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from sigroute.policies.regex import DEFAULT_SCAN_CHARS, check_regex
 from sigroute.policies.schema.base import Name, Strict
 
 
@@ -27,11 +27,15 @@ class KeywordSignal(Strict):
     any: tuple[str, ...] | None = Field(None, description="matches if at least one term occurs")
     all: tuple[str, ...] | None = Field(None, description="matches if every term occurs")
     none: tuple[str, ...] | None = Field(None, description="matches if no term occurs")
-    regex: bool = Field(False, description="terms are regular expressions")
+    regex: bool = Field(False, description="terms are regular expressions (Python syntax, run by RE2 in linear time)")
     case_sensitive: bool = False
     word_boundary: bool = Field(True, description="plain terms match whole words only")
     scope: Literal["last_user", "user", "system", "all"] = Field(
         "last_user", description="which messages are searched"
+    )
+    scan_chars: int = Field(
+        DEFAULT_SCAN_CHARS, ge=1024, le=4 * 1024 * 1024,
+        description="regex terms read at most this many characters: the first and the last half of a longer text",
     )
 
     @model_validator(mode="after")
@@ -44,10 +48,9 @@ class KeywordSignal(Strict):
             raise ValueError(f"'{given[0]}' needs at least one term")
         if self.regex:
             for term in terms:
-                try:
-                    re.compile(term)
-                except re.error as exc:
-                    raise ValueError(f"invalid regular expression {term!r}: {exc}") from None
+                check_regex(term, self.case_sensitive)
+        elif "scan_chars" in self.model_fields_set:
+            raise ValueError("'scan_chars' bounds regex terms only; set 'regex: true' or remove it")
         return self
 
 
@@ -110,16 +113,14 @@ class ConversationSignal(Strict):
 
 class _ValueMatch(Strict):
     values: tuple[str, ...] | None = Field(None, description="matches if the value equals one of these")
-    pattern: str | None = Field(None, description="matches if this regular expression is found in the value")
+    pattern: str | None = Field(None, description="matches if this regular expression (Python syntax, run by RE2) "
+                                                  "is found in the value")
     case_sensitive: bool = False
 
     @model_validator(mode="after")
     def _compiles(self):
         if self.pattern is not None:
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {self.pattern!r}: {exc}") from None
+            check_regex(self.pattern, self.case_sensitive)
         if self.values is not None and not self.values:
             raise ValueError("'values' needs at least one value")
         return self
