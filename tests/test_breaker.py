@@ -260,3 +260,21 @@ def test_rate_limited_model_is_not_reported_open(sim, gateway_factory):
     assert gw.http.get("/ready").json()["models"]["alpha"] != "open"
     assert 'sigroute_breaker_opened_total{model="alpha"}' not in gw.http.get("/metrics").text
     assert 'sigroute_upstream_errors_total{kind="rate_limited",model="alpha"} 1.0' in gw.http.get("/metrics").text
+
+
+async def test_litellm_transport_reports_the_upstreams_retry_after():
+    """Models called through litellm are held back for what their upstream asked for, too."""
+    from sigroute.gateway.upstream import LiteLLMTransport, ModelTarget
+    from sigroute.policies.schema import ModelSpec
+
+    async def limited(server, conn_no, n, body, writer):
+        writer.write(reply(b'{"error": {"message": "slow down", "type": "rate_limit_error"}}',
+                           "429 Too Many Requests", "retry-after: 2\r\n"))
+        await writer.drain()
+
+    async with RawServer(limited) as server:
+        target = ModelTarget.resolve("m", ModelSpec(provider="hosted_vllm/m", transport="litellm",
+                                                    api_base=f"http://127.0.0.1:{server.port}/v1"))
+        with pytest.raises(UpstreamError) as info:
+            await LiteLLMTransport().complete(target, PAYLOAD)
+        assert (info.value.kind, info.value.retry_after_s) == ("rate_limited", 2.0)

@@ -112,7 +112,8 @@ class Upstreams:
                          for name in policy.models}
         self.load = ModelLoad()
         self.transports: dict[str, Transport] = dict(transports or {})
-        self.transports.setdefault("openai", OpenAICompatibleTransport())
+        if "openai" not in self.transports:  # reads the egress proxy settings of `environ` once
+            self.transports["openai"] = OpenAICompatibleTransport(environ=environ)
         if "litellm" not in self.transports:
             self.transports["litellm"] = LiteLLMTransport()
         self.observer = observer or _NoObserver()
