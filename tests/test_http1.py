@@ -802,7 +802,8 @@ async def test_transport_maps_oversized_answers_to_protocol_errors():
 # the first-token budget
 
 
-async def test_transport_first_token_limit_is_one_budget_from_the_call():
+@pytest.mark.parametrize("transport_kind", ["openai", "litellm"])
+async def test_transport_first_token_limit_is_one_budget_from_the_call(transport_kind):
     """Headers after 0.35 s, the first event 0.35 s later: each wait is under the 0.5 s limit, the
     two together are not."""
     async def slow_start(server, conn_no, n, body, writer):
@@ -814,11 +815,15 @@ async def test_transport_first_token_limit_is_one_budget_from_the_call():
         writer.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(piece), piece))
         await writer.drain()
 
-    transport = OpenAICompatibleTransport()
+    from sigroute.gateway.upstream import LiteLLMTransport
+
+    transport = OpenAICompatibleTransport() if transport_kind == "openai" else LiteLLMTransport()
     try:
         async with RawServer(slow_start) as server:
-            chunks = transport.stream(_target(f"http://127.0.0.1:{server.port}", first_token_timeout_s=0.5),
-                                      {"messages": []})
+            target = ModelTarget.resolve("m", ModelSpec(provider="hosted_vllm/m", transport=transport_kind,
+                                                        api_base=f"http://127.0.0.1:{server.port}/v1",
+                                                        first_token_timeout_s=0.5))
+            chunks = transport.stream(target, {"messages": [{"role": "user", "content": "hi"}]})
             with pytest.raises(UpstreamError) as info:
                 await anext(chunks)
             assert info.value.kind == "timeout" and "no first token within 0.5s" in info.value.message
