@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import select
 import socket
 import ssl
 import subprocess
 import threading
-import time
 import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -282,8 +282,11 @@ async def test_idle_connection_the_server_closed_is_not_used(client):
     try:
         request = client.prepare("POST", f"http://127.0.0.1:{server.port}/x")
         assert (await client.send(request, b"1")).content == b"ok"
+        idle = client._pools[("http", "127.0.0.1", server.port)].idle[0]
         server.close_idle()  # no await in between: the loop cannot deliver the news
-        time.sleep(0.05)  # (blocking on purpose) let the FIN arrive in our socket
+        # (blocking on purpose) until the server's FIN is in our socket
+        assert select.select([idle.transport.get_extra_info("socket").fileno()], [], [], 30)[0]
+        assert not idle.closed  # the event loop has not seen it
         assert (await client.send(request, b"2")).content == b"ok"
         assert server.requests == [b"1", b"2"]
     finally:
