@@ -39,6 +39,16 @@ about a server that closes the connection right after its last ``data:`` line: t
 accepts a final ``data: [DONE]`` there (anything else still means the stream was cut short), and
 the SDK handles that event like any other (and then still insists on ``[DONE]``).
 
+Size: ``SSEDecoder(max_event_bytes=N)`` bounds what one event may hold while it is being read
+(its data lines so far plus the unterminated line): beyond N `feed` raises `EventTooLarge` and
+the decoder must not be used any more. Without it (the default) an event may grow without bound.
+
+Work: each byte fed is looked at a bounded number of times, however the stream is cut. A line
+that arrives in many pieces is kept as those pieces (never copied or searched again) until a
+piece brings its line end; then it is joined once. Only the new piece is searched for line ends.
+(The reader this replaced appended every piece to one buffer and searched it from its start:
+quadratic in the length of a long line.)
+
 Speed: this sits on the path of every streamed chunk, so there is no loop over bytes. The usual
 piece, one event of one data line (``data: {…}\n\n``, or with CRLF), is recognized with a few
 byte searches and decoded at once; any other piece is normalized to LF (CR and CRLF, two
@@ -52,9 +62,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Event", "SSEDecoder"]
+__all__ = ["Event", "SSEDecoder", "EventTooLarge"]
 
 _BOM = b"\xef\xbb\xbf"
+_UNLIMITED = float("inf")
+
+
+class EventTooLarge(ValueError):
+    """An event (or one line) is larger than the decoder's ``max_event_bytes``."""
 
 
 @dataclass(slots=True)
@@ -74,14 +89,17 @@ class SSEDecoder:
     the standard keeps across events; they survive `end()`, as for a reconnection.
     """
 
-    __slots__ = ("last_event_id", "retry", "_partial", "_data", "_event", "_event_retry", "_skip_lf", "_start",
-                 "_special")
+    __slots__ = ("last_event_id", "retry", "max_event_bytes", "_partial", "_partial_size", "_data", "_data_size",
+                 "_event", "_event_retry", "_skip_lf", "_start", "_special")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int | None = None) -> None:
         self.last_event_id = ""
         self.retry: int | None = None
-        self._partial: list[bytes] = []   # bytes of the current line, not yet terminated
+        self.max_event_bytes = max_event_bytes  # None: no limit
+        self._partial: list[bytes] = []   # bytes of the current line, not yet terminated (pieces as fed)
+        self._partial_size = 0            # their total length
         self._data: list[str] = []        # data lines of the event being read
+        self._data_size = 0               # their total length (characters)
         self._event = ""                  # event type buffer
         self._event_retry: int | None = None
         self._skip_lf = False             # the previous piece ended with CR: a leading LF is part of that line end
@@ -104,19 +122,27 @@ class SSEDecoder:
         if last < 0:
             if chunk:
                 self._partial.append(chunk)
+                self._partial_size += len(chunk)
+                if self.max_event_bytes is not None:
+                    self._check_size()
             return []
         if self._partial:  # the piece completes a line begun earlier
             tail = len(chunk) - last
             self._partial.append(chunk)
             chunk = b"".join(self._partial)
             self._partial = []
+            self._partial_size = 0
             last = len(chunk) - tail
         if (last == len(chunk) - 1 and chunk.find(b"\n") == last - 1 and chunk.startswith(b"data: ")
                 and not self._data):
             return [self._one(chunk[6:-2])]  # the usual case: one event of one data line, "data: …\n\n"
         if last + 1 < len(chunk):
             self._partial.append(chunk[last + 1:])
-        return self._lines(chunk[:last].decode("utf-8", "replace").split("\n"))
+            self._partial_size = len(chunk) - last - 1
+        events = self._lines(chunk[:last].decode("utf-8", "replace").split("\n"))
+        if self.max_event_bytes is not None:
+            self._check_size()
+        return events
 
     def end(self) -> Event | None:
         """The input is over. Returns the event the standard discards here (lines after the last
@@ -130,6 +156,7 @@ class SSEDecoder:
         if self._partial:
             lines.append(b"".join(self._partial).decode("utf-8", "replace"))
         self._partial = []
+        self._partial_size = 0
         events = self._lines(lines + [""])  # as if a blank line had followed
         self._skip_lf = False
         self._start = b""
@@ -137,6 +164,13 @@ class SSEDecoder:
         return events[0] if events else None
 
     # ---------------------------------------------------------------------------------------------
+
+    def _check_size(self) -> None:
+        if self._partial_size + self._data_size > self.max_event_bytes:
+            self._too_large()
+
+    def _too_large(self) -> None:
+        raise EventTooLarge(f"a server-sent event is larger than {self.max_event_bytes} bytes")
 
     def _special_start(self, chunk: bytes) -> bytes:
         """Drop a leading BOM of the stream, or the LF of a CRLF split across pieces."""
@@ -156,6 +190,8 @@ class SSEDecoder:
 
     def _one(self, data: bytes) -> Event:
         """Dispatch an event whose only line was `data: <data>`."""
+        if self.max_event_bytes is not None and len(data) > self.max_event_bytes:
+            self._too_large()
         event = Event(data.decode("utf-8", "replace"), self._event or "message", self.last_event_id, self._event_retry)
         self._event = ""
         self._event_retry = None
@@ -165,14 +201,20 @@ class SSEDecoder:
         """Interpret complete lines (without their line ends); the events they dispatch."""
         events: list[Event] = []
         data = self._data
+        size = self._data_size
+        limit = self.max_event_bytes if self.max_event_bytes is not None else _UNLIMITED
         for line in lines:
             if line.startswith("data:"):  # by far the most common line
                 data.append(line[6:] if line.startswith(" ", 5) else line[5:])
+                size += len(line)
             elif not line:  # a blank line: dispatch
+                if size > limit:
+                    self._too_large()
                 if data:
                     events.append(Event(data[0] if len(data) == 1 else "\n".join(data), self._event or "message",
                                         self.last_event_id, self._event_retry))
                     data = self._data = []
+                size = 0
                 self._event = ""
                 self._event_retry = None
             elif line[0] != ":":  # (a comment otherwise)
@@ -183,10 +225,12 @@ class SSEDecoder:
                     self._event = value
                 elif name == "data":  # "data" with no colon: an empty data line
                     data.append(value)
+                    size += len(line)
                 elif name == "id":
                     if "\0" not in value:
                         self.last_event_id = value
                 elif name == "retry":
                     if value.isascii() and value.isdigit():
                         self.retry = self._event_retry = int(value)
+        self._data_size = size
         return events

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sigroute.gateway.sse import Event, SSEDecoder
+from sigroute.gateway.sse import Event, EventTooLarge, SSEDecoder
 
 
 def decode(*pieces: bytes) -> list[Event]:
@@ -261,3 +261,84 @@ def test_random_cuts_decode_the_same(seed):
     for _ in range(50):
         cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(2, 40)))
         assert _decode_all(_cut(STREAM, cuts)) == whole, cuts
+
+
+# work and size ---------------------------------------------------------------------------------------
+
+class Counted(bytes):
+    """A piece of the stream that counts the bytes its searches look at (`Counted.scanned`)."""
+
+    scanned = 0
+
+    def _count(self) -> None:
+        Counted.scanned += len(self)
+
+    def find(self, *args):
+        self._count()
+        return bytes.find(self, *args)
+
+    def rfind(self, *args):
+        self._count()
+        return bytes.rfind(self, *args)
+
+    def index(self, *args):
+        self._count()
+        return bytes.index(self, *args)
+
+    def count(self, *args):
+        self._count()
+        return bytes.count(self, *args)
+
+    def replace(self, *args):
+        self._count()
+        return bytes.replace(self, *args)
+
+    def split(self, *args, **kwargs):
+        self._count()
+        return bytes.split(self, *args, **kwargs)
+
+    def partition(self, *args):
+        self._count()
+        return bytes.partition(self, *args)
+
+    def __contains__(self, item):
+        self._count()
+        return bytes.__contains__(self, item)
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
+def test_a_long_line_in_many_pieces_is_kept_as_is_and_searched_once(eol):
+    """10 MB of one event in 10,000 pieces: each piece is kept as the very object that was fed
+    (nothing before it is copied) and searched a bounded number of times (not again with every
+    new piece): the work is linear in the stream, not quadratic."""
+    payload = b"x" * (10 * 1024 * 1024)
+    stream = b"data: " + payload + eol + eol
+    size = 1024
+    pieces = [Counted(stream[i:i + size]) for i in range(0, len(stream), size)]
+    decoder = SSEDecoder()
+    Counted.scanned = 0
+    events = []
+    for i, piece in enumerate(pieces):
+        events += decoder.feed(piece)
+        if i and not events and bytes.find(piece, b"\n") < 0 and bytes.find(piece, b"\r") < 0:
+            # (the first piece is looked at for a byte order mark)
+            assert decoder._partial[-1] is piece and len(decoder._partial) == i + 1  # held, not copied
+    assert [len(e.data) for e in events] == [len(payload)]
+    assert Counted.scanned <= 3 * len(stream)
+
+
+def test_max_event_bytes_bounds_one_event_not_the_stream():
+    small = b"data: " + b"a" * 50 + b"\n\n"
+    decoder = SSEDecoder(max_event_bytes=100)
+    assert len(decoder.feed(small * 100)) == 100  # many small events in one large piece: fine
+    assert len(decoder.feed(b"data: " + b"b" * 100 + b"\n\n")) == 1  # at the limit: fine
+    for pieces in ([b"data: " + b"c" * 101 + b"\n\n"],  # one line, whole
+                   [b"data: " + b"c" * 60, b"c" * 60],  # one line, unterminated
+                   [b"data: " + b"c" * 40 + b"\r\n", b"data: " + b"c" * 40 + b"\r\n", b"data: " + b"c" * 40 + b"\r\n"],
+                   [b": " + b"comment" * 20],  # any line counts
+                   [(b"data: " + b"c" * 30 + b"\n") * 4 + b"\n"]):  # lines of one event, in one piece
+        decoder = SSEDecoder(max_event_bytes=100)
+        with pytest.raises(EventTooLarge):
+            for piece in pieces:
+                decoder.feed(piece)
+    assert len(SSEDecoder().feed(b"data: " + b"d" * 10_000_000 + b"\n\n")) == 1  # no limit by default

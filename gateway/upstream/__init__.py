@@ -4,11 +4,13 @@ One concept per module:
 
 - `errors`             `UpstreamError` and its kinds; reading an HTTP error (status, Retry-After, message)
 - `targets`            `ModelTarget` (a policy model resolved for calling), header changes, the `Transport` protocol
-- `http1`              our small pooled HTTP/1.1 client (the fast path's wire)
+- `http1`              our small pooled HTTP/1.1 client (the fast path's wire): never sends a request twice
+                       when the server may have processed it; egress proxies; bounded answers
 - `openai_compatible`  `OpenAICompatibleTransport`: direct HTTP to OpenAI-compatible servers, streams read
                        with `sigroute.gateway.sse`
 - `litellm_transport`  `LiteLLMTransport`: every other provider, through litellm (imported on first use)
-- `breaker`            `CircuitBreaker` and the `Permit` a call holds (a half-open trial is always given back)
+- `breaker`            `CircuitBreaker` and the `Permit` a call holds (a half-open trial is always given back);
+                       one opening per episode; a 429 holds the model back for its Retry-After
 - `load`               `ModelLoad`: calls in flight and latency per model (the load-aware cache's saturation)
 - `stream`             `UpstreamStream`: a committed stream that owns its response, permit and in-flight count
 - `resilience`         `Upstreams`: the retries/fallback loop; `CallResult`, `Attempt`

@@ -3,7 +3,7 @@
 `UpstreamError.kind` says what happened; its flags say what the resilience loop does next (retry
 the same model, fall back to the next one, count it against the model's breaker). The helpers
 read an HTTP answer the same way for every transport: its status → a kind, its ``Retry-After``
-→ seconds, its body → a short message for the logs and the caller (never credentials: only the
+(seconds or an HTTP date; OpenAI's ``retry-after-ms`` first when present) → seconds, its body → a short message for the logs and the caller (never credentials: only the
 upstream's own error text is kept).
 
 `unsendable_body` is the one failure that is the caller's before anything is sent: a request
@@ -14,11 +14,16 @@ model was called, no breaker learns anything from it.
 
 from __future__ import annotations
 
+import email.utils
+import time
+from typing import Mapping
+
 import orjson
 
 from sigroute.gateway.errors import InvalidRequest
 
-__all__ = ["UpstreamError", "classify_status", "parse_retry_after", "error_message", "unsendable_body"]
+__all__ = ["UpstreamError", "classify_status", "parse_retry_after", "retry_after", "error_message",
+           "unsendable_body"]
 
 
 class UpstreamError(Exception):
@@ -51,8 +56,10 @@ class UpstreamError(Exception):
 
     @property
     def counts_against_model(self) -> bool:
-        """Whether this failure says something about the model's health (breaker input)."""
-        return self.kind in self.FALLBACK
+        """Whether this failure says something about the model's health (breaker input). A 429
+        (``rate_limited``) does not: it is back pressure, the model is only held back for a while
+        (see `breaker.Permit.held_back`)."""
+        return self.kind in self.FALLBACK and self.kind != "rate_limited"
 
     def __str__(self) -> str:
         where = f"{self.model}: " if self.model else ""
@@ -64,7 +71,7 @@ def classify_status(status: int) -> str:
     """The kind of failure an HTTP status other than 200 reports."""
     if status == 429:
         return "rate_limited"
-    if status in (401, 403):
+    if status in (401, 403, 407):  # 407: an egress proxy refused our credentials
         return "auth"
     if status == 404:
         return "not_found"
@@ -76,13 +83,33 @@ def classify_status(status: int) -> str:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """A ``Retry-After`` header in seconds (None if absent or not a number of seconds)."""
+    """A ``Retry-After`` header in seconds: a number of seconds, or an HTTP date (seconds from now);
+    None if absent or unreadable."""
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The delay an HTTP answer asks for, in seconds: ``retry-after-ms`` (OpenAI's, more precise)
+    if present and valid, else ``Retry-After``. `headers`: lower-case names."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def error_message(content: bytes) -> str:

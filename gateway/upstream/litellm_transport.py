@@ -5,8 +5,9 @@ retries), and every litellm exception is mapped to an `UpstreamError` kind, so t
 transport behaves like the direct one. litellm is imported on first use only: its import alone
 takes seconds (and it must never be imported by the SDK).
 
-Streams: the first chunk must come within ``first_token_timeout_s``, each next one within
-``stream_idle_timeout_s``; a stream is complete once a chunk carries a finish reason.
+Streams: the first chunk must come within ``first_token_timeout_s`` of the call (one budget for
+the request and the first chunk), each next one within ``stream_idle_timeout_s``; a stream is
+complete once a chunk carries a finish reason.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import os
 from typing import Any, AsyncIterator
 
-from sigroute.gateway.upstream.errors import UpstreamError, classify_status
+from sigroute.gateway.upstream.errors import UpstreamError, classify_status, retry_after
 from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, merged_headers
 
 __all__ = ["LiteLLMTransport"]
@@ -72,7 +73,19 @@ class LiteLLMTransport:
         else:
             kind = "server"
         return UpstreamError(kind, f"{name}: {message}", status=status if isinstance(status, int) else None,
-                             model=target.name)
+                             model=target.name, retry_after_s=self._retry_after(exc) if kind == "rate_limited" else None)
+
+    @staticmethod
+    def _retry_after(exc: Exception) -> float | None:
+        """The upstream's Retry-After, from the headers litellm keeps with its exception (if any)."""
+        for headers in (getattr(exc, "litellm_response_headers", None),
+                        getattr(getattr(exc, "response", None), "headers", None)):
+            try:
+                if headers:
+                    return retry_after({str(k).lower(): str(v) for k, v in dict(headers).items()})
+            except Exception:
+                continue
+        return None
 
     async def complete(self, target: ModelTarget, payload: dict[str, Any],
                        headers: HeaderChanges | None = None) -> dict[str, Any]:
@@ -92,36 +105,41 @@ class LiteLLMTransport:
                      headers: HeaderChanges | None = None) -> AsyncIterator[dict[str, Any]]:
         litellm = self._lib()
         spec = target.spec
+        loop = asyncio.get_running_loop()
+        first_token_by = loop.time() + spec.first_token_timeout_s  # one budget, from the call
         try:
-            async with asyncio.timeout(spec.first_token_timeout_s):
+            async with asyncio.timeout_at(first_token_by):
                 response = await litellm.acompletion(**self._kwargs(target, payload, True, headers))
         except asyncio.CancelledError:
             raise
         except TimeoutError:
-            raise UpstreamError("timeout", f"no response within {spec.first_token_timeout_s:g}s",
+            raise UpstreamError("timeout", f"no first token within {spec.first_token_timeout_s:g}s",
                                 model=target.name) from None
         except Exception as exc:
             raise self._map(exc, target) from None
         iterator = response.__aiter__()
-        deadline = spec.first_token_timeout_s
+        first = True
         finished = False
         try:
             while True:
                 try:
-                    async with asyncio.timeout(deadline):
+                    async with asyncio.timeout_at(first_token_by if first
+                                                  else loop.time() + spec.stream_idle_timeout_s):
                         chunk = await iterator.__anext__()
                 except StopAsyncIteration:
                     break
                 except asyncio.CancelledError:
                     raise
                 except TimeoutError:
-                    raise UpstreamError("timeout", f"stream stalled for {deadline:g}s", model=target.name) from None
+                    raise UpstreamError("timeout", f"no first token within {spec.first_token_timeout_s:g}s" if first
+                                        else f"stream stalled for {spec.stream_idle_timeout_s:g}s",
+                                        model=target.name) from None
                 except Exception as exc:
                     mapped = self._map(exc, target)
                     if mapped.kind in ("connect", "server", "protocol"):
                         mapped.kind = "stream_broken"
                     raise mapped from None
-                deadline = spec.stream_idle_timeout_s
+                first = False
                 data = chunk.model_dump(exclude_none=True)
                 if any(c.get("finish_reason") for c in data.get("choices") or ()):
                     finished = True

@@ -4,37 +4,60 @@ It is the fast path: one keep-alive pool of `http1` (our small HTTP/1.1 client, 
 cheaper per call than httpx), request heads built once per target, bodies encoded with orjson,
 streams read with the one server-sent-events decoder (`sigroute.gateway.sse`).
 
-Streams: the first event must arrive within the model's ``first_token_timeout_s`` and each next
-one within ``stream_idle_timeout_s`` of being asked for (bytes that complete no event, such as
-keep-alive comments, do not count), else ``UpstreamError("timeout")``. A stream is complete only
-at ``data: [DONE]``; its connection then goes back to the pool. A stream that ends without it,
-breaks off, or sends an error event raises ``UpstreamError("stream_broken")``; closing the stream
-early closes its connection.
+Streams: the first event must arrive within the model's ``first_token_timeout_s`` of the call
+(one budget: connecting, sending, the response's head and the first event all come out of it),
+and each next one within ``stream_idle_timeout_s`` of being asked for (bytes that complete no
+event, such as keep-alive comments, do not count), else ``UpstreamError("timeout")``. A stream
+is complete only at ``data: [DONE]``; its connection then goes back to the pool. A stream that
+ends without it, breaks off, or sends an error event raises ``UpstreamError("stream_broken")``;
+closing the stream early closes its connection.
+
+Bounds: a whole answer larger than ``max_body_size`` (`http1.MAX_RESPONSE_BODY`, 64 MiB), a
+response head beyond `http1.MAX_RESPONSE_HEAD` / `http1.MAX_RESPONSE_HEADERS`, or one streamed
+event larger than ``max_event_bytes`` (`MAX_STREAM_EVENT_BYTES`, 8 MiB) is
+``UpstreamError("protocol")``, and its connection is closed.
+
+Egress proxies: ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` of `environ` (default ``os.environ``)
+are read once, when the transport is created (see `http1.ProxyConfig`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import orjson
 
-from sigroute.gateway.sse import SSEDecoder
+from sigroute.gateway.sse import EventTooLarge, SSEDecoder
 from sigroute.gateway.upstream import http1
-from sigroute.gateway.upstream.errors import (UpstreamError, classify_status, error_message, parse_retry_after,
-                                              unsendable_body)
+from sigroute.gateway.upstream.errors import UpstreamError, classify_status, error_message, retry_after, unsendable_body
 from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, merged_headers
 
-__all__ = ["OpenAICompatibleTransport"]
+__all__ = ["OpenAICompatibleTransport", "MAX_STREAM_EVENT_BYTES"]
+
+MAX_STREAM_EVENT_BYTES = 8 * 1024 * 1024  # one server-sent event of a streamed answer
+
+
+def _transport_error(exc: http1.TransportError, model: str) -> UpstreamError:
+    """An `http1` failure as an `UpstreamError` (a timeout, an oversized answer, or a connection failure)."""
+    if isinstance(exc, http1.TimeoutException):
+        return UpstreamError("timeout", f"{type(exc).__name__}", model=model)
+    if isinstance(exc, http1.ResponseTooLarge):
+        return UpstreamError("protocol", str(exc), model=model)
+    return UpstreamError("connect", f"{type(exc).__name__}: {exc}", model=model)
 
 
 class OpenAICompatibleTransport:
     """Direct HTTP to OpenAI-compatible servers over a shared keep-alive pool (`http1`)."""
 
-    def __init__(self, max_connections: int = 1000, max_keepalive: int = 200):
+    def __init__(self, max_connections: int = 1000, max_keepalive: int = 200, *,
+                 environ: Mapping[str, str] | None = None, max_body_size: int = http1.MAX_RESPONSE_BODY,
+                 max_event_bytes: int = MAX_STREAM_EVENT_BYTES):
         # max_keepalive is kept for compatibility: idle connections are capped by max_connections
         # per host and closed after 30 s unused
-        self.client = http1.Client(max_connections_per_host=max_connections, keepalive_expiry=30.0)
+        self.client = http1.Client(max_connections_per_host=max_connections, keepalive_expiry=30.0,
+                                   proxies=http1.ProxyConfig.from_environ(environ), max_body_size=max_body_size)
+        self.max_event_bytes = max_event_bytes
         self._prepared_by_target: dict[tuple, tuple[http1.Request, http1.Timeouts]] = {}
 
     def _prepared(self, target: ModelTarget, stream: bool,
@@ -71,14 +94,12 @@ class OpenAICompatibleTransport:
                 response = await self.client.send(request, body, timeouts=timeouts)
         except TimeoutError:
             raise UpstreamError("timeout", f"no answer within {target.spec.timeout_s:g}s", model=target.name) from None
-        except http1.TimeoutException as exc:
-            raise UpstreamError("timeout", f"{type(exc).__name__}", model=target.name) from None
         except http1.TransportError as exc:
-            raise UpstreamError("connect", f"{type(exc).__name__}: {exc}", model=target.name) from None
+            raise _transport_error(exc, target.name) from None
         if response.status_code != 200:
             raise UpstreamError(classify_status(response.status_code), error_message(response.content),
                                 status=response.status_code, model=target.name,
-                                retry_after_s=parse_retry_after(response.headers.get("retry-after")))
+                                retry_after_s=retry_after(response.headers))
         try:
             data = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -92,16 +113,16 @@ class OpenAICompatibleTransport:
         request, timeouts = self._prepared(target, True, headers)
         body = self._body(target, payload)
         spec = target.spec
+        loop = asyncio.get_running_loop()
+        first_token_by = loop.time() + spec.first_token_timeout_s  # one budget, from the call
         try:
-            async with asyncio.timeout(spec.first_token_timeout_s):
+            async with asyncio.timeout_at(first_token_by):
                 response = await self.client.send(request, body, stream=True, timeouts=timeouts)
         except TimeoutError:
-            raise UpstreamError("timeout", f"no response within {spec.first_token_timeout_s:g}s",
+            raise UpstreamError("timeout", f"no first token within {spec.first_token_timeout_s:g}s",
                                 model=target.name) from None
-        except http1.TimeoutException as exc:
-            raise UpstreamError("timeout", f"{type(exc).__name__}", model=target.name) from None
         except http1.TransportError as exc:
-            raise UpstreamError("connect", f"{type(exc).__name__}: {exc}", model=target.name) from None
+            raise _transport_error(exc, target.name) from None
         try:
             if response.status_code != 200:
                 try:
@@ -110,18 +131,19 @@ class OpenAICompatibleTransport:
                     content = b""
                 raise UpstreamError(classify_status(response.status_code), error_message(content),
                                     status=response.status_code, model=target.name,
-                                    retry_after_s=parse_retry_after(response.headers.get("retry-after")))
-            loop = asyncio.get_running_loop()
-            decoder = SSEDecoder()
+                                    retry_after_s=retry_after(response.headers))
+            decoder = SSEDecoder(max_event_bytes=self.max_event_bytes)
             events: list = []
             taken = 0
-            allowed = spec.first_token_timeout_s  # for the next event, from the moment it is asked for
+            first = True
             while True:
                 if taken < len(events):
                     event = events[taken]
                     taken += 1
                 else:  # read until some event is complete
-                    deadline = loop.time() + allowed
+                    # the first event: what is left of the first-token budget; the next ones:
+                    # stream_idle_timeout_s from the moment they are asked for
+                    deadline = first_token_by if first else loop.time() + spec.stream_idle_timeout_s
                     while True:
                         left = deadline - loop.time()
                         try:
@@ -129,7 +151,8 @@ class OpenAICompatibleTransport:
                                 raise http1.ReadTimeout
                             piece = await response.read_chunk(left)
                         except http1.ReadTimeout:
-                            raise UpstreamError("timeout", f"stream stalled for {allowed:g}s",
+                            raise UpstreamError("timeout", f"no first token within {spec.first_token_timeout_s:g}s"
+                                                if first else f"stream stalled for {spec.stream_idle_timeout_s:g}s",
                                                 model=target.name) from None
                         except (http1.TransportError, http1.StreamError) as exc:
                             raise UpstreamError("stream_broken", f"{type(exc).__name__}: {exc}",
@@ -139,12 +162,15 @@ class OpenAICompatibleTransport:
                             if last is not None and last.data.strip() == "[DONE]":
                                 return
                             raise UpstreamError("stream_broken", "stream ended before [DONE]", model=target.name)
-                        events = decoder.feed(piece)
+                        try:
+                            events = decoder.feed(piece)
+                        except EventTooLarge as exc:
+                            raise UpstreamError("protocol", str(exc), model=target.name) from None
                         if events:
                             break
                     event = events[0]
                     taken = 1
-                allowed = spec.stream_idle_timeout_s
+                first = False
                 data = event.data
                 if not data.startswith("{") and data.strip() == "[DONE]":
                     await response.drain(spec.stream_idle_timeout_s)  # so the connection goes back to the pool

@@ -7,6 +7,12 @@ whose circuit is open (`breaker.CircuitBreaker`) is skipped without a call. A ca
 reported by the upstream (400, 413, 422) is returned as it is: another model would not fix the
 request; so is a body that cannot be serialized (400 ``invalid_request_body``, no model called).
 
+A 429 is back pressure, not a fault: it does not count toward the model's breaker; the model is
+held back for the ``Retry-After`` the upstream sent (`breaker.RATE_LIMIT_DEFAULT_S` without one),
+so that every call meanwhile falls back to the next candidate, and is back as soon as it ends.
+The call that got the 429 retries the same model after that delay when it is no longer than
+``backoff_max_s`` (and it has retries left), else it moves on to the next model.
+
 Every attempt holds its breaker `Permit` and its `CountedCall` (in-flight count) as context managers,
 so no exit (an unexpected exception, a cancellation, a caller's mistake) leaves a half-open trial
 taken or a model counted busy. A whole answer holds nothing once `call` returns. A stream is
@@ -76,7 +82,9 @@ class Observer(Protocol):
 
     def fallback(self, from_model: str, to_model: str) -> None: ...
 
-    def breaker_opened(self, model: str) -> None: ...
+    def breaker_opened(self, model: str) -> None:
+        """`model`'s circuit opened: called once per episode (a failed half-open trial re-opens the
+        circuit within the same episode and is not reported again)."""
 
 
 class _NoObserver:
@@ -104,7 +112,8 @@ class Upstreams:
                          for name in policy.models}
         self.load = ModelLoad()
         self.transports: dict[str, Transport] = dict(transports or {})
-        self.transports.setdefault("openai", OpenAICompatibleTransport())
+        if "openai" not in self.transports:  # reads the egress proxy settings of `environ` once
+            self.transports["openai"] = OpenAICompatibleTransport(environ=environ)
         if "litellm" not in self.transports:
             self.transports["litellm"] = LiteLLMTransport()
         self.observer = observer or _NoObserver()
@@ -143,18 +152,24 @@ class Upstreams:
 
     # calling -------------------------------------------------------------------------------------
 
-    def _backoff(self, attempt: int, error: UpstreamError) -> float | None:
-        """Delay before retrying the same model, or None to move on to the next one."""
-        if error.retry_after_s is not None:
-            return error.retry_after_s if error.retry_after_s <= self.backoff_max_s else None
+    def _backoff(self, attempt: int, error: UpstreamError, held_s: float | None) -> float | None:
+        """Delay before retrying the same model, or None to move on to the next one. `held_s`: how
+        long the model is held back after a 429 (retrying sooner would find it unavailable)."""
+        wait = held_s if held_s is not None else error.retry_after_s
+        if wait is not None:
+            return wait if wait <= self.backoff_max_s else None
         delay = min(self.backoff_max_s, self.backoff_s * (2 ** attempt))
         return delay * (0.5 + self.rng.random() / 2)
 
-    def _failed(self, error: UpstreamError, permit: Permit) -> None:
-        """Report a failure and count it against its model's breaker if it says something about it."""
+    def _failed(self, error: UpstreamError, permit: Permit) -> float | None:
+        """Report a failure and tell its model's breaker: a 429 holds the model back (returns the
+        hold, seconds), any other failure that says something about the model counts against it."""
         self.observer.upstream_error(error.model, error.kind)
+        if error.kind == "rate_limited":
+            return permit.held_back(error.retry_after_s)
         if error.counts_against_model and permit.failed():
             self.observer.breaker_opened(error.model)
+        return None
 
     async def call(self, ranking: Sequence[str], payload: dict[str, Any], stream: bool,
                    headers: HeaderChanges | None = None) -> CallResult:
@@ -172,8 +187,9 @@ class Upstreams:
                 with self.breakers[model].permit() as permit:
                     if not permit.granted:
                         if attempt == 0:
-                            retry = self.breakers[model].retry_in_s()
-                            attempts.append(Attempt(model, skipped=f"circuit open, retry in {retry:.1f}s"))
+                            breaker = self.breakers[model]
+                            why = "rate-limited by its upstream" if breaker.state == "rate_limited" else "circuit open"
+                            attempts.append(Attempt(model, skipped=f"{why}, retry in {breaker.retry_in_s():.1f}s"))
                         break
                     if attempt == 0:
                         if previous is not None:
@@ -201,9 +217,9 @@ class Upstreams:
                                     f"model '{model}' rejected the request: {error.message}",
                                     status=error.status if error.status in (400, 413, 422) else 400,
                                     code="upstream_rejected") from None
-                            self._failed(error, permit)
+                            held_s = self._failed(error, permit)
                             if error.retryable and attempt < self.retries:
-                                delay = self._backoff(attempt, error)
+                                delay = self._backoff(attempt, error, held_s)
                             if delay is None:
                                 break
                         else:
@@ -221,9 +237,10 @@ class Upstreams:
         errors = [a.error for a in attempts if a.error is not None]
         if not errors:
             soonest = self.retry_in_s(ranking)
+            why = "; ".join(f"{a.model}: {a.skipped}" for a in attempts)
             return Unavailable(
-                f"every candidate model ({', '.join(ranking)}) is failing and temporarily taken out of "
-                f"service (circuit open); retry in {soonest:.0f}s",
+                f"every candidate model ({', '.join(ranking)}) is temporarily out of service ({why}); "
+                f"retry in {soonest:.0f}s",
                 code="all_circuits_open", headers={"retry-after": str(max(1, round(soonest)))})
         summary = "; ".join(str(e) if e else f"{a.model}: {a.skipped}"
                             for a in attempts for e in [a.error])
