@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from sigroute.gateway.upstream import UpstreamError
 from sigroute.plugins.base import Blocked
 from sigroute.plugins.chain import PolicyPlugins
 from sigroute.signals.context import RequestContext
+
+log = logging.getLogger("sigroute.answering")
 
 
 @dataclass
@@ -189,9 +192,11 @@ class Answering:
             except UpstreamError as exc:
                 status = "stream_broken"
                 self.metrics.stream_breaks.labels(model).inc()
+                log.warning("request %s: the stream of upstream model %s broke: %s", journey.request_id, model, exc)
                 yield stream_error_event(
-                    f"the upstream model '{model}' failed mid-stream ({exc.kind}: {exc.message}); "
-                    "the answer above is incomplete", code="stream_broken")
+                    f"the upstream model '{model}' failed mid-stream ({exc.kind}); the answer above is "
+                    f"incomplete (details in the gateway log under request {journey.request_id})",
+                    code="stream_broken")
             except (asyncio.CancelledError, GeneratorExit):
                 status = "client_disconnected"
                 self.metrics.client_disconnects.inc()

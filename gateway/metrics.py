@@ -35,7 +35,7 @@ class Metrics:
                                        ["model", "kind"], registry=r)
         self.fallbacks = Counter("sigroute_fallbacks_total", "Moves to the next candidate after a failure",
                                  ["from_model", "to_model"], registry=r)
-        self.breakers_opened = Counter("sigroute_breaker_opened_total", "Circuits opened", ["model"], registry=r)
+        self.breakers_opened = Counter("sigroute_breaker_opened_total", "Circuit-open episodes (a failed trial within one is not counted again)", ["model"], registry=r)
         self.breaker_open = Gauge("sigroute_breaker_open", "1 while a model's circuit is open", ["model"], registry=r)
         self.rate_limited = Counter("sigroute_rate_limited_total", "Requests refused by rate limits",
                                     ["tenant"], registry=r)

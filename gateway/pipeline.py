@@ -171,7 +171,8 @@ class Pipeline:
             self.metrics.selected.labels(route.decision_name, choice.model).inc()
             journey.result = await self.upstreams.call(choice.ranking, dict(journey.ctx.body),     # 8
                                                        journey.ctx.stream,
-                                                       self.plugins.upstream_headers(route.decision_name))
+                                                       self.plugins.upstream_headers(route.decision_name),
+                                                       journey.request_id)
             held.push_async_callback(journey.result.aclose)
             self._answered_by(journey)
             await self.learning.keep_for_feedback(journey)                                         # 11 (pending)

@@ -125,8 +125,11 @@ class Router:
         healthy = self.upstreams.available(models)
         if not healthy:
             soonest = self.upstreams.retry_in_s(models)
+            states = {self.upstreams.breakers[m].state for m in models}
+            why = ("asked us to slow down (429) and is held back for the delay it gave" if states == {"rate_limited"}
+                   else "is failing or rate-limited and temporarily taken out of service")
             raise Unavailable(
-                f"every candidate model of decision '{decision.name}' ({', '.join(models)}) is failing and "
-                f"temporarily taken out of service; retry in {soonest:.0f}s",
+                f"every candidate model of decision '{decision.name}' ({', '.join(models)}) {why}; "
+                f"retry in {max(1, round(soonest))}s",
                 code="all_circuits_open", headers={"retry-after": str(max(1, round(soonest)))})
         return healthy

@@ -182,3 +182,24 @@ def test_client_disconnect_cancels_streamed_upstream_call(sim, gateway_factory):
             assert first.startswith("data: ")
     assert _wait_for(lambda: sim.stats()["slow"]["cancelled"] == 1)
     assert sim.stats()["slow"]["completed"] == 0
+
+
+def test_callers_get_a_generic_upstream_error_and_the_log_has_the_details(sim, gateway_factory, caplog):
+    """An upstream's failure text can name internal hosts and ports: the caller gets each model's
+    failure kind and status and the request id; the log gets what the upstream said."""
+    import logging
+
+    policy = fallback_policy(sim)
+    policy["models"]["beta"]["api_base"] = "http://127.0.0.1:9/v1"   # nothing listens: a connect error
+    gw = gateway_factory(policy)
+    sim.faults("alpha", error_rate=1.0)
+    with caplog.at_level(logging.WARNING, logger="sigroute.upstream"):
+        r = gw.chat("hi")
+    assert r.status_code == 502
+    message = r.json()["error"]["message"]
+    request_id = r.headers.get("x-sigroute-request-id") or message.split("under request ")[-1].rstrip(")")
+    assert "alpha: server (HTTP 500)" in message and "beta: connect" in message
+    assert "127.0.0.1:9" not in message and request_id.startswith("req_") and request_id in message
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert f"request {request_id}: upstream model beta failed" in logged and "127.0.0.1:9" in logged
+    assert f"request {request_id}: upstream model alpha failed" in logged

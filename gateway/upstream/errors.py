@@ -61,6 +61,12 @@ class UpstreamError(Exception):
         (see `breaker.Permit.held_back`)."""
         return self.kind in self.FALLBACK and self.kind != "rate_limited"
 
+    def summary(self) -> str:
+        """What a caller may see: the model, the kind of failure and the HTTP status, not the
+        upstream's own words (they may name internal hosts and ports)."""
+        status = f" (HTTP {self.status})" if self.status else ""
+        return f"{self.model or 'upstream'}: {self.kind}{status}"
+
     def __str__(self) -> str:
         where = f"{self.model}: " if self.model else ""
         status = f" (HTTP {self.status})" if self.status else ""

@@ -23,6 +23,7 @@ answers); it then takes both over and gives them back when closed (`stream.Upstr
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import time
@@ -40,6 +41,8 @@ from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, Transp
 from sigroute.policies.schema import Policy
 
 __all__ = ["Upstreams", "CallResult", "Attempt", "Observer"]
+
+log = logging.getLogger("sigroute.upstream")
 
 
 @dataclass
@@ -172,10 +175,14 @@ class Upstreams:
         return None
 
     async def call(self, ranking: Sequence[str], payload: dict[str, Any], stream: bool,
-                   headers: HeaderChanges | None = None) -> CallResult:
+                   headers: HeaderChanges | None = None, request_id: str = "-") -> CallResult:
         """Try `ranking` in order until one model answers; raise an `APIError` if none does.
         `headers` changes the headers of every upstream call (the `headers` plugin). A streamed
-        result holds resources until closed: use it as ``async with`` (or `aclose()` it)."""
+        result holds resources until closed: use it as ``async with`` (or `aclose()` it).
+
+        Every failed attempt is logged (WARNING, with `request_id`) with what the upstream said;
+        the caller's error names each model's failure kind and HTTP status only, and the request id
+        to find the details by: an upstream's error text may name internal hosts and ports."""
         attempts: list[Attempt] = []
         started = time.perf_counter()
         previous: str | None = None
@@ -218,6 +225,7 @@ class Upstreams:
                                     status=error.status if error.status in (400, 413, 422) else 400,
                                     code="upstream_rejected") from None
                             held_s = self._failed(error, permit)
+                            log.warning("request %s: upstream model %s failed: %s", request_id, model, error)
                             if error.retryable and attempt < self.retries:
                                 delay = self._backoff(attempt, error, held_s)
                             if delay is None:
@@ -231,9 +239,9 @@ class Upstreams:
                             counted.succeeded()
                             return CallResult(model, attempts, ttft_ms, upstream_ms, body=body)
                 await asyncio.sleep(delay)  # holding neither the permit nor a place in flight
-        raise self._exhausted(ranking, attempts)
+        raise self._exhausted(ranking, attempts, request_id)
 
-    def _exhausted(self, ranking: Sequence[str], attempts: list[Attempt]) -> APIError:
+    def _exhausted(self, ranking: Sequence[str], attempts: list[Attempt], request_id: str = "-") -> APIError:
         errors = [a.error for a in attempts if a.error is not None]
         if not errors:
             soonest = self.retry_in_s(ranking)
@@ -242,11 +250,12 @@ class Upstreams:
                 f"every candidate model ({', '.join(ranking)}) is temporarily out of service ({why}); "
                 f"retry in {soonest:.0f}s",
                 code="all_circuits_open", headers={"retry-after": str(max(1, round(soonest)))})
-        summary = "; ".join(str(e) if e else f"{a.model}: {a.skipped}"
-                            for a in attempts for e in [a.error])
+        summary = "; ".join(e.summary() if e else f"{a.model}: {a.skipped}" for a in attempts for e in [a.error])
+        where = f" (details in the gateway log under request {request_id})"
         if all(e.kind == "timeout" for e in errors):
-            return UpstreamFailed(f"every candidate model timed out: {summary}", status=504, code="upstream_timeout")
-        return UpstreamFailed(f"every candidate model failed: {summary}", code="upstream_failed")
+            return UpstreamFailed(f"every candidate model timed out: {summary}{where}", status=504,
+                                  code="upstream_timeout")
+        return UpstreamFailed(f"every candidate model failed: {summary}{where}", code="upstream_failed")
 
     async def aclose(self) -> None:
         for transport in self.transports.values():
