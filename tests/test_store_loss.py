@@ -13,6 +13,7 @@ import asyncio
 import subprocess
 import time
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -219,8 +220,8 @@ async def test_replicas_that_find_the_loss_together_restore_it_once(kind, reques
 
 async def test_a_replica_that_learned_nothing_new_restores_the_store_alone(clean_redis_url):
     """One replica alive: the store comes back from its view, exactly, even with nothing to flush."""
-    world = World()
-    (a,) = world.replicas[:1]
+    world = World(replicas=1)
+    (a,) = world.replicas
     store = RedisStateStore(clean_redis_url)
     try:
         world.learn(a, 50)
@@ -252,14 +253,61 @@ def test_a_gateway_learns_on_when_redis_restarts_empty(sim, gateway_factory, pri
     learner = gw.app.state.runtime.pipeline.selectors["learn"].learner("default")
     wait_for(lambda: learner.estimator.total_count() == 40, timeout=30)
     assert stored_count() == 40
-    assert 'sigroute_bandit_store_recoveries_total{outcome="reseeded"} 1.0' in gw.http.get("/metrics").text
+    wait_for(lambda: 'sigroute_bandit_store_recoveries_total{outcome="reseeded"} 1.0' in gw.http.get("/metrics").text)
+
+
+def test_two_gateway_processes_lose_nothing_when_redis_is_down_and_comes_back_empty(
+        sim, gateway_factory, private_redis, tmp_path):
+    """The issue's scenario: two replicas under load, Redis stopped (answers go on), then started
+    empty. Every answer counts once in Redis, one replica restored the store, the other joined."""
+    from tests.conftest import GatewayProcess
+    from tests.test_learning import learning_policy, load_state, wait_for
+
+    one = gateway_factory(learning_policy(sim), redis_url=private_redis.url)
+    two = GatewayProcess(learning_policy(sim), tmp_path, private_redis.url)
+    try:
+        def load(n: int, tag: str) -> int:
+            async def hammer(url: str, side: str):
+                async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                    async def ask(i: int):
+                        r = await http.post("/v1/chat/completions", json={"model": "auto", "messages": [
+                            {"role": "user", "content": f"{tag}{side} {i} " + "x" * (i % 7)}]})
+                        assert r.status_code == 200, r.text
+                    await asyncio.gather(*(ask(i) for i in range(n)))
+
+            async def both():
+                await asyncio.gather(hammer(one.url, "a"), hammer(two.url, "b"))
+            asyncio.run(both())
+            return 2 * n
+
+        def stored() -> float:
+            return sum(vec[0] for arms in load_state(private_redis.url).values() for vec in arms.values())
+
+        answered = load(60, "before")
+        wait_for(lambda: stored() == answered, timeout=30)  # both replicas have exchanged with Redis
+        private_redis.kill()
+        answered += load(40, "during")
+        private_redis.start()
+        answered += load(30, "after")
+
+        def outcomes(url: str) -> dict[str, float]:
+            lines = httpx.get(url + "/metrics").text.splitlines()
+            return {line.split('"')[1]: float(line.split()[-1]) for line in lines
+                    if line.startswith("sigroute_bandit_store_recoveries_total{")}
+
+        wait_for(lambda: stored() == answered and all(outcomes(url) for url in (one.url, two.url)), timeout=30)
+        seen = [outcomes(one.url), outcomes(two.url)]
+        assert sorted(seen, key=lambda o: sorted(o)) == [{"joined": 1.0}, {"reseeded": 1.0}], seen
+        assert stored() == answered
+    finally:
+        two.stop()
 
 
 async def test_a_reloaded_policy_still_restores_what_the_store_lost(clean_redis_url):
     """A policy reload hands the learners to a new selector; what the replica knew of the store goes
     with them."""
-    world = World()
-    (old,) = world.replicas[:1]
+    world = World(replicas=1)
+    (old,) = world.replicas
     store = RedisStateStore(clean_redis_url)
     try:
         world.learn(old, 30)
