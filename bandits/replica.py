@@ -30,15 +30,18 @@ on a Redis Cluster every key is one slot, so nothing spans slots). Of everything
   flushes (on top of anything written since the loss by replicas that never saw *g*; replacing the
   key when it was rolled back to an older version of *g*) and records ``g re-seeded by me at b``
   in the key's lineage. Exactly one replica re-seeds one loss, however many find it at once.
-* **covered** — another replica re-seeded *g* from its view at basis *b′*: everything flushed to *g*
-  up to version *b′* is in it. This replica adds its own flushes whose version is above *b′*
-  (``add(join=(g, me))``, applied at most once per replica and loss) — nothing else, so nothing is
-  counted twice: its older flushes, and everything other replicas flushed, are either in the
-  re-seed or added by their own authors the same way.
+* **joined** — another replica re-seeded *g* from its view at basis *b′* (``recover`` answers
+  "covered"): everything flushed to *g* up to version *b′* is in it. This replica adds its own
+  flushes whose version is above *b′* (``add(join=(g, me))``, applied at most once per replica and
+  loss) — nothing else, so nothing is counted twice: its older flushes, and everything other
+  replicas flushed, are either in the re-seed or added by their own authors the same way.
 * **already** — this replica re-seeded or joined *g* before (a retry after a timeout, say).
 * **superseded** — an operator replaced or reset the key on purpose (`sigroute bandit import`,
   `reset`: the store leaves a marker saying so, kept 7 days when no arms are left): nothing is restored.
-* **intact** — no loss after all.
+* **intact** — no loss after all; **empty** — this replica knew nothing to restore.
+
+The outcomes are counted (`take_recoveries`, exported as `sigroute_bandit_store_recoveries_total`)
+and every restore is logged as a warning.
 
 Then the replica reloads the key and carries on in the new generation; deltas not yet flushed were
 never in the store and are flushed as usual. With `discount_half_life_s`, every epoch is its own key
@@ -58,16 +61,22 @@ Limits (what can still be lost)
 -------------------------------
 * Redis loses its data and every replica that knew a key restarts before the store is back: only
   Redis persistence (AOF) or a snapshot (`sigroute bandit export`) keeps that state.
-* Flushes by a replica that is gone (crashed, scaled down) and were made after the view the
-  re-seed was built from (about one sync interval, or up to `IDLE_RELOAD_S` for a tenant the
-  re-seeding replica does not serve): their author is not there to add them back.
+* Flushes by a replica that is gone (crashed, scaled down, restarted: a new process is a new
+  replica that knows nothing) and were made after the view the re-seed was built from (about one
+  sync interval, or up to `IDLE_RELOAD_S` for a tenant the re-seeding replica does not serve):
+  their author is not there to add them back.
 * A re-seed made from a view older than this replica's tail reaches back (more than `TAIL_KEEP_S`
   or `TAIL_MAX` flushes): its older own flushes are not added back; logged and counted in `forgotten`.
 * A rollback (Redis restarted from an older RDB/AOF file) is detected only by a replica that saw a
-  higher version than the snapshot's. Adds made to the rolled-back generation before that replica
-  notices, by replicas that had seen no later version, are replaced by the re-seed.
+  higher version than the snapshot's, at its next exchange. Adds made to the rolled-back generation
+  before that, by replicas that had seen no later version, are replaced by the re-seed; and if
+  they were as many as the adds the rollback lost, the version has caught up and the rollback
+  goes unnoticed (the loss is then not repaired).
 * A reset or import of a key at the moment the store loses it, before every replica has seen it,
   may be undone by a replica that re-seeds from its view of the generation before.
+
+* (Unchanged by this module) an add that times out may have been applied; the selector keeps its
+  deltas and sends them again, which counts them twice.
 
 Calls to one `SharedSums` must not overlap (the selector's `sync` runs from one task at a time).
 """

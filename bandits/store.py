@@ -247,7 +247,8 @@ class StateStore(Protocol):
         already restored or superseded. Atomic: of concurrent recoveries of one loss, one re-seeds."""
 
     async def replace(self, key: str, arms: Mapping[str, np.ndarray]) -> None:
-        """Overwrite `key` entirely with `arms` (used by import); no arms removes the key."""
+        """Overwrite `key` entirely with `arms` (used by import), as a new generation marked as set
+        on purpose; no arms removes the key (leaving that marker)."""
 
     async def remove_arm(self, key: str, arm: str) -> bool:
         """Forget one arm; False when it was not stored."""
@@ -256,7 +257,8 @@ class StateStore(Protocol):
         """Stored keys starting with `prefix`, sorted."""
 
     async def delete(self, prefix: str = "") -> int:
-        """Remove every key starting with `prefix` ("" = all of this store); returns how many."""
+        """Remove every key starting with `prefix` ("" = all of this store), leaving markers that say
+        so; returns how many keys had arms."""
 
     async def ping(self) -> None:
         """Raise `StoreUnavailable` when the backend cannot be reached."""
@@ -403,19 +405,16 @@ def _merge_lineage(*lists: list[dict]) -> list[dict]:
     return out[-MAX_LINEAGE:]
 
 
-def _refusal(meta: dict | None, expect: tuple[str, int] | None, join: tuple[str, str] | None) -> dict | None:
-    """Why an add with `expect`/`join` must not be applied to a key marked `meta` (None: apply it)."""
+def _refused(meta: dict | None, expect: tuple[str, int] | None, join: tuple[str, str] | None) -> bool:
+    """Whether an add with `expect`/`join` must not be applied to a key marked `meta`."""
     if expect is not None:
         gen, version = expect
-        if meta is None or meta["g"] != gen or meta["v"] < version:
-            return {}
+        return meta is None or meta["g"] != gen or meta["v"] < version
     if join is not None:
         lost, replica = join
         entry = _find(meta["l"], lost) if meta is not None else None
-        if entry is None or entry["h"] != "reseed" or entry["by"] == replica or replica in entry["j"]:
-            return {}
-        return None
-    return None
+        return entry is None or entry["h"] != "reseed" or entry["by"] == replica or replica in entry["j"]
+    return False
 
 
 def _recovery_decision(meta: dict | None, lost: str, known_version: int, replica: str) -> Recovery | None:
@@ -485,7 +484,7 @@ class MemoryStateStore:
         with self._lock:
             entry = self._get(key)
             meta = entry.meta if entry is not None else None
-            if not vectors or _refusal(meta, expect, join) is not None:
+            if not vectors or _refused(meta, expect, join):
                 return AddResult(False, meta and meta["g"], meta["v"] if meta else 0)
             stored = entry.arms if entry is not None else {}
             for arm, delta in vectors.items():
