@@ -70,6 +70,7 @@ class Selector(ABC):
                                   the same decision learned, when it still applies
       `sync_interval_s`           how often `sync` should run; None: nothing to share
       `sync(store)` / `restore(store)`  exchange learned sums with / load them from the state store
+      `take_store_recoveries()`   losses of shared state found and repaired since the last call
     """
 
     name: str = ""
@@ -122,6 +123,11 @@ class Selector(ABC):
 
     async def sync(self, store: Any) -> None:
         """Add what was learned here to `store` and reload the merged totals."""
+
+    def take_store_recoveries(self) -> dict[str, int]:
+        """Times since the last call the store was found to have lost this selector's state, by
+        outcome (see `bandits.replica`); {} for selectors that share nothing."""
+        return {}
 
     async def restore(self, store: Any) -> None:
         """Load every tenant's state stored for this selector (at start-up and after a reload)."""

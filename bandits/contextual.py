@@ -18,7 +18,10 @@ Learning state is additive sums (`bandits.linear`), one learner per tenant (tena
 each other's state). Local updates are applied at once and also collected as deltas; `sync(store)`
 adds the deltas to the shared store and reloads the merged totals, so replicas on one Redis learn
 together without lost updates, and a restarted gateway starts from what was learned. If the store
-is unreachable the selector keeps serving from its last state plus its own unflushed deltas.
+is unreachable the selector keeps serving from its last state plus its own unflushed deltas. If the
+store comes back without what it held (Redis restarted empty or from an older snapshot), the
+selector does not take its word: it restores the store from what it knows (`bandits.replica`:
+once per loss, across replicas, without counting anything twice).
 
 Discounting (`discount_half_life_s`) gives an observation at time t the weight 2^((t − e)/h) for an
 epoch e; scaling every sum by a common factor is the same as a ridge λ that grows as 2^((now − e)/h),
@@ -42,6 +45,7 @@ from sigroute.bandits.base import Choice, Reward, Selector
 from sigroute.bandits.features import FeatureExtractor
 from sigroute.bandits.linear import DisjointRidge, HybridRidge
 from sigroute.bandits.policies import EpsilonGreedyRule, LinUCBRule, ThompsonRule
+from sigroute.bandits.replica import SharedSums
 from sigroute.policies.schema import (
     EpsilonGreedyOptions,
     HybridLinUCBOptions,
@@ -141,6 +145,7 @@ class ContextualSelector(Selector):
         self._lock = threading.Lock()
         self.store_errors = 0
         self.last_sync_ok: float | None = None
+        self._shared = SharedSums()  # what this replica knows of the store (restores it after a loss)
 
     # identity of the learned state ------------------------------------------------------------
     @property
@@ -329,7 +334,7 @@ class ContextualSelector(Selector):
                 by_epoch.setdefault(epoch, {})[arm] = vec
             try:
                 for epoch, arms in by_epoch.items():
-                    await store.add(self.state_key(tenant, epoch), arms)
+                    await self._shared.flush(store, self.state_key(tenant, epoch), arms)
                     for arm in arms:  # flushed: forget them
                         deltas.pop((epoch, arm), None)
                 await self._reload(store, tenant, learner, now)
@@ -347,6 +352,11 @@ class ContextualSelector(Selector):
     def sync_interval_s(self) -> float | None:
         return self.options.sync_interval_s
 
+    def take_store_recoveries(self) -> dict[str, int]:
+        """How often since the last call the store was found to have lost state, by outcome
+        (reseeded, joined, already, superseded, empty, intact; see `bandits.replica`)."""
+        return self._shared.take_recoveries()
+
     async def restore(self, store: Any) -> None:
         """Load the stored state of every tenant that has some for this decision, algorithm and
         feature schema (state keys look like `t=TENANT/d=DECISION/a=ALGORITHM/s=SCHEMA[/e=EPOCH]`)."""
@@ -361,9 +371,12 @@ class ContextualSelector(Selector):
 
     async def _reload(self, store: Any, tenant: str, learner: _Learner, now: float) -> None:
         epoch = self._epoch(now)
-        totals = dict(await store.load(self.state_key(tenant, epoch)))
+        totals = dict(await self._shared.load(store, self.state_key(tenant, epoch)))
         if self.options.discount_half_life_s is not None:
-            older = await store.load(self.state_key(tenant, epoch - 1))
+            current = {self.state_key(tenant, epoch), self.state_key(tenant, epoch - 1)}
+            prefix = self.state_key(tenant, epoch).rsplit("/e=", 1)[0] + "/e="
+            self._shared.forget(lambda key: not key.startswith(prefix) or key in current)
+            older = await self._shared.load(store, self.state_key(tenant, epoch - 1))
             for arm, vec in older.items():
                 scaled = vec * 2.0 ** -EPOCH_HALF_LIVES
                 totals[arm] = totals[arm] + scaled if arm in totals else scaled
@@ -387,6 +400,8 @@ class ContextualSelector(Selector):
         if (getattr(previous, "schema_id", None) != self.schema_id
                 or getattr(previous, "estimator_kind", None) != self.estimator_kind):
             return
+        if isinstance(previous, ContextualSelector) and previous.decision == self.decision:
+            self._shared = previous._shared  # the same replica: what it knows of the store carries over
         for tenant, old in previous._learners.items():
             learner = self.learner(tenant)
             with old.lock, learner.lock:

@@ -17,22 +17,53 @@ Guarantees, for both implementations:
 * An arm never seen before starts at zeros. A delta whose length differs from the stored vector
   raises `StateShapeError` and nothing of that call is applied.
 * Vectors must be one-dimensional and finite (NaN/inf raise `ValueError` before anything is sent).
-* A key exists while it has at least one arm: ``remove_arm`` of its last arm, or ``replace`` with
-  no arms, removes the key.
+  Arm names are non-empty and do not start with a NUL character (reserved for the marker below).
+* A key is listed (``keys``) and loaded while it has at least one arm: ``remove_arm`` of its last
+  arm, ``replace`` with no arms, or ``delete`` leave only its marker, which expires after
+  ``tombstone_ttl_s`` (7 days).
+
+Generations: a store can lose what it held (Redis restarted without persistence, ``FLUSHALL``, an
+evicted key, a failover to an empty replica, a restart from an older RDB/AOF file) and replicas
+must then restore it rather than believe it (`bandits.replica` holds the rule). So every key
+carries a *marker*: a random generation id given when the key is created, a version counting the
+changes made to that generation, a lineage (earlier generations this one accounts for, at most
+16) and an operator flag. ``read`` returns them with the arms (`KeyState`), and:
+
+* ``add(..., expect=(gen, version))`` applies only if the key is still generation `gen` at a version
+  no lower than `version`: a replica finds a loss by its add being refused (`AddResult`), nothing
+  applied. Without `expect` an add always applies (a new key gets a fresh generation).
+* ``recover(key, lost=g, known_version, basis, content, lineage, operator_set, replica)`` restores a
+  lost generation in one atomic step: ``"intact"`` when `g` is there at `known_version` or later;
+  ``"superseded"`` when an operator replaced or deleted it (or set the key since); ``"already"`` when
+  this replica restored or joined it before; ``"covered"`` (with the basis) when another replica
+  re-seeded it; otherwise ``"reseeded"``: `content` is added to the key (to what was written since
+  the loss; instead of what is there when `g` itself was rolled back) and the lineage records ``g
+  re-seeded by replica at basis``, inheriting `lineage` (the replica's view of it).
+* ``add(..., join=(g, replica))`` applies only once per replica to a key that re-seeds `g` (and not
+  for the replica that re-seeded it): how the others add their own flushes the re-seed lacked.
+* ``replace`` (import) and ``delete`` (reset) give the key a new generation whose lineage says the
+  old one was *set* on purpose, with the operator flag, so replicas accept them instead of
+  restoring what they knew.
 
 Redis layout (`RedisStateStore`): one hash per key, named ``<namespace><key>`` (default namespace
 ``"sigroute:bandit:"``), with one field per arm whose value is the arm's vector packed as
-little-endian float64 (8 bytes a value; the length is the value's size / 8). One key per hash keeps
-every operation on a single Redis Cluster slot.
+little-endian float64 (8 bytes a value; the length is the value's size / 8), and the marker in the
+field ``"\\x00meta"`` (a NUL byte, then "meta") as JSON ``{"g": generation, "v": version, "l":
+[{"g", "h": "reseed"|"set", "b": basis, "by": replica, "j": [joined replicas]}...], "o": 0|1}``.
+One key per hash keeps every operation on a single Redis Cluster slot: the marker lives in the
+hash it describes, so a node that loses the hash loses the marker with it.
 
-* ``add`` is one Lua script per call. It first checks every arm's stored length (writing nothing
-  on a mismatch), then, for each arm, decodes the stored vector, adds the delta's non-zero entries
-  (sent as packed uint32 indices and float64 values, so sparse deltas are cheap on the wire) and
-  writes the vector back. Redis runs scripts atomically, so the multi-arm add is all-or-nothing and
-  concurrent adders (any number of processes or machines) never lose an update, without locks.
-* ``load`` is one ``HGETALL`` (one round trip, k small bulk strings for k arms, decoded with
-  ``np.frombuffer``), ``replace`` one MULTI/EXEC transaction, ``remove_arm`` one ``HDEL``.
-* ``keys``/``delete`` use ``SCAN`` (never ``KEYS``) and ``UNLINK``.
+* ``add`` is one Lua script per call. It checks the marker against `expect`/`join`, then every
+  arm's stored length (writing nothing on a refusal or mismatch), then, for each arm, decodes the
+  stored vector, adds the delta's non-zero entries (sent as packed uint32 indices and float64
+  values, so sparse deltas are cheap on the wire), writes the vector back and bumps the version.
+  Redis runs scripts atomically, so the multi-arm add is all-or-nothing and concurrent adders (any
+  number of processes or machines) never lose an update, without locks. A hash written before
+  markers existed is adopted by the first add (it gets a generation).
+* ``recover``, ``replace``, ``remove_arm`` and ``delete`` (per key) are one Lua script each;
+  ``read``/``load`` one ``HGETALL`` (one round trip, k small bulk strings for k arms, decoded with
+  ``np.frombuffer``).
+* ``keys``/``delete`` use ``SCAN`` (never ``KEYS``); ``keys`` skips hashes holding only a marker.
 
 Precision: Lua numbers are IEEE doubles, so Redis sums are bit-for-bit what numpy computes for
 ``stored + delta`` in float64 (the memory store does exactly that): both implementations return
@@ -63,6 +94,15 @@ Redis layout (`RedisPendingStore`): one hash per request id, ``<namespace><reque
 namespace ``"sigroute:pending:"``), fields ``t`` (tenant), ``r`` (record JSON) and, once claimed,
 ``f`` (fingerprint), with a native key TTL (``PEXPIRE``). ``claim`` is one Lua script.
 
+Redis down: a ``put`` that cannot reach Redis raises `StoreUnavailable` *and* keeps the record in
+the process (at most ``max_unsent``, default 10,000, the oldest dropped first) with its deadline.
+``flush_unsent()`` writes kept records with what is left of their TTL (the gateway calls it at every
+learning sync) and a ``claim`` of a kept id writes it first, so feedback retried after Redis came
+back finds its record. Records whose TTL ended first, or that did not fit, are given up and
+reported once by ``take_lost()`` (``{"expired": n, "overflow": m}``) for the gateway to count.
+Records stored in a Redis that then restarted empty are gone: their feedback gets ``"unknown"``.
+A record kept in a process that exits before Redis returns is lost with it.
+
 `MemoryPendingStore` keeps at most ``max_records`` records: expired records are purged lazily
 (oldest-first on every ``put``, fully on ``count`` and whenever the store is full), and when it is
 still full the oldest records (by ``put`` time) are dropped, so feedback for them becomes
@@ -83,9 +123,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -129,20 +170,85 @@ class StoreUnavailable(RuntimeError):
 # Protocols
 
 
+@dataclass(frozen=True)
+class Lineage:
+    """An earlier generation of a key that the current generation accounts for.
+
+    ``how`` is ``"reseed"`` (the generation was lost and `by` re-seeded its view of it at version
+    ``basis``; ``joined`` are the replicas that have since added their own flushes the re-seed
+    lacked) or ``"set"`` (an operator replaced or reset it on purpose: what it held is meant to be
+    gone)."""
+
+    gen: str
+    how: str
+    basis: int = 0
+    by: str = ""
+    joined: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """What `read` finds under a key: the arms' sums and the key's generation marker.
+
+    ``gen`` is None when the key does not exist (never written, or lost with the store); a live key
+    always has one. ``version`` counts the changes made to this generation (every ``add`` is one)."""
+
+    arms: dict[str, np.ndarray]
+    gen: str | None = None
+    version: int = 0
+    lineage: tuple[Lineage, ...] = ()
+    operator_set: bool = False
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """Whether an ``add`` was applied, and the key's generation and version afterwards (when it was
+    refused: as found)."""
+
+    applied: bool
+    gen: str | None
+    version: int
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The outcome of `StateStore.recover` (see the module docstring)."""
+
+    outcome: str        # "intact" | "reseeded" | "covered" | "already" | "superseded"
+    basis: int = 0      # "covered": the version of the lost generation the re-seed was made from
+
+
 @runtime_checkable
 class StateStore(Protocol):
-    """Additive per-arm float64 sums under opaque string keys. All methods are coroutines."""
+    """Additive per-arm float64 sums under opaque string keys, each key with a generation marker.
+    All methods are coroutines."""
 
     description: str
 
-    async def add(self, key: str, deltas: Mapping[str, np.ndarray]) -> None:
-        """Atomically add each arm's delta to its stored sums (unseen arms start at zeros)."""
+    async def add(self, key: str, deltas: Mapping[str, np.ndarray], *, expect: tuple[str, int] | None = None,
+                  join: tuple[str, str] | None = None) -> AddResult:
+        """Atomically add each arm's delta to its stored sums (unseen arms start at zeros).
+
+        ``expect=(gen, version)``: apply only if the key's generation is `gen` and its version is at
+        least `version`. ``join=(lost_gen, replica)``: apply only if the key re-seeds `lost_gen` and
+        `replica` has neither re-seeded nor joined it yet (then it is recorded as joined)."""
 
     async def load(self, key: str) -> dict[str, np.ndarray]:
         """Every arm's sums under `key` (fresh arrays), or {} when nothing is stored."""
 
+    async def read(self, key: str) -> KeyState:
+        """The arms' sums together with the key's generation, version and lineage (one atomic read)."""
+
+    async def recover(self, key: str, *, lost: str, known_version: int, basis: int,
+                      content: Mapping[str, np.ndarray], lineage: tuple[Lineage, ...] = (),
+                      operator_set: bool = False, replica: str) -> Recovery:
+        """Restore generation `lost` of `key`, which this replica saw up to `known_version`, from
+        `content` (its view at version `basis` plus its own later flushes) unless it is intact,
+        already restored or superseded. Atomic: of concurrent recoveries of one loss, one re-seeds."""
+
     async def replace(self, key: str, arms: Mapping[str, np.ndarray]) -> None:
-        """Overwrite `key` entirely with `arms` (used by import); no arms removes the key."""
+        """Overwrite `key` entirely with `arms` (used by import), as a new generation marked as set
+        on purpose; no arms removes the key (leaving that marker)."""
 
     async def remove_arm(self, key: str, arm: str) -> bool:
         """Forget one arm; False when it was not stored."""
@@ -151,7 +257,8 @@ class StateStore(Protocol):
         """Stored keys starting with `prefix`, sorted."""
 
     async def delete(self, prefix: str = "") -> int:
-        """Remove every key starting with `prefix` ("" = all of this store); returns how many."""
+        """Remove every key starting with `prefix` ("" = all of this store), leaving markers that say
+        so; returns how many keys had arms."""
 
     async def ping(self) -> None:
         """Raise `StoreUnavailable` when the backend cannot be reached."""
@@ -175,6 +282,13 @@ class PendingStore(Protocol):
     async def count(self) -> int:
         """Live (unexpired) records."""
 
+    async def flush_unsent(self) -> int:
+        """Write records whose `put` failed while the backend was unreachable (see the module
+        docstring); returns how many were written. Raises `StoreUnavailable` if it still is."""
+
+    def take_lost(self) -> dict[str, int]:
+        """Records given up since the last call, by reason ("expired", "overflow")."""
+
     async def aclose(self) -> None:
         """Release connections. The store must not be used afterwards."""
 
@@ -191,6 +305,8 @@ def _check_key(key: str) -> None:
 def _as_vector(key: str, arm: str, values: Any) -> np.ndarray:
     if not isinstance(arm, str) or not arm:
         raise ValueError(f"arm names must be non-empty strings, got {arm!r} under key {key!r}")
+    if arm.startswith("\x00"):
+        raise ValueError(f"arm names may not start with a NUL character (reserved), got {arm!r} under key {key!r}")
     try:
         vector = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -242,7 +358,108 @@ def _url_kind(url: str | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Generations: the marker every key carries (the same rules in Python for memory, in Lua for Redis)
+
+META_FIELD = "\x00meta"          # the hash field holding a key's marker; arm names never start with NUL
+MAX_LINEAGE = 16                 # earlier generations remembered per key (most recent kept)
+TOMBSTONE_TTL_S = 7 * 24 * 3600.0  # how long a deleted key's marker stays to tell replicas it was meant
+
+
+def new_generation() -> str:
+    """A fresh generation id (random: two stores, or one store before and after a loss, never share one)."""
+    return secrets.token_hex(8)
+
+
+def _meta(gen: str, *, lineage: list[dict] | None = None, operator: bool = False) -> dict:
+    return {"g": gen, "v": 0, "l": lineage or [], "o": 1 if operator else 0}
+
+
+def _parse_meta(raw: str | bytes | None) -> dict | None:
+    if raw is None:
+        return None
+    meta = json.loads(raw)
+    lineage = meta.get("l") or []  # Lua's cjson writes an empty list as {}
+    meta["l"] = [dict(e, j=list(e.get("j") or [])) for e in (lineage if isinstance(lineage, list) else [])]
+    return meta
+
+
+def _lineage_out(meta: dict | None) -> tuple[Lineage, ...]:
+    if meta is None:
+        return ()
+    return tuple(Lineage(gen=e["g"], how=e["h"], basis=int(e.get("b") or 0), by=e.get("by") or "",
+                         joined=tuple(e.get("j") or ())) for e in meta["l"])
+
+
+def _lineage_in(lineage: tuple[Lineage, ...] | list) -> list[dict]:
+    return [{"g": e.gen, "h": e.how, "b": int(e.basis), "by": e.by, "j": list(e.joined)} for e in lineage]
+
+
+def _find(lineage: list[dict], gen: str) -> dict | None:
+    return next((e for e in lineage if e["g"] == gen), None)
+
+
+def _merge_lineage(*lists: list[dict]) -> list[dict]:
+    """Entries of every list, one per generation (their joined replicas united), the last MAX_LINEAGE."""
+    out: list[dict] = []
+    index: dict[str, dict] = {}
+    for entries in lists:
+        for e in entries:
+            seen = index.get(e["g"])
+            if seen is None:
+                seen = index[e["g"]] = {"g": e["g"], "h": e["h"], "b": e["b"], "by": e["by"], "j": []}
+                out.append(seen)
+            seen["j"].extend(r for r in e["j"] if r not in seen["j"])
+    return out[-MAX_LINEAGE:]
+
+
+def _refused(meta: dict | None, expect: tuple[str, int] | None, join: tuple[str, str] | None) -> bool:
+    """Whether an add with `expect`/`join` must not be applied to a key marked `meta`."""
+    if expect is not None:
+        gen, version = expect
+        return meta is None or meta["g"] != gen or meta["v"] < version
+    if join is not None:
+        lost, replica = join
+        entry = _find(meta["l"], lost) if meta is not None else None
+        return entry is None or entry["h"] != "reseed" or entry["by"] == replica or replica in entry["j"]
+    return False
+
+
+def _recovery_decision(meta: dict | None, lost: str, known_version: int, replica: str) -> Recovery | None:
+    """The outcome of a recovery that must not re-seed, or None when this replica should re-seed."""
+    if meta is not None and meta["g"] == lost:
+        return Recovery("intact") if meta["v"] >= known_version else None  # lower: rolled back
+    entry = _find(meta["l"], lost) if meta is not None else None
+    if entry is not None:
+        if entry["h"] != "reseed":
+            return Recovery("superseded")
+        if entry["by"] == replica or replica in entry["j"]:
+            return Recovery("already")
+        return Recovery("covered", basis=int(entry["b"]))
+    if meta is not None and meta["o"]:
+        return Recovery("superseded")  # an operator set this state after the loss: it wins
+    return None
+
+
+def _check_expect_join(expect: Any, join: Any) -> None:
+    if expect is not None and join is not None:
+        raise ValueError("add takes expect or join, not both")
+    if expect is not None and not (isinstance(expect, tuple) and len(expect) == 2 and isinstance(expect[0], str)
+                                   and isinstance(expect[1], int)):
+        raise ValueError(f"expect must be (generation, version), got {expect!r}")
+    if join is not None and not (isinstance(join, tuple) and len(join) == 2 and all(isinstance(p, str) and p
+                                                                                   for p in join)):
+        raise ValueError(f"join must be (lost generation, replica id), got {join!r}")
+
+
+# --------------------------------------------------------------------------------------------
 # Bandit state: memory
+
+
+@dataclass
+class _MemoryKey:
+    arms: dict[str, np.ndarray]
+    meta: dict
+    expires: float | None = None  # deleted keys (markers only) expire
 
 
 class MemoryStateStore:
@@ -250,58 +467,127 @@ class MemoryStateStore:
 
     description = "memory"
 
-    def __init__(self) -> None:
-        self._data: dict[str, dict[str, np.ndarray]] = {}
+    def __init__(self, *, tombstone_ttl_s: float = TOMBSTONE_TTL_S) -> None:
+        self._data: dict[str, _MemoryKey] = {}
         self._lock = threading.Lock()
+        self.tombstone_ttl_s = tombstone_ttl_s
 
-    async def add(self, key: str, deltas: Mapping[str, np.ndarray]) -> None:
+    def _get(self, key: str) -> _MemoryKey | None:
+        entry = self._data.get(key)
+        if entry is not None and entry.expires is not None and entry.expires <= time.monotonic():
+            del self._data[key]
+            return None
+        return entry
+
+    def _bury(self, key: str, entry: _MemoryKey) -> None:
+        """No arms left: keep only the marker, for `tombstone_ttl_s`."""
+        entry.arms = {}
+        entry.expires = time.monotonic() + self.tombstone_ttl_s
+
+    async def add(self, key: str, deltas: Mapping[str, np.ndarray], *, expect: tuple[str, int] | None = None,
+                  join: tuple[str, str] | None = None) -> AddResult:
         vectors = _as_vectors(key, deltas)
-        if not vectors:
-            return
+        _check_expect_join(expect, join)
         with self._lock:
-            stored = self._data.get(key, {})
+            entry = self._get(key)
+            meta = entry.meta if entry is not None else None
+            if not vectors or _refused(meta, expect, join):
+                return AddResult(False, meta and meta["g"], meta["v"] if meta else 0)
+            stored = entry.arms if entry is not None else {}
             for arm, delta in vectors.items():
                 current = stored.get(arm)
                 if current is not None and current.shape != delta.shape:
                     raise _shape_error(key, arm, current.size, delta.size)
-            stored = self._data.setdefault(key, {})
+            if entry is None:
+                entry = self._data[key] = _MemoryKey({}, _meta(new_generation()))
             for arm, delta in vectors.items():
-                if arm in stored:
-                    stored[arm] += delta
+                if arm in entry.arms:
+                    entry.arms[arm] = entry.arms[arm] + delta
                 else:
-                    stored[arm] = delta.copy()
+                    entry.arms[arm] = delta.copy()
+            entry.meta["v"] += 1
+            entry.expires = None
+            if join is not None:
+                _find(entry.meta["l"], join[0])["j"].append(join[1])
+            return AddResult(True, entry.meta["g"], entry.meta["v"])
 
     async def load(self, key: str) -> dict[str, np.ndarray]:
+        return (await self.read(key)).arms
+
+    async def read(self, key: str) -> KeyState:
+        _check_key(key)
         with self._lock:
-            return {arm: vector.copy() for arm, vector in self._data.get(key, {}).items()}
+            entry = self._get(key)
+            if entry is None:
+                return KeyState({})
+            meta = entry.meta
+            return KeyState({arm: vector.copy() for arm, vector in entry.arms.items()}, meta["g"], meta["v"],
+                            _lineage_out(meta), bool(meta["o"]))
+
+    async def recover(self, key: str, *, lost: str, known_version: int, basis: int,
+                      content: Mapping[str, np.ndarray], lineage: tuple[Lineage, ...] = (),
+                      operator_set: bool = False, replica: str) -> Recovery:
+        vectors = _as_vectors(key, content)
+        mine = _lineage_in(lineage)
+        with self._lock:
+            entry = self._get(key)
+            decided = _recovery_decision(entry.meta if entry is not None else None, lost, known_version, replica)
+            if decided is not None:
+                return decided
+            if entry is not None and entry.meta["g"] == lost:  # rolled back: the replica's view replaces it
+                entry = None
+            if entry is not None:  # a newer generation (fresh adds since the loss): add on top
+                for arm, vector in vectors.items():
+                    current = entry.arms.get(arm)
+                    if current is not None and current.shape != vector.shape:
+                        raise _shape_error(key, arm, current.size, vector.size)
+                base = entry.meta["l"]
+            else:
+                entry = _MemoryKey({}, _meta(new_generation(), operator=operator_set))
+                base = []
+            for arm, vector in vectors.items():
+                entry.arms[arm] = entry.arms[arm] + vector if arm in entry.arms else vector.copy()
+            entry.meta["l"] = _merge_lineage(base, mine, [{"g": lost, "h": "reseed", "b": int(basis), "by": replica,
+                                                           "j": []}])
+            entry.meta["v"] += 1
+            entry.expires = None
+            self._data[key] = entry
+            return Recovery("reseeded")
 
     async def replace(self, key: str, arms: Mapping[str, np.ndarray]) -> None:
         vectors = _as_vectors(key, arms)
         with self._lock:
-            if vectors:
-                self._data[key] = {arm: vector.copy() for arm, vector in vectors.items()}
-            else:
-                self._data.pop(key, None)
+            self._set(key, vectors)
+
+    def _set(self, key: str, vectors: dict[str, np.ndarray]) -> None:
+        old = self._get(key)
+        lineage = [] if old is None else [{"g": old.meta["g"], "h": "set", "b": old.meta["v"], "by": "", "j": []}]
+        entry = self._data[key] = _MemoryKey({arm: v.copy() for arm, v in vectors.items()},
+                                             _meta(new_generation(), lineage=lineage, operator=True))
+        if not vectors:
+            self._bury(key, entry)
 
     async def remove_arm(self, key: str, arm: str) -> bool:
+        _check_key(key)
         with self._lock:
-            stored = self._data.get(key)
-            if not stored or arm not in stored:
+            entry = self._get(key)
+            if entry is None or arm not in entry.arms:
                 return False
-            del stored[arm]
-            if not stored:
-                del self._data[key]
+            del entry.arms[arm]
+            entry.meta["v"] += 1
+            if not entry.arms:
+                self._bury(key, entry)
             return True
 
     async def keys(self, prefix: str = "") -> list[str]:
         with self._lock:
-            return sorted(k for k in self._data if k.startswith(prefix))
+            return sorted(k for k in list(self._data) if k.startswith(prefix) and (e := self._get(k)) and e.arms)
 
     async def delete(self, prefix: str = "") -> int:
         with self._lock:
-            doomed = [k for k in self._data if k.startswith(prefix)]
+            doomed = [k for k in list(self._data) if k.startswith(prefix) and (e := self._get(k)) and e.arms]
             for k in doomed:
-                del self._data[k]
+                self._set(k, {})
             return len(doomed)
 
     async def ping(self) -> None:
@@ -386,23 +672,16 @@ class _RedisBase:
 # --------------------------------------------------------------------------------------------
 # Bandit state: Redis
 
-# KEYS[1] = the key's hash; ARGV = n_arms, then per arm: name, length, the delta's non-zero
-# indices (uint32 little-endian) and values (float64 little-endian). Pass 1 checks every arm's
-# stored length and writes nothing; pass 2 decodes each touched vector, adds in Lua numbers (IEEE
-# doubles, exactly like numpy's float64 `+`) and writes it back. Returns {} on success or
-# {arm, stored_length} on a shape mismatch. `struct` and `unpack` work in chunks because Lua's C
-# stack holds at most a few thousand values.
-_ADD_LUA = r"""
-local key = KEYS[1]
-local n_arms = tonumber(ARGV[1])
+# Shared by every state script. A key's marker is the JSON object {g, v, l, o} in the hash field
+# "\0meta" (see the module docstring). Arms travel as ARGV[p] = n_arms, then per arm: name, length,
+# the delta's non-zero indices (uint32 little-endian) and values (float64 little-endian).
+# `check_arms` verifies every arm's stored length and writes nothing; `apply_arms` decodes each
+# touched vector, adds in Lua numbers (IEEE doubles, exactly like numpy's float64 `+`) and writes it
+# back. `struct` and `unpack` work in chunks because Lua's C stack holds at most a few thousand values.
+_LUA_PRELUDE = r"""
+local META = '\0meta'
 local CHUNK = 512
-for a = 0, n_arms - 1 do
-  local p = 2 + 4 * a
-  local stored = redis.call('HGET', key, ARGV[p])
-  if stored and #stored ~= 8 * tonumber(ARGV[p + 1]) then
-    return {ARGV[p], tostring(#stored / 8)}
-  end
-end
+local MAX_LINEAGE = 16
 local function decode(blob, fmt, size, n)
   local out = {}
   for start = 0, n - 1, CHUNK do
@@ -420,90 +699,296 @@ local function encode(values, n)
   end
   return table.concat(parts)
 end
-for a = 0, n_arms - 1 do
-  local p = 2 + 4 * a
-  local arm, n = ARGV[p], tonumber(ARGV[p + 1])
-  local nnz = #ARGV[p + 2] / 4
-  local stored = redis.call('HGET', key, arm)
-  if nnz > 0 then
-    local sums
-    if stored then
-      sums = decode(stored, 'd', 8, n)
-    else
-      sums = {}
-      for i = 1, n do sums[i] = 0 end
+local function check_arms(key, p)
+  for a = 0, tonumber(ARGV[p]) - 1 do
+    local q = p + 1 + 4 * a
+    local stored = redis.call('HGET', key, ARGV[q])
+    if stored and #stored ~= 8 * tonumber(ARGV[q + 1]) then
+      return {'shape', ARGV[q], tostring(#stored / 8)}
     end
-    local indices = decode(ARGV[p + 2], 'I4', 4, nnz)
-    local deltas = decode(ARGV[p + 3], 'd', 8, nnz)
-    for j = 1, nnz do
-      local i = indices[j] + 1
-      sums[i] = sums[i] + deltas[j]
+  end
+  return nil
+end
+local function apply_arms(key, p)
+  for a = 0, tonumber(ARGV[p]) - 1 do
+    local q = p + 1 + 4 * a
+    local arm, n = ARGV[q], tonumber(ARGV[q + 1])
+    local nnz = #ARGV[q + 2] / 4
+    local stored = redis.call('HGET', key, arm)
+    if nnz > 0 then
+      local sums
+      if stored then
+        sums = decode(stored, 'd', 8, n)
+      else
+        sums = {}
+        for i = 1, n do sums[i] = 0 end
+      end
+      local indices = decode(ARGV[q + 2], 'I4', 4, nnz)
+      local deltas = decode(ARGV[q + 3], 'd', 8, nnz)
+      for j = 1, nnz do
+        local i = indices[j] + 1
+        sums[i] = sums[i] + deltas[j]
+      end
+      redis.call('HSET', key, arm, encode(sums, n))
+    elseif not stored then
+      redis.call('HSET', key, arm, string.rep('\0', 8 * n))
     end
-    redis.call('HSET', key, arm, encode(sums, n))
-  elseif not stored then
-    redis.call('HSET', key, arm, string.rep('\0', 8 * n))
   end
 end
-return {}
+local function get_meta(key)
+  local raw = redis.call('HGET', key, META)
+  if not raw then return nil end
+  local meta = cjson.decode(raw)
+  if type(meta.l) ~= 'table' then meta.l = {} end
+  return meta
+end
+local function put_meta(key, meta)
+  redis.call('HSET', key, META, cjson.encode(meta))
+end
+local function new_meta(gen, operator, lineage)
+  return {g = gen, v = 0, o = operator, l = lineage or {}}
+end
+local function has(list, x)
+  for _, y in ipairs(list or {}) do if y == x then return true end end
+  return false
+end
+local function find(lineage, gen)
+  for _, e in ipairs(lineage or {}) do if e.g == gen then return e end end
+  return nil
+end
+local function merge(...)
+  local out, index = {}, {}
+  for _, entries in ipairs({...}) do
+    for _, e in ipairs(entries) do
+      local seen = index[e.g]
+      if not seen then
+        seen = {g = e.g, h = e.h, b = e.b, by = e.by, j = {}}
+        index[e.g] = seen
+        out[#out + 1] = seen
+      end
+      for _, r in ipairs(e.j or {}) do
+        if not has(seen.j, r) then seen.j[#seen.j + 1] = r end
+      end
+    end
+  end
+  while #out > MAX_LINEAGE do table.remove(out, 1) end
+  return out
+end
+local function n_arms(key, meta)
+  return redis.call('HLEN', key) - (meta and 1 or 0)
+end
+"""
+
+# KEYS[1] = the key's hash. ARGV[1] = mode ('any' | 'expect' | 'join'), ARGV[2] = the generation
+# to give a key that has none, ARGV[3], ARGV[4] = expected generation and version ('expect') or
+# lost generation and replica id ('join'), ARGV[5...] = arms. Returns {'ok', gen, version},
+# {'refused', gen, version} or {'shape', arm, stored_length}.
+_ADD_LUA = _LUA_PRELUDE + r"""
+local key, mode = KEYS[1], ARGV[1]
+local meta = get_meta(key)
+local entry
+if mode == 'expect' then
+  if not meta or meta.g ~= ARGV[3] or meta.v < tonumber(ARGV[4]) then
+    return {'refused', meta and meta.g or '', meta and meta.v or 0}
+  end
+elseif mode == 'join' then
+  entry = meta and find(meta.l, ARGV[3])
+  if not entry or entry.h ~= 'reseed' or entry.by == ARGV[4] or has(entry.j, ARGV[4]) then
+    return {'refused', meta and meta.g or '', meta and meta.v or 0}
+  end
+end
+local bad = check_arms(key, 5)
+if bad then return bad end
+apply_arms(key, 5)
+if not meta then meta = new_meta(ARGV[2], 0) end  -- a new key (or one written before markers existed)
+meta.v = meta.v + 1
+if entry then entry.j[#entry.j + 1] = ARGV[4] end
+put_meta(key, meta)
+redis.call('PERSIST', key)
+return {'ok', meta.g, meta.v}
+"""
+
+# KEYS[1] = the key's hash. ARGV[1] = lost generation, ARGV[2] = the version the replica knew of
+# it, ARGV[3] = basis (its view's version), ARGV[4] = replica id, ARGV[5] = a new generation,
+# ARGV[6] = the lineage of the replica's view (JSON), ARGV[7] = its operator flag (0/1),
+# ARGV[8...] = the content to re-seed. Returns {'intact'}, {'superseded'}, {'already'},
+# {'covered', basis}, {'reseeded', gen, version} or {'shape', arm, stored_length}.
+_RECOVER_LUA = _LUA_PRELUDE + r"""
+local key, lost, known, me = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[4]
+local meta = get_meta(key)
+if meta and meta.g == lost then
+  if meta.v >= known then return {'intact'} end
+  redis.call('DEL', key)  -- rolled back to an older snapshot: the replica's view replaces it
+  meta = nil
+else
+  local entry = meta and find(meta.l, lost)
+  if entry then
+    if entry.h ~= 'reseed' then return {'superseded'} end
+    if entry.by == me or has(entry.j, me) then return {'already'} end
+    return {'covered', entry.b}
+  end
+  if meta and meta.o == 1 then return {'superseded'} end
+end
+local bad = check_arms(key, 8)
+if bad then return bad end
+apply_arms(key, 8)
+local base = {}
+if meta then base = meta.l else meta = new_meta(ARGV[5], tonumber(ARGV[7])) end
+meta.l = merge(base, cjson.decode(ARGV[6]), {{g = lost, h = 'reseed', b = tonumber(ARGV[3]), by = me, j = {}}})
+meta.v = meta.v + 1
+put_meta(key, meta)
+redis.call('PERSIST', key)
+return {'reseeded', meta.g, meta.v}
+"""
+
+# KEYS[1] = the key's hash. ARGV[1] = the new generation, ARGV[2] = marker TTL (ms) when no arms
+# are given, ARGV[3] = '1' to leave a key without arms alone, ARGV[4] = n_arms, then name, blob
+# pairs. Returns the number of arms the key had.
+_SET_LUA = _LUA_PRELUDE + r"""
+local key = KEYS[1]
+local meta = get_meta(key)
+local had = n_arms(key, meta)
+if had == 0 and ARGV[3] == '1' then return 0 end
+local lineage = {}
+if meta then lineage = {{g = meta.g, h = 'set', b = meta.v, by = '', j = {}}} end
+redis.call('DEL', key)
+local n = tonumber(ARGV[4])
+for a = 0, n - 1 do redis.call('HSET', key, ARGV[5 + 2 * a], ARGV[6 + 2 * a]) end
+put_meta(key, new_meta(ARGV[1], 1, lineage))
+if n == 0 then redis.call('PEXPIRE', key, ARGV[2]) end
+return had
+"""
+
+# KEYS[1] = the key's hash, ARGV[1] = the arm, ARGV[2] = marker TTL (ms). Returns 1 if removed.
+_REMOVE_ARM_LUA = _LUA_PRELUDE + r"""
+local key = KEYS[1]
+local meta = get_meta(key)
+if redis.call('HDEL', key, ARGV[1]) == 0 then return 0 end
+if meta then
+  meta.v = meta.v + 1
+  put_meta(key, meta)
+  if n_arms(key, meta) == 0 then redis.call('PEXPIRE', key, ARGV[2]) end
+end
+return 1
 """
 
 _F64 = np.dtype("<f8")
 _U32 = np.dtype("<u4")
+_META_BYTES = META_FIELD.encode()
+
+
+def _arm_args(key: str, vectors: Mapping[str, np.ndarray]) -> list[str | bytes]:
+    args: list[str | bytes] = [str(len(vectors))]
+    for arm, delta in vectors.items():
+        if delta.size >= 2**32:
+            raise ValueError(f"arm {arm!r} under key {key!r}: vectors are limited to 2**32 - 1 values")
+        nonzero = np.flatnonzero(delta)
+        args += [arm, str(delta.size), nonzero.astype(_U32).tobytes(), delta[nonzero].astype(_F64).tobytes()]
+    return args
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisStateStore(_RedisBase):
     """Bandit state shared through Redis (see the module docstring for layout and guarantees)."""
 
     def __init__(self, url: str, namespace: str = "sigroute:bandit:", *, socket_timeout: float = 5.0,
-                 connect_timeout: float = 2.0, retries: int = 1) -> None:
+                 connect_timeout: float = 2.0, retries: int = 1, tombstone_ttl_s: float = TOMBSTONE_TTL_S) -> None:
         super().__init__(url, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
                          retries=retries, decode_responses=False)
+        self.tombstone_ttl_s = tombstone_ttl_s
         self._add_script = self._redis.register_script(_ADD_LUA)
+        self._recover_script = self._redis.register_script(_RECOVER_LUA)
+        self._set_script = self._redis.register_script(_SET_LUA)
+        self._remove_arm_script = self._redis.register_script(_REMOVE_ARM_LUA)
 
     def _name(self, key: str) -> str:
         return self.namespace + key
 
-    async def add(self, key: str, deltas: Mapping[str, np.ndarray]) -> None:
+    @property
+    def _tombstone_ms(self) -> str:
+        return str(max(1, round(self.tombstone_ttl_s * 1000)))
+
+    def _shape_reply(self, key: str, result: list, vectors: Mapping[str, np.ndarray]) -> None:
+        if _text(result[0]) == "shape":
+            arm, stored = _text(result[1]), _text(result[2])
+            raise _shape_error(key, arm, int(float(stored)), vectors[arm].size)
+
+    async def add(self, key: str, deltas: Mapping[str, np.ndarray], *, expect: tuple[str, int] | None = None,
+                  join: tuple[str, str] | None = None) -> AddResult:
         vectors = _as_vectors(key, deltas)
+        _check_expect_join(expect, join)
         if not vectors:
-            return
-        args: list[str | bytes] = [str(len(vectors))]
-        for arm, delta in vectors.items():
-            if delta.size >= 2**32:
-                raise ValueError(f"arm {arm!r} under key {key!r}: vectors are limited to 2**32 - 1 values")
-            nonzero = np.flatnonzero(delta)
-            args += [arm, str(delta.size), nonzero.astype(_U32).tobytes(), delta[nonzero].astype(_F64).tobytes()]
+            return AddResult(False, None, 0)
+        if expect is not None:
+            head = ["expect", new_generation(), expect[0], str(expect[1])]
+        elif join is not None:
+            head = ["join", new_generation(), join[0], join[1]]
+        else:
+            head = ["any", new_generation(), "", "0"]
         with self._guard(f"add to {key!r}"):
-            result = await self._add_script(keys=[self._name(key)], args=args)
-        if result:
-            arm, stored = (item.decode() for item in result)
-            raise _shape_error(key, arm, int(stored), vectors[arm].size)
+            result = await self._add_script(keys=[self._name(key)], args=head + _arm_args(key, vectors))
+        self._shape_reply(key, result, vectors)
+        gen = _text(result[1]) or None
+        return AddResult(_text(result[0]) == "ok", gen, int(result[2]))
 
     async def load(self, key: str) -> dict[str, np.ndarray]:
+        return (await self.read(key)).arms
+
+    async def read(self, key: str) -> KeyState:
         _check_key(key)
         with self._guard(f"load {key!r}"):
             fields: dict[bytes, bytes] = await self._redis.hgetall(self._name(key))
-        return {arm.decode(): np.frombuffer(blob, dtype=_F64).astype(np.float64)
-                for arm, blob in fields.items()}
+        meta = _parse_meta(fields.pop(_META_BYTES, None))
+        arms = {arm.decode(): np.frombuffer(blob, dtype=_F64).astype(np.float64) for arm, blob in fields.items()}
+        if meta is None:
+            return KeyState(arms)
+        return KeyState(arms, meta["g"], int(meta["v"]), _lineage_out(meta), bool(meta["o"]))
+
+    async def recover(self, key: str, *, lost: str, known_version: int, basis: int,
+                      content: Mapping[str, np.ndarray], lineage: tuple[Lineage, ...] = (),
+                      operator_set: bool = False, replica: str) -> Recovery:
+        vectors = _as_vectors(key, content)
+        mine = _lineage_in(lineage)
+        args = [lost, str(int(known_version)), str(int(basis)), replica, new_generation(),
+                json.dumps(mine) if mine else "[]", "1" if operator_set else "0"] + _arm_args(key, vectors)
+        with self._guard(f"recover {key!r}"):
+            result = await self._recover_script(keys=[self._name(key)], args=args)
+        self._shape_reply(key, result, vectors)
+        outcome = _text(result[0])
+        return Recovery(outcome, basis=int(result[1]) if outcome == "covered" else 0)
 
     async def replace(self, key: str, arms: Mapping[str, np.ndarray]) -> None:
         vectors = _as_vectors(key, arms)
-        name = self._name(key)
+        args: list[str | bytes] = [new_generation(), self._tombstone_ms, "0", str(len(vectors))]
+        for arm, vector in vectors.items():
+            args += [arm, vector.astype(_F64).tobytes()]
         with self._guard(f"replace {key!r}"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(name)
-                if vectors:
-                    pipe.hset(name, mapping={arm: vector.astype(_F64).tobytes() for arm, vector in vectors.items()})
-                await pipe.execute()
+            await self._set_script(keys=[self._name(key)], args=args)
 
     async def remove_arm(self, key: str, arm: str) -> bool:
         _check_key(key)
         with self._guard(f"remove arm {arm!r} of {key!r}"):
-            return bool(await self._redis.hdel(self._name(key), arm))
+            return bool(await self._remove_arm_script(keys=[self._name(key)], args=[arm, self._tombstone_ms]))
+
+    async def _live(self, names: list[str]) -> list[str]:
+        """Those of `names` that hold at least one arm (not deleted keys' markers)."""
+        live: list[str] = []
+        for start in range(0, len(names), 500):
+            batch = names[start:start + 500]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in batch:
+                    pipe.hlen(name)
+                    pipe.hexists(name, _META_BYTES)
+                replies = await pipe.execute()
+            live += [name for i, name in enumerate(batch) if replies[2 * i] - int(bool(replies[2 * i + 1])) > 0]
+        return live
 
     async def keys(self, prefix: str = "") -> list[str]:
         with self._guard("list keys"):
-            names = await self._scan(_glob_escape(self.namespace + prefix) + "*")
+            names = await self._live(sorted(await self._scan(_glob_escape(self.namespace + prefix) + "*")))
         cut = len(self.namespace)
         return sorted(name[cut:] for name in names)
 
@@ -512,7 +997,11 @@ class RedisStateStore(_RedisBase):
         with self._guard(f"delete keys under {prefix!r}"):
             names = sorted(await self._scan(_glob_escape(self.namespace + prefix) + "*"))
             for start in range(0, len(names), 500):
-                removed += await self._redis.unlink(*names[start:start + 500])
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for name in names[start:start + 500]:
+                        await self._set_script(keys=[name], args=[new_generation(), self._tombstone_ms, "1", "0"],
+                                               client=pipe)
+                    removed += sum(1 for had in await pipe.execute() if had)
         return removed
 
 
@@ -694,6 +1183,12 @@ class MemoryPendingStore:
             self._purge(time.monotonic(), full=True)
             return len(self._records)
 
+    async def flush_unsent(self) -> int:
+        return 0  # a put in memory never fails
+
+    def take_lost(self) -> dict[str, int]:
+        return {}
+
     async def aclose(self) -> None:
         return None
 
@@ -718,14 +1213,17 @@ class RedisPendingStore(_RedisBase):
     """Pending records in Redis with native TTLs (see the module docstring for the layout)."""
 
     def __init__(self, url: str, namespace: str = "sigroute:pending:", *, socket_timeout: float = 5.0,
-                 connect_timeout: float = 2.0, retries: int = 1) -> None:
+                 connect_timeout: float = 2.0, retries: int = 1, max_unsent: int = 10_000) -> None:
         super().__init__(url, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
                          retries=retries, decode_responses=True)
+        if max_unsent < 0:
+            raise ValueError(f"max_unsent must be at least 0, got {max_unsent}")
         self._claim_script = self._redis.register_script(_CLAIM_LUA)
+        self.max_unsent = max_unsent
+        self._unsent: OrderedDict[str, tuple[str, str, float]] = OrderedDict()  # id -> (tenant, payload, expires)
+        self._lost: Counter[str] = Counter()
 
-    async def put(self, request_id: str, record: dict, ttl_s: float) -> None:
-        _check_put(request_id, ttl_s)
-        tenant, payload = _encode_record(record)
+    async def _write(self, request_id: str, tenant: str, payload: str, ttl_s: float) -> None:
         name = self.namespace + request_id
         with self._guard("store a pending record"):
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -734,7 +1232,53 @@ class RedisPendingStore(_RedisBase):
                 pipe.pexpire(name, max(1, round(ttl_s * 1000)))
                 await pipe.execute()
 
+    async def put(self, request_id: str, record: dict, ttl_s: float) -> None:
+        _check_put(request_id, ttl_s)
+        tenant, payload = _encode_record(record)
+        self._unsent.pop(request_id, None)
+        try:
+            await self._write(request_id, tenant, payload, ttl_s)
+        except StoreUnavailable:
+            self._keep(request_id, tenant, payload, time.monotonic() + ttl_s)
+            raise
+
+    def _keep(self, request_id: str, tenant: str, payload: str, expires: float) -> None:
+        """Keep a record Redis could not take, for `flush_unsent` (the oldest go when it is full)."""
+        self._unsent[request_id] = (tenant, payload, expires)
+        while len(self._unsent) > self.max_unsent:
+            self._unsent.popitem(last=False)
+            self._lost["overflow"] += 1
+
+    @property
+    def unsent(self) -> int:
+        """Records waiting in this process for Redis to come back."""
+        return len(self._unsent)
+
+    async def _send_unsent(self, request_id: str) -> bool:
+        tenant, payload, expires = self._unsent[request_id]
+        left = expires - time.monotonic()
+        if left > 0:
+            await self._write(request_id, tenant, payload, left)
+        else:
+            self._lost["expired"] += 1
+        del self._unsent[request_id]
+        return left > 0
+
+    async def flush_unsent(self) -> int:
+        written = 0
+        for request_id in list(self._unsent):
+            if request_id in self._unsent:  # (a concurrent put or claim may have sent it)
+                written += await self._send_unsent(request_id)
+        return written
+
+    def take_lost(self) -> dict[str, int]:
+        out = dict(self._lost)
+        self._lost.clear()
+        return out
+
     async def claim(self, request_id: str, tenant: str, feedback_fingerprint: str) -> tuple[str, dict | None]:
+        if request_id in self._unsent:  # kept here while Redis was away: it goes first
+            await self._send_unsent(request_id)
         with self._guard("claim a pending record"):
             result = await self._claim_script(keys=[self.namespace + request_id],
                                               args=[tenant, feedback_fingerprint])

@@ -14,9 +14,18 @@ app-wide stores (learned state and pending feedback outlive reloads):
 - `feedback(raw, principal)`     `POST /v1/feedback`: claim the pending record once (per tenant),
   credit the quality to the selector that made the choice, or count a false cache hit.
 - `sync()` / `restore()`         exchange learned sums with the state store (periodically) and load
-  them at start-up.
+  them at start-up; a store that lost state is restored from what this replica holds
+  (`bandits.replica`), counted in `sigroute_bandit_store_recoveries_total`.
 
 Learning never fails a request: a selector or store error is logged and counted.
+
+Feedback and store outages: a pending record the store cannot take (Redis down) is kept by the
+Redis pending store and written when Redis answers again, at the next `sync()` (or at once when
+feedback for it reaches this replica); records whose feedback window ends first, or that do not
+fit, are counted in `sigroute_feedback_lost_total{reason="record_expired"|"record_overflow"}`.
+Feedback that arrives while the store is unreachable is refused with 503
+`feedback_store_unavailable` (retry later) and counted as `reason="store_unavailable"`. Nothing is
+dropped without a count.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import orjson
 
 from sigroute.bandits.base import Reward, Selector
 from sigroute.bandits.contextual import quality_from_feedback
+from sigroute.bandits.store import StoreUnavailable
 from sigroute.gateway.errors import APIError, InvalidRequest, NotFound, Unavailable
 from sigroute.gateway.journey import Journey
 from sigroute.gateway.metrics import Metrics
@@ -110,8 +120,12 @@ class Learning:
     async def _put(self, request_id: str, record: dict[str, Any], ttl_s: float) -> None:
         try:
             await self.pending_store.put(request_id, record, ttl_s)
+        except StoreUnavailable as exc:  # the store keeps it and writes it when Redis is back (or counts it lost)
+            self.metrics.bandit_store_errors.labels("pending_put").inc()
+            log.warning("request %s waits for the feedback store to come back: %s", request_id, exc)
         except Exception as exc:  # the answer still goes out; this request just cannot get feedback
             self.metrics.bandit_store_errors.labels("pending_put").inc()
+            self.metrics.feedback_lost.labels("record_error").inc()
             log.warning("could not keep request %s for feedback: %s", request_id, exc)
 
     # feedback ------------------------------------------------------------------------------------
@@ -141,6 +155,7 @@ class Learning:
             status, record = await self.pending_store.claim(request_id, principal.tenant, f"{quality:.6f}")
         except Exception as exc:
             self.metrics.bandit_store_errors.labels("pending_claim").inc()
+            self.metrics.feedback_lost.labels("store_unavailable").inc()
             raise Unavailable(f"the feedback store is unreachable, feedback was NOT recorded; retry later ({exc})",
                               code="feedback_store_unavailable") from None
         self.metrics.feedback.labels(status).inc()
@@ -186,7 +201,8 @@ class Learning:
         return min(intervals) if intervals else None
 
     async def sync(self) -> None:
-        """Exchange learned statistics with the state store (called periodically by the app)."""
+        """Exchange learned statistics with the state store, and write pending records kept while the
+        feedback store was unreachable (called periodically by the app)."""
         ok = True
         for name, selector in self.selectors.items():
             try:
@@ -196,7 +212,19 @@ class Learning:
                 self.metrics.bandit_store_errors.labels("sync").inc()
                 log.warning("learning state of decision %s not synced (%s); serving from the last known state",
                             name, exc)
+            for outcome, n in selector.take_store_recoveries().items():
+                self.metrics.bandit_store_recoveries.labels(outcome).inc(n)
         self.metrics.bandit_store_up.set(1 if ok else 0)
+        try:
+            written = await self.pending_store.flush_unsent()
+            if written:
+                log.info("%d pending record(s) kept during a feedback store outage written", written)
+        except Exception as exc:
+            self.metrics.bandit_store_errors.labels("pending_put").inc()
+            log.debug("pending records still waiting for the feedback store: %s", exc)
+        for reason, n in self.pending_store.take_lost().items():
+            self.metrics.feedback_lost.labels(f"record_{reason}").inc(n)
+            log.warning("%d pending record(s) given up (%s): feedback for those answers will get 404", n, reason)
 
     async def restore(self) -> None:
         """Load every tenant's stored state for this policy's selectors (at start-up, after a reload)."""

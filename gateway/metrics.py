@@ -56,6 +56,19 @@ class Metrics:
         self.bandit_store_errors = Counter("sigroute_bandit_store_errors_total",
                                            "Failed exchanges with the learning-state or pending-feedback store",
                                            ["operation"], registry=r)
+        self.feedback_lost = Counter(
+            "sigroute_feedback_lost_total",
+            "Feedback that could not be recorded, by reason: store_unavailable (a feedback refused with 503 while "
+            "the feedback store was unreachable; lost unless the caller retries), record_expired (an answer's "
+            "pending record waited for the unreachable store past its feedback window: feedback for it gets 404), "
+            "record_overflow (more records waited for the store than a gateway keeps), record_error (a pending "
+            "record could not be stored at all)", ["reason"], registry=r)
+        self.bandit_store_recoveries = Counter(
+            "sigroute_bandit_store_recoveries_total",
+            "Learning state the store no longer held as this replica saw it (Redis restarted empty, flushed, "
+            "rolled back, or reset by an operator), by what this replica did: reseeded (restored it), joined "
+            "(added its own flushes to another replica's restore), already, superseded (an operator's reset or "
+            "import stands), empty, intact", ["outcome"], registry=r)
         self.bandit_store_up = Gauge("sigroute_bandit_store_up",
                                      "1 when the last exchange with the learning-state store succeeded", registry=r)
         self.bandit_store_up.set(1)

@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 
 from sigroute.bandits.store import (
+    KeyState,
+    Lineage,
     MemoryPendingStore,
     MemoryStateStore,
     PendingStore,
+    Recovery,
     RedisPendingStore,
     RedisStateStore,
     StateShapeError,
@@ -310,6 +313,164 @@ async def test_import_merge_checks_shapes_first(state_store):
     with pytest.raises(StateShapeError, match="'k2'"):
         await import_state(state_store, _snapshot({"k1": {"a": [1.0]}, "k2": {"a": [1.0]}}), replace=False)
     assert await state_store.keys() == ["k2"]
+
+
+# --------------------------------------------------------------------------------------------
+# Generations: what lets replicas notice, and repair, a store that lost its state (bandits.replica)
+
+
+async def test_adds_carry_a_generation_and_a_version(state_store):
+    assert await state_store.read("k") == KeyState({})
+    first = await state_store.add("k", {"a": v(1, 2)})
+    assert first.applied and first.gen and first.version == 1
+    second = await state_store.add("k", {"a": v(1, 1), "b": v(5)})
+    assert (second.applied, second.gen, second.version) == (True, first.gen, 2)
+    state = await state_store.read("k")
+    assert (state.gen, state.version, state.lineage, state.operator_set) == (first.gen, 2, (), False)
+    assert_state(state.arms, {"a": v(2, 3), "b": v(5)})
+    assert_state(await state_store.load("k"), {"a": v(2, 3), "b": v(5)})  # the marker is no arm
+    other = await state_store.add("other", {"a": v(1)})
+    assert other.gen != first.gen  # every key gets its own random generation
+    with pytest.raises(ValueError, match="NUL"):
+        await state_store.add("k", {"\x00meta": v(1)})
+
+
+async def test_an_add_expecting_what_is_no_longer_there_applies_nothing(state_store):
+    gen = (await state_store.add("k", {"a": v(1)})).gen
+    assert (await state_store.add("k", {"a": v(1)}, expect=(gen, 1))).applied  # others' adds are fine
+    for expect in [("another-generation", 0), (gen, 3)]:  # a new generation; a version this replica
+        refused = await state_store.add("k", {"a": v(100)}, expect=expect)  # saw but the store lost
+        assert (refused.applied, refused.gen, refused.version) == (False, gen, 2)
+    assert not (await state_store.add("missing", {"a": v(1)}, expect=(gen, 1))).applied
+    assert await state_store.keys() == ["k"]
+    assert_state(await state_store.load("k"), {"a": v(2)})
+
+
+async def test_one_replica_reseeds_a_lost_generation_and_the_others_join_once(state_store):
+    content = {"a": v(10, 20), "b": v(1)}
+    first = await state_store.recover("k", lost="g-lost", known_version=7, basis=6, content=content, replica="r1")
+    assert first == Recovery("reseeded")
+    state = await state_store.read("k")
+    assert state.gen != "g-lost" and state.lineage == (Lineage("g-lost", "reseed", 6, "r1", ()),)
+    assert_state(state.arms, content)
+
+    # another replica that saw the same generation: its own flushes above version 6 are what is missing
+    assert await state_store.recover("k", lost="g-lost", known_version=9, basis=8, content={"a": v(99, 99)},
+                                     replica="r2") == Recovery("covered", basis=6)
+    assert (await state_store.add("k", {"a": v(1, 1)}, join=("g-lost", "r2"))).applied
+    assert not (await state_store.add("k", {"a": v(1, 1)}, join=("g-lost", "r2"))).applied  # once
+    assert not (await state_store.add("k", {"a": v(1, 1)}, join=("g-lost", "r1"))).applied  # r1 re-seeded it
+    assert not (await state_store.add("k", {"a": v(1, 1)}, join=("g-other", "r3"))).applied  # not restored here
+    for replica in ("r1", "r2"):  # retries (after a timeout) change nothing
+        assert (await state_store.recover("k", lost="g-lost", known_version=9, basis=8, content=content,
+                                          replica=replica)).outcome == "already"
+    state = await state_store.read("k")
+    assert state.lineage == (Lineage("g-lost", "reseed", 6, "r1", ("r2",)),)
+    assert_state(state.arms, {"a": v(11, 21), "b": v(1)})
+
+
+async def test_a_reseed_lands_on_top_of_what_was_added_since_the_loss_and_keeps_lineage(state_store):
+    fresh = await state_store.add("k", {"a": v(1)})  # a replica that never saw the lost generation
+    inherited = (Lineage("g-older", "reseed", 3, "r9", ("r8",)),)
+    assert (await state_store.recover("k", lost="g-lost", known_version=4, basis=4, content={"a": v(5)},
+                                      lineage=inherited, replica="r1")).outcome == "reseeded"
+    state = await state_store.read("k")
+    assert state.gen == fresh.gen and state.version == 2  # adds expecting the fresh generation still apply
+    assert_state(state.arms, {"a": v(6)})
+    assert [e.gen for e in state.lineage] == ["g-older", "g-lost"]  # a replica still at g-older is covered
+    assert (await state_store.recover("k", lost="g-older", known_version=1, basis=1, content={"a": v(1)},
+                                      replica="r8")).outcome == "already"
+
+
+async def test_concurrent_recoveries_of_one_loss_reseed_exactly_once(state_store, request):
+    n = 8
+    if isinstance(state_store, RedisStateStore):  # one client (and connection) per replica
+        stores = [RedisStateStore(request.getfixturevalue("clean_redis_url")) for _ in range(n)]
+    else:
+        stores = [state_store] * n
+    content = {"a": np.arange(300, dtype=float), "b": v(1, 2)}
+    try:
+        results = await asyncio.gather(*(store.recover("k", lost="g-lost", known_version=5, basis=5,
+                                                       content=content, replica=f"r{i}")
+                                         for i, store in enumerate(stores)))
+    finally:
+        if stores[0] is not state_store:
+            for store in stores:
+                await store.aclose()
+    assert sorted(r.outcome for r in results) == ["covered"] * (n - 1) + ["reseeded"]
+    assert_state(await state_store.load("k"), content)
+
+
+async def test_a_rolled_back_generation_is_replaced_by_the_replica_view(state_store):
+    gen = (await state_store.add("k", {"a": v(1), "old": v(1)})).gen
+    assert await state_store.recover("k", lost=gen, known_version=1, basis=1, content={"a": v(50)},
+                                     replica="r1") == Recovery("intact")
+    assert await state_store.recover("k", lost=gen, known_version=4, basis=4, content={"a": v(50)},
+                                     replica="r1") == Recovery("reseeded")  # it had reached version 4
+    state = await state_store.read("k")
+    assert state.gen != gen and state.lineage[0].gen == gen
+    assert_state(state.arms, {"a": v(50)})
+
+
+async def test_operator_resets_and_imports_are_never_restored(state_store):
+    gen = (await state_store.add("k", {"a": v(1)})).gen
+    assert await state_store.delete("k") == 1
+    assert await state_store.keys() == [] and await state_store.load("k") == {}
+    marker = await state_store.read("k")  # what is left: a marker saying the reset was meant
+    assert marker.gen not in (None, gen) and marker.operator_set
+    assert marker.lineage == (Lineage(gen, "set", 1, "", ()),)
+    assert await state_store.recover("k", lost=gen, known_version=1, basis=1, content={"a": v(1)},
+                                     replica="r1") == Recovery("superseded")
+    assert await state_store.delete("k") == 0  # nothing more to delete
+    assert (await state_store.add("k", {"a": v(3)}, expect=(marker.gen, 0))).applied  # learning resumes
+    assert await state_store.keys() == ["k"]
+
+    before = (await state_store.read("k")).gen
+    await state_store.replace("k", {"a": v(7)})  # an import
+    assert await state_store.recover("k", lost=before, known_version=1, basis=1, content={"a": v(1)},
+                                     replica="r1") == Recovery("superseded")
+    # a replica that knew a generation lost before the import: the operator's state wins too
+    assert await state_store.recover("k", lost="g-long-gone", known_version=1, basis=1, content={"a": v(1)},
+                                     replica="r1") == Recovery("superseded")
+    assert_state(await state_store.load("k"), {"a": v(7)})
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_deleted_keys_markers_expire(kind, request):
+    if kind == "memory":
+        store = MemoryStateStore(tombstone_ttl_s=0.1)
+    else:
+        store = RedisStateStore(request.getfixturevalue("clean_redis_url"), tombstone_ttl_s=0.1)
+    try:
+        await store.add("k", {"a": v(1)})
+        await store.add("j", {"a": v(1)})
+        assert await store.delete("k") == 1
+        assert await store.remove_arm("j", "a")
+        assert (await store.read("k")).gen is not None and (await store.read("j")).gen is not None
+        await asyncio.sleep(0.3)
+        assert await store.read("k") == KeyState({}) and await store.read("j") == KeyState({})
+        assert (await store.add("k", {"a": v(2)})).applied  # a new key again
+    finally:
+        await store.aclose()
+
+
+async def test_a_redis_key_written_before_markers_is_adopted(clean_redis_url):
+    import redis
+
+    client = redis.Redis.from_url(clean_redis_url)
+    client.hset("sigroute:bandit:k", "a", v(1, 2).astype("<f8").tobytes())
+    client.close()
+    store = RedisStateStore(clean_redis_url)
+    try:
+        assert await store.keys() == ["k"]
+        state = await store.read("k")
+        assert state.gen is None and state.version == 0
+        assert_state(state.arms, {"a": v(1, 2)})
+        added = await store.add("k", {"a": v(1, 1)})
+        assert added.applied and added.gen and added.version == 1
+        assert_state(await store.load("k"), {"a": v(2, 3)})
+    finally:
+        await store.aclose()
 
 
 # --------------------------------------------------------------------------------------------
