@@ -57,9 +57,10 @@ class DecisionLog:
                     "propensity": round(float(propensity), 6),
                     "context": [round(float(v), 6) for v in context], "reward": round(float(reward), 6)})
 
-    def feedback(self, *, request_id: str, quality: float, credit: float) -> None:
+    def feedback(self, *, request_id: str, quality: float, credit: float, by: str | None = None) -> None:
+        """A rating of an earlier decision; `by` is who sent it (the API key's tenant/hash prefix)."""
         self.write({"type": "feedback", "request_id": request_id, "at": round(time.time(), 3),
-                    "quality": quality, "credit": round(float(credit), 6)})
+                    "quality": quality, "credit": round(float(credit), 6), "by": by})
 
     def close(self) -> None:
         with self._lock:

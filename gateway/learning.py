@@ -129,8 +129,16 @@ class Learning:
             log.warning("could not keep request %s for feedback: %s", request_id, exc)
 
     # feedback ------------------------------------------------------------------------------------
-    async def feedback(self, raw: bytes, principal) -> dict[str, Any]:
-        """POST /v1/feedback {request_id, score | thumbs | label}: credit the answer's quality."""
+    async def feedback(self, raw: bytes, principal, idempotency_key: str | None = None) -> dict[str, Any]:
+        """POST /v1/feedback {request_id, score | thumbs | label}: credit the answer's quality.
+
+        Who may rate an answer: any key of the tenant that made the request (an application's
+        front end often collects the thumbs its back end asked for); another tenant's key gets
+        404, as if the id were unknown. An answer is rated once: the same rating again is a
+        harmless duplicate, a different one 409. With an `Idempotency-Key` header, a retry with
+        the same key and body is a duplicate and anything else under another key (or the same
+        key with another rating) is 409. Who sent the rating is recorded (decision log and the
+        answer: `recorded_by`)."""
         try:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError as exc:
@@ -151,8 +159,12 @@ class Learning:
         except ValueError as exc:
             param = next((k for k in ("score", "thumbs", "label") if k in body), "score")
             raise InvalidRequest(str(exc), param=param, code="invalid_feedback") from None
+        if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
+            raise InvalidRequest("the Idempotency-Key header must be 1 to 255 characters", param="Idempotency-Key",
+                                 code="invalid_feedback")
+        fingerprint = f"{quality:.6f}" if idempotency_key is None else f"{quality:.6f}|{idempotency_key}"
         try:
-            status, record = await self.pending_store.claim(request_id, principal.tenant, f"{quality:.6f}")
+            status, record = await self.pending_store.claim(request_id, principal.tenant, fingerprint)
         except Exception as exc:
             self.metrics.bandit_store_errors.labels("pending_claim").inc()
             self.metrics.feedback_lost.labels("store_unavailable").inc()
@@ -164,11 +176,14 @@ class Learning:
                            "window has passed, or it was not routed by a learning decision",
                            param="request_id", code="unknown_request_id")
         if status == "conflict":
-            raise APIError(f"feedback for '{request_id}' was already recorded with a different value; "
-                           "feedback is accepted once per answer", status=409, type="invalid_request_error",
-                           param="request_id", code="feedback_conflict")
+            raise APIError(f"feedback for '{request_id}' was already recorded with a different value or under "
+                           "another Idempotency-Key; feedback is accepted once per answer", status=409,
+                           type="invalid_request_error", param="request_id", code="feedback_conflict")
         out = {"object": "feedback", "request_id": request_id, "status": "recorded" if status == "applied" else "duplicate",
-               "quality": quality, "decision": record.get("decision"), "model": record.get("model")}
+               "quality": quality, "decision": record.get("decision"), "model": record.get("model"),
+               "recorded_by": principal.key_id}
+        if status == "applied":
+            log.info("feedback on %s (quality %.3f) recorded by %s", request_id, quality, principal.key_id)
         if record.get("kind") == "cache_hit":
             out["cache"] = await self._cache_feedback(record, quality, first=status == "applied")
         elif status == "applied":
@@ -178,7 +193,8 @@ class Learning:
             if change is None:  # the decision changed since the answer was routed: the old state is not this one
                 out["reason"] = "the decision's algorithm or features changed since this request was routed"
             elif self.decision_log is not None:
-                self.decision_log.feedback(request_id=request_id, quality=quality, credit=change)
+                self.decision_log.feedback(request_id=request_id, quality=quality, credit=change,
+                                           by=principal.key_id)
         return out
 
     async def _cache_feedback(self, record: dict, quality: float, first: bool) -> dict[str, Any]:

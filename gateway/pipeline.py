@@ -210,8 +210,17 @@ class Pipeline:
 
     # the other endpoints -------------------------------------------------------------------------
     async def feedback(self, raw: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
-        """POST /v1/feedback: quality of an earlier answer, credited to the selector that chose it."""
-        return await self.learning.feedback(raw, await self.admit(headers))
+        """POST /v1/feedback: quality of an earlier answer, credited to the selector that chose it.
+        Limited per caller by `server.feedback_rate_limit`, apart from the chat rate limit."""
+        principal = await self.admit(headers)
+        limit = self.policy.server.feedback_rate_limit
+        wait = await self.rate_limiter.check(principal.key_id + "#feedback", limit) if limit is not None else 0
+        if wait > 0:
+            self.metrics.rate_limited.labels(principal.tenant).inc()
+            raise RateLimited(f"feedback rate limit of {limit.requests_per_minute:g} per minute exceeded; retry in "
+                              f"{wait:.2f}s", code="feedback_rate_limit_exceeded",
+                              headers={"retry-after": str(max(1, int(wait + 0.999)))})
+        return await self.learning.feedback(raw, principal, headers.get("idempotency-key"))
 
     async def explain(self, raw: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         """POST /v1/route/explain: every signal, every decision's verdict and the choice, no model call."""

@@ -99,10 +99,38 @@ def test_feedback_edge_cases(sim, gateway_factory):
     assert 'sigroute_feedback_total{status="conflict"} 1.0' in metrics
 
 
+def test_feedback_with_an_idempotency_key(sim, gateway_factory):
+    gw = gateway_factory(learning_policy(sim))
+    rid = gw.chat("rate me once").headers["x-sigroute-request-id"]
+
+    def send(key, **body):
+        return gw.http.post("/v1/feedback", json={"request_id": rid, **body}, headers={"idempotency-key": key})
+
+    assert send("k-1", score=0.9).json()["status"] == "recorded"
+    assert send("k-1", score=0.9).json()["status"] == "duplicate"            # a retry of the same call
+    reused = send("k-1", score=0.1)                                          # the key reused for another body
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "feedback_conflict"
+    assert send("k-2", score=0.9).status_code == 409                         # a second rating, however sent
+    assert send("x" * 300, score=0.9).json()["error"]["param"] == "Idempotency-Key"
+
+
+def test_feedback_has_its_own_rate_limit_per_caller(sim, gateway_factory):
+    policy = learning_policy(sim)
+    policy["server"]["feedback_rate_limit"] = {"requests_per_minute": 1, "burst": 2}
+    gw = gateway_factory(policy)
+    answers = [gw.chat(f"question {i}").headers["x-sigroute-request-id"] for i in range(3)]
+    assert [feedback(gw, rid, thumbs="up").status_code for rid in answers] == [200, 200, 429]
+    limited = feedback(gw, answers[2], thumbs="up")
+    assert limited.json()["error"]["code"] == "feedback_rate_limit_exceeded" and int(limited.headers["retry-after"]) >= 1
+    assert gw.chat("chat is not limited by feedback").status_code == 200
+
+
 def test_feedback_is_per_tenant(sim, gateway_factory, monkeypatch):
     monkeypatch.setenv("KEY_A", "sk-tenant-a")
+    monkeypatch.setenv("KEY_A_UI", "sk-tenant-a-frontend")
     monkeypatch.setenv("KEY_B", "sk-tenant-b")
-    auth = {"keys": [{"key_env": "KEY_A", "tenant": "a"}, {"key_env": "KEY_B", "tenant": "b"}]}
+    auth = {"keys": [{"key_env": "KEY_A", "tenant": "a"}, {"key_env": "KEY_A_UI", "tenant": "a"},
+                     {"key_env": "KEY_B", "tenant": "b"}]}
     gw = gateway_factory(learning_policy(sim, auth=auth))
     r = gw.chat("hi", api_key="sk-tenant-a")
     assert r.status_code == 200, r.text
@@ -110,9 +138,10 @@ def test_feedback_is_per_tenant(sim, gateway_factory, monkeypatch):
     other = gw.http.post("/v1/feedback", json={"request_id": rid, "thumbs": "up"},
                          headers={"authorization": "Bearer sk-tenant-b"})
     assert other.status_code == 404  # another tenant cannot even learn that the id exists
+    # any key of the same tenant may rate (the front end collects the thumbs the back end asked for)
     own = gw.http.post("/v1/feedback", json={"request_id": rid, "thumbs": "up"},
-                       headers={"authorization": "Bearer sk-tenant-a"})
-    assert own.status_code == 200
+                       headers={"authorization": "Bearer sk-tenant-a-frontend"})
+    assert own.status_code == 200 and own.json()["recorded_by"].startswith("a/")
     learners = gw.app.state.runtime.pipeline.selectors["learn"]
     assert learners.tenants() == ["a"]
 

@@ -89,6 +89,9 @@ class Server(Strict):
         4096, description="chat requests with more messages get 400 (bounds the work one request costs)")
     max_tools: PositiveInt = Field(512, description="chat requests with more tools get 400")
     rate_limit: RateLimit | None = Field(None, description="applies to callers when auth is off")
+    feedback_rate_limit: RateLimit | None = Field(
+        RateLimit(requests_per_minute=6000, burst=600),
+        description="POST /v1/feedback per caller (API key), apart from the chat rate limit; null: none")
     log_prompts: bool = Field(False, description="prompts and answers are never logged unless this is true")
     open_without_auth: tuple[Literal[OPERATOR_SURFACES], ...] = Field(
         (), description="with no `auth` section nobody is authenticated, so the operator surfaces are refused "
