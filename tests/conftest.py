@@ -53,6 +53,33 @@ def _guarded_connect_ex(self, address):
 socket.socket.connect = _guarded_connect
 socket.socket.connect_ex = _guarded_connect_ex
 
+
+def _guard_uvloop() -> None:
+    """uvloop connects through libuv, not `socket.socket.connect`: guard its connection methods too
+    (`uvloop.Loop` is a Python subclass of the compiled loop, so its attributes can be replaced)."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    real_create_connection = uvloop.Loop.create_connection
+    real_sock_connect = uvloop.Loop.sock_connect
+
+    async def create_connection(self, protocol_factory, host=None, port=None, *args, **kwargs):
+        if host is not None and not _is_loopback((host, port)):
+            raise NetworkBlocked(f"tests may not reach the network (tried to connect to {(host, port)!r})")
+        return await real_create_connection(self, protocol_factory, host, port, *args, **kwargs)
+
+    async def sock_connect(self, sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
+            raise NetworkBlocked(f"tests may not reach the network (tried to connect to {address!r})")
+        return await real_sock_connect(self, sock, address)
+
+    uvloop.Loop.create_connection = create_connection
+    uvloop.Loop.sock_connect = sock_connect
+
+
+_guard_uvloop()
+
 SIM_MODELS = {
     "alpha": {"ttft_ms": 1, "tokens_per_s": 0, "completion_tokens": 8, "price": {"input": 0.1, "output": 0.2},
               "accuracy": {"default": 1.0}},

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-
-import pytest
 
 from benchmarks import cache_speed
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
-def test_cache_speed_tiny(tmp_path, capsys):
+def test_cache_speed_tiny(tmp_path, capsys, redis_url):
+    # (`redis_url`: the session's Redis fixture installs redis-server when it is missing; the
+    # benchmark then starts its own on a free port)
     out = tmp_path / "speed.json"
     # 500 stays on the exact numpy path, 3000 crosses the HNSW threshold (2000)
     rc = cache_speed.main(["--sizes", "500,3000", "--queries", "50", "--inserts", "50", "--vectors", "clustered",

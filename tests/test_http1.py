@@ -1050,3 +1050,18 @@ def test_httptools_is_declared_in_the_server_extra():
 
     floor = tuple(int(x) for x in declared[0].split(">=")[1].split(".")[:2])
     assert tuple(int(x) for x in httptools.__version__.split(".")[:2]) >= floor
+
+
+def test_the_network_guard_covers_uvloop_servers_too():
+    """Gateways in tests run on uvloop, whose connections bypass `socket.connect`: the suite's
+    network guard must stop them as well (a test must never reach the network)."""
+    import uvloop
+
+    from tests.conftest import NetworkBlocked
+
+    async def reach_out():
+        loop = asyncio.get_running_loop()
+        with pytest.raises(NetworkBlocked):
+            await loop.create_connection(asyncio.Protocol, "192.0.2.1", 80)   # TEST-NET-1, never routed
+
+    uvloop.run(reach_out())
