@@ -15,6 +15,7 @@ model was called, no breaker learns anything from it.
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from typing import Mapping
 
@@ -22,8 +23,12 @@ import orjson
 
 from sigroute.gateway.errors import InvalidRequest
 
-__all__ = ["UpstreamError", "classify_status", "parse_retry_after", "retry_after", "error_message",
-           "unsendable_body"]
+__all__ = ["UpstreamError", "classify_status", "parse_retry_after", "retry_after", "error_message", "error_code",
+           "unsendable_body", "MODEL_SPECIFIC_REJECTIONS"]
+
+# rejections that say the request does not suit this model (another candidate may take it)
+MODEL_SPECIFIC_REJECTIONS = frozenset({"context_length_exceeded"})
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 class UpstreamError(Exception):
@@ -31,15 +36,18 @@ class UpstreamError(Exception):
 
     Kinds: ``connect``, ``timeout``, ``rate_limited``, ``server``, ``stream_broken``, ``protocol``
     (retryable); ``auth``, ``not_found``, ``unavailable`` (another model may work); ``client``
-    (the upstream rejected the request itself: returned to the caller as it is).
+    (the upstream rejected the request itself: returned to the caller as it is, or, when the
+    rejection is specific to this model (`model_specific`), the next candidate is tried).
+    `code`: the upstream's own error code (OpenAI's ``error.code``), when it sent a plain one.
     """
 
     RETRYABLE = {"connect", "timeout", "rate_limited", "server", "stream_broken", "protocol"}
     FALLBACK = RETRYABLE | {"auth", "not_found", "unavailable"}
 
     def __init__(self, kind: str, message: str, *, status: int | None = None, retry_after_s: float | None = None,
-                 model: str | None = None):
+                 model: str | None = None, code: str | None = None):
         super().__init__(message)
+        self.code = code
         self.kind = kind
         self.message = message
         self.status = status
@@ -53,6 +61,12 @@ class UpstreamError(Exception):
     @property
     def may_fall_back(self) -> bool:
         return self.kind in self.FALLBACK
+
+    @property
+    def model_specific(self) -> bool:
+        """A rejection of the request that another model may not share (e.g. OpenAI's
+        ``context_length_exceeded``: another candidate may have a larger context window)."""
+        return self.kind == "client" and self.code in MODEL_SPECIFIC_REJECTIONS
 
     @property
     def counts_against_model(self) -> bool:
@@ -128,6 +142,18 @@ def error_message(content: bytes) -> str:
         return str(err)[:500]
     except Exception:
         return content[:300].decode("utf-8", "replace") or "empty response"
+
+
+def error_code(content: bytes) -> str | None:
+    """The ``error.code`` of an upstream's OpenAI-shaped error body, if it is a plain identifier
+    (lower-case letters, digits, underscores): safe to pass on to the caller."""
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    return code if isinstance(code, str) and _CODE.match(code) else None
 
 
 def unsendable_body(exc: Exception) -> InvalidRequest:

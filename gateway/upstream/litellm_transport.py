@@ -72,8 +72,10 @@ class LiteLLMTransport:
             kind = classify_status(status)
         else:
             kind = "server"
+        code = "context_length_exceeded" if name == "ContextWindowExceededError" else None
         return UpstreamError(kind, f"{name}: {message}", status=status if isinstance(status, int) else None,
-                             model=target.name, retry_after_s=self._retry_after(exc) if kind == "rate_limited" else None)
+                             model=target.name, retry_after_s=self._retry_after(exc) if kind == "rate_limited" else None,
+                             code=code)
 
     @staticmethod
     def _retry_after(exc: Exception) -> float | None:

@@ -30,7 +30,8 @@ import orjson
 
 from sigroute.gateway.sse import EventTooLarge, SSEDecoder
 from sigroute.gateway.upstream import http1
-from sigroute.gateway.upstream.errors import UpstreamError, classify_status, error_message, retry_after, unsendable_body
+from sigroute.gateway.upstream.errors import (UpstreamError, classify_status, error_code, error_message, retry_after,
+                                              unsendable_body)
 from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, merged_headers
 
 __all__ = ["OpenAICompatibleTransport", "MAX_STREAM_EVENT_BYTES"]
@@ -99,7 +100,7 @@ class OpenAICompatibleTransport:
         if response.status_code != 200:
             raise UpstreamError(classify_status(response.status_code), error_message(response.content),
                                 status=response.status_code, model=target.name,
-                                retry_after_s=retry_after(response.headers))
+                                retry_after_s=retry_after(response.headers), code=error_code(response.content))
         try:
             data = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -131,7 +132,7 @@ class OpenAICompatibleTransport:
                     content = b""
                 raise UpstreamError(classify_status(response.status_code), error_message(content),
                                     status=response.status_code, model=target.name,
-                                    retry_after_s=retry_after(response.headers))
+                                    retry_after_s=retry_after(response.headers), code=error_code(content))
             decoder = SSEDecoder(max_event_bytes=self.max_event_bytes)
             events: list = []
             taken = 0

@@ -4,8 +4,12 @@
 retryable failures (connection errors, timeouts, 429, 5xx, broken streams) with exponential
 backoff and jitter (honouring a short ``Retry-After``), then the next model is tried. A model
 whose circuit is open (`breaker.CircuitBreaker`) is skipped without a call. A caller's mistake
-reported by the upstream (400, 413, 422) is returned as it is: another model would not fix the
-request; so is a body that cannot be serialized (400 ``invalid_request_body``, no model called).
+reported by the upstream (400, 413, 422) is returned as it is, with the upstream's error code:
+another model would not fix the request; so is a body that cannot be serialized (400
+``invalid_request_body``, no model called). A rejection that is the model's own goes on to the
+next candidate instead (and is returned only if no later candidate answers): one that says so
+(``context_length_exceeded``: another model may have a larger window), or one from a fallback
+model after an earlier candidate took the request as valid and failed otherwise.
 
 A 429 is back pressure, not a fault: it does not count toward the model's breaker; the model is
 held back for the ``Retry-After`` the upstream sent (`breaker.RATE_LIMIT_DEFAULT_S` without one),
@@ -101,6 +105,12 @@ class _NoObserver:
         pass
 
 
+def _failed_before(attempts: Sequence[Attempt], model: str) -> bool:
+    """Whether a model before `model` in this call failed otherwise than by rejecting the request:
+    it took the request as valid, so a rejection by `model` is `model`'s own."""
+    return any(a.error is not None and a.model != model and a.error.kind != "client" for a in attempts)
+
+
 class Upstreams:
     """The policy's models, ready to call, with retries, fallback, a breaker and a load count each."""
 
@@ -186,6 +196,7 @@ class Upstreams:
         attempts: list[Attempt] = []
         started = time.perf_counter()
         previous: str | None = None
+        rejected: InvalidRequest | None = None  # a model-specific rejection, answered if no one else answers
         for model in ranking:
             target = self.targets[model]
             transport = self.transports[target.transport]
@@ -220,10 +231,16 @@ class Upstreams:
                             error.model = model
                             attempts.append(Attempt(model, error=error))
                             if error.kind == "client":
-                                raise InvalidRequest(
+                                log.warning("request %s: upstream model %s rejected the request: %s", request_id,
+                                            model, error)
+                                rejection = InvalidRequest(
                                     f"model '{model}' rejected the request: {error.message}",
                                     status=error.status if error.status in (400, 413, 422) else 400,
-                                    code="upstream_rejected") from None
+                                    code=error.code or "upstream_rejected")
+                                if not (error.model_specific or _failed_before(attempts, model)):
+                                    raise rejection from None
+                                rejected = rejection  # this model's own verdict: the next one may take it
+                                break
                             held_s = self._failed(error, permit)
                             log.warning("request %s: upstream model %s failed: %s", request_id, model, error)
                             if error.retryable and attempt < self.retries:
@@ -239,6 +256,8 @@ class Upstreams:
                             counted.succeeded()
                             return CallResult(model, attempts, ttft_ms, upstream_ms, body=body)
                 await asyncio.sleep(delay)  # holding neither the permit nor a place in flight
+        if rejected is not None:
+            raise rejected
         raise self._exhausted(ranking, attempts, request_id)
 
     def _exhausted(self, ranking: Sequence[str], attempts: list[Attempt], request_id: str = "-") -> APIError:
