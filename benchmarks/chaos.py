@@ -31,9 +31,12 @@ Load phases (``--load-seconds`` each, 16 closed-loop clients, alternating stream
 requests, every answer graded as above): one of three round-robin candidates is killed (its server
 stopped, every connection aborted), slowed past its timeouts, or answers 429 ``Retry-After: 1``
 from 10 % to 70 % of the phase, then recovers. Reported: success rate (target ≥ 99.9 %), the
-slowest request against the deadline, and the breaker as ``GET /metrics`` showed it (polled every
+slowest request against the deadline, and the breaker as the gateway showed it (polled every
 0.2 s): ``sigroute_breaker_opened_total`` episodes and the ``sigroute_breaker_open`` gauge's
-openings and closings.
+rises and falls from ``GET /metrics`` (the gauge falls when the cooldown ends: half-open), and
+the circuit's state from ``GET /ready`` (closed / open / half_open / rate_limited), whose return
+to ``closed`` is a closing (a half-open trial succeeded). After the phase, probe requests are sent
+(one every 0.25 s, at most 15 s) until the circuit is closed again.
 
 Operations faults (Redis outage, policy reloads, feedback during outages) come from
 `benchmarks.chaos_ops.run_operations` (skipped with ``--skip-ops``; null when not installed).
@@ -318,13 +321,19 @@ FAULTS: dict[str, tuple[Fault, str, bool]] = {
                               error_type="rate_limit_error", message="Rate limit reached"), "both", False),
     "429-no-retry-after": (Fault("status", status=429, code="rate_limit_exceeded", error_type="rate_limit_error",
                                  message="Rate limit reached"), "both", False),
+    "429-long-retry-after": (Fault("status", status=429, retry_after="120", code="rate_limit_exceeded",
+                                   error_type="rate_limit_error", message="Rate limit reached"), "both", False),
     "500": (Fault("status", status=500), "both", False),
     "503": (Fault("status", status=503, message="overloaded"), "both", False),
     "tcp-reset": (Fault("reset"), "both", False),
     "never-answers": (Fault("never_answer"), "both", False),
     "slow-first-token": (Fault("slow", delay_s=SLOW_S), "both", False),
+    "cut-before-first-chunk": (Fault("cut", after_chunks=0), "stream", False),
     "cut-mid-answer": (Fault("cut", after_chunks=2), "both", True),
+    "stalled-before-first-chunk": (Fault("stall", after_chunks=0), "stream", False),
     "stalled-mid-answer": (Fault("stall", after_chunks=2), "both", True),
+    "error-event-first": (Fault("error_event", after_chunks=0, message="upstream overloaded"), "stream", False),
+    "error-event-mid-answer": (Fault("error_event", after_chunks=2, message="upstream overloaded"), "stream", True),
     "malformed-first-chunk": (Fault("malformed", after_chunks=0), "stream", False),
     "malformed-mid-answer": (Fault("malformed", after_chunks=2), "both", True),
     "missing-done": (Fault("no_done"), "stream", True),
@@ -472,14 +481,33 @@ LOAD_PHASES = {
 METRIC_LINE = re.compile(r'^(sigroute_breaker_open|sigroute_breaker_opened_total)\{model="([^"]+)"\} ([0-9.eE+-]+)$')
 
 
-async def read_metrics(host: str, port: int) -> dict[tuple[str, str], float]:
+async def http_get(host: str, port: int, path: str) -> bytes:
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(f"GET /metrics HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n".encode())
         raw = await reader.read(-1)
     finally:
         writer.close()
-    text = raw.split(b"\r\n\r\n", 1)[-1].decode("utf-8", "replace")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        out, rest = b"", body
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0] or b"0", 16)
+            if size == 0:
+                break
+            out, rest = out + rest[:size], rest[size + 2:]
+        return out
+    return body
+
+
+async def breaker_state(host: str, port: int, model: str) -> str:
+    """The model's circuit as `GET /ready` reports it: closed, open, half_open or rate_limited."""
+    return orjson.loads(await http_get(host, port, "/ready"))["models"].get(model, "unknown")
+
+
+async def read_metrics(host: str, port: int) -> dict[tuple[str, str], float]:
+    text = (await http_get(host, port, "/metrics")).decode("utf-8", "replace")
     out = {}
     for line in text.splitlines():
         m = METRIC_LINE.match(line)
@@ -500,6 +528,7 @@ async def load_phase(phase: str, servers: list[FaultServer], models: list[str], 
     end = began + seconds
     stop = asyncio.Event()
     gauge_samples: list[tuple[float, float]] = []
+    states: list[tuple[float, str]] = []  # the faulty model's circuit per /ready, when it changed
     opened_total = {"start": 0.0, "end": 0.0}
 
     async def client(c: int) -> None:
@@ -526,6 +555,9 @@ async def load_phase(phase: str, servers: list[FaultServer], models: list[str], 
                 values = await read_metrics(host, port)
                 gauge_samples.append((loop.time() - began, values.get(("sigroute_breaker_open", faulty), 0.0)))
                 opened_total["end"] = values.get(("sigroute_breaker_opened_total", faulty), 0.0)
+                state = await breaker_state(host, port, faulty)
+                if not states or states[-1][1] != state:
+                    states.append((round(loop.time() - began, 2), state))
             except OSError:
                 pass
             try:
@@ -554,14 +586,27 @@ async def load_phase(phase: str, servers: list[FaultServer], models: list[str], 
     injector = asyncio.ensure_future(inject())
     await asyncio.gather(*(client(c) for c in range(clients)))
     await injector
-    # after the phase: the circuit must close again once the model answers (a half-open trial succeeds)
-    for _ in range(int(10 / 0.2)):
-        values = await read_metrics(host, port)
-        if values.get(("sigroute_breaker_open", faulty), 0.0) == 0.0:
-            break
-        await asyncio.sleep(0.2)
+    # after the phase: the circuit must close again once the model answers (a half-open trial
+    # succeeds); without traffic nothing tries it, so a few probe requests are sent meanwhile
+    probe = GatewayClient(host, port)
+    probes = 0
+    try:
+        for _ in range(int(15 / 0.25)):
+            if await breaker_state(host, port, faulty) == "closed":
+                break
+            obs = await probe.chat(request_body(f"load-{phase}", f"{phase}-probe-{probes}", False), deadline + 5.0)
+            probes += 1
+            got, why = grade(obs, faulty_server_records(servers, f"{phase}-probe-{probes - 1}"), deadline_s=deadline)
+            if got == "fail":
+                failures.append({"nonce": f"{phase}-probe-{probes - 1}", "grade": got, "why": why})
+            await asyncio.sleep(0.25)
+    finally:
+        await probe.close()
     stop.set()
     await watcher
+    end_state = await breaker_state(host, port, faulty)
+    if not states or states[-1][1] != end_state:
+        states.append((round(loop.time() - began, 2), end_state))
     final = await read_metrics(host, port)
     gauge_samples.append((loop.time() - began, final.get(("sigroute_breaker_open", faulty), 0.0)))
     openings = sum(1 for (_, a), (_, b) in itertools.pairwise(gauge_samples) if a == 0 and b == 1)
@@ -572,16 +617,24 @@ async def load_phase(phase: str, servers: list[FaultServer], models: list[str], 
     result = {"phase": phase, "fault": LOAD_PHASES[phase], "faulty_model": faulty, "clients": clients,
               "seconds": seconds, "requests": total, "grades": outcomes,
               "success_rate": round(ok / total, 5) if total else None,
-              "deadline_s": deadline, "over_deadline": over, "latency_s": stats(latencies, 3),
+              "deadline_s": deadline, "over_deadline": over,
+              "configured_bound_s": deadline - DEADLINE_SLACK_S,  # the deadline without its slack
+              "over_configured_bound": sum(1 for t in latencies if t > deadline - DEADLINE_SLACK_S),
+              "latency_s": stats(latencies, 3),
               "breaker_episodes_opened": final.get(("sigroute_breaker_opened_total", faulty), 0.0)
               - opened_total["start"],
               "breaker_gauge_openings": openings, "breaker_gauge_closings": closings,
               "breaker_open_at_end": final.get(("sigroute_breaker_open", faulty), 0.0) == 1.0,
+              "breaker_states": states,  # per /ready: (seconds into the phase, state) at each change seen
+              "breaker_closings_seen": sum(1 for (_, a), (_, b) in itertools.pairwise(states)
+                                           if a in ("open", "half_open") and b == "closed"),
+              "breaker_state_at_end": end_state, "probes_after_phase": probes,
               "upstream_calls": {m: sum(s.calls.get(m, 0) for s in servers) for m in models},
               "failures": failures}
     log(f"  {phase}: {total} requests, success {result['success_rate']}, slowest {result['latency_s'].get('max')}s "
         f"(deadline {deadline:g}s), breaker episodes {result['breaker_episodes_opened']:g}, gauge "
-        f"openings {openings} / closings {closings}")
+        f"openings {openings} / closings {closings}, circuit closed again: {result['breaker_closings_seen']} "
+        f"time(s), at the end {end_state}")
     return result
 
 

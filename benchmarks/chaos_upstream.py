@@ -27,6 +27,8 @@ Kinds of `Fault`:
 ``malformed``       streamed: after `after_chunks` chunks (0 = as the very first event) a
                     ``data:`` line of invalid JSON, then the rest and ``[DONE]``; whole: a
                     200 whose body is not JSON
+``error_event``     streamed: after `after_chunks` chunks an OpenAI-shaped error event, then the
+                    body ends (no finish reason, no ``[DONE]``); whole: as ``status``
 ``no_done``         streamed: the whole answer (finish reason included), the chunked body ended
                     cleanly, but no ``data: [DONE]``
 ``content_filter``  an answer cut short by the provider's filter: ``finish_reason: content_filter``
@@ -256,6 +258,10 @@ class FaultServer:
         if kind == "content_filter":
             text = text[: len(text) // 3]
         usage = model_usage(model, len(text.split()))
+        if kind == "error_event" and not stream:
+            record.outcome = f"status {fault.status}"
+            await self._send_whole(writer, fault.status, _error_body(fault))
+            return True
         if stream:
             return await self._stream(reader, writer, body, record, kind, fault, text, finish, usage)
         return await self._whole(reader, writer, record, kind, text, finish, usage, model)
@@ -321,7 +327,13 @@ class FaultServer:
         pieces = [" ".join(words[i:i + per]) + (" " if i + per < len(words) else "")
                   for i in range(0, len(words), per)]
         for i, piece in enumerate(pieces):
-            if i == fault.after_chunks and kind in ("cut", "stall", "malformed"):
+            if i == fault.after_chunks and kind in ("cut", "stall", "malformed", "error_event"):
+                if kind == "error_event":
+                    record.outcome = "error_event"
+                    writer.write(event(orjson.dumps({"error": {"message": fault.message, "type": "server_error",
+                                                               "param": None, "code": None}})) + b"0\r\n\r\n")
+                    await self._drain(writer)
+                    return True
                 if kind == "cut":
                     record.outcome = "cut"
                     writer.write(b"40\r\ndata: {\"id\": \"chatcmpl-cut\", \"obj")  # a chunk broken off
