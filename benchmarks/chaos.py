@@ -191,6 +191,16 @@ def _openai_error(body: bytes) -> dict[str, Any] | None:
     return None
 
 
+def _well_formed_chunk(event: Any) -> bool:
+    """A chat.completion.chunk: choices a list of objects whose delta is an object, usage an object or absent."""
+    if not isinstance(event, dict) or not isinstance(event.get("choices"), list):
+        return False
+    if not isinstance(event.get("usage"), (dict, type(None))):
+        return False
+    return all(isinstance(c, dict) and isinstance(c.get("delta", {}), dict)
+               and isinstance((c.get("delta") or {}).get("content"), (str, type(None))) for c in event["choices"])
+
+
 def _sent_whole(records: Sequence[Record], content: str, finish: str | None) -> list[Record]:
     return [r for r in records if r.whole and r.content == content and r.finish_reason == finish]
 
@@ -224,8 +234,10 @@ def grade(obs: Observation, records: Sequence[Record], *, deadline_s: float,
             body = orjson.loads(obs.body)
             choice = body["choices"][0]
             content, finish = choice["message"]["content"], choice["finish_reason"]
+            if not isinstance(content, str) or not isinstance(body.get("usage"), (dict, type(None))):
+                raise TypeError
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-            return "fail", f"200 without a readable completion: {obs.body[:120]!r}"
+            return "fail", f"200 without a well-formed completion: {obs.body[:120]!r}"
         sent = _sent_whole(records, content, finish)
         if not sent:
             return "fail", "answer differs from every answer an upstream sent whole (truncated or altered)"
@@ -245,6 +257,8 @@ def grade(obs: Observation, records: Sequence[Record], *, deadline_s: float,
             continue
         if error is not None or done:
             return "fail", "chunks after the stream's end or error event"
+        if not _well_formed_chunk(event):
+            return "fail", f"an event that is not a chat.completion.chunk reached the client: {data[:80]!r}"
         chunks.append(event)
     models = {c.get("model") for c in chunks}
     if len(models) > 1:
@@ -338,6 +352,16 @@ FAULTS: dict[str, tuple[Fault, str, bool]] = {
     "malformed-mid-answer": (Fault("malformed", after_chunks=2), "both", True),
     "missing-done": (Fault("no_done"), "stream", True),
     "context-length": (CONTEXT_LENGTH, "both", False),
+    "closes-without-answer": (Fault("close_without_answer"), "both", False),
+    "not-http": (Fault("garbage"), "both", False),
+    "pings-instead-of-first-token": (Fault("pings", after_chunks=0), "both", False),
+    "pings-instead-of-tokens": (Fault("pings", after_chunks=2), "stream", True),
+    "invalid-utf8-first-chunk": (Fault("bad_utf8", after_chunks=0), "both", False),
+    "invalid-utf8-mid-answer": (Fault("bad_utf8", after_chunks=2), "stream", True),
+    "json-not-an-object-first": (Fault("not_object", after_chunks=0), "both", False),
+    "json-not-an-object-mid-answer": (Fault("not_object", after_chunks=2), "stream", True),
+    "wrong-shape-first": (Fault("bad_shape", after_chunks=0), "both", False),
+    "wrong-shape-mid-answer": (Fault("bad_shape", after_chunks=2), "stream", True),
 }
 
 

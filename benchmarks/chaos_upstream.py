@@ -29,6 +29,14 @@ Kinds of `Fault`:
                     200 whose body is not JSON
 ``error_event``     streamed: after `after_chunks` chunks an OpenAI-shaped error event, then the
                     body ends (no finish reason, no ``[DONE]``); whole: as ``status``
+``close_without_answer``  read the request, then close the connection in order (FIN), no answer
+``garbage``         read the request, answer bytes that are not HTTP, close
+``pings``           streamed: after `after_chunks` chunks only SSE comments (``: ping``), every
+                    0.2 s, until the client closes; whole: as ``never_answer``
+``bad_utf8``        an answer (whole, or one streamed event after `after_chunks`) with invalid UTF-8
+``not_object``      a 200 whose JSON (whole, or one streamed event) is an array, not an object
+``bad_shape``       a 200 object of the wrong shape: a choice without a message (streamed: ``choices``
+                    a string), ``usage`` a string
 ``no_done``         streamed: the whole answer (finish reason included), the chunked body ended
                     cleanly, but no ``data: [DONE]``
 ``content_filter``  an answer cut short by the provider's filter: ``finish_reason: content_filter``
@@ -49,6 +57,7 @@ import asyncio
 import re
 import socket
 import struct
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -56,7 +65,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Fault", "FaultServer", "Record", "answer_text", "model_usage", "NONCE_PATTERN"]
+__all__ = ["Fault", "FaultServer", "FaultServerThread", "Record", "answer_text", "model_usage", "NONCE_PATTERN"]
 
 NONCE_PATTERN = re.compile(r"chaos-id:(\S+)")
 WORDS = "river stone garden paper market window bridge silver autumn engine letter forest valley".split()
@@ -246,7 +255,17 @@ class FaultServer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
             return False
-        if kind == "never_answer":
+        if kind == "close_without_answer":
+            record.outcome = "closed"
+            writer.transport.close()  # an orderly close (FIN) after reading the request
+            return False
+        if kind == "garbage":
+            record.outcome = "garbage"
+            writer.write(b"SSH-2.0-OpenSSH_9.6 this is not HTTP\r\n\r\n")
+            await self._drain(writer)
+            writer.transport.close()
+            return False
+        if kind == "never_answer" or (kind == "pings" and not stream):
             record.outcome = "no_answer"
             await self._wait_for_close(reader)
             return False
@@ -282,9 +301,15 @@ class FaultServer:
                                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                             "finish_reason": finish}],
                                "usage": usage})
-        if kind == "malformed":
-            record.outcome = "malformed"
-            await self._send_whole(writer, 200, b'{"id": "chatcmpl-x", "choices": [ {"index": 0, "mess')
+        broken = {"malformed": b'{"id": "chatcmpl-x", "choices": [ {"index": 0, "mess',
+                  "bad_utf8": b'{"id": "chatcmpl-x", "choices": [{"index": 0, "message": {"role": "assistant", '
+                              b'"content": "caf\xc3\x28 \xff"}, "finish_reason": "stop"}]}',
+                  "not_object": b"[1, 2, 3]",
+                  "bad_shape": b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"index": 0, '
+                               b'"finish_reason": "stop"}], "usage": "lots"}'}
+        if kind in broken:
+            record.outcome = kind
+            await self._send_whole(writer, 200, broken[kind])
             return True
         if kind in ("cut", "stall"):
             head = ("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
@@ -327,6 +352,26 @@ class FaultServer:
         pieces = [" ".join(words[i:i + per]) + (" " if i + per < len(words) else "")
                   for i in range(0, len(words), per)]
         for i, piece in enumerate(pieces):
+            if i == fault.after_chunks and kind in ("pings", "bad_utf8", "not_object", "bad_shape"):
+                record.outcome = kind
+                if kind == "pings":  # keep-alive comments, never another token
+                    await self._drain(writer)
+                    while not reader.at_eof():
+                        writer.write(b"9\r\n: ping\n\n\n\r\n")
+                        await self._drain(writer)
+                        try:
+                            async with asyncio.timeout(0.2):
+                                if not await reader.read(65536):
+                                    break
+                        except TimeoutError:
+                            pass
+                    return False
+                writer.write(event({"bad_utf8": b'{"id": "chatcmpl-x", "object": "chat.completion.chunk", "choices": '
+                                                b'[{"index": 0, "delta": {"content": "caf\xc3\x28 \xff"}, '
+                                                b'"finish_reason": null}]}',
+                                    "not_object": b"[1, 2, 3]",
+                                    "bad_shape": b'{"id": "chatcmpl-x", "object": "chat.completion.chunk", '
+                                                 b'"choices": "none today", "usage": "lots"}'}[kind]))
             if i == fault.after_chunks and kind in ("cut", "stall", "malformed", "error_event"):
                 if kind == "error_event":
                     record.outcome = "error_event"
@@ -371,3 +416,29 @@ class FaultServer:
             record.outcome = "answered"
             record.whole = True
         return True
+
+
+class FaultServerThread:
+    """A `FaultServer` on its own event loop in a background thread (for synchronous tests):
+    ``server.faults[...] = Fault(...)``, ``server.calls``, ``server.by_nonce`` as usual."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="fault-server")
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(FaultServer().start(), self.loop).result(10)
+
+    def calls(self, model: str) -> int:
+        return self.server.calls.get(model, 0)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    def __enter__(self) -> "FaultServerThread":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

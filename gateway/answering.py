@@ -13,7 +13,8 @@ callbacks it awaits once a stream is over (finished, broken, or never begun).
                        and in-flight count, the single-flight lease): the answer takes over what it
                        holds (the last thing `streamed` does, so nothing is lost if building the
                        answer fails) and gives it back on every ending — finished, broken upstream,
-                       client gone, plugin error, or never started.
+                       client gone, plugin error, or never started. A stream that breaks, upstream
+                       or in the gateway itself, ends with an error event: never a silent cut.
 - `cached(journey, answer)`  a cached or coalesced answer: answer plugins, headers, and a pending
                        record so feedback can report it wrong.
 - `blocked(journey, blocked)`  a plugin answered instead of a model (refusal or error).
@@ -201,6 +202,14 @@ class Answering:
                 status = "client_disconnected"
                 self.metrics.client_disconnects.inc()
                 raise
+            except Exception:  # noqa: BLE001 - a bug of ours (a plugin's filter, …): still never a silent cut
+                status = "internal_error"
+                self.metrics.errors.labels("500", "internal_error").inc()
+                log.exception("request %s: relaying the stream of model %s failed", journey.request_id, model)
+                yield stream_error_event(
+                    f"the gateway failed while relaying the answer of model '{model}'; the answer above is "
+                    f"incomplete (details in the gateway log under request {journey.request_id})",
+                    code="internal_error", type="server_error")
             finally:
                 if assembler is not None and status != "200":
                     self.metrics.cache_stores.labels(journey.plan.category, "incomplete").inc()

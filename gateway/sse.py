@@ -15,7 +15,8 @@ What the standard says, and what this decoder does:
 - The stream is UTF-8. Lines end with CRLF, LF or a lone CR, mixed freely; a CR at the end of one
   piece followed by an LF at the start of the next is ONE line end. Lines are cut at the byte level
   and decoded whole, so a multi-byte character split across pieces is decoded correctly; invalid
-  UTF-8 becomes U+FFFD. One leading byte order mark is ignored (also when it is split).
+  UTF-8 becomes U+FFFD (``errors="strict"``: `feed` / `end` raise `UnicodeDecodeError` instead,
+  for readers of JSON payloads, which must be valid UTF-8). One leading byte order mark is ignored (also when it is split).
 - ``:`` at the start of a line makes it a comment (keep-alives): ignored.
 - ``name: value`` sets a field; exactly one space after the colon is dropped. A line without a
   colon is a field with an empty value (``data`` alone adds an empty data line).
@@ -89,13 +90,14 @@ class SSEDecoder:
     the standard keeps across events; they survive `end()`, as for a reconnection.
     """
 
-    __slots__ = ("last_event_id", "retry", "max_event_bytes", "_partial", "_partial_size", "_data", "_data_size",
+    __slots__ = ("last_event_id", "retry", "max_event_bytes", "errors", "_partial", "_partial_size", "_data", "_data_size",
                  "_event", "_event_retry", "_skip_lf", "_start", "_special")
 
-    def __init__(self, max_event_bytes: int | None = None) -> None:
+    def __init__(self, max_event_bytes: int | None = None, errors: str = "replace") -> None:
         self.last_event_id = ""
         self.retry: int | None = None
         self.max_event_bytes = max_event_bytes  # None: no limit
+        self.errors = errors  # "replace" (the standard's U+FFFD) or "strict" (UnicodeDecodeError)
         self._partial: list[bytes] = []   # bytes of the current line, not yet terminated (pieces as fed)
         self._partial_size = 0            # their total length
         self._data: list[str] = []        # data lines of the event being read
@@ -139,7 +141,7 @@ class SSEDecoder:
         if last + 1 < len(chunk):
             self._partial.append(chunk[last + 1:])
             self._partial_size = len(chunk) - last - 1
-        events = self._lines(chunk[:last].decode("utf-8", "replace").split("\n"))
+        events = self._lines(chunk[:last].decode("utf-8", self.errors).split("\n"))
         if self.max_event_bytes is not None:
             self._check_size()
         return events
@@ -154,7 +156,7 @@ class SSEDecoder:
         if self._start:  # a stream of fewer than three bytes that began like a BOM
             self._partial.insert(0, self._start)
         if self._partial:
-            lines.append(b"".join(self._partial).decode("utf-8", "replace"))
+            lines.append(b"".join(self._partial).decode("utf-8", self.errors))
         self._partial = []
         self._partial_size = 0
         events = self._lines(lines + [""])  # as if a blank line had followed
@@ -192,7 +194,7 @@ class SSEDecoder:
         """Dispatch an event whose only line was `data: <data>`."""
         if self.max_event_bytes is not None and len(data) > self.max_event_bytes:
             self._too_large()
-        event = Event(data.decode("utf-8", "replace"), self._event or "message", self.last_event_id, self._event_retry)
+        event = Event(data.decode("utf-8", self.errors), self._event or "message", self.last_event_id, self._event_retry)
         self._event = ""
         self._event_retry = None
         return event

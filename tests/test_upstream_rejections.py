@@ -7,14 +7,12 @@ records what each model really answered (text, usage)."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Iterator
 
 import openai
 import pytest
 
-from benchmarks.chaos_upstream import Fault, FaultServer, answer_text, model_usage
+from benchmarks.chaos_upstream import Fault, FaultServerThread, answer_text, model_usage
 
 CONTEXT_LENGTH = Fault("status", status=400, code="context_length_exceeded", error_type="invalid_request_error",
                        message="This model's maximum context length is 4096 tokens.")
@@ -22,32 +20,13 @@ BAD_PARAMETER = Fault("status", status=400, code="unsupported_value", error_type
                       message="Unsupported value: 'temperature'.")
 
 
-class ThreadedFaultServer:
-    """A `FaultServer` on its own event loop in a background thread."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(FaultServer().start(), self.loop).result(10)
-
-    def calls(self, model: str) -> int:
-        return self.server.calls.get(model, 0)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 @pytest.fixture
-def upstream() -> Iterator[ThreadedFaultServer]:
-    server = ThreadedFaultServer()
-    yield server
-    server.stop()
+def upstream() -> Iterator[FaultServerThread]:
+    with FaultServerThread() as server:
+        yield server
 
 
-def policy(upstream: ThreadedFaultServer, models: list[str]) -> dict:
+def policy(upstream: FaultServerThread, models: list[str]) -> dict:
     return {"version": 1,
             "models": {m: {"provider": f"openai/{m}", "api_base": upstream.server.api_base} for m in models},
             "decisions": [{"name": "default", "models": models, "algorithm": "static"}],

@@ -12,6 +12,12 @@ is complete only at ``data: [DONE]``; its connection then goes back to the pool.
 ends without it, breaks off, or sends an error event raises ``UpstreamError("stream_broken")``;
 closing the stream early closes its connection.
 
+Shape: what the gateway relays must be what a client can read. A whole answer, or a streamed
+event, that is not valid UTF-8, not JSON, or not shaped like a chat completion (chunk) (an object;
+``choices`` a list of objects whose ``message`` / ``delta`` is an object with string content;
+``usage`` an object) is ``UpstreamError("protocol")``: retried and fallen back from before the
+first chunk, an error event after it — never relayed.
+
 Bounds: a whole answer larger than ``max_body_size`` (`http1.MAX_RESPONSE_BODY`, 64 MiB), a
 response head beyond `http1.MAX_RESPONSE_HEAD` / `http1.MAX_RESPONSE_HEADERS`, or one streamed
 event larger than ``max_event_bytes`` (`MAX_STREAM_EVENT_BYTES`, 8 MiB) is
@@ -46,6 +52,35 @@ def _transport_error(exc: http1.TransportError, model: str) -> UpstreamError:
     if isinstance(exc, http1.ResponseTooLarge):
         return UpstreamError("protocol", str(exc), model=model)
     return UpstreamError("connect", f"{type(exc).__name__}: {exc}", model=model)
+
+
+def _well_formed(data: Any, part: str) -> bool:
+    """Whether `data` has the shape the gateway relies on: an object whose ``choices`` (a list; may
+    be absent in a stream's usage chunk) holds objects whose `part` (``message`` / ``delta``) is an
+    object with a string (or null) ``content``, and whose ``usage``, if any, is an object. Cheap:
+    type checks only, on the path of every chunk."""
+    if type(data) is not dict:
+        return False
+    usage = data.get("usage")
+    if usage is not None and type(usage) is not dict:
+        return False
+    choices = data.get("choices")
+    if choices is None:
+        return part == "delta"
+    if type(choices) is not list:
+        return False
+    for choice in choices:
+        if type(choice) is not dict:
+            return False
+        inner = choice.get(part)
+        if inner is None and part == "delta":
+            continue
+        if type(inner) is not dict:
+            return False
+        content = inner.get("content")
+        if content is not None and type(content) is not str:
+            return False
+    return True
 
 
 class OpenAICompatibleTransport:
@@ -107,6 +142,9 @@ class OpenAICompatibleTransport:
             raise UpstreamError("protocol", "response is not JSON", status=200, model=target.name) from None
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise UpstreamError("protocol", "response has no 'choices'", status=200, model=target.name)
+        if not _well_formed(data, "message"):
+            raise UpstreamError("protocol", "response is not a chat completion (a choice without a message object, "
+                                "or usage not an object)", status=200, model=target.name)
         return data
 
     async def stream(self, target: ModelTarget, payload: dict[str, Any],
@@ -133,7 +171,7 @@ class OpenAICompatibleTransport:
                 raise UpstreamError(classify_status(response.status_code), error_message(content),
                                     status=response.status_code, model=target.name,
                                     retry_after_s=retry_after(response.headers), code=error_code(content))
-            decoder = SSEDecoder(max_event_bytes=self.max_event_bytes)
+            decoder = SSEDecoder(max_event_bytes=self.max_event_bytes, errors="strict")
             events: list = []
             taken = 0
             first = True
@@ -159,7 +197,10 @@ class OpenAICompatibleTransport:
                             raise UpstreamError("stream_broken", f"{type(exc).__name__}: {exc}",
                                                 model=target.name) from None
                         if piece is None:  # the body ended; accept a last [DONE] without its blank line
-                            last = decoder.end()
+                            try:
+                                last = decoder.end()
+                            except UnicodeDecodeError:
+                                last = None
                             if last is not None and last.data.strip() == "[DONE]":
                                 return
                             raise UpstreamError("stream_broken", "stream ended before [DONE]", model=target.name)
@@ -167,6 +208,8 @@ class OpenAICompatibleTransport:
                             events = decoder.feed(piece)
                         except EventTooLarge as exc:
                             raise UpstreamError("protocol", str(exc), model=target.name) from None
+                        except UnicodeDecodeError:
+                            raise UpstreamError("protocol", "stream is not valid UTF-8", model=target.name) from None
                         if events:
                             break
                     event = events[0]
@@ -184,6 +227,10 @@ class OpenAICompatibleTransport:
                     err = chunk["error"]
                     message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
                     raise UpstreamError("stream_broken", f"upstream sent an error event: {message}", model=target.name)
+                if not _well_formed(chunk, "delta"):
+                    raise UpstreamError("protocol", "stream chunk is not a chat.completion.chunk (not an object, "
+                                        "choices not a list of objects, a delta or usage not an object)",
+                                        model=target.name)
                 yield chunk
         finally:
             await response.aclose()  # a response not read to its end closes its connection
