@@ -337,6 +337,8 @@ FAULTS: dict[str, tuple[Fault, str, bool]] = {
                                  message="Rate limit reached"), "both", False),
     "429-long-retry-after": (Fault("status", status=429, retry_after="120", code="rate_limit_exceeded",
                                    error_type="rate_limit_error", message="Rate limit reached"), "both", False),
+    "401-misconfigured-key": (Fault("status", status=401, code="invalid_api_key", error_type="invalid_request_error",
+                                    message="Incorrect API key provided"), "both", False),
     "500": (Fault("status", status=500), "both", False),
     "503": (Fault("status", status=503, message="overloaded"), "both", False),
     "tcp-reset": (Fault("reset"), "both", False),
@@ -360,6 +362,8 @@ FAULTS: dict[str, tuple[Fault, str, bool]] = {
     "invalid-utf8-mid-answer": (Fault("bad_utf8", after_chunks=2), "stream", True),
     "json-not-an-object-first": (Fault("not_object", after_chunks=0), "both", False),
     "json-not-an-object-mid-answer": (Fault("not_object", after_chunks=2), "stream", True),
+    "no-choices": (Fault("no_choices"), "whole", False),
+    "json-instead-of-stream": (Fault("json_for_stream"), "stream", False),
     "wrong-shape-first": (Fault("bad_shape", after_chunks=0), "both", False),
     "wrong-shape-mid-answer": (Fault("bad_shape", after_chunks=2), "stream", True),
 }

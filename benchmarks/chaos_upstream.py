@@ -37,6 +37,8 @@ Kinds of `Fault`:
 ``not_object``      a 200 whose JSON (whole, or one streamed event) is an array, not an object
 ``bad_shape``       a 200 object of the wrong shape: a choice without a message (streamed: ``choices``
                     a string), ``usage`` a string
+``no_choices``      whole: a 200 completion whose ``choices`` is empty
+``json_for_stream`` streamed: a whole JSON answer instead of a stream (a server ignoring ``stream``)
 ``no_done``         streamed: the whole answer (finish reason included), the chunked body ended
                     cleanly, but no ``data: [DONE]``
 ``content_filter``  an answer cut short by the provider's filter: ``finish_reason: content_filter``
@@ -281,6 +283,10 @@ class FaultServer:
             record.outcome = f"status {fault.status}"
             await self._send_whole(writer, fault.status, _error_body(fault))
             return True
+        if kind == "json_for_stream" and stream:  # a server that ignores `stream: true`
+            record.outcome = "json_for_stream"
+            await self._whole(reader, writer, Record(model, nonce, False, kind, 0.0), "ok", text, finish, usage, model)
+            return True
         if stream:
             return await self._stream(reader, writer, body, record, kind, fault, text, finish, usage)
         return await self._whole(reader, writer, record, kind, text, finish, usage, model)
@@ -305,6 +311,7 @@ class FaultServer:
                   "bad_utf8": b'{"id": "chatcmpl-x", "choices": [{"index": 0, "message": {"role": "assistant", '
                               b'"content": "caf\xc3\x28 \xff"}, "finish_reason": "stop"}]}',
                   "not_object": b"[1, 2, 3]",
+                  "no_choices": b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": []}',
                   "bad_shape": b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"index": 0, '
                                b'"finish_reason": "stop"}], "usage": "lots"}'}
         if kind in broken:

@@ -2,7 +2,7 @@
 
 An answer (whole, or one streamed event) that is not valid UTF-8, or is JSON of the wrong shape (an
 array instead of an object, ``choices`` not a list of objects, a choice without a message, usage a
-string), is an upstream protocol error: before the first chunk the gateway retries and falls back,
+string; a whole answer without any choice), is an upstream protocol error: before the first chunk the gateway retries and falls back,
 after it the stream ends with an error event. A failure inside the gateway while relaying a stream
 (here: a stream filter that raises) also ends the stream with an error event and a properly ended
 HTTP body, never a connection cut mid-body.
@@ -84,7 +84,7 @@ def test_a_broken_event_mid_stream_ends_it_with_an_error_event(upstream, gateway
     assert upstream.calls("spare") == 0  # no switch of model after bytes were sent
 
 
-@pytest.mark.parametrize("kind", BROKEN)
+@pytest.mark.parametrize("kind", BROKEN + ["no_choices"])
 def test_a_broken_whole_answer_is_not_relayed(upstream, gateway_factory, kind):
     upstream.server.faults["primary"] = Fault(kind)
     gw = gateway_factory(policy(upstream, ["primary", "spare"]))

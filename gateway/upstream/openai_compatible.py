@@ -56,7 +56,7 @@ def _transport_error(exc: http1.TransportError, model: str) -> UpstreamError:
 
 def _well_formed(data: Any, part: str) -> bool:
     """Whether `data` has the shape the gateway relies on: an object whose ``choices`` (a list; may
-    be absent in a stream's usage chunk) holds objects whose `part` (``message`` / ``delta``) is an
+    be absent or empty in a stream's usage chunk, not empty in a whole answer) holds objects whose `part` (``message`` / ``delta``) is an
     object with a string (or null) ``content``, and whose ``usage``, if any, is an object. Cheap:
     type checks only, on the path of every chunk."""
     if type(data) is not dict:
@@ -67,7 +67,7 @@ def _well_formed(data: Any, part: str) -> bool:
     choices = data.get("choices")
     if choices is None:
         return part == "delta"
-    if type(choices) is not list:
+    if type(choices) is not list or (not choices and part == "message"):  # a whole answer has a choice
         return False
     for choice in choices:
         if type(choice) is not dict:
@@ -143,8 +143,8 @@ class OpenAICompatibleTransport:
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise UpstreamError("protocol", "response has no 'choices'", status=200, model=target.name)
         if not _well_formed(data, "message"):
-            raise UpstreamError("protocol", "response is not a chat completion (a choice without a message object, "
-                                "or usage not an object)", status=200, model=target.name)
+            raise UpstreamError("protocol", "response is not a chat completion (no choice, a choice without a "
+                                "message object, or usage not an object)", status=200, model=target.name)
         return data
 
     async def stream(self, target: ModelTarget, payload: dict[str, Any],
