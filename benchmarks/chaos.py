@@ -79,6 +79,7 @@ FAULTY_TIMEOUTS = {"timeout_s": 1.5, "first_token_timeout_s": 1.0, "stream_idle_
 HEALTHY_TIMEOUTS = {"timeout_s": 8.0, "first_token_timeout_s": 8.0, "stream_idle_timeout_s": 8.0}
 LOAD_TIMEOUTS = {"timeout_s": 2.0, "first_token_timeout_s": 2.0, "stream_idle_timeout_s": 2.0}
 SLOW_S = 4.0  # a slow fault's delay: well past FAULTY_TIMEOUTS
+GAP_S = 0.02  # between streamed chunks of mid-answer faults: the first ones reach the client before the fault
 DEADLINE_SLACK_S = 10.0
 
 
@@ -273,7 +274,8 @@ def grade(obs: Observation, records: Sequence[Record], *, deadline_s: float,
             return "fail", "an error event and [DONE] in one stream"
         # what was sent must be the beginning of what the reported model really sent
         if content and not any(r.content.startswith(content) and r.model == reported for r in records):
-            return "fail", "streamed text before the error event was not sent by the reported model (switch or alteration)"
+            return "fail", ("streamed text before the error event was not sent by the reported model "
+                            "(switch or alteration)")
         if chunks and reported not in models:
             return "fail", f"x-sigroute-model {reported!r} but the chunks name {sorted(map(str, models))}"
         return "safe", f"error event after {len(content)} characters ({error.get('code')})"
@@ -292,9 +294,17 @@ def _check_attribution(sent: Sequence[Record], header_model: str | None, body_mo
     if header_model != record.model or body_model != record.model:
         return "fail", (f"answered by {record.model} but reported as {header_model!r} (header) / "
                         f"{body_model!r} (body)")
-    if usage_expected and usage != record.usage:
+    if usage_expected and _token_counts(usage) != _token_counts(record.usage):
         return "fail", f"usage {usage} but {record.model} reported {record.usage}"
     return "pass", f"answered by {record.model}"
+
+
+def _token_counts(usage: Any) -> Any:
+    """The counts a usage reports (details a client library adds, such as litellm's
+    ``completion_tokens_details``, are not compared)."""
+    if not isinstance(usage, dict):
+        return usage
+    return {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
 
 def worst(grades: Sequence[str]) -> str:
@@ -345,27 +355,28 @@ FAULTS: dict[str, tuple[Fault, str, bool]] = {
     "never-answers": (Fault("never_answer"), "both", False),
     "slow-first-token": (Fault("slow", delay_s=SLOW_S), "both", False),
     "cut-before-first-chunk": (Fault("cut", after_chunks=0), "stream", False),
-    "cut-mid-answer": (Fault("cut", after_chunks=2), "both", True),
+    "cut-mid-answer": (Fault("cut", after_chunks=2, chunk_gap_s=GAP_S), "both", True),
     "stalled-before-first-chunk": (Fault("stall", after_chunks=0), "stream", False),
-    "stalled-mid-answer": (Fault("stall", after_chunks=2), "both", True),
+    "stalled-mid-answer": (Fault("stall", after_chunks=2, chunk_gap_s=GAP_S), "both", True),
     "error-event-first": (Fault("error_event", after_chunks=0, message="upstream overloaded"), "stream", False),
-    "error-event-mid-answer": (Fault("error_event", after_chunks=2, message="upstream overloaded"), "stream", True),
+    "error-event-mid-answer": (Fault("error_event", after_chunks=2, chunk_gap_s=GAP_S,
+                                     message="upstream overloaded"), "stream", True),
     "malformed-first-chunk": (Fault("malformed", after_chunks=0), "stream", False),
-    "malformed-mid-answer": (Fault("malformed", after_chunks=2), "both", True),
+    "malformed-mid-answer": (Fault("malformed", after_chunks=2, chunk_gap_s=GAP_S), "both", True),
     "missing-done": (Fault("no_done"), "stream", True),
     "context-length": (CONTEXT_LENGTH, "both", False),
     "closes-without-answer": (Fault("close_without_answer"), "both", False),
     "not-http": (Fault("garbage"), "both", False),
     "pings-instead-of-first-token": (Fault("pings", after_chunks=0), "both", False),
-    "pings-instead-of-tokens": (Fault("pings", after_chunks=2), "stream", True),
+    "pings-instead-of-tokens": (Fault("pings", after_chunks=2, chunk_gap_s=GAP_S), "stream", True),
     "invalid-utf8-first-chunk": (Fault("bad_utf8", after_chunks=0), "both", False),
-    "invalid-utf8-mid-answer": (Fault("bad_utf8", after_chunks=2), "stream", True),
+    "invalid-utf8-mid-answer": (Fault("bad_utf8", after_chunks=2, chunk_gap_s=GAP_S), "stream", True),
     "json-not-an-object-first": (Fault("not_object", after_chunks=0), "both", False),
-    "json-not-an-object-mid-answer": (Fault("not_object", after_chunks=2), "stream", True),
+    "json-not-an-object-mid-answer": (Fault("not_object", after_chunks=2, chunk_gap_s=GAP_S), "stream", True),
     "no-choices": (Fault("no_choices"), "whole", False),
     "json-instead-of-stream": (Fault("json_for_stream"), "stream", False),
     "wrong-shape-first": (Fault("bad_shape", after_chunks=0), "both", False),
-    "wrong-shape-mid-answer": (Fault("bad_shape", after_chunks=2), "stream", True),
+    "wrong-shape-mid-answer": (Fault("bad_shape", after_chunks=2, chunk_gap_s=GAP_S), "stream", True),
 }
 
 
@@ -403,12 +414,13 @@ def catalogue() -> list[Scenario]:
     return out
 
 
-def model_block(name: str, api_base: str, timeouts: dict[str, float]) -> dict[str, Any]:
-    return {"provider": f"openai/{name}", "api_base": api_base, "price": {"input": 1.0, "output": 2.0}, **timeouts}
+def model_block(name: str, api_base: str, timeouts: dict[str, float], transport: str = "auto") -> dict[str, Any]:
+    return {"provider": f"openai/{name}", "api_base": api_base, "price": {"input": 1.0, "output": 2.0},
+            "transport": transport, **timeouts}
 
 
 def build_policy(scenarios: Sequence[Scenario], api_base: str, load_models: dict[str, list[tuple[str, str]]],
-                 cooldown_s: float) -> dict[str, Any]:
+                 cooldown_s: float, transport: str = "auto") -> dict[str, Any]:
     """One decision per scenario and per load phase, each reached through its own entrypoint."""
     models: dict[str, Any] = {}
     decisions: list[dict[str, Any]] = []
@@ -418,13 +430,13 @@ def build_policy(scenarios: Sequence[Scenario], api_base: str, load_models: dict
         for role in s.roles:
             name = s.model(role)
             timeouts = HEALTHY_TIMEOUTS if role == "healthy" or s.fault.kind in ("flapping", "ok") else FAULTY_TIMEOUTS
-            models[name] = model_block(name, api_base, timeouts)
+            models[name] = model_block(name, api_base, timeouts, transport)
             names.append(name)
         decisions.append({"name": s.key, "rules": "keyword:chaos", "models": names, "algorithm": "static"})
         entrypoints[f"chaos-{s.key}"] = {"decisions": [s.key]}
     for phase, pairs in load_models.items():
         for name, base in pairs:
-            models[name] = model_block(name, base, LOAD_TIMEOUTS)
+            models[name] = model_block(name, base, LOAD_TIMEOUTS, transport)
         decisions.append({"name": f"load-{phase}", "rules": "keyword:chaos", "models": [n for n, _ in pairs],
                           "algorithm": "round_robin"})
         entrypoints[f"load-{phase}"] = {"decisions": [f"load-{phase}"]}
@@ -475,10 +487,14 @@ async def run_scenario(s: Scenario, server: FaultServer, host: str, port: int) -
                              "x_sigroute_model": obs.headers.get("x-sigroute-model"),
                              "x_sigroute_attempts": obs.headers.get("x-sigroute-attempts"),
                              "events": len(obs.events), "upstream_calls": [r.as_dict() for r in records]})
+            if got == "fail":  # what the client saw, to debug with
+                requests[-1]["client_saw"] = (obs.events[-6:] if obs.stream
+                                              else obs.body[:600].decode("utf-8", "replace"))
     finally:
         await client.close()
     got = worst([r["grade"] for r in requests])
-    return {"name": s.name, "expected": s.expected, "got": got, "met": got != "fail" and (s.expected == "safe" or got == "pass"),
+    met = got != "fail" and (s.expected == "safe" or got == "pass")
+    return {"name": s.name, "expected": s.expected, "got": got, "met": met,
             "candidates": list(s.roles), "stream": s.stream, "deadline_s": round(deadline, 1),
             "why": "; ".join(sorted({r["why"] for r in requests if r["grade"] == got})), "requests": requests}
 
@@ -681,7 +697,7 @@ async def run(args, log) -> dict[str, Any]:
     for phase, servers in load_servers.items():
         for (name, _), s in zip(load_models[phase], servers):
             s.faults[name] = Fault()
-    policy = build_policy(scenarios, server.api_base, load_models, args.cooldown_s)
+    policy = build_policy(scenarios, server.api_base, load_models, args.cooldown_s, args.transport)
     result: dict[str, Any] = {"benchmark": "chaos", "config": vars(args), "machine": machine_info()}
     with tempfile.TemporaryDirectory(prefix="sigroute-chaos-") as tmp:
         path = Path(tmp, "policy.yaml")
@@ -753,6 +769,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="closed-loop clients in the load phases")
     parser.add_argument("--parallel", type=int, default=8, help="catalogue scenarios run at once")
     parser.add_argument("--cooldown-s", type=float, default=2.0, help="the breakers' cooldown")
+    parser.add_argument("--transport", choices=["auto", "openai", "litellm"], default="auto",
+                        help="how the gateway calls the fault server (auto: its own HTTP client)")
     parser.add_argument("--skip-ops", action="store_true", help="skip the Redis / reload / feedback faults")
     parser.add_argument("--json", help="write the full result here")
     parser.add_argument("--quiet", action="store_true")

@@ -62,7 +62,7 @@ import struct
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -83,6 +83,7 @@ class Fault:
     message: str = "injected failure"
     delay_s: float = 5.0
     after_chunks: int = 2
+    chunk_gap_s: float = 0.0  # pause after each streamed chunk (so chunks arrive in separate reads)
 
 
 @dataclass
@@ -405,6 +406,8 @@ class FaultServer:
             writer.write(chunk(delta))
             await self._drain(writer)
             record.content += piece
+            if fault.chunk_gap_s:
+                await asyncio.sleep(fault.chunk_gap_s)
         writer.write(chunk({}, finish))
         record.finish_reason = finish
         if include_usage:

@@ -16,7 +16,8 @@ What the standard says, and what this decoder does:
   piece followed by an LF at the start of the next is ONE line end. Lines are cut at the byte level
   and decoded whole, so a multi-byte character split across pieces is decoded correctly; invalid
   UTF-8 becomes U+FFFD (``errors="strict"``: `feed` / `end` raise `UnicodeDecodeError` instead,
-  for readers of JSON payloads, which must be valid UTF-8). One leading byte order mark is ignored (also when it is split).
+  for readers of JSON payloads, which must be valid UTF-8). One leading byte order mark is
+  ignored (also when it is split).
 - ``:`` at the start of a line makes it a comment (keep-alives): ignored.
 - ``name: value`` sets a field; exactly one space after the colon is dropped. A line without a
   colon is a field with an empty value (``data`` alone adds an empty data line).
@@ -90,8 +91,8 @@ class SSEDecoder:
     the standard keeps across events; they survive `end()`, as for a reconnection.
     """
 
-    __slots__ = ("last_event_id", "retry", "max_event_bytes", "errors", "_partial", "_partial_size", "_data", "_data_size",
-                 "_event", "_event_retry", "_skip_lf", "_start", "_special")
+    __slots__ = ("last_event_id", "retry", "max_event_bytes", "errors", "_partial", "_partial_size", "_data",
+                 "_data_size", "_event", "_event_retry", "_skip_lf", "_start", "_special")
 
     def __init__(self, max_event_bytes: int | None = None, errors: str = "replace") -> None:
         self.last_event_id = ""

@@ -2,8 +2,8 @@
 
 An answer (whole, or one streamed event) that is not valid UTF-8, or is JSON of the wrong shape (an
 array instead of an object, ``choices`` not a list of objects, a choice without a message, usage a
-string; a whole answer without any choice), is an upstream protocol error: before the first chunk the gateway retries and falls back,
-after it the stream ends with an error event. A failure inside the gateway while relaying a stream
+string; a whole answer without any choice), is an upstream protocol error: before the first chunk
+the gateway retries and falls back, after it the stream ends with an error event. A failure inside the gateway while relaying a stream
 (here: a stream filter that raises) also ends the stream with an error event and a properly ended
 HTTP body, never a connection cut mid-body.
 
@@ -72,7 +72,7 @@ def test_a_broken_first_event_falls_back_before_anything_is_sent(upstream, gatew
 
 @pytest.mark.parametrize("kind", BROKEN)
 def test_a_broken_event_mid_stream_ends_it_with_an_error_event(upstream, gateway_factory, kind):
-    upstream.server.faults["primary"] = Fault(kind, after_chunks=2)
+    upstream.server.faults["primary"] = Fault(kind, after_chunks=2, chunk_gap_s=0.05)
     gw = gateway_factory(policy(upstream, ["primary", "spare"]))
     events, ended = read_stream(gw, "s2")
     assert ended, "the HTTP body was cut off instead of ending with an error event"

@@ -16,6 +16,7 @@ from benchmarks.chaos_upstream import Fault, FaultServerThread, answer_text, mod
 
 CONTEXT_LENGTH = Fault("status", status=400, code="context_length_exceeded", error_type="invalid_request_error",
                        message="This model's maximum context length is 4096 tokens.")
+LARGE_USAGE = model_usage("large", len(answer_text("large", "n1").split()))
 BAD_PARAMETER = Fault("status", status=400, code="unsupported_value", error_type="invalid_request_error",
                       message="Unsupported value: 'temperature'.")
 
@@ -51,13 +52,13 @@ def test_context_length_rejection_falls_back_to_the_next_candidate(upstream, gat
         chunks = ask(gw, "n1", stream=True)
         assert {c.model for c in chunks} == {"large"}
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer_text("large", "n1")
-        assert chunks[-1].usage.model_dump(exclude_none=True) == model_usage("large", len(answer_text("large", "n1").split()))
+        assert chunks[-1].usage.model_dump(exclude_none=True) == LARGE_USAGE
     else:
         raw = ask(gw, "n1")
         answer = raw.parse()
         assert raw.headers["x-sigroute-model"] == "large" and answer.model == "large"
         assert answer.choices[0].message.content == answer_text("large", "n1")
-        assert answer.usage.model_dump(exclude_none=True) == model_usage("large", len(answer_text("large", "n1").split()))
+        assert answer.usage.model_dump(exclude_none=True) == LARGE_USAGE
     assert upstream.calls("small") == 1 and upstream.calls("large") == 1
 
 

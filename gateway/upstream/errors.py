@@ -17,14 +17,14 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import orjson
 
 from sigroute.gateway.errors import InvalidRequest
 
 __all__ = ["UpstreamError", "classify_status", "parse_retry_after", "retry_after", "error_message", "error_code",
-           "unsendable_body", "MODEL_SPECIFIC_REJECTIONS"]
+           "unsendable_body", "well_formed", "MODEL_SPECIFIC_REJECTIONS"]
 
 # rejections that say the request does not suit this model (another candidate may take it)
 MODEL_SPECIFIC_REJECTIONS = frozenset({"context_length_exceeded"})
@@ -164,3 +164,32 @@ def unsendable_body(exc: Exception) -> InvalidRequest:
            if "recursion" in reason.lower() else "send only plain JSON values")
     return InvalidRequest(f"the request body cannot be forwarded to the model ({reason}): {fix}",
                           code="invalid_request_body")
+
+
+def well_formed(data: Any, part: str) -> bool:
+    """Whether `data` has the shape the gateway relies on: an object whose ``choices`` (a list; may
+    be absent or empty in a stream's usage chunk, not empty in a whole answer) holds objects whose
+    `part` (``message`` / ``delta``) is an object with a string (or null) ``content``, and whose
+    ``usage``, if any, is an object. Cheap: type checks only, on the path of every chunk."""
+    if type(data) is not dict:
+        return False
+    usage = data.get("usage")
+    if usage is not None and type(usage) is not dict:
+        return False
+    choices = data.get("choices")
+    if choices is None:
+        return part == "delta"
+    if type(choices) is not list or (not choices and part == "message"):  # a whole answer has a choice
+        return False
+    for choice in choices:
+        if type(choice) is not dict:
+            return False
+        inner = choice.get(part)
+        if inner is None and part == "delta":
+            continue
+        if type(inner) is not dict:
+            return False
+        content = inner.get("content")
+        if content is not None and type(content) is not str:
+            return False
+    return True

@@ -16,7 +16,7 @@ import asyncio
 import os
 from typing import Any, AsyncIterator
 
-from sigroute.gateway.upstream.errors import UpstreamError, classify_status, retry_after
+from sigroute.gateway.upstream.errors import UpstreamError, classify_status, retry_after, well_formed
 from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, merged_headers
 
 __all__ = ["LiteLLMTransport"]
@@ -101,7 +101,11 @@ class LiteLLMTransport:
             raise UpstreamError("timeout", f"no answer within {target.spec.timeout_s:g}s", model=target.name) from None
         except Exception as exc:
             raise self._map(exc, target) from None
-        return response.model_dump(exclude_none=True)
+        data = response.model_dump(exclude_none=True)
+        if not well_formed(data, "message"):
+            raise UpstreamError("protocol", "response is not a chat completion (no choice, a choice without a "
+                                "message object, or usage not an object)", status=200, model=target.name)
+        return data
 
     async def stream(self, target: ModelTarget, payload: dict[str, Any],
                      headers: HeaderChanges | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -143,6 +147,8 @@ class LiteLLMTransport:
                     raise mapped from None
                 first = False
                 data = chunk.model_dump(exclude_none=True)
+                if not well_formed(data, "delta"):
+                    raise UpstreamError("protocol", "stream chunk is not a chat.completion.chunk", model=target.name)
                 if any(c.get("finish_reason") for c in data.get("choices") or ()):
                     finished = True
                 yield data

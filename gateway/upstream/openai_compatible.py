@@ -37,7 +37,7 @@ import orjson
 from sigroute.gateway.sse import EventTooLarge, SSEDecoder
 from sigroute.gateway.upstream import http1
 from sigroute.gateway.upstream.errors import (UpstreamError, classify_status, error_code, error_message, retry_after,
-                                              unsendable_body)
+                                              unsendable_body, well_formed)
 from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, merged_headers
 
 __all__ = ["OpenAICompatibleTransport", "MAX_STREAM_EVENT_BYTES"]
@@ -52,35 +52,6 @@ def _transport_error(exc: http1.TransportError, model: str) -> UpstreamError:
     if isinstance(exc, http1.ResponseTooLarge):
         return UpstreamError("protocol", str(exc), model=model)
     return UpstreamError("connect", f"{type(exc).__name__}: {exc}", model=model)
-
-
-def _well_formed(data: Any, part: str) -> bool:
-    """Whether `data` has the shape the gateway relies on: an object whose ``choices`` (a list; may
-    be absent or empty in a stream's usage chunk, not empty in a whole answer) holds objects whose `part` (``message`` / ``delta``) is an
-    object with a string (or null) ``content``, and whose ``usage``, if any, is an object. Cheap:
-    type checks only, on the path of every chunk."""
-    if type(data) is not dict:
-        return False
-    usage = data.get("usage")
-    if usage is not None and type(usage) is not dict:
-        return False
-    choices = data.get("choices")
-    if choices is None:
-        return part == "delta"
-    if type(choices) is not list or (not choices and part == "message"):  # a whole answer has a choice
-        return False
-    for choice in choices:
-        if type(choice) is not dict:
-            return False
-        inner = choice.get(part)
-        if inner is None and part == "delta":
-            continue
-        if type(inner) is not dict:
-            return False
-        content = inner.get("content")
-        if content is not None and type(content) is not str:
-            return False
-    return True
 
 
 class OpenAICompatibleTransport:
@@ -142,7 +113,7 @@ class OpenAICompatibleTransport:
             raise UpstreamError("protocol", "response is not JSON", status=200, model=target.name) from None
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise UpstreamError("protocol", "response has no 'choices'", status=200, model=target.name)
-        if not _well_formed(data, "message"):
+        if not well_formed(data, "message"):
             raise UpstreamError("protocol", "response is not a chat completion (no choice, a choice without a "
                                 "message object, or usage not an object)", status=200, model=target.name)
         return data
@@ -227,7 +198,7 @@ class OpenAICompatibleTransport:
                     err = chunk["error"]
                     message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
                     raise UpstreamError("stream_broken", f"upstream sent an error event: {message}", model=target.name)
-                if not _well_formed(chunk, "delta"):
+                if not well_formed(chunk, "delta"):
                     raise UpstreamError("protocol", "stream chunk is not a chat.completion.chunk (not an object, "
                                         "choices not a list of objects, a delta or usage not an object)",
                                         model=target.name)
