@@ -323,6 +323,9 @@ class Scenario:
     expected: str
     requests: int = 2
     error_code: str | None = None
+    cache: bool = False  # the decision caches answers (exact tier; identical requests share a flight)
+    identical: bool = False  # every request is the same (same text: cache and single flight apply)
+    concurrent: bool = False  # the requests are sent at once, not one after the other
     key: str = ""  # decision / model prefix, set by `catalogue`
 
     def model(self, role: str) -> str:
@@ -409,6 +412,18 @@ def catalogue() -> list[Scenario]:
                             ("faulty", "rejecter", "healthy"), "pass"))
         # no fault: the answer reports the model and usage that produced it
         out.append(Scenario(f"healthy-attribution/{mode}/alone", Fault("ok"), stream, ("faulty",), "pass"))
+        # the cache keeps only complete answers: a broken or filtered one is never served again, and
+        # identical requests waiting on a failing one (single flight) are not handed its failure
+        cut = Fault("cut", after_chunks=2, chunk_gap_s=0.2) if stream else Fault("cut")
+        out.append(Scenario(f"cache-after-broken-answer/{mode}/alone", cut, stream, ("faulty",), "safe",
+                            cache=True, identical=True))
+        out.append(Scenario(f"cache-after-content-filter/{mode}/alone", Fault("content_filter"), stream,
+                            ("faulty",), "pass", cache=True, identical=True))
+        out.append(Scenario(f"identical-requests-during-fault/{mode}/alone", cut, stream, ("faulty",), "safe",
+                            requests=3, cache=True, identical=True, concurrent=True))
+        out.append(Scenario(f"identical-requests-during-fault/{mode}/fallback", Fault("slow", delay_s=SLOW_S),
+                            stream, ("faulty", "healthy"), "pass", requests=3, cache=True, identical=True,
+                            concurrent=True))
     for i, scenario in enumerate(out):
         scenario.key = f"c{i:02d}"
     return out
@@ -432,7 +447,10 @@ def build_policy(scenarios: Sequence[Scenario], api_base: str, load_models: dict
             timeouts = HEALTHY_TIMEOUTS if role == "healthy" or s.fault.kind in ("flapping", "ok") else FAULTY_TIMEOUTS
             models[name] = model_block(name, api_base, timeouts, transport)
             names.append(name)
-        decisions.append({"name": s.key, "rules": "keyword:chaos", "models": names, "algorithm": "static"})
+        decision = {"name": s.key, "rules": "keyword:chaos", "models": names, "algorithm": "static"}
+        if s.cache:
+            decision["cache"] = {"mode": "exact", "ttl": 600, "streams": True}
+        decisions.append(decision)
         entrypoints[f"chaos-{s.key}"] = {"decisions": [s.key]}
     for phase, pairs in load_models.items():
         for name, base in pairs:
@@ -473,25 +491,37 @@ async def run_scenario(s: Scenario, server: FaultServer, host: str, port: int) -
         server.faults[s.model(role)] = {"faulty": s.fault, "rejecter": REJECTION}.get(role, Fault())
     deadline = deadline_for([HEALTHY_TIMEOUTS if r == "healthy" or s.fault.kind in ("flapping", "ok")
                              else FAULTY_TIMEOUTS for r in s.roles])
-    client = GatewayClient(host, port)
     requests = []
+
+    async def one(i: int, client: GatewayClient) -> None:
+        nonce = f"{s.key}-0" if s.identical else f"{s.key}-{i}"
+        obs = await client.chat(request_body(f"chaos-{s.key}", nonce, s.stream), deadline + 5.0)
+        records = server.by_nonce.get(nonce, [])
+        got, why = grade(obs, records, deadline_s=deadline, error_code=s.error_code)
+        cache = obs.headers.get("x-sigroute-cache", "")
+        if got == "pass" and cache.startswith("hit") and any(r.finish_reason == "content_filter" for r in records):
+            got, why = "fail", f"a filtered answer was served from the cache ({cache})"
+        err = _openai_error(obs.body) if obs.status not in (None, 200) else None
+        requests.append({"grade": got, "why": why, "status": obs.status, "elapsed_s": round(obs.elapsed_s, 3),
+                         "error_code": err.get("code") if err else None,
+                         "x_sigroute_model": obs.headers.get("x-sigroute-model"),
+                         "x_sigroute_attempts": obs.headers.get("x-sigroute-attempts"),
+                         "x_sigroute_cache": cache or None,
+                         "events": len(obs.events), "upstream_calls": [r.as_dict() for r in records]})
+        if got == "fail":  # what the client saw, to debug with
+            requests[-1]["client_saw"] = (obs.events[-6:] if obs.stream
+                                          else obs.body[:600].decode("utf-8", "replace"))
+
+    clients = [GatewayClient(host, port) for _ in range(s.requests if s.concurrent else 1)]
     try:
-        for i in range(s.requests):
-            nonce = f"{s.key}-{i}"
-            obs = await client.chat(request_body(f"chaos-{s.key}", nonce, s.stream), deadline + 5.0)
-            records = server.by_nonce.get(nonce, [])
-            got, why = grade(obs, records, deadline_s=deadline, error_code=s.error_code)
-            err = _openai_error(obs.body) if obs.status not in (None, 200) else None
-            requests.append({"grade": got, "why": why, "status": obs.status, "elapsed_s": round(obs.elapsed_s, 3),
-                             "error_code": err.get("code") if err else None,
-                             "x_sigroute_model": obs.headers.get("x-sigroute-model"),
-                             "x_sigroute_attempts": obs.headers.get("x-sigroute-attempts"),
-                             "events": len(obs.events), "upstream_calls": [r.as_dict() for r in records]})
-            if got == "fail":  # what the client saw, to debug with
-                requests[-1]["client_saw"] = (obs.events[-6:] if obs.stream
-                                              else obs.body[:600].decode("utf-8", "replace"))
+        if s.concurrent:
+            await asyncio.gather(*(one(i, c) for i, c in enumerate(clients)))
+        else:
+            for i in range(s.requests):
+                await one(i, clients[0])
     finally:
-        await client.close()
+        for c in clients:
+            await c.close()
     got = worst([r["grade"] for r in requests])
     met = got != "fail" and (s.expected == "safe" or got == "pass")
     return {"name": s.name, "expected": s.expected, "got": got, "met": met,
