@@ -27,6 +27,22 @@ fallback candidate; the expected grade is ``pass`` wherever a healthy candidate 
 (retry or fallback before any byte was sent) and ``safe`` otherwise. A scenario's grade is the worst
 of its requests'. Scenarios run concurrently (``--parallel``); they do not share models.
 
+The faults (`FAULTS`, plus the scenarios built in `catalogue`): 429 with ``Retry-After: 1``, with
+none, with 120 s; 401; 500; 503; a TCP reset after the request; an orderly close without an answer;
+bytes that are not HTTP; an accepted connection that never answers; a first token (or whole answer)
+past the timeouts; SSE comments instead of the first token / instead of the next tokens; a stream
+cut before its first chunk / mid-answer; stalled before / mid-answer (connection open); an
+upstream error event first / mid-answer; invalid JSON, invalid UTF-8, JSON that is an array, and
+JSON of the wrong shape (``choices`` not a list, no message, ``usage`` a string), each as the
+first event and mid-answer; a whole answer without any choice; a whole JSON answer to a streamed
+request; a stream ending cleanly without ``[DONE]``; 400 ``context_length_exceeded``; a
+content-filtered answer (``finish_reason: content_filter``, relayed as such); a flapping primary
+(odd calls 503); a fallback that rejects the request (400) with and without a third candidate;
+a healthy model (attribution only); and, with the decision's cache on, a broken or filtered answer
+followed by the identical request (never served from the cache) and three identical requests at
+once during a fault (single flight: the followers are not handed the leader's failure).
+``--transport litellm`` sends the same catalogue through litellm instead of the direct client.
+
 Load phases (``--load-seconds`` each, 16 closed-loop clients, alternating streamed and whole
 requests, every answer graded as above): one of three round-robin candidates is killed (its server
 stopped, every connection aborted), slowed past its timeouts, or answers 429 ``Retry-After: 1``
@@ -775,6 +791,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "load_success": {p["phase"]: p["success_rate"] for p in result.get("load", [])},
         "load_over_deadline": sum(p["over_deadline"] for p in result.get("load", [])),
         "breaker_episodes": {p["phase"]: p["breaker_episodes_opened"] for p in result.get("load", [])},
+        "gateway_internal_errors": result.get("gateway_internal_errors"),
         "redis_outage_5xx": ops.get("redis_outage_5xx"),
         "reload_failed_requests": ops.get("reload_failed_requests"),
         "feedback_lost_unreported": ops.get("feedback_lost_unreported"),
