@@ -43,8 +43,8 @@ import numpy as np
 
 from sigroute.bandits.base import Choice, Reward, Selector
 from sigroute.bandits.features import FeatureExtractor
-from sigroute.bandits.linear import DisjointRidge, HybridRidge
-from sigroute.bandits.policies import EpsilonGreedyRule, LinUCBRule, ThompsonRule
+from sigroute.bandits.linear import DisjointRidge, HybridRidge, ProfiledEstimator
+from sigroute.bandits.policies import EpsilonGreedyRule, KnownTerms, LinUCBRule, ThompsonRule
 from sigroute.bandits.replica import SharedSums
 from sigroute.policies.schema import (
     EpsilonGreedyOptions,
@@ -57,10 +57,11 @@ from sigroute.policies.schema import (
 log = logging.getLogger("sigroute.bandits")
 
 EPOCH_HALF_LIVES = 64  # an epoch spans this many half-lives (weights stay below 2**64)
+DEFAULT_COMPLETION_TOKENS = 256  # answer length assumed for a model before any answer was seen
 IDLE_RELOAD_S = 30.0   # a tenant this process has not served lately is reloaded this often
 
 __all__ = ["ContextualSelector", "LinUCBSelector", "HybridLinUCBSelector", "ThompsonSelector",
-           "EpsilonGreedySelector", "reward_value", "quality_from_feedback", "CONTEXTUAL_SELECTORS"]
+           "EpsilonGreedySelector", "reward_value", "quality_from_feedback", "known_terms", "CONTEXTUAL_SELECTORS"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,6 +78,41 @@ def reward_value(spec: RewardSpec, *, quality: float, cost_share: float | None, 
     cost = 1.0 if cost_share is None else min(1.0, max(0.0, cost_share))
     latency = 1.0 if latency_ms is None else min(1.0, max(0.0, latency_ms / spec.latency_budget_ms))
     return (spec.quality * quality + spec.cost * (1.0 - cost) + spec.latency * (1.0 - latency)) / total
+
+
+def known_terms(spec: RewardSpec, candidates: Sequence[str], prices: Mapping[str, tuple[float, float] | None],
+                prompt_tokens: float | None, profiles: Mapping[str, tuple[float | None, float | None]]) -> KnownTerms:
+    """The cost and latency terms of each candidate's reward, known before the call (``learn: quality``).
+
+    `prices` maps every model of the decision to (input, output) USD per million tokens (None =
+    unknown price); `profiles` maps a candidate to its observed mean (completion tokens, latency
+    ms), None where nothing was observed yet: the mean of the other candidates' profiles is used,
+    else `DEFAULT_COMPLETION_TOKENS` and a latency at the budget's middle. The expected cost share
+    is the gateway's `cost_share` for an answer of the expected length: the candidate's price for
+    those tokens relative to the dearest model of the decision for the same tokens, so a score
+    equals `reward_value` of (predicted quality, expected cost share, expected latency).
+    """
+    total = spec.quality + spec.cost + spec.latency
+    tokens_known = [t for t, _ in profiles.values() if t is not None]
+    latency_known = [l for _, l in profiles.values() if l is not None]
+    pooled_tokens = float(np.mean(tokens_known)) if tokens_known else float(DEFAULT_COMPLETION_TOKENS)
+    pooled_latency = float(np.mean(latency_known)) if latency_known else spec.latency_budget_ms / 2.0
+    p = float(prompt_tokens or 0.0)
+    priced = [pr for pr in prices.values() if pr is not None]
+    offsets = {}
+    for arm in candidates:
+        tokens, latency = profiles.get(arm, (None, None))
+        tokens = pooled_tokens if tokens is None else tokens
+        latency = pooled_latency if latency is None else latency
+        price = prices.get(arm)
+        share = None
+        if price is not None and priced:
+            dearest = max(p * pin + tokens * pout for pin, pout in priced)
+            share = (p * price[0] + tokens * price[1]) / dearest if dearest > 0 else 0.0
+        cost = 1.0 if share is None else min(1.0, max(0.0, share))
+        lat = min(1.0, max(0.0, latency / spec.latency_budget_ms))
+        offsets[arm] = (spec.cost * (1.0 - cost) + spec.latency * (1.0 - lat)) / total
+    return KnownTerms(spec.quality / total, offsets)
 
 
 _GOOD_LABELS = frozenset({"good", "correct", "right", "pass", "accept", "accepted", "yes", "helpful", "up"})
@@ -114,7 +150,7 @@ def quality_from_feedback(score: Any = None, thumbs: Any = None, label: Any = No
 
 @dataclass
 class _Learner:
-    estimator: DisjointRidge | HybridRidge
+    estimator: DisjointRidge | HybridRidge | ProfiledEstimator
     rule: Any
     epoch: int = 0
     deltas: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)  # (epoch, arm) -> sums not yet stored
@@ -149,8 +185,15 @@ class ContextualSelector(Selector):
 
     # identity of the learned state ------------------------------------------------------------
     @property
+    def learns_quality(self) -> bool:
+        """True with ``learn: quality``: the estimator learns quality; cost and latency are known terms."""
+        return self.options.learn == "quality"
+
+    @property
     def schema_id(self) -> str:
-        return self.features.schema_id
+        """The feature schema, marked when the estimator learns quality only (its sums mean
+        something else than blended rewards and carry the answer profile)."""
+        return self.features.schema_id + ("-q" if self.learns_quality else "")
 
     def state_key(self, tenant: str, epoch: int = 0) -> str:
         key = f"t={tenant}/d={self.decision}/a={self.name}/s={self.schema_id}"
@@ -161,6 +204,10 @@ class ContextualSelector(Selector):
 
     # estimator / rule ---------------------------------------------------------------------------
     def _new_estimator(self):
+        estimator = self._base_estimator()
+        return ProfiledEstimator(estimator) if self.learns_quality else estimator
+
+    def _base_estimator(self):
         o = self.options
         return DisjointRidge(self.features.dim, ridge=o.ridge, recompute_every=o.recompute_every)
 
@@ -207,15 +254,31 @@ class ContextualSelector(Selector):
             raise ValueError("no candidate model to select from: every model of the decision is unhealthy or too small")
         tenant = getattr(getattr(ctx, "principal", None), "tenant", None) or "default"
         x = self.features.vector(ctx)
-        return self.select_vector(candidates, x, tenant)
+        return self.select_vector(candidates, x, tenant, prompt_tokens=ctx.prompt_tokens)
 
-    def select_vector(self, candidates: Sequence[str], x: np.ndarray, tenant: str = "default") -> Choice:
+    def select_vector(self, candidates: Sequence[str], x: np.ndarray, tenant: str = "default", *,
+                      prompt_tokens: float | None = None) -> Choice:
         learner = self.learner(tenant)
         with learner.lock:
-            pick = learner.rule.choose(x, tuple(candidates))
+            known = self.known_terms(learner, candidates, prompt_tokens) if self.learns_quality else None
+            pick = learner.rule.choose(x, tuple(candidates), known)
             learner.used_at = time.time()
         return Choice(model=pick.arm, propensity=pick.propensity, scores=dict(pick.scores),
                       ranking=pick.ranking(tuple(candidates)), context=x, tenant=tenant)
+
+    def model_prices(self) -> dict[str, tuple[float, float] | None]:
+        out = {}
+        for name, spec in self.models.items():
+            price = getattr(spec, "price", None)
+            out[name] = None if price is None else (float(price.input), float(price.output))
+        return out
+
+    def known_terms(self, learner: _Learner, candidates: Sequence[str], prompt_tokens: float | None) -> KnownTerms:
+        profiles = {}
+        for arm in set(candidates) | set(learner.estimator.arms()):
+            _, tokens, latency = learner.estimator.profile(arm)
+            profiles[arm] = (tokens, latency)
+        return known_terms(self.options.reward, candidates, self.model_prices(), prompt_tokens, profiles)
 
     # learning --------------------------------------------------------------------------------
     def cost_share(self, model: str, reward: Reward) -> float | None:
@@ -234,23 +297,31 @@ class ContextualSelector(Selector):
         return own / max(costs)
 
     def immediate_reward(self, reward: Reward) -> float:
+        """What the estimator learns at once: the blended reward with quality assumed at
+        `default_quality` (0 for a failure), or with ``learn: quality`` that quality alone."""
         spec: RewardSpec = self.options.reward
         quality = spec.default_quality if reward.ok else 0.0
+        if self.learns_quality:
+            return quality
         cost = self.cost_share(reward.model, reward) if reward.ok else None
         latency = reward.latency_ms if reward.ok else None
         return reward_value(spec, quality=quality, cost_share=cost, latency_ms=latency)
 
     def observe(self, tenant: str, model: str, x: np.ndarray, value: float, *, now: float | None = None,
-                count: bool = True) -> float:
-        """Learn `value` for (model, x) now; returns the observation's weight (for later credit)."""
+                count: bool = True, completion_tokens: float | None = None,
+                latency_ms: float | None = None) -> float:
+        """Learn `value` for (model, x) now; returns the observation's weight (for later credit).
+        With ``learn: quality`` a counted observation also adds the answer's length and latency
+        to the model's profile."""
         learner = self.learner(tenant)
         now = time.time() if now is None else now
+        profile = {"completion_tokens": completion_tokens, "latency_ms": latency_ms} if self.learns_quality else {}
         with learner.lock:
             self._roll_epoch(learner, now)
             w = self._weight(learner, now)
-            delta = learner.estimator.observation_sums(model, x, value, weight=w, count=count)
+            delta = learner.estimator.observation_sums(model, x, value, weight=w, count=count, **profile)
             if count:
-                learner.estimator.observe(model, x, value, weight=w)
+                learner.estimator.observe(model, x, value, weight=w, **profile)
             else:
                 learner.estimator.credit(model, x, value, weight=w)
             key = (learner.epoch, model)
@@ -261,8 +332,11 @@ class ContextualSelector(Selector):
     def update(self, choice: Choice, reward: Reward) -> None:
         if choice.context is None:
             return  # a choice this selector did not make (e.g. before a reload)
+        ok = reward.ok
         self.observe(choice.tenant or "default", reward.model, np.asarray(choice.context),
-                     self.immediate_reward(reward), now=reward.at)
+                     self.immediate_reward(reward), now=reward.at,
+                     completion_tokens=reward.completion_tokens if ok else None,
+                     latency_ms=reward.latency_ms if ok else None)
 
     def pending_record(self, choice: Choice, model: str) -> dict[str, Any] | None:
         """What the pipeline keeps until quality feedback arrives (None when quality has no weight)."""
@@ -273,7 +347,7 @@ class ContextualSelector(Selector):
         return {
             "tenant": choice.tenant or "default", "decision": self.decision, "algorithm": self.name,
             "schema": self.schema_id, "model": model, "context": [float(v) for v in choice.context],
-            "quality_share": spec.quality / (spec.quality + spec.cost + spec.latency),
+            "quality_share": 1.0 if self.learns_quality else spec.quality / (spec.quality + spec.cost + spec.latency),
             "default_quality": spec.default_quality, "epoch": learner.epoch, "at": time.time(),
         }
 
@@ -444,7 +518,7 @@ class HybridLinUCBSelector(LinUCBSelector):
                 out.append(math.log1p((price.input + price.output) if price is not None else 0.0))
         return np.array(out)
 
-    def _new_estimator(self):
+    def _base_estimator(self):
         feats = {m: self.model_features(m) for m in self.models}
         return HybridRidge(self.features.dim, arm_features=feats, ridge=self.options.ridge,
                            default_arm_features=self.model_features("") if not feats else None)

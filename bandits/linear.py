@@ -28,7 +28,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["DisjointRidge", "HybridRidge", "disjoint_layout_size", "hybrid_layout_size"]
+__all__ = ["DisjointRidge", "HybridRidge", "ProfiledEstimator", "disjoint_layout_size", "hybrid_layout_size", "PROFILE_SIZE"]
 
 
 def disjoint_layout_size(dim: int) -> int:
@@ -374,3 +374,124 @@ class HybridRidge:
     def credit(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0) -> None:
         x = _as_vector(x, self.dim)
         self.add_sums(arm, self.observation_sums(arm, x, reward, weight, count=False))
+
+
+# ------------------------------------------------------------------------------------------------
+# what a model's answers usually cost, next to what it learned about their quality
+
+PROFILE_SIZE = 4  # [Σw, Σw·completion tokens, Σw, Σw·latency ms] over answers that reported them
+
+
+class ProfiledEstimator:
+    """A ridge estimator plus, per arm, the observed mean completion length and latency.
+
+    Used when an estimator learns answer *quality* only (``learn: quality``): the cost and latency
+    of an answer are then computed at selection from what is known before the call (the model's
+    price and the request's prompt tokens) and these means, instead of being learned inside one
+    blended reward. The profile is three more additive sums at the end of each arm's flat vector,
+    so it merges across replicas, is stored and restored, exactly like the estimator's own sums.
+    Everything the decision rules call is delegated to the wrapped estimator.
+    """
+
+    def __init__(self, inner: DisjointRidge | HybridRidge):
+        self.inner = inner
+        self.kind = inner.kind
+        self.dim = inner.dim
+        self._profile: dict[str, np.ndarray] = {}
+
+    # the wrapped estimator's ridge (discounting sets it) ------------------------------------------
+    @property
+    def ridge(self) -> float:
+        return self.inner.ridge
+
+    @ridge.setter
+    def ridge(self, value: float) -> None:
+        self.inner.ridge = value
+
+    @property
+    def layout_size(self) -> int:
+        return self.inner.layout_size + PROFILE_SIZE
+
+    # state ----------------------------------------------------------------------------------
+    def arms(self) -> list[str]:
+        return self.inner.arms()
+
+    def sums(self) -> dict[str, np.ndarray]:
+        return {arm: np.concatenate((vec, self._profile.get(arm, np.zeros(PROFILE_SIZE))))
+                for arm, vec in self.inner.sums().items()}
+
+    def _check(self, arm: str, vec: np.ndarray, what: str) -> np.ndarray:
+        vec = np.asarray(vec, dtype=np.float64)
+        if vec.shape != (self.layout_size,):
+            raise ValueError(f"arm '{arm}': {what} has {vec.size} numbers, expected {self.layout_size} "
+                             f"(was it trained with another feature schema?)")
+        return vec
+
+    def load_sums(self, arms: Mapping[str, np.ndarray], *, replace: bool = True) -> None:
+        arms = {arm: self._check(arm, vec, "state") for arm, vec in arms.items()}
+        self.inner.load_sums({arm: vec[:-PROFILE_SIZE] for arm, vec in arms.items()}, replace=replace)
+        if replace:
+            self._profile.clear()
+        for arm, vec in arms.items():
+            self._profile[arm] = vec[-PROFILE_SIZE:].copy()
+
+    def add_sums(self, arm: str, vec: np.ndarray) -> None:
+        vec = self._check(arm, vec, "delta")
+        self.inner.add_sums(arm, vec[:-PROFILE_SIZE])
+        self._profile[arm] = self._profile.get(arm, np.zeros(PROFILE_SIZE)) + vec[-PROFILE_SIZE:]
+
+    def remove_arm(self, arm: str) -> None:
+        self.inner.remove_arm(arm)
+        self._profile.pop(arm, None)
+
+    def count(self, arm: str) -> float:
+        return self.inner.count(arm)
+
+    def total_count(self) -> float:
+        return self.inner.total_count()
+
+    # estimation -----------------------------------------------------------------------------
+    def predict(self, arm: str, x: np.ndarray) -> tuple[float, float]:
+        return self.inner.predict(arm, x)
+
+    def predict_many(self, arms: Iterable[str], x: np.ndarray) -> dict[str, tuple[float, float]]:
+        return self.inner.predict_many(arms, x)
+
+    def theta(self, arm: str) -> np.ndarray:
+        return self.inner.theta(arm)
+
+    def profile(self, arm: str) -> tuple[float, float | None, float | None]:
+        """(weight of answers with a known length, mean completion tokens, mean latency ms);
+        None = not observed yet."""
+        p = self._profile.get(arm)
+        if p is None:
+            return 0.0, None, None
+        tokens = float(p[1] / p[0]) if p[0] > 0 else None
+        latency = float(p[3] / p[2]) if p[2] > 0 else None
+        return float(p[0]), tokens, latency
+
+    # learning -------------------------------------------------------------------------------
+    @staticmethod
+    def profile_sums(weight: float, completion_tokens: float | None, latency_ms: float | None) -> np.ndarray:
+        w = float(weight)
+        out = np.zeros(PROFILE_SIZE)
+        if completion_tokens is not None:
+            out[0:2] = (w, w * float(completion_tokens))
+        if latency_ms is not None:
+            out[2:4] = (w, w * float(latency_ms))
+        return out
+
+    def observation_sums(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0, count: bool = True,
+                         *, completion_tokens: float | None = None, latency_ms: float | None = None) -> np.ndarray:
+        inner = self.inner.observation_sums(arm, x, reward, weight, count=count)
+        extra = self.profile_sums(weight, completion_tokens, latency_ms) if count else np.zeros(PROFILE_SIZE)
+        return np.concatenate((inner, extra))
+
+    def observe(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0, *,
+                completion_tokens: float | None = None, latency_ms: float | None = None) -> None:
+        self.inner.observe(arm, x, reward, weight)
+        self._profile[arm] = (self._profile.get(arm, np.zeros(PROFILE_SIZE))
+                              + self.profile_sums(weight, completion_tokens, latency_ms))
+
+    def credit(self, arm: str, x: np.ndarray, reward: float, weight: float = 1.0) -> None:
+        self.inner.credit(arm, x, reward, weight)

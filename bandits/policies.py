@@ -17,11 +17,32 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sigroute.bandits.linear import DisjointRidge, HybridRidge
+from sigroute.bandits.linear import DisjointRidge, HybridRidge, ProfiledEstimator
 
-Estimator = DisjointRidge | HybridRidge
+Estimator = DisjointRidge | HybridRidge | ProfiledEstimator
 
-__all__ = ["Pick", "LinUCBRule", "ThompsonRule", "EpsilonGreedyRule", "Estimator"]
+__all__ = ["Pick", "KnownTerms", "LinUCBRule", "ThompsonRule", "EpsilonGreedyRule", "Estimator"]
+
+
+@dataclass(frozen=True, slots=True)
+class KnownTerms:
+    """The part of each arm's reward known before the call, for an estimator that learns only
+    the rest: an arm's score is ``scale · (learned score) + offsets[arm]``.
+
+    With ``learn: quality`` the estimator predicts quality, ``scale`` is the quality weight's share
+    of the reward and ``offsets`` hold the weighted cost and latency terms computed from prices,
+    prompt tokens and the arm's answer profile (`bandits.contextual.known_terms`).
+    """
+
+    scale: float
+    offsets: Mapping[str, float]
+
+    def apply(self, arm: str, learned: float) -> float:
+        return self.scale * learned + self.offsets.get(arm, 0.0)
+
+
+def _known(known: KnownTerms | None, arm: str, learned: float) -> float:
+    return learned if known is None else known.apply(arm, learned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +78,12 @@ class LinUCBRule:
         self.estimator = estimator
         self.alpha = float(alpha)
 
-    def choose(self, x: np.ndarray, candidates: Sequence[str]) -> Pick:
+    def choose(self, x: np.ndarray, candidates: Sequence[str], known: KnownTerms | None = None) -> Pick:
         candidates = _require(candidates)
         means, scores = {}, {}
         for arm, (mean, var) in self.estimator.predict_many(candidates, x).items():
-            means[arm] = mean
-            scores[arm] = mean + self.alpha * math.sqrt(var)
+            means[arm] = _known(known, arm, mean)
+            scores[arm] = _known(known, arm, mean + self.alpha * math.sqrt(var))
         return Pick(_argmax(candidates, scores), 1.0, scores, means)
 
 
@@ -82,11 +103,14 @@ class ThompsonRule:
         self.propensity_draws = int(propensity_draws)
         self.rng = rng if rng is not None else np.random.default_rng()
 
-    def choose(self, x: np.ndarray, candidates: Sequence[str]) -> Pick:
+    def choose(self, x: np.ndarray, candidates: Sequence[str], known: KnownTerms | None = None) -> Pick:
         candidates = _require(candidates)
         predictions = self.estimator.predict_many(candidates, x)
         mu = np.array([predictions[c][0] for c in candidates])
         sd = self.v * np.sqrt(np.array([predictions[c][1] for c in candidates]))
+        if known is not None:  # the known part is not uncertain: scale the draw, shift by it
+            mu = known.scale * mu + np.array([known.offsets.get(c, 0.0) for c in candidates])
+            sd = known.scale * sd
         draw = mu + sd * self.rng.standard_normal(len(candidates))
         i = int(np.argmax(draw))
         if self.propensity_draws > 0 and len(candidates) > 1:
@@ -118,9 +142,9 @@ class EpsilonGreedyRule:
         eps = self.epsilon / (1.0 + t / self.decay) if self.decay > 0 else self.epsilon
         return max(self.min_epsilon, min(1.0, eps))
 
-    def choose(self, x: np.ndarray, candidates: Sequence[str]) -> Pick:
+    def choose(self, x: np.ndarray, candidates: Sequence[str], known: KnownTerms | None = None) -> Pick:
         candidates = _require(candidates)
-        means = {arm: mean for arm, (mean, _) in self.estimator.predict_many(candidates, x).items()}
+        means = {arm: _known(known, arm, mean) for arm, (mean, _) in self.estimator.predict_many(candidates, x).items()}
         greedy = _argmax(candidates, means)
         eps = self.current_epsilon()
         k = len(candidates)

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from sigroute.bandits.linear import DisjointRidge, HybridRidge
+from sigroute.bandits.linear import PROFILE_SIZE, DisjointRidge, HybridRidge, ProfiledEstimator
 
 __all__ = ["full_information_sums"]
 
@@ -24,8 +24,26 @@ def _disjoint(x: np.ndarray, r: np.ndarray) -> np.ndarray:
     return np.concatenate(([float(len(r)), float(r.sum()), float(r @ r)], x.T @ r, xtx.ravel()))
 
 
-def full_information_sums(estimator: DisjointRidge | HybridRidge, contexts: np.ndarray,
-                          rewards: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def full_information_sums(estimator: DisjointRidge | HybridRidge | ProfiledEstimator, contexts: np.ndarray,
+                          rewards: Mapping[str, np.ndarray], *,
+                          completion_tokens: Mapping[str, np.ndarray] | None = None,
+                          latency_ms: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Per model the statistics of every known reward. For an estimator that learns quality only
+    (`ProfiledEstimator`) `rewards` are qualities, and `completion_tokens` / `latency_ms` (per
+    model, n values, NaN = unknown) fill the model's answer profile."""
+    if isinstance(estimator, ProfiledEstimator):
+        inner = full_information_sums(estimator.inner, contexts, rewards)
+        out = {}
+        for arm, vec in inner.items():
+            profile = np.zeros(PROFILE_SIZE)
+            for k, table in ((0, completion_tokens), (2, latency_ms)):
+                values = None if table is None else table.get(arm)
+                if values is not None:
+                    values = np.asarray(values, dtype=np.float64)
+                    known = ~np.isnan(values) & ~np.isnan(np.asarray(rewards[arm], dtype=np.float64))
+                    profile[k:k + 2] = (float(known.sum()), float(values[known].sum()))
+            out[arm] = np.concatenate((vec, profile))
+        return out
     contexts = np.asarray(contexts, dtype=np.float64)
     if contexts.ndim != 2 or contexts.shape[1] != estimator.dim:
         raise ValueError(f"contexts must be n × {estimator.dim} (the decision's feature count), got {contexts.shape}")

@@ -388,17 +388,21 @@ class FeatureBank:
 
         return FeatureExtractor(groups, self.resources)
 
-    def matrix(self, groups, texts: Sequence[str], embeddings: np.ndarray, tokens: np.ndarray, key: str) -> np.ndarray:
+    def block(self, name: str, texts: Sequence[str], embeddings: np.ndarray, tokens: np.ndarray, key: str,
+              dims: int | None = None) -> np.ndarray:
+        """One group's unweighted block for the texts under `key` (computed once)."""
         from sigroute.policies.schema import FeatureGroup
 
-        blocks = []
-        for g in groups:
-            bkey = (key, g.name, g.dims if g.name == "embedding" else 0)
-            if bkey not in self._blocks:
-                single = self.extractor([FeatureGroup(name=g.name, dims=g.dims)])
-                self._blocks[bkey] = np.asarray(single._block(single.groups[0], list(texts), embeddings,
-                                                              [int(t) for t in tokens]), dtype=np.float64)
-            blocks.append(self._blocks[bkey] * g.weight)
+        bkey = (key, name, dims if name == "embedding" else 0)
+        if bkey not in self._blocks:
+            g = FeatureGroup(name=name, dims=dims) if dims else FeatureGroup(name=name)
+            single = self.extractor([g])
+            self._blocks[bkey] = np.asarray(single._block(single.groups[0], list(texts), embeddings,
+                                                          [int(t) for t in tokens]), dtype=np.float64)
+        return self._blocks[bkey]
+
+    def matrix(self, groups, texts: Sequence[str], embeddings: np.ndarray, tokens: np.ndarray, key: str) -> np.ndarray:
+        blocks = [self.block(g.name, texts, embeddings, tokens, key, g.dims) * g.weight for g in groups]
         x = np.concatenate(blocks, axis=1)
         norm = np.linalg.norm(x, axis=1, keepdims=True)
         return np.divide(x, norm, out=x.copy(), where=norm > 0)
@@ -426,9 +430,9 @@ def cross_fit_fold(question_id: str) -> int:
 
 
 def cross_fitted_head_blocks(train: Table, questions_path: Path, correctness_path: Path, encoder, cache_dir,
-                             log=lambda m: None) -> dict[str, np.ndarray]:
-    """Out-of-fold `domain` and `difficulty` blocks for training-split questions the shipped heads
-    were trained on.
+                             shipped: Mapping[str, np.ndarray], log=lambda m: None) -> dict[str, np.ndarray]:
+    """`domain` and `difficulty` blocks for the training split, out-of-fold wherever the shipped heads
+    saw the question in training.
 
     On its own training questions a head is far sharper than on new ones (the domain head names
     99.9 % of them right, 86 % of held-out ones; the complexity head 60 % vs 50 %). A router warm-
@@ -436,7 +440,11 @@ def cross_fitted_head_blocks(train: Table, questions_path: Path, correctness_pat
     on live traffic. So each training question gets the prediction of the same recipe (the shipped
     head's own settings from its head.json: C, n-gram spec, pruning, expert weight, temperature,
     label cuts) refitted without the fold it is in (5 folds by a hash of the question id). The
-    stream always gets the shipped heads themselves. Cached on disk (a few minutes to compute).
+    stream always gets the shipped heads themselves. Training questions from the heads' own test part
+    (all of them when ``--train`` names the full data the heads came from) are out-of-sample for the
+    shipped heads already: their rows are the shipped heads' outputs (`shipped`: name -> block of
+    every training-split row, computed by the caller with the gateway's extractor). Cached on disk (a
+    few minutes to compute).
     """
     import scipy.sparse as sps
     from scipy.special import log_softmax, softmax
@@ -452,9 +460,11 @@ def cross_fitted_head_blocks(train: Table, questions_path: Path, correctness_pat
                                      dmeta.get("weights_sha256"), cmeta.get("weights_sha256"), encoder.fingerprint,
                                      train.question_ids], sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir).expanduser() / f"crossfit-{key}.npz" if cache_dir else None
+    in_sample = np.array([not in_test_split(q) for q in train.question_ids])
     if path is not None and path.is_file():
         with np.load(path) as z:
-            return {"domain": z["domain"], "difficulty": z["difficulty"]}
+            folded = {"domain": z["domain"], "difficulty": z["difficulty"]}
+        return _merge_cross_fit(folded, in_sample, shipped)
     t0 = time.perf_counter()
     rows = [r for r in load_questions(questions_path) if not in_test_split(r["question_id"])]
     header, crows = _read_csv(correctness_path)
@@ -468,7 +478,7 @@ def cross_fitted_head_blocks(train: Table, questions_path: Path, correctness_pat
     fold = np.array([cross_fit_fold(q) for q in ids])
     E = embed(encoder, texts, cache_dir)
     where = {q: i for i, q in enumerate(ids)}
-    want = np.array([where[q] for q in train.question_ids])
+    want = np.array([where[q] for q, inside in zip(train.question_ids, in_sample) if inside], dtype=np.int64)
     # domain: n-gram logistic regression ⊕ embedding logistic regression, as signals.training does
     labels = list(dmeta["labels"])
     y = np.array([labels.index(r["category"]) for r in rows])
@@ -483,8 +493,10 @@ def cross_fitted_head_blocks(train: Table, questions_path: Path, correctness_pat
         ng = LogisticRegression(C=comp["ngram_logreg"]["C"], max_iter=300, random_state=0).fit(X[fit], y[fit])
         em = LogisticRegression(C=comp["embedding_logreg"]["C"], max_iter=2000, random_state=0).fit(E[fit], y[fit])
         Wp = _prune(ng.coef_.T.astype(np.float32), comp["ngram_logreg"].get("pruned_keep_fraction", 1.0))
-        total = (log_softmax(np.asarray(X[held] @ Wp) + ng.intercept_, axis=1)
-                 + comp["embedding_logreg"]["weight"] * em.predict_log_proba(E[held]))
+        part = (log_softmax(np.asarray(X[held] @ Wp) + ng.intercept_, axis=1)
+                + comp["embedding_logreg"]["weight"] * em.predict_log_proba(E[held]))
+        total = np.full((part.shape[0], len(labels)), -1e9)  # a label absent from the fitted folds: P = 0
+        total[:, ng.classes_] = part
         domain[held] = softmax(total / float(dmeta.get("temperature", 1.0)), axis=1)
         log(f"  cross-fit domain fold {k + 1}/{CROSS_FIT_FOLDS} ({time.perf_counter() - t0:.0f}s)")
     # difficulty: the complexity recipe (tertiles of the fitted part's solved fraction)
@@ -499,12 +511,28 @@ def cross_fitted_head_blocks(train: Table, questions_path: Path, correctness_pat
         cuts = np.quantile(f[fit], [1 / 3, 2 / 3])
         yc = np.where(f <= cuts[0], 2, np.where(f <= cuts[1], 1, 0))  # classes: easy, medium, hard
         model = LogisticRegression(C=C, max_iter=2000, random_state=0).fit(Xc[fit], yc[fit])
-        difficulty[held] = model.predict_proba(Xc[held])
+        difficulty[held] = 0.0  # a class absent from the fitted folds: P = 0
+        difficulty[np.ix_(np.flatnonzero(held), model.classes_)] = model.predict_proba(Xc[held])
     log(f"  cross-fit difficulty done ({time.perf_counter() - t0:.0f}s)")
     out = {"domain": domain[want], "difficulty": difficulty[want]}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **out)
+    return _merge_cross_fit(out, in_sample, shipped)
+
+
+def _merge_cross_fit(folded: Mapping[str, np.ndarray], in_sample: np.ndarray,
+                     shipped: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every training row: the out-of-fold prediction where the heads trained on the question
+    (`folded` holds those rows, in order), the shipped head's own output elsewhere."""
+    out = {}
+    for name, block in folded.items():
+        full = np.array(shipped[name], dtype=np.float64, copy=True)
+        if full.shape[0] != len(in_sample) or block.shape[0] != int(in_sample.sum()):
+            raise ValueError(f"cross-fit '{name}': {block.shape[0]} folded rows for {int(in_sample.sum())} "
+                             f"in-sample questions of {len(in_sample)}")
+        full[in_sample] = block
+        out[name] = full
     return out
 
 
@@ -575,11 +603,16 @@ class PolicySpec:
 
 
 class Learner:
-    """A decision rule on an estimator (or uniform random), with a warm start in closed form."""
+    """A decision rule on an estimator (or uniform random), with a warm start in closed form.
+
+    ``params["learn"]`` is the gateway's ``learn:`` option: ``reward`` (default) learns the blended
+    reward `reward` gives; ``quality`` learns correctness only and adds the known cost term at
+    selection, exactly as `bandits.contextual.known_terms` does in the gateway (the answer length of
+    each model is the mean the learner has observed, warm start included)."""
 
     def __init__(self, spec: PolicySpec, dim: int, models: Sequence[str], prices: np.ndarray, seed: int,
-                 ridge: float = 1.0):
-        from sigroute.bandits.linear import DisjointRidge, HybridRidge
+                 ridge: float = 1.0, reward: "RewardModel | None" = None):
+        from sigroute.bandits.linear import DisjointRidge, HybridRidge, ProfiledEstimator
         from sigroute.bandits.policies import EpsilonGreedyRule, LinUCBRule, ThompsonRule
 
         self.spec = spec
@@ -588,6 +621,11 @@ class Learner:
         self.estimator = None
         self.rule = None
         p = spec.params
+        self.learns_quality = p.get("learn", "reward") == "quality"
+        if self.learns_quality and reward is None:
+            raise ValueError("learn: quality needs the reward (its cost weight) to score the known cost term")
+        self.reward = reward
+        self.prices = {m: (float(pr[0]), float(pr[1])) for m, pr in zip(models, prices)}
         if spec.kind == "random":
             return
         if spec.kind == "hybrid_linucb":  # model features [1, log(1 + input + output price)] as the gateway
@@ -606,23 +644,45 @@ class Learner:
                                           rng=random.Random(seed))
         else:
             raise ValueError(f"unknown policy kind '{spec.kind}'")
+        if self.learns_quality:
+            self.estimator = ProfiledEstimator(self.estimator)
+            self.rule.estimator = self.estimator
 
-    def warm_start(self, X: np.ndarray, R: np.ndarray) -> None:
-        """Learn every arm from full-information rows (X, reward matrix R (n, m)) at once."""
+    def warm_start(self, X: np.ndarray, R: np.ndarray, table: "Table | None" = None) -> None:
+        """Learn every arm from full-information rows (X, reward matrix R (n, m)) at once; with
+        ``learn: quality`` from `table`'s correctness and answer lengths instead of R."""
         from sigroute.bandits.warmstart import full_information_sums
 
         if self.estimator is None or len(X) == 0:
             return
-        sums = full_information_sums(self.estimator, X, {m: R[:, j] for j, m in enumerate(self.models)})
+        if self.learns_quality:
+            if table is None:
+                raise ValueError("learn: quality warm-starts from the table (correctness and answer lengths)")
+            sums = full_information_sums(self.estimator, X, {m: table.correct[:, j] for j, m in enumerate(self.models)},
+                                         completion_tokens={m: table.completion_tokens[:, j]
+                                                            for j, m in enumerate(self.models)})
+        else:
+            sums = full_information_sums(self.estimator, X, {m: R[:, j] for j, m in enumerate(self.models)})
         self.estimator.load_sums(sums)
 
-    def choose(self, x: np.ndarray) -> str:
+    def known(self, prompt_tokens: float | None):
+        from sigroute.bandits.contextual import known_terms
+
+        profiles = {m: self.estimator.profile(m)[1:] for m in self.models}
+        return known_terms(self.reward.spec, self.models, self.prices, prompt_tokens, profiles)
+
+    def choose(self, x: np.ndarray, prompt_tokens: float | None = None) -> str:
         if self.rule is None:
             return self.models[self.rng.randrange(len(self.models))]
-        return self.rule.choose(x, self.models).arm
+        known = self.known(prompt_tokens) if self.learns_quality else None
+        return self.rule.choose(x, self.models, known).arm
 
-    def learn(self, model: str, x: np.ndarray, reward: float) -> None:
-        if self.estimator is not None:
+    def learn(self, model: str, x: np.ndarray, reward: float, outcome: "Outcome | None" = None) -> None:
+        if self.estimator is None:
+            return
+        if self.learns_quality:
+            self.estimator.observe(model, x, outcome.correct, completion_tokens=outcome.completion_tokens)
+        else:
             self.estimator.observe(model, x, reward)
 
 
@@ -637,8 +697,10 @@ class Run:
     reward: np.ndarray    # per step
 
 
-def run_policy(learner: Learner, X: np.ndarray, order: np.ndarray, step: Step, reward: RewardModel) -> Run:
-    """Stream `order` through `learner`: it sees x, picks, is told only its pick's outcome, learns."""
+def run_policy(learner: Learner, X: np.ndarray, order: np.ndarray, step: Step, reward: RewardModel,
+               prompt_tokens: np.ndarray | None = None) -> Run:
+    """Stream `order` through `learner`: it sees x (and the question's prompt tokens, known before
+    the call), picks, is told only its pick's outcome, learns."""
     col = {m: j for j, m in enumerate(learner.models)}
     n = len(order)
     chosen = np.empty(n, dtype=np.int64)
@@ -647,10 +709,10 @@ def run_policy(learner: Learner, X: np.ndarray, order: np.ndarray, step: Step, r
     rew = np.empty(n)
     for t, i in enumerate(order):
         x = X[i]
-        model = learner.choose(x)
+        model = learner.choose(x, None if prompt_tokens is None else float(prompt_tokens[i]))
         outcome = step(int(i), model)
         r = reward(model, outcome)
-        learner.learn(model, x, r)
+        learner.learn(model, x, r, outcome)
         chosen[t], correct[t], cost[t], rew[t] = col[model], outcome.correct, outcome.cost, r
     return Run(np.asarray(order), chosen, correct, cost, rew)
 
@@ -839,10 +901,11 @@ def sweep_policy(ctx: Context, spec: PolicySpec, *, seeds: Sequence[int] | None 
         accs, costs = [], []
         for s in seeds:
             order = np.random.default_rng(s).permutation(stream.n)
-            learner = Learner(spec, ctx.X_stream.shape[1], stream.models, stream.prices, seed=s, ridge=ctx.ridge)
+            learner = Learner(spec, ctx.X_stream.shape[1], stream.models, stream.prices, seed=s, ridge=ctx.ridge,
+                              reward=rm)
             if ctx.warm:
-                learner.warm_start(ctx.X_train, R_train)
-            run = run_policy(learner, ctx.X_stream, order, step, rm)
+                learner.warm_start(ctx.X_train, R_train, train)
+            run = run_policy(learner, ctx.X_stream, order, step, rm, stream.prompt_tokens)
             accs.append(float(run.correct.mean()))
             costs.append(float(run.cost.sum()))
             per_seed_points[s].append((costs[-1], accs[-1]))
@@ -930,10 +993,10 @@ def evaluate(ctx: Context, router: PolicySpec, others: Sequence[PolicySpec], sup
         runs = []
         t0 = time.perf_counter()
         for s in seeds:
-            learner = Learner(spec, ctx.X_stream.shape[1], models, stream.prices, seed=s, ridge=ctx.ridge)
+            learner = Learner(spec, ctx.X_stream.shape[1], models, stream.prices, seed=s, ridge=ctx.ridge, reward=rm)
             if ctx.warm:
-                learner.warm_start(ctx.X_train, R_train)
-            runs.append(run_policy(learner, ctx.X_stream, orders[s], ctx.step_factory(stream), rm))
+                learner.warm_start(ctx.X_train, R_train, train)
+            runs.append(run_policy(learner, ctx.X_stream, orders[s], ctx.step_factory(stream), rm, stream.prompt_tokens))
         regret[spec.name] = _curves(runs, oracle_r, cps)
         regret[spec.name]["model_share"] = {m: round(float(np.mean([np.mean(r.chosen == j) for r in runs])), 4)
                                             for j, m in enumerate(models)}
@@ -1001,7 +1064,8 @@ def inner_aiq(ctx: Context, spec: PolicySpec) -> tuple[float, list]:
     return aiq(points, c_min, c_max, (c_min, float(stream.correct[:, j].mean()))), sweep["points"]
 
 
-def tune(ctx: Context, log, alphas: Sequence[float] = ALPHA_GRID, ridges: Sequence[float] = RIDGE_GRID) -> dict:
+def tune(ctx: Context, log, alphas: Sequence[float] = ALPHA_GRID, ridges: Sequence[float] = RIDGE_GRID,
+         learn: str = "reward") -> dict:
     """Choose LinUCB's alpha and the ridge λ by AIQ on the inner-validation part."""
     results = []
     best = None
@@ -1009,7 +1073,7 @@ def tune(ctx: Context, log, alphas: Sequence[float] = ALPHA_GRID, ridges: Sequen
         for alpha in alphas:
             ictx = inner_context(ctx)
             ictx.ridge = ridge
-            score, points = inner_aiq(ictx, PolicySpec("linucb", "linucb", {"alpha": alpha}))
+            score, points = inner_aiq(ictx, PolicySpec("linucb", "linucb", {"alpha": alpha, "learn": learn}))
             results.append({"alpha": alpha, "ridge": ridge, "inner_aiq": round(score, 6)})
             log(f"  tune: alpha={alpha} ridge={ridge} inner AIQ {score:.4f}")
             if best is None or score > best[0] + 1e-9:
@@ -1050,6 +1114,9 @@ def parse_args(argv):
     p.add_argument("--features", default=DEFAULT_FEATURES, help="the router's feature groups (name[:dims][*weight],...)")
     p.add_argument("--alpha", type=float, default=None, help="LinUCB alpha (default: chosen by inner validation)")
     p.add_argument("--ridge", type=float, default=None, help="ridge λ (default: chosen by inner validation)")
+    p.add_argument("--learn", choices=("reward", "quality"), default="reward",
+                   help="what the router's estimator learns (the gateway's `learn:` option): the blended reward, "
+                        "or correctness only with the known cost term added at selection")
     p.add_argument("--regret-w", type=float, default=0.2, help="cost weight of the reward regret is measured in")
     p.add_argument("--policies", default=DEFAULT_POLICIES,
                    help="policies compared with the router (LinUCB) on regret")
@@ -1101,8 +1168,10 @@ def main(argv: list[str] | None = None) -> int:
         log("cross-fitting the domain and complexity heads on the training split (cached after the first run) ...")
         root, mmlu = _resolve_dir(args.train or args.data)
         t0 = time.perf_counter()
+        shipped = {name: bank.block(name, split.train.texts, E_train, split.train.prompt_tokens, "train")
+                   for name in ("domain", "difficulty")}
         blocks = cross_fitted_head_blocks(split.train, mmlu / "questions.jsonl.gz", mmlu / "correctness.csv.gz",
-                                          encoder, cache, log)
+                                          encoder, cache, shipped, log)
         for name, block in blocks.items():
             bank.override("train", name, block)
         cross_fit = (f"training-split `domain` and `difficulty` blocks are out-of-fold predictions of the shipped "
@@ -1139,7 +1208,8 @@ def main(argv: list[str] | None = None) -> int:
         "cross_fitted_training_features": cross_fit,
     }
     out = run_benchmark(split, X_train, X_stream, E_train, E_stream, seeds=args.seeds, warm=warm, alpha=args.alpha,
-                        ridge=args.ridge, regret_w=args.regret_w, policies=args.policies, log=log, extra_config=extra)
+                        ridge=args.ridge, regret_w=args.regret_w, policies=args.policies, learn=args.learn, log=log,
+                        extra_config=extra)
 
     ablation = []
     best = out["best_single"]
@@ -1149,7 +1219,8 @@ def main(argv: list[str] | None = None) -> int:
         actx = Context(split, Xtr, Xst, warm=warm, seeds=args.seeds, ridge=out["config"]["hyperparameters"]["ridge"],
                        regret_w=args.regret_w)
         t0 = time.perf_counter()
-        router = PolicySpec("linucb", "linucb", {"alpha": out["config"]["hyperparameters"]["linucb_alpha"]})
+        router = PolicySpec("linucb", "linucb", {"alpha": out["config"]["hyperparameters"]["linucb_alpha"],
+                                                 "learn": args.learn})
         sw = sweep_policy(actx, router)
         cr = out["cost_range"]
         aiqs = [aiq(sw["per_seed_points"][s], cr["c_min"], cr["c_max"], tuple(cr["anchor"])) for s in range(args.seeds)]
@@ -1188,7 +1259,7 @@ def through_gateway(args, split: Split, X_train: np.ndarray, X_stream: np.ndarra
     stream, train = split.stream, split.train
     hp = out["config"]["hyperparameters"]
     w = args.regret_w
-    algorithm = {"linucb": {"alpha": hp["linucb_alpha"], "ridge": hp["ridge"],
+    algorithm = {"linucb": {"alpha": hp["linucb_alpha"], "ridge": hp["ridge"], "learn": hp["learn"],
                             "features": [g.model_dump() for g in groups],
                             "reward": {"quality": 1.0, "cost": w}}}
     rm = RewardModel(stream.models, stream.prices, w)
@@ -1197,17 +1268,23 @@ def through_gateway(args, split: Split, X_train: np.ndarray, X_stream: np.ndarra
     if args.gateway_questions:
         order = order[:args.gateway_questions]
     # offline twin of the gateway run
-    learner = Learner(PolicySpec("linucb", "linucb", {"alpha": hp["linucb_alpha"]}), X_stream.shape[1],
-                      stream.models, stream.prices, seed=0, ridge=hp["ridge"])
+    learner = Learner(PolicySpec("linucb", "linucb", {"alpha": hp["linucb_alpha"], "learn": hp["learn"]}),
+                      X_stream.shape[1], stream.models, stream.prices, seed=0, ridge=hp["ridge"], reward=rm)
     if out["config"]["warm_start"]:
-        learner.warm_start(X_train, R_train)
-    offline = run_policy(learner, X_stream, order, TableStep(stream), rm)
+        learner.warm_start(X_train, R_train, train)
+    offline = run_policy(learner, X_stream, order, TableStep(stream), rm, stream.prompt_tokens)
     snapshot = None
     if out["config"]["warm_start"]:
         selector = LinUCBSelector(Algorithm.model_validate(algorithm).options,
                                   {m: None for m in stream.models}, resources=bank.resources, decision="route")
-        sums = full_information_sums(selector.learner("default").estimator, X_train,
-                                     {m: R_train[:, j] for j, m in enumerate(stream.models)})
+        if hp["learn"] == "quality":
+            sums = full_information_sums(selector.learner("default").estimator, X_train,
+                                         {m: train.correct[:, j] for j, m in enumerate(stream.models)},
+                                         completion_tokens={m: train.completion_tokens[:, j]
+                                                            for j, m in enumerate(stream.models)})
+        else:
+            sums = full_information_sums(selector.learner("default").estimator, X_train,
+                                         {m: R_train[:, j] for j, m in enumerate(stream.models)})
         snapshot = {"format": "sigroute-bandit-state", "version": 1,
                     "keys": {selector.state_key("default"): {m: v.tolist() for m, v in sums.items()}}}
     outcomes = load_outcomes(args.data)
@@ -1247,7 +1324,7 @@ def through_gateway(args, split: Split, X_train: np.ndarray, X_stream: np.ndarra
 
 def run_benchmark(split: Split, X_train: np.ndarray, X_stream: np.ndarray, E_train: np.ndarray | None,
                   E_stream: np.ndarray | None, *, seeds: int = 5, warm: bool = True, alpha: float | None = None,
-                  ridge: float | None = None, regret_w: float = 0.2, policies: str = DEFAULT_POLICIES,
+                  ridge: float | None = None, regret_w: float = 0.2, policies: str = DEFAULT_POLICIES, learn: str = "reward",
                   w_grid: Sequence[float] = W_GRID, tune_grid: tuple[Sequence[float], Sequence[float]] | None = None,
                   step_factory: Callable[[Table], Step] = TableStep, log: Callable[[str], Any] = lambda m: None,
                   extra_config: Mapping[str, Any] | None = None) -> dict:
@@ -1259,7 +1336,7 @@ def run_benchmark(split: Split, X_train: np.ndarray, X_stream: np.ndarray, E_tra
         t0 = time.perf_counter()
         alphas, ridges = tune_grid or (ALPHA_GRID, RIDGE_GRID)
         tuning = tune(ctx, log, alphas=[alpha] if alpha is not None else alphas,
-                      ridges=[ridge] if ridge is not None else ridges)
+                      ridges=[ridge] if ridge is not None else ridges, learn=learn)
         log(f"tuning in {time.perf_counter() - t0:.1f}s: alpha {tuning['alpha']}, ridge {tuning['ridge']}")
     alpha = alpha if alpha is not None else tuning["alpha"]
     ctx.ridge = ridge if ridge is not None else tuning["ridge"]
@@ -1272,7 +1349,7 @@ def run_benchmark(split: Split, X_train: np.ndarray, X_stream: np.ndarray, E_tra
         log(f"  C {supervised.chosen_C}, cross-validated AUC {np.round(supervised.cv_auc, 3).tolist()} "
             f"({time.perf_counter() - t0:.1f}s)")
 
-    router = PolicySpec("linucb", "linucb", {"alpha": alpha})
+    router = PolicySpec("linucb", "linucb", {"alpha": alpha, "learn": learn})
     defaults = {"thompson": PolicySpec("thompson", "thompson", {"v": 0.3}),
                 "epsilon_greedy": PolicySpec("epsilon_greedy", "epsilon_greedy", {"epsilon": 0.1}),
                 "hybrid_linucb": PolicySpec("hybrid_linucb", "hybrid_linucb", {"alpha": alpha}),
@@ -1292,7 +1369,7 @@ def run_benchmark(split: Split, X_train: np.ndarray, X_stream: np.ndarray, E_tra
     config = {
         "pool": list(split.stream.models), "split": split.description,
         "n_training_split": split.train.n, "n_stream": split.stream.n, "feature_dim": int(X_stream.shape[1]),
-        "hyperparameters": {"linucb_alpha": alpha, "ridge": ctx.ridge, "thompson_v": 0.3, "epsilon": 0.1,
+        "hyperparameters": {"linucb_alpha": alpha, "ridge": ctx.ridge, "learn": learn, "thompson_v": 0.3, "epsilon": 0.1,
                             "chosen_by": "inner validation inside the training split" if tuning else "given",
                             "supervised_C": supervised.chosen_C if supervised else None,
                             "supervised_cv_auc": supervised.cv_auc if supervised else None},

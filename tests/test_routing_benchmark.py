@@ -27,21 +27,22 @@ def _write_gz(path, text: str) -> None:
         fh.write(text)
 
 
-def make_dir(tmp_path, n: int = 240, seed: int = 0, prefix: str = "q", name: str = "routing"):
-    """An invented routing/ directory: `big` is right on every topic, `small` only on cooking,
-    `mid` on geography and cooking; a few cells are empty and lengths partly unrecorded."""
+def make_dir(tmp_path, n: int = 240, seed: int = 0, prefix: str = "q", name: str = "routing",
+             topics: tuple[str, str, str] = TOPICS):
+    """An invented routing/ directory: `big` is right on every topic, `small` only on the third
+    (cooking), `mid` on the second and third; a few cells are empty and lengths partly unrecorded."""
     rng = np.random.default_rng(seed)
     root = tmp_path / name
     (root / "mmlu_pro").mkdir(parents=True)
     (root / "models.csv").write_text(MODELS_CSV)
     questions, corr, chars = [], [], []
     for i in range(n):
-        topic = TOPICS[i % 3]
+        topic = topics[i % 3]
         qid = f"{prefix}{i}"
         questions.append({"question_id": qid, "category": topic, "src": "invented",
                           "question": f"Invented {topic} question number {i}?", "options": ["yes", "no", "maybe"],
                           "answer": "A"})
-        p = {"small": 0.9 if topic == "cooking" else 0.1, "mid": 0.1 if topic == "arithmetic" else 0.9, "big": 0.95}
+        p = {"small": 0.9 if topic == topics[2] else 0.1, "mid": 0.1 if topic == topics[0] else 0.9, "big": 0.95}
         cells = {m: str(int(rng.random() < p[m])) for m in POOL}
         if i == 5:
             cells["mid"] = ""  # no result: the question drops out
@@ -211,3 +212,88 @@ def test_run_benchmark_learns_topics_and_reports_the_summary(tables):
     assert out["config"]["hyperparameters"]["linucb_alpha"] in (0.0, 0.5)
     assert out["honest_operating_points"] is not None
     json.dumps(rb._jsonable(out))  # the whole result is JSON
+
+
+def test_train_mode_on_two_directories_cross_fits_only_what_the_heads_saw(tmp_path, monkeypatch):
+    """`--data DIR --train DIR2` where DIR2 is the data the shipped heads were trained on: the
+    heads' training part of DIR2 gets out-of-fold head features, the rest (the heads' own test
+    part) the shipped heads' outputs. This crashed with a KeyError when the training split held
+    questions outside the heads' training part."""
+    from sigroute.signals.training import in_test_split
+
+    topics = ("math", "history", "law")  # real MMLU-Pro categories: the domain head's labels
+    train_dir = make_dir(tmp_path, 150, seed=1, prefix="t", name="train", topics=topics)
+    data_dir = make_dir(tmp_path, 60, seed=2, prefix="s", name="data", topics=topics)
+    sha = rb._sha256(train_dir / "mmlu_pro" / "questions.jsonl.gz")
+    monkeypatch.setattr(rb, "head_training_sha256s", lambda: {sha})
+    ids = [f"t{i}" for i in range(150) if i != 5]
+    assert any(in_test_split(q) for q in ids) and not all(in_test_split(q) for q in ids)
+    out_path = tmp_path / "out.json"
+    rc = rb.main(["--data", str(data_dir), "--train", str(train_dir), "--pool", ",".join(POOL), "--seeds", "1",
+                  "--alpha", "0.1", "--ridge", "1.0", "--policies", "random", "--features", "bias,domain,difficulty",
+                  "--cache", str(tmp_path / "cache"), "--json", str(out_path), "--quiet"])
+    assert rc == 0
+    out = json.loads(out_path.read_text())
+    assert out["config"]["cross_fitted_training_features"]
+    assert out["config"]["n_training_split"] == 149 and out["summary"]["n_questions"] == 59
+    assert out["summary"]["aiq_router"] is not None
+
+
+def test_merge_cross_fit_keeps_shipped_rows_outside_the_heads_training_part():
+    folded = {"domain": np.array([[1.0, 0.0], [0.0, 1.0]])}
+    shipped = {"domain": np.full((4, 2), 0.5)}
+    merged = rb._merge_cross_fit(folded, np.array([True, False, True, False]), shipped)
+    assert merged["domain"].tolist() == [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.5, 0.5]]
+    assert shipped["domain"].tolist() == [[0.5, 0.5]] * 4  # the caller's block is not modified
+    with pytest.raises(ValueError):
+        rb._merge_cross_fit(folded, np.array([True, True, True, False]), shipped)
+
+
+def test_quality_learner_matches_the_gateway_selector_and_its_warm_start(tables):
+    """`learn: quality` in the benchmark is the gateway's: the same sums (quality and answer profile)
+    and the same scores, so through-gateway runs can match the offline picks."""
+    from sigroute.bandits.contextual import LinUCBSelector
+    from sigroute.policies.schema import Algorithm, ModelSpec
+
+    train, data = tables
+    X = topic_features(train)[:40]
+    sub = train.subset(np.arange(40))
+    rm = rb.RewardModel(train.models, train.prices, 0.3)
+    spec = rb.PolicySpec("linucb", "linucb", {"alpha": 0.1, "learn": "quality"})
+    warm = rb.Learner(spec, 4, train.models, train.prices, seed=0, reward=rm)
+    warm.warm_start(X, None, sub)
+    slow = rb.Learner(spec, 4, train.models, train.prices, seed=0, reward=rm)
+    for i, x in enumerate(X):
+        for j, m in enumerate(train.models):
+            slow.learn(m, x, 0.0, rb.Outcome(float(sub.correct[i, j]), 40.0, float(sub.completion_tokens[i, j]), 0.0))
+    for m in train.models:
+        assert np.allclose(warm.estimator.sums()[m], slow.estimator.sums()[m])
+    options = Algorithm.model_validate({"linucb": {"alpha": 0.1, "ridge": 1.0, "learn": "quality",
+                                                   "features": ["bias"], "reward": {"quality": 1, "cost": 0.3}}}).options
+    specs = {m: ModelSpec.model_validate({"provider": f"openai/{m}", "price": {"input": float(p[0]), "output": float(p[1])}})
+             for m, p in zip(train.models, train.prices)}
+    class TopicFeatures:  # the selector's context here is the tables' topic one-hot (4 numbers)
+        dim, schema_id, needs_embedding = 4, "topics", False
+
+    selector = LinUCBSelector(options, specs, decision="d", features=TopicFeatures())
+    selector.learner("default").estimator.load_sums(warm.estimator.sums())
+    for x in topic_features(data)[:12]:
+        choice = selector.select_vector(list(train.models), x, prompt_tokens=40)
+        assert choice.model == warm.choose(x, 40.0)
+        known = warm.known(40.0)
+        for m in train.models:
+            mean, var = warm.estimator.predict(m, x)
+            assert choice.scores[m] == pytest.approx(known.apply(m, mean + 0.1 * var ** 0.5))
+
+
+def test_run_benchmark_with_a_quality_router(tables):
+    train, data = tables
+    split = rb.make_split(data, train)
+    X_tr, X_st = topic_features(split.train), topic_features(split.stream)
+    out = rb.run_benchmark(split, X_tr, X_st, None, None, seeds=1, warm=True, alpha=0.1, ridge=1.0, regret_w=0.1,
+                           w_grid=(0.0, 0.05, 0.2, 1.0, 10.0), policies="random", learn="quality")
+    s = out["summary"]
+    assert out["config"]["hyperparameters"]["learn"] == "quality"
+    cheap_best = max(out["single_models"][m]["accuracy"] for m in ("small", "mid"))
+    assert s["router_accuracy_at_50pct_cost"] > max(0.85, cheap_best + 0.2)
+    assert s["regret_at_1000"]["linucb"] < s["regret_at_1000"]["random"]

@@ -99,6 +99,11 @@ class _ContextualOptions(Strict):
         default_factory=_default_features,
         description="context blocks, e.g. [bias, domain, complexity, length, shape, {embedding: {dims: 16}}]")
     reward: RewardSpec = Field(default_factory=RewardSpec)
+    learn: Literal["reward", "quality"] = Field(
+        "reward",
+        description="what the estimator learns: `reward` = the whole blended reward; `quality` = answer quality "
+                    "only, with the cost and latency terms computed at selection from the model's price, the "
+                    "request's prompt tokens and the model's observed mean answer length and latency")
     ridge: PositiveFloat = Field(1.0, description="ridge regularization λ")
     discount_half_life_s: PositiveFloat | None = Field(
         None, description="forget old observations: their weight halves after this long (drift)")
