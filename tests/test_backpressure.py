@@ -311,3 +311,18 @@ def test_breaker_counts_its_closings_once_per_episode():
     assert trial.succeeded()
     assert breaker.closings == 1 and breaker.state == "closed"
     assert not breaker.permit().succeeded() and breaker.closings == 1
+
+
+def test_a_model_removed_by_a_reload_leaves_the_breaker_series():
+    from sigroute.gateway.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.render({"a": "open", "b": "rate_limited"})
+    value = metrics.registry.get_sample_value
+    assert value("sigroute_breaker_state", {"model": "b", "state": "rate_limited"}) == 1.0
+    assert value("sigroute_breaker_state", {"model": "b", "state": "closed"}) == 0.0
+    metrics.render({"a": "half_open"})  # the new policy has no model b
+    assert value("sigroute_breaker_state", {"model": "b", "state": "rate_limited"}) is None
+    assert value("sigroute_breaker_open", {"model": "b"}) is None
+    assert value("sigroute_breaker_state", {"model": "a", "state": "half_open"}) == 1.0
+    assert value("sigroute_breaker_open", {"model": "a"}) == 0.0
