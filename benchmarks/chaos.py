@@ -47,12 +47,12 @@ Load phases (``--load-seconds`` each, 16 closed-loop clients, alternating stream
 requests, every answer graded as above): one of three round-robin candidates is killed (its server
 stopped, every connection aborted), slowed past its timeouts, or answers 429 ``Retry-After: 1``
 from 10 % to 70 % of the phase, then recovers. Reported: success rate (target ≥ 99.9 %), the
-slowest request against the deadline, and the breaker as the gateway showed it (polled every
-0.2 s): ``sigroute_breaker_opened_total`` episodes and the ``sigroute_breaker_open`` gauge's
-rises and falls from ``GET /metrics`` (the gauge falls when the cooldown ends: half-open), and
-the circuit's state from ``GET /ready`` (closed / open / half_open / rate_limited), whose return
-to ``closed`` is a closing (a half-open trial succeeded). After the phase, probe requests are sent
-(one every 0.25 s, at most 15 s) until the circuit is closed again.
+slowest request against the deadline, and the faulty model's breaker as ``GET /metrics`` showed
+it: episodes opened and closed (``sigroute_breaker_opened_total`` and
+``sigroute_breaker_closed_total`` over the phase: a closing is a half-open trial that succeeded,
+not the end of a cooldown) and the circuit's state (``sigroute_breaker_state``: closed / open /
+half_open / rate_limited) at every change seen, polled every 0.2 s. After the phase, probe
+requests are sent (one every 0.25 s, at most 15 s) until the circuit is closed again.
 
 Operations faults (Redis outage, policy reloads, feedback during outages) come from
 `benchmarks.chaos_ops.run_operations` (skipped with ``--skip-ops``; null when not installed).
@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import re
 import sys
 import tempfile
@@ -568,7 +567,9 @@ LOAD_PHASES = {
     "rate-limited": "answers 429 with Retry-After: 1",
 }
 
-METRIC_LINE = re.compile(r'^(sigroute_breaker_open|sigroute_breaker_opened_total)\{model="([^"]+)"\} ([0-9.eE+-]+)$')
+BREAKER_METRIC = re.compile(r'^(sigroute_breaker_state|sigroute_breaker_opened_total|sigroute_breaker_closed_total)'
+                            r'\{([^}]*)\} ([0-9.eE+-]+)$')
+METRIC_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 async def http_get(host: str, port: int, path: str) -> bytes:
@@ -591,19 +592,33 @@ async def http_get(host: str, port: int, path: str) -> bytes:
     return body
 
 
-async def breaker_state(host: str, port: int, model: str) -> str:
-    """The model's circuit as `GET /ready` reports it: closed, open, half_open or rate_limited."""
-    return orjson.loads(await http_get(host, port, "/ready"))["models"].get(model, "unknown")
+@dataclass
+class BreakerView:
+    """One model's circuit breaker as one scrape of ``GET /metrics`` shows it."""
+
+    state: str = "unknown"  # sigroute_breaker_state: closed, open, half_open or rate_limited
+    opened: float = 0.0  # sigroute_breaker_opened_total: episodes begun
+    closed: float = 0.0  # sigroute_breaker_closed_total: episodes ended (a half-open trial succeeded)
 
 
-async def read_metrics(host: str, port: int) -> dict[tuple[str, str], float]:
+async def read_breaker(host: str, port: int, model: str) -> BreakerView:
     text = (await http_get(host, port, "/metrics")).decode("utf-8", "replace")
-    out = {}
+    view = BreakerView()
     for line in text.splitlines():
-        m = METRIC_LINE.match(line)
-        if m:
-            out[(m.group(1), m.group(2))] = float(m.group(3))
-    return out
+        m = BREAKER_METRIC.match(line)
+        if not m:
+            continue
+        labels = dict(METRIC_LABEL.findall(m.group(2)))
+        if labels.get("model") != model:
+            continue
+        name, value = m.group(1), float(m.group(3))
+        if name == "sigroute_breaker_state" and value == 1:
+            view.state = labels.get("state", "unknown")
+        elif name == "sigroute_breaker_opened_total":
+            view.opened = value
+        elif name == "sigroute_breaker_closed_total":
+            view.closed = value
+    return view
 
 
 async def load_phase(phase: str, servers: list[FaultServer], models: list[str], host: str, port: int,
@@ -617,9 +632,11 @@ async def load_phase(phase: str, servers: list[FaultServer], models: list[str], 
     began = loop.time()
     end = began + seconds
     stop = asyncio.Event()
-    gauge_samples: list[tuple[float, float]] = []
-    states: list[tuple[float, str]] = []  # the faulty model's circuit per /ready, when it changed
-    opened_total = {"start": 0.0, "end": 0.0}
+    states: list[tuple[float, str]] = []  # the faulty model's circuit per /metrics, when it changed
+
+    def note(state: str) -> None:
+        if not states or states[-1][1] != state:
+            states.append((round(loop.time() - began, 2), state))
 
     async def client(c: int) -> None:
         conn = GatewayClient(host, port)
@@ -642,12 +659,7 @@ async def load_phase(phase: str, servers: list[FaultServer], models: list[str], 
     async def breaker_watch() -> None:
         while not stop.is_set():
             try:
-                values = await read_metrics(host, port)
-                gauge_samples.append((loop.time() - began, values.get(("sigroute_breaker_open", faulty), 0.0)))
-                opened_total["end"] = values.get(("sigroute_breaker_opened_total", faulty), 0.0)
-                state = await breaker_state(host, port, faulty)
-                if not states or states[-1][1] != state:
-                    states.append((round(loop.time() - began, 2), state))
+                note((await read_breaker(host, port, faulty)).state)
             except OSError:
                 pass
             try:
@@ -671,7 +683,7 @@ async def load_phase(phase: str, servers: list[FaultServer], models: list[str], 
             await faulty_server.start()
         faulty_server.faults.pop(faulty, None)
 
-    opened_total["start"] = (await read_metrics(host, port)).get(("sigroute_breaker_opened_total", faulty), 0.0)
+    start = await read_breaker(host, port, faulty)
     watcher = asyncio.ensure_future(breaker_watch())
     injector = asyncio.ensure_future(inject())
     await asyncio.gather(*(client(c) for c in range(clients)))
@@ -682,7 +694,7 @@ async def load_phase(phase: str, servers: list[FaultServer], models: list[str], 
     probes = 0
     try:
         for _ in range(int(15 / 0.25)):
-            if await breaker_state(host, port, faulty) == "closed":
+            if (await read_breaker(host, port, faulty)).state == "closed":
                 break
             obs = await probe.chat(request_body(f"load-{phase}", f"{phase}-probe-{probes}", False), deadline + 5.0)
             probes += 1
@@ -694,13 +706,8 @@ async def load_phase(phase: str, servers: list[FaultServer], models: list[str], 
         await probe.close()
     stop.set()
     await watcher
-    end_state = await breaker_state(host, port, faulty)
-    if not states or states[-1][1] != end_state:
-        states.append((round(loop.time() - began, 2), end_state))
-    final = await read_metrics(host, port)
-    gauge_samples.append((loop.time() - began, final.get(("sigroute_breaker_open", faulty), 0.0)))
-    openings = sum(1 for (_, a), (_, b) in itertools.pairwise(gauge_samples) if a == 0 and b == 1)
-    closings = sum(1 for (_, a), (_, b) in itertools.pairwise(gauge_samples) if a == 1 and b == 0)
+    final = await read_breaker(host, port, faulty)
+    note(final.state)
     total = sum(outcomes.values())
     ok = outcomes.get("pass", 0)
     over = sum(1 for t in latencies if t > deadline)
@@ -711,20 +718,17 @@ async def load_phase(phase: str, servers: list[FaultServer], models: list[str], 
               "configured_bound_s": deadline - DEADLINE_SLACK_S,  # the deadline without its slack
               "over_configured_bound": sum(1 for t in latencies if t > deadline - DEADLINE_SLACK_S),
               "latency_s": stats(latencies, 3),
-              "breaker_episodes_opened": final.get(("sigroute_breaker_opened_total", faulty), 0.0)
-              - opened_total["start"],
-              "breaker_gauge_openings": openings, "breaker_gauge_closings": closings,
-              "breaker_open_at_end": final.get(("sigroute_breaker_open", faulty), 0.0) == 1.0,
-              "breaker_states": states,  # per /ready: (seconds into the phase, state) at each change seen
-              "breaker_closings_seen": sum(1 for (_, a), (_, b) in itertools.pairwise(states)
-                                           if a in ("open", "half_open") and b == "closed"),
-              "breaker_state_at_end": end_state, "probes_after_phase": probes,
+              "breaker_episodes_opened": final.opened - start.opened,
+              "breaker_episodes_closed": final.closed - start.closed,
+              "breaker_open_at_end": final.state == "open",
+              "breaker_states": states,  # per /metrics: (seconds into the phase, state) at each change seen
+              "breaker_state_at_end": final.state, "probes_after_phase": probes,
               "upstream_calls": {m: sum(s.calls.get(m, 0) for s in servers) for m in models},
               "failures": failures}
     log(f"  {phase}: {total} requests, success {result['success_rate']}, slowest {result['latency_s'].get('max')}s "
-        f"(deadline {deadline:g}s), breaker episodes {result['breaker_episodes_opened']:g}, gauge "
-        f"openings {openings} / closings {closings}, circuit closed again: {result['breaker_closings_seen']} "
-        f"time(s), at the end {end_state}")
+        f"(deadline {deadline:g}s), breaker episodes opened {result['breaker_episodes_opened']:g} / closed "
+        f"{result['breaker_episodes_closed']:g}, states {' > '.join(s for _, s in states)}, at the end "
+        f"{final.state}")
     return result
 
 
@@ -791,6 +795,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "load_success": {p["phase"]: p["success_rate"] for p in result.get("load", [])},
         "load_over_deadline": sum(p["over_deadline"] for p in result.get("load", [])),
         "breaker_episodes": {p["phase"]: p["breaker_episodes_opened"] for p in result.get("load", [])},
+        "breaker_closings": {p["phase"]: p["breaker_episodes_closed"] for p in result.get("load", [])},
         "gateway_internal_errors": result.get("gateway_internal_errors"),
         "redis_outage_5xx": ops.get("redis_outage_5xx"),
         "reload_failed_requests": ops.get("reload_failed_requests"),

@@ -9,6 +9,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+# the states of a model's circuit breaker (`gateway.upstream.breaker.CircuitBreaker.state`), one
+# series each in `sigroute_breaker_state`
+BREAKER_STATES = ("closed", "open", "half_open", "rate_limited")
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 
@@ -36,7 +40,17 @@ class Metrics:
         self.fallbacks = Counter("sigroute_fallbacks_total", "Moves to the next candidate after a failure",
                                  ["from_model", "to_model"], registry=r)
         self.breakers_opened = Counter("sigroute_breaker_opened_total", "Circuit-open episodes (a failed trial within one is not counted again)", ["model"], registry=r)
-        self.breaker_open = Gauge("sigroute_breaker_open", "1 while a model's circuit is open", ["model"], registry=r)
+        self.breaker_open = Gauge("sigroute_breaker_open", "1 while a model's circuit is open (0 again once the "
+                                  "cooldown is over: half-open, not yet closed)", ["model"], registry=r)
+        self.breakers_closed = Counter("sigroute_breaker_closed_total",
+                                       "Circuit-open episodes that ended: a half-open trial succeeded", ["model"],
+                                       registry=r)
+        self.breaker_state = Gauge("sigroute_breaker_state",
+                                   "A model's circuit as of this scrape: 1 for its state, 0 for the others. closed; "
+                                   "open (cooldown running); half_open (cooldown over, the next call is the trial); "
+                                   "rate_limited (held back by its upstream's 429, circuit not open)",
+                                   ["model", "state"], registry=r)
+        self._breaker_models: set[str] = set()  # models whose breaker series are shown
         self.rate_limited = Counter("sigroute_rate_limited_total", "Requests refused by rate limits",
                                     ["tenant"], registry=r)
         self.errors = Counter("sigroute_errors_total", "Requests answered with an error", ["status", "code"],
@@ -108,10 +122,22 @@ class Metrics:
 
     def breaker_opened(self, model: str) -> None:
         self.breakers_opened.labels(model).inc()
+        self.breakers_closed.labels(model)  # the closings of a model that opened are shown, from 0
+
+    def breaker_closed(self, model: str) -> None:
+        self.breakers_closed.labels(model).inc()
 
     def render(self, breaker_states: dict[str, str] | None = None, encoder_stats=None) -> bytes:
+        if breaker_states is not None:
+            for model in self._breaker_models - set(breaker_states):  # a reload removed the model
+                self.breaker_open.remove(model)
+                for state in BREAKER_STATES:
+                    self.breaker_state.remove(model, state)
+            self._breaker_models = set(breaker_states)
         for model, state in (breaker_states or {}).items():
             self.breaker_open.labels(model).set(1 if state == "open" else 0)
+            for one in BREAKER_STATES:
+                self.breaker_state.labels(model, one).set(1 if state == one else 0)
         if encoder_stats is not None:  # signals.encoder.EncoderStats (shared by the process's pipelines)
             self.encoder_calls.set(encoder_stats.forward_passes)
             self.encoder_texts.set(encoder_stats.texts)

@@ -20,7 +20,7 @@ from typing import Any
 
 from sigroute.bandits.base import Choice, Selector
 from sigroute.bandits.registry import build_selector
-from sigroute.gateway.errors import InvalidRequest, NotFound, Unavailable
+from sigroute.gateway.errors import InvalidRequest, NotFound
 from sigroute.gateway.journey import DIRECT, Route
 from sigroute.gateway.metrics import Metrics
 from sigroute.gateway.upstream import Upstreams
@@ -123,13 +123,6 @@ class Router:
                     param="messages", code="context_length_exceeded")
             models = fitting
         healthy = self.upstreams.available(models)
-        if not healthy:
-            soonest = self.upstreams.retry_in_s(models)
-            states = {self.upstreams.breakers[m].state for m in models}
-            why = ("asked us to slow down (429) and is held back for the delay it gave" if states == {"rate_limited"}
-                   else "is failing or rate-limited and temporarily taken out of service")
-            raise Unavailable(
-                f"every candidate model of decision '{decision.name}' ({', '.join(models)}) {why}; "
-                f"retry in {max(1, round(soonest))}s",
-                code="all_circuits_open", headers={"retry-after": str(max(1, round(soonest)))})
+        if not healthy:  # 429 when upstream rate limits hold them back, else 503
+            raise self.upstreams.refusal(models, f"decision '{decision.name}'")
         return healthy

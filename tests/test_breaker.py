@@ -14,7 +14,7 @@ import asyncio
 
 import pytest
 
-from sigroute.gateway.errors import UpstreamFailed
+from sigroute.gateway.errors import RateLimited, UpstreamFailed
 from sigroute.gateway.metrics import Metrics
 from sigroute.gateway.upstream import OpenAICompatibleTransport, UpstreamError, Upstreams
 from sigroute.gateway.upstream.breaker import RATE_LIMIT_DEFAULT_S, CircuitBreaker
@@ -218,8 +218,9 @@ async def test_429_without_retry_after_holds_for_the_default():
     async with RawServer(limited) as server:
         upstreams, clock, _ = upstreams_for(raw_policy(server, threshold=1))
         try:
-            with pytest.raises(UpstreamFailed):
+            with pytest.raises(RateLimited) as refused:  # the only candidate is rate-limited: 429, not 502
                 await upstreams.call(["m"], PAYLOAD, False)
+            assert refused.value.headers["retry-after"] == "1"
             clock.now += RATE_LIMIT_DEFAULT_S - 0.01
             assert upstreams.breaker_states()["m"] == "rate_limited"
             assert upstreams.retry_in_s(["m"]) == pytest.approx(0.01)

@@ -27,7 +27,10 @@ restart the cooldown nor count as openings, and calls that began before a succes
 not re-open the circuit it just closed. A failed trial re-opens the circuit and restarts the
 cooldown: that continues the episode (`reopenings` counts it), it does not start a new one. So
 `episodes` (and the ``breaker_opened`` observer call, the ``sigroute_breaker_opened_total``
-metric) counts episodes: one per outage, however many calls fail in it.
+metric) counts episodes: one per outage, however many calls fail in it; `closings` (the
+``breaker_closed`` observer call, ``sigroute_breaker_closed_total``) counts their ends, the
+successful trials. The end of a cooldown is not a closing: the circuit is half-open until its
+trial succeeds.
 
 **Back pressure.** An upstream that answers 429 is alive and asks to be called less: that is not
 a fault. `Permit.held_back` gives no verdict (the failure count is neither raised nor reset) and
@@ -67,6 +70,7 @@ class CircuitBreaker:
         self.epoch = 0  # +1 at every opening, re-opening and closing: older permits give no verdict
         self.episodes = 0  # openings from the closed state
         self.reopenings = 0  # failed half-open trials (each continues its episode)
+        self.closings = 0  # successful half-open trials (each ends its episode)
         self.held_until: float | None = None  # back pressure: no call before this time
 
     def _held(self, now: float) -> bool:
@@ -108,6 +112,10 @@ class CircuitBreaker:
         hold = 0.0 if self.held_until is None else self.held_until - now
         return max(0.0, circuit, hold)
 
+    def held_for_s(self) -> float:
+        """Seconds the back-pressure hold still lasts (0 when the model is not held back)."""
+        return 0.0 if self.held_until is None else max(0.0, self.held_until - self.clock())
+
     def hold(self, seconds: float | None) -> float:
         """Hold the model back for `seconds` (None: `RATE_LIMIT_DEFAULT_S`; at most
         `RATE_LIMIT_MAX_S`); an earlier, longer hold stays. Returns the hold applied."""
@@ -117,15 +125,19 @@ class CircuitBreaker:
             self.held_until = until
         return seconds
 
-    def record_success(self, epoch: int) -> None:
-        """A call let through in `epoch` succeeded: a trial closes the circuit, a closed circuit
-        forgets its failures; a call from an earlier epoch says nothing about now."""
+    def record_success(self, epoch: int) -> bool:
+        """A call let through in `epoch` succeeded: a trial closes the circuit (returns True: the
+        episode ended), a closed circuit forgets its failures; a call from an earlier epoch says
+        nothing about now."""
         if epoch != self.epoch:
-            return
+            return False
         self.failures = 0
-        if self.opened_at is not None:
-            self.opened_at = None
-            self.epoch += 1
+        if self.opened_at is None:
+            return False
+        self.opened_at = None
+        self.epoch += 1
+        self.closings += 1
+        return True
 
     def record_failure(self, epoch: int) -> bool:
         """A call let through in `epoch` failed. Returns True if that began an episode (the circuit
@@ -170,10 +182,13 @@ class Permit:
     def __exit__(self, *exc_info) -> None:
         self.release()
 
-    def succeeded(self) -> None:
-        if self._open:
-            self.breaker.record_success(self.epoch)
-            self.release()
+    def succeeded(self) -> bool:
+        """The call succeeded; True if that closed the circuit (a half-open trial: the episode ended)."""
+        if not self._open:
+            return False
+        closed = self.breaker.record_success(self.epoch)
+        self.release()
+        return closed
 
     def failed(self) -> bool:
         """Count a failure against the model; True if that opened its circuit (a new episode)."""

@@ -14,8 +14,13 @@ model after an earlier candidate took the request as valid and failed otherwise.
 A 429 is back pressure, not a fault: it does not count toward the model's breaker; the model is
 held back for the ``Retry-After`` the upstream sent (`breaker.RATE_LIMIT_DEFAULT_S` without one),
 so that every call meanwhile falls back to the next candidate, and is back as soon as it ends.
-The call that got the 429 retries the same model after that delay when it is no longer than
-``backoff_max_s`` (and it has retries left), else it moves on to the next model.
+The call that got the 429 moves on at once when a later candidate is available; it waits for the
+hold and retries the same model only when that model is the last one left (no later candidate
+available, or every later one failed) and the hold is no longer than ``backoff_max_s`` (and the
+model has retries left). When rate limits (and open circuits) are all that stood in the way, the
+caller gets 429 ``upstream_rate_limited`` with ``Retry-After``: the seconds until the soonest
+candidate is back, so that clients (the official ``openai`` client retries a 429 after its
+``Retry-After``) back off instead of retrying into the same limit.
 
 Every attempt holds its breaker `Permit` and its `CountedCall` (in-flight count) as context managers,
 so no exit (an unexpected exception, a cancellation, a caller's mistake) leaves a half-open trial
@@ -28,13 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
-from sigroute.gateway.errors import APIError, InvalidRequest, UpstreamFailed, Unavailable
+from sigroute.gateway.errors import APIError, InvalidRequest, RateLimited, UpstreamFailed, Unavailable
 from sigroute.gateway.upstream.breaker import CircuitBreaker, Permit
 from sigroute.gateway.upstream.errors import UpstreamError
 from sigroute.gateway.upstream.litellm_transport import LiteLLMTransport
@@ -56,6 +62,12 @@ class Attempt:
     model: str
     error: UpstreamError | None = None
     skipped: str | None = None  # why the model was not tried (e.g. "circuit open")
+    held_back: bool = False  # skipped because an earlier 429 still holds the model back
+
+    @property
+    def rate_limited(self) -> bool:
+        """The model answered 429, or was not called because an earlier 429 holds it back."""
+        return self.held_back or (self.error is not None and self.error.kind == "rate_limited")
 
 
 @dataclass
@@ -93,6 +105,9 @@ class Observer(Protocol):
         """`model`'s circuit opened: called once per episode (a failed half-open trial re-opens the
         circuit within the same episode and is not reported again)."""
 
+    def breaker_closed(self, model: str) -> None:
+        """`model`'s circuit closed again: a half-open trial succeeded, the episode is over."""
+
 
 class _NoObserver:
     def upstream_error(self, model, kind):
@@ -103,6 +118,23 @@ class _NoObserver:
 
     def breaker_opened(self, model):
         pass
+
+    def breaker_closed(self, model):
+        pass
+
+
+@dataclass
+class _Call:
+    """One `Upstreams.call` in progress: what it sends and what happened so far."""
+
+    payload: dict[str, Any]
+    stream: bool
+    headers: HeaderChanges | None
+    request_id: str
+    started: float  # time.perf_counter()
+    attempts: list[Attempt] = field(default_factory=list)
+    previous: str | None = None  # the model called last
+    rejected: InvalidRequest | None = None  # a model-specific rejection, answered if no one else answers
 
 
 def _failed_before(attempts: Sequence[Attempt], model: str) -> bool:
@@ -155,6 +187,22 @@ class Upstreams:
         """Seconds until the soonest of `models` may be tried again (0 if one may be now)."""
         return min((self.breakers[m].retry_in_s() for m in models), default=0.0)
 
+    def refusal(self, models: Sequence[str], whose: str) -> APIError:
+        """The caller's error when none of `models` (`whose`: e.g. "decision 'default'") may be
+        called now: 429 ``upstream_rate_limited`` when an upstream's 429 holds one of them back, else
+        503 ``all_circuits_open``; both with ``Retry-After``, the seconds until the soonest is back
+        (rounded up, at least 1)."""
+        retry_after = str(max(1, math.ceil(self.retry_in_s(models))))
+        states = {m: self.breakers[m].state for m in models}
+        listed = ", ".join(f"{m}: {state}" for m, state in states.items())
+        if "rate_limited" in states.values():
+            return RateLimited(f"every candidate model of {whose} is rate-limited by its upstream or out of service "
+                               f"({listed}); retry in {retry_after}s", code="upstream_rate_limited",
+                               headers={"retry-after": retry_after})
+        return Unavailable(f"every candidate model of {whose} is failing and temporarily taken out of service "
+                           f"({listed}); retry in {retry_after}s", code="all_circuits_open",
+                           headers={"retry-after": retry_after})
+
     def breaker_states(self) -> dict[str, str]:
         return {name: b.state for name, b in self.breakers.items()}
 
@@ -184,97 +232,157 @@ class Upstreams:
             self.observer.breaker_opened(error.model)
         return None
 
+    def _succeeded(self, model: str, permit: Permit) -> None:
+        """Give the model's breaker a success; report the closing if it was a half-open trial."""
+        if permit.succeeded():
+            self.observer.breaker_closed(model)
+
     async def call(self, ranking: Sequence[str], payload: dict[str, Any], stream: bool,
                    headers: HeaderChanges | None = None, request_id: str = "-") -> CallResult:
         """Try `ranking` in order until one model answers; raise an `APIError` if none does.
         `headers` changes the headers of every upstream call (the `headers` plugin). A streamed
         result holds resources until closed: use it as ``async with`` (or `aclose()` it).
 
+        A model that answers 429 with a hold short enough to wait for, while a later candidate is
+        available, is left at once for that candidate; it is retried after its hold only if every
+        other candidate fails (then it is the last one left).
+
         Every failed attempt is logged (WARNING, with `request_id`) with what the upstream said;
         the caller's error names each model's failure kind and HTTP status only, and the request id
         to find the details by: an upstream's error text may name internal hosts and ports."""
-        attempts: list[Attempt] = []
-        started = time.perf_counter()
-        previous: str | None = None
-        rejected: InvalidRequest | None = None  # a model-specific rejection, answered if no one else answers
-        for model in ranking:
-            target = self.targets[model]
-            transport = self.transports[target.transport]
-            for attempt in range(self.retries + 1):
-                delay = None
-                with self.breakers[model].permit() as permit:
-                    if not permit.granted:
-                        if attempt == 0:
-                            breaker = self.breakers[model]
-                            why = "rate-limited by its upstream" if breaker.state == "rate_limited" else "circuit open"
-                            attempts.append(Attempt(model, skipped=f"{why}, retry in {breaker.retry_in_s():.1f}s"))
-                        break
+        call = _Call(payload, stream, headers, request_id, time.perf_counter())
+        waiting: list[tuple[str, int]] = []  # (model, its next attempt): rate-limited, left for another candidate
+        for i, model in enumerate(ranking):
+            outcome = await self._try_model(call, model, 0, ranking[i + 1:])
+            if isinstance(outcome, CallResult):
+                return outcome
+            if outcome is not None:
+                waiting.append((model, outcome))
+        # every other candidate failed: the models left because of a short 429 are the last ones
+        while waiting:
+            waiting.sort(key=lambda entry: self.breakers[entry[0]].retry_in_s())  # soonest back first
+            model, next_attempt = waiting.pop(0)
+            wait = self.breakers[model].retry_in_s()
+            if wait > self.backoff_max_s:  # held back longer meanwhile (another call's 429)
+                continue
+            await self._sleep(self.breakers[model], wait)
+            outcome = await self._try_model(call, model, next_attempt, [m for m, _ in waiting])
+            if isinstance(outcome, CallResult):
+                return outcome
+            if outcome is not None:
+                waiting.append((model, outcome))
+        if call.rejected is not None:
+            raise call.rejected
+        raise self._exhausted(ranking, call.attempts, request_id)
+
+    async def _try_model(self, call: "_Call", model: str, first_attempt: int,
+                         others: Sequence[str]) -> CallResult | int | None:
+        """Attempts `first_attempt`, `first_attempt` + 1, … on `model` until it answers or runs out
+        of retries. Returns the answer; None to go on to the next candidate; or the number of the
+        model's next attempt when it answered 429 with a hold short enough to wait for but one of
+        `others` (the candidates not tried yet) is available now: the call goes on to them at once
+        and comes back to this model only if they fail."""
+        target = self.targets[model]
+        transport = self.transports[target.transport]
+        breaker = self.breakers[model]
+        for attempt in range(first_attempt, self.retries + 1):
+            delay = None
+            with breaker.permit() as permit:
+                if not permit.granted:
                     if attempt == 0:
-                        if previous is not None:
-                            self.observer.fallback(previous, model)
-                        previous = model
-                    with self.load.count(model) as counted:
-                        try:
-                            if stream:
-                                chunks = transport.stream(target, payload, headers)
-                                try:
-                                    first = await anext(chunks)
-                                except StopAsyncIteration:
-                                    raise UpstreamError("stream_broken", "stream ended before any chunk",
-                                                        model=model) from None
-                                # committed: from here the stream holds the permit and the in-flight count
-                                opened = UpstreamStream(model, first, chunks, permit.transfer(), counted.transfer(),
-                                                        self._failed)
-                            else:
-                                body = await transport.complete(target, payload, headers)
-                        except UpstreamError as error:
-                            error.model = model
-                            attempts.append(Attempt(model, error=error))
-                            if error.kind == "client":
-                                log.warning("request %s: upstream model %s rejected the request: %s", request_id,
-                                            model, error)
-                                rejection = InvalidRequest(
-                                    f"model '{model}' rejected the request: {error.message}",
-                                    status=error.status if error.status in (400, 413, 422) else 400,
-                                    code=error.code or "upstream_rejected")
-                                if not (error.model_specific or _failed_before(attempts, model)):
-                                    raise rejection from None
-                                rejected = rejection  # this model's own verdict: the next one may take it
-                                break
-                            held_s = self._failed(error, permit)
-                            log.warning("request %s: upstream model %s failed: %s", request_id, model, error)
-                            if error.retryable and attempt < self.retries:
-                                delay = self._backoff(attempt, error, held_s)
-                            if delay is None:
-                                break
+                        held = breaker.state == "rate_limited"
+                        why = "rate-limited by its upstream" if held else "circuit open"
+                        call.attempts.append(Attempt(model, skipped=f"{why}, retry in {breaker.retry_in_s():.1f}s",
+                                                     held_back=held))
+                    return None
+                if model != call.previous:
+                    if call.previous is not None:
+                        self.observer.fallback(call.previous, model)
+                    call.previous = model
+                with self.load.count(model) as counted:
+                    try:
+                        if call.stream:
+                            chunks = transport.stream(target, call.payload, call.headers)
+                            try:
+                                first = await anext(chunks)
+                            except StopAsyncIteration:
+                                raise UpstreamError("stream_broken", "stream ended before any chunk",
+                                                    model=model) from None
+                            # committed: from here the stream holds the permit and the in-flight count
+                            opened = UpstreamStream(model, first, chunks, permit.transfer(), counted.transfer(),
+                                                    self._failed, self._succeeded)
                         else:
-                            now = time.perf_counter()
-                            ttft_ms, upstream_ms = (now - counted.started) * 1000, (now - started) * 1000
-                            if stream:
-                                return CallResult(model, attempts, ttft_ms, upstream_ms, stream=opened)
-                            permit.succeeded()
-                            counted.succeeded()
-                            return CallResult(model, attempts, ttft_ms, upstream_ms, body=body)
-                await asyncio.sleep(delay)  # holding neither the permit nor a place in flight
-        if rejected is not None:
-            raise rejected
-        raise self._exhausted(ranking, attempts, request_id)
+                            body = await transport.complete(target, call.payload, call.headers)
+                    except UpstreamError as error:
+                        error.model = model
+                        call.attempts.append(Attempt(model, error=error))
+                        if error.kind == "client":
+                            log.warning("request %s: upstream model %s rejected the request: %s", call.request_id,
+                                        model, error)
+                            rejection = InvalidRequest(
+                                f"model '{model}' rejected the request: {error.message}",
+                                status=error.status if error.status in (400, 413, 422) else 400,
+                                code=error.code or "upstream_rejected")
+                            if not (error.model_specific or _failed_before(call.attempts, model)):
+                                raise rejection from None
+                            call.rejected = rejection  # this model's own verdict: the next one may take it
+                            return None
+                        held_s = self._failed(error, permit)
+                        log.warning("request %s: upstream model %s failed: %s", call.request_id, model, error)
+                        if error.retryable and attempt < self.retries:
+                            delay = self._backoff(attempt, error, held_s)
+                        if delay is None:
+                            return None
+                        if error.kind == "rate_limited" and self.available(others):
+                            return attempt + 1  # another candidate can answer now: do not wait for this one
+                    else:
+                        now = time.perf_counter()
+                        ttft_ms, upstream_ms = (now - counted.started) * 1000, (now - call.started) * 1000
+                        if call.stream:
+                            return CallResult(model, call.attempts, ttft_ms, upstream_ms, stream=opened)
+                        self._succeeded(model, permit)
+                        counted.succeeded()
+                        return CallResult(model, call.attempts, ttft_ms, upstream_ms, body=body)
+            await self._sleep(breaker, delay)  # holding neither the permit nor a place in flight
+        return None
+
+    async def _sleep(self, breaker: CircuitBreaker, delay: float) -> None:
+        """Sleep `delay` before calling `breaker`'s model again, and on until its back-pressure hold
+        is over if it is still held for a moment then: a timer may fire a little early (libuv's,
+        under uvloop, count whole milliseconds), and a retry that found the model still held back
+        would be given up."""
+        await asyncio.sleep(delay)
+        for _ in range(3):
+            rest = breaker.held_for_s()
+            if not 0 < rest <= self.backoff_max_s:
+                return
+            await asyncio.sleep(rest + 0.001)
 
     def _exhausted(self, ranking: Sequence[str], attempts: list[Attempt], request_id: str = "-") -> APIError:
+        """The caller's error when no candidate answered: 429 ``upstream_rate_limited`` when rate
+        limits (429s now or holds from earlier ones) and open circuits are all that stood in the
+        way, 503 ``all_circuits_open`` when no candidate could be called at all, else 502
+        ``upstream_failed`` (504 ``upstream_timeout`` if every failure was a timeout). The 429 and
+        503 carry ``Retry-After``: the seconds until the soonest candidate is back (rounded up)."""
         errors = [a.error for a in attempts if a.error is not None]
+        soonest = self.retry_in_s(ranking)
+        retry_after = max(1, math.ceil(soonest))
+        why = "; ".join(a.error.summary() if a.error else f"{a.model}: {a.skipped}" for a in attempts)
+        where = f" (details in the gateway log under request {request_id})"
+        if any(a.rate_limited for a in attempts) and all(a.rate_limited or a.error is None for a in attempts):
+            return RateLimited(
+                f"every candidate model ({', '.join(ranking)}) is rate-limited by its upstream or out of service "
+                f"({why}); retry in {retry_after}s" + (where if errors else ""),
+                code="upstream_rate_limited", headers={"retry-after": str(retry_after)})
         if not errors:
-            soonest = self.retry_in_s(ranking)
-            why = "; ".join(f"{a.model}: {a.skipped}" for a in attempts)
             return Unavailable(
                 f"every candidate model ({', '.join(ranking)}) is temporarily out of service ({why}); "
-                f"retry in {soonest:.0f}s",
-                code="all_circuits_open", headers={"retry-after": str(max(1, round(soonest)))})
-        summary = "; ".join(e.summary() if e else f"{a.model}: {a.skipped}" for a in attempts for e in [a.error])
-        where = f" (details in the gateway log under request {request_id})"
+                f"retry in {retry_after}s",
+                code="all_circuits_open", headers={"retry-after": str(retry_after)})
         if all(e.kind == "timeout" for e in errors):
-            return UpstreamFailed(f"every candidate model timed out: {summary}{where}", status=504,
+            return UpstreamFailed(f"every candidate model timed out: {why}{where}", status=504,
                                   code="upstream_timeout")
-        return UpstreamFailed(f"every candidate model failed: {summary}{where}", code="upstream_failed")
+        return UpstreamFailed(f"every candidate model failed: {why}{where}", code="upstream_failed")
 
     async def aclose(self) -> None:
         for transport in self.transports.values():

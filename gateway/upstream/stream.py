@@ -14,8 +14,9 @@ and ends its load::
 - A stream that breaks (``stream_broken``, ``timeout``, …) raises `UpstreamError` from the
   iteration; the failure is reported and counted against the model's breaker right there.
 - `aclose()` (idempotent) closes the upstream response (the connection goes back to the pool
-  after ``[DONE]``, is closed otherwise), gives the breaker its verdict (success, unless the
-  stream raised an `UpstreamError`; none if it raised an unexpected exception, which says
+  after ``[DONE]``, is closed otherwise), gives the breaker its verdict (success, through
+  `on_success`, which reports a half-open trial that closed the circuit, unless the stream
+  raised an `UpstreamError`; none if it raised an unexpected exception, which says
   nothing about the model), frees a half-open trial and ends the in-flight count with the
   stream's duration. A consumer that stops early (client disconnect) still closes it: the model
   was answering, so that is a success.
@@ -36,7 +37,8 @@ class UpstreamStream:
     """The chunks of a committed stream after the first; close it to release what it holds."""
 
     def __init__(self, model: str, first_chunk: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
-                 permit: Permit, counted: CountedCall, on_error: Callable[[UpstreamError, Permit], None]):
+                 permit: Permit, counted: CountedCall, on_error: Callable[[UpstreamError, Permit], None],
+                 on_success: Callable[[str, Permit], None] | None = None):
         self.model = model
         self.first_chunk = first_chunk
         self.finished = False  # the upstream completed the answer ([DONE] / a finish reason)
@@ -45,6 +47,7 @@ class UpstreamStream:
         self._permit = permit
         self._counted = counted
         self._on_error = on_error  # reports the failure and counts it against the model
+        self._on_success = on_success  # gives the permit its success (and reports a closed circuit)
         self._crashed = False  # an unexpected exception came out of the transport
         self._closed = False
 
@@ -82,7 +85,10 @@ class UpstreamStream:
             await self._chunks.aclose()  # the transport's generator closes its response
         finally:
             if self.error is None and not self._crashed:
-                self._permit.succeeded()
+                if self._on_success is not None:
+                    self._on_success(self.model, self._permit)
+                else:
+                    self._permit.succeeded()
             self._permit.release()
             self._counted.succeeded()  # a stream's duration counts, however it ended
             self._counted.end()
