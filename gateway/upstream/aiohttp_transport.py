@@ -133,8 +133,13 @@ class AiohttpTransport:
             proxy_url = proxy_headers = None
             if proxy is not None:
                 proxy_url = f"http://{proxy.address}"
-                if proxy.authorization:
+                if proxy.authorization and url.scheme == "https":  # sent on the CONNECT only
                     proxy_headers = {"Proxy-Authorization": proxy.authorization}
+                elif proxy.authorization:
+                    # plain HTTP: every request goes to the proxy and carries the credentials
+                    # (aiohttp 3.14 sends `proxy_headers` on CONNECT only, and its `proxy_auth`
+                    # is deprecated)
+                    headers["proxy-authorization"] = proxy.authorization
             # connect: waiting for a pooled connection and opening one; sock_connect: opening one
             timeout = aiohttp.ClientTimeout(total=None, connect=POOL_WAIT_S, sock_connect=min(10.0, target.spec.timeout_s))
             prepared = self._prepared_by_target[key] = _Prepared(url, headers, proxy_url, proxy_headers, timeout)
@@ -297,6 +302,11 @@ class AiohttpTransport:
                     pass
         except (TimeoutError, aiohttp.ClientError):
             pass
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The aiohttp session calls go through (None before the first call and after `aclose`)."""
+        return self._session
 
     def connections_in_use(self) -> int:
         """Calls and streams using a connection now."""
