@@ -106,6 +106,7 @@ SCENARIOS = {"c1": (1, False), "c16": (16, False), "c1_stream": (1, True), "c16_
              "c64": (64, False), "c64_stream": (64, True)}
 DEFAULT_SCENARIOS = ("c1", "c16", "c1_stream", "c16_stream")   # c64: with --compare-clients, or asked for
 UPSTREAM_CLIENTS = ("http1", "aiohttp")   # --compare-clients: sigroute runs with http1, compare with aiohttp
+CLIENT_LINE = "upstream client: "   # what `serve-gateway` prints first: the transport class it serves with
 CLIENT_TOLERANCE = 1.2   # issue 15: replace the hand-written client if aiohttp is within 20 % on every ratio
 PATH = "/v1/chat/completions"
 RATIO_TARGET = 1.5
@@ -533,6 +534,18 @@ def client_gateway_command(client: str, policy_path: Path) -> list[str]:
             "--policy", str(policy_path), "--port", "{port}"]
 
 
+def client_of(server: ServerProcess) -> str:
+    """The transport class a `serve-gateway` process says it serves with ("" if it says nothing)."""
+    for line in server.output().splitlines():
+        if line.startswith(CLIENT_LINE):
+            return line[len(CLIENT_LINE):].strip()
+    return ""
+
+
+CLIENT_CLASSES = {"http1": "sigroute.gateway.upstream.openai_compatible.OpenAICompatibleTransport",
+                  "aiohttp": "sigroute.gateway.upstream.aiohttp_transport.AiohttpTransport"}
+
+
 def serve_gateway(argv: list[str]) -> int:
     """``python -m benchmarks.overhead serve-gateway --upstream-client {http1,aiohttp} --policy P --port N``
 
@@ -564,6 +577,7 @@ def serve_gateway(argv: list[str]) -> int:
         transport = OpenAICompatibleTransport()
     policy = load_policy(args.policy)
     app = create_app(policy, policy_path=args.policy, transports={"openai": transport})
+    print(f"{CLIENT_LINE}{type(transport).__module__}.{type(transport).__name__}", flush=True)  # main() checks it
     uvicorn.run(app, host=args.host, port=args.port, loop=best_loop(), log_level="warning", access_log=False,
                 workers=None, **server_options(policy))
     return 0
@@ -607,6 +621,13 @@ def main(argv: list[str] | None = None) -> int:
                 elif args.compare_command:
                     compare = servers.enter_context(ServerProcess(
                         sigroute_command(args, policy_path, args.compare_command), env=env, name=COMPARE))
+                clients = {}
+                if args.compare_clients:   # each gateway serves with the client it is measured for
+                    clients = {"sigroute": client_of(gateway), COMPARE: client_of(compare)}
+                    for target, client in (("sigroute", "http1"), (COMPARE, "aiohttp")):
+                        if clients[target] != CLIENT_CLASSES[client]:
+                            raise RuntimeError(f"the {target} gateway should serve with {CLIENT_CLASSES[client]}, "
+                                               f"it says {clients[target] or 'nothing'}")
                 log(f"servers up: sim {sim.url} (pid {sim.pid}), passthrough {passthrough.url} "
                     f"(pid {passthrough.pid}), sigroute {gateway.url} (pid {gateway.pid})"
                     + (f", compare {compare.url} (pid {compare.pid})" if compare is not None else ""))
@@ -641,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                         "self_ms_p99_max": SELF_P99_TARGET_MS},
         },
         "sigroute_headers_seen": checked,
+        "upstream_clients": clients,
         "details": details,
     }
     if args.json:

@@ -202,9 +202,26 @@ async def test_a_stalled_stream_is_a_timeout_and_comments_are_no_progress(transp
         chunks = transport.stream(_target(server.url("/v1"), stream_idle_timeout_s=0.2), PAYLOAD)
         await anext(chunks)
         with pytest.raises(UpstreamError) as info:
-            await anext(chunks)
+            await asyncio.wait_for(anext(chunks), HANG_S)
         assert info.value.kind == "timeout" and "stalled for 0.2s" in info.value.message
         await chunks.aclose()
+
+
+async def test_an_error_event_in_the_stream_breaks_it(transport):
+    async def error_event(server, conn_no, n, body, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for piece in (b'data: {"choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n',
+                      b'data: {"error": {"message": "overloaded"}}\n\n'):
+            writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with RawServer(error_event) as server:
+        chunks = transport.stream(_target(server.url("/v1")), PAYLOAD)
+        assert (await anext(chunks))["choices"][0]["delta"]["content"] == "x"
+        with pytest.raises(UpstreamError) as info:
+            await anext(chunks)
+        assert info.value.kind == "stream_broken" and "overloaded" in info.value.message
 
 
 async def test_oversized_answers_are_protocol_errors():
