@@ -60,7 +60,8 @@ The HTTP client decision (issue 15): ``--compare-clients`` runs the gateway twic
 launcher (``python -m benchmarks.overhead serve-gateway --upstream-client …``, i.e. ``sigroute
 serve`` with the direct transport injected): target ``sigroute`` with the hand-written client
 (`gateway.upstream.http1`), target ``compare`` with aiohttp's (`gateway.upstream.aiohttp_transport`,
-the ``aiohttp`` extra). Scenarios default to all six (1, 16 and 64 clients, streamed and not;
+the ``aiohttp`` extra); the pass-through is not run (it is no part of this comparison). Scenarios
+default to all six (1, 16 and 64 clients, streamed and not;
 ``--requests-c64`` sets the 64-client batch). The summary's ``client_comparison`` gives, per
 scenario and client, the added latency p50 and p99 (median over rounds of the gateway's percentile
 minus the direct call's of the same round) and the gateway process's CPU seconds per 1,000
@@ -173,10 +174,12 @@ def request_body(model: str, stream: bool) -> bytes:
 
 
 class Bench:
-    def __init__(self, args, sim: ServerProcess, passthrough: ServerProcess, gateway: ServerProcess,
+    def __init__(self, args, sim: ServerProcess, passthrough: ServerProcess | None, gateway: ServerProcess,
                  compare: ServerProcess | None = None):
         self.args = args
         self.servers = {"direct": sim, "passthrough": passthrough, "sigroute": gateway}
+        if passthrough is None:   # (--compare-clients: not part of the comparison)
+            del self.servers["passthrough"]
         if compare is not None:
             self.servers[COMPARE] = compare
         self.targets = tuple(self.servers)
@@ -338,7 +341,7 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
                 comparison[proxy].update(added(proxy, "ttft_ms"))
 
         s_add = comparison["sigroute"]["added_ms_p50_median_of_rounds"]
-        p_add = comparison["passthrough"]["added_ms_p50_median_of_rounds"]
+        p_add = comparison.get("passthrough", {}).get("added_ms_p50_median_of_rounds")
         entry = {
             "sigroute_added_ms_p50": s_add,
             "passthrough_added_ms_p50": p_add,
@@ -349,10 +352,11 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
         }
         if stream:
             s_t = comparison["sigroute"]["added_ttft_ms_p50_median_of_rounds"]
-            p_t = comparison["passthrough"]["added_ttft_ms_p50_median_of_rounds"]
+            p_t = comparison.get("passthrough", {}).get("added_ttft_ms_p50_median_of_rounds")
             entry.update({"sigroute_added_ttft_ms_p50": s_t, "passthrough_added_ttft_ms_p50": p_t,
                           "ratio_ttft_p50": _r(s_t / p_t, 3) if p_t and p_t > 0 else None})
-        entry["cpu_ms_per_request"] = {"passthrough": pooled["passthrough"]["cpu_ms_per_request"].get("passthrough"),
+        entry["cpu_ms_per_request"] = {"passthrough": pooled.get("passthrough", {}).get("cpu_ms_per_request", {})
+                                       .get("passthrough"),
                                        "sigroute": pooled["sigroute"]["cpu_ms_per_request"].get("sigroute")}
         entry["meets_targets"] = {
             "ratio_p50": entry["ratio_p50"] is not None and entry["ratio_p50"] <= RATIO_TARGET,
@@ -608,9 +612,11 @@ def main(argv: list[str] | None = None) -> int:
             policy_path = Path(tmp, "policy.yaml")
             policy_path.write_text(yaml.safe_dump(bench_policy(sim.url + "/v1"), sort_keys=False))
             with contextlib.ExitStack() as servers:
-                passthrough = servers.enter_context(ServerProcess(
-                    [sys.executable, "-m", "benchmarks.passthrough", "--upstream", sim.url + "/v1", "--port", "{port}"],
-                    env=env, name="passthrough"))
+                passthrough = None
+                if not args.compare_clients:   # the comparison of two clients needs no pass-through baseline
+                    passthrough = servers.enter_context(ServerProcess(
+                        [sys.executable, "-m", "benchmarks.passthrough", "--upstream", sim.url + "/v1",
+                         "--port", "{port}"], env=env, name="passthrough"))
                 gateway_command = (client_gateway_command("http1", policy_path) if args.compare_clients
                                    else sigroute_command(args, policy_path))
                 gateway = servers.enter_context(ServerProcess(gateway_command, env=env, name="sigroute"))
@@ -628,8 +634,9 @@ def main(argv: list[str] | None = None) -> int:
                         if clients[target] != CLIENT_CLASSES[client]:
                             raise RuntimeError(f"the {target} gateway should serve with {CLIENT_CLASSES[client]}, "
                                                f"it says {clients[target] or 'nothing'}")
-                log(f"servers up: sim {sim.url} (pid {sim.pid}), passthrough {passthrough.url} "
-                    f"(pid {passthrough.pid}), sigroute {gateway.url} (pid {gateway.pid})"
+                log(f"servers up: sim {sim.url} (pid {sim.pid}), "
+                    + (f"passthrough {passthrough.url} (pid {passthrough.pid}), " if passthrough is not None else "")
+                    + f"sigroute {gateway.url} (pid {gateway.pid})"
                     + (f", compare {compare.url} (pid {compare.pid})" if compare is not None else ""))
                 bench = Bench(args, sim, passthrough, gateway, compare)
                 records, checked = run_async(bench.run(log))
