@@ -60,7 +60,8 @@ The HTTP client decision (issue 15): ``--compare-clients`` runs the gateway twic
 launcher (``python -m benchmarks.overhead serve-gateway --upstream-client …``, i.e. ``sigroute
 serve`` with the direct transport injected): target ``sigroute`` with the hand-written client
 (`gateway.upstream.http1`), target ``compare`` with aiohttp's (`gateway.upstream.aiohttp_transport`,
-the ``aiohttp`` extra); the pass-through is not run (it is no part of this comparison). Scenarios
+the ``aiohttp`` extra); the pass-through is not run (it is no part of this comparison), and the
+simulated upstream keeps idle connections 75 s (`serve_sim`). Scenarios
 default to all six (1, 16 and 64 clients, streamed and not;
 ``--requests-c64`` sets the 64-client batch). The summary's ``client_comparison`` gives, per
 scenario and client, the added latency p50 and p99 (median over rounds of the gateway's percentile
@@ -532,6 +533,32 @@ def parse_args(argv):
     return args
 
 
+SIM_KEEP_ALIVE_S = 75.0   # --compare-clients: how long the simulated upstream keeps an idle connection
+
+
+def serve_sim(argv: list[str]) -> int:
+    """``python -m benchmarks.overhead serve-sim --config C --port N``: ``sigroute sim`` keeping idle
+    connections `SIM_KEEP_ALIVE_S` instead of uvicorn's 5 s (``--compare-clients``). With three
+    targets a round's gap between two batches of one gateway is about 5 s; a POST written to a
+    pooled connection just as the server closes it cannot be sent again (it may have been
+    processed), so either client then answers 502 and the run stops. Hosted APIs keep idle
+    connections for a minute or more."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead serve-sim")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    import uvicorn
+
+    from sigroute.gateway.serving import best_http, best_loop
+    from sigroute.gateway.sim import create_sim_app
+
+    uvicorn.run(create_sim_app(args.config), host=args.host, port=args.port, loop=best_loop(), http=best_http(),
+                access_log=False, log_level="warning", timeout_graceful_shutdown=1,
+                timeout_keep_alive=SIM_KEEP_ALIVE_S)
+    return 0
+
+
 def client_gateway_command(client: str, policy_path: Path) -> list[str]:
     """The gateway with the given upstream client (``--compare-clients``): `serve_gateway` below."""
     return [sys.executable, "-m", "benchmarks.overhead", "serve-gateway", "--upstream-client", client,
@@ -600,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve-gateway"]:
         return serve_gateway(argv[1:])
+    if argv[:1] == ["serve-sim"]:
+        return serve_sim(argv[1:])
     args = parse_args(argv)
     log = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.time()
@@ -607,8 +636,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sigroute-overhead-") as tmp:
         sim_path = Path(tmp, "sim.yaml")
         sim_path.write_text(yaml.safe_dump(sim_config(args.ttft_ms, args.tokens_per_s, args.completion_tokens)))
-        with ServerProcess(["sigroute", "sim", "--config", str(sim_path), "--port", "{port}"], env=env,
-                           name="sim") as sim:
+        sim_command = (["sigroute", "sim", "--config", str(sim_path), "--port", "{port}"] if not args.compare_clients
+                       else [sys.executable, "-m", "benchmarks.overhead", "serve-sim", "--config", str(sim_path),
+                             "--port", "{port}"])
+        with ServerProcess(sim_command, env=env, name="sim") as sim:
             policy_path = Path(tmp, "policy.yaml")
             policy_path.write_text(yaml.safe_dump(bench_policy(sim.url + "/v1"), sort_keys=False))
             with contextlib.ExitStack() as servers:
@@ -657,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
                                          else sigroute_command(args, Path("POLICY"))),
             "compare_command": (" ".join(client_gateway_command("aiohttp", Path("POLICY"))) if args.compare_clients
                                 else args.compare_command),
+            "sim_keep_alive_s": SIM_KEEP_ALIVE_S if args.compare_clients else 5.0,
             "sim": sim_config(args.ttft_ms, args.tokens_per_s, args.completion_tokens),
             "policy": bench_policy("http://SIM/v1"),
             "request_bodies": {"direct_and_passthrough": request_body("bench", False).decode(),
