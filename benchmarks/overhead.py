@@ -55,6 +55,22 @@ then gives its added latency, ratio, own time and CPU per request beside sigrout
 
 (``/tmp/before-path/sigroute`` a symlink to the worktree; a checkout from before the ``sigroute``
 package layout runs as ``env PYTHONPATH=/tmp/before python -m gateway.cli serve …``.)
+
+The HTTP client decision (issue 15): ``--compare-clients`` runs the gateway twice from the same
+launcher (``python -m benchmarks.overhead serve-gateway --upstream-client …``, i.e. ``sigroute
+serve`` with the direct transport injected): target ``sigroute`` with the hand-written client
+(`gateway.upstream.http1`), target ``compare`` with aiohttp's (`gateway.upstream.aiohttp_transport`,
+the ``aiohttp`` extra); the pass-through is not run (it is no part of this comparison), and the
+simulated upstream keeps idle connections 75 s (`serve_sim`). Scenarios
+default to all six (1, 16 and 64 clients, streamed and not;
+``--requests-c64`` sets the 64-client batch). The summary's ``client_comparison`` gives, per
+scenario and client, the added latency p50 and p99 (median over rounds of the gateway's percentile
+minus the direct call's of the same round) and the gateway process's CPU seconds per 1,000
+requests, ``aiohttp_vs_http1`` = aiohttp's / http1's, and the decision by the issue's rule (every
+ratio ≤ 1.2: replace the hand-written client; else keep it)::
+
+    python -m benchmarks.overhead --compare-clients --rounds 10 --requests 150 --requests-c16 480 \
+        --requests-c64 960 --json results/overhead_clients.json
 """
 
 from __future__ import annotations
@@ -73,6 +89,7 @@ import yaml
 
 from benchmarks.loadgen import (
     Connection,
+    HTTPError,
     ServerProcess,
     closed_loop,
     cpu_seconds,
@@ -87,7 +104,12 @@ TARGETS = ("direct", "passthrough", "sigroute")
 COMPARE = "compare"   # the optional fourth target (--compare-command): another sigroute build
 GATEWAYS = ("sigroute", COMPARE)   # targets that answer the routed body and report their own time
 #: name -> (concurrency, streamed)
-SCENARIOS = {"c1": (1, False), "c16": (16, False), "c1_stream": (1, True), "c16_stream": (16, True)}
+SCENARIOS = {"c1": (1, False), "c16": (16, False), "c1_stream": (1, True), "c16_stream": (16, True),
+             "c64": (64, False), "c64_stream": (64, True)}
+DEFAULT_SCENARIOS = ("c1", "c16", "c1_stream", "c16_stream")   # c64: with --compare-clients, or asked for
+UPSTREAM_CLIENTS = ("http1", "aiohttp")   # --compare-clients: sigroute runs with http1, compare with aiohttp
+CLIENT_LINE = "upstream client: "   # what `serve-gateway` prints first: the transport class it serves with
+CLIENT_TOLERANCE = 1.2   # issue 15: replace the hand-written client if aiohttp is within 20 % on every ratio
 PATH = "/v1/chat/completions"
 RATIO_TARGET = 1.5
 SELF_P50_TARGET_MS = 1.0
@@ -153,10 +175,12 @@ def request_body(model: str, stream: bool) -> bytes:
 
 
 class Bench:
-    def __init__(self, args, sim: ServerProcess, passthrough: ServerProcess, gateway: ServerProcess,
+    def __init__(self, args, sim: ServerProcess, passthrough: ServerProcess | None, gateway: ServerProcess,
                  compare: ServerProcess | None = None):
         self.args = args
         self.servers = {"direct": sim, "passthrough": passthrough, "sigroute": gateway}
+        if passthrough is None:   # (--compare-clients: not part of the comparison)
+            del self.servers["passthrough"]
         if compare is not None:
             self.servers[COMPARE] = compare
         self.targets = tuple(self.servers)
@@ -165,7 +189,9 @@ class Bench:
                        for t in self.targets for s in (False, True)}
 
     def requests_for(self, concurrency: int) -> int:
-        return self.args.requests if concurrency == 1 else self.args.requests_c16
+        if concurrency == 1:
+            return self.args.requests
+        return self.args.requests_c16 if concurrency <= 16 else self.args.requests_c64
 
     async def check(self) -> dict:
         """One request per target and mode: right status, a complete SSE stream, sigroute's headers."""
@@ -207,9 +233,12 @@ class Bench:
         server = self.servers[target]
         pids = self.pids(target)
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        result = await closed_loop(server.host, server.port, PATH, self.bodies[(target, stream)],
-                                   concurrency=concurrency, warmup=warmup,
-                                   requests=requests or self.requests_for(concurrency))
+        try:
+            result = await closed_loop(server.host, server.port, PATH, self.bodies[(target, stream)],
+                                       concurrency=concurrency, warmup=warmup,
+                                       requests=requests or self.requests_for(concurrency))
+        except HTTPError as exc:
+            raise HTTPError(f"{target}, scenario {scenario}: {exc}") from None
         cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         samples = result.samples
         record = {
@@ -232,7 +261,7 @@ class Bench:
         args = self.args
         checked = await self.check()
         # a first unrecorded pass over everything warms caches, pools and connections
-        for scenario in SCENARIOS:
+        for scenario in args.scenarios:
             for target in self.targets:
                 await self.batch(target, scenario, warmup=args.warmup, requests=SCENARIOS[scenario][0] * 5)
         records = await interleaved_rounds(args.rounds, args.scenarios, self.targets,
@@ -272,6 +301,7 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
                     row[target]["self_ms"] = stats(rec["self_ms"])
             for proxy in proxies:
                 row[f"{proxy}_added_ms_p50"] = _r(row[proxy]["total_ms"]["p50"] - row["direct"]["total_ms"]["p50"])
+                row[f"{proxy}_added_ms_p99"] = _r(row[proxy]["total_ms"]["p99"] - row["direct"]["total_ms"]["p99"])
                 if stream:
                     row[f"{proxy}_added_ttft_ms_p50"] = _r(row[proxy]["ttft_ms"]["p50"] - row["direct"]["ttft_ms"]["p50"])
             per_round.append(row)
@@ -312,7 +342,7 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
                 comparison[proxy].update(added(proxy, "ttft_ms"))
 
         s_add = comparison["sigroute"]["added_ms_p50_median_of_rounds"]
-        p_add = comparison["passthrough"]["added_ms_p50_median_of_rounds"]
+        p_add = comparison.get("passthrough", {}).get("added_ms_p50_median_of_rounds")
         entry = {
             "sigroute_added_ms_p50": s_add,
             "passthrough_added_ms_p50": p_add,
@@ -323,10 +353,11 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
         }
         if stream:
             s_t = comparison["sigroute"]["added_ttft_ms_p50_median_of_rounds"]
-            p_t = comparison["passthrough"]["added_ttft_ms_p50_median_of_rounds"]
+            p_t = comparison.get("passthrough", {}).get("added_ttft_ms_p50_median_of_rounds")
             entry.update({"sigroute_added_ttft_ms_p50": s_t, "passthrough_added_ttft_ms_p50": p_t,
                           "ratio_ttft_p50": _r(s_t / p_t, 3) if p_t and p_t > 0 else None})
-        entry["cpu_ms_per_request"] = {"passthrough": pooled["passthrough"]["cpu_ms_per_request"].get("passthrough"),
+        entry["cpu_ms_per_request"] = {"passthrough": pooled.get("passthrough", {}).get("cpu_ms_per_request", {})
+                                       .get("passthrough"),
                                        "sigroute": pooled["sigroute"]["cpu_ms_per_request"].get("sigroute")}
         entry["meets_targets"] = {
             "ratio_p50": entry["ratio_p50"] is not None and entry["ratio_p50"] <= RATIO_TARGET,
@@ -348,6 +379,71 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
         summary[scenario] = entry
         details[scenario] = {"comparison": comparison, "pooled": pooled, "rounds": per_round}
     return summary, details
+
+
+def _ratio(numerator, denominator):
+    return _r(numerator / denominator, 3) if numerator is not None and denominator and denominator > 0 else None
+
+
+def client_comparison(details: dict, scenarios: list[str]) -> dict:
+    """``--compare-clients``: the gateway with aiohttp's client (target ``compare``) against the
+    same gateway with the hand-written `http1` client (target ``sigroute``), from the same rounds.
+
+    Per scenario, for each client: added latency p50 and p99 (median over rounds of the gateway's
+    percentile minus the direct call's of the same round) and the gateway process's CPU seconds
+    per 1,000 requests (= CPU ms per request, pooled over rounds); ``aiohttp_vs_http1`` = aiohttp's
+    value / http1's. The rule of issue 15: replace the hand-written client when every ratio of
+    every scenario is at most `CLIENT_TOLERANCE` (within 20 %), else keep it."""
+    out: dict = {}
+    worst = None
+    for scenario in scenarios:
+        rows = details[scenario]["rounds"]
+        pooled = details[scenario]["pooled"]
+
+        def measured(target: str) -> dict:
+            return {"added_ms_p50": _r(median([row[f"{target}_added_ms_p50"] for row in rows])),
+                    "added_ms_p99": _r(median([row[f"{target}_added_ms_p99"] for row in rows])),
+                    "cpu_s_per_1k_requests": pooled[target]["cpu_ms_per_request"].get(target)}
+
+        http1, aiohttp = measured("sigroute"), measured(COMPARE)
+        ratios = {key: _ratio(aiohttp[key], http1[key]) for key in http1}
+        per_round = [x for x in (_ratio(row[f"{COMPARE}_added_ms_p50"], row["sigroute_added_ms_p50"]) for row in rows)
+                     if x is not None]
+        out[scenario] = {"http1": http1, "aiohttp": aiohttp, "aiohttp_vs_http1": ratios,
+                         "added_ms_p50_ratio_rounds_min": min(per_round, default=None),
+                         "added_ms_p50_ratio_rounds_max": max(per_round, default=None)}
+        for key, ratio in ratios.items():
+            # a ratio that cannot be computed (no added latency to compare with) does not show "within"
+            score = float("inf") if ratio is None else ratio
+            if worst is None or score > worst[0]:
+                worst = (score, scenario, key, ratio)
+    within = worst is not None and worst[0] <= CLIENT_TOLERANCE
+    out["decision"] = {
+        "rule": f"replace the hand-written client if aiohttp/http1 <= {CLIENT_TOLERANCE} for added latency p50, "
+                f"p99 and CPU per request in every scenario, else keep it",
+        "within_tolerance": within,
+        "decision": "replace" if within else "keep",
+        "worst": None if worst is None else {"scenario": worst[1], "metric": worst[2], "aiohttp_vs_http1": worst[3]},
+    }
+    return out
+
+
+def print_client_table(comparison: dict, out=sys.stdout) -> None:
+    print("", file=out)
+    print(f"{'scenario':<11} {'added p50 http1':>15} {'aiohttp':>8} {'ratio':>6}   {'added p99 http1':>15} "
+          f"{'aiohttp':>8} {'ratio':>6}   {'cpu s/1k http1':>14} {'aiohttp':>8} {'ratio':>6}", file=out)
+    fmt = lambda v, w, d=3: f"{v:>{w}.{d}f}" if isinstance(v, (int, float)) else f"{'-':>{w}}"  # noqa: E731
+    for scenario, e in comparison.items():
+        if scenario not in SCENARIOS:
+            continue
+        h, a, r = e["http1"], e["aiohttp"], e["aiohttp_vs_http1"]
+        print(f"{scenario:<11} {fmt(h['added_ms_p50'], 15)} {fmt(a['added_ms_p50'], 8)} {fmt(r['added_ms_p50'], 6, 2)}   "
+              f"{fmt(h['added_ms_p99'], 15)} {fmt(a['added_ms_p99'], 8)} {fmt(r['added_ms_p99'], 6, 2)}   "
+              f"{fmt(h['cpu_s_per_1k_requests'], 14)} {fmt(a['cpu_s_per_1k_requests'], 8)} "
+              f"{fmt(r['cpu_s_per_1k_requests'], 6, 2)}", file=out)
+    d = comparison["decision"]
+    print(f"ratio = aiohttp / http1 (the gateway with each upstream client, same rounds); decision: {d['decision']} "
+          f"(worst: {d['worst']})", file=out)
 
 
 def print_table(summary: dict, details: dict, out=sys.stdout) -> None:
@@ -398,10 +494,17 @@ def parse_args(argv):
                         help="recorded requests per batch at 1 client (default 100; quick: 30)")
     parser.add_argument("--requests-c16", type=int, default=None,
                         help="recorded requests per batch at 16 clients (default 320; quick: 96)")
+    parser.add_argument("--requests-c64", type=int, default=None,
+                        help="recorded requests per batch at 64 clients (default 640; quick: 192)")
     parser.add_argument("--warmup", type=int, default=2, help="unrecorded requests per client before each batch")
     parser.add_argument("--quick", action="store_true", help="smoke run (~20 s)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    parser.add_argument("--scenarios", default=None,
+                        help=f"comma-separated subset of {', '.join(SCENARIOS)} (default: "
+                             f"{', '.join(DEFAULT_SCENARIOS)}; with --compare-clients all)")
+    parser.add_argument("--compare-clients", action="store_true",
+                        help="the HTTP client decision (issue 15): run the gateway twice, with the hand-written "
+                             "upstream client (target 'sigroute') and with aiohttp's (target 'compare', needs the "
+                             "aiohttp extra), in the same interleaved rounds; report aiohttp/http1 ratios")
     parser.add_argument("--ttft-ms", type=float, default=5.0, help="simulated model's time to first token")
     parser.add_argument("--tokens-per-s", type=float, default=2000.0, help="simulated decode speed")
     parser.add_argument("--completion-tokens", type=int, default=16, help="simulated answer length")
@@ -418,11 +521,97 @@ def parse_args(argv):
     args.rounds = args.rounds or (2 if quick else 10)
     args.requests = args.requests or (30 if quick else 100)
     args.requests_c16 = args.requests_c16 or (96 if quick else 320)
+    args.requests_c64 = args.requests_c64 or (192 if quick else 640)
+    if args.compare_clients and (args.sigroute_command or args.compare_command):
+        parser.error("--compare-clients chooses both gateway commands; drop --sigroute-command/--compare-command")
+    if args.scenarios is None:
+        args.scenarios = ",".join(SCENARIOS if args.compare_clients else DEFAULT_SCENARIOS)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     return args
+
+
+SIM_KEEP_ALIVE_S = 75.0   # --compare-clients: how long the simulated upstream keeps an idle connection
+
+
+def serve_sim(argv: list[str]) -> int:
+    """``python -m benchmarks.overhead serve-sim --config C --port N``: ``sigroute sim`` keeping idle
+    connections `SIM_KEEP_ALIVE_S` instead of uvicorn's 5 s (``--compare-clients``). With three
+    targets a round's gap between two batches of one gateway is about 5 s; a POST written to a
+    pooled connection just as the server closes it cannot be sent again (it may have been
+    processed), so either client then answers 502 and the run stops. Hosted APIs keep idle
+    connections for a minute or more."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead serve-sim")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    import uvicorn
+
+    from sigroute.gateway.serving import best_http, best_loop
+    from sigroute.gateway.sim import create_sim_app
+
+    uvicorn.run(create_sim_app(args.config), host=args.host, port=args.port, loop=best_loop(), http=best_http(),
+                access_log=False, log_level="warning", timeout_graceful_shutdown=1,
+                timeout_keep_alive=SIM_KEEP_ALIVE_S)
+    return 0
+
+
+def client_gateway_command(client: str, policy_path: Path) -> list[str]:
+    """The gateway with the given upstream client (``--compare-clients``): `serve_gateway` below."""
+    return [sys.executable, "-m", "benchmarks.overhead", "serve-gateway", "--upstream-client", client,
+            "--policy", str(policy_path), "--port", "{port}"]
+
+
+def client_of(server: ServerProcess) -> str:
+    """The transport class a `serve-gateway` process says it serves with ("" if it says nothing)."""
+    for line in server.output().splitlines():
+        if line.startswith(CLIENT_LINE):
+            return line[len(CLIENT_LINE):].strip()
+    return ""
+
+
+CLIENT_CLASSES = {"http1": "sigroute.gateway.upstream.openai_compatible.OpenAICompatibleTransport",
+                  "aiohttp": "sigroute.gateway.upstream.aiohttp_transport.AiohttpTransport"}
+
+
+def serve_gateway(argv: list[str]) -> int:
+    """``python -m benchmarks.overhead serve-gateway --upstream-client {http1,aiohttp} --policy P --port N``
+
+    ``sigroute serve`` as the benchmark needs it, with the direct transport chosen: the hand-written
+    client (`OpenAICompatibleTransport`, what ``sigroute serve`` uses) or aiohttp's
+    (`AiohttpTransport`), injected through `create_app`'s ``transports`` (no policy option selects
+    a client: this is a measurement, not a setting). Everything else is as ``sigroute serve`` runs
+    it: the same app, uvicorn options, event loop and log level, so the two differ only in the client."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead serve-gateway")
+    parser.add_argument("--upstream-client", choices=UPSTREAM_CLIENTS, required=True)
+    parser.add_argument("--policy", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    import uvicorn
+
+    from sigroute.gateway.app import create_app
+    from sigroute.gateway.http_server import server_options
+    from sigroute.gateway.serving import best_loop
+    from sigroute.policies.loader import load_policy
+
+    if args.upstream_client == "aiohttp":
+        from sigroute.gateway.upstream.aiohttp_transport import AiohttpTransport
+
+        transport = AiohttpTransport()
+    else:
+        from sigroute.gateway.upstream import OpenAICompatibleTransport
+
+        transport = OpenAICompatibleTransport()
+    policy = load_policy(args.policy)
+    app = create_app(policy, policy_path=args.policy, transports={"openai": transport})
+    print(f"{CLIENT_LINE}{type(transport).__module__}.{type(transport).__name__}", flush=True)  # main() checks it
+    uvicorn.run(app, host=args.host, port=args.port, loop=best_loop(), log_level="warning", access_log=False,
+                workers=None, **server_options(policy))
+    return 0
 
 
 def sigroute_command(args, policy_path: Path, command: str | None = None) -> list[str]:
@@ -435,6 +624,11 @@ def sigroute_command(args, policy_path: Path, command: str | None = None) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve-gateway"]:
+        return serve_gateway(argv[1:])
+    if argv[:1] == ["serve-sim"]:
+        return serve_sim(argv[1:])
     args = parse_args(argv)
     log = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.time()
@@ -442,26 +636,44 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sigroute-overhead-") as tmp:
         sim_path = Path(tmp, "sim.yaml")
         sim_path.write_text(yaml.safe_dump(sim_config(args.ttft_ms, args.tokens_per_s, args.completion_tokens)))
-        with ServerProcess(["sigroute", "sim", "--config", str(sim_path), "--port", "{port}"], env=env,
-                           name="sim") as sim:
+        sim_command = (["sigroute", "sim", "--config", str(sim_path), "--port", "{port}"] if not args.compare_clients
+                       else [sys.executable, "-m", "benchmarks.overhead", "serve-sim", "--config", str(sim_path),
+                             "--port", "{port}"])
+        with ServerProcess(sim_command, env=env, name="sim") as sim:
             policy_path = Path(tmp, "policy.yaml")
             policy_path.write_text(yaml.safe_dump(bench_policy(sim.url + "/v1"), sort_keys=False))
             with contextlib.ExitStack() as servers:
-                passthrough = servers.enter_context(ServerProcess(
-                    [sys.executable, "-m", "benchmarks.passthrough", "--upstream", sim.url + "/v1", "--port", "{port}"],
-                    env=env, name="passthrough"))
-                gateway = servers.enter_context(ServerProcess(sigroute_command(args, policy_path), env=env,
-                                                              name="sigroute"))
+                passthrough = None
+                if not args.compare_clients:   # the comparison of two clients needs no pass-through baseline
+                    passthrough = servers.enter_context(ServerProcess(
+                        [sys.executable, "-m", "benchmarks.passthrough", "--upstream", sim.url + "/v1",
+                         "--port", "{port}"], env=env, name="passthrough"))
+                gateway_command = (client_gateway_command("http1", policy_path) if args.compare_clients
+                                   else sigroute_command(args, policy_path))
+                gateway = servers.enter_context(ServerProcess(gateway_command, env=env, name="sigroute"))
                 compare = None
-                if args.compare_command:
+                if args.compare_clients:
+                    compare = servers.enter_context(ServerProcess(client_gateway_command("aiohttp", policy_path),
+                                                                  env=env, name=COMPARE))
+                elif args.compare_command:
                     compare = servers.enter_context(ServerProcess(
                         sigroute_command(args, policy_path, args.compare_command), env=env, name=COMPARE))
-                log(f"servers up: sim {sim.url} (pid {sim.pid}), passthrough {passthrough.url} "
-                    f"(pid {passthrough.pid}), sigroute {gateway.url} (pid {gateway.pid})"
+                clients = {}
+                if args.compare_clients:   # each gateway serves with the client it is measured for
+                    clients = {"sigroute": client_of(gateway), COMPARE: client_of(compare)}
+                    for target, client in (("sigroute", "http1"), (COMPARE, "aiohttp")):
+                        if clients[target] != CLIENT_CLASSES[client]:
+                            raise RuntimeError(f"the {target} gateway should serve with {CLIENT_CLASSES[client]}, "
+                                               f"it says {clients[target] or 'nothing'}")
+                log(f"servers up: sim {sim.url} (pid {sim.pid}), "
+                    + (f"passthrough {passthrough.url} (pid {passthrough.pid}), " if passthrough is not None else "")
+                    + f"sigroute {gateway.url} (pid {gateway.pid})"
                     + (f", compare {compare.url} (pid {compare.pid})" if compare is not None else ""))
                 bench = Bench(args, sim, passthrough, gateway, compare)
                 records, checked = run_async(bench.run(log))
     summary, details = analyse(records, args.scenarios)
+    if args.compare_clients:
+        summary["client_comparison"] = client_comparison(details, args.scenarios)
     summary["machine"] = machine_info()
     summary["commit"] = git_commit()
     summary["duration_s"] = round(time.time() - started, 1)
@@ -470,9 +682,13 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "config": {
             "rounds": args.rounds, "requests_c1": args.requests, "requests_c16": args.requests_c16,
+            "requests_c64": args.requests_c64, "compare_clients": args.compare_clients,
             "warmup_per_client": args.warmup, "scenarios": args.scenarios,
-            "sigroute_command": " ".join(sigroute_command(args, Path("POLICY"))),
-            "compare_command": args.compare_command,
+            "sigroute_command": " ".join(client_gateway_command("http1", Path("POLICY")) if args.compare_clients
+                                         else sigroute_command(args, Path("POLICY"))),
+            "compare_command": (" ".join(client_gateway_command("aiohttp", Path("POLICY"))) if args.compare_clients
+                                else args.compare_command),
+            "sim_keep_alive_s": SIM_KEEP_ALIVE_S if args.compare_clients else 5.0,
             "sim": sim_config(args.ttft_ms, args.tokens_per_s, args.completion_tokens),
             "policy": bench_policy("http://SIM/v1"),
             "request_bodies": {"direct_and_passthrough": request_body("bench", False).decode(),
@@ -485,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
                         "self_ms_p99_max": SELF_P99_TARGET_MS},
         },
         "sigroute_headers_seen": checked,
+        "upstream_clients": clients,
         "details": details,
     }
     if args.json:
@@ -494,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {path}")
     if not args.quiet:
         print_table(summary, details)
+        if args.compare_clients:
+            print_client_table(summary["client_comparison"])
     print(json.dumps(summary, separators=(",", ":")), flush=True)
     return 0
 
