@@ -81,6 +81,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -422,7 +423,7 @@ class FeatureBank:
 
 
 CROSS_FIT_FOLDS = 5
-CROSS_FIT_VERSION = 1
+CROSS_FIT_VERSION = 2  # 2: every question of the heads' training part cached, whatever the pool
 
 
 def cross_fit_fold(question_id: str) -> int:
@@ -456,14 +457,17 @@ def cross_fitted_head_blocks(train: Table, questions_path: Path, correctness_pat
 
     dmeta = json.loads((Path(TRAINED_DIR) / "domain" / "head.json").read_text(encoding="utf-8"))
     cmeta = json.loads((Path(TRAINED_DIR) / "complexity" / "head.json").read_text(encoding="utf-8"))
+    # the folds depend on the data files and the heads only, not on the pool: one cache per data set
     key = hashlib.sha256(json.dumps([CROSS_FIT_VERSION, _sha256(questions_path), _sha256(correctness_path),
-                                     dmeta.get("weights_sha256"), cmeta.get("weights_sha256"), encoder.fingerprint,
-                                     train.question_ids], sort_keys=True).encode()).hexdigest()[:16]
+                                     dmeta.get("weights_sha256"), cmeta.get("weights_sha256"), encoder.fingerprint],
+                                    sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir).expanduser() / f"crossfit-{key}.npz" if cache_dir else None
     in_sample = np.array([not in_test_split(q) for q in train.question_ids])
     if path is not None and path.is_file():
         with np.load(path) as z:
-            folded = {"domain": z["domain"], "difficulty": z["difficulty"]}
+            where = {str(q): i for i, q in enumerate(z["ids"].tolist())}
+            want = np.array([where[q] for q, inside in zip(train.question_ids, in_sample) if inside], dtype=np.int64)
+            folded = {"domain": z["domain"][want], "difficulty": z["difficulty"][want]}
         return _merge_cross_fit(folded, in_sample, shipped)
     t0 = time.perf_counter()
     rows = [r for r in load_questions(questions_path) if not in_test_split(r["question_id"])]
@@ -514,11 +518,12 @@ def cross_fitted_head_blocks(train: Table, questions_path: Path, correctness_pat
         difficulty[held] = 0.0  # a class absent from the fitted folds: P = 0
         difficulty[np.ix_(np.flatnonzero(held), model.classes_)] = model.predict_proba(Xc[held])
     log(f"  cross-fit difficulty done ({time.perf_counter() - t0:.0f}s)")
-    out = {"domain": domain[want], "difficulty": difficulty[want]}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **out)
-    return _merge_cross_fit(out, in_sample, shipped)
+        partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(partial, ids=np.array(ids), domain=domain, difficulty=difficulty)
+        os.replace(partial, path)
+    return _merge_cross_fit({"domain": domain[want], "difficulty": difficulty[want]}, in_sample, shipped)
 
 
 def _merge_cross_fit(folded: Mapping[str, np.ndarray], in_sample: np.ndarray,

@@ -297,3 +297,42 @@ def test_run_benchmark_with_a_quality_router(tables):
     cheap_best = max(out["single_models"][m]["accuracy"] for m in ("small", "mid"))
     assert s["router_accuracy_at_50pct_cost"] > max(0.85, cheap_best + 0.2)
     assert s["regret_at_1000"]["linucb"] < s["regret_at_1000"]["random"]
+
+
+def test_cross_fit_cache_serves_every_pool_of_the_same_data(tmp_path, monkeypatch):
+    """The out-of-fold head outputs depend on the data and the heads, not on the pool: one cache
+    file, computed once, serves a later training split of any subset of its questions."""
+    import sklearn.linear_model
+
+    topics = ("math", "history", "law")
+    root = make_dir(tmp_path, 120, seed=3, prefix="c", name="data", topics=topics)
+    mmlu = root / "mmlu_pro"
+
+    class FakeEncoder:  # stands in for the shared encoder: fixed vectors per text
+        fingerprint = "test:fake"
+
+        def encode(self, texts):
+            return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(8) for t in texts])
+
+    full = rb.load_table(root, POOL, count_tokens=four_tokens)
+    subset = full.subset(np.arange(0, full.n, 2))
+    for table in (full, subset):
+        shipped = {"domain": np.zeros((table.n, 14)), "difficulty": np.zeros((table.n, 3))}
+        first = rb.cross_fitted_head_blocks(table, mmlu / "questions.jsonl.gz", mmlu / "correctness.csv.gz",
+                                            FakeEncoder(), tmp_path / "cache", shipped)
+        if table is full:
+            reference = first
+    assert len(list((tmp_path / "cache").glob("crossfit-*.npz"))) == 1
+
+    def no_fitting(*args, **kwargs):
+        raise AssertionError("the cache should have answered")
+
+    monkeypatch.setattr(sklearn.linear_model, "LogisticRegression", no_fitting)
+    shipped = {"domain": np.zeros((subset.n, 14)), "difficulty": np.zeros((subset.n, 3))}
+    again = rb.cross_fitted_head_blocks(subset, mmlu / "questions.jsonl.gz", mmlu / "correctness.csv.gz",
+                                        FakeEncoder(), tmp_path / "cache", shipped)
+    rows = {q: i for i, q in enumerate(full.question_ids)}
+    pick = [rows[q] for q in subset.question_ids]
+    for name in ("domain", "difficulty"):
+        assert np.allclose(again[name], reference[name][pick])
+        assert np.allclose(again[name], first[name])
