@@ -92,8 +92,8 @@ class Learning:
                     propensity=route.choice.propensity, **entry)
         except Exception:  # learning must never fail a request
             log.exception("selector update failed for decision %s", route.decision_name)
-        for attempt in result.attempts:  # failed attempts teach the selector too
-            if attempt.error is not None:
+        for attempt in result.attempts:  # failed attempts teach the selector too; a 429 is back pressure
+            if attempt.error is not None and not attempt.rate_limited:
                 failed = dataclasses.replace(route.choice, model=attempt.model)
                 try:
                     selector.update(failed, Reward(model=attempt.model, ok=False, at=time.time()))

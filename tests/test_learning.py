@@ -376,3 +376,21 @@ def test_warm_start_from_recorded_outcomes(tmp_path, clean_redis_url):
                           str(tmp_path / "nowhere"), "--policy", str(path), "--decision", "learn", "--out", str(snap)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "nowhere" in bad.stderr
+
+
+def test_an_upstream_rate_limit_is_not_learned_as_a_bad_answer(sim, gateway_factory):
+    """A 429 is back pressure, not a fault of the model's answers: the request falls back, and the
+    selector learns only from the model that answered (failures it does learn: quality 0)."""
+    gw = gateway_factory(learning_policy(sim))
+    selector = gw.app.state.runtime.pipeline.selectors["learn"]
+    sim.faults("alpha", rate_limit_rate=1.0)
+    r = gw.chat("first question")
+    assert r.status_code == 200 and r.headers["x-sigroute-model"] == "beta"
+    learner = selector.learner("default")
+    assert learner.estimator.count("alpha") == 0 and learner.estimator.count("beta") == 1
+    sim.faults("alpha", error_rate=1.0)  # a real failure still teaches the selector (quality 0)
+    fresh = gateway_factory(learning_policy(sim))  # nothing learned: the first candidate goes first
+    r = fresh.chat("second question")
+    assert r.status_code == 200 and r.headers["x-sigroute-model"] == "beta"
+    learned = fresh.app.state.runtime.pipeline.selectors["learn"].learner("default").estimator
+    assert learned.count("alpha") == 1 and learned.predict("alpha", np.asarray([1.0] + [0.0] * (learned.dim - 1)))[0] < 0.05
