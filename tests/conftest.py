@@ -165,6 +165,13 @@ class Gateway:
         self.url = server.url
         self.http = httpx.Client(base_url=server.url, timeout=30)
 
+    def breakers_on(self, clock: "ManualClock") -> "ManualClock":
+        """Run this gateway's circuit breakers on `clock`: cooldowns pass when the test advances it,
+        not after a sleep, so nothing depends on how busy the machine is."""
+        for breaker in self.app.state.runtime.pipeline.upstreams.breakers.values():
+            breaker.clock = clock
+        return clock
+
     def client(self, api_key: str = "unused", **kwargs) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, **kwargs)
 
