@@ -541,6 +541,15 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         auth, policy = pipeline.auth, pipeline.policy
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {})
+        # a malformed query or path parameter is answered 400 with the OpenAI-shaped error
+        # (`_validation_error`), not FastAPI's 422 HTTPValidationError
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                if "HTTPValidationError" in str(operation["responses"].pop("422", {})):
+                    operation["responses"].setdefault("400", {"description": ERROR_MEANINGS[400], "content": {
+                        "application/json": _ref("Error")}})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(name, None)
         components.setdefault("schemas", {}).update(copy.deepcopy(OPENAPI_SCHEMAS))
         offered = list(policy.entrypoints) + (list(policy.models) if policy.routing.allow_direct_models else [])
         components["schemas"]["ChatCompletionRequest"]["properties"]["model"]["enum"] = offered

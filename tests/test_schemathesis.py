@@ -13,8 +13,9 @@ Every answer must
   "param", "code"}}`, with a non-empty message, type and code;
 - come back within REQUEST_TIMEOUT_S (no hang).
 
-The number of examples per operation is bounded (SIGROUTE_FUZZ_EXAMPLES, default 25 per mode) so
-the whole file runs in about a minute on two busy cores; raise it for a longer hunt.
+The number of examples per operation is bounded (SIGROUTE_FUZZ_EXAMPLES, default 20 per mode, twice
+times that for the operations that read a body) so the whole file runs in one to two minutes on two
+busy cores; raise it for a longer hunt.
 """
 
 from __future__ import annotations
@@ -31,46 +32,56 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import (content_type_conformance, ignored_auth, not_a_server_error,
                                  response_headers_conformance, response_schema_conformance,
-                                 status_code_conformance)
+                                 status_code_conformance, unsupported_method)
 
 from sigroute.gateway.auth import hash_key
 from tests.conftest import SIM_MODELS, base_policy
 
-EXAMPLES_PER_MODE = int(os.environ.get("SIGROUTE_FUZZ_EXAMPLES", "25"))
+EXAMPLES_PER_MODE = int(os.environ.get("SIGROUTE_FUZZ_EXAMPLES", "20"))
+BODY_WEIGHT = 2                # operations that read a body (chat, explain, feedback) get this many times more
 REQUEST_TIMEOUT_S = 30.0       # generous: only a hang gets near it
 ADMIN_KEY = "sk-fuzz-admin-5521"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
+          response_schema_conformance, unsupported_method]
 
 
 def fuzz(gateway, headers: dict[str, str], checks: list) -> dict[str, int]:
-    """Run every operation of the gateway's description; returns how many requests each got.
-    Fails (with the reproducing request) on the first answer that breaks a check."""
+    """Run every operation of the gateway's description: first schemathesis's coverage cases (for
+    each keyword of each schema, values at and just past its bounds, of the wrong type, missing;
+    and the operation's path with methods it does not take), then `EXAMPLES_PER_MODE` random
+    examples per generation mode. Returns how many requests each operation got. Fails (with the
+    reproducing request) on the first answer that breaks a check."""
     schema = schemathesis.openapi.from_url(gateway.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.label for op in operations} >= {"POST /v1/chat/completions", "POST /v1/feedback",
                                                "POST /v1/route/explain", "GET /v1/models"}
     session = requests.Session()
     sent: dict[str, int] = {}
+    modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+
+    def check(operation, case) -> None:
+        try:
+            response = case.call(base_url=gateway.url, session=session, headers=headers, timeout=REQUEST_TIMEOUT_S)
+        except requests.Timeout:
+            pytest.fail(f"{operation.label} did not answer within {REQUEST_TIMEOUT_S:g}s: {case.as_curl_command()}")
+        sent[operation.label] = sent.get(operation.label, 0) + 1
+        case.validate_response(response, checks=checks, headers=headers, transport_kwargs={"timeout": REQUEST_TIMEOUT_S})
+        assert_openai_shaped_if_error(response, case)
+
     for operation in operations:
-        strategy = st.one_of(operation.as_strategy(generation_mode=GenerationMode.POSITIVE),
-                             operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+        generation = schema.config.generation_for(operation=operation)
+        for case in schema.iter_coverage_cases(operation, generation_modes=modes, generation_config=generation):
+            check(operation, case)
+
+        strategy = st.one_of(*(operation.as_strategy(generation_mode=mode) for mode in modes))
+        examples = 2 * EXAMPLES_PER_MODE * (BODY_WEIGHT if operation.body else 1)
 
         @given(case=strategy)
-        @hypothesis.settings(max_examples=2 * EXAMPLES_PER_MODE, deadline=None, database=None,
+        @hypothesis.settings(max_examples=examples, deadline=None, database=None,
                              phases=[Phase.generate, Phase.shrink],   # shrinking: the smallest failing request
                              suppress_health_check=list(HealthCheck))
         def exercise(case) -> None:
-            try:
-                response = case.call(base_url=gateway.url, session=session, headers=headers,
-                                     timeout=REQUEST_TIMEOUT_S)
-            except requests.Timeout:
-                pytest.fail(f"{operation.label} did not answer within {REQUEST_TIMEOUT_S:g}s: "
-                            f"{case.as_curl_command()}")
-            sent[operation.label] = sent.get(operation.label, 0) + 1
-            case.validate_response(response, checks=checks, headers=headers,
-                                   transport_kwargs={"timeout": REQUEST_TIMEOUT_S})
-            assert_openai_shaped_if_error(response, case)
+            check(operation, case)
 
         exercise()
     session.close()
