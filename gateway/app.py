@@ -28,6 +28,7 @@ import copy
 import logging
 import signal
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -532,12 +533,20 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                            param="key", code="cache_entry_not_found")
         return JSONBytes(orjson.dumps({"object": "cache.deleted", "key": key, "deleted": 1}))
 
+    described_for: dict[str, Any] = {"pipeline": lambda: None}   # (a weak reference to) the pipeline
+
     def openapi_description() -> dict[str, Any]:
         """/openapi.json: the routes with their bodies (`described`), the schemas they name, and
-        how callers authenticate under the running policy (public endpoints need no key)."""
+        how callers authenticate under the running policy (public endpoints need no key); built
+        once per policy (a reload builds it again)."""
+        pipeline = runtime.pipeline
+        if described_for["pipeline"]() is not pipeline:   # a retired pipeline is not kept alive for this
+            described_for.update(pipeline=weakref.ref(pipeline), description=build_description(pipeline))
+        return described_for["description"]
+
+    def build_description(pipeline: Pipeline) -> dict[str, Any]:
         from fastapi.openapi.utils import get_openapi
 
-        pipeline = runtime.pipeline
         auth, policy = pipeline.auth, pipeline.policy
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {})

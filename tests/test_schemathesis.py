@@ -145,3 +145,23 @@ def test_a_wrong_method_gets_405_with_allow_and_a_code(sim, gateway_factory):
     assert r.json()["error"]["code"] == "method_not_allowed"
     r = gateway.http.get("/v2/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_route"
+
+
+def test_the_description_follows_a_reload(sim, gateway_factory, tmp_path):
+    import yaml
+
+    path = tmp_path / "policy.yaml"
+    policy = base_policy(sim)
+    path.write_text(yaml.safe_dump(policy))
+    gateway = gateway_factory(policy, policy_path=str(path))
+    assert "security" not in gateway.http.get("/openapi.json").json()
+    policy["auth"] = {"keys": [{"key_sha256": hash_key(ADMIN_KEY), "tenant": "fuzz", "roles": ["admin"]}]}
+    policy["entrypoints"] = {"auto": {}, "cheap": {}}
+    del policy["server"]["open_without_auth"]
+    path.write_text(yaml.safe_dump(policy))
+    reloaded = gateway.http.post("/v1/admin/reload", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    assert reloaded.status_code == 200, reloaded.text
+    description = gateway.http.get("/openapi.json").json()
+    assert description["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert description["components"]["schemas"]["ChatCompletionRequest"]["properties"]["model"]["enum"][:2] == \
+        ["auto", "cheap"]
