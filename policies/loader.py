@@ -372,6 +372,10 @@ def validate_policy_data(data: Any, positions: Positions | None = None, source: 
         return Policy.model_validate(data)
     except ValidationError as exc:
         raise PolicyError(_problems(exc, data, positions or {}, source)) from None
+    except Exception as exc:  # noqa: BLE001 - a validator's own bug: still a PolicyError, never a traceback
+        # (without a line: tests/test_policy_loader_properties.py flags any problem reported this way)
+        raise PolicyError([Problem(source, None, None, "", f"the policy could not be checked ({type(exc).__name__}: "
+                                   f"{exc}); this is a bug in sigroute's policy validation, please report it")]) from exc
 
 
 # --------------------------------------------------------------------------------------------

@@ -228,3 +228,16 @@ def test_deep_nesting_is_refused_with_its_line(text):
 def test_values_python_cannot_build_are_problems_too(text, words):
     error = load(text)
     assert isinstance(error, PolicyError) and words in str(error)
+
+
+def test_feature_group_options_that_are_not_a_mapping_are_a_problem():
+    """Found by test_mutated_policies_…: `{embedding: "x"}` raised a TypeError inside a pydantic
+    validator (which only turns ValueErrors into validation errors): a traceback, not a problem."""
+    import copy
+
+    data = copy.deepcopy(next(d for d in EXAMPLE_DATA if "linucb" in str(d)))
+    decision = next(d for d in data["decisions"] if "linucb" in str(d.get("algorithm")))
+    decision["algorithm"]["linucb"]["features"] = ["bias", {"embedding": "x"}]
+    error = load(yaml.safe_dump(data, sort_keys=False))
+    assert isinstance(error, PolicyError)
+    assert any(p.path.endswith("linucb.features[1]") and "must be a mapping" in p.message for p in error.problems)
