@@ -30,8 +30,8 @@ EXAMPLE_TEXTS = [path.read_text() for path in EXAMPLES]
 EXAMPLE_DATA = [yaml.safe_load(text) for text in EXAMPLE_TEXTS]
 SOURCE = "hostile.yaml"
 LIMIT_S = 20.0          # a hang detector only: every document here loads or fails in well under a second
-EXAMPLES = int(os.environ.get("SIGROUTE_PROPERTY_EXAMPLES", "150"))   # raise it for a longer hunt
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
+EXAMPLES_PER_PROPERTY = int(os.environ.get("SIGROUTE_PROPERTY_EXAMPLES", "150"))   # more: a longer hunt
+SETTINGS = settings(max_examples=EXAMPLES_PER_PROPERTY, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
