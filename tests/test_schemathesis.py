@@ -84,6 +84,7 @@ def fuzz(gateway, headers: dict[str, str], checks: list) -> dict[str, int]:
             check(operation, case)
 
         exercise()
+        assert sent.get(operation.label), f"{operation.label} was never called"
     session.close()
     return sent
 
@@ -102,7 +103,7 @@ def assert_openai_shaped_if_error(response: requests.Response, case) -> None:
 def test_fuzzing_the_open_gateway_finds_no_server_error_nonconformance_or_hang(sim, gateway_factory):
     gateway = gateway_factory(base_policy(sim))
     sent = fuzz(gateway, headers={}, checks=CHECKS)
-    assert sum(sent.values()) >= len(sent) * EXAMPLES_PER_MODE, sent   # every operation really was exercised
+    assert sent["POST /v1/chat/completions"] >= 2 * EXAMPLES_PER_MODE, sent   # the bodies really were fuzzed
     assert gateway.chat("still serving").status_code == 200
 
 
@@ -113,7 +114,7 @@ def test_fuzzing_the_gateway_with_auth_on(sim, gateway_factory):
     description = gateway.http.get("/openapi.json").json()
     assert description["security"] and description["paths"]["/health"]["get"]["security"] == []
     sent = fuzz(gateway, headers={"authorization": f"Bearer {ADMIN_KEY}"}, checks=[*CHECKS, ignored_auth])
-    assert sum(sent.values()) >= len(sent) * EXAMPLES_PER_MODE, sent
+    assert sent["POST /v1/chat/completions"] >= 2 * EXAMPLES_PER_MODE, sent
     assert gateway.chat("still serving", api_key=ADMIN_KEY).status_code == 200
 
 
