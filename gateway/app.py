@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import signal
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +37,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from sigroute.gateway.errors import APIError, PayloadTooLarge, Unavailable
 from sigroute.gateway.metrics import Metrics
-from sigroute.gateway.openai_wire import model_list
+from sigroute.gateway.openai_wire import OPENAPI_SCHEMAS, model_list
 from sigroute.gateway.answering import Answer
 from sigroute.gateway.pipeline import Pipeline
 from sigroute.policies.schema import Policy
@@ -185,6 +187,43 @@ class Runtime:
                 await pipeline.aclose()
 
 
+# --------------------------------------------------------------------------------------------
+# the OpenAPI description of each route (the bodies are read raw, so FastAPI cannot infer them)
+
+ERROR_MEANINGS = {
+    400: "the request is invalid (the error's `param` names the field)", 401: "missing or invalid API key",
+    403: "the key's roles do not allow this", 404: "unknown model, request id or cache key",
+    405: "method not allowed", 408: "the request did not arrive in time", 409: "conflicts with what is recorded",
+    413: "the request body is too large", 422: "the request (or the policy file) was rejected",
+    429: "rate limit exceeded (see Retry-After)", 502: "every candidate model failed upstream",
+    503: "no model in service, or a store is unreachable", 504: "every candidate model timed out"}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"schema": {"$ref": f"#/components/schemas/{name}"}}
+
+
+def described(ok: dict[str, Any], *errors: int, body: str | None = None,
+              headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Route options that describe the answers: `ok` (media type -> schema name) for 200, the
+    OpenAI-shaped error for each status in `errors`, `body` (a schema name) as the JSON request
+    body, and request `headers` (name -> JSON schema)."""
+    responses: dict[int | str, Any] = {200: {"description": "OK", "content": {m: _ref(n) for m, n in ok.items()}}}
+    for status in sorted(set(errors) | {405}):
+        responses[status] = {"description": ERROR_MEANINGS[status], "content": {"application/json": _ref("Error")}}
+    extra: dict[str, Any] = {}
+    if body is not None:
+        extra["requestBody"] = {"required": True, "content": {"application/json": _ref(body)}}
+    if headers:
+        extra["parameters"] = [{"name": name, "in": "header", "required": False, "schema": schema}
+                               for name, schema in headers.items()]
+    return {"responses": responses, "openapi_extra": extra or None}
+
+
+ADMITTED = (401, 429)   # every endpoint that needs a key (or is rate limited)
+BODY_READ = (400, 408, 413)
+
+
 class ClientGone(Exception):
     """The caller went away before its request was read: there is nobody to answer."""
 
@@ -316,11 +355,14 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
-        kinds = {404: ("not_found_error", f"no route {request.method} {request.url.path}; "
-                                          "the API lives under /v1 (e.g. POST /v1/chat/completions)"),
-                 405: ("invalid_request_error", f"method {request.method} is not allowed on {request.url.path}")}
-        type_, message = kinds.get(exc.status_code, ("api_error", str(exc.detail)))
-        return error_response(APIError(message, status=exc.status_code, type=type_))
+        kinds = {404: ("not_found_error", "unknown_route", f"no route {request.method} {request.url.path}; "
+                       "the API lives under /v1 (e.g. POST /v1/chat/completions)"),
+                 405: ("invalid_request_error", "method_not_allowed",
+                       f"method {request.method} is not allowed on {request.url.path}")}
+        type_, code, message = kinds.get(exc.status_code, ("api_error", "http_error", str(exc.detail)))
+        # (a 405 keeps Starlette's Allow header: the methods the path does take)
+        return error_response(APIError(message, status=exc.status_code, type=type_, code=code,
+                                       headers=dict(exc.headers or {})))
 
     @app.exception_handler(ClientGone)
     async def _client_gone(request: Request, exc: ClientGone):
@@ -329,7 +371,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        return error_response(APIError(str(exc), status=400, type="invalid_request_error"))
+        return error_response(APIError(str(exc), status=400, type="invalid_request_error", code="invalid_value"))
 
     def internal_error(request: Request, exc: Exception) -> APIError:
         """A bug or an unexpected failure: the details go to the log, the caller gets a 500 that
@@ -346,7 +388,10 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         runtime.metrics.errors.labels("500", "internal_error").inc()
         return error_response(error)
 
-    @app.post("/v1/chat/completions", summary="Create a chat completion (OpenAI-compatible)")
+    @app.post("/v1/chat/completions", summary="Create a chat completion (OpenAI-compatible)",
+              **described({"application/json": "ChatCompletion", "text/event-stream": "ChatCompletionStreamEvent"},
+                          *ADMITTED, *BODY_READ, 403, 404, 422, 502, 503, 504, body="ChatCompletionRequest",
+                          headers={"x-sigroute-debug": {"enum": ["0", "1", "true", "false"]}}))
     async def chat_completions(request: Request) -> Response:
         started = time.perf_counter()
         pipeline = runtime.pipeline
@@ -382,20 +427,26 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
             return SSEResponse(answer.stream, answer.headers, answer.on_close)
         return JSONBytes(answer.body, status_code=answer.status, headers=answer.headers)
 
-    @app.post("/v1/route/explain", summary="Show how a request would be routed, without calling a model")
+    @app.post("/v1/route/explain", summary="Show how a request would be routed, without calling a model",
+              **described({"application/json": "RouteExplanation"}, *ADMITTED, *BODY_READ, 403, 404, 503,
+                          body="ChatCompletionRequest"))
     async def explain(request: Request) -> Response:
         pipeline = runtime.pipeline
         await operator(request, "explain", "explaining a route")
         raw = await read_body(request, pipeline.max_request_bytes, pipeline.policy.server.body_timeout_s)
         return JSONBytes(orjson.dumps(await pipeline.explain(raw, request.headers)))
 
-    @app.post("/v1/feedback", summary="Report the quality of an answer so learning decisions improve")
+    @app.post("/v1/feedback", summary="Report the quality of an answer so learning decisions improve",
+              **described({"application/json": "Feedback"}, *ADMITTED, *BODY_READ, 404, 409, 503,
+                          body="FeedbackRequest",
+                          headers={"idempotency-key": {"type": "string", "minLength": 1, "maxLength": 255}}))
     async def feedback(request: Request) -> Response:
         pipeline = runtime.pipeline
         raw = await read_body(request, 64 * 1024, pipeline.policy.server.body_timeout_s)
         return JSONBytes(orjson.dumps(await pipeline.feedback(raw, request.headers)))
 
-    @app.get("/v1/models", summary="List entrypoints and models")
+    @app.get("/v1/models", summary="List entrypoints and models", **described({"application/json": "ModelList"},
+                                                                            *ADMITTED))
     async def models(request: Request) -> Response:
         pipeline = runtime.pipeline
         await pipeline.admit(request.headers)
@@ -403,11 +454,12 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         direct = list(policy.models) if policy.routing.allow_direct_models else []
         return JSONBytes(orjson.dumps(model_list(dict(policy.entrypoints), direct)))
 
-    @app.get("/health", summary="Liveness")
+    @app.get("/health", summary="Liveness", **described({"application/json": "Health"}))
     async def health() -> Response:
         return JSONBytes(b'{"status":"ok"}')
 
-    @app.get("/ready", summary="Readiness: a policy is loaded and some model is in service")
+    @app.get("/ready", summary="Readiness: a policy is loaded and some model is in service",
+             **described({"application/json": "Readiness"}, *ADMITTED, 503))
     async def ready(request: Request) -> Response:
         pipeline = runtime.pipeline
         if "ready" not in pipeline.auth.public_endpoints:
@@ -421,7 +473,8 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
             body["encoder"] = {"model": encoder.model_name, "device": encoder.device, "backend": encoder.backend}
         return JSONBytes(orjson.dumps(body), status_code=200 if in_service else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+             **described({"text/plain": "PrometheusText"}, *ADMITTED, 403))
     async def metrics_endpoint(request: Request) -> Response:
         pipeline = runtime.pipeline
         if "metrics" not in pipeline.auth.public_endpoints:
@@ -430,7 +483,8 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         return Response(pipeline.metrics.render(pipeline.upstreams.breaker_states(), encoder_stats),
                         media_type=pipeline.metrics.content_type)
 
-    @app.post("/v1/admin/reload", summary="Reload the policy file")
+    @app.post("/v1/admin/reload", summary="Reload the policy file",
+              **described({"application/json": "Reloaded"}, *ADMITTED, 403, 409, 422))
     async def reload(request: Request) -> Response:
         await operator(request, "admin", "reloading the policy")
         try:
@@ -455,7 +509,8 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         return Unavailable(f"the cache store is unreachable, nothing was removed; retry later ({exc})",
                            code="cache_store_unavailable")
 
-    @app.delete("/v1/admin/cache", summary="Remove cached answers: all, or those of a decision and/or tenant")
+    @app.delete("/v1/admin/cache", summary="Remove cached answers: all, or those of a decision and/or tenant",
+                **described({"application/json": "CacheDeleted"}, *ADMITTED, 400, 403, 503))
     async def clear_cache(request: Request, decision: str | None = None, tenant: str | None = None) -> Response:
         await operator(request, "admin", "clearing the cache")
         try:
@@ -465,7 +520,8 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         return JSONBytes(orjson.dumps({"object": "cache.deleted", "decision": decision, "tenant": tenant,
                                        "deleted": "all" if removed is None else removed}))
 
-    @app.delete("/v1/admin/cache/entries/{key}", summary="Remove one cached answer by its key")
+    @app.delete("/v1/admin/cache/entries/{key}", summary="Remove one cached answer by its key",
+                **described({"application/json": "CacheDeleted"}, *ADMITTED, 403, 404, 503))
     async def delete_cache_entry(request: Request, key: str) -> Response:
         await operator(request, "admin", "removing a cache entry")
         try:
@@ -476,6 +532,48 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
             raise APIError(f"no cached answer has the key '{key}'", status=404, type="not_found_error",
                            param="key", code="cache_entry_not_found")
         return JSONBytes(orjson.dumps({"object": "cache.deleted", "key": key, "deleted": 1}))
+
+    described_for: dict[str, Any] = {"pipeline": lambda: None}   # (a weak reference to) the pipeline
+
+    def openapi_description() -> dict[str, Any]:
+        """/openapi.json: the routes with their bodies (`described`), the schemas they name, and
+        how callers authenticate under the running policy (public endpoints need no key); built
+        once per policy (a reload builds it again)."""
+        pipeline = runtime.pipeline
+        if described_for["pipeline"]() is not pipeline:   # a retired pipeline is not kept alive for this
+            described_for.update(pipeline=weakref.ref(pipeline), description=build_description(pipeline))
+        return described_for["description"]
+
+    def build_description(pipeline: Pipeline) -> dict[str, Any]:
+        from fastapi.openapi.utils import get_openapi
+
+        auth, policy = pipeline.auth, pipeline.policy
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {})
+        # a malformed query or path parameter is answered 400 with the OpenAI-shaped error
+        # (`_validation_error`), not FastAPI's 422 HTTPValidationError
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                if "HTTPValidationError" in str(operation["responses"].pop("422", {})):
+                    operation["responses"].setdefault("400", {"description": ERROR_MEANINGS[400], "content": {
+                        "application/json": _ref("Error")}})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(name, None)
+        components.setdefault("schemas", {}).update(copy.deepcopy(OPENAPI_SCHEMAS))
+        offered = list(policy.entrypoints) + (list(policy.models) if policy.routing.allow_direct_models else [])
+        components["schemas"]["ChatCompletionRequest"]["properties"]["model"]["enum"] = offered
+        if auth.enabled:
+            components["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}
+            schema["security"] = [{"bearer": []}, {"apiKey": []}]
+            public = {"/health"} | {f"/{name}" for name in auth.public_endpoints}
+            for path in public & set(schema["paths"]):
+                for operation in schema["paths"][path].values():
+                    operation["security"] = []
+        return schema
+
+    app.openapi = openapi_description
 
     return app
 

@@ -56,7 +56,7 @@ def parse_chat_request(raw: bytes, max_messages: int = 4096, max_tools: int = 51
         if not isinstance(message, dict):
             raise _bad(f"{where} must be an object with 'role' and 'content'", where)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:   # (a list or an object is unhashable)
             raise _bad(f"{where}.role is {role!r}; expected one of {', '.join(sorted(ROLES))}", f"{where}.role")
         content = message.get("content")
         if content is None:
@@ -193,10 +193,11 @@ def complete_answer(body: Any) -> bool:
     if not isinstance(choices, list) or not choices:
         return False
     for choice in choices:
-        if not isinstance(choice, dict) or choice.get("finish_reason") not in FINISHED:
+        finish_reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        if not isinstance(finish_reason, str) or finish_reason not in FINISHED:
             return False
         message = choice.get("message") or {}
-        if message.get("refusal"):
+        if not isinstance(message, dict) or message.get("refusal"):
             return False
         if not (isinstance(message.get("content"), str) and message["content"]) and not message.get("tool_calls") \
                 and not message.get("function_call"):
@@ -224,3 +225,105 @@ def completion_chunks(body: dict[str, Any], include_usage: bool) -> list[dict[st
     if include_usage and body.get("usage"):
         chunks.append({**base, "choices": [], "usage": body["usage"]})
     return chunks
+
+
+# --------------------------------------------------------------------------------------------
+# The OpenAPI description (GET /openapi.json) of the bodies the endpoints read and answer, as JSON
+# Schema. The endpoints read raw bytes (parse_chat_request and friends check them), so FastAPI
+# cannot infer these; they document exactly what those checks accept, so that a client generator
+# or a fuzzer (tests/test_schemathesis.py) builds meaningful requests. `gateway.app` attaches them
+# to the routes.
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_TEXT_PART = {"type": "object", "required": ["type", "text"], "additionalProperties": True,
+              "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
+_OTHER_PART = {"type": "object", "required": ["type"], "additionalProperties": True,
+               "properties": {"type": {"enum": sorted(PART_TYPES - {"text"})}}}
+_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [_TEXT_PART, _OTHER_PART]}}]}
+
+OPENAPI_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "description": "Every error sigroute answers, OpenAI-shaped",
+        "properties": {"error": {
+            "type": "object", "required": ["message", "type", "param", "code"], "additionalProperties": False,
+            "properties": {"message": {"type": "string", "minLength": 1},
+                           "type": {"type": "string", "minLength": 1},
+                           "param": {"type": ["string", "null"]},
+                           "code": {"type": "string", "minLength": 1}}}}},
+    "ChatMessage": {"anyOf": [
+        {"type": "object", "required": ["role", "content"], "additionalProperties": True,
+         "properties": {"role": {"enum": ["system", "developer", "user"]}, "content": _CONTENT}},
+        {"type": "object", "required": ["role"], "additionalProperties": True,
+         "properties": {"role": {"enum": ["assistant", "tool", "function"]},
+                        "content": {"anyOf": [_CONTENT, {"type": "null"}]}}}]},
+    "ChatCompletionRequest": {
+        "type": "object", "required": ["model", "messages"], "additionalProperties": True,
+        "description": "OpenAI chat completions; fields not listed here pass through to the upstream untouched",
+        "properties": {
+            "model": {"type": "string", "minLength": 1,
+                      "description": "a routing entrypoint (e.g. 'auto') or, if the policy allows, a model",
+                      "examples": ["auto"]},
+            "messages": {"type": "array", "minItems": 1, "maxItems": 4096, "items": _ref("ChatMessage"),
+                         "description": "at most server.max_messages entries"},
+            "stream": {"type": "boolean"},
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "max_completion_tokens": {"type": "integer", "minimum": 1},
+            "n": {"type": "integer", "minimum": 1, "maximum": 128},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            "tools": {"type": "array", "maxItems": 512, "items": {"type": "object"},
+                      "description": "at most server.max_tools entries"}}},
+    "ChatCompletion": {
+        "type": "object", "required": ["id", "object", "model", "choices"],
+        "properties": {"id": {"type": "string"}, "object": {"const": "chat.completion"},
+                       "model": {"type": "string"}, "created": {"type": "integer"},
+                       "choices": {"type": "array", "items": {
+                           "type": "object", "required": ["index", "message"],
+                           "properties": {"index": {"type": "integer"}, "message": {"type": "object"},
+                                          "finish_reason": {"type": ["string", "null"]}}}},
+                       "usage": {"type": ["object", "null"]}}},
+    "ChatCompletionStreamEvent": {
+        "type": "object", "required": ["data"],
+        "description": "one server-sent event of a streamed completion: `data: {chunk}` events, then "
+                       "`data: [DONE]`; a failure after the first byte is an event whose data is an error",
+        "properties": {"data": {"anyOf": [
+            {"const": "[DONE]"},
+            {"type": "string", "contentMediaType": "application/json", "contentSchema": {"anyOf": [
+                {"type": "object", "required": ["object", "choices"],
+                 "properties": {"object": {"const": "chat.completion.chunk"}, "choices": {"type": "array"}}},
+                _ref("Error")]}}]}}},
+    "FeedbackRequest": {
+        "type": "object", "required": ["request_id"], "additionalProperties": False,
+        "properties": {"request_id": {"type": "string", "minLength": 1,
+                                      "description": "the x-sigroute-request-id header of the answer"},
+                       "score": {"type": "number", "minimum": 0, "maximum": 1},
+                       "thumbs": {"enum": ["up", "down"]},
+                       "label": {"enum": ["correct", "incorrect"]},
+                       "comment": {"type": "string"}},
+        "anyOf": [{"required": ["score"]}, {"required": ["thumbs"]}, {"required": ["label"]}]},
+    "Feedback": {
+        "type": "object", "required": ["object", "request_id", "status", "quality"],
+        "properties": {"object": {"const": "feedback"}, "request_id": {"type": "string"},
+                       "status": {"enum": ["recorded", "duplicate"]}, "quality": {"type": "number"}}},
+    "ModelList": {
+        "type": "object", "required": ["object", "data"],
+        "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {
+            "type": "object", "required": ["id", "object"],
+            "properties": {"id": {"type": "string"}, "object": {"const": "model"}}}}}},
+    "PrometheusText": {"type": "string", "description": "Prometheus text exposition format"},
+    "RouteExplanation": {"type": "object", "description": "every signal, every decision's verdict and the choice"},
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+    "Readiness": {
+        "type": "object", "required": ["status", "models"],
+        "properties": {"status": {"enum": ["ready", "unavailable"]},
+                       "models": {"type": "object", "additionalProperties": {"type": "string"}}}},
+    "Reloaded": {"type": "object", "required": ["status", "decisions", "models"],
+                 "properties": {"status": {"const": "reloaded"}, "decisions": {"type": "array"},
+                                "models": {"type": "array"}}},
+    "CacheDeleted": {"type": "object", "required": ["object", "deleted"],
+                     "properties": {"object": {"const": "cache.deleted"},
+                                    "deleted": {"anyOf": [{"const": "all"}, {"type": "integer", "minimum": 0}]}}},
+}

@@ -12,7 +12,8 @@ fix it::
         print(exc)            # one problem per line: FILE:LINE: path: message
         exc.problems          # [Problem(file, line, column, path, message), ...]
 
-How it works: the YAML is composed into a node tree (``yaml.compose`` with the safe loader) and
+How it works: the YAML is composed into a node tree (``yaml.compose`` with the safe loader, refusing
+nesting deeper than 100 levels) and
 turned into plain Python data by hand, recording the position of every mapping key and sequence
 item under its key path, and rejecting duplicate keys (which PyYAML would silently collapse).
 The data is validated by the pydantic schema (`policies.schema`); each pydantic error's location
@@ -67,7 +68,10 @@ Positions = dict[KeyPath, tuple[int, int]]
 #: The embedded default policy, as a resource of the `policies` package.
 DEFAULT_POLICY = "examples/default.yaml"
 
-_MAX_NODES = 1_000_000  # guards against alias bombs ("billion laughs")
+# Bounds on what a policy file may cost to read, so that a hostile or broken file is refused
+# quickly with a PolicyError instead of exhausting time, memory or the stack:
+_MAX_NODES = 200_000  # values after alias expansion: guards against alias bombs ("billion laughs")
+_MAX_DEPTH = 100      # nesting of mappings and lists (the YAML composer and our builder recurse)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -85,9 +89,23 @@ class Problem:
     path: str
     message: str
 
+    def __post_init__(self) -> None:
+        # messages quote the file's values: keep them printable (no lone surrogates, which cannot
+        # be encoded, and no control characters, which a terminal would act on)
+        object.__setattr__(self, "message", _printable(self.message))
+        object.__setattr__(self, "path", _printable(self.path))
+
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters and lone surrogates written as escapes (newlines kept)."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
 
 
 class PolicyError(ValueError):
@@ -144,9 +162,10 @@ class _Builder:
         self.nodes += 1
         if self.nodes > _MAX_NODES:
             raise PolicyError([Problem(self.source, *self._mark(node), format_path(path),
-                                       "the document expands to too many values (aliases nested too deeply?)")])
+                                       f"the document expands to more than {_MAX_NODES} values "
+                                       "(aliases nested too deeply?)")])
         if isinstance(node, yaml.ScalarNode):
-            return self.constructor.construct_object(node, deep=True)
+            return self._scalar(node, path)
         if id(node) in self.stack:
             self._problem(node, path, "an alias refers to a value that contains it; recursive structures are not allowed")
             return None
@@ -164,11 +183,21 @@ class _Builder:
             self.stack.discard(id(node))
         raise AssertionError(f"unexpected YAML node {node!r}")  # pragma: no cover
 
+    def _scalar(self, node: yaml.ScalarNode, path: KeyPath) -> Any:
+        """The value of a scalar; a problem (and None) for one YAML resolves to a type but Python
+        cannot build: an integer of more than 4300 digits, a date such as 2024-02-30."""
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (ValueError, OverflowError) as exc:
+            shown = node.value if len(node.value) <= 40 else node.value[:37] + "..."
+            self._problem(node, path, f"cannot read the value '{shown}' ({exc}); quote it to make it text")
+            return None
+
     def _key(self, node: yaml.Node, path: KeyPath) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             self._problem(node, path, "a key must be a plain value (text or a number), not a list or a mapping")
             return None
-        return self.constructor.construct_object(node, deep=True)
+        return self._scalar(node, path)
 
     def _pairs(self, node: yaml.MappingNode, path: KeyPath) -> list[tuple[Any, yaml.Node, yaml.Node]]:
         """(key, key node, value node) for a mapping, with `<<` merge keys expanded."""
@@ -221,7 +250,39 @@ class _Builder:
         return out
 
 
-def _yaml_problem(exc: yaml.YAMLError, source: str) -> Problem:
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing documents nested deeper than `_MAX_DEPTH` (PyYAML's composer
+    recurses once per level and would end in a RecursionError)."""
+
+    depth = 0
+
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:
+        # the scanner's cost grows with the square of the flow depth ('[[[[…'): stop it early too
+        if self.flow_level >= _MAX_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None, None, f"the document nests mappings and lists more than {_MAX_DEPTH} levels deep",
+                self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self.depth += 1
+        try:
+            if self.depth > _MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"the document nests mappings and lists more than {_MAX_DEPTH} levels deep",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _yaml_problem(exc: yaml.YAMLError, source: str, text: str) -> Problem:
+    if isinstance(exc, yaml.reader.ReaderError):   # a character YAML does not allow: say on which line
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        code = ord(exc.character) if isinstance(exc.character, str) else exc.character
+        return Problem(source, line, column, "", f"YAML error: character U+{code:04X} is not allowed in YAML "
+                                                 f"({exc.reason}); remove it or write it as an escape in a quoted string")
     if not isinstance(exc, yaml.MarkedYAMLError):
         return Problem(source, None, None, "", f"YAML error: {exc}")
     mark = exc.problem_mark or exc.context_mark
@@ -255,14 +316,14 @@ def parse_yaml(text: str, source: str = "<string>") -> tuple[Any, Positions]:
     (None, {}) for an empty document.
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_BoundedLoader)
         if root is None:
             return None, {}
         builder = _Builder(source)
         builder.positions[()] = builder._mark(root)
         data = builder.build(root)
     except yaml.YAMLError as exc:
-        raise PolicyError([_yaml_problem(exc, source)]) from None
+        raise PolicyError([_yaml_problem(exc, source, text)]) from None
     if builder.problems:
         raise PolicyError(sorted(builder.problems, key=lambda p: (p.line or 0, p.column or 0)))
     return data, builder.positions
@@ -288,7 +349,7 @@ def load_policy_text(text: str, source: str = "<string>") -> Policy:
     """Validate policy YAML given as text; `source` names it in error messages."""
     data, positions = parse_yaml(text, source)
     if data is None:
-        raise PolicyError([Problem(source, 1 if text else None, 1 if text else None, "",
+        raise PolicyError([Problem(source, 1, 1, "",
                                    "the policy is empty; it needs at least 'models' and 'decisions' "
                                    "(see policies/examples/default.yaml)")])
     if not isinstance(data, dict):
@@ -311,6 +372,10 @@ def validate_policy_data(data: Any, positions: Positions | None = None, source: 
         return Policy.model_validate(data)
     except ValidationError as exc:
         raise PolicyError(_problems(exc, data, positions or {}, source)) from None
+    except Exception as exc:  # noqa: BLE001 - a validator's own bug: still a PolicyError, never a traceback
+        # (without a line: tests/test_policy_loader_properties.py flags any problem reported this way)
+        raise PolicyError([Problem(source, None, None, "", f"the policy could not be checked ({type(exc).__name__}: "
+                                   f"{exc}); this is a bug in sigroute's policy validation, please report it")]) from exc
 
 
 # --------------------------------------------------------------------------------------------

@@ -165,6 +165,13 @@ class Gateway:
         self.url = server.url
         self.http = httpx.Client(base_url=server.url, timeout=30)
 
+    def breakers_on(self, clock: "ManualClock") -> "ManualClock":
+        """Run this gateway's circuit breakers on `clock`: cooldowns pass when the test advances it,
+        not after a sleep, so nothing depends on how busy the machine is."""
+        for breaker in self.app.state.runtime.pipeline.upstreams.breakers.values():
+            breaker.clock = clock
+        return clock
+
     def client(self, api_key: str = "unused", **kwargs) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, **kwargs)
 
@@ -269,29 +276,75 @@ def clean_redis_url(redis_url: str) -> Iterator[str]:
 
 
 class GatewayProcess:
-    """`sigroute serve` in its own OS process."""
+    """`sigroute serve` in its own OS process, started with `policy` written to `policy_path` and
+    ready (its /health answered) when the constructor returns. What the process prints (stdout and
+    stderr together) goes to a file, so a chatty process never blocks on a full pipe: `output()`
+    reads it. Use it as a context manager, or call `stop()`."""
 
-    def __init__(self, policy: dict, tmp_path, redis_url: str):
+    def __init__(self, policy: dict, tmp_path, redis_url: str | None = None, *, args: tuple[str, ...] = (),
+                 policy_name: str = "replica.yaml", start_timeout_s: float = 60.0):
         import yaml
 
-        path = tmp_path / "replica.yaml"
-        path.write_text(yaml.safe_dump(policy))
+        self.policy_path = tmp_path / policy_name
+        self.policy_path.write_text(yaml.safe_dump(policy))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "sigroute.gateway.cli", "serve", "--policy", str(path),
-                                      "--port", str(self.port), "--redis", redis_url],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
+        self.output_path = tmp_path / f"{self.policy_path.stem}-{self.port}.log"
+        command = [sys.executable, "-m", "sigroute.gateway.cli", "serve", "--policy", str(self.policy_path),
+                   "--port", str(self.port), *(("--redis", redis_url) if redis_url else ()), *args]
+        with open(self.output_path, "wb") as sink:
+            self.proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"gateway process exited: {self.proc.stderr.read()}")
+                raise AssertionError(f"gateway process exited {self.proc.returncode}: {self.output()[-3000:]}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
-                time.sleep(0.1)
-        raise AssertionError("gateway process did not start")
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"gateway process did not start within {start_timeout_s:g}s: {self.output()[-3000:]}")
 
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+    def output(self) -> str:
+        """Everything the process has printed so far."""
+        return self.output_path.read_text(errors="replace")
+
+    def stop(self) -> str:
+        """Terminate the process (SIGTERM, then SIGKILL after 30 s); returns its output."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        return self.output()
+
+    def __enter__(self) -> "GatewayProcess":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# A hand-turned clock for components that take a `clock` callable (breakers, rate limiters, …):
+# time moves only when the test moves it, so cooldowns and windows are crossed without sleeping
+# and nothing depends on a quiet machine.
+
+
+class ManualClock:
+    """`clock()` is `clock.now`; the test sets `now` or calls `advance(seconds)`."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now

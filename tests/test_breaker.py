@@ -1,6 +1,6 @@
 """Circuit-breaker semantics: one opening per episode, and 429 as back pressure, not a fault.
 
-Breakers get a hand-turned clock (`Clock`), so cooldowns and holds are crossed without sleeping
+Breakers get a hand-turned clock (`ManualClock`), so cooldowns and holds are crossed without sleeping
 and nothing depends on a quiet machine. Calls go through the real `Upstreams` loop and the real
 direct transport, to the simulated upstream or a small loopback server (`RawServer`); `Gate` is a
 transport injected through ``Upstreams(transports=...)`` that keeps calls in flight until the test
@@ -19,19 +19,11 @@ from sigroute.gateway.metrics import Metrics
 from sigroute.gateway.upstream import OpenAICompatibleTransport, UpstreamError, Upstreams
 from sigroute.gateway.upstream.breaker import RATE_LIMIT_DEFAULT_S, CircuitBreaker
 from sigroute.policies.schema import Policy
-from tests.conftest import base_policy
+from tests.conftest import ManualClock, base_policy
 from tests.test_http1 import RawServer, reply
 
 PAYLOAD = {"messages": [{"role": "user", "content": "hi"}]}
 COOLDOWN_S = 30.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Gate:
@@ -64,10 +56,10 @@ def opened_total(metrics: Metrics, model: str) -> float:
     return value or 0.0
 
 
-def upstreams_for(policy: dict, transports=None) -> tuple[Upstreams, Clock, Metrics]:
+def upstreams_for(policy: dict, transports=None) -> tuple[Upstreams, ManualClock, Metrics]:
     metrics = Metrics()
     upstreams = Upstreams(Policy.model_validate(policy), observer=metrics, transports=transports)
-    clock = Clock()
+    clock = ManualClock()
     for breaker in upstreams.breakers.values():
         breaker.clock = clock
     return upstreams, clock, metrics
@@ -91,7 +83,7 @@ def raw_policy(server: RawServer, threshold: int = 1, retries: int = 0) -> dict:
 
 
 def test_failures_of_calls_in_flight_when_it_opened_neither_reopen_nor_restart_the_cooldown():
-    clock = Clock()
+    clock = ManualClock()
     breaker = CircuitBreaker(failure_threshold=5, cooldown_s=COOLDOWN_S, clock=clock)
     permits = [breaker.permit() for _ in range(18)]  # a slow episode: 18 calls in flight
     assert all(p.granted for p in permits)
@@ -127,7 +119,7 @@ async def test_a_slow_episode_is_one_opening_in_the_metric():
 
 
 def test_failed_trial_reopens_within_the_episode_and_a_later_outage_is_a_new_one():
-    clock = Clock()
+    clock = ManualClock()
     breaker = CircuitBreaker(failure_threshold=2, cooldown_s=COOLDOWN_S, clock=clock)
     assert not breaker.permit().failed()
     assert breaker.permit().failed()  # episode 1 begins
@@ -150,7 +142,7 @@ def test_failed_trial_reopens_within_the_episode_and_a_later_outage_is_a_new_one
 
 
 def test_verdicts_of_calls_from_before_the_last_change_are_ignored():
-    clock = Clock()
+    clock = ManualClock()
     breaker = CircuitBreaker(failure_threshold=1, cooldown_s=COOLDOWN_S, clock=clock)
     early, late = breaker.permit(), breaker.permit()
     assert breaker.permit().failed()  # opens

@@ -339,8 +339,35 @@ def test_not_found_and_bad_request_are_not_retried(sim, gateway_factory):
     assert sim.stats()["total_calls"] == 0
 
 
-def test_rate_limited_and_retry_after(sim, gateway_factory):
-    gw = gateway_factory(auth_policy(sim, rate_limit={"requests_per_minute": 60, "burst": 1}))
+def rate_limited_gateway(sim, gateway_factory, monkeypatch):
+    """A gateway whose rate limiter runs on a ManualClock, and SDK clients whose retry sleeps
+    advance that clock instead of waiting: the bucket refills exactly by what the client slept,
+    whatever the machine's load. Returns the gateway, the clock and the list of the sleeps."""
+    from types import SimpleNamespace
+
+    from sigroute.gateway import client as client_module
+    from sigroute.gateway.ratelimit import MemoryRateLimitStore, RateLimiter
+    from tests.conftest import ManualClock
+
+    clock = ManualClock()
+    gw = gateway_factory(auth_policy(sim, rate_limit={"requests_per_minute": 60, "burst": 1}),
+                         rate_limiter=RateLimiter(MemoryRateLimitStore(clock=clock)))
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
+    async def async_sleep(seconds: float) -> None:
+        sleep(seconds)
+
+    monkeypatch.setattr(client_module, "time", SimpleNamespace(sleep=sleep, time=time.time))
+    monkeypatch.setattr(client_module, "asyncio", SimpleNamespace(sleep=async_sleep))
+    return gw, clock, slept
+
+
+def test_rate_limited_and_retry_after(sim, gateway_factory, monkeypatch):
+    gw, clock, slept = rate_limited_gateway(sim, gateway_factory, monkeypatch)
     # no retries: the 429 surfaces with its retry-after
     with Client(gw.url, api_key=KEY, max_retries=0) as client:
         client.chat("1")
@@ -351,22 +378,18 @@ def test_rate_limited_and_retry_after(sim, gateway_factory):
     # retries allowed but the wait exceeds the cap: raised at once, without sleeping
     client, transport = counting_client(gw.url, api_key=KEY, max_retries=2, max_retry_wait=0.5)
     with client:
-        started = time.monotonic()
         with pytest.raises(RateLimited):
             client.chat("3")
-        assert time.monotonic() - started < 0.5
-        assert transport.calls == 1
+        assert slept == [] and transport.calls == 1
     # retries allowed within the cap: the client waits retry-after and succeeds
-    time.sleep(1.05)  # refill the bucket
+    clock.advance(1.0)  # refill the bucket
     client, transport = counting_client(gw.url, api_key=KEY, max_retries=2)
     with client:
         client.chat("4")
-        started = time.monotonic()
         answer = client.chat("5")
-        elapsed = time.monotonic() - started
     assert answer.routing.model == "alpha"
     assert transport.calls == 3  # "4", "5" rate limited, "5" again
-    assert elapsed >= 0.95
+    assert slept == [1.0]        # it waited exactly the retry-after
     assert sim.calls("alpha") == 3  # "1", "4", "5": rejected requests never reach a model
 
 
@@ -536,8 +559,8 @@ async def test_async_stream_broken(sim, gateway_factory):
     assert err.value.partial_text
 
 
-async def test_async_errors_and_retry(sim, gateway_factory):
-    gw = gateway_factory(auth_policy(sim, rate_limit={"requests_per_minute": 60, "burst": 1}))
+async def test_async_errors_and_retry(sim, gateway_factory, monkeypatch):
+    gw, clock, slept = rate_limited_gateway(sim, gateway_factory, monkeypatch)
     async with AsyncClient(gw.url) as anonymous:
         with pytest.raises(AuthenticationError):
             await anonymous.chat("hi")
@@ -547,9 +570,8 @@ async def test_async_errors_and_retry(sim, gateway_factory):
             await client.chat("2")
         assert err.value.retry_after == 1.0
     async with AsyncClient(gw.url, api_key=KEY, max_retries=1) as patient:
-        started = time.monotonic()
         answer = await patient.chat("3")
-        assert time.monotonic() - started >= 0.5  # it waited for the bucket
+        assert slept == [1.0]  # it waited for the bucket
     assert answer.routing.model == "alpha"
     assert sim.calls("alpha") == 2
 

@@ -245,30 +245,54 @@ def test_identical_concurrent_streams_follow_one_leader(sim, gateway_factory):
 
 
 def test_followers_call_upstream_themselves_when_the_leader_fails(sim, gateway_factory):
+    """A follower waits for the leader of its identical request (it does not call upstream while
+    the leader streams) and, when the leader's stream breaks, calls upstream itself instead of
+    being handed the broken answer. Fails when single flight is removed: the follower would not
+    join, or would call upstream while the leader is still in flight."""
     gw = gateway_factory(cached_policy(sim, models=("slow",)))
+    sim.http.put("/sim/models/slow", json={"tokens_per_s": 10}).raise_for_status()   # ~2 s to the break
     sim.faults("slow", break_stream_rate=1.0)
+    flights = gw.app.state.runtime.pipeline.caching.flights
+    body = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": "fragile"}]}
 
     def leader():
         try:
-            list(gw.client().chat.completions.create(
-                model="auto", stream=True, messages=[{"role": "user", "content": "fragile"}]))
+            list(gw.client().chat.completions.create(**body))
         except Exception:
             return "broken"
         return "ok"
 
     def follower():
-        time.sleep(0.3)   # arrives while the leader streams
         with httpx.Client(base_url=gw.url, timeout=30) as http:
-            return http.post("/v1/chat/completions", json={
-                "model": "auto", "stream": True, "messages": [{"role": "user", "content": "fragile"}]}).text
+            r = http.post("/v1/chat/completions", json=body)
+            return r.headers.get("x-sigroute-cache"), r.text
+
+    def until(condition, what: str) -> None:
+        deadline = time.monotonic() + 20   # a hang detector; each step takes milliseconds
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.005)
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         first = pool.submit(leader)
+        until(lambda: len(flights) == 1, "the leader's flight never started")
         second = pool.submit(follower)
+        until(lambda: flights.joined == 1 or not len(flights), "the follower never joined the leader's flight")
+        calls_in_flight = []            # upstream calls seen while the leader's flight was still open
+        deadline = time.monotonic() + 20
+        while len(flights) == 1 and time.monotonic() < deadline:   # until the leader's stream breaks
+            calls = sim.calls("slow")
+            if len(flights) == 1:       # read after the calls: they were all made while the leader answered
+                calls_in_flight.append(calls)
+            time.sleep(0.02)
         assert first.result() == "broken"
-        body = second.result()
+        cache, text = second.result()
+    assert flights.joined == 1, "the follower did not wait for the leader"
+    assert calls_in_flight and set(calls_in_flight) == {1}, \
+        f"the follower called upstream while the leader was still answering: {calls_in_flight[-5:]}"
     assert sim.calls("slow") == 2          # the follower was not handed the broken answer: it asked itself
-    assert "stream_broken" in body          # ... and the sim broke its stream too (rate 1.0): reported, not hidden
+    assert cache == "miss"
+    assert "stream_broken" in text          # ... and the sim broke its stream too (rate 1.0): reported, not hidden
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import openai
 import pytest
 
-from tests.conftest import base_policy
+from sigroute.gateway.ratelimit import MemoryRateLimitStore, RateLimiter
+from tests.conftest import ManualClock, base_policy
 
 KEY = "sk-test-errors-key"
 
@@ -112,7 +112,8 @@ def test_rate_limit_is_429_with_retry_after(sim, gateway_factory):
     scraper = "sk-prometheus"
     policy["auth"]["keys"].append({"key_sha256": hashlib.sha256(scraper.encode()).hexdigest(), "tenant": "ops",
                                    "roles": ["metrics"]})
-    gw = gateway_factory(policy)
+    clock = ManualClock()      # the bucket refills when the test says, however slow the machine
+    gw = gateway_factory(policy, rate_limiter=RateLimiter(MemoryRateLimitStore(clock=clock)))
     assert gw.chat("1", api_key=KEY).status_code == 200
     assert gw.chat("2", api_key=KEY).status_code == 200
     r = gw.chat("3", api_key=KEY)
@@ -121,8 +122,10 @@ def test_rate_limit_is_429_with_retry_after(sim, gateway_factory):
     assert sim.calls("alpha") == 2
     with pytest.raises(openai.RateLimitError):
         gw.client(api_key=KEY).chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}])
-    time.sleep(1.05)  # one token per second refills
-    assert gw.chat("4", api_key=KEY).status_code == 200
+    clock.advance(0.5)
+    assert gw.chat("4", api_key=KEY).status_code == 429
+    clock.advance(0.5)  # one token per second refills
+    assert gw.chat("5", api_key=KEY).status_code == 200
     metrics = gw.http.get("/metrics", headers={"authorization": f"Bearer {scraper}"}).text
     assert 'sigroute_rate_limited_total{tenant="acme"}' in metrics
 

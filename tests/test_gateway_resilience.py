@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import base_policy
+from tests.conftest import ManualClock, base_policy
 
 
 def fallback_policy(sim, **upstream):
@@ -86,7 +86,8 @@ def test_all_candidates_timing_out_gives_504(sim, gateway_factory):
 
 
 def test_breaker_opens_then_half_opens_and_closes(sim, gateway_factory):
-    gw = gateway_factory(fallback_policy(sim, breaker={"failure_threshold": 2, "cooldown_s": 0.6}))
+    gw = gateway_factory(fallback_policy(sim, breaker={"failure_threshold": 2, "cooldown_s": 30}))
+    clock = gw.breakers_on(ManualClock())
     sim.faults("alpha", error_rate=1.0)
     for _ in range(2):
         assert gw.chat("hi").headers["x-sigroute-model"] == "beta"
@@ -100,19 +101,23 @@ def test_breaker_opens_then_half_opens_and_closes(sim, gateway_factory):
     assert "sigroute_breaker_open{model=\"alpha\"} 1.0" in gw.http.get("/metrics").text
     # alpha recovers; after the cooldown one trial call goes through and closes the circuit
     sim.faults("alpha")
-    time.sleep(0.7)
+    clock.advance(29.9)
+    assert gw.chat("hi").headers["x-sigroute-model"] == "beta"   # still cooling down
+    clock.advance(0.2)
     assert gw.chat("hi").headers["x-sigroute-model"] == "alpha"
     assert gw.http.get("/ready").json()["models"]["alpha"] == "closed"
     assert gw.chat("hi").headers["x-sigroute-model"] == "alpha"
 
 
 def test_failed_half_open_trial_reopens(sim, gateway_factory):
-    gw = gateway_factory(fallback_policy(sim, breaker={"failure_threshold": 1, "cooldown_s": 0.3}))
+    gw = gateway_factory(fallback_policy(sim, breaker={"failure_threshold": 1, "cooldown_s": 30}))
+    clock = gw.breakers_on(ManualClock())
     sim.faults("alpha", error_rate=1.0)
     gw.chat("hi")
-    time.sleep(0.35)
+    clock.advance(30.1)
     assert gw.chat("hi").headers["x-sigroute-model"] == "beta"  # trial failed → beta answered
     assert sim.calls("alpha") == 2
+    clock.advance(29.9)     # a new cooldown started with the failed trial
     gw.chat("hi")
     assert sim.calls("alpha") == 2  # re-opened: skipped again
 

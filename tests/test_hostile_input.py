@@ -40,6 +40,8 @@ CASES = {
                            400, "missing_required_parameter", "model", "'model' is required"),
     "messages as a string": (orjson.dumps({"model": "auto", "messages": "hi"}), 400, "missing_required_parameter",
                              "messages", "non-empty list"),
+    "a role that is a list": (orjson.dumps({"model": "auto", "messages": [{"role": ["user"], "content": "hi"}]}),
+                              400, "invalid_value", "messages[0].role", "expected one of"),
     "an empty body": (b"", 400, "invalid_json", None, "empty"),
     "a JSON array": (b"[1, 2, 3]", 400, "invalid_json", None, "JSON object"),
 }
@@ -55,6 +57,37 @@ def test_hostile_bodies_get_a_clear_error_and_the_gateway_serves_on(gw, sim, cas
     assert set(error) == {"message", "type", "param", "code"}
     assert sim.stats()["total_calls"] == 0          # refused before any model was called
     assert gw.chat("and a normal request").status_code == 200
+
+
+def test_refusing_hostile_bodies_is_bounded_in_memory_and_time(gw):
+    """What refusing each body costs the gateway (it runs in this process, so tracemalloc sees its
+    allocations): at most ~30 times the body (which `server.max_request_bytes` bounds; 100,000
+    messages parse into ~23x), and an answer within a hang detector's 30 s."""
+    import tracemalloc
+
+    gw.chat("warm up")
+    tracemalloc.start()
+    try:
+        for case, (raw, status, *_) in CASES.items():
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            r = gw.http.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"},
+                             timeout=30)
+            peak = tracemalloc.get_traced_memory()[1] - before
+            assert r.status_code == status, case
+            assert peak < 30 * min(len(raw), gw.app.state.runtime.pipeline.max_request_bytes) + 8 * 2**20, \
+                f"{case}: refusing it allocated {peak / 2**20:.1f} MiB"
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_explain_refuses_hostile_bodies_the_same_way(gw, case):
+    """/v1/route/explain reads the same body through the same checks."""
+    raw, status, code, param, words = CASES[case]
+    r = gw.http.post("/v1/route/explain", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text[:500]
+    assert r.json()["error"]["code"] == code and r.json()["error"]["param"] == param
 
 
 def test_the_limits_are_the_policy_s(sim, gateway_factory):

@@ -6,8 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
@@ -18,7 +16,7 @@ from sigroute.gateway.app import create_app
 from sigroute.gateway.http_server import server_options
 from sigroute.gateway.serving import ServerThread
 from sigroute.policies.loader import load_policy
-from tests.conftest import base_policy, free_port
+from tests.conftest import GatewayProcess, base_policy
 
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "which model?"}]}
 
@@ -93,38 +91,25 @@ def test_a_retired_pipeline_finishes_its_streams_and_is_then_closed(sim, tmp_pat
 
 def test_sighup_reloads_the_policy_file(sim, tmp_path):
     policy = base_policy(sim)
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(policy))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sigroute.gateway.cli", "serve", "--policy", str(path), "--port",
-                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    gateway = GatewayProcess(policy, tmp_path, policy_name="policy.yaml")
+    url, path = gateway.url, gateway.policy_path
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
         assert httpx.post(url + "/v1/chat/completions", json=BODY).headers["x-sigroute-model"] == "alpha"
         policy["decisions"][0]["models"] = ["beta"]
         path.write_text(yaml.safe_dump(policy))
-        os.kill(proc.pid, signal.SIGHUP)
+        os.kill(gateway.pid, signal.SIGHUP)
         deadline = time.monotonic() + 30
         while httpx.post(url + "/v1/chat/completions", json=BODY).headers["x-sigroute-model"] != "beta":
             assert time.monotonic() < deadline, "SIGHUP did not reload the policy"
             time.sleep(0.1)
         path.write_text("decisions: [not: valid")          # a broken file: the running policy stays
-        os.kill(proc.pid, signal.SIGHUP)
+        os.kill(gateway.pid, signal.SIGHUP)
         failed = 'sigroute_policy_reloads_total{result="failed"} 1.0'
         while failed not in httpx.get(url + "/metrics").text:
-            assert proc.poll() is None and time.monotonic() < deadline + 30, "the broken reload was not attempted"
+            assert gateway.proc.poll() is None and time.monotonic() < deadline + 30, \
+                "the broken reload was not attempted"
             time.sleep(0.1)
         assert httpx.post(url + "/v1/chat/completions", json=BODY).headers["x-sigroute-model"] == "beta"
     finally:
-        proc.terminate()
-        output, _ = proc.communicate(timeout=30)
+        output = gateway.stop()
     assert "policy reloaded from" in output and "reload on SIGHUP failed" in output

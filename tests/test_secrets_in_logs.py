@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import httpx
 import yaml
 
-from tests.conftest import base_policy, free_port
+from tests.conftest import GatewayProcess, base_policy
 
 HEADER_KEY = "sk-header-secret-4411"
 QUERY_KEY = "sk-query-secret-9172"
@@ -30,23 +29,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_a_serving_gateway_logs_no_key_prompt_or_personal_data(sim, tmp_path):
     policy = base_policy(sim, decisions=[{"name": "default", "models": ["alpha", "beta"]}])
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(policy))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sigroute.gateway.cli", "serve", "--policy", str(path), "--port",
-                             str(port), "--access-log", "--log-level", "info"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    gateway = GatewayProcess(policy, tmp_path, args=("--access-log", "--log-level", "info"))
+    url = gateway.url
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
         body = {"model": "auto", "messages": [{"role": "user", "content": PROMPT}]}
         headers = {"authorization": f"Bearer {HEADER_KEY}"}
         assert httpx.post(f"{url}/v1/chat/completions?api_key={QUERY_KEY}", json=body, headers=headers,
@@ -56,8 +41,7 @@ def test_a_serving_gateway_logs_no_key_prompt_or_personal_data(sim, tmp_path):
         assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30).status_code == 502
         assert httpx.post(f"{url}/v1/route/explain?api_key={QUERY_KEY}", json=body, timeout=30).status_code == 200
     finally:
-        proc.terminate()
-        output, _ = proc.communicate(timeout=30)
+        output = gateway.stop()
     assert "POST /v1/chat/completions?…" in output   # the access log is on, and shows the path
     leaked = [secret for secret in SECRETS if secret in output]
     assert not leaked, f"{leaked} in the gateway's output:\n{output[-3000:]}"

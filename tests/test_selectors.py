@@ -185,19 +185,45 @@ def test_round_robin_cycles_and_adapts_to_changed_candidates():
     assert Counter(picks) == {"a": 2, "b": 2, "c": 2, "d": 2}
 
 
+def _yield_between_lines_of(module):
+    """A thread trace function that gives the GIL away between any two lines of `module`'s code,
+    so that threads interleave inside a function as they can on a busy machine (or without a
+    GIL); on its own, the GIL rarely switches threads between two adjacent lines."""
+    import time
+
+    def on_line(frame, event, arg):
+        if event == "line":
+            time.sleep(0)          # releases the GIL: another thread may run the next line first
+        return on_line
+
+    def on_call(frame, event, arg):
+        return on_line if frame.f_code.co_filename == module.__file__ else None
+
+    return on_call
+
+
 def test_round_robin_is_exact_under_concurrency():
+    """Fails without the selector's lock: two threads then read the same counter value."""
+    from sigroute.bandits import selectors as selectors_module
+
     selector = RoundRobinSelector()
     counts: Counter[str] = Counter()
     lock = threading.Lock()
+    start = threading.Barrier(8)
 
     def work():
+        start.wait()
         local = Counter(selector.select(["a", "b", "c"], None).model for _ in range(300))
         with lock:
             counts.update(local)
 
     threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
+    threading.settrace(_yield_between_lines_of(selectors_module))   # for the threads started below
+    try:
+        for t in threads:
+            t.start()
+    finally:
+        threading.settrace(None)
     for t in threads:
         t.join()
     assert counts == {"a": 800, "b": 800, "c": 800}

@@ -18,19 +18,11 @@ import pytest
 from sigroute.gateway.errors import InvalidRequest, UpstreamFailed
 from sigroute.gateway.upstream import OpenAICompatibleTransport, UpstreamError, Upstreams
 from sigroute.policies.schema import Policy
-from tests.conftest import base_policy
+from tests.conftest import ManualClock, base_policy
 
 PAYLOAD = {"messages": [{"role": "user", "content": "hi"}]}
 STREAMED = {**PAYLOAD, "stream": True}
 COOLDOWN_S = 30.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Boom(RuntimeError):
@@ -83,19 +75,19 @@ async def faulty():
     await transport.aclose()
 
 
-def make_upstreams(sim, transport, models=("alpha",), **upstream) -> tuple[Upstreams, Clock]:
+def make_upstreams(sim, transport, models=("alpha",), **upstream) -> tuple[Upstreams, ManualClock]:
     settings = {"retries": 0, "backoff_s": 0.0, "breaker": {"failure_threshold": 1, "cooldown_s": COOLDOWN_S}}
     settings.update(upstream)
     policy = Policy.model_validate(base_policy(sim, decisions=[{"name": "default", "models": list(models)}],
                                                upstream=settings))
     upstreams = Upstreams(policy, transports={"openai": transport})
-    clock = Clock()
+    clock = ManualClock()
     for breaker in upstreams.breakers.values():
         breaker.clock = clock
     return upstreams, clock
 
 
-async def half_open(upstreams: Upstreams, clock: Clock, sim, model: str = "alpha") -> None:
+async def half_open(upstreams: Upstreams, clock: ManualClock, sim, model: str = "alpha") -> None:
     """Open `model`'s circuit with a real failure, let the cooldown pass: the next call is the trial."""
     sim.faults(model, error_rate=1.0)
     with pytest.raises(UpstreamFailed):
@@ -293,7 +285,7 @@ def test_gateway_answers_a_deeply_nested_body_with_400_and_keeps_the_trial_free(
     policy = base_policy(sim, upstream={"retries": 0, "breaker": {"failure_threshold": 1, "cooldown_s": COOLDOWN_S}})
     gw = gateway_factory(policy)
     breaker = gw.app.state.runtime.pipeline.upstreams.breakers["alpha"]
-    clock = Clock()
+    clock = ManualClock()
     breaker.clock = clock
     sim.faults("alpha", error_rate=1.0)
     assert gw.chat("hi").status_code == 502

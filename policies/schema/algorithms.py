@@ -62,6 +62,9 @@ class FeatureGroup(Strict):
             return {"name": value}
         if isinstance(value, dict) and len(value) == 1 and "name" not in value:
             (name, options), = value.items()
+            if options is not None and not isinstance(options, dict):   # (a TypeError would escape pydantic)
+                raise ValueError(f"the options of feature group '{name}' must be a mapping such as "
+                                 f"{{dims: 16, weight: 1.0}}, got {type(options).__name__}")
             return {"name": name, **(options or {})}
         return value
 
