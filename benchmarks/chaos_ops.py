@@ -250,9 +250,10 @@ class Exchange:
 
     target: int                 # index of the gateway asked
     started: float              # time.monotonic()
+    stream: bool = False
     finished: float = 0.0
     status: int | None = None   # None: no HTTP answer (connection refused / reset)
-    error: str = ""
+    error: str = ""             # no HTTP answer (exception name), or a broken stream
     model: str = ""
     cache: str = ""
     request_id: str = ""
@@ -263,7 +264,7 @@ class Exchange:
     @property
     def learned(self) -> bool:
         """An answer the selector learned from: answered by a model, not by the cache."""
-        return self.status == 200 and self.cache not in SERVED_WITHOUT_A_MODEL
+        return self.status == 200 and not self.error and self.cache not in SERVED_WITHOUT_A_MODEL
 
 
 @dataclass
@@ -301,25 +302,48 @@ async def chat_and_rate(urls: list[str], clients: int, stop: asyncio.Event, reco
             question = (rng.choice(SHARED_QUESTIONS) if rng.random() < 0.2
                         else f"client {c} question {i}: how far is {rng.randint(1, 10**9)} km?")
             target = pick_target(c, i)
-            ex = Exchange(target=target, started=time.monotonic())
+            ex = Exchange(target=target, started=time.monotonic(), stream=i % 4 == 0)   # one in four streamed
             record.exchanges.append(ex)
+            body = {"model": "auto", "stream": ex.stream, "messages": [{"role": "user", "content": question}]}
             try:
-                r = await http.post(urls[target] + "/v1/chat/completions",
-                                    json={"model": "auto", "messages": [{"role": "user", "content": question}]})
-                ex.status = r.status_code
-                ex.model = r.headers.get("x-sigroute-model", "")
-                ex.cache = r.headers.get("x-sigroute-cache", "")
-                ex.request_id = r.headers.get("x-sigroute-request-id", "")
-            except httpx.HTTPError as exc:
+                async with http.stream("POST", urls[target] + "/v1/chat/completions", json=body) as r:
+                    ex.status = r.status_code
+                    ex.model = r.headers.get("x-sigroute-model", "")
+                    ex.cache = r.headers.get("x-sigroute-cache", "")
+                    ex.request_id = r.headers.get("x-sigroute-request-id", "")
+                    if ex.stream and r.status_code == 200:
+                        done, ex.error, _ = await read_events(r)
+                        if not done and not ex.error:
+                            ex.error = "stream ended without [DONE]"
+                    else:
+                        await r.aread()
+            except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
                 ex.error = type(exc).__name__
             ex.finished = time.monotonic()
-            if ex.status == 200 and ex.request_id:
+            if ex.status == 200 and ex.request_id and not ex.error:
                 await rate(http, urls[target], ex)
             elif ex.status is None:
                 await asyncio.sleep(0.05)   # a dead replica refuses at once: do not spin
 
     async with httpx.AsyncClient(timeout=30, limits=limits) as http:
         await asyncio.gather(*(client(c, http) for c in range(clients)))
+
+
+async def read_events(response: httpx.Response) -> tuple[bool, str, int]:
+    """Read a streamed answer to its end: ([DONE] seen, error event's code or '', chunks)."""
+    done, error, chunks = False, "", 0
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            done = True
+            continue
+        chunks += 1
+        event = orjson.loads(data)
+        if isinstance(event, dict) and event.get("error") is not None:
+            error = str((event["error"] or {}).get("code") or "error event")
+    return done, error, chunks
 
 
 def feedback_accounting(exchanges: list[Exchange]) -> dict[str, Any]:
@@ -421,6 +445,7 @@ def scenario_redis_outage(settings: Settings, tmp: Path, sim_url: str, log) -> d
     chats = record.exchanges
     chat_5xx = sum(1 for ex in chats if ex.status is not None and ex.status >= 500)
     chat_no_answer = sum(1 for ex in chats if ex.status is None)
+    chat_broken_streams = sum(1 for ex in chats if ex.status == 200 and ex.error)
     feedbacks = [ex for ex in chats + record.retries if ex.feedback_status is not None or ex.feedback_code]
     documented_503 = sum(1 for ex in feedbacks
                          if ex.feedback_status == 503 and ex.feedback_code == "feedback_store_unavailable")
@@ -436,6 +461,7 @@ def scenario_redis_outage(settings: Settings, tmp: Path, sim_url: str, log) -> d
         "settings": {"clients": settings.clients, "warmup_s": settings.warmup_s, "outage_s": settings.outage_s,
                      "after_s": settings.after_s, "sync_interval_s": SYNC_INTERVAL_S, "redis_restarted": "empty"},
         "chat": {p: {"requests": sum(1 for ex in chats if phase(ex) == p),
+                     "streamed": sum(1 for ex in chats if phase(ex) == p and ex.stream),
                      "status": count_by([ex for ex in chats if phase(ex) == p], lambda ex: ex.status or ex.error),
                      "latency_ms": stats([(ex.finished - ex.started) * 1000 for ex in chats
                                           if phase(ex) == p and ex.status == 200], 1),
@@ -451,6 +477,7 @@ def scenario_redis_outage(settings: Settings, tmp: Path, sim_url: str, log) -> d
                                           "recorded": sum(retried_recorded.values())},
         "chat_5xx": chat_5xx,
         "chat_without_answer": chat_no_answer,
+        "chat_broken_streams": chat_broken_streams,
         "feedback_5xx_other_than_documented_503": other_feedback_5xx,
         "feedback_refused_503": documented_503,
         "reconnected": {
@@ -473,7 +500,10 @@ def scenario_redis_outage(settings: Settings, tmp: Path, sim_url: str, log) -> d
         "feedback_lost_unreported": int(max(0.0, feedback_missing - counted_beyond_refusals)),
         "store_recoveries": recoveries,
     }
-    result["redis_outage_5xx"] = chat_5xx + chat_no_answer + other_feedback_5xx
+    # pending records Redis held when it died (answers rated just before): their feedback, refused
+    # during the outage, finds nothing to rate once Redis is back empty (404 unknown_request_id)
+    result["pending_records_lost_with_redis"] = sum(1 for ex in record.retries if ex.feedback_status == 404)
+    result["redis_outage_5xx"] = chat_5xx + chat_no_answer + chat_broken_streams + other_feedback_5xx
     return result
 
 
@@ -530,7 +560,7 @@ def scenario_replica_kill(settings: Settings, tmp: Path, sim_url: str, log) -> d
     kill_at = marks["killed"]
     to_survivor = [ex for ex in record.exchanges if ex.target == 0]
     to_victim = [ex for ex in record.exchanges if ex.target == 1]
-    survivor_failed = sum(1 for ex in to_survivor if ex.status != 200)
+    survivor_failed = sum(1 for ex in to_survivor if ex.status != 200 or ex.error)
     survivor_feedback_failed = sum(1 for ex in to_survivor if ex.status == 200 and ex.feedback_status != 200)
     victim_before = [ex for ex in to_victim if ex.finished < kill_at]
     # what the victim learned in its last sync interval before it died: the documented bound
@@ -552,7 +582,7 @@ def scenario_replica_kill(settings: Settings, tmp: Path, sim_url: str, log) -> d
         "survivor_failed": survivor_failed,
         "survivor_feedback_failed": survivor_feedback_failed,
         "victim_requests_before_kill": len(victim_before),
-        "victim_requests_failed": count_by([ex for ex in to_victim if ex.status != 200],
+        "victim_requests_failed": count_by([ex for ex in to_victim if ex.status != 200 or ex.error],
                                            lambda ex: ex.status or ex.error),
         "victim_answer_rate_per_s": round(len(victim_learned) / span, 2),
         "expected_n": expected_n, "stored_n": stored_n, "expected_feedback": expected_r, "stored_feedback": stored_r,
@@ -601,17 +631,7 @@ async def stream_forever(url: str, clients: int, stop: asyncio.Event, streams: l
                     s.answered = time.monotonic()
                     s.status = r.status_code
                     s.decision = r.headers.get("x-sigroute-decision", "")
-                    async for line in r.aiter_lines():
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == "[DONE]":
-                            s.done = True
-                            continue
-                        s.chunks += 1
-                        event = orjson.loads(data)
-                        if isinstance(event, dict) and event.get("error") is not None:
-                            s.error = str((event["error"] or {}).get("code") or "error event")
+                    s.done, s.error, s.chunks = await read_events(r)
             except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
                 s.error = type(exc).__name__
             s.finished = time.monotonic()
