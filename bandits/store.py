@@ -115,6 +115,12 @@ and the cause. A command that fails with a connection error is retried ``retries
 so a pooled connection gone stale after a Redis restart heals by itself); a timeout is never
 retried, because a timed-out ``add`` may have run and running it again would count it twice. A
 caller that gets `StoreUnavailable` from ``add`` should keep its deltas and try again later.
+
+A Redis that stops answering without closing its connections (hung, paused, or cut off by a
+partition) costs every command its whole ``socket_timeout``. So after a timeout a store fails
+fast: for ``hung_hold_s`` (default 1 s) its commands raise `StoreUnavailable` at once without
+being sent, then one command at a time tries Redis again (the others still fail at once) until
+one is answered. A refused connection (Redis stopped) fails fast by itself and does not trip this.
 Redis clients belong to the event loop that first uses them: open stores inside the app's loop.
 """
 
@@ -611,11 +617,32 @@ def _glob_escape(text: str) -> str:
     return text
 
 
+class _HungRedis:
+    """Fail fast while Redis does not answer: after a timeout, commands fail at once for `hold_s`;
+    then one command at a time (the probe) tries Redis again until one is answered."""
+
+    def __init__(self, hold_s: float) -> None:
+        if hold_s < 0:
+            raise ValueError(f"hung_hold_s must be at least 0, got {hold_s}")
+        self.hold_s = hold_s
+        self.timed_out_at: float | None = None   # time.monotonic() of the last timeout; None: answering
+        self.probing = False
+
+    def admit(self) -> bool | None:
+        """False: send the command; True: send it as the probe; None: fail at once."""
+        if self.timed_out_at is None:
+            return False
+        if self.probing or time.monotonic() - self.timed_out_at < self.hold_s:
+            return None
+        self.probing = True
+        return True
+
+
 class _RedisBase:
     """A redis.asyncio client whose connection failures surface as `StoreUnavailable`."""
 
     def __init__(self, url: str, namespace: str, *, socket_timeout: float, connect_timeout: float,
-                 retries: int, decode_responses: bool) -> None:
+                 retries: int, decode_responses: bool, hung_hold_s: float = 1.0) -> None:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
@@ -627,6 +654,7 @@ class _RedisBase:
             raise ValueError(f"namespace must be a string, got {namespace!r}")
         self.namespace = namespace
         self.description = _redacted(url)
+        self._hung = _HungRedis(hung_hold_s)
         try:
             self._redis = aioredis.from_url(
                 url, decode_responses=decode_responses, socket_timeout=socket_timeout,
@@ -643,13 +671,27 @@ class _RedisBase:
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
+        probe = self._hung.admit()
+        if probe is None:
+            ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
+            raise StoreUnavailable(
+                f"Redis at {self.description} is unavailable ({operation}): it did not answer within its timeout "
+                f"{ago:.1f}s ago, so commands fail at once until it answers again; check that redis-server "
+                "there is running and reachable")
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+                self._hung.timed_out_at = time.monotonic()
             cause = str(exc) or type(exc).__name__
             raise StoreUnavailable(
                 f"Redis at {self.description} is unavailable ({operation}): {cause}; "
                 f"check that redis-server is running there and that the URL is right") from exc
+        else:
+            self._hung.timed_out_at = None
+        finally:
+            if probe:
+                self._hung.probing = False
 
     async def _scan(self, pattern: str) -> set[str]:
         found: set[str] = set()  # SCAN may return a key more than once
@@ -895,9 +937,10 @@ class RedisStateStore(_RedisBase):
     """Bandit state shared through Redis (see the module docstring for layout and guarantees)."""
 
     def __init__(self, url: str, namespace: str = "sigroute:bandit:", *, socket_timeout: float = 5.0,
-                 connect_timeout: float = 2.0, retries: int = 1, tombstone_ttl_s: float = TOMBSTONE_TTL_S) -> None:
+                 connect_timeout: float = 2.0, retries: int = 1, tombstone_ttl_s: float = TOMBSTONE_TTL_S,
+                 hung_hold_s: float = 1.0) -> None:
         super().__init__(url, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
-                         retries=retries, decode_responses=False)
+                         retries=retries, decode_responses=False, hung_hold_s=hung_hold_s)
         self.tombstone_ttl_s = tombstone_ttl_s
         self._add_script = self._redis.register_script(_ADD_LUA)
         self._recover_script = self._redis.register_script(_RECOVER_LUA)
@@ -1213,9 +1256,10 @@ class RedisPendingStore(_RedisBase):
     """Pending records in Redis with native TTLs (see the module docstring for the layout)."""
 
     def __init__(self, url: str, namespace: str = "sigroute:pending:", *, socket_timeout: float = 5.0,
-                 connect_timeout: float = 2.0, retries: int = 1, max_unsent: int = 10_000) -> None:
+                 connect_timeout: float = 2.0, retries: int = 1, max_unsent: int = 10_000,
+                 hung_hold_s: float = 1.0) -> None:
         super().__init__(url, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
-                         retries=retries, decode_responses=True)
+                         retries=retries, decode_responses=True, hung_hold_s=hung_hold_s)
         if max_unsent < 0:
             raise ValueError(f"max_unsent must be at least 0, got {max_unsent}")
         self._claim_script = self._redis.register_script(_CLAIM_LUA)
