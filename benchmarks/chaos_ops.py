@@ -94,6 +94,7 @@ class Settings:
     warmup_s: float
     outage_s: float
     after_s: float
+    freeze_s: float
     kill_after_s: float
     survive_s: float
     streamers: int
@@ -102,9 +103,9 @@ class Settings:
     @classmethod
     def for_run(cls, quick: bool) -> "Settings":
         if quick:
-            return cls(clients=8, warmup_s=3, outage_s=3, after_s=4, kill_after_s=3, survive_s=3,
+            return cls(clients=8, warmup_s=3, outage_s=3, after_s=4, freeze_s=3, kill_after_s=3, survive_s=3,
                        streamers=50, reload_step_s=1.0)
-        return cls(clients=12, warmup_s=10, outage_s=20, after_s=15, kill_after_s=10, survive_s=10,
+        return cls(clients=12, warmup_s=10, outage_s=20, after_s=15, freeze_s=10, kill_after_s=10, survive_s=10,
                    streamers=50, reload_step_s=3.0)
 
 
@@ -512,6 +513,78 @@ def synced_anyway(redis_url: str):
     return totals, sum(t["n"] for t in totals.values()), sum(t["r"] for t in totals.values())
 
 
+def scenario_redis_frozen(settings: Settings, tmp: Path, sim_url: str, log) -> dict[str, Any]:
+    """Redis that stops answering without closing its connections (SIGSTOP: a hung server or a
+    network partition), then resumes with its data (SIGCONT). Reported per phase: requests,
+    statuses, answers per second and latency; feedback outcomes; learned state checked as above."""
+    policy_path = tmp / "frozen-policy.yaml"
+    policy_path.write_text(yaml.safe_dump(learning_policy(sim_url + "/v1"), sort_keys=False))
+    with RedisProcess(str(tmp)) as redis_server, \
+            ServerProcess(serve_command(policy_path, redis_server.url), env=ENV, name="sigroute serve") as gw:
+        record = LoadRecord()
+        marks: dict[str, float] = {}
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            load = asyncio.ensure_future(chat_and_rate([gw.url], settings.clients, stop, record, lambda c, i: 0))
+            await asyncio.sleep(settings.warmup_s)
+            marks["frozen"] = time.monotonic()
+            redis_server.proc.send_signal(signal.SIGSTOP)
+            log(f"  redis frozen (SIGSTOP) for {settings.freeze_s:g} s under load")
+            await asyncio.sleep(settings.freeze_s)
+            redis_server.proc.send_signal(signal.SIGCONT)
+            marks["resumed"] = time.monotonic()
+            await asyncio.sleep(settings.after_s)
+            stop.set()
+            await load
+            marks["load_done"] = time.monotonic()
+
+        asyncio.run(run())
+        seen = feedback_accounting(record.exchanges)
+        expected_n, expected_r = sum(seen["answers"].values()), sum(seen["feedback_recorded"].values())
+
+        def synced():
+            got = synced_anyway(redis_server.url)
+            return got if (got[1] >= expected_n and got[2] >= expected_r) else None
+
+        totals, stored_n, stored_r = wait_until(synced, 20, every_s=0.5) or synced_anyway(redis_server.url)
+        lost_metric = metric_samples(gw.url, "sigroute_feedback_lost_total")
+
+    chats = record.exchanges
+    bounds = {"before": (0.0, marks["frozen"]), "during": (marks["frozen"], marks["resumed"]),
+              "after": (marks["resumed"], marks["load_done"])}
+    phases = {}
+    for name, (start, end) in bounds.items():
+        xs = [ex for ex in chats if start <= ex.started < end] if name != "before" else \
+            [ex for ex in chats if ex.started < end]
+        span = end - (start if name != "before" else min((ex.started for ex in chats), default=end))
+        phases[name] = {"requests": len(xs), "status": count_by(xs, lambda ex: ex.status or ex.error),
+                        "answers_per_s": round(sum(1 for ex in xs if ex.status == 200) / max(span, 1e-9), 1),
+                        "latency_ms": stats([(ex.finished - ex.started) * 1000 for ex in xs if ex.status == 200], 1),
+                        "feedback": count_by([ex for ex in xs if ex.status == 200],
+                                             lambda ex: f"{ex.feedback_status} {ex.feedback_code}")}
+    failed = sum(1 for ex in chats if ex.status is None or ex.status >= 500 or (ex.status == 200 and ex.error))
+    documented_503 = sum(1 for ex in chats if ex.feedback_status == 503
+                         and ex.feedback_code == "feedback_store_unavailable")
+    feedback_missing = max(0.0, expected_r - stored_r)
+    counted_beyond_refusals = max(0.0, sum(lost_metric.values()) - documented_503)
+    return {
+        "settings": {"clients": settings.clients, "freeze_s": settings.freeze_s, "signal": "SIGSTOP, then SIGCONT"},
+        "phases": phases,
+        "chat_failed": failed,
+        "feedback_5xx_other_than_documented_503": sum(
+            1 for ex in chats if (ex.feedback_status or 0) >= 500
+            and not (ex.feedback_status == 503 and ex.feedback_code == "feedback_store_unavailable")),
+        "observations_lost": max(0.0, expected_n - stored_n),
+        "observations_double_counted": max(0.0, stored_n - expected_n),
+        "feedback_missing_from_state": feedback_missing,
+        "feedback_lost_metric": lost_metric,
+        "feedback_lost_unreported": int(max(0.0, feedback_missing - counted_beyond_refusals)),
+        "learned": {"expected_n": expected_n, "stored_n": stored_n, "expected_feedback": expected_r,
+                    "stored_feedback": stored_r, "stored": totals},
+    }
+
+
 # ------------------------------------------------------------------------------------------------
 # 2. Replica kill
 
@@ -786,6 +859,10 @@ def run_operations(*, quick: bool, json_details: dict, log: Callable[[str], Any]
             log(f"  chat 5xx {outage['redis_outage_5xx']}, feedback 503 {outage['feedback_refused_503']}, "
                 f"observations lost {outage['observations_lost']:g}, "
                 f"feedback lost unreported {outage['feedback_lost_unreported']}")
+            log(f"redis frozen: {settings.freeze_s:g} s under {settings.clients} clients")
+            frozen = json_details["redis_frozen"] = scenario_redis_frozen(settings, tmp, sim.url, log)
+            log(f"  failed {frozen['chat_failed']}; answers/s before {frozen['phases']['before']['answers_per_s']}, "
+                f"frozen {frozen['phases']['during']['answers_per_s']}, after {frozen['phases']['after']['answers_per_s']}")
             log(f"replica kill: 2 gateways, {settings.clients} clients, sync interval {SYNC_INTERVAL_S:g} s")
             kill = json_details["replica_kill"] = scenario_replica_kill(settings, tmp, sim.url, log)
             log(f"  survivor failed {kill['survivor_failed']} of {kill['survivor_requests']}, lost "
@@ -796,9 +873,10 @@ def run_operations(*, quick: bool, json_details: dict, log: Callable[[str], Any]
             log(f"  {reload['streams']} streams, {reload['streams_failed']} failed")
     broken = [s for s in reload["steps"] if s.get("how") == "POST /v1/admin/reload" and s["status"] != 200]
     return {
-        "redis_outage_5xx": int(outage["redis_outage_5xx"]),
+        "redis_outage_5xx": int(outage["redis_outage_5xx"] + frozen["chat_failed"]
+                                + frozen["feedback_5xx_other_than_documented_503"]),
         "reload_failed_requests": int(reload["streams_failed"]),
-        "feedback_lost_unreported": int(outage["feedback_lost_unreported"]),
+        "feedback_lost_unreported": int(outage["feedback_lost_unreported"] + frozen["feedback_lost_unreported"]),
         "redis_outage_s": settings.outage_s,
         "redis_outage_chat_requests": sum(p["requests"] for p in outage["chat"].values()),
         "redis_outage_feedback_refused_503": outage["feedback_refused_503"],
@@ -807,6 +885,11 @@ def run_operations(*, quick: bool, json_details: dict, log: Callable[[str], Any]
                               and outage["reconnected"]["feedback_recorded_after"] > 0
                               and outage["reconnected"]["exact_cache_hit_after"]
                               and outage["reconnected"]["store_gauges_up"]),
+        "redis_frozen_s": settings.freeze_s,
+        "redis_frozen_answers_per_s": frozen["phases"]["during"]["answers_per_s"],
+        "redis_frozen_p50_ms": frozen["phases"]["during"]["latency_ms"].get("p50"),
+        "redis_unfrozen_answers_per_s": frozen["phases"]["before"]["answers_per_s"],
+        "redis_pending_records_lost_with_redis": outage["pending_records_lost_with_redis"],
         "replica_survivor_failed": kill["survivor_failed"],
         "replica_lost_observations": kill["observations_lost"],
         "replica_lost_feedback": kill["feedback_lost"],
