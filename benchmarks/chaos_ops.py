@@ -586,8 +586,8 @@ def scenario_redis_frozen(settings: Settings, tmp: Path, sim_url: str, log) -> d
         "feedback_lost_metric": lost_metric,
         "feedback_lost_unreported": int(max(0.0, feedback_missing - counted_beyond_refusals)),
         # a state flush sent just before Redis froze times out in the gateway, which sends it again
-        # later, but Redis runs the first one too when it resumes (bandits.store: "an add that times
-        # out may have been applied ... counts them twice"): measured here, not a target
+        # later, and Redis runs the first one too when it resumes: counted twice unless the store
+        # recognises the add sent again (target 0)
         "observations_double_counted": max(0.0, stored_n - expected_n),
         "feedback_double_counted": max(0.0, stored_r - expected_r),
         "learned": {"expected_n": expected_n, "stored_n": stored_n, "expected_feedback": expected_r,

@@ -16,11 +16,11 @@ import time
 import numpy as np
 import pytest
 
-from sigroute.bandits.store import RedisPendingStore, RedisStateStore, StoreUnavailable
+from sigroute.bandits.store import MemoryStateStore, RedisPendingStore, RedisStateStore, StoreUnavailable
 from sigroute.cache.store import RedisDocumentStore
 from sigroute.cache.store import StoreUnavailable as CacheStoreUnavailable
 from tests.conftest import _redis_server_binary
-from tests.test_store_loss import RestartableRedis
+from tests.test_store_loss import RestartableRedis, World, assert_exact
 
 TIMEOUT_S = 1.0   # the stores' socket timeout in these tests
 
@@ -145,3 +145,55 @@ def test_a_gateway_serves_at_full_speed_while_redis_hangs(sim, gateway_factory, 
         assert time.monotonic() < deadline, "feedback never worked again after Redis answered"
         time.sleep(0.2)
     assert r.status_code == 200 and r.json()["status"] == "recorded"
+
+
+# --------------------------------------------------------------------------------------------
+# An add that timed out may have run: sent again, it must count once
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_an_add_sent_again_under_its_op_is_applied_once(kind, clean_redis_url):
+    store = MemoryStateStore() if kind == "memory" else RedisStateStore(clean_redis_url)
+    key, one = "t=acme/d=d/a=linucb/s=x", {"m": np.ones(3)}
+    try:
+        first = await store.add(key, one, op=("replica-a", 1))
+        again = await store.add(key, one, op=("replica-a", 1))          # the same add, sent again
+        assert again.applied and (again.gen, again.version) == (first.gen, first.version)
+        assert (await store.add(key, one, op=("replica-b", 1))).applied  # another replica's own add
+        later = await store.add(key, one, op=("replica-a", 3))
+        assert later.applied and later.version == first.version + 2
+        stale = await store.add(key, one, op=("replica-a", 2))          # older than the last one held
+        assert stale.applied and stale.version == later.version
+        np.testing.assert_array_equal((await store.load(key))["m"], 3 * np.ones(3))
+        with pytest.raises(ValueError):
+            await store.add(key, one, op=("replica-a", 0))
+    finally:
+        if kind == "redis":
+            await store.aclose()
+
+
+async def test_a_flush_that_redis_runs_after_it_timed_out_is_counted_once(paused_redis):
+    """The selector's flush times out while Redis is paused; Redis runs it when it resumes; the
+    selector, not knowing, sends those deltas again with its next ones: the store counts them once."""
+    world = World(replicas=1)
+    (replica,) = world.replicas
+    store = RedisStateStore(paused_redis.url, socket_timeout=TIMEOUT_S, connect_timeout=TIMEOUT_S, hung_hold_s=0)
+    try:
+        world.learn(replica, 20)
+        await replica.sync(store)
+        version = (await store.read(world.key())).version
+        world.learn(replica, 10)
+        paused_redis.pause()
+        with pytest.raises(StoreUnavailable, match="Timeout"):
+            await replica.sync(store)                 # sent, then timed out: the deltas are kept
+        paused_redis.resume()
+        deadline = time.monotonic() + 30
+        while (await store.read(world.key())).version == version:   # Redis ran the add it had received
+            assert time.monotonic() < deadline, "Redis never ran the add it received while paused"
+            await asyncio.sleep(0.05)
+        world.learn(replica, 5)
+        await replica.sync(store)
+        assert_exact(await store.load(world.key()), world.expected(), "the store's totals")
+        assert_exact(replica.learner("acme").estimator.sums(), world.expected(), "the replica")
+    finally:
+        await store.aclose()
