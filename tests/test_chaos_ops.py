@@ -92,10 +92,12 @@ def test_a_killed_replica_loses_at_most_its_last_sync_interval(operations):
     _, details = operations
     kill = details["replica_kill"]
     assert kill["settings"]["sync_interval_s"] == SYNC_INTERVAL_S
-    assert kill["expected_n"] > 0 and kill["stored_n"] <= kill["expected_n"]   # nothing counted twice
-    # the documented bound is one interval; two leave room for a sync delayed on a busy machine
-    assert kill["observations_lost"] <= kill["victim_answers_in_last_two_intervals"], kill
-    assert kill["feedback_lost"] <= kill["victim_answers_in_last_two_intervals"], kill
+    # nothing counted twice (the victim may have learned the requests it was answering when it died)
+    assert kill["expected_n"] > 0 and kill["stored_n"] <= kill["expected_n"] + kill["victim_requests_cut_at_kill"]
+    # the documented bound is one interval; three leave room for a sync delayed on a busy machine,
+    # and still fail when the victim does not flush as configured
+    window = kill["victim_answers_in_last_intervals"][3]
+    assert kill["observations_lost"] <= window and kill["feedback_lost"] <= window, kill
 
 
 def test_reloads_under_streaming_load_fail_no_stream(operations):
