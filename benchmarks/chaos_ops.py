@@ -284,6 +284,14 @@ class LoadRecord:
     retries: list[Exchange] = field(default_factory=list)   # feedback sent again after a 503
 
 
+def client_limits(clients: int) -> httpx.Limits:
+    """Connection pool of the load clients. Idle connections are dropped after 2 s, before the
+    gateway's keep-alive timeout (uvicorn's 5 s) closes them: a request sent on a connection the
+    server is closing at that moment fails without having reached it (the usual keep-alive race,
+    which says nothing about the gateway)."""
+    return httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2, keepalive_expiry=2.0)
+
+
 async def rate(http: httpx.AsyncClient, url: str, exchange: Exchange) -> None:
     try:
         r = await http.post(url + "/v1/feedback", json={"request_id": exchange.request_id, "score": 1})
@@ -303,7 +311,7 @@ async def chat_and_rate(urls: list[str], clients: int, stop: asyncio.Event, reco
                         pick_target: Callable[[int, int], int]) -> None:
     """`clients` closed-loop clients: ask, then rate the answer (score 1) at the gateway that
     answered, until `stop` is set."""
-    limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
+    limits = client_limits(clients)
 
     async def client(c: int, http: httpx.AsyncClient) -> None:
         rng = random.Random(c)
@@ -707,6 +715,7 @@ class Stream:
     chunks: int = 0
     done: bool = False
     error: str = ""
+    detail: str = ""            # the exception's text, when one ended it
 
     @property
     def failed(self) -> bool:
@@ -714,7 +723,7 @@ class Stream:
 
 
 async def stream_forever(url: str, clients: int, stop: asyncio.Event, streams: list[Stream]) -> None:
-    limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
+    limits = client_limits(clients)
     body = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": "tell me a story"}]}
 
     async def client(c: int, http: httpx.AsyncClient) -> None:
@@ -728,7 +737,7 @@ async def stream_forever(url: str, clients: int, stop: asyncio.Event, streams: l
                     s.decision = r.headers.get("x-sigroute-decision", "")
                     s.done, s.error, s.chunks = await read_events(r)
             except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
-                s.error = type(exc).__name__
+                s.error, s.detail = type(exc).__name__, str(exc)[:200]
             s.finished = time.monotonic()
 
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
@@ -852,6 +861,10 @@ def scenario_reload(settings: Settings, tmp: Path, sim_url: str, log) -> dict[st
         "streams": len(streams),
         "streams_failed": len(failed),
         "failures": count_by(failed, lambda s: s.error or s.status or "no [DONE]"),
+        "failed_streams": [{"started_s": round(s.started - t0, 3), "answered_s": round(s.answered - t0, 3) if s.answered
+                            else None, "status": s.status, "chunks": s.chunks, "done": s.done, "error": s.error,
+                            "detail": s.detail}
+                           for s in failed][:20],
         "steps": steps,
         "decisions_seen": count_by([s for s in streams if s.status == 200], lambda s: s.decision),
         "stream_first_byte_ms": stats([(s.answered - s.started) * 1000 for s in streams if s.answered], 1),
