@@ -274,6 +274,7 @@ class Exchange:
     feedback_status: int | None = None
     feedback_code: str = ""     # error code, or "recorded" / "duplicate"
     feedback_model: str = ""
+    feedback_at: float = 0.0    # time.monotonic() when the feedback was answered
 
     @property
     def learned(self) -> bool:
@@ -302,6 +303,7 @@ async def rate(http: httpx.AsyncClient, url: str, exchange: Exchange) -> None:
         exchange.feedback_status, exchange.feedback_code = None, type(exc).__name__
         return
     exchange.feedback_status = r.status_code
+    exchange.feedback_at = time.monotonic()
     body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
     if r.status_code == 200:
         exchange.feedback_code = body.get("status", "")
@@ -666,10 +668,8 @@ def scenario_replica_kill(settings: Settings, tmp: Path, sim_url: str, log) -> d
     victim_before = [ex for ex in to_victim if ex.finished < kill_at]
     # what the victim learned in its last sync interval before it died: the documented bound
     window = [ex for ex in victim_before if ex.learned and ex.finished >= kill_at - SYNC_INTERVAL_S]
-    window_feedback = [ex for ex in window if ex.feedback_code == "recorded"]
-    # feedback answered after the window's answers (its answer came earlier) also counts in the window
-    late_feedback = [ex for ex in victim_before if ex.learned and ex.feedback_code == "recorded"
-                     and ex.finished < kill_at - SYNC_INTERVAL_S]
+    window_feedback = [ex for ex in victim_before if ex.learned and ex.feedback_code == "recorded"
+                       and kill_at - SYNC_INTERVAL_S <= ex.feedback_at < kill_at]
     lost_n = max(0.0, expected_n - stored_n)
     lost_r = max(0.0, expected_r - stored_r)
     victim_learned = [ex for ex in victim_before if ex.learned]
@@ -698,7 +698,7 @@ def scenario_replica_kill(settings: Settings, tmp: Path, sim_url: str, log) -> d
         "victim_requests_cut_at_kill": sum(1 for ex in to_victim if ex.status is None
                                            and ex.error in ("ReadError", "RemoteProtocolError")),
         "victim_feedback_in_last_interval": len(window_feedback),
-        "victim_feedback_total": len(late_feedback) + len(window_feedback),
+        "victim_feedback_total": sum(1 for ex in victim_before if ex.learned and ex.feedback_code == "recorded"),
         "lost_within_one_interval": lost_n <= len(window) and lost_r <= len(window_feedback),
         "stored_by_model": {m: t for m, t in totals.items()},
     }
