@@ -75,8 +75,12 @@ Limits (what can still be lost)
 * A reset or import of a key at the moment the store loses it, before every replica has seen it,
   may be undone by a replica that re-seeds from its view of the generation before.
 
-* (Unchanged by this module) an add that times out may have been applied; the selector keeps its
-  deltas and sends them again, which counts them twice.
+Adds sent again: an add that fails may have been applied all the same (it timed out and Redis ran
+it later, e.g. after a pause or a partition). The selector keeps its deltas and sends them again
+with later ones; this replica remembers the failed add and sends it first under its own sequence
+number (``add(op=(replica, seq))``), which the store applies at most once, then the rest as a new
+add. (If Redis lost the key meanwhile and another replica's view, used to re-seed it, already held
+that late add, it is counted twice.)
 
 Calls to one `SharedSums` must not overlap (the selector's `sync` runs from one task at a time).
 """
@@ -125,6 +129,7 @@ class _KeyRecord:
     operator_set: bool = False
     tail: list[_Flush] = field(default_factory=list)  # own flushes into `gen`, oldest first
     forgotten: int = 0                # highest version of an own flush dropped from the tail
+    unsure: tuple[int, dict[str, np.ndarray]] | None = None  # an add that failed: maybe applied
 
 
 def _add_into(total: dict[str, np.ndarray], arms: Mapping[str, np.ndarray]) -> None:
@@ -141,15 +146,39 @@ class SharedSums:
         self._keys: dict[str, _KeyRecord] = {}
         self.recoveries: Counter[str] = Counter()  # outcome -> count, drained by take_recoveries()
         self.forgotten = 0  # own flushes a re-seed lacked but this replica no longer kept
+        self._seq = 0       # sequence number of the last add (increasing across keys: never reused)
 
     # the two operations -------------------------------------------------------------------------
     async def flush(self, store: Any, key: str, deltas: Mapping[str, np.ndarray]) -> None:
-        """Add `deltas` to `key`, restoring the key first when the store lost it."""
+        """Add `deltas` to `key`, restoring the key first when the store lost it.
+
+        An add that failed may have been applied all the same (it timed out, and Redis ran it
+        later): the caller sends its deltas again with later ones, so the add is remembered and
+        sent again first, under its own sequence number, which the store applies at most once;
+        only the rest of `deltas` is then added as a new add."""
         rec = self._keys.setdefault(key, _KeyRecord())
-        result = await self._add(store, key, rec, deltas)
+        if rec.unsure is not None:
+            seq, sent = rec.unsure
+            await self._flush_once(store, key, rec, sent, seq)
+            rec.unsure = None
+            deltas = {arm: vec - sent[arm] if arm in sent else vec for arm, vec in deltas.items()}
+            deltas = {arm: vec for arm, vec in deltas.items() if np.any(vec)}
+            if not deltas:
+                return
+        self._seq += 1
+        seq = self._seq
+        try:
+            await self._flush_once(store, key, rec, deltas, seq)
+        except BaseException:
+            rec.unsure = (seq, {arm: np.array(vec, dtype=np.float64) for arm, vec in deltas.items()})
+            raise
+
+    async def _flush_once(self, store: Any, key: str, rec: "_KeyRecord", deltas: Mapping[str, np.ndarray],
+                          seq: int) -> None:
+        result = await self._add(store, key, rec, deltas, (self.replica, seq))
         if not result.applied:
             await self._recover(store, key, rec)
-            result = await self._add(store, key, rec, deltas)
+            result = await self._add(store, key, rec, deltas, (self.replica, seq))
             if not result.applied:
                 raise StoreChanged(f"state key {key!r} changed generation again while being restored; "
                                    "its deltas are kept for the next sync")
@@ -182,10 +211,10 @@ class SharedSums:
 
     # mechanics -------------------------------------------------------------------------------------
     @staticmethod
-    async def _add(store: Any, key: str, rec: _KeyRecord, deltas: Mapping[str, np.ndarray]):
+    async def _add(store: Any, key: str, rec: _KeyRecord, deltas: Mapping[str, np.ndarray], op: tuple[str, int]):
         if rec.gen is None:  # nothing seen yet, so nothing that could have been lost
-            return await store.add(key, deltas)
-        return await store.add(key, deltas, expect=(rec.gen, rec.version))
+            return await store.add(key, deltas, op=op)
+        return await store.add(key, deltas, expect=(rec.gen, rec.version), op=op)
 
     def _adopt(self, rec: _KeyRecord, state: KeyState) -> None:
         """Take `state` (read with the key intact, or just restored) as this replica's view."""

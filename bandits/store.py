@@ -114,7 +114,15 @@ Redis connection failures and timeouts raise `StoreUnavailable` naming the URL (
 and the cause. A command that fails with a connection error is retried ``retries`` times (default 1,
 so a pooled connection gone stale after a Redis restart heals by itself); a timeout is never
 retried, because a timed-out ``add`` may have run and running it again would count it twice. A
-caller that gets `StoreUnavailable` from ``add`` should keep its deltas and try again later.
+caller that gets `StoreUnavailable` from ``add`` should keep its deltas and try again later, under
+the same ``op=(replica, seq)``: the key remembers the last add of each of its 64 most recent
+replicas (in the marker, field ``"s"``) and does not apply one it already holds.
+
+A Redis that stops answering without closing its connections (hung, paused, or cut off by a
+partition) costs every command its whole ``socket_timeout``. So after a timeout a store fails
+fast: for ``hung_hold_s`` (default 1 s) its commands raise `StoreUnavailable` at once without
+being sent, then one command at a time tries Redis again (the others still fail at once) until
+one is answered. A refused connection (Redis stopped) fails fast by itself and does not trip this.
 Redis clients belong to the event loop that first uses them: open stores inside the app's loop.
 """
 
@@ -226,12 +234,16 @@ class StateStore(Protocol):
     description: str
 
     async def add(self, key: str, deltas: Mapping[str, np.ndarray], *, expect: tuple[str, int] | None = None,
-                  join: tuple[str, str] | None = None) -> AddResult:
+                  join: tuple[str, str] | None = None, op: tuple[str, int] | None = None) -> AddResult:
         """Atomically add each arm's delta to its stored sums (unseen arms start at zeros).
 
         ``expect=(gen, version)``: apply only if the key's generation is `gen` and its version is at
         least `version`. ``join=(lost_gen, replica)``: apply only if the key re-seeds `lost_gen` and
-        `replica` has neither re-seeded nor joined it yet (then it is recorded as joined)."""
+        `replica` has neither re-seeded nor joined it yet (then it is recorded as joined).
+        ``op=(replica, seq)``: the add's identity, `seq` increasing per replica and key. An add whose
+        seq is not above the last one the key's content holds from that replica is not applied
+        again: the result says applied, with the version that add received (sending again an add
+        that timed out, and that Redis may have run all the same, counts it once)."""
 
     async def load(self, key: str) -> dict[str, np.ndarray]:
         """Every arm's sums under `key` (fresh arrays), or {} when nothing is stored."""
@@ -398,6 +410,30 @@ def _find(lineage: list[dict], gen: str) -> dict | None:
     return next((e for e in lineage if e["g"] == gen), None)
 
 
+MAX_OPS = 64   # replicas whose last add a key remembers (the most recent ones)
+
+
+def _check_op(op: tuple[str, int] | None) -> None:
+    if op is not None and (not isinstance(op[0], str) or not op[0] or isinstance(op[1], bool)
+                           or not isinstance(op[1], int) or op[1] < 1):
+        raise ValueError(f"op must be (replica, seq) with a non-empty replica id and seq >= 1, got {op!r}")
+
+
+def _op_done(meta: dict | None, op: tuple[str, int] | None) -> int | None:
+    """The version an add received if the key's content already holds it (else None)."""
+    if op is None or meta is None:
+        return None
+    last = (meta.get("s") or {}).get(op[0])
+    return int(last[1]) if last is not None and last[0] >= op[1] else None
+
+
+def _record_op(meta: dict, op: tuple[str, int]) -> None:
+    ops = meta.setdefault("s", {})
+    ops[op[0]] = [op[1], meta["v"]]
+    if len(ops) > MAX_OPS:
+        del ops[min(ops, key=lambda by: ops[by][1])]
+
+
 def _merge_lineage(*lists: list[dict]) -> list[dict]:
     """Entries of every list, one per generation (their joined replicas united), the last MAX_LINEAGE."""
     out: list[dict] = []
@@ -485,12 +521,16 @@ class MemoryStateStore:
         entry.expires = time.monotonic() + self.tombstone_ttl_s
 
     async def add(self, key: str, deltas: Mapping[str, np.ndarray], *, expect: tuple[str, int] | None = None,
-                  join: tuple[str, str] | None = None) -> AddResult:
+                  join: tuple[str, str] | None = None, op: tuple[str, int] | None = None) -> AddResult:
         vectors = _as_vectors(key, deltas)
         _check_expect_join(expect, join)
+        _check_op(op)
         with self._lock:
             entry = self._get(key)
             meta = entry.meta if entry is not None else None
+            done = _op_done(meta, op)
+            if done is not None:
+                return AddResult(True, meta["g"], done)
             if not vectors or _refused(meta, expect, join):
                 return AddResult(False, meta and meta["g"], meta["v"] if meta else 0)
             stored = entry.arms if entry is not None else {}
@@ -509,6 +549,8 @@ class MemoryStateStore:
             entry.expires = None
             if join is not None:
                 _find(entry.meta["l"], join[0])["j"].append(join[1])
+            if op is not None:
+                _record_op(entry.meta, op)
             return AddResult(True, entry.meta["g"], entry.meta["v"])
 
     async def load(self, key: str) -> dict[str, np.ndarray]:
@@ -611,11 +653,32 @@ def _glob_escape(text: str) -> str:
     return text
 
 
+class _HungRedis:
+    """Fail fast while Redis does not answer: after a timeout, commands fail at once for `hold_s`;
+    then one command at a time (the probe) tries Redis again until one is answered."""
+
+    def __init__(self, hold_s: float) -> None:
+        if hold_s < 0:
+            raise ValueError(f"hung_hold_s must be at least 0, got {hold_s}")
+        self.hold_s = hold_s
+        self.timed_out_at: float | None = None   # time.monotonic() of the last timeout; None: answering
+        self.probing = False
+
+    def admit(self) -> bool | None:
+        """False: send the command; True: send it as the probe; None: fail at once."""
+        if self.timed_out_at is None:
+            return False
+        if self.probing or time.monotonic() - self.timed_out_at < self.hold_s:
+            return None
+        self.probing = True
+        return True
+
+
 class _RedisBase:
     """A redis.asyncio client whose connection failures surface as `StoreUnavailable`."""
 
     def __init__(self, url: str, namespace: str, *, socket_timeout: float, connect_timeout: float,
-                 retries: int, decode_responses: bool) -> None:
+                 retries: int, decode_responses: bool, hung_hold_s: float = 1.0) -> None:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
@@ -627,6 +690,7 @@ class _RedisBase:
             raise ValueError(f"namespace must be a string, got {namespace!r}")
         self.namespace = namespace
         self.description = _redacted(url)
+        self._hung = _HungRedis(hung_hold_s)
         try:
             self._redis = aioredis.from_url(
                 url, decode_responses=decode_responses, socket_timeout=socket_timeout,
@@ -643,13 +707,27 @@ class _RedisBase:
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
+        probe = self._hung.admit()
+        if probe is None:
+            ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
+            raise StoreUnavailable(
+                f"Redis at {self.description} is unavailable ({operation}): it did not answer within its timeout "
+                f"{ago:.1f}s ago, so commands fail at once until it answers again; check that redis-server "
+                "there is running and reachable")
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+                self._hung.timed_out_at = time.monotonic()
             cause = str(exc) or type(exc).__name__
             raise StoreUnavailable(
                 f"Redis at {self.description} is unavailable ({operation}): {cause}; "
                 f"check that redis-server is running there and that the URL is right") from exc
+        else:
+            self._hung.timed_out_at = None
+        finally:
+            if probe:
+                self._hung.probing = False
 
     async def _scan(self, pattern: str) -> set[str]:
         found: set[str] = set()  # SCAN may return a key more than once
@@ -682,6 +760,7 @@ _LUA_PRELUDE = r"""
 local META = '\0meta'
 local CHUNK = 512
 local MAX_LINEAGE = 16
+local MAX_OPS = 64
 local function decode(blob, fmt, size, n)
   local out = {}
   for start = 0, n - 1, CHUNK do
@@ -786,6 +865,10 @@ end
 _ADD_LUA = _LUA_PRELUDE + r"""
 local key, mode = KEYS[1], ARGV[1]
 local meta = get_meta(key)
+local op_by, op_seq = ARGV[5], tonumber(ARGV[6])
+if op_by ~= '' and meta and meta.s and meta.s[op_by] and meta.s[op_by][1] >= op_seq then
+  return {'ok', meta.g, meta.s[op_by][2]}  -- this add is in the content already (sent again after a timeout)
+end
 local entry
 if mode == 'expect' then
   if not meta or meta.g ~= ARGV[3] or meta.v < tonumber(ARGV[4]) then
@@ -797,12 +880,22 @@ elseif mode == 'join' then
     return {'refused', meta and meta.g or '', meta and meta.v or 0}
   end
 end
-local bad = check_arms(key, 5)
+local bad = check_arms(key, 7)
 if bad then return bad end
-apply_arms(key, 5)
+apply_arms(key, 7)
 if not meta then meta = new_meta(ARGV[2], 0) end  -- a new key (or one written before markers existed)
 meta.v = meta.v + 1
 if entry then entry.j[#entry.j + 1] = ARGV[4] end
+if op_by ~= '' then  -- remember the last add of each replica (the MAX_OPS most recent replicas)
+  meta.s = meta.s or {}
+  meta.s[op_by] = {op_seq, meta.v}
+  local count, oldest, oldest_v = 0, nil, nil
+  for by, last in pairs(meta.s) do
+    count = count + 1
+    if not oldest_v or last[2] < oldest_v then oldest, oldest_v = by, last[2] end
+  end
+  if count > MAX_OPS then meta.s[oldest] = nil end
+end
 put_meta(key, meta)
 redis.call('PERSIST', key)
 return {'ok', meta.g, meta.v}
@@ -895,9 +988,10 @@ class RedisStateStore(_RedisBase):
     """Bandit state shared through Redis (see the module docstring for layout and guarantees)."""
 
     def __init__(self, url: str, namespace: str = "sigroute:bandit:", *, socket_timeout: float = 5.0,
-                 connect_timeout: float = 2.0, retries: int = 1, tombstone_ttl_s: float = TOMBSTONE_TTL_S) -> None:
+                 connect_timeout: float = 2.0, retries: int = 1, tombstone_ttl_s: float = TOMBSTONE_TTL_S,
+                 hung_hold_s: float = 1.0) -> None:
         super().__init__(url, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
-                         retries=retries, decode_responses=False)
+                         retries=retries, decode_responses=False, hung_hold_s=hung_hold_s)
         self.tombstone_ttl_s = tombstone_ttl_s
         self._add_script = self._redis.register_script(_ADD_LUA)
         self._recover_script = self._redis.register_script(_RECOVER_LUA)
@@ -917,9 +1011,10 @@ class RedisStateStore(_RedisBase):
             raise _shape_error(key, arm, int(float(stored)), vectors[arm].size)
 
     async def add(self, key: str, deltas: Mapping[str, np.ndarray], *, expect: tuple[str, int] | None = None,
-                  join: tuple[str, str] | None = None) -> AddResult:
+                  join: tuple[str, str] | None = None, op: tuple[str, int] | None = None) -> AddResult:
         vectors = _as_vectors(key, deltas)
         _check_expect_join(expect, join)
+        _check_op(op)
         if not vectors:
             return AddResult(False, None, 0)
         if expect is not None:
@@ -928,6 +1023,7 @@ class RedisStateStore(_RedisBase):
             head = ["join", new_generation(), join[0], join[1]]
         else:
             head = ["any", new_generation(), "", "0"]
+        head += [op[0], str(op[1])] if op is not None else ["", "0"]
         with self._guard(f"add to {key!r}"):
             result = await self._add_script(keys=[self._name(key)], args=head + _arm_args(key, vectors))
         self._shape_reply(key, result, vectors)
@@ -1213,9 +1309,10 @@ class RedisPendingStore(_RedisBase):
     """Pending records in Redis with native TTLs (see the module docstring for the layout)."""
 
     def __init__(self, url: str, namespace: str = "sigroute:pending:", *, socket_timeout: float = 5.0,
-                 connect_timeout: float = 2.0, retries: int = 1, max_unsent: int = 10_000) -> None:
+                 connect_timeout: float = 2.0, retries: int = 1, max_unsent: int = 10_000,
+                 hung_hold_s: float = 1.0) -> None:
         super().__init__(url, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
-                         retries=retries, decode_responses=True)
+                         retries=retries, decode_responses=True, hung_hold_s=hung_hold_s)
         if max_unsent < 0:
             raise ValueError(f"max_unsent must be at least 0, got {max_unsent}")
         self._claim_script = self._redis.register_script(_CLAIM_LUA)

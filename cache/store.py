@@ -41,8 +41,10 @@ Scripts touch document keys they derive from the namespace, so this layout targe
 Scans use ``SCAN`` (never ``KEYS``) and ``UNLINK``.
 
 Redis connection failures and timeouts raise `StoreUnavailable` naming the URL (never its
-password); the semantic cache turns them into misses and skipped inserts. The client is created
-lazily, on first use, so it binds to the event loop that uses it.
+password); the semantic cache turns them into misses and skipped inserts. After a timeout (a Redis
+that is hung or cut off answers nothing, so every command would wait its whole timeout) commands
+fail at once for ``hung_hold_s`` (default 1 s), then one at a time tries Redis again until one is
+answered. The client is created lazily, on first use, so it binds to the event loop that uses it.
 """
 
 from __future__ import annotations
@@ -398,13 +400,36 @@ def _glob_escape(text: str) -> str:
     return text
 
 
+class _HungRedis:
+    """Fail fast while Redis does not answer: after a timeout, commands fail at once for `hold_s`;
+    then one command at a time (the probe) tries Redis again until one is answered. (The bandit
+    stores hold the same rule; the two packages do not import each other.)"""
+
+    def __init__(self, hold_s: float) -> None:
+        if hold_s < 0:
+            raise ValueError(f"hung_hold_s must be at least 0, got {hold_s}")
+        self.hold_s = hold_s
+        self.timed_out_at: float | None = None   # time.monotonic() of the last timeout; None: answering
+        self.probing = False
+
+    def admit(self) -> bool | None:
+        """False: send the command; True: send it as the probe; None: fail at once."""
+        if self.timed_out_at is None:
+            return False
+        if self.probing or time.monotonic() - self.timed_out_at < self.hold_s:
+            return None
+        self.probing = True
+        return True
+
+
 class RedisDocumentStore:
     """Documents in Redis with native TTLs, per-category LRU sets and an event stream."""
 
     shared = True
 
     def __init__(self, url: str, namespace: str = "sigroute:cache:", *, socket_timeout: float = 0.5,
-                 connect_timeout: float = 0.5, retries: int = 1, stream_maxlen: int = 100_000) -> None:
+                 connect_timeout: float = 0.5, retries: int = 1, stream_maxlen: int = 100_000,
+                 hung_hold_s: float = 1.0) -> None:
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"not a Redis URL: {_redacted(url)!r}; use redis://[:password@]host[:port][/db], "
@@ -414,6 +439,7 @@ class RedisDocumentStore:
         self.description = _redacted(url)
         self.stream_maxlen = stream_maxlen
         self._options = dict(socket_timeout=socket_timeout, connect_timeout=connect_timeout, retries=retries)
+        self._hung = _HungRedis(hung_hold_s)
         self._client = None
         self._scripts: dict[str, Any] = {}
         self._stream = f"{namespace}events"
@@ -450,13 +476,27 @@ class RedisDocumentStore:
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
+        probe = self._hung.admit()
+        if probe is None:
+            ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
+            raise StoreUnavailable(
+                f"Redis at {self.description} is unavailable ({operation}): it did not answer within its timeout "
+                f"{ago:.1f}s ago, so commands fail at once until it answers again; check that redis-server "
+                "there is running and reachable")
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+                self._hung.timed_out_at = time.monotonic()
             cause = str(exc) or type(exc).__name__
             raise StoreUnavailable(
                 f"Redis at {self.description} is unavailable ({operation}): {cause}; "
                 f"check that redis-server is running there and that the URL is right") from exc
+        else:
+            self._hung.timed_out_at = None
+        finally:
+            if probe:
+                self._hung.probing = False
 
     def _doc(self, doc_id: str) -> str:
         return self._doc_prefix + doc_id
