@@ -228,7 +228,10 @@ def test_an_unreachable_redis_does_not_stop_serving(sim, gateway_factory):
     metrics = wait_for(lambda: (lambda m: m if 'sigroute_bandit_store_errors_total{operation="sync"}' in m else None)(
         gw.http.get("/metrics").text))
     assert "sigroute_bandit_store_up 0.0" in metrics
-    assert 'sigroute_bandit_store_errors_total{operation="pending_put"} 1.0' in metrics
+    # the request's record failed to be stored (later retries of the buffered record count too)
+    put_errors = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                  if line.startswith('sigroute_bandit_store_errors_total{operation="pending_put"}')]
+    assert put_errors and put_errors[0] >= 1.0
     # it still learns locally: the next request is served from the local estimate
     learner = gw.app.state.runtime.pipeline.selectors["learn"].learner("default")
     assert learner.estimator.total_count() >= 1
