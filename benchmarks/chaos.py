@@ -55,7 +55,7 @@ half_open / rate_limited) at every change seen, polled every 0.2 s. After the ph
 requests are sent (one every 0.25 s, at most 15 s) until the circuit is closed again.
 
 Operations faults (Redis outage, policy reloads, feedback during outages) come from
-`benchmarks.chaos_ops.run_operations` (skipped with ``--skip-ops``; null when not installed).
+`benchmarks.chaos_ops.run_operations` (skipped with ``--skip-ops``: those keys are then null).
 
     python -m benchmarks.chaos [--quick] [--load-seconds 60] [--skip-ops] [--json PATH]
 
@@ -804,11 +804,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_ops(quick: bool, result: dict[str, Any], log) -> dict[str, Any] | None:
-    try:
-        from benchmarks.chaos_ops import run_operations
-    except ImportError:
-        log("operations: benchmarks.chaos_ops is not installed here; redis/reload/feedback keys are null")
-        return None
+    from benchmarks.chaos_ops import run_operations
+
     details: dict[str, Any] = {}
     result["operations_details"] = details
     return run_operations(quick=quick, json_details=details)
