@@ -27,6 +27,7 @@ class Choice:
     # contextual selectors only: the context vector the pick was made on, and whose state learned it
     context: Any = field(default=None, compare=False, repr=False)
     tenant: str | None = None
+    prompt_tokens: float | None = None  # what a `learn: quality` selector priced the candidates with
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "propensity": round(self.propensity, 6),

@@ -264,7 +264,7 @@ class ContextualSelector(Selector):
             pick = learner.rule.choose(x, tuple(candidates), known)
             learner.used_at = time.time()
         return Choice(model=pick.arm, propensity=pick.propensity, scores=dict(pick.scores),
-                      ranking=pick.ranking(tuple(candidates)), context=x, tenant=tenant)
+                      ranking=pick.ranking(tuple(candidates)), context=x, tenant=tenant, prompt_tokens=prompt_tokens)
 
     def model_prices(self) -> dict[str, tuple[float, float] | None]:
         out = {}
@@ -370,8 +370,13 @@ class ContextualSelector(Selector):
         """The decision log's fields for offline replay: algorithm, schema, context, immediate reward."""
         if choice.context is None:
             return None
-        return {"algorithm": self.name, "schema": self.schema_id, "context": choice.context,
-                "reward": self.immediate_reward(reward)}
+        entry = {"algorithm": self.name, "schema": self.schema_id, "context": choice.context,
+                 "reward": self.immediate_reward(reward)}
+        if self.learns_quality:  # replay needs what selection and the answer profile used
+            entry["usage"] = {"prompt_tokens": choice.prompt_tokens,
+                              "completion_tokens": reward.completion_tokens if reward.ok else None,
+                              "latency_ms": reward.latency_ms if reward.ok else None}
+        return entry
 
     def explain(self, choice: Choice) -> dict[str, Any]:
         if choice.context is None:

@@ -50,12 +50,15 @@ class DecisionLog:
 
     def decision(self, *, request_id: str, tenant: str, decision: str, algorithm: str, schema: str,
                  candidates: Iterable[str], model: str, answered_by: str, propensity: float,
-                 context: np.ndarray, reward: float) -> None:
-        self.write({"type": "decision", "request_id": request_id, "at": round(time.time(), 3), "tenant": tenant,
-                    "decision": decision, "algorithm": algorithm, "schema": schema,
-                    "candidates": list(candidates), "model": model, "answered_by": answered_by,
-                    "propensity": round(float(propensity), 6),
-                    "context": [round(float(v), 6) for v in context], "reward": round(float(reward), 6)})
+                 context: np.ndarray, reward: float, usage: dict[str, float | None] | None = None) -> None:
+        event = {"type": "decision", "request_id": request_id, "at": round(time.time(), 3), "tenant": tenant,
+                 "decision": decision, "algorithm": algorithm, "schema": schema,
+                 "candidates": list(candidates), "model": model, "answered_by": answered_by,
+                 "propensity": round(float(propensity), 6),
+                 "context": [round(float(v), 6) for v in context], "reward": round(float(reward), 6)}
+        if usage is not None:  # what a `learn: quality` selector scores and learns beside quality
+            event["usage"] = usage
+        self.write(event)
 
     def feedback(self, *, request_id: str, quality: float, credit: float, by: str | None = None) -> None:
         """A rating of an earlier decision; `by` is who sent it (the API key's tenant/hash prefix)."""
@@ -80,6 +83,7 @@ class LoggedDecision:
     context: np.ndarray
     reward: float  # immediate + credited feedback
     at: float
+    usage: dict[str, Any] | None = None  # prompt_tokens, completion_tokens, latency_ms (learn: quality)
 
 
 def read_decision_log(path: str | Path, decision: str | None = None) -> list[LoggedDecision]:
@@ -101,7 +105,7 @@ def read_decision_log(path: str | Path, decision: str | None = None) -> list[Log
                         event["request_id"], event["tenant"], event["decision"], event["schema"],
                         tuple(event["candidates"]), event["model"], event["answered_by"],
                         float(event["propensity"]), np.asarray(event["context"], dtype=np.float64),
-                        float(event["reward"]), float(event["at"]))
+                        float(event["reward"]), float(event["at"]), event.get("usage"))
                 elif kind == "feedback":
                     credits[event["request_id"]] = credits.get(event["request_id"], 0.0) + float(event["credit"])
                 else:
@@ -128,13 +132,15 @@ def evaluate(events: list[LoggedDecision], selector: Any, *, learn: bool = True)
     weighted: list[float] = []  # 1{match}·r/p for every usable event
     weights: list[float] = []
     for e in usable:
-        choice = selector.select_vector(e.candidates, e.context, e.tenant)
+        usage = e.usage or {}
+        choice = selector.select_vector(e.candidates, e.context, e.tenant, prompt_tokens=usage.get("prompt_tokens"))
         if choice.model == e.model:
             matched_rewards.append(e.reward)
             weighted.append(e.reward / e.propensity)
             weights.append(1.0 / e.propensity)
             if learn:
-                selector.observe(e.tenant, e.model, e.context, e.reward, now=e.at)
+                selector.observe(e.tenant, e.model, e.context, e.reward, now=e.at,
+                                 completion_tokens=usage.get("completion_tokens"), latency_ms=usage.get("latency_ms"))
         else:
             weighted.append(0.0)
             weights.append(0.0)

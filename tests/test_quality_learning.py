@@ -161,3 +161,41 @@ def test_quality_state_round_trips_through_the_store_and_warm_start():
     for i in range(12):
         stepwise.observe("m", X[i], q[i], completion_tokens=None if np.isnan(tokens[i]) else tokens[i])
     assert np.allclose(closed.sums()["m"], stepwise.sums()["m"])
+
+
+def test_replay_of_a_quality_selector_prices_candidates_as_the_gateway_did(tmp_path):
+    """The decision log keeps the prompt tokens a `learn: quality` pick was priced with (and the
+    answer's usage), so an offline replay scores the candidates exactly as the gateway did."""
+    from sigroute.bandits.replay import DecisionLog, evaluate, read_decision_log
+
+    prices = {"input_heavy": (10.0, 0.1), "output_heavy": (0.1, 10.0)}  # which is cheaper depends on the prompt
+    specs = {name: ModelSpec.model_validate({"provider": f"openai/{name}", "price": {"input": pin, "output": pout}})
+             for name, (pin, pout) in prices.items()}
+    options = Algorithm.model_validate({"linucb": {"features": ["bias"], "learn": "quality", "alpha": 0.0,
+                                                   "reward": {"quality": 1.0, "cost": 1.0}}}).options
+    x = np.array([1.0])
+
+    def trained():
+        sel = LinUCBSelector(options, specs, decision="d")
+        for model in prices:
+            sel.observe("default", model, x, 0.5, completion_tokens=100, latency_ms=10)
+        return sel
+
+    gateway = trained()
+    log = DecisionLog(tmp_path / "log.jsonl")
+    picked = {}
+    for i, prompt in enumerate((10_000, 0, 10_000, 0)):
+        choice = gateway.select_vector(list(prices), x, prompt_tokens=prompt)
+        picked[prompt] = choice.model
+        entry = gateway.log_entry(choice, Reward(model=choice.model, ok=True, latency_ms=10, prompt_tokens=prompt,
+                                                 completion_tokens=100))
+        assert entry["usage"] == {"prompt_tokens": prompt, "completion_tokens": 100, "latency_ms": 10}
+        log.decision(request_id=f"r{i}", tenant="default", decision="d", candidates=list(prices), model=choice.model,
+                     answered_by=choice.model, propensity=1.0, **entry)
+    log.close()
+    assert picked == {10_000: "output_heavy", 0: "input_heavy"}
+    events = read_decision_log(tmp_path / "log.jsonl")
+    assert events[0].usage["prompt_tokens"] == 10_000
+    result = evaluate(events, trained(), learn=False)
+    assert result["matched"] == 4  # every logged pick is reproduced
+
