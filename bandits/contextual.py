@@ -254,7 +254,8 @@ class ContextualSelector(Selector):
             raise ValueError("no candidate model to select from: every model of the decision is unhealthy or too small")
         tenant = getattr(getattr(ctx, "principal", None), "tenant", None) or "default"
         x = self.features.vector(ctx)
-        return self.select_vector(candidates, x, tenant, prompt_tokens=ctx.prompt_tokens)
+        return self.select_vector(candidates, x, tenant,
+                                  prompt_tokens=ctx.prompt_tokens if self.learns_quality else None)
 
     def select_vector(self, candidates: Sequence[str], x: np.ndarray, tenant: str = "default", *,
                       prompt_tokens: float | None = None) -> Choice:

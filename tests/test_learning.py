@@ -405,3 +405,34 @@ def test_an_upstream_rate_limit_is_not_learned_as_a_bad_answer(sim, gateway_fact
     assert r.status_code == 200 and r.headers["x-sigroute-model"] == "beta"
     learned = fresh.app.state.runtime.pipeline.selectors["learn"].learner("default").estimator
     assert learned.count("alpha") == 1 and learned.predict("alpha", np.asarray([1.0] + [0.0] * (learned.dim - 1)))[0] < 0.05
+
+
+def test_a_quality_learning_decision_serves_learns_and_weighs_known_cost(sim, gateway_factory):
+    """`learn: quality` through the real gateway: feedback teaches quality, the answer profile is
+    learned from the upstream's usage, and a large cost weight then prefers the cheaper model."""
+    learn = {"linucb": {"alpha": 1.0, "features": ["bias"], "learn": "quality", "sync_interval_s": 0.05,
+                        "reward": {"quality": 1.0, "cost": 0.0, "feedback_ttl_s": 30}}}
+    models = {"alpha": {"input": 0.1, "output": 0.2}, "beta": {"input": 5.0, "output": 15.0}}
+    policy = learning_policy(sim, learn)
+    for name, price in models.items():
+        policy["models"][name]["price"] = price
+    gw = gateway_factory(policy)
+    for i in range(40):
+        r = gw.chat(f"question {i}")
+        assert r.status_code == 200
+        model = r.headers["x-sigroute-model"]
+        assert feedback(gw, r.headers["x-sigroute-request-id"], score=0.9 if model == "beta" else 0.6).status_code == 200
+    selector = gw.app.state.runtime.pipeline.selectors["learn"]
+    est = selector.learner("default").estimator
+    assert selector.schema_id.endswith("-q")
+    assert est.predict("beta", np.array([1.0]))[0] == pytest.approx(0.9, abs=0.1)
+    weight, tokens, latency = est.profile("beta")
+    assert weight >= 1 and tokens > 0 and latency > 0  # learned from the simulator's usage and timing
+    quality_first = gw.chat("which one now?")
+    assert quality_first.headers["x-sigroute-model"] == "beta"
+    # the same learned state under a large cost weight: the cheap model's known cost wins
+    policy["decisions"][0]["algorithm"]["linucb"]["reward"]["cost"] = 3.0
+    cheap = gateway_factory(policy)
+    cheap_selector = cheap.app.state.runtime.pipeline.selectors["learn"]
+    cheap_selector.learner("default").estimator.load_sums(est.sums())
+    assert cheap.chat("and with cost in mind?").headers["x-sigroute-model"] == "alpha"
