@@ -37,12 +37,17 @@ TEST part (≈1.9k questions) and everything fitted — the warm start (`--warm-
 baseline, the per-category baseline and the hyper-parameters — uses only the other 80 %
 (the "training split"). With ``--train DIR2`` the training split is all of DIR2 and the stream all
 of DIR, less any question whose id is in DIR2 and, if DIR's questions file is the one the heads were
-trained on (its sha256 is in the heads' metadata), less the heads' training part.
+trained on (its sha256 is in the heads' metadata), less the heads' training part. Training questions
+the shipped heads were trained on get cross-fitted (out-of-fold) `domain`/`difficulty` features,
+the others the shipped heads' own outputs (see `cross_fitted_head_blocks`).
 
 Rewards. The learners receive exactly what the gateway gives them for ``reward: {quality: 1,
 cost: w}`` (`bandits.contextual.reward_value`): ``(correct + w·(1 − cost_share)) / (1 + w)``, where
 cost_share is the answer's cost relative to the most expensive pool model for the same tokens.
-Sweeping the cost weight w over `W_GRID` traces each router's cost–accuracy curve. Regret is
+With ``--learn quality`` the router's estimator learns correctness only and adds the known cost
+term at selection (the gateway's ``learn: quality``: `bandits.contextual.known_terms`, with each
+model's mean answer length as the learner has observed it, warm start included); the reward it is
+measured in is the same. Sweeping the cost weight w over `W_GRID` traces each router's cost–accuracy curve. Regret is
 measured in that reward, against the per-question oracle (the best reward of any pool model on
 that question), at the fixed weight ``--regret-w`` (default 0.2, fixed a priori).
 
