@@ -167,7 +167,8 @@ class FeedbackNotSupported(NotFound):
 
 
 class RateLimited(SigrouteError):
-    """429: the caller's rate limit is exhausted; wait `retry_after` seconds."""
+    """429: the caller's rate limit is exhausted, or every candidate model is rate-limited upstream
+    (code `upstream_rate_limited`); wait `retry_after` seconds."""
 
 
 class UpstreamError(SigrouteError):
