@@ -309,7 +309,10 @@ def _warm_start_snapshot(args) -> dict:
 
         embeddings = embed(encoder, texts, Path(args.cache).expanduser() if args.cache else None)
     contexts, rewards = [], {m: [] for m in decision.models}
+    tokens = {m: [] for m in decision.models}     # answer profile (learn: quality)
+    latencies = {m: [] for m in decision.models}
     reward_spec = selector.options.reward
+    quality_only = getattr(selector, "learns_quality", False)
     for i, (q, text) in enumerate(zip(questions, texts)):
         ctx = RequestContext.from_body(f"warm_{i}", {"model": "auto", "messages": [{"role": "user", "content": text}]})
         contexts.append(selector.features.vector_for_text(
@@ -323,12 +326,22 @@ def _warm_start_snapshot(args) -> dict:
             outcome = outcomes.outcome(q, col)
             if outcome is None:
                 rewards[m].append(float("nan"))
+                tokens[m].append(float("nan"))
+                latencies[m].append(float("nan"))
                 continue
             latency_ms = 1000.0 * outcomes.models[col].latency_s(outcomes.completion_tokens(q, col))
-            rewards[m].append(reward_value(reward_spec, quality=float(outcome), cost_share=costs[m] / worst,
-                                           latency_ms=latency_ms))
+            tokens[m].append(float(outcomes.completion_tokens(q, col)))
+            latencies[m].append(latency_ms)
+            if quality_only:  # the estimator learns quality; cost and latency come from the profile
+                rewards[m].append(float(outcome))
+            else:
+                rewards[m].append(reward_value(reward_spec, quality=float(outcome), cost_share=costs[m] / worst,
+                                               latency_ms=latency_ms))
     estimator = selector.learner(args.tenant).estimator
-    sums = full_information_sums(estimator, np.array(contexts), {m: np.array(v) for m, v in rewards.items()})
+    profile = ({"completion_tokens": {m: np.array(v) for m, v in tokens.items()},
+                "latency_ms": {m: np.array(v) for m, v in latencies.items()}} if quality_only else {})
+    sums = full_information_sums(estimator, np.array(contexts), {m: np.array(v) for m, v in rewards.items()},
+                                 **profile)
     learner = selector.learner(args.tenant)
     weight = selector._weight(learner, time.time())  # discounting: as if observed now
     key = selector.state_key(args.tenant, learner.epoch)

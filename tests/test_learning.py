@@ -388,6 +388,19 @@ def test_warm_start_from_recorded_outcomes(tmp_path, clean_redis_url):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "nowhere" in bad.stderr
 
+    # learn: quality warm-starts quality (even with a cost weight) and the answer profile
+    policy["decisions"][0]["algorithm"]["linucb"].update(learn="quality", reward={"quality": 1.0, "cost": 2.0})
+    path.write_text(yaml.safe_dump(policy))
+    done = subprocess.run([sys.executable, "-m", "sigroute.gateway.cli", "bandit", "warm-start", "--outcomes", str(outcomes),
+                           "--policy", str(path), "--decision", "learn", "--split", "all", "--out", str(snap)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (qkey, qarms), = json.loads(snap.read_text())["keys"].items()
+    assert qkey.endswith("-q") and qkey.split("/s=")[1] == key.split("/s=")[1] + "-q"
+    assert qarms["big-70b"][0] == 5 and qarms["big-70b"][1] == 4  # quality sums, not blended rewards
+    profile = qarms["big-70b"][-4:]  # [n with a length, Σ length, n with a latency, Σ latency]
+    assert profile[0] == 5 and profile[1] > 0 and profile[2] == 5 and profile[3] > 0
+
 
 def test_an_upstream_rate_limit_is_not_learned_as_a_bad_answer(sim, gateway_factory):
     """A 429 is back pressure, not a fault of the model's answers: the request falls back, and the
