@@ -1,28 +1,57 @@
 """Per-key rate limits: token buckets behind a small store protocol.
 
 A bucket holds up to `burst` tokens and refills at `requests_per_minute / 60` per second; each
-request takes one. The in-memory store serves one process; a Redis store (shared by replicas)
-implements the same protocol.
+request takes one. `MemoryRateLimitStore` serves one process: N replicas with it admit N times a
+caller's limit. `RedisRateLimitStore` keeps the buckets in Redis, so every replica on that Redis
+takes from the same bucket and the limit holds across them.
+
+Redis layout: one hash per bucket, ``<namespace>{<key>}`` (default namespace
+``sigroute:ratelimit:``; the braces are a Redis Cluster hash tag, so the bucket is one slot) with
+fields ``t`` (tokens left) and ``u`` (when they were counted, Redis server time in seconds). One
+Lua script per check (sent by EVALSHA, loaded again when Redis answers NOSCRIPT) refills, takes
+and writes back atomically, reading the clock with ``TIME`` inside the script, so replicas'
+clocks do not matter. Each bucket expires once it would be full again (time to refill from empty
+plus a second), so idle callers leave nothing behind.
+
+Redis down: `take` raises `RateLimitStoreUnavailable` naming the URL (never its password); the
+pipeline then admits or refuses as `server.rate_limit_store_failure` says. As in the other Redis
+stores, a timed-out command makes the store fail fast for `hung_hold_s`, then one check at a time
+tries Redis again until one is answered; a refused connection fails fast by itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
-from typing import Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from sigroute.policies.schema import RateLimit
+
+REDIS_NAMESPACE = "sigroute:ratelimit:"
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def bucket_size(limit: RateLimit) -> float:
     return float(limit.burst if limit.burst is not None else max(1.0, limit.requests_per_minute))
 
 
+class RateLimitStoreUnavailable(RuntimeError):
+    """The rate-limit store's backend (Redis) cannot be reached; the message names the URL and the cause."""
+
+
 class RateLimitStore(Protocol):
     async def take(self, key: str, rate_per_s: float, burst: float) -> float:
         """Take one token. Returns 0 if allowed, else the seconds until a token is available."""
 
+    async def aclose(self) -> None:
+        """Release connections."""
+
 
 class MemoryRateLimitStore:
+    shared = False
+
     def __init__(self, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000):
         self.clock = clock
         self.max_keys = max_keys
@@ -43,13 +72,182 @@ class MemoryRateLimitStore:
                 del self._buckets[stale]
         return allowed
 
+    async def aclose(self) -> None:
+        return None
+
+
+# KEYS[1]: the bucket; ARGV: rate per second, burst. Returns the seconds to wait ("0": allowed) as
+# a string (a Lua number would come back truncated to an integer).
+_TAKE_LUA = r"""
+if redis.replicate_commands then redis.replicate_commands() end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local held = redis.call('HMGET', KEYS[1], 't', 'u')
+local tokens = tonumber(held[1])
+local updated = tonumber(held[2])
+if tokens == nil or updated == nil then
+  tokens = burst
+  updated = now
+end
+local elapsed = now - updated
+if elapsed < 0 then elapsed = 0 end
+tokens = math.min(burst, tokens + elapsed * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'u', string.format('%.17g', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return string.format('%.17g', wait)
+"""
+
+
+def _redacted(url: str) -> str:
+    """`url` without credentials; text that is not a URL is not repeated (it may be a secret)."""
+    if "://" not in url:
+        return "<not a URL>"
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # IPv6
+        netloc = f"[{netloc}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None:
+        netloc += f":{port}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+class _HungRedis:
+    """Fail fast while Redis does not answer: after a timeout, checks fail at once for `hold_s`;
+    then one check at a time (the probe) tries Redis again until one is answered. (The bandit and
+    cache stores hold the same rule; the packages do not import each other.)"""
+
+    def __init__(self, hold_s: float) -> None:
+        if hold_s < 0:
+            raise ValueError(f"hung_hold_s must be at least 0, got {hold_s}")
+        self.hold_s = hold_s
+        self.timed_out_at: float | None = None
+        self.probing = False
+
+    def admit(self) -> bool | None:
+        """False: send the command; True: send it as the probe; None: fail at once."""
+        if self.timed_out_at is None:
+            return False
+        if self.probing or time.monotonic() - self.timed_out_at < self.hold_s:
+            return None
+        self.probing = True
+        return True
+
+
+class RedisRateLimitStore:
+    """Token buckets in Redis, shared by every replica that uses the same Redis and namespace."""
+
+    shared = True
+
+    def __init__(self, url: str, namespace: str = REDIS_NAMESPACE, *, socket_timeout: float = 0.5,
+                 connect_timeout: float = 0.5, retries: int = 1, hung_hold_s: float = 1.0) -> None:
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in _REDIS_SCHEMES:
+            raise ValueError(f"not a Redis URL: {_redacted(url)!r}; use redis://[:password@]host[:port][/db], "
+                             f"rediss://... or unix:///path/to/redis.sock")
+        self.url = url
+        self.namespace = namespace
+        self.description = _redacted(url)
+        self._options = dict(socket_timeout=socket_timeout, connect_timeout=connect_timeout, retries=retries)
+        self._hung = _HungRedis(hung_hold_s)
+        self._client = None
+        self._take_script: Any = None
+
+    def bucket_key(self, key: str) -> str:
+        return f"{self.namespace}{{{key}}}"
+
+    @property
+    def _redis(self):
+        if self._client is None:  # created lazily: binds to the event loop that first uses it
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import ExponentialBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
+
+            o = self._options
+            try:
+                # Retry only connection errors (a stale pooled connection after a restart), never
+                # timeouts: a timed-out take may have run, and a slow Redis must not slow requests more.
+                self._client = aioredis.from_url(
+                    self.url, decode_responses=True, socket_timeout=o["socket_timeout"],
+                    socket_connect_timeout=o["connect_timeout"],
+                    retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), o["retries"],
+                                supported_errors=(RedisConnectionError,)))
+            except ValueError as exc:
+                raise ValueError(f"invalid Redis URL {self.description!r}: {exc}") from None
+            self._take_script = self._client.register_script(_TAKE_LUA)   # EVALSHA, reloaded on NOSCRIPT
+        return self._client
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        probe = self._hung.admit()
+        if probe is None:
+            ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
+            raise RateLimitStoreUnavailable(
+                f"Redis at {self.description} is unavailable (rate limit): it did not answer within its timeout "
+                f"{ago:.1f}s ago, so checks fail at once until it answers again")
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+                self._hung.timed_out_at = time.monotonic()
+            cause = str(exc) or type(exc).__name__
+            raise RateLimitStoreUnavailable(
+                f"Redis at {self.description} is unavailable (rate limit): {cause}") from exc
+        else:
+            self._hung.timed_out_at = None
+        finally:
+            if probe:
+                self._hung.probing = False
+
+    async def take(self, key: str, rate_per_s: float, burst: float) -> float:
+        if not (rate_per_s > 0 and math.isfinite(rate_per_s)) or not burst >= 1:
+            raise ValueError(f"a bucket needs a positive rate and a burst of at least 1 (got {rate_per_s}, {burst})")
+        with self._guard():
+            client = self._redis
+            wait = await self._take_script(keys=[self.bucket_key(key)], args=[repr(float(rate_per_s)),
+                                                                              repr(float(burst))], client=client)
+        return float(wait)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            close = getattr(self._client, "aclose", None) or self._client.close
+            await close()
+            self._client = None
+
+    def __repr__(self) -> str:
+        return f"RedisRateLimitStore({self.description!r}, namespace={self.namespace!r})"
+
+
+def open_rate_limit_store(url: str | None, **options: Any) -> RateLimitStore:
+    """Memory for None/"memory", else a Redis store at `url` (the same URLs as the other stores)."""
+    if url is None or url.strip().lower() in ("", "memory", "memory://"):
+        return MemoryRateLimitStore()
+    return RedisRateLimitStore(url, **options)
+
 
 class RateLimiter:
     def __init__(self, store: RateLimitStore | None = None):
         self.store = store or MemoryRateLimitStore()
 
     async def check(self, key: str, limit: RateLimit | None) -> float:
-        """0 when the request may go ahead, else seconds to wait."""
+        """0 when the request may go ahead, else seconds to wait. Raises `RateLimitStoreUnavailable`
+        when a shared store cannot be reached (the caller decides: fail open or closed)."""
         if limit is None:
             return 0.0
         return await self.store.take(key, limit.requests_per_minute / 60.0, bucket_size(limit))
