@@ -265,19 +265,21 @@ async def _until_disconnect(receive: Receive) -> None:
 def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metrics | None = None,
                redis_url: str | None = None, reload_on_sighup: bool = False,
                retire_after_s: float = Runtime.RETIRE_AFTER_S, **pipeline_options: Any) -> FastAPI:
-    """The gateway app. `redis_url` shares learning state, pending feedback and cached answers
-    between replicas (and keeps them across restarts); without it they live in this process's memory.
+    """The gateway app. `redis_url` shares learning state, pending feedback, cached answers and
+    rate-limit buckets between replicas (and keeps them across restarts); without it they live in this process's memory.
     `reload_on_sighup` (for `sigroute serve`, which runs the app in the main thread) reloads the
     policy file when the process gets SIGHUP, as a task on the event loop."""
     from sigroute.bandits.store import open_pending_store, open_state_store
     from sigroute.cache.semantic import SemanticCache, SingleFlight
     from sigroute.cache.store import open_document_store
+    from sigroute.gateway.ratelimit import RateLimiter, open_rate_limit_store
 
     metrics = metrics or Metrics()
     pipeline_options.setdefault("state_store", open_state_store(redis_url))
     pipeline_options.setdefault("pending_store", open_pending_store(redis_url))
     pipeline_options.setdefault("semantic_cache", SemanticCache(open_document_store(redis_url)))
     pipeline_options.setdefault("flights", SingleFlight())
+    pipeline_options.setdefault("rate_limiter", RateLimiter(open_rate_limit_store(redis_url)))
     runtime = Runtime(policy, policy_path, metrics, retire_after_s=retire_after_s, **pipeline_options)
     semantic_cache: SemanticCache = pipeline_options["semantic_cache"]
 
@@ -338,7 +340,8 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
             with contextlib.suppress(Exception):
                 await runtime.pipeline.sync_learning()  # what was learned since the last exchange
             await runtime.aclose()
-            for store in (pipeline_options["state_store"], pipeline_options["pending_store"], semantic_cache):
+            for store in (pipeline_options["state_store"], pipeline_options["pending_store"], semantic_cache,
+                          pipeline_options["rate_limiter"].store):
                 with contextlib.suppress(Exception):
                     await store.aclose()
             if pipeline_options.get("decision_log") is not None:

@@ -53,6 +53,10 @@ class Metrics:
         self._breaker_models: set[str] = set()  # models whose breaker series are shown
         self.rate_limited = Counter("sigroute_rate_limited_total", "Requests refused by rate limits",
                                     ["tenant"], registry=r)
+        self.rate_limit_store_errors = Counter(
+            "sigroute_rate_limit_store_errors_total", "Rate-limit checks the shared store (Redis) could not answer, "
+            "by what server.rate_limit_store_failure made of them: allowed (open) or refused (closed)",
+            ["outcome"], registry=r)
         self.errors = Counter("sigroute_errors_total", "Requests answered with an error", ["status", "code"],
                               registry=r)
         self.stream_breaks = Counter("sigroute_stream_breaks_total", "Streams that broke after bytes were sent",

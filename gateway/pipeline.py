@@ -26,7 +26,9 @@ builds a new one (learned state, pending feedback and cached answers live in app
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from contextlib import AsyncExitStack
 from typing import Any, Mapping
 
@@ -39,16 +41,16 @@ from sigroute.gateway import explain
 from sigroute.gateway.answering import Answer, Answering
 from sigroute.gateway.auth import Authenticator
 from sigroute.gateway.caching import Caching
-from sigroute.gateway.errors import APIError, RateLimited
+from sigroute.gateway.errors import APIError, RateLimited, Unavailable
 from sigroute.gateway.journey import Journey
 from sigroute.gateway.learning import Learning
 from sigroute.gateway.metrics import Metrics
 from sigroute.gateway.openai_wire import parse_chat_request
-from sigroute.gateway.ratelimit import RateLimiter
+from sigroute.gateway.ratelimit import RateLimiter, RateLimitStoreUnavailable
 from sigroute.gateway.routing import Router, build_selectors
 from sigroute.gateway.upstream import Upstreams
 from sigroute.plugins.chain import PolicyPlugins, needs_encoder as plugins_need_encoder
-from sigroute.policies.schema import Policy
+from sigroute.policies.schema import Policy, RateLimit
 from sigroute.signals.context import RequestContext
 from sigroute.signals.encoder import RequestEmbedder, shared_encoder
 from sigroute.signals.engine import SignalEngine
@@ -56,6 +58,8 @@ from sigroute.signals.learned import SignalResources
 from sigroute.signals.registry import SIGNAL_TYPES
 
 __all__ = ["Answer", "Pipeline", "needs_encoder"]
+
+log = logging.getLogger("sigroute.gateway")
 
 
 def needs_encoder(policy: Policy) -> bool:
@@ -90,6 +94,7 @@ class Pipeline:
         self.auth = Authenticator(policy.auth, policy.server.rate_limit, environ=env,
                                   open_without_auth=policy.server.open_without_auth)
         self.rate_limiter = rate_limiter or (previous.rate_limiter if previous is not None else RateLimiter())
+        self._rate_store_warned_at = float("-inf")
         self.embedder = self.resources = None
         if needs_encoder(policy):
             spec = policy.encoder
@@ -139,13 +144,31 @@ class Pipeline:
     async def admit(self, headers: Mapping[str, str]):
         principal, limit = self.auth.authenticate(headers)
         if limit is not None:
-            wait = await self.rate_limiter.check(principal.key_id, limit)
+            wait = await self._rate_check(principal.key_id, limit)
             if wait > 0:
                 self.metrics.rate_limited.labels(principal.tenant).inc()
                 raise RateLimited(f"rate limit of {limit.requests_per_minute:g} requests/minute exceeded; "
                                   f"retry in {wait:.2f}s", code="rate_limit_exceeded",
                                   headers={"retry-after": str(max(1, int(wait + 0.999)))})
         return principal
+
+    async def _rate_check(self, key: str, limit: RateLimit) -> float:
+        """The rate limiter's answer (0: go ahead, else seconds to wait); when its shared store cannot
+        be reached, admit (`server.rate_limit_store_failure: open`) or refuse with 503 (`closed`)."""
+        try:
+            return await self.rate_limiter.check(key, limit)
+        except RateLimitStoreUnavailable as exc:
+            refuse = self.policy.server.rate_limit_store_failure == "closed"
+            self.metrics.rate_limit_store_errors.labels("refused" if refuse else "allowed").inc()
+            now = time.monotonic()
+            if now - self._rate_store_warned_at >= 10.0:   # one log line per 10 s, not one per request
+                self._rate_store_warned_at = now
+                log.warning("rate limits unchecked, requests %s meanwhile: %s",
+                            "refused" if refuse else "admitted", exc)
+            if refuse:
+                raise Unavailable("rate limits cannot be checked right now (their store is unavailable); retry in 1s",
+                                  code="rate_limit_store_unavailable", headers={"retry-after": "1"}) from None
+            return 0.0
 
     def context(self, raw: bytes, headers: Mapping[str, str], principal, request_id: str) -> RequestContext:
         if len(raw) > self.max_request_bytes:
@@ -214,7 +237,7 @@ class Pipeline:
         Limited per caller by `server.feedback_rate_limit`, apart from the chat rate limit."""
         principal = await self.admit(headers)
         limit = self.policy.server.feedback_rate_limit
-        wait = await self.rate_limiter.check(principal.key_id + "#feedback", limit) if limit is not None else 0
+        wait = await self._rate_check(principal.key_id + "#feedback", limit) if limit is not None else 0
         if wait > 0:
             self.metrics.rate_limited.labels(principal.tenant).inc()
             raise RateLimited(f"feedback rate limit of {limit.requests_per_minute:g} per minute exceeded; retry in "

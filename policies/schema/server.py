@@ -92,6 +92,10 @@ class Server(Strict):
     feedback_rate_limit: RateLimit | None = Field(
         RateLimit(requests_per_minute=6000, burst=600),
         description="POST /v1/feedback per caller (API key), apart from the chat rate limit; null: none")
+    rate_limit_store_failure: Literal["open", "closed"] = Field(
+        "open", description="when the shared rate-limit store (Redis) cannot be reached: open admits the request "
+        "unchecked, closed refuses it with 503 and Retry-After; either is counted in "
+        "sigroute_rate_limit_store_errors_total")
     log_prompts: bool = Field(False, description="prompts and answers are never logged unless this is true")
     open_without_auth: tuple[Literal[OPERATOR_SURFACES], ...] = Field(
         (), description="with no `auth` section nobody is authenticated, so the operator surfaces are refused "
