@@ -365,7 +365,7 @@ return 1
 """
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
     """`url` without credentials (user info and a `password` query parameter are dropped); text
     that is not a URL at all is not repeated (it may be a secret pasted in the wrong place)."""
     if "://" not in url:
@@ -400,7 +400,7 @@ def _glob_escape(text: str) -> str:
     return text
 
 
-class _HungRedis:
+class HungRedis:
     """Fail fast while Redis does not answer: after a timeout, commands fail at once for `hold_s`;
     then one command at a time (the probe) tries Redis again until one is answered. (The bandit
     stores hold the same rule; the two packages do not import each other.)"""
@@ -432,14 +432,14 @@ class RedisDocumentStore:
                  hung_hold_s: float = 1.0) -> None:
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"not a Redis URL: {_redacted(url)!r}; use redis://[:password@]host[:port][/db], "
+            raise ValueError(f"not a Redis URL: {redacted_url(url)!r}; use redis://[:password@]host[:port][/db], "
                              f"rediss://... or unix:///path/to/redis.sock")
         self.url = url
         self.namespace = namespace
-        self.description = _redacted(url)
+        self.description = redacted_url(url)
         self.stream_maxlen = stream_maxlen
         self._options = dict(socket_timeout=socket_timeout, connect_timeout=connect_timeout, retries=retries)
-        self._hung = _HungRedis(hung_hold_s)
+        self._hung = HungRedis(hung_hold_s)
         self._client = None
         self._scripts: dict[str, Any] = {}
         self._stream = f"{namespace}events"

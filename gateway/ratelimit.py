@@ -25,8 +25,7 @@ import contextlib
 import math
 import time
 from typing import Any, Callable, Iterator, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit
-
+from sigroute.cache.store import HungRedis, redacted_url  # one copy of the Redis plumbing rules for the gateway
 from sigroute.policies.schema import RateLimit
 
 REDIS_NAMESPACE = "sigroute:ratelimit:"
@@ -106,46 +105,6 @@ return string.format('%.17g', wait)
 """
 
 
-def _redacted(url: str) -> str:
-    """`url` without credentials; text that is not a URL is not repeated (it may be a secret)."""
-    if "://" not in url:
-        return "<not a URL>"
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if ":" in netloc:  # IPv6
-        netloc = f"[{netloc}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None:
-        netloc += f":{port}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-
-
-class _HungRedis:
-    """Fail fast while Redis does not answer: after a timeout, checks fail at once for `hold_s`;
-    then one check at a time (the probe) tries Redis again until one is answered. (The bandit and
-    cache stores hold the same rule; the packages do not import each other.)"""
-
-    def __init__(self, hold_s: float) -> None:
-        if hold_s < 0:
-            raise ValueError(f"hung_hold_s must be at least 0, got {hold_s}")
-        self.hold_s = hold_s
-        self.timed_out_at: float | None = None
-        self.probing = False
-
-    def admit(self) -> bool | None:
-        """False: send the command; True: send it as the probe; None: fail at once."""
-        if self.timed_out_at is None:
-            return False
-        if self.probing or time.monotonic() - self.timed_out_at < self.hold_s:
-            return None
-        self.probing = True
-        return True
-
-
 class RedisRateLimitStore:
     """Token buckets in Redis, shared by every replica that uses the same Redis and namespace."""
 
@@ -155,13 +114,13 @@ class RedisRateLimitStore:
                  connect_timeout: float = 0.5, retries: int = 1, hung_hold_s: float = 1.0) -> None:
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in _REDIS_SCHEMES:
-            raise ValueError(f"not a Redis URL: {_redacted(url)!r}; use redis://[:password@]host[:port][/db], "
+            raise ValueError(f"not a Redis URL: {redacted_url(url)!r}; use redis://[:password@]host[:port][/db], "
                              f"rediss://... or unix:///path/to/redis.sock")
         self.url = url
         self.namespace = namespace
-        self.description = _redacted(url)
+        self.description = redacted_url(url)
         self._options = dict(socket_timeout=socket_timeout, connect_timeout=connect_timeout, retries=retries)
-        self._hung = _HungRedis(hung_hold_s)
+        self._hung = HungRedis(hung_hold_s)
         self._client = None
         self._take_script: Any = None
 
