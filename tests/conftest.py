@@ -348,3 +348,21 @@ class ManualClock:
     def advance(self, seconds: float) -> float:
         self.now += seconds
         return self.now
+
+
+@pytest.fixture
+def fault_upstream():
+    """The chaos benchmark's recording fault server (`benchmarks.chaos_upstream`) on loopback."""
+    from benchmarks.chaos_upstream import FaultServerThread
+
+    with FaultServerThread() as server:
+        yield server
+
+
+def fault_policy(upstream, models: list[str]) -> dict:
+    """A static decision over `models` served by the fault server: no retries, a breaker that stays
+    closed, so each test sees exactly the upstream's fault."""
+    return {"version": 1,
+            "models": {m: {"provider": f"openai/{m}", "api_base": upstream.server.api_base} for m in models},
+            "decisions": [{"name": "default", "models": models, "algorithm": "static"}],
+            "upstream": {"retries": 0, "backoff_s": 0.0, "breaker": {"failure_threshold": 100, "cooldown_s": 1}}}

@@ -12,28 +12,22 @@ The upstream is `benchmarks.chaos_upstream.FaultServer`, a raw-socket HTTP serve
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import httpx
 import orjson
 import pytest
 
 from benchmarks.chaos_upstream import Fault, FaultServerThread, answer_text
+from conftest import fault_policy
 
 BROKEN = ["bad_utf8", "not_object", "bad_shape"]
 
 
 @pytest.fixture
-def upstream() -> Iterator[FaultServerThread]:
-    with FaultServerThread() as server:
-        yield server
+def upstream(fault_upstream: FaultServerThread) -> FaultServerThread:
+    return fault_upstream
 
 
-def policy(upstream: FaultServerThread, models: list[str]) -> dict:
-    return {"version": 1,
-            "models": {m: {"provider": f"openai/{m}", "api_base": upstream.server.api_base} for m in models},
-            "decisions": [{"name": "default", "models": models, "algorithm": "static"}],
-            "upstream": {"retries": 0, "backoff_s": 0.0, "breaker": {"failure_threshold": 100, "cooldown_s": 1}}}
+policy = fault_policy
 
 
 def read_stream(gw, nonce: str) -> tuple[list, bool]:

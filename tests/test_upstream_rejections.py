@@ -7,12 +7,11 @@ records what each model really answered (text, usage)."""
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import openai
 import pytest
 
 from benchmarks.chaos_upstream import Fault, FaultServerThread, answer_text, model_usage
+from conftest import fault_policy
 
 CONTEXT_LENGTH = Fault("status", status=400, code="context_length_exceeded", error_type="invalid_request_error",
                        message="This model's maximum context length is 4096 tokens.")
@@ -22,16 +21,11 @@ BAD_PARAMETER = Fault("status", status=400, code="unsupported_value", error_type
 
 
 @pytest.fixture
-def upstream() -> Iterator[FaultServerThread]:
-    with FaultServerThread() as server:
-        yield server
+def upstream(fault_upstream: FaultServerThread) -> FaultServerThread:
+    return fault_upstream
 
 
-def policy(upstream: FaultServerThread, models: list[str]) -> dict:
-    return {"version": 1,
-            "models": {m: {"provider": f"openai/{m}", "api_base": upstream.server.api_base} for m in models},
-            "decisions": [{"name": "default", "models": models, "algorithm": "static"}],
-            "upstream": {"retries": 0, "backoff_s": 0.0, "breaker": {"failure_threshold": 100, "cooldown_s": 1}}}
+policy = fault_policy
 
 
 def ask(gw, nonce: str, stream: bool = False):
