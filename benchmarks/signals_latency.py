@@ -104,7 +104,7 @@ async def run(args) -> dict:
     async def signals_path(i: int, text: str) -> float:
         raw = request_bytes(text)  # serializing the request is the client's work, not timed
         start = time.perf_counter()
-        ctx = pipeline.context(raw, headers, None, f"bench-{i}")
+        ctx = await pipeline.context(raw, headers, None, f"bench-{i}")
         results = await pipeline.signals.evaluate(ctx)
         elapsed = (time.perf_counter() - start) * 1000
         failed = [k for k, r in results.items() if isinstance(r.value, dict) and "error" in r.value]

@@ -37,8 +37,7 @@ from sigroute.gateway.errors import InvalidRequest
 from sigroute.gateway.journey import Journey
 from sigroute.gateway.learning import Learning
 from sigroute.gateway.metrics import Metrics
-from sigroute.gateway.openai_wire import (SSE_DONE, StreamAssembler, complete_answer, completion_chunks, sse_event,
-                                          stream_error_event)
+from sigroute.gateway.openai_wire import StreamAssembler, complete_answer, completion_chunks
 from sigroute.gateway.upstream import UpstreamError
 from sigroute.plugins.base import Blocked
 from sigroute.plugins.chain import PolicyPlugins
@@ -59,17 +58,24 @@ class Answer:
                                                         # stream is over (finished, broken or never begun)
 
 
-def ready_answer(body: dict[str, Any], ctx: RequestContext, headers: dict[str, str]) -> Answer:
-    """An answer sigroute already has (cached, or a plugin's): JSON, or SSE chunks if the request
-    streamed (with the usage chunk when `stream_options.include_usage` asks for it)."""
+async def ready_answer(body: dict[str, Any], journey: Journey, headers: dict[str, str]) -> Answer:
+    """An answer sigroute already has (cached, or a plugin's), in the request's surface format:
+    whole, or as stream events if the request streamed (with the usage chunk when
+    `stream_options.include_usage` asks for it)."""
+    ctx, encoder = journey.ctx, journey.encoder
     if not ctx.stream:
-        return Answer(200, headers, body=orjson.dumps(body))
+        return Answer(200, headers, body=await encoder.whole(body, None))
     chunks = completion_chunks(body, bool((ctx.body.get("stream_options") or {}).get("include_usage")))
 
     async def events() -> AsyncIterator[bytes]:
+        opening = encoder.start()
+        if opening:
+            yield opening
         for chunk in chunks:
-            yield sse_event(chunk)
-        yield SSE_DONE
+            event = encoder.chunk(chunk)
+            if event:
+                yield event
+        yield await encoder.end()
 
     return Answer(200, headers, stream=events())
 
@@ -122,7 +128,7 @@ class Answering:
     def _count(self, journey: Journey, model: str, status: str, elapsed_s: float) -> None:
         route = journey.route
         self.metrics.latency.labels(route.decision_name).observe(elapsed_s)
-        self.metrics.requests.labels(route.entrypoint_label, route.decision_name, model, status).inc()
+        self.metrics.requests.labels(journey.api, route.entrypoint_label, route.decision_name, model, status).inc()
 
     def _timing_headers(self, journey: Journey, elapsed_s: float) -> float:
         """x-sigroute-overhead-ms (time in sigroute itself) and -upstream-ms; returns the overhead."""
@@ -142,9 +148,9 @@ class Answering:
         encoded = orjson.dumps(body)       # the answer to the request as sent upstream (what the cache keeps)
         if self.plugins.changes_answers(name):                                   # 9
             body = await self.plugins.after(name, body, journey.plugins)
-            answer_bytes = orjson.dumps(body)
+            answer_bytes = await journey.encoder.whole(body, None)
         else:
-            answer_bytes = encoded
+            answer_bytes = await journey.encoder.whole(body, encoded)
         journey.plugins.apply_to(journey.response_headers)
         if journey.caching:                                                      # 10
             await self.caching.store(journey, encoded if complete_answer(body) else None)
@@ -163,6 +169,7 @@ class Answering:
         assembler = StreamAssembler() if journey.caching else None
         filters = self.plugins.filters(name, journey.plugins)
         journey.plugins.apply_to(headers)
+        encoder = journey.encoder
         began = False
 
         async def events() -> AsyncIterator[bytes]:
@@ -175,17 +182,26 @@ class Answering:
                 first["model"] = model
                 if assembler is not None:
                     assembler.add(first)
-                yield sse_event(await filter_chunk(first, filters) if filters else first)
+                opening = encoder.start()
+                if first.get("usage"):
+                    usage = first["usage"]
+                event = encoder.chunk(await filter_chunk(first, filters) if filters else first)
+                if opening or event:
+                    yield opening + event
                 async for chunk in stream:
                     chunk["model"] = model
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     if assembler is not None:
                         assembler.add(chunk)
-                    yield sse_event(await filter_chunk(chunk, filters) if filters else chunk)
+                    event = encoder.chunk(await filter_chunk(chunk, filters) if filters else chunk)
+                    if event:
+                        yield event
                 for tail in await flush_filters(filters, first):
-                    yield sse_event(tail)
-                yield SSE_DONE
+                    event = encoder.chunk(tail)
+                    if event:
+                        yield event
+                yield await encoder.end()
                 status = "200"
                 if assembler is not None:                                        # 10
                     body = assembler.completion(model)
@@ -194,10 +210,10 @@ class Answering:
                 status = "stream_broken"
                 self.metrics.stream_breaks.labels(model).inc()
                 log.warning("request %s: the stream of upstream model %s broke: %s", journey.request_id, model, exc)
-                yield stream_error_event(
+                yield encoder.error(
                     f"the upstream model '{model}' failed mid-stream ({exc.kind}); the answer above is "
                     f"incomplete (details in the gateway log under request {journey.request_id})",
-                    code="stream_broken")
+                    code="stream_broken", type="upstream_error")
             except (asyncio.CancelledError, GeneratorExit):
                 status = "client_disconnected"
                 self.metrics.client_disconnects.inc()
@@ -206,7 +222,7 @@ class Answering:
                 status = "internal_error"
                 self.metrics.errors.labels("500", "internal_error").inc()
                 log.exception("request %s: relaying the stream of model %s failed", journey.request_id, model)
-                yield stream_error_event(
+                yield encoder.error(
                     f"the gateway failed while relaying the answer of model '{model}'; the answer above is "
                     f"incomplete (details in the gateway log under request {journey.request_id})",
                     code="internal_error", type="server_error")
@@ -245,9 +261,9 @@ class Answering:
         self._count(journey, "cache", "200", elapsed)
         if journey.ctx.stream:
             self.metrics.ttft.labels(name).observe(elapsed)
-        return ready_answer(body, journey.ctx, headers)
+        return await ready_answer(body, journey, headers)
 
-    def blocked(self, journey: Journey, blocked: Blocked) -> Answer:
+    async def blocked(self, journey: Journey, blocked: Blocked) -> Answer:
         """A plugin answered instead of a model (the model was never called)."""
         headers = journey.response_headers
         journey.plugins.apply_to(headers)
@@ -263,4 +279,4 @@ class Answering:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": blocked.message},
                              "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
-        return ready_answer(body, journey.ctx, headers)
+        return await ready_answer(body, journey, headers)

@@ -3,8 +3,9 @@
 Endpoints (who may call each: `gateway.auth`; the roles are the policy's `auth` section):
   POST /v1/chat/completions   OpenAI chat completions, streamed or not; `model` is an entrypoint
                               (e.g. "auto") or, if the policy allows, a concrete model     any key
-  POST /v1/route/explain      same body; shows every signal, every decision's verdict and the
-                              choice, without calling a model                          explain role
+  POST /v1/route/explain      same body (or, with ?api=NAME, a body of another surface); shows every
+                              signal, every decision's verdict and the choice, without calling a
+                              model                                                    explain role
   POST /v1/feedback           {request_id, score | thumbs | label}: quality of an answer   any key
   GET  /v1/models             entrypoints and models                                       any key
   GET  /health                the process is alive                                         public
@@ -45,6 +46,7 @@ from sigroute.gateway.metrics import Metrics
 from sigroute.gateway.openai_wire import OPENAPI_SCHEMAS, model_list
 from sigroute.gateway.answering import Answer
 from sigroute.gateway.pipeline import Pipeline
+from sigroute.gateway.surface import CHAT, Surface
 from sigroute.policies.schema import Policy
 
 log = logging.getLogger("sigroute.app")
@@ -350,6 +352,8 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     app = FastAPI(title="sigroute", version="0.1.0", lifespan=lifespan,
                   description="Semantic model-router gateway with an OpenAI-compatible API")
     app.state.runtime = runtime
+    # the API surfaces by their `api` name (explain reads a body of any of them: ?api=NAME)
+    surfaces: dict[str, Surface] = {CHAT.api: CHAT}
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -391,14 +395,22 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         runtime.metrics.errors.labels("500", "internal_error").inc()
         return error_response(error)
 
-    @app.post("/v1/chat/completions", summary="Create a chat completion (OpenAI-compatible)",
-              **described({"application/json": "ChatCompletion", "text/event-stream": "ChatCompletionStreamEvent"},
-                          *ADMITTED, *BODY_READ, 403, 404, 422, 502, 503, 504, body="ChatCompletionRequest",
-                          headers={"x-sigroute-debug": {"enum": ["0", "1", "true", "false"]}}))
-    async def chat_completions(request: Request) -> Response:
+    def surface_error(surface: Surface, exc: APIError) -> Response:
+        """An error in the shape of the surface the request came in by (the chat surface's is the
+        app-wide OpenAI shape)."""
+        runtime.metrics.errors.labels(str(exc.status), exc.code or exc.type).inc()
+        return JSONBytes(surface.error(exc), status_code=exc.status, headers=exc.headers)
+
+    async def serve(request: Request, surface: Surface) -> Response:
+        """A request to one of the API surfaces, through the pipeline; errors in that surface's shape."""
         started = time.perf_counter()
         pipeline = runtime.pipeline
-        raw = await read_body(request, pipeline.max_request_bytes, pipeline.policy.server.body_timeout_s)
+        try:
+            raw = await read_body(request, pipeline.max_request_bytes, pipeline.policy.server.body_timeout_s)
+        except APIError as exc:
+            if surface is CHAT:
+                raise
+            return surface_error(surface, exc)
         # The pipeline runs in this request's own task (a separate task would wait a loop cycle to
         # start, which under load is most of sigroute's latency); a watcher cancels it if the
         # caller goes away.
@@ -413,31 +425,47 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
 
         watcher = asyncio.ensure_future(watch())
         try:
-            answer: Answer = await pipeline.handle(raw, request.headers, started)
+            answer: Answer = await pipeline.handle(raw, request.headers, started, surface)
         except asyncio.CancelledError:
             if not gone:
                 raise
             task.uncancel()  # the caller went away: we stopped working for it
             pipeline.metrics.client_disconnects.inc()
             return Response(status_code=499)
-        except APIError:
-            raise
+        except APIError as exc:
+            if surface is CHAT:
+                raise
+            return surface_error(surface, exc)
         except Exception as exc:  # answered as a 500 on a connection that stays usable
-            raise internal_error(request, exc) from None
+            error = internal_error(request, exc)
+            if surface is CHAT:
+                raise error from None
+            return surface_error(surface, error)
         finally:
             watcher.cancel()
         if answer.stream is not None:
             return SSEResponse(answer.stream, answer.headers, answer.on_close)
         return JSONBytes(answer.body, status_code=answer.status, headers=answer.headers)
 
+    @app.post("/v1/chat/completions", summary="Create a chat completion (OpenAI-compatible)",
+              **described({"application/json": "ChatCompletion", "text/event-stream": "ChatCompletionStreamEvent"},
+                          *ADMITTED, *BODY_READ, 403, 404, 422, 502, 503, 504, body="ChatCompletionRequest",
+                          headers={"x-sigroute-debug": {"enum": ["0", "1", "true", "false"]}}))
+    async def chat_completions(request: Request) -> Response:
+        return await serve(request, CHAT)
+
     @app.post("/v1/route/explain", summary="Show how a request would be routed, without calling a model",
               **described({"application/json": "RouteExplanation"}, *ADMITTED, *BODY_READ, 403, 404, 503,
                           body="ChatCompletionRequest"))
-    async def explain(request: Request) -> Response:
+    async def explain(request: Request, api: str = CHAT.api) -> Response:
         pipeline = runtime.pipeline
         await operator(request, "explain", "explaining a route")
+        surface = surfaces.get(api)
+        if surface is None:
+            raise APIError(f"unknown api '{api}'; the body is read as one of: {', '.join(surfaces)}", status=400,
+                           type="invalid_request_error", param="api", code="invalid_value")
         raw = await read_body(request, pipeline.max_request_bytes, pipeline.policy.server.body_timeout_s)
-        return JSONBytes(orjson.dumps(await pipeline.explain(raw, request.headers)))
+        return JSONBytes(orjson.dumps(await pipeline.explain(raw, request.headers, surface)))
 
     @app.post("/v1/feedback", summary="Report the quality of an answer so learning decisions improve",
               **described({"application/json": "Feedback"}, *ADMITTED, *BODY_READ, 404, 409, 503,

@@ -18,16 +18,19 @@ from sigroute.gateway.journey import DIRECT, Journey
 
 if TYPE_CHECKING:
     from sigroute.gateway.pipeline import Pipeline
+    from sigroute.gateway.surface import Surface
 
 
-async def explain(pipeline: "Pipeline", raw: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
-    journey = Journey(headers, request_id="explain_" + uuid.uuid4().hex[:12])
+async def explain(pipeline: "Pipeline", raw: bytes, headers: Mapping[str, str],
+                  surface: "Surface") -> dict[str, Any]:
+    """How the request `raw`, sent to `surface`, would be routed."""
+    journey = Journey(headers, request_id="explain_" + uuid.uuid4().hex[:12], api=surface.api)
     journey.principal = await pipeline.admit(headers)
-    ctx = journey.ctx = pipeline.context(raw, headers, journey.principal, journey.request_id)
+    ctx = journey.ctx = await pipeline.context(raw, headers, journey.principal, journey.request_id, surface)
     timings: dict[str, float] = {}
     route = await pipeline.router.decide(ctx, every_signal=True, timings=timings)
     if route.decision is None:
-        return {"entrypoint": None, "model": ctx.model, "direct": True, "decision": DIRECT,
+        return {"api": surface.api, "entrypoint": None, "model": ctx.model, "direct": True, "decision": DIRECT,
                 "selection": route.choice.as_dict()}
     decision = route.decision
     try:
@@ -45,6 +48,7 @@ async def explain(pipeline: "Pipeline", raw: bytes, headers: Mapping[str, str]) 
                          semantic=plan.question is not None, **dataclasses.asdict(plan.settings))
     outcome = route.outcome
     return {
+        "api": surface.api,
         "entrypoint": route.entrypoint,
         "strategy": outcome.strategy,
         "signals": {k: {**r.as_dict(), "ms": round(timings.get(k, 0.0), 4),

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sigroute.bandits.base import Choice
     from sigroute.cache.service import CachePlan
     from sigroute.gateway.auth import Principal
+    from sigroute.gateway.surface import AnswerEncoder
     from sigroute.cache.semantic import FlightLease
     from sigroute.gateway.upstream import CallResult
     from sigroute.policies.rules import Outcome
@@ -54,6 +55,7 @@ class Journey:
     headers: Mapping[str, str]                 # the request's headers
     started: float = field(default_factory=time.perf_counter)
     request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex)
+    api: str = "chat.completions"              # the surface it came in by (`gateway.surface`)
     principal: "Principal | None" = None       # 1 auth
     ctx: "RequestContext | None" = None        # 2 context (replaced by plugins that change the request)
     route: Route | None = None                 # 3 + 4 signals and decision, 7 selection
@@ -62,6 +64,7 @@ class Journey:
     flight: "FlightLease | None" = None        # 6 leading identical requests (they wait for our answer)
     result: "CallResult | None" = None         # 8 the upstream call
     response_headers: dict[str, str] = field(default_factory=dict)
+    encoder: "AnswerEncoder | None" = None     # 2 the answer in the surface's wire format
 
     @property
     def caching(self) -> bool:

@@ -23,8 +23,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("sigroute_requests_total", "Chat completion requests answered",
-                                ["entrypoint", "decision", "model", "status"], registry=r)
+        self.requests = Counter("sigroute_requests_total", "Requests answered, by API surface "
+                                "(chat.completions, messages, responses)",
+                                ["api", "entrypoint", "decision", "model", "status"], registry=r)
         self.latency = Histogram("sigroute_request_seconds", "Time to the full answer (streams: to the last byte)",
                                  ["decision"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("sigroute_time_to_first_token_seconds", "Time to the first streamed byte",

@@ -45,9 +45,9 @@ from sigroute.gateway.errors import APIError, RateLimited, Unavailable
 from sigroute.gateway.journey import Journey
 from sigroute.gateway.learning import Learning
 from sigroute.gateway.metrics import Metrics
-from sigroute.gateway.openai_wire import parse_chat_request
 from sigroute.gateway.ratelimit import RateLimiter, RateLimitStoreUnavailable
 from sigroute.gateway.routing import Router, build_selectors
+from sigroute.gateway.surface import CHAT, Surface
 from sigroute.gateway.upstream import Upstreams
 from sigroute.plugins.chain import PolicyPlugins, needs_encoder as plugins_need_encoder
 from sigroute.policies.schema import Policy, RateLimit
@@ -170,23 +170,31 @@ class Pipeline:
                                   code="rate_limit_store_unavailable", headers={"retry-after": "1"}) from None
             return 0.0
 
-    def context(self, raw: bytes, headers: Mapping[str, str], principal, request_id: str) -> RequestContext:
+    async def context(self, raw: bytes, headers: Mapping[str, str], principal, request_id: str,
+                      surface: Surface = CHAT) -> RequestContext:
+        """The request in the pipeline's internal form (a checked chat-completions body), translated
+        once from the surface it came in by."""
         if len(raw) > self.max_request_bytes:
             raise APIError(f"request body of {len(raw)} bytes exceeds the limit of {self.max_request_bytes}",
                            status=413, type="invalid_request_error", code="request_too_large")
-        body = parse_chat_request(raw, self.policy.server.max_messages, self.policy.server.max_tools)
+        body = await surface.request(raw, principal, self.policy.server)
         return RequestContext.from_body(request_id, body, headers, principal, self.embedder)
 
     # the whole journey ---------------------------------------------------------------------------
-    async def handle(self, raw: bytes, headers: Mapping[str, str], started: float) -> Answer:
-        journey = Journey(headers, started)
+    async def handle(self, raw: bytes, headers: Mapping[str, str], started: float,
+                     surface: Surface = CHAT) -> Answer:
+        """One request from its bytes to its answer; `surface` is the API it came in by (its
+        request is translated into the internal form once, and the answer back once)."""
+        journey = Journey(headers, started, api=surface.api)
         async with AsyncExitStack() as held:   # what the request holds; a stream takes it over below
             journey.principal = await self.admit(headers)                                          # 1
-            ctx = journey.ctx = self.context(raw, headers, journey.principal, journey.request_id)   # 2
+            ctx = journey.ctx = await self.context(raw, headers, journey.principal,                # 2
+                                                   journey.request_id, surface)
+            journey.encoder = surface.encoder(ctx.body, journey.request_id, journey.principal)
             route = journey.route = await self.router.decide(ctx)                                  # 3 + 4
             blocked = await self._plugins_before(journey)                                          # 5
             if blocked is not None:
-                return self.answering.blocked(journey, blocked)
+                return await self.answering.blocked(journey, blocked)
             cached = await self.caching.lookup(journey, held)                                      # 6
             if cached is not None:
                 return await self.answering.cached(journey, cached)                                # 9
@@ -245,9 +253,9 @@ class Pipeline:
                               headers={"retry-after": str(max(1, int(wait + 0.999)))})
         return await self.learning.feedback(raw, principal, headers.get("idempotency-key"))
 
-    async def explain(self, raw: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+    async def explain(self, raw: bytes, headers: Mapping[str, str], surface: Surface = CHAT) -> dict[str, Any]:
         """POST /v1/route/explain: every signal, every decision's verdict and the choice, no model call."""
-        return await explain.explain(self, raw, headers)
+        return await explain.explain(self, raw, headers, surface)
 
     # learned state and lifecycle -----------------------------------------------------------------
     async def sync_learning(self) -> None:

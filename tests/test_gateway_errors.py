@@ -162,7 +162,7 @@ def test_health_ready_models_and_metrics(sim, gateway_factory):
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     gw.chat("hi")
     text = gw.http.get("/metrics").text
-    assert 'sigroute_requests_total{decision="default",entrypoint="auto",model="alpha",status="200"} 1.0' in text
+    assert 'sigroute_requests_total{api="chat.completions",decision="default",entrypoint="auto",model="alpha",status="200"} 1.0' in text
     assert "sigroute_overhead_seconds_count 1.0" in text
     assert 'sigroute_decisions_total{decision="default",entrypoint="auto"} 1.0' in text
     assert 'sigroute_selected_model_total{decision="default",model="alpha"} 1.0' in text
