@@ -448,3 +448,35 @@ def test_format_question_and_extract():
     assert extract_answer_letter("The answer is (C).") == "C"
     assert extract_answer_letter("so the answer is: b") == "B"
     assert extract_answer_letter("no idea") is None
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                                 "parameters": {"type": "object",
+                                                                "properties": {"text": {"type": "string"}}}}}
+
+
+def test_tool_call_answer_whole_and_streamed(client):
+    ask = [{"role": "user", "content": "[[sim:tool]] weather in Oslo"}]
+    whole = client.chat.completions.create(model="fast", messages=ask, tools=[WEATHER_TOOL])
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"text": "weather in Oslo"}
+    chunks = list(client.chat.completions.create(model="fast", messages=ask, tools=[WEATHER_TOOL], stream=True))
+    pieces = [c.choices[0].delta.tool_calls[0].function.arguments for c in chunks
+              if c.choices and c.choices[0].delta.tool_calls]
+    assert len([p for p in pieces if p]) == 2 and json.loads("".join(pieces)) == {"text": "weather in Oslo"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # without tools, or without the marker, the answer is text
+    plain = client.chat.completions.create(model="fast", messages=ask)
+    assert plain.choices[0].finish_reason == "stop" and plain.choices[0].message.content
+
+
+def test_tool_result_is_answered(client):
+    history = [{"role": "user", "content": "[[sim:tool]] weather in Oslo"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}]
+    answer = client.chat.completions.create(model="fast", messages=history, tools=[WEATHER_TOOL])
+    assert answer.choices[0].message.content == "Tool said: sunny, 21 C"
+    assert answer.choices[0].finish_reason == "stop"

@@ -39,6 +39,10 @@ Endpoints:
     answered ``The answer is (X).``, correct with probability accuracy[category]; a last user
     message containing ``[[sim:echo]]`` is echoed back verbatim; anything else gets
     `completion_tokens` words of deterministic filler (the same prompt gives the same text).
+    Tools: when the request has `tools` and its last message is a user message containing
+    ``[[sim:tool]]``, the answer calls the first tool (finish_reason "tool_calls") with the
+    arguments ``{"text": <the user text without the marker>}``; streamed, the arguments arrive in
+    two deltas. When the last message is a `tool` result, the answer is ``Tool said: <its text>``.
 ``GET /v1/models``, ``GET /v1/models/{name}``
     The configured models, OpenAI-shaped.
 ``GET /health``
@@ -172,6 +176,7 @@ CATEGORIES: tuple[str, ...] = (
 )
 LETTERS = "ABCDEFGHIJ"
 ECHO_MARKER = "[[sim:echo]]"
+TOOL_MARKER = "[[sim:tool]]"
 DEFAULT_ACCURACY = 0.5
 HANG_S = 3600.0  # how long a "timeout" fault hangs when the client never gives up
 CHUNK_TOKENS = 3  # tokens per streamed content chunk
@@ -729,12 +734,20 @@ async def chat_completions(request: Request) -> Response:
         if message.get("role") == "user":
             user_text = _message_text(message)
             break
+    last = parsed.messages[-1]
+    tools = parsed.body.get("tools")
+    if tools and isinstance(tools, list) and last.get("role") == "user" and TOOL_MARKER in user_text:
+        return await _tool_call(request, state, stats, spec, name, parsed, user_text, headers, start)
+    tool_answer = _tokens("Tool said: " + _message_text(last)) if last.get("role") == "tool" else None
     prompt_tokens = max(1, (sum(len(_message_text(m)) for m in parsed.messages) + 3) // 4)
     replay = state.replay.respond(name, user_text) if state.replay is not None else None
     answers: list[list[str] | tuple[str, ...]] = []
     finish: list[str] = []
     for _ in range(parsed.n):
-        tokens = split_tokens(replay.text) if replay is not None else state.answer_tokens(spec, user_text)
+        if tool_answer is not None:
+            tokens = tool_answer
+        else:
+            tokens = split_tokens(replay.text) if replay is not None else state.answer_tokens(spec, user_text)
         if parsed.max_tokens is not None and len(tokens) > parsed.max_tokens:
             answers.append(tokens[: parsed.max_tokens])
             finish.append("length")
@@ -772,6 +785,50 @@ async def chat_completions(request: Request) -> Response:
         ],
         "usage": usage,
     }, headers=headers)
+
+
+async def _tool_call(request: Request, state: SimState, stats: ModelStats, spec: SimModel, name: str,
+                     parsed: _ChatRequest, user_text: str, headers: dict[str, str], start: float) -> Response:
+    """An answer that calls the request's first tool (see the module docstring)."""
+    tool = parsed.body["tools"][0]
+    function = tool.get("function") if isinstance(tool, dict) else None
+    tool_name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(tool_name, str):
+        return _error(400, "tools[0].function.name must be a string.", param="tools")
+    arguments = orjson.dumps({"text": user_text.replace(TOOL_MARKER, "").strip()}).decode()
+    call_id = "call_" + state.next_id().rsplit("-", 1)[-1]
+    prompt_tokens = max(1, (sum(len(_message_text(m)) for m in parsed.messages) + 3) // 4)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 8, "total_tokens": prompt_tokens + 8}
+    created, completion_id = int(time.time()), state.next_id()
+    delay = start + spec.ttft_ms / 1000.0 - asyncio.get_running_loop().time()
+    if delay > 0 and await _sleep_unless_disconnected(request.receive, delay):
+        stats.cancelled += 1
+        return Response(status_code=499)
+    stats.completed += 1
+    base = {"id": completion_id, "created": created, "model": name, "system_fingerprint": "sigroute-sim"}
+    if not parsed.stream:
+        return _json({**base, "object": "chat.completion", "choices": [{
+            "index": 0, "logprobs": None, "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function", "function": {"name": tool_name, "arguments": arguments}}]}}],
+            "usage": usage}, headers=headers)
+    half = len(arguments) // 2
+
+    def event(delta: dict | None, finish: str | None = None, **extra: Any) -> bytes:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        return b"data: " + orjson.dumps({**base, "object": "chat.completion.chunk", "choices": choices,
+                                         **extra}) + b"\n\n"
+
+    body = (event({"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, "id": call_id, "type": "function", "function": {"name": tool_name, "arguments": ""}}]})
+            + event({"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]})
+            + event({"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]})
+            + event({}, "tool_calls"))
+    options = parsed.body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        body += event(None, usage=usage)
+    return Response(body + b"data: [DONE]\n\n", media_type="text/event-stream",
+                    headers={**headers, "cache-control": "no-cache"})
 
 
 def _replay_headers(state: SimState, name: str, spec: SimModel, replay: ReplayAnswer,
