@@ -3,6 +3,9 @@
 Endpoints (who may call each: `gateway.auth`; the roles are the policy's `auth` section):
   POST /v1/chat/completions   OpenAI chat completions, streamed or not; `model` is an entrypoint
                               (e.g. "auto") or, if the policy allows, a concrete model     any key
+  POST /v1/responses          OpenAI Responses API (stateful: previous_response_id), streamed or not;
+  GET|DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items
+                              a stored response of the caller's tenant                      any key
   POST /v1/route/explain      same body (or, with ?api=NAME, a body of another surface); shows every
                               signal, every decision's verdict and the choice, without calling a
                               model                                                    explain role
@@ -31,10 +34,10 @@ import signal
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -47,6 +50,7 @@ from sigroute.gateway.openai_wire import OPENAPI_SCHEMAS, model_list
 from sigroute.gateway.answering import Answer
 from sigroute.gateway.pipeline import Pipeline
 from sigroute.gateway.surface import CHAT, Surface
+from sigroute.gateway.responses_wire import OPENAPI_SCHEMAS as RESPONSES_SCHEMAS, ResponsesSurface
 from sigroute.policies.schema import Policy
 
 log = logging.getLogger("sigroute.app")
@@ -283,6 +287,8 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     pipeline_options.setdefault("flights", SingleFlight())
     pipeline_options.setdefault("rate_limiter", RateLimiter(open_rate_limit_store(redis_url)))
     runtime = Runtime(policy, policy_path, metrics, retire_after_s=retire_after_s, **pipeline_options)
+    from sigroute.gateway.response_store import open_response_store
+    responses = ResponsesSurface(open_response_store(redis_url))   # stored Responses: memory, or Redis if given
     semantic_cache: SemanticCache = pipeline_options["semantic_cache"]
 
     async def learning_loop() -> None:
@@ -343,7 +349,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                 await runtime.pipeline.sync_learning()  # what was learned since the last exchange
             await runtime.aclose()
             for store in (pipeline_options["state_store"], pipeline_options["pending_store"], semantic_cache,
-                          pipeline_options["rate_limiter"].store):
+                          pipeline_options["rate_limiter"].store, responses.store):
                 with contextlib.suppress(Exception):
                     await store.aclose()
             if pipeline_options.get("decision_log") is not None:
@@ -352,8 +358,9 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     app = FastAPI(title="sigroute", version="0.1.0", lifespan=lifespan,
                   description="Semantic model-router gateway with an OpenAI-compatible API")
     app.state.runtime = runtime
+    app.state.responses = responses
     # the API surfaces by their `api` name (explain reads a body of any of them: ?api=NAME)
-    surfaces: dict[str, Surface] = {CHAT.api: CHAT}
+    surfaces: dict[str, Surface] = {CHAT.api: CHAT, responses.api: responses}
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -453,6 +460,33 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                           headers={"x-sigroute-debug": {"enum": ["0", "1", "true", "false"]}}))
     async def chat_completions(request: Request) -> Response:
         return await serve(request, CHAT)
+
+    # OpenAI Responses (gateway.responses_wire): created through the pipeline; stored per tenant
+    @app.post("/v1/responses", summary="Create a model response (OpenAI Responses API)",
+              **described({"application/json": "ResponsesResponse", "text/event-stream": "ResponsesStreamEvent"},
+                          *ADMITTED, *BODY_READ, 403, 404, 422, 502, 503, 504, body="ResponsesRequest",
+                          headers={"x-sigroute-debug": {"enum": ["0", "1", "true", "false"]}}))
+    async def create_response(request: Request) -> Response:
+        return await serve(request, responses)
+
+    @app.get("/v1/responses/{response_id}", summary="Retrieve a stored response",
+             **described({"application/json": "ResponsesResponse"}, *ADMITTED, 404, 503))
+    async def retrieve_response(request: Request, response_id: str) -> Response:
+        principal = await runtime.pipeline.admit(request.headers)
+        return JSONBytes(await responses.retrieve(principal.tenant, response_id))
+
+    @app.delete("/v1/responses/{response_id}", summary="Delete a stored response",
+                **described({"application/json": "ResponsesDeleted"}, *ADMITTED, 404, 503))
+    async def delete_response(request: Request, response_id: str) -> Response:
+        principal = await runtime.pipeline.admit(request.headers)
+        return JSONBytes(await responses.delete(principal.tenant, response_id))
+
+    @app.get("/v1/responses/{response_id}/input_items", summary="List the input items of a stored response",
+             **described({"application/json": "ResponsesInputItemList"}, *ADMITTED, 400, 404, 503))
+    async def response_input_items(request: Request, response_id: str, limit: int = Query(20, ge=1, le=100),
+                                   order: Literal["asc", "desc"] = "desc", after: str | None = None) -> Response:
+        principal = await runtime.pipeline.admit(request.headers)
+        return JSONBytes(await responses.input_items(principal.tenant, response_id, limit, order, after))
 
     @app.post("/v1/route/explain", summary="Show how a request would be routed, without calling a model",
               **described({"application/json": "RouteExplanation"}, *ADMITTED, *BODY_READ, 403, 404, 503,
@@ -591,8 +625,10 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         for name in ("HTTPValidationError", "ValidationError"):
             components.get("schemas", {}).pop(name, None)
         components.setdefault("schemas", {}).update(copy.deepcopy(OPENAPI_SCHEMAS))
+        components["schemas"].update(copy.deepcopy(RESPONSES_SCHEMAS))
         offered = list(policy.entrypoints) + (list(policy.models) if policy.routing.allow_direct_models else [])
         components["schemas"]["ChatCompletionRequest"]["properties"]["model"]["enum"] = offered
+        components["schemas"]["ResponsesRequest"]["properties"]["model"]["enum"] = offered
         if auth.enabled:
             components["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from sigroute.policies.schema.base import ENV_NAME_PATTERN, Name, Strict
+from sigroute.policies.schema.base import ENV_NAME_PATTERN, Duration, Name, Strict
 
 
 class Routing(Strict):
@@ -88,6 +88,9 @@ class Server(Strict):
     max_messages: PositiveInt = Field(
         4096, description="chat requests with more messages get 400 (bounds the work one request costs)")
     max_tools: PositiveInt = Field(512, description="chat requests with more tools get 400")
+    responses_ttl: Duration = Field(
+        30 * 86400.0, gt=0, description="how long a stored Responses API answer (`POST /v1/responses` with `store`) "
+        "can be retrieved and continued by `previous_response_id`: seconds or '1h', '7d'; default 30 days, as OpenAI")
     rate_limit: RateLimit | None = Field(None, description="applies to callers when auth is off")
     feedback_rate_limit: RateLimit | None = Field(
         RateLimit(requests_per_minute=6000, burst=600),

@@ -1,0 +1,207 @@
+"""Stored Responses (`POST /v1/responses` with `store`): memory (one process) or Redis (shared).
+
+The Responses API is stateful: a response is kept so that a later request can continue its
+conversation (`previous_response_id`) and so that `GET /v1/responses/{id}` can return it. What is
+kept for each response is one opaque record (bytes; `gateway.responses_wire` decides what is in
+it), under the tenant of the caller that created it, for a TTL (`server.responses_ttl`).
+
+One small protocol, `ResponseStore`, with two implementations that behave the same
+(tests/test_responses_api.py runs the same tests against both):
+
+* ``put(tenant, response_id, record, ttl_s)`` stores (or replaces) the record for ``ttl_s`` seconds;
+* ``get(tenant, response_id)`` the record, or ``None`` when there is none *for that tenant*: another
+  tenant's response is indistinguishable from one that never existed, or that expired;
+* ``delete(tenant, response_id)`` removes it; whether there was one;
+* ``aclose()`` releases connections.
+
+`MemoryResponseStore` is bounded: at most ``max_entries`` records and ``max_bytes`` of them; the
+oldest stored go first when a put would exceed either. Expired records are never returned and are
+dropped on the next put.
+
+`RedisResponseStore` keeps each record under ``<namespace>{<tenant>}:<response_id>`` (namespace
+default ``sigroute:responses:``) with a native TTL (``SET ... PX``). The braces are a Redis Cluster
+hash tag: a tenant's records share one slot, and every command touches one key, so it works on one
+Redis and on a Cluster alike. Tenant names cannot contain braces (policy names are
+``[A-Za-z0-9_.-]``), so the tag is exactly the tenant. Redis failures raise
+`ResponseStoreUnavailable` naming the URL (never its password); as in the other Redis stores, after
+a timeout commands fail at once for ``hung_hold_s``, then one at a time tries Redis again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Iterator, Protocol
+
+from sigroute.cache.store import HungRedis, redacted_url   # one copy of the Redis plumbing rules
+
+__all__ = ["ResponseStore", "ResponseStoreUnavailable", "MemoryResponseStore", "RedisResponseStore",
+           "open_response_store", "REDIS_NAMESPACE"]
+
+REDIS_NAMESPACE = "sigroute:responses:"
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class ResponseStoreUnavailable(RuntimeError):
+    """The response store's backend (Redis) cannot be reached; the message names the URL and the cause."""
+
+
+class ResponseStore(Protocol):
+    shared: bool   # whether other processes see what this one stores
+
+    async def put(self, tenant: str, response_id: str, record: bytes, ttl_s: float) -> None: ...
+
+    async def get(self, tenant: str, response_id: str) -> bytes | None: ...
+
+    async def delete(self, tenant: str, response_id: str) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryResponseStore:
+    """Records in this process's memory, bounded in count and bytes, oldest evicted first."""
+
+    shared = False
+
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 256 * 1024 * 1024,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError("a memory response store needs room for at least one record")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self._records: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()   # oldest first
+        self._bytes = 0
+
+    async def put(self, tenant: str, response_id: str, record: bytes, ttl_s: float) -> None:
+        now = self.clock()
+        self._drop((tenant, response_id))
+        for key in [k for k, (expires, _) in self._records.items() if expires <= now]:
+            self._drop(key)
+        if len(record) > self.max_bytes:
+            return   # larger than the whole store: not kept (a later get is a miss, as after eviction)
+        while self._records and (len(self._records) >= self.max_entries or self._bytes + len(record) > self.max_bytes):
+            self._drop(next(iter(self._records)))
+        self._records[(tenant, response_id)] = (now + ttl_s, record)
+        self._bytes += len(record)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        held = self._records.pop(key, None)
+        if held is not None:
+            self._bytes -= len(held[1])
+
+    async def get(self, tenant: str, response_id: str) -> bytes | None:
+        held = self._records.get((tenant, response_id))
+        if held is None:
+            return None
+        if held[0] <= self.clock():
+            self._drop((tenant, response_id))
+            return None
+        return held[1]
+
+    async def delete(self, tenant: str, response_id: str) -> bool:
+        present = await self.get(tenant, response_id) is not None
+        self._drop((tenant, response_id))
+        return present
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RedisResponseStore:
+    """Records in Redis with native TTLs, shared by every replica on that Redis and namespace."""
+
+    shared = True
+
+    def __init__(self, url: str, namespace: str = REDIS_NAMESPACE, *, socket_timeout: float = 0.5,
+                 connect_timeout: float = 0.5, retries: int = 1, hung_hold_s: float = 1.0) -> None:
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in _REDIS_SCHEMES:
+            raise ValueError(f"not a Redis URL: {redacted_url(url)!r}; use redis://[:password@]host[:port][/db], "
+                             f"rediss://... or unix:///path/to/redis.sock")
+        self.url = url
+        self.namespace = namespace
+        self.description = redacted_url(url)
+        self._options = dict(socket_timeout=socket_timeout, connect_timeout=connect_timeout, retries=retries)
+        self._hung = HungRedis(hung_hold_s)
+        self._client = None
+
+    def key(self, tenant: str, response_id: str) -> str:
+        return f"{self.namespace}{{{tenant}}}:{response_id}"
+
+    @property
+    def _redis(self):
+        if self._client is None:  # created lazily: binds to the event loop that first uses it
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import ExponentialBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
+
+            o = self._options
+            try:
+                # retry only connection errors (a stale pooled connection after a restart), never timeouts
+                self._client = aioredis.from_url(
+                    self.url, decode_responses=False, socket_timeout=o["socket_timeout"],
+                    socket_connect_timeout=o["connect_timeout"],
+                    retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), o["retries"],
+                                supported_errors=(RedisConnectionError,)))
+            except ValueError as exc:
+                raise ValueError(f"invalid Redis URL {self.description!r}: {exc}") from None
+        return self._client
+
+    @contextlib.contextmanager
+    def _guard(self, operation: str) -> Iterator[None]:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        probe = self._hung.admit()
+        if probe is None:
+            ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
+            raise ResponseStoreUnavailable(
+                f"Redis at {self.description} is unavailable ({operation} a response): it did not answer within "
+                f"its timeout {ago:.1f}s ago, so commands fail at once until it answers again")
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+                self._hung.timed_out_at = time.monotonic()
+            cause = str(exc) or type(exc).__name__
+            raise ResponseStoreUnavailable(
+                f"Redis at {self.description} is unavailable ({operation} a response): {cause}") from exc
+        else:
+            self._hung.timed_out_at = None
+        finally:
+            if probe:
+                self._hung.probing = False
+
+    async def put(self, tenant: str, response_id: str, record: bytes, ttl_s: float) -> None:
+        with self._guard("storing"):
+            await self._redis.set(self.key(tenant, response_id), record, px=max(1, int(ttl_s * 1000)))
+
+    async def get(self, tenant: str, response_id: str) -> bytes | None:
+        with self._guard("reading"):
+            return await self._redis.get(self.key(tenant, response_id))
+
+    async def delete(self, tenant: str, response_id: str) -> bool:
+        with self._guard("deleting"):
+            return bool(await self._redis.delete(self.key(tenant, response_id)))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            close = getattr(self._client, "aclose", None) or self._client.close
+            await close()
+            self._client = None
+
+    def __repr__(self) -> str:
+        return f"RedisResponseStore({self.description!r}, namespace={self.namespace!r})"
+
+
+def open_response_store(url: str | None, **options: Any) -> ResponseStore:
+    """Memory for None/"memory", else a Redis store at `url` (the same URLs as the other stores)."""
+    if url is None or url.strip().lower() in ("", "memory", "memory://"):
+        return MemoryResponseStore(**options)
+    return RedisResponseStore(url, **options)
