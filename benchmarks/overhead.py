@@ -11,6 +11,12 @@ overhead is visible):
                signals, four decisions; requests evaluate every signal and fall through to the
                default decision, algorithm static)
 
+Other API surfaces of the same gateway process are targets of their own (``--surfaces``, default
+``responses``): the same request as an OpenAI Responses body (``instructions`` + ``input``, stored as
+the Responses API does by default) to ``POST /v1/responses``. Their added latency is reported beside
+the chat path's, from the same rounds, as ``<surface>.vs_chat_p50`` = the surface's added p50 / the
+chat path's (issue 16: within 1.2).
+
 Each server runs in its own process (uvicorn with uvloop + httptools), as does the load generator
 (`benchmarks.loadgen`: one keep-alive connection per virtual client, closed loop, warm-up
 excluded). Scenarios: 1 and 16 concurrent clients, non-streamed and streamed (SSE).
@@ -102,7 +108,11 @@ from benchmarks.loadgen import (
 
 TARGETS = ("direct", "passthrough", "sigroute")
 COMPARE = "compare"   # the optional fourth target (--compare-command): another sigroute build
-GATEWAYS = ("sigroute", COMPARE)   # targets that answer the routed body and report their own time
+#: other API surfaces, measured on the sigroute gateway process as targets of their own:
+#: name -> (path, what a whole answer holds, the event a complete stream ends with)
+SURFACES = {"responses": ("/v1/responses", b'"output"', b"event: response.completed")}
+SURFACE_TOLERANCE = 1.2   # issue 16: a surface's added latency within 1.2x of the chat-completions path's
+GATEWAYS = ("sigroute", COMPARE, *SURFACES)   # targets that answer the routed body and report their own time
 #: name -> (concurrency, streamed)
 SCENARIOS = {"c1": (1, False), "c16": (16, False), "c1_stream": (1, True), "c16_stream": (16, True),
              "c64": (64, False), "c64_stream": (64, True)}
@@ -162,10 +172,16 @@ def bench_policy(api_base: str) -> dict:
     }
 
 
-def request_body(model: str, stream: bool) -> bytes:
-    body = {"model": model, "messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                                         {"role": "user", "content": USER_PROMPT}],
-            "max_tokens": 64, "temperature": 0}
+def request_body(model: str, stream: bool, surface: str | None = None) -> bytes:
+    """The bench request as a chat-completions body, or (`surface` "responses") the same request as a
+    Responses body."""
+    if surface == "responses":
+        body = {"model": model, "instructions": SYSTEM_PROMPT, "input": USER_PROMPT, "max_output_tokens": 64,
+                "temperature": 0}
+    else:
+        body = {"model": model, "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                                             {"role": "user", "content": USER_PROMPT}],
+                "max_tokens": 64, "temperature": 0}
     if stream:
         body["stream"] = True
     return orjson.dumps(body)
@@ -183,9 +199,12 @@ class Bench:
             del self.servers["passthrough"]
         if compare is not None:
             self.servers[COMPARE] = compare
+        for surface in getattr(args, "surfaces", ()):   # the same gateway process, another door
+            self.servers[surface] = gateway
         self.targets = tuple(self.servers)
         self.sim = sim
-        self.bodies = {(t, s): request_body("auto" if t in GATEWAYS else "bench", s)
+        self.paths = {t: SURFACES[t][0] if t in SURFACES else PATH for t in self.targets}
+        self.bodies = {(t, s): request_body("auto" if t in GATEWAYS else "bench", s, t if t in SURFACES else None)
                        for t in self.targets for s in (False, True)}
 
     def requests_for(self, concurrency: int) -> int:
@@ -200,16 +219,18 @@ class Bench:
             server = self.servers[target]
             for stream in (False, True):
                 conn = Connection(server.host, server.port)
-                raw = conn.prepare("POST", PATH, self.bodies[(target, stream)], {"content-type": "application/json"})
+                raw = conn.prepare("POST", self.paths[target], self.bodies[(target, stream)],
+                                   {"content-type": "application/json"})
                 sample = await conn.send(raw, keep_body=True)
                 await conn.close()
                 what = f"{target} ({'streamed' if stream else 'not streamed'})"
                 if sample.status != 200:
                     raise RuntimeError(f"{what} answered {sample.status}: {sample.body[:500]!r}")
-                if stream and b"data: [DONE]" not in sample.body:
-                    raise RuntimeError(f"{what}: the stream did not end with [DONE]: {sample.body[-300:]!r}")
-                if not stream and b'"choices"' not in sample.body:
-                    raise RuntimeError(f"{what}: no choices in {sample.body[:300]!r}")
+                whole, ending = SURFACES[target][1:] if target in SURFACES else (b'"choices"', b"data: [DONE]")
+                if stream and ending not in sample.body:
+                    raise RuntimeError(f"{what}: the stream did not end with {ending!r}: {sample.body[-300:]!r}")
+                if not stream and whole not in sample.body:
+                    raise RuntimeError(f"{what}: no {whole!r} in {sample.body[:300]!r}")
                 if target in GATEWAYS:
                     decision = sample.headers.get("x-sigroute-decision")
                     if decision != "default":
@@ -234,7 +255,7 @@ class Bench:
         pids = self.pids(target)
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         try:
-            result = await closed_loop(server.host, server.port, PATH, self.bodies[(target, stream)],
+            result = await closed_loop(server.host, server.port, self.paths[target], self.bodies[(target, stream)],
                                        concurrency=concurrency, warmup=warmup,
                                        requests=requests or self.requests_for(concurrency))
         except HTTPError as exc:
@@ -282,7 +303,7 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
     summary: dict = {}
     details: dict = {}
     rounds = sorted({rec["round"] for rec in records})
-    targets = [t for t in (*TARGETS, COMPARE) if any(rec["target"] == t for rec in records)]
+    targets = [t for t in (*TARGETS, COMPARE, *SURFACES) if any(rec["target"] == t for rec in records)]
     proxies = [t for t in targets if t != "direct"]
     gateways = [t for t in targets if t in GATEWAYS]
     for scenario in scenarios:
@@ -376,6 +397,20 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
             entry[COMPARE] = other
             entry["sigroute_vs_compare"] = {k: _r(ours[k] / other[k], 3) if ours[k] is not None and other[k]
                                             else None for k in other}
+        for surface in (t for t in SURFACES if t in targets):   # another door of the same gateway
+            added_p50 = comparison[surface]["added_ms_p50_median_of_rounds"]
+            per_round_ratios = [x for x in (_ratio(row[f"{surface}_added_ms_p50"], row["sigroute_added_ms_p50"])
+                                            for row in per_round) if x is not None]
+            entry[surface] = {
+                "added_ms_p50": added_p50, "vs_chat_p50": _ratio(added_p50, s_add),
+                "vs_chat_p50_rounds_median": _r(median(per_round_ratios), 3) if per_round_ratios else None,
+                "self_ms_p50": pooled[surface]["self_ms"]["p50"], "self_ms_p99": pooled[surface]["self_ms"]["p99"],
+                "self_vs_chat_p50": _ratio(pooled[surface]["self_ms"]["p50"], entry["self_ms_p50"]),
+                "cpu_ms_per_request": pooled[surface]["cpu_ms_per_request"].get(surface)}
+            if stream:
+                entry[surface]["added_ttft_ms_p50"] = comparison[surface]["added_ttft_ms_p50_median_of_rounds"]
+            ratio = entry[surface]["vs_chat_p50"]
+            entry["meets_targets"][f"{surface}_vs_chat_p50"] = ratio is not None and ratio <= SURFACE_TOLERANCE
         summary[scenario] = entry
         details[scenario] = {"comparison": comparison, "pooled": pooled, "rounds": per_round}
     return summary, details
@@ -461,6 +496,11 @@ def print_table(summary: dict, details: dict, out=sys.stdout) -> None:
         if "ratio_ttft_p50" in e:
             print(f"{'  ttft':<11} {'':>10} {fmt(e['passthrough_added_ttft_ms_p50'], 9)} "
                   f"{fmt(e['sigroute_added_ttft_ms_p50'], 9)} {fmt(e['ratio_ttft_p50'], 6, 2)}", file=out)
+        for surface in (t for t in SURFACES if t in e):
+            c = e[surface]
+            print(f"{'  ' + surface:<11} {'':>10} {'':>9} {fmt(c['added_ms_p50'], 9)} {fmt(c['vs_chat_p50'], 6, 2)} "
+                  f"{fmt(c['self_ms_p50'], 9)} {fmt(c['self_ms_p99'], 9)} {'':>10} {fmt(c['cpu_ms_per_request'], 10)}"
+                  f"   (ratio: / the chat path's added)", file=out)
         if COMPARE in e:
             c = e[COMPARE]
             print(f"{'  compare':<11} {'':>10} {'':>9} {fmt(c['added_ms_p50'], 9)} {fmt(c['ratio_p50'], 6, 2)} "
@@ -505,6 +545,9 @@ def parse_args(argv):
                         help="the HTTP client decision (issue 15): run the gateway twice, with the hand-written "
                              "upstream client (target 'sigroute') and with aiohttp's (target 'compare', needs the "
                              "aiohttp extra), in the same interleaved rounds; report aiohttp/http1 ratios")
+    parser.add_argument("--surfaces", default=None,
+                        help=f"other API surfaces of the gateway to measure beside chat completions, comma-separated "
+                             f"from {', '.join(SURFACES)} (default: all; none with --compare-clients; '' for none)")
     parser.add_argument("--ttft-ms", type=float, default=5.0, help="simulated model's time to first token")
     parser.add_argument("--tokens-per-s", type=float, default=2000.0, help="simulated decode speed")
     parser.add_argument("--completion-tokens", type=int, default=16, help="simulated answer length")
@@ -527,6 +570,11 @@ def parse_args(argv):
     if args.scenarios is None:
         args.scenarios = ",".join(SCENARIOS if args.compare_clients else DEFAULT_SCENARIOS)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if args.surfaces is None:
+        args.surfaces = "" if args.compare_clients else ",".join(SURFACES)
+    args.surfaces = [s.strip() for s in args.surfaces.split(",") if s.strip()]
+    if [s for s in args.surfaces if s not in SURFACES]:
+        parser.error(f"unknown surface(s) in {','.join(args.surfaces)}; choose from {', '.join(SURFACES)}")
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
@@ -683,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "rounds": args.rounds, "requests_c1": args.requests, "requests_c16": args.requests_c16,
             "requests_c64": args.requests_c64, "compare_clients": args.compare_clients,
-            "warmup_per_client": args.warmup, "scenarios": args.scenarios,
+            "warmup_per_client": args.warmup, "scenarios": args.scenarios, "surfaces": args.surfaces,
             "sigroute_command": " ".join(client_gateway_command("http1", Path("POLICY")) if args.compare_clients
                                          else sigroute_command(args, Path("POLICY"))),
             "compare_command": (" ".join(client_gateway_command("aiohttp", Path("POLICY"))) if args.compare_clients
@@ -693,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
             "policy": bench_policy("http://SIM/v1"),
             "request_bodies": {"direct_and_passthrough": request_body("bench", False).decode(),
                                "sigroute": request_body("auto", False).decode(),
+                               **{surface: request_body("auto", False, surface).decode() for surface in args.surfaces},
                                "streamed": 'the same with "stream": true'},
             "method": "added = median over rounds of (proxy p50 - direct p50 of the same round); target order "
                       "rotates each round; TTFT = time to the first body byte; self = x-sigroute-overhead-ms "

@@ -15,8 +15,9 @@ One small protocol, `ResponseStore`, with two implementations that behave the sa
 * ``aclose()`` releases connections.
 
 `MemoryResponseStore` is bounded: at most ``max_entries`` records and ``max_bytes`` of them; the
-oldest stored go first when a put would exceed either. Expired records are never returned and are
-dropped on the next put.
+oldest stored go first when a put would exceed either. Expired records are never returned; a put
+drops the expired ones at the old end (with one TTL for all, that is all of them) in time
+proportional to their number.
 
 `RedisResponseStore` keeps each record under ``<namespace>{<tenant>}:<response_id>`` (namespace
 default ``sigroute:responses:``) with a native TTL (``SET ... PX``). The braces are a Redis Cluster
@@ -77,8 +78,11 @@ class MemoryResponseStore:
     async def put(self, tenant: str, response_id: str, record: bytes, ttl_s: float) -> None:
         now = self.clock()
         self._drop((tenant, response_id))
-        for key in [k for k, (expires, _) in self._records.items() if expires <= now]:
-            self._drop(key)
+        while self._records:   # the expired go first: records are kept oldest first, so stop at a live one
+            oldest = next(iter(self._records))
+            if self._records[oldest][0] > now:
+                break
+            self._drop(oldest)
         if len(record) > self.max_bytes:
             return   # larger than the whole store: not kept (a later get is a miss, as after eviction)
         while self._records and (len(self._records) >= self.max_entries or self._bytes + len(record) > self.max_bytes):

@@ -528,6 +528,7 @@ class ResponsesEncoder:
         self.calls: set[int] = set()              # chat tool-call indices seen
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
+        self._delta_head: bytes | None = None     # the open message's text-delta event up to the delta
 
     def response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None,
                  incomplete: dict[str, str] | None = None, error: dict[str, str] | None = None) -> dict[str, Any]:
@@ -581,8 +582,7 @@ class ResponsesEncoder:
                 if self.text is None:
                     out.append(self._open_message())
                 self.text.append(text)
-                out.append(self._event("response.output_text.delta", item_id=self.items[-1]["id"],
-                                       output_index=len(self.items) - 1, content_index=0, delta=text, logprobs=[]))
+                out.append(self._text_delta(text))
             for call in delta.get("tool_calls") or ():
                 if not isinstance(call, dict):
                     continue
@@ -604,6 +604,18 @@ class ResponsesEncoder:
                 self.finish_reason = choice["finish_reason"]
         return b"".join(out)
 
+    def _text_delta(self, text: str) -> bytes:
+        """response.output_text.delta, the hot path of a stream: written directly (the same bytes
+        `_event` would make)."""
+        head = self._delta_head
+        if head is None:
+            head = self._delta_head = (b'data: {"type":"response.output_text.delta","item_id":'
+                                       + orjson.dumps(self.items[-1]["id"])
+                                       + b',"output_index":%d,"content_index":0,"delta":' % (len(self.items) - 1))
+        self.sequence += 1
+        return (b"event: response.output_text.delta\n" + head + orjson.dumps(text)
+                + b',"logprobs":[],"sequence_number":%d}\n\n' % (self.sequence - 1))
+
     def _open_message(self) -> bytes:
         item = {"type": "message", "id": "msg_" + self.id[5:], "status": "in_progress", "role": "assistant",
                 "content": []}
@@ -611,6 +623,7 @@ class ResponsesEncoder:
             item["id"] += f"_{len(self.items)}"
         self.items.append(item)
         self.text = []
+        self._delta_head = None
         index = len(self.items) - 1
         return (self._event("response.output_item.added", output_index=index, item=item)
                 + self._event("response.content_part.added", item_id=item["id"], output_index=index,

@@ -114,3 +114,17 @@ def test_compare_clients_measures_both_gateways_in_the_same_rounds(tmp_path):
     decision = comparison["decision"]
     worst = decision["worst"]["aiohttp_vs_http1"]
     assert decision["decision"] == ("replace" if worst is not None and worst <= 1.2 else "keep")
+
+
+def test_a_surface_is_reported_against_the_chat_path_of_the_same_gateway():
+    """issue 16: the Responses surface's added latency within 1.2x of the chat-completions path's."""
+    records = _records({"direct": 10.0, "passthrough": 12.0, "sigroute": 11.0, "responses": 11.1})
+    entry = overhead.analyse(records, ["c1"])[0]["c1"]
+    assert entry["responses"]["added_ms_p50"] == pytest.approx(1.1)
+    assert entry["responses"]["vs_chat_p50"] == pytest.approx(1.1)
+    assert entry["responses"]["vs_chat_p50_rounds_median"] == pytest.approx(1.1)
+    assert entry["responses"]["self_vs_chat_p50"] == pytest.approx(0.5 / 0.4, abs=1e-3)
+    assert entry["meets_targets"]["responses_vs_chat_p50"] is True
+    slow = overhead.analyse(_records({"direct": 10.0, "passthrough": 12.0, "sigroute": 11.0, "responses": 11.3}),
+                            ["c1"])[0]["c1"]
+    assert slow["responses"]["vs_chat_p50"] == pytest.approx(1.3) and not slow["meets_targets"]["responses_vs_chat_p50"]
