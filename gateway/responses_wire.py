@@ -551,8 +551,9 @@ class ResponsesEncoder:
         status, incomplete = _status(choice.get("finish_reason"))
         output = output_items(choice.get("message") or {}, self.id, status)
         response = self.response(status, output, _usage(body.get("usage")), incomplete)
-        await self.surface.keep(self, response)
-        return orjson.dumps(response)
+        encoded_response = orjson.dumps(response)
+        await self.surface.keep(self, response, encoded_response)
+        return encoded_response
 
     # a stream ----------------------------------------------------------------------------------
     def _event(self, type_: str, **fields: Any) -> bytes:
@@ -666,9 +667,12 @@ class ResponsesEncoder:
         if self.arguments is not None:
             out.append(self._close_call())
         response = self.response(status, self.items, _usage(self.usage), incomplete)
-        await self.surface.keep(self, response)
-        out.append(self._event("response.completed" if status == "completed" else "response.incomplete",
-                               response=response))
+        encoded_response = orjson.dumps(response)
+        await self.surface.keep(self, response, encoded_response)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        out.append(b"event: %s\ndata: {\"type\":\"%s\",\"response\":%s,\"sequence_number\":%d}\n\n"
+                   % (kind.encode(), kind.encode(), encoded_response, self.sequence))
+        self.sequence += 1
         return b"".join(out)
 
     def error(self, message: str, code: str, type: str) -> bytes:
@@ -713,16 +717,19 @@ class ResponsesSurface:
         return exc.json()   # the Responses API's errors are OpenAI-shaped
 
     # the store ---------------------------------------------------------------------------------
-    async def keep(self, encoder: ResponsesEncoder, response: dict[str, Any]) -> None:
-        """Store a complete answer (unless the request said `store: false`). A store failure does
-        not fail the answer already produced: it is logged, and the response cannot be continued."""
+    async def keep(self, encoder: ResponsesEncoder, response: dict[str, Any], encoded_response: bytes) -> None:
+        """Store a complete answer (unless the request said `store: false`): the record is
+        ``{"response", "input_items", "messages"}`` (`encoded_response` is `response` as JSON, spliced
+        in rather than encoded again). A store failure does not fail the answer already produced: it
+        is logged, and the response cannot be continued."""
         call = encoder.call
         if not call.store:
             return
-        record = {"response": response, "input_items": call.input_items,
-                  "messages": call.history + call.input_messages + conversation_messages(response["output"])}
+        record = (b'{"response":' + encoded_response + b',"input_items":' + orjson.dumps(call.input_items)
+                  + b',"messages":' + orjson.dumps(call.history + call.input_messages
+                                                   + conversation_messages(response["output"])) + b"}")
         try:
-            await self.store.put(encoder.tenant, encoder.id, orjson.dumps(record), call.ttl_s)
+            await self.store.put(encoder.tenant, encoder.id, record, call.ttl_s)
         except (ResponseStoreUnavailable, OSError) as exc:
             log.warning("response %s was answered but not stored: %s", encoder.id, exc)
 

@@ -458,3 +458,26 @@ def test_stored_responses_expire_after_the_policy_ttl(sim, gateway_factory, stor
         client.responses.retrieve(created.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="auto", input="too late", previous_response_id=created.id)
+
+
+def test_an_unreachable_redis_store_still_answers_and_says_what_it_cannot_do(sim, gateway_factory):
+    from tests.conftest import free_port
+
+    gw = gateway_factory(base_policy(sim), redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    client = gw.client()
+    answered = client.responses.create(model="auto", input="answered, not stored")   # the answer still comes
+    assert answered.output_text
+    for attempt in (lambda: client.responses.retrieve(answered.id),
+                    lambda: client.responses.create(model="auto", input="more", previous_response_id=answered.id)):
+        with pytest.raises(openai.InternalServerError) as err:
+            attempt()
+        assert err.value.status_code == 503 and err.value.body["code"] == "response_store_unavailable"
+
+
+def test_stored_responses_need_a_key_when_auth_is_on(sim, gateway_factory):
+    gw = gateway_factory(keyed(sim))
+    created = gw.client(KEY_A).responses.create(model="auto", input="mine")
+    assert gw.http.get(f"/v1/responses/{created.id}").status_code == 401
+    assert gw.http.delete(f"/v1/responses/{created.id}").status_code == 401
+    assert gw.http.post("/v1/responses", json={"model": "auto", "input": "hi"}).status_code == 401
+    assert gw.http.get(f"/v1/responses/{created.id}", headers={"authorization": f"Bearer {KEY_A}"}).status_code == 200
