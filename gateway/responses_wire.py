@@ -341,8 +341,8 @@ def _message_item(item: dict, where: str) -> tuple[dict[str, Any], dict[str, Any
         part = {"type": text_kind, "text": content, **({"annotations": []} if role == "assistant" else {})}
         return ({"type": "message", "id": item_id, "role": role, "status": "completed", "content": [part]},
                 {"role": role, "content": content})
-    if not isinstance(content, list):
-        raise _bad(f"{where}.content must be a string or a list of content parts", f"{where}.content")
+    if not isinstance(content, list) or not content:
+        raise _bad(f"{where}.content must be a string or a non-empty list of content parts", f"{where}.content")
     stored_parts, chat_parts = [], []
     for j, part in enumerate(content):
         at = f"{where}.content[{j}]"
@@ -692,6 +692,12 @@ class ResponsesEncoder:
 # --------------------------------------------------------------------------------------------
 # the surface
 
+def _not_found(response_id: str, param: str | None) -> APIError:
+    return APIError(f"Response with id '{response_id}' not found: no response of this API key's tenant has it (it "
+                    "may have been created with store: false, deleted, or kept longer than server.responses_ttl)",
+                    status=404, type="invalid_request_error", param=param, code="response_not_found")
+
+
 class ResponsesSurface:
     """POST /v1/responses, and the stored responses behind GET/DELETE /v1/responses/{id}."""
 
@@ -741,8 +747,7 @@ class ResponsesSurface:
             raise Unavailable("stored responses cannot be read right now (their store is unavailable); retry later",
                               code="response_store_unavailable", headers={"retry-after": "1"}) from None
         if raw is None:
-            raise APIError(f"Response with id '{response_id}' not found.", status=404, type="invalid_request_error",
-                           param=param, code="response_not_found")
+            raise _not_found(response_id, param)
         return orjson.loads(raw)
 
     async def retrieve(self, tenant: str, response_id: str) -> bytes:
@@ -758,8 +763,7 @@ class ResponsesSurface:
             raise Unavailable("stored responses cannot be deleted right now (their store is unavailable); retry later",
                               code="response_store_unavailable", headers={"retry-after": "1"}) from None
         if not removed:
-            raise APIError(f"Response with id '{response_id}' not found.", status=404, type="invalid_request_error",
-                           param="response_id", code="response_not_found")
+            raise _not_found(response_id, "response_id")
         return orjson.dumps({"id": response_id, "object": "response", "deleted": True})
 
     async def input_items(self, tenant: str, response_id: str, limit: int, order: str, after: str | None) -> bytes:

@@ -295,6 +295,7 @@ def test_text_format_reaches_upstream_as_response_format(sim, gateway_factory):
     ({"input": "hi"}, "model"),
     ({"model": "auto", "input": []}, "input"),
     ({"model": "auto", "input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),
+    ({"model": "auto", "input": [{"role": "user", "content": []}]}, "input[0].content"),
     ({"model": "auto", "input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input[0].content[0].text"),
     ({"model": "auto", "input": [{"role": "user", "content": [{"type": "input_audio"}]}]}, "input[0].content[0].type"),
     ({"model": "auto", "input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
