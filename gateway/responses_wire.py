@@ -181,6 +181,12 @@ def parse_responses_request(raw: bytes, server: "Server") -> ResponsesCall:
     call.tools = _tools(body.get("tools"), server.max_tools)
     call.tool_choice = _tool_choice(body.get("tool_choice"), bool(call.tools))
     call.text = _text(body.get("text"))
+    for name, echoed in (("tools", call.tools), ("text", call.text)):   # echoed in the answer: it must encode
+        try:
+            orjson.dumps(echoed)
+        except orjson.JSONEncodeError:
+            raise _bad(f"'{name}' is nested too deeply (JSON schemas here may nest at most ~250 levels)", name) \
+                from None
     if "input" not in body or body["input"] is None:
         raise InvalidRequest("'input' is required: a string, or a list of message / function_call / "
                              "function_call_output items", param="input", code="missing_required_parameter")

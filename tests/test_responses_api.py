@@ -482,3 +482,24 @@ def test_stored_responses_need_a_key_when_auth_is_on(sim, gateway_factory):
     assert gw.http.delete(f"/v1/responses/{created.id}").status_code == 401
     assert gw.http.post("/v1/responses", json={"model": "auto", "input": "hi"}).status_code == 401
     assert gw.http.get(f"/v1/responses/{created.id}", headers={"authorization": f"Bearer {KEY_A}"}).status_code == 200
+
+
+def test_hostile_bodies_get_a_clear_error_even_when_no_model_is_called(sim, gateway_factory):
+    """A body nested deeper than the answer can echo is refused up front (a plugin answering without a
+    model would otherwise fail encoding the Response); huge and deep bodies cost a 4xx, not a 500."""
+    from tests.test_plugins import with_plugins
+
+    gw = gateway_factory(with_plugins(sim, [{"fast_response": {"message": "Closed today."}}]))
+    nested: object = {"type": "string"}
+    for _ in range(300):
+        nested = {"type": "array", "items": nested}
+    for body, param in (({"tools": [{"type": "function", "name": "f", "parameters": nested}]}, "tools"),
+                        ({"text": {"format": {"type": "json_schema", "name": "s", "schema": nested}}}, "text")):
+        r = gw.http.post("/v1/responses", json={"model": "auto", "input": "hi", **body})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text[:300]
+    huge = gw.http.post("/v1/responses", content=b'{"model": "auto", "input": "' + b"x" * (5 * 2**20) + b'"}')
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+    deep = gw.http.post("/v1/responses", content=b'{"model": "auto", "input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json"
+    assert gw.client().responses.create(model="auto", input="still serving").output_text == "Closed today."
+    assert sim.stats()["total_calls"] == 0
