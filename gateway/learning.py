@@ -154,6 +154,8 @@ class Learning:
         if not isinstance(request_id, str) or not request_id:
             raise InvalidRequest("request_id is required: the x-sigroute-request-id header of the answer",
                                  param="request_id", code="invalid_feedback")
+        if request_id.startswith("resp_"):   # a Responses API answer's id names its request (gateway.responses_wire)
+            request_id = "req_" + request_id[len("resp_"):]
         try:
             quality = quality_from_feedback(body.get("score"), body.get("thumbs"), body.get("label"))
         except ValueError as exc:

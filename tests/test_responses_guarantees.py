@@ -176,6 +176,11 @@ def test_feedback_by_request_id_reaches_the_learner(sim, gateway_factory, stream
     answer = gw.http.post("/v1/feedback", json={"request_id": headers["x-sigroute-request-id"], "thumbs": "up"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "recorded" and answer.json()["learned"] is True
+    _, response, _ = create(gw, stream, input="what is 3 + 3?")   # the response id names the request too
+    by_response_id = gw.http.post("/v1/feedback", json={"request_id": response.id, "thumbs": "down"})
+    assert by_response_id.status_code == 200, by_response_id.text
+    assert by_response_id.json()["request_id"] == "req_" + response.id.removeprefix("resp_")
+    assert by_response_id.json()["status"] == "recorded"
 
 
 def test_explain_reads_a_responses_body_with_its_stored_history(sim, gateway_factory):
