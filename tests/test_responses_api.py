@@ -503,3 +503,99 @@ def test_hostile_bodies_get_a_clear_error_even_when_no_model_is_called(sim, gate
     assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json"
     assert gw.client().responses.create(model="auto", input="still serving").output_text == "Closed today."
     assert sim.stats()["total_calls"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# an upstream that says something and then calls two tools at once (the sim calls one)
+
+class TalkThenCallTwoTools:
+    """A chat-completions upstream answering "Let me check." plus two parallel tool calls; it keeps
+    the bodies it received."""
+
+    TEXT = "Let me check."
+    CALLS = [("call_a", "lookup", '{"text": "Paris"}'), ("call_b", "lookup", '{"text": "Rome"}')]
+
+    def __init__(self):
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse, StreamingResponse
+        from starlette.routing import Route
+
+        from sigroute.gateway.serving import ServerThread
+
+        self.bodies: list[dict] = []
+
+        async def chat(request):
+            body = await request.json()
+            self.bodies.append(body)
+            base = {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
+            if not body.get("stream"):
+                return JSONResponse({**base, "object": "chat.completion", "choices": [{
+                    "index": 0, "finish_reason": "tool_calls", "message": {
+                        "role": "assistant", "content": self.TEXT, "tool_calls": [
+                            {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+                            for i, n, a in self.CALLS]}}],
+                    "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16}})
+
+            def event(delta=None, finish=None, usage=None):
+                chunk = {**base, "choices": [] if usage else [{"index": 0, "delta": delta or {},
+                                                               "finish_reason": finish}]}
+                if usage:
+                    chunk["usage"] = usage
+                return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+            async def events():
+                yield event({"role": "assistant", "content": ""})
+                yield event({"content": "Let me "})
+                yield event({"content": "check."})
+                for index, (call_id, name, arguments) in enumerate(self.CALLS):
+                    yield event({"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                                 "function": {"name": name, "arguments": arguments[:5]}}]})
+                    yield event({"tool_calls": [{"index": index, "function": {"arguments": arguments[5:]}}]})
+                yield event(finish="tool_calls")
+                yield event(usage={"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16})
+                yield b"data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        self.server = ServerThread(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]))
+
+
+@pytest.fixture
+def two_tools():
+    upstream = TalkThenCallTwoTools()
+    upstream.server.start()
+    yield upstream
+    upstream.server.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_text_and_parallel_tool_calls_become_three_output_items(two_tools, gateway_factory, stream):
+    gw = gateway_factory({"version": 1, "models": {"agent": {"provider": "openai/agent",
+                                                             "api_base": two_tools.server.url + "/v1"}},
+                          "decisions": [{"name": "default", "models": ["agent"]}], "upstream": {"retries": 0}})
+    client = gw.client()
+    if stream:
+        with client.responses.stream(model="auto", input="weather in two cities?", tools=TOOLS) as s:
+            events = list(s)
+            response = s.get_final_response()
+        types = [e.type for e in events]
+        assert types.count("response.output_item.added") == 3 and types.count("response.output_item.done") == 3
+        assert types.count("response.function_call_arguments.done") == 2
+        assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Let me check."
+    else:
+        response = client.responses.create(model="auto", input="weather in two cities?", tools=TOOLS)
+    message, *calls = response.output
+    assert message.type == "message" and response.output_text == "Let me check."
+    assert [(c.type, c.call_id, c.name, c.arguments) for c in calls] == [
+        ("function_call", i, n, a) for i, n, a in TalkThenCallTwoTools.CALLS]
+    assert len({item.id for item in response.output}) == 3
+    assert response.usage.total_tokens == 16
+    client.responses.create(model="auto", previous_response_id=response.id, tools=TOOLS, input=[
+        {"type": "function_call_output", "call_id": "call_a", "output": "sunny"},
+        {"type": "function_call_output", "call_id": "call_b", "output": "rainy"}])
+    assert two_tools.bodies[-1]["messages"][1:] == [
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+            for i, n, a in TalkThenCallTwoTools.CALLS]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "rainy"}]
