@@ -499,7 +499,8 @@ def test_hostile_bodies_get_a_clear_error_even_when_no_model_is_called(sim, gate
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text[:300]
     huge = gw.http.post("/v1/responses", content=b'{"model": "auto", "input": "' + b"x" * (5 * 2**20) + b'"}')
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
-    deep = gw.http.post("/v1/responses", content=b'{"model": "auto", "input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    too_deep = b'{"model": "auto", "input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep = gw.http.post("/v1/responses", content=too_deep)
     assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json"
     assert gw.client().responses.create(model="auto", input="still serving").output_text == "Closed today."
     assert sim.stats()["total_calls"] == 0
