@@ -15,6 +15,8 @@ Endpoints (who may call each: `gateway.auth`; the roles are the policy's `auth` 
   DELETE /v1/admin/cache      remove cached answers: all, or ?decision=NAME and/or ?tenant=NAME
                                                                                          admin role
   DELETE /v1/admin/cache/entries/{key}   remove one cached answer by its key             admin role
+  GET  /v1/admin/dashboard    the operator's dashboard data (`gateway.dashboard`)       admin role
+  GET  /ui                    the dashboard page; it asks for an admin key and polls the data
 With no `auth` section every caller is anonymous: the role-only surfaces are refused unless the
 policy lists them in `server.open_without_auth` (metrics stays open).
 
@@ -41,6 +43,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from sigroute.gateway.dashboard import UI_ASSETS, dashboard_document, ui_asset
 from sigroute.gateway.errors import APIError, PayloadTooLarge, Unavailable
 from sigroute.gateway.metrics import Metrics
 from sigroute.gateway.openai_wire import OPENAPI_SCHEMAS, model_list
@@ -274,6 +277,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     from sigroute.bandits.store import open_pending_store, open_state_store
     from sigroute.cache.semantic import SemanticCache, SingleFlight
     from sigroute.cache.store import open_document_store
+    from sigroute.gateway.activity import Activity
     from sigroute.gateway.ratelimit import RateLimiter, open_rate_limit_store
 
     metrics = metrics or Metrics()
@@ -282,6 +286,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     pipeline_options.setdefault("semantic_cache", SemanticCache(open_document_store(redis_url)))
     pipeline_options.setdefault("flights", SingleFlight())
     pipeline_options.setdefault("rate_limiter", RateLimiter(open_rate_limit_store(redis_url)))
+    pipeline_options.setdefault("activity", Activity())
     runtime = Runtime(policy, policy_path, metrics, retire_after_s=retire_after_s, **pipeline_options)
     semantic_cache: SemanticCache = pipeline_options["semantic_cache"]
 
@@ -563,6 +568,24 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
             raise APIError(f"no cached answer has the key '{key}'", status=404, type="not_found_error",
                            param="key", code="cache_entry_not_found")
         return JSONBytes(orjson.dumps({"object": "cache.deleted", "key": key, "deleted": 1}))
+
+    @app.get("/v1/admin/dashboard", summary="What the operator's dashboard shows, as one JSON document",
+             **described({"application/json": "Dashboard"}, *ADMITTED, 403))
+    async def dashboard_data(request: Request) -> Response:
+        await operator(request, "admin", "reading the dashboard")
+        return JSONBytes(orjson.dumps(dashboard_document(runtime.pipeline, runtime.loaded_at, runtime.policy_path)))
+
+    @app.get("/ui", include_in_schema=False)
+    @app.get("/ui/{asset}", include_in_schema=False)
+    async def dashboard_page(request: Request, asset: str = "index.html") -> Response:
+        """The dashboard's page (no data in it: it polls /v1/admin/dashboard with an admin key).
+        With auth off it is refused unless the admin surface is opened, like the data."""
+        pipeline = runtime.pipeline
+        if asset not in UI_ASSETS:
+            raise APIError(f"no dashboard file '{asset}'", status=404, type="not_found_error", code="unknown_route")
+        if not pipeline.auth.enabled and not pipeline.auth.may(None, "admin"):
+            raise pipeline.auth.refusal("admin", "the dashboard")
+        return Response(ui_asset(asset), media_type=UI_ASSETS[asset], headers={"cache-control": "no-cache"})
 
     described_for: dict[str, Any] = {"pipeline": lambda: None}   # (a weak reference to) the pipeline
 

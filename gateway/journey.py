@@ -65,6 +65,7 @@ class Journey:
     result: "CallResult | None" = None         # 8 the upstream call
     response_headers: dict[str, str] = field(default_factory=dict)
     encoder: "AnswerEncoder | None" = None     # 2 the answer in the surface's wire format
+    counted: bool = False                      # its outcome is in the metrics (and the dashboard)
 
     @property
     def caching(self) -> bool:

@@ -38,6 +38,7 @@ from sigroute.bandits.store import MemoryPendingStore, MemoryStateStore
 from sigroute.cache.semantic import SemanticCache, SingleFlight
 from sigroute.cache.store import MemoryDocumentStore
 from sigroute.gateway import explain
+from sigroute.gateway.activity import Activity
 from sigroute.gateway.answering import Answer, Answering
 from sigroute.gateway.auth import Authenticator
 from sigroute.gateway.caching import Caching
@@ -86,7 +87,7 @@ class Pipeline:
     def __init__(self, policy: Policy, metrics: Metrics, *, environ: Mapping[str, str] | None = None,
                  transports=None, rate_limiter: RateLimiter | None = None, previous: "Pipeline | None" = None,
                  state_store=None, pending_store=None, decision_log=None, semantic_cache: SemanticCache | None = None,
-                 flights: SingleFlight | None = None):
+                 flights: SingleFlight | None = None, activity: Activity | None = None):
         env = os.environ if environ is None else environ
         self.policy = policy
         self.metrics = metrics
@@ -117,7 +118,9 @@ class Pipeline:
                                           lambda: SemanticCache(MemoryDocumentStore())))
         flights = _given_or_kept(flights, previous and previous.caching.flights, SingleFlight)
         self.caching = Caching(policy, self.learning.semantic_cache, flights, self.resources, self.upstreams, metrics)
-        self.answering = Answering(self.plugins, self.caching, self.learning, metrics)
+        # what the operator's dashboard shows of recent requests: app-wide, kept across reloads
+        self.activity = _given_or_kept(activity, previous and previous.activity, Activity)
+        self.answering = Answering(self.plugins, self.caching, self.learning, metrics, self.activity)
 
     def take_over(self, previous: "Pipeline") -> None:
         """After a reload, right before this pipeline replaces `previous`: keep what it learned
@@ -186,6 +189,14 @@ class Pipeline:
         """One request from its bytes to its answer; `surface` is the API it came in by (its
         request is translated into the internal form once, and the answer back once)."""
         journey = Journey(headers, started, api=surface.api)
+        try:
+            return await self._journey(journey, raw, surface)
+        except APIError as exc:
+            self.answering.failed(journey, exc)   # (a routed request's failure, for the dashboard)
+            raise
+
+    async def _journey(self, journey: Journey, raw: bytes, surface: Surface) -> Answer:
+        headers = journey.headers
         async with AsyncExitStack() as held:   # what the request holds; a stream takes it over below
             journey.principal = await self.admit(headers)                                          # 1
             ctx = journey.ctx = await self.context(raw, headers, journey.principal,                # 2
