@@ -277,13 +277,14 @@ def _api():
     return _otel
 
 
-def _set_usage(span, usage: Any) -> None:
+def _usage(attrs: dict[str, Any], usage: Any) -> None:
+    """The GenAI token counts of an OpenAI `usage` object, into `attrs`."""
     if isinstance(usage, dict):
         for key, attribute in (("prompt_tokens", "gen_ai.usage.input_tokens"),
                                ("completion_tokens", "gen_ai.usage.output_tokens")):
             value = usage.get(key)
             if isinstance(value, int) and not isinstance(value, bool):
-                span.set_attribute(attribute, value)
+                attrs[attribute] = value
 
 
 def _set_error(span, error_type: str, description: str) -> None:
@@ -356,18 +357,18 @@ class _AttemptSpan:
     def answered(self, body: dict) -> None:
         """The model answered: `body` is its whole answer, or the first chunk of its stream."""
         self.outcome = "answered"
-        span = self.span
+        attrs: dict[str, Any] = {}
         if self.stream:
-            span.set_attribute("gen_ai.response.time_to_first_chunk", time.perf_counter() - self.started)
-        if not isinstance(body, dict):
-            return
-        for key, attribute in (("model", "gen_ai.response.model"), ("id", "gen_ai.response.id")):
-            if isinstance(body.get(key), str):
-                span.set_attribute(attribute, body[key])
-        reasons = [c.get("finish_reason") for c in body.get("choices") or () if isinstance(c, dict)]
-        if reasons and all(isinstance(r, str) for r in reasons):
-            span.set_attribute("gen_ai.response.finish_reasons", reasons)
-        _set_usage(span, body.get("usage"))
+            attrs["gen_ai.response.time_to_first_chunk"] = time.perf_counter() - self.started
+        if isinstance(body, dict):
+            for key, attribute in (("model", "gen_ai.response.model"), ("id", "gen_ai.response.id")):
+                if isinstance(body.get(key), str):
+                    attrs[attribute] = body[key]
+            reasons = [c.get("finish_reason") for c in body.get("choices") or () if isinstance(c, dict)]
+            if reasons and all(isinstance(r, str) for r in reasons):
+                attrs["gen_ai.response.finish_reasons"] = reasons
+            _usage(attrs, body.get("usage"))
+        self.span.set_attributes(attrs)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         from sigroute.gateway.upstream.targets import CALL_HEADERS
@@ -376,6 +377,30 @@ class _AttemptSpan:
         if exc is not None and self.outcome is None:   # a rejection raised, a cancellation …
             _set_error(self.span, _error_type(exc), type(exc).__name__)
         self.span.end()
+        return False
+
+
+class _Propagating(_Nothing):
+    """An upstream attempt of a request that is not sampled: no span, but the upstream still gets
+    the trace context (flagged not sampled), so the trace stays one across services."""
+
+    __slots__ = ("trace", "token")
+
+    def __init__(self, trace: "RequestTrace"):
+        self.trace = trace
+
+    def __enter__(self):
+        from sigroute.gateway.upstream.targets import CALL_HEADERS
+
+        carrier: dict[str, str] = {}
+        _api().propagator.inject(carrier, context=self.trace.context)
+        self.token = CALL_HEADERS.set(tuple(carrier.items()))
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        from sigroute.gateway.upstream.targets import CALL_HEADERS
+
+        CALL_HEADERS.reset(self.token)
         return False
 
 
@@ -401,16 +426,17 @@ class RequestTrace:
                                                   "sigroute.request_id": journey.request_id,
                                                   "sigroute.api": journey.api})
         self.context = otel.trace.set_span_in_context(self.span)
+        self.recording = self.span.is_recording()   # False: not sampled, only the context is passed on
         self.answer = None            # the answer span of a stream
         self.stream_status = None     # how the stream ended
         self.usage = None             # the usage a stream reported
         self.closed = False
 
-    def step(self, name: str) -> _StepSpan:
-        return _StepSpan(self, name)
+    def step(self, name: str) -> "_StepSpan | _Nothing":
+        return _StepSpan(self, name) if self.recording else _NOTHING
 
-    def attempt(self, target, number: int, stream: bool) -> _AttemptSpan:
-        return _AttemptSpan(self, target, number, stream)
+    def attempt(self, target, number: int, stream: bool) -> "_AttemptSpan | _Propagating":
+        return _AttemptSpan(self, target, number, stream) if self.recording else _Propagating(self)
 
     def skipped(self, model: str, why: str) -> None:
         """A candidate model was not called (circuit open, held back by a 429)."""
@@ -419,6 +445,8 @@ class RequestTrace:
     def streaming(self):
         """The answer is streamed: start its span and return the exit callback that ends it (the
         request's exit stack, which the stream closes on every ending, holds it)."""
+        if not self.recording:
+            return _no_exit
         self.answer = self.tracer.start_span("sigroute.answer", context=self.context,
                                              attributes={"gen_ai.request.stream": True})
         return self._answer_done
@@ -443,7 +471,8 @@ class RequestTrace:
             return False
         self.closed = True
         try:
-            self._describe(exc)
+            if self.recording:
+                self._describe(exc)
         except Exception:  # noqa: BLE001 - tracing never fails a request
             log.exception("request %s: describing its trace failed", self.journey.request_id)
         self.span.end()
@@ -452,50 +481,50 @@ class RequestTrace:
     def _describe(self, exc: BaseException | None) -> None:
         span, journey = self.span, self.journey
         ctx, route, result = journey.ctx, journey.route, journey.result
+        attrs: dict[str, Any] = {}   # set at once: one lock taken, not one per attribute
         if journey.principal is not None:
-            span.set_attribute("sigroute.tenant", journey.principal.tenant)
+            attrs["sigroute.tenant"] = journey.principal.tenant
         if ctx is not None:
             span.update_name(f"chat {ctx.model}")
-            span.set_attribute("gen_ai.request.model", ctx.model)
-            span.set_attribute("gen_ai.request.stream", bool(ctx.stream))
+            attrs["gen_ai.request.model"] = ctx.model
+            attrs["gen_ai.request.stream"] = bool(ctx.stream)
             body = ctx.body
             max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
             if isinstance(max_tokens, int) and not isinstance(max_tokens, bool):
-                span.set_attribute("gen_ai.request.max_tokens", max_tokens)
+                attrs["gen_ai.request.max_tokens"] = max_tokens
             for key in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
                 value = body.get(key)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    span.set_attribute(f"gen_ai.request.{key}", float(value))
-        if route is not None:
-            span.set_attribute("sigroute.entrypoint", route.entrypoint_label)
-            span.set_attribute("sigroute.decision", route.decision_name)
-            span.set_attribute("sigroute.confidence", float(route.confidence))
+                    attrs[f"gen_ai.request.{key}"] = float(value)
         headers = journey.response_headers
         if route is not None:
-            span.set_attribute("sigroute.cache", headers.get("x-sigroute-cache", "off"))
+            attrs["sigroute.entrypoint"] = route.entrypoint_label
+            attrs["sigroute.decision"] = route.decision_name
+            attrs["sigroute.confidence"] = float(route.confidence)
+            attrs["sigroute.cache"] = headers.get("x-sigroute-cache", "off")
         if "x-sigroute-blocked-by" in headers:
-            span.set_attribute("sigroute.blocked_by", headers["x-sigroute-blocked-by"])
+            attrs["sigroute.blocked_by"] = headers["x-sigroute-blocked-by"]
         model = result.model if result is not None else headers.get("x-sigroute-model")
         if model:
-            span.set_attribute("sigroute.model", model)
-            span.set_attribute("gen_ai.response.model", model)
+            attrs["sigroute.model"] = attrs["gen_ai.response.model"] = model
         if result is not None:
-            span.set_attribute("sigroute.attempts", sum(1 for a in result.attempts if a.error is not None) + 1)
-            _set_usage(span, result.body.get("usage") if result.body is not None else self.usage)
+            attrs["sigroute.attempts"] = sum(1 for a in result.attempts if a.error is not None) + 1
+            _usage(attrs, result.body.get("usage") if result.body is not None else self.usage)
         if isinstance(exc, asyncio.CancelledError):   # the caller left before the answer
-            span.set_attribute("sigroute.status", "client_disconnected")
+            attrs["sigroute.status"] = "client_disconnected"
         elif exc is not None:
             status = getattr(exc, "status", 500)
-            span.set_attribute("http.response.status_code", status)
-            span.set_attribute("sigroute.status", str(status))
+            attrs["http.response.status_code"] = status
+            attrs["sigroute.status"] = str(status)
             if isinstance(status, int) and status < 500:
-                span.set_attribute("error.type", _error_type(exc))   # the caller's mistake: not our error
+                attrs["error.type"] = _error_type(exc)   # the caller's mistake: not our error
             else:
                 _set_error(span, _error_type(exc), getattr(exc, "message", None) or type(exc).__name__)
         elif self.answer is not None:
             status = self.stream_status or "client_disconnected"
-            span.set_attribute("sigroute.status", status)
+            attrs["sigroute.status"] = status
             if status in STREAM_FAILURES:
                 _set_error(span, status, f"the stream ended with {status}")
         else:
-            span.set_attribute("sigroute.status", "200")
+            attrs["sigroute.status"] = "200"
+        span.set_attributes(attrs)

@@ -231,6 +231,15 @@ def test_without_a_caller_traceparent_the_upstream_gets_the_gateways(sim, gatewa
     assert sent["traceparent"].split("-")[1] == format(root.context.trace_id, "032x")
 
 
+def test_a_caller_that_does_not_sample_gets_no_spans_but_its_context_goes_upstream(sim, gateway_factory, spans):
+    gw = gateway_factory(traced_policy(sim), tracer_provider=spans.provider)
+    r = gw.chat("hello", headers={"traceparent": f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-00"})
+    assert r.status_code == 200
+    assert spans.get_finished_spans() == ()
+    version, trace_id, parent_id, flags = sim.http.get("/sim/last_headers/alpha").json()["traceparent"].split("-")
+    assert (trace_id, flags) == (CALLER_TRACE_ID, "00")
+
+
 def test_tracing_off_records_no_spans(sim, gateway_factory, spans):
     gw = gateway_factory(base_policy(sim), tracer_provider=spans.provider)   # no server.tracing: off
     r = gw.chat("hello", headers={"traceparent": f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"})
