@@ -54,6 +54,7 @@ PROVIDER_NAMES = {
     "cohere": "cohere", "watsonx": "ibm.watsonx.ai",
 }
 STREAM_FAILURES = ("stream_broken", "internal_error")   # stream endings that are errors
+MAX_NAME_CHARS = 256   # a caller's model name, as far as it goes on a span
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,8 +486,9 @@ class RequestTrace:
         if journey.principal is not None:
             attrs["sigroute.tenant"] = journey.principal.tenant
         if ctx is not None:
-            span.update_name(f"chat {ctx.model}")
-            attrs["gen_ai.request.model"] = ctx.model
+            if route is not None:   # a model name the policy knows: a name of bounded cardinality
+                span.update_name(f"chat {ctx.model}")
+            attrs["gen_ai.request.model"] = str(ctx.model)[:MAX_NAME_CHARS]
             attrs["gen_ai.request.stream"] = bool(ctx.stream)
             body = ctx.body
             max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))

@@ -140,6 +140,16 @@ def test_an_upstream_failure_marks_the_request_span_error(sim, gateway_factory, 
     assert root.attributes["error.type"] == "upstream_failed" and root.attributes["http.response.status_code"] == 502
 
 
+def test_a_callers_mistake_is_recorded_but_not_a_span_error(sim, gateway_factory, spans):
+    gw = gateway_factory(traced_policy(sim), tracer_provider=spans.provider)
+    r = gw.chat("hello", model="x" * 5000)
+    assert r.status_code == 404
+    root, trace = request_spans(spans, _the_only_request(spans))
+    assert root.status.status_code == StatusCode.UNSET and root.name == "chat"   # no caller's text in the name
+    assert root.attributes["error.type"] == "model_not_found" and root.attributes["http.response.status_code"] == 404
+    assert len(root.attributes["gen_ai.request.model"]) == 256
+
+
 def _the_only_request(exporter) -> str:
     ids = {s.attributes.get("sigroute.request_id") for s in exporter.get_finished_spans()
            if s.kind == SpanKind.SERVER}
