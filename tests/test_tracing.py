@@ -396,3 +396,14 @@ def test_bad_tracing_settings_name_their_key(tmp_path, tracing, key):
     with pytest.raises(PolicyError) as caught:
         load_policy(str(path))
     assert key in str(caught.value)
+
+
+def test_sample_ratio_zero_exports_nothing_but_passes_the_context_on(sim, gateway_factory, receiver):
+    policy = base_policy(sim)
+    policy["server"]["tracing"] = {"enabled": True, "otlp_endpoint": receiver.url, "sample_ratio": 0}
+    gw = gateway_factory(policy)
+    assert gw.chat("hello").status_code == 200
+    assert gw.app.state.runtime.pipeline.tracing.provider.force_flush(10_000)
+    assert receiver.requests == []
+    flags = sim.http.get("/sim/last_headers/alpha").json()["traceparent"].split("-")[3]
+    assert int(flags, 16) & 1 == 0   # W3C trace flags: not sampled
