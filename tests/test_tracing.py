@@ -407,3 +407,27 @@ def test_sample_ratio_zero_exports_nothing_but_passes_the_context_on(sim, gatewa
     assert receiver.requests == []
     flags = sim.http.get("/sim/last_headers/alpha").json()["traceparent"].split("-")[3]
     assert int(flags, 16) & 1 == 0   # W3C trace flags: not sampled
+
+
+def test_a_reload_with_the_same_tracing_keeps_the_exporter(sim, gateway_factory, receiver, tmp_path):
+    import yaml
+
+    from sigroute.policies.schema import Policy
+
+    policy = base_policy(sim)
+    policy["server"]["tracing"] = {"enabled": True, "otlp_endpoint": receiver.url}
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    gw = gateway_factory(Policy.model_validate(policy), policy_path=str(path), retire_after_s=0.0)
+    before = gw.app.state.runtime.pipeline
+    assert gw.http.post("/v1/admin/reload").status_code == 200
+    after = gw.app.state.runtime.pipeline
+    assert after is not before and after.tracing is before.tracing
+    deadline = time.monotonic() + 10
+    while before in gw.app.state.runtime._retired and time.monotonic() < deadline:
+        time.sleep(0.05)   # the old pipeline is closed once idle: the provider it shares must stay up
+    assert before not in gw.app.state.runtime._retired
+    r = gw.chat("hello")
+    assert r.status_code == 200
+    assert after.tracing.provider.force_flush(10_000)
+    assert any(r.headers["x-sigroute-request-id"].encode() in body for _, body in receiver.requests)
