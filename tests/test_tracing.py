@@ -231,6 +231,27 @@ def test_the_callers_traceparent_is_continued_and_passed_upstream(sim, gateway_f
     assert sent["tracestate"] == "vendor=abc"
 
 
+@pytest.mark.parametrize("transport", ["aiohttp", "litellm"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_transport_passes_the_trace_on(sim, gateway_factory, spans, transport, stream):
+    """The direct transport is covered above; the others add the per-call headers their own way."""
+    policy = traced_policy(sim)
+    options = {"tracer_provider": spans.provider}
+    if transport == "litellm":
+        policy["models"]["alpha"]["transport"] = "litellm"
+    else:
+        from sigroute.gateway.upstream.aiohttp_transport import AiohttpTransport
+
+        options["transports"] = {"openai": AiohttpTransport()}
+    gw = gateway_factory(policy, **options)
+    r = gw.chat("hello", stream=stream, headers={"traceparent": f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"})
+    assert r.status_code == 200
+    root, trace = request_spans(spans, r.headers["x-sigroute-request-id"])
+    attempt = next(s for s in trace if s.kind == SpanKind.CLIENT)
+    sent = sim.http.get("/sim/last_headers/alpha").json()["traceparent"]
+    assert sent.split("-")[1:3] == [CALLER_TRACE_ID, format(attempt.context.span_id, "016x")]
+
+
 def test_without_a_caller_traceparent_the_upstream_gets_the_gateways(sim, gateway_factory, spans):
     gw = gateway_factory(traced_policy(sim), tracer_provider=spans.provider)
     r = gw.chat("hello", stream=True)
