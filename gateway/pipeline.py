@@ -15,6 +15,9 @@
                quality feedback (POST /v1/feedback)                           gateway.learning
 Steps 9–11 run as the answer goes out                                        gateway.answering
 
+With tracing on, the request is a span and each step a child span (`gateway.tracing`); off, the
+trace's calls do nothing.
+
 Everything a request holds — the single-flight lease that identical requests wait on, the upstream
 call with its breaker trial and in-flight count, the upstream stream — is entered on one exit stack,
 `held`, and given back when it closes: when `handle` returns or raises for a whole answer, when the

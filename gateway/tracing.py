@@ -1,8 +1,9 @@
 """OpenTelemetry traces of the request journey (optional: `pip install 'sigroute[otel]'`; off by default).
 
 A traced request is one SERVER span, ``chat <model asked for>`` (e.g. ``chat auto``), from the
-moment the pipeline takes it until its answer is out — for a stream, until the stream ends
-(finished, broken, or the caller gone). Its children are the journey's steps:
+moment the pipeline takes it until its answer is out — for a model's stream, until the stream ends
+(finished, broken, or the caller gone; a cached or plugin answer is whole when its span ends, even
+if it is then sent as stream events). Its children are the journey's steps:
 
     sigroute.signals   sigroute.decide   sigroute.plugins   sigroute.cache   sigroute.select
     chat <upstream model>   one CLIENT span per upstream attempt: retries and fallbacks each get

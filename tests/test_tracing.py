@@ -452,3 +452,12 @@ def test_a_reload_with_the_same_tracing_keeps_the_exporter(sim, gateway_factory,
     assert r.status_code == 200
     assert after.tracing.provider.force_flush(10_000)
     assert any(r.headers["x-sigroute-request-id"].encode() in body for _, body in receiver.requests)
+
+
+def test_the_tracing_benchmark_runs(tmp_path):
+    from benchmarks.tracing import main
+
+    out = tmp_path / "tracing.json"
+    main(["--rounds", "1", "--requests", "20", "--json", str(out)])
+    summary = json.loads(out.read_text())["summary"]
+    assert {"off_us_per_request", "on_us_per_request", "on_otlp_us_per_request", "on_minus_off_us"} <= set(summary)
