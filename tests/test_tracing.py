@@ -21,17 +21,14 @@ import time
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace import TracerProvider   # the `otel` extra, part of the `test` extra
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
-pytest.importorskip("opentelemetry.sdk")
-
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
-
-from sigroute.gateway.tracing import settings_from  # noqa: E402
-from sigroute.policies.schema import Tracing  # noqa: E402
-from tests.conftest import base_policy  # noqa: E402
+from sigroute.gateway.tracing import settings_from
+from sigroute.policies.schema import Tracing
+from tests.conftest import base_policy
 
 STEPS = ["sigroute.signals", "sigroute.decide", "sigroute.plugins", "sigroute.cache", "sigroute.select"]
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
