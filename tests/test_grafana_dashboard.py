@@ -111,7 +111,7 @@ def test_the_dashboard_is_a_grafana_dashboard():
 def exported(sim_server):
     """The TYPE lines of a real gateway's /metrics after a few requests (whole, streamed, cached,
     failed): {series name: type}."""
-    from tests.conftest import Gateway, Sim  # noqa: F401 - fixtures' helpers
+    from tests.conftest import Gateway, Sim
     from sigroute.gateway.app import create_app
     from sigroute.gateway.http_server import server_options
     from sigroute.gateway.serving import ServerThread

@@ -458,3 +458,25 @@ def test_the_tracing_benchmark_runs(tmp_path):
     main(["--rounds", "1", "--requests", "20", "--json", str(out)])
     summary = json.loads(out.read_text())["summary"]
     assert {"off_us_per_request", "on_us_per_request", "on_otlp_us_per_request", "on_minus_off_us"} <= set(summary)
+
+
+def test_a_stream_broken_upstream_marks_the_answer_and_request_spans_error(fault_upstream, gateway_factory, spans):
+    from benchmarks.chaos_upstream import Fault
+    from tests.conftest import fault_policy
+
+    fault_upstream.server.faults["primary"] = Fault("cut", after_chunks=2, chunk_gap_s=0.01)
+    policy = fault_policy(fault_upstream, ["primary"])
+    policy["server"] = {"tracing": {"enabled": True}}
+    gw = gateway_factory(policy, tracer_provider=spans.provider)
+    body = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi chaos-id:t1"}]}
+    with gw.http.stream("POST", "/v1/chat/completions", json=body) as r:
+        request_id = r.headers["x-sigroute-request-id"]
+        text = "".join(r.iter_lines())
+    assert "stream_broken" in text
+    root, trace = request_spans(spans, request_id)
+    answer = next(s for s in children(root, trace) if s.name == "sigroute.answer")
+    for span in (root, answer):
+        assert span.status.status_code == StatusCode.ERROR
+        assert span.attributes["error.type"] == span.attributes["sigroute.status"] == "stream_broken"
+    attempt = next(s for s in trace if s.kind == SpanKind.CLIENT)
+    assert attempt.status.status_code == StatusCode.UNSET   # its first chunk came: the attempt answered
