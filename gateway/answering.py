@@ -257,6 +257,7 @@ class Answering:
                     f"incomplete (details in the gateway log under request {journey.request_id})",
                     code="internal_error", type="server_error")
             finally:
+                journey.trace.stream_ended(status, usage)
                 if assembler is not None and status != "200":
                     self.metrics.cache_stores.labels(journey.plan.category, "incomplete").inc()
                 await held.aclose()   # the upstream stream, its breaker verdict, the single-flight lease
@@ -271,6 +272,7 @@ class Answering:
                 self.metrics.client_disconnects.inc()
             await held.aclose()
 
+        request_held.push(journey.trace.streaming())   # the answer's span: ends with the stream
         held = request_held.pop_all()   # from here the stream gives back what the request holds
         return Answer(200, headers, stream=events(), on_close=[close])
 

@@ -54,6 +54,8 @@ Endpoints:
     as both `timeouts` and `cancelled`).
 ``GET /sim/last/{model}``
     The last request body that model received, as parsed JSON (404 if none yet).
+``GET /sim/last_headers/{model}``
+    The headers of that last request, names lower-cased (404 if none yet).
 ``POST /sim/reset``
     Zero the stats, forget the last bodies and re-seed the RNG. With ``?config=true`` also
     restore every model's settings (timings, accuracy, faults) to the loaded configuration.
@@ -524,6 +526,7 @@ class SimState:
         self.replay_stats: dict[str, ReplayStats] = {}
         self.stats: dict[str, ModelStats] = {name: ModelStats() for name in self.models}
         self.last_body: dict[str, Any] = {}
+        self.last_headers: dict[str, dict[str, str]] = {}
         self.rng = random.Random(config.seed)
         self.questions = _QuestionIndex(_question_bank())
         self._ids = itertools.count(1)
@@ -533,6 +536,7 @@ class SimState:
         self.stats = {name: ModelStats() for name in self.models}
         self.replay_stats = {}
         self.last_body.clear()
+        self.last_headers.clear()
         self.rng.seed(self.config.seed)
         if restore_config:
             self.models = dict(self.config.models)
@@ -711,6 +715,7 @@ async def chat_completions(request: Request) -> Response:
     if parsed.stream:
         stats.streamed += 1
     state.last_body[name] = parsed.body  # never mutated: the sim only reads requests
+    state.last_headers[name] = dict(request.headers)
 
     fault = state.draw_fault(spec.faults)
     if fault == "rate_limit":
@@ -995,6 +1000,17 @@ async def last_body(request: Request) -> Response:
     return _json(state.last_body[name])
 
 
+async def last_headers(request: Request) -> Response:
+    state: SimState = request.app.state.sim
+    name = state.resolve(request.path_params["name"])
+    if name is None:
+        return _unknown_model(state, request.path_params["name"])
+    if name not in state.last_headers:
+        return _error(404, f"Model '{name}' has not received a request since the last reset.",
+                      code="no_request")
+    return _json(state.last_headers[name])
+
+
 def _unknown_model(state: SimState, name: str) -> Response:
     return _error(404, f"The model '{name}' does not exist in this simulator. Configured models: "
                        f"{', '.join(state.models)}.", param="model", code="model_not_found")
@@ -1094,6 +1110,7 @@ def create_sim_app(config: "SimConfig | Mapping[str, Any] | str | os.PathLike[st
         Route("/sim/stats", stats, methods=["GET"]),
         Route("/sim/reset", reset, methods=["POST"]),
         Route("/sim/last/{name:path}", last_body, methods=["GET"]),
+        Route("/sim/last_headers/{name:path}", last_headers, methods=["GET"]),
         Route("/sim/models/{name:path}/faults", put_faults, methods=["PUT"]),
         Route("/sim/models/{name:path}", get_model_settings, methods=["GET"]),
         Route("/sim/models/{name:path}", put_model_settings, methods=["PUT"]),

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
 from sigroute.gateway.errors import APIError, InvalidRequest, RateLimited, UpstreamFailed, Unavailable
+from sigroute.gateway.tracing import NO_TRACE
 from sigroute.gateway.upstream.breaker import CircuitBreaker, Permit
 from sigroute.gateway.upstream.errors import UpstreamError
 from sigroute.gateway.upstream.litellm_transport import LiteLLMTransport
@@ -132,6 +133,7 @@ class _Call:
     headers: HeaderChanges | None
     request_id: str
     started: float  # time.perf_counter()
+    trace: Any  # the request's spans (`gateway.tracing`): one per attempt
     attempts: list[Attempt] = field(default_factory=list)
     previous: str | None = None  # the model called last
     rejected: InvalidRequest | None = None  # a model-specific rejection, answered if no one else answers
@@ -238,7 +240,7 @@ class Upstreams:
             self.observer.breaker_closed(model)
 
     async def call(self, ranking: Sequence[str], payload: dict[str, Any], stream: bool,
-                   headers: HeaderChanges | None = None, request_id: str = "-") -> CallResult:
+                   headers: HeaderChanges | None = None, request_id: str = "-", trace=NO_TRACE) -> CallResult:
         """Try `ranking` in order until one model answers; raise an `APIError` if none does.
         `headers` changes the headers of every upstream call (the `headers` plugin). A streamed
         result holds resources until closed: use it as ``async with`` (or `aclose()` it).
@@ -250,7 +252,7 @@ class Upstreams:
         Every failed attempt is logged (WARNING, with `request_id`) with what the upstream said;
         the caller's error names each model's failure kind and HTTP status only, and the request id
         to find the details by: an upstream's error text may name internal hosts and ports."""
-        call = _Call(payload, stream, headers, request_id, time.perf_counter())
+        call = _Call(payload, stream, headers, request_id, time.perf_counter(), trace)
         waiting: list[tuple[str, int]] = []  # (model, its next attempt): rate-limited, left for another candidate
         for i, model in enumerate(ranking):
             outcome = await self._try_model(call, model, 0, ranking[i + 1:])
@@ -294,12 +296,13 @@ class Upstreams:
                         why = "rate-limited by its upstream" if held else "circuit open"
                         call.attempts.append(Attempt(model, skipped=f"{why}, retry in {breaker.retry_in_s():.1f}s",
                                                      held_back=held))
+                        call.trace.skipped(model, why)
                     return None
                 if model != call.previous:
                     if call.previous is not None:
                         self.observer.fallback(call.previous, model)
                     call.previous = model
-                with self.load.count(model) as counted:
+                with self.load.count(model) as counted, call.trace.attempt(target, attempt, call.stream) as traced:
                     try:
                         if call.stream:
                             chunks = transport.stream(target, call.payload, call.headers)
@@ -315,6 +318,7 @@ class Upstreams:
                             body = await transport.complete(target, call.payload, call.headers)
                     except UpstreamError as error:
                         error.model = model
+                        traced.failed(error)
                         call.attempts.append(Attempt(model, error=error))
                         if error.kind == "client":
                             log.warning("request %s: upstream model %s rejected the request: %s", call.request_id,
@@ -336,6 +340,7 @@ class Upstreams:
                         if error.kind == "rate_limited" and self.available(others):
                             return attempt + 1  # another candidate can answer now: do not wait for this one
                     else:
+                        traced.answered(first if call.stream else body)
                         now = time.perf_counter()
                         ttft_ms, upstream_ms = (now - counted.started) * 1000, (now - call.started) * 1000
                         if call.stream:

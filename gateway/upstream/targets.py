@@ -9,13 +9,14 @@ the resilience loop never asks which one it holds.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Mapping, Protocol
 
 from sigroute.policies.schema import ModelSpec
 
-__all__ = ["ModelTarget", "HeaderChanges", "merged_headers", "Transport", "OPENAI_COMPATIBLE_PREFIXES",
-           "DEFAULT_API_BASES"]
+__all__ = ["ModelTarget", "HeaderChanges", "merged_headers", "CALL_HEADERS", "Transport",
+           "OPENAI_COMPATIBLE_PREFIXES", "DEFAULT_API_BASES"]
 
 # Providers whose wire format is OpenAI's chat completions API.
 OPENAI_COMPATIBLE_PREFIXES = ("openai/", "hosted_vllm/", "vllm/", "openai_compatible/", "custom_openai/",
@@ -66,8 +67,16 @@ def merged_headers(base: dict[str, str], changes: HeaderChanges | None) -> dict[
     return out
 
 
+# Headers of one upstream call alone (the W3C `traceparent`/`tracestate` of a traced attempt, set by
+# `gateway.tracing` around each attempt of the resilience loop): (name, value) pairs, lower-case
+# names, no line breaks. Transports add them to what they send; they are never part of a prepared
+# request's cache key. Empty (the default, tracing off): nothing to add.
+CALL_HEADERS: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("sigroute_call_headers",
+                                                                   default=())
+
+
 class Transport(Protocol):
-    """Calls one model. Failures are `UpstreamError`s (a body that cannot be serialized is the
+    """Calls one model, adding `CALL_HEADERS` to the request. Failures are `UpstreamError`s (a body that cannot be serialized is the
     caller's `InvalidRequest`, see `errors.unsendable_body`).
 
     `stream` is an async generator of OpenAI chunk dicts: it ends normally only when the answer is
