@@ -47,7 +47,7 @@ from sigroute.gateway.upstream.litellm_transport import LiteLLMTransport
 from sigroute.gateway.upstream.load import ModelLoad
 from sigroute.gateway.upstream.openai_compatible import OpenAICompatibleTransport
 from sigroute.gateway.upstream.stream import UpstreamStream
-from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, Transport
+from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, Transport, payload_for
 from sigroute.policies.schema import Policy
 
 __all__ = ["Upstreams", "CallResult", "Attempt", "Observer"]
@@ -284,6 +284,7 @@ class Upstreams:
         and comes back to this model only if they fail."""
         target = self.targets[model]
         transport = self.transports[target.transport]
+        payload = payload_for(target, call.payload)   # (without what only a native Messages upstream reads)
         breaker = self.breakers[model]
         for attempt in range(first_attempt, self.retries + 1):
             delay = None
@@ -302,7 +303,7 @@ class Upstreams:
                 with self.load.count(model) as counted:
                     try:
                         if call.stream:
-                            chunks = transport.stream(target, call.payload, call.headers)
+                            chunks = transport.stream(target, payload, call.headers)
                             try:
                                 first = await anext(chunks)
                             except StopAsyncIteration:
@@ -312,7 +313,7 @@ class Upstreams:
                             opened = UpstreamStream(model, first, chunks, permit.transfer(), counted.transfer(),
                                                     self._failed, self._succeeded)
                         else:
-                            body = await transport.complete(target, call.payload, call.headers)
+                            body = await transport.complete(target, payload, call.headers)
                     except UpstreamError as error:
                         error.model = model
                         call.attempts.append(Attempt(model, error=error))

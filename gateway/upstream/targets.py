@@ -15,13 +15,18 @@ from typing import Any, AsyncIterator, Mapping, Protocol
 from sigroute.policies.schema import ModelSpec
 
 __all__ = ["ModelTarget", "HeaderChanges", "merged_headers", "Transport", "OPENAI_COMPATIBLE_PREFIXES",
-           "DEFAULT_API_BASES"]
+           "DEFAULT_API_BASES", "NATIVE", "payload_for"]
 
 # Providers whose wire format is OpenAI's chat completions API.
 OPENAI_COMPATIBLE_PREFIXES = ("openai/", "hosted_vllm/", "vllm/", "openai_compatible/", "custom_openai/",
                               "sglang/", "lm_studio/", "llamafile/", "deepseek/", "together_ai/",
                               "fireworks_ai/", "groq/", "mistral/", "openrouter/", "xai/", "perplexity/")
 DEFAULT_API_BASES = {"openai/": "https://api.openai.com/v1"}
+
+# The private key under which an internal chat body keeps what only a native Anthropic Messages
+# upstream can use (see `gateway.anthropic_wire`): on the body (marking that it carries such data),
+# on messages, content parts, tool calls and tools, and as whole parts of type NATIVE.
+NATIVE = "sigroute_anthropic"
 
 
 @dataclass(frozen=True)
@@ -82,3 +87,30 @@ class Transport(Protocol):
                headers: HeaderChanges | None = None) -> AsyncIterator[dict[str, Any]]: ...
 
     async def aclose(self) -> None: ...
+
+
+def _without_native(item: Any) -> Any:
+    return {k: v for k, v in item.items() if k != NATIVE} if isinstance(item, dict) and NATIVE in item else item
+
+
+def payload_for(target: ModelTarget, payload: dict[str, Any]) -> dict[str, Any]:
+    """The body `target`'s transport sends: a native Messages upstream gets all of it; every other
+    one gets it without the `NATIVE` data (a plain chat request). Costs one lookup for a body with
+    none (every chat-completions request)."""
+    if NATIVE not in payload or target.transport == "anthropic":
+        return payload
+    out = {k: v for k, v in payload.items() if k != NATIVE}
+    messages = []
+    for message in payload.get("messages") or ():
+        message = _without_native(message)
+        content = message.get("content")
+        if isinstance(content, list):
+            message = {**message, "content": [_without_native(p) for p in content
+                                              if not (isinstance(p, dict) and p.get("type") == NATIVE)]}
+        if message.get("tool_calls"):
+            message = {**message, "tool_calls": [_without_native(c) for c in message["tool_calls"]]}
+        messages.append(message)
+    out["messages"] = messages
+    if isinstance(out.get("tools"), list):
+        out["tools"] = [_without_native(t) for t in out["tools"]]
+    return out
