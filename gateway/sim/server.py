@@ -43,6 +43,13 @@ Endpoints:
     ``[[sim:tool]]``, the answer calls the first tool (finish_reason "tool_calls") with the
     arguments ``{"text": <the user text without the marker>}``; streamed, the arguments arrive in
     two deltas. When the last message is a `tool` result, the answer is ``Tool said: <its text>``.
+``POST /v1/messages``
+    Anthropic Messages (its own small implementation), plain and streamed with Anthropic's event
+    sequence; `max_tokens` is required; answers like chat completions (echo, filler, the demo
+    bank, ``[[sim:tool]]`` → a `tool_use` of the first tool, a last `tool_result` → ``Tool said:
+    <its text>``), truncating at `max_tokens` (stop_reason "max_tokens"). Errors are Anthropic-shaped;
+    faults: `rate_limit_rate` → 429, `error_rate` → 500, `timeout_rate` → 529 (overloaded) at once.
+    The body is recorded for ``/sim/last/{model}`` like a chat request's.
 ``GET /v1/models``, ``GET /v1/models/{name}``
     The configured models, OpenAI-shaped.
 ``GET /health``
@@ -831,6 +838,129 @@ async def _tool_call(request: Request, state: SimState, stats: ModelStats, spec:
                     headers={**headers, "cache-control": "no-cache"})
 
 
+# --------------------------------------------------------------------------------------------
+# Anthropic Messages (its own small implementation: the sim imports no gateway code)
+# --------------------------------------------------------------------------------------------
+
+
+def _anthropic_error(status: int, message: str, type_: str = "invalid_request_error",
+                     headers: Mapping[str, str] | None = None) -> Response:
+    return _json({"type": "error", "error": {"type": type_, "message": message}}, status, headers)
+
+
+def _block_text(content: Any) -> str:
+    """The text of a Messages content (a string or blocks; tool_result blocks give their content's text)."""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for block in content if isinstance(content, list) else ():
+        if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif isinstance(block, dict) and block.get("type") == "tool_result":
+            texts.append(_block_text(block.get("content")))
+    return "\n".join(texts)
+
+
+def _sse(name: str, data: dict) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def messages(request: Request) -> Response:
+    """POST /v1/messages: an Anthropic Messages answer (see the module docstring)."""
+    start = asyncio.get_running_loop().time()
+    state: SimState = request.app.state.sim
+    try:
+        req = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        return _anthropic_error(400, f"The body is not JSON ({exc}).")
+    if not isinstance(req, dict) or not isinstance(req.get("model"), str):
+        return _anthropic_error(400, "model: a string is required.")
+    messages_, max_tokens = req.get("messages"), req.get("max_tokens")
+    if not isinstance(messages_, list) or not messages_ or not all(isinstance(m, dict) for m in messages_):
+        return _anthropic_error(400, "messages: a non-empty list of message objects is required.")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        return _anthropic_error(400, "max_tokens: a positive integer is required.")
+    name = state.resolve(req["model"])
+    if name is None:
+        return _anthropic_error(404, f"model: {req['model']} (not a model of this simulator)", "not_found_error")
+    spec, stats = state.models[name], state.stats[name]
+    stats.calls += 1
+    stream = req.get("stream") is True
+    if stream:
+        stats.streamed += 1
+    state.last_body[name] = req
+    headers = {"x-sim-model": name}
+    fault = state.draw_fault(spec.faults)
+    if fault == "rate_limit":
+        stats.rate_limited += 1
+        return _anthropic_error(429, f"Rate limit reached for {name} (simulated).", "rate_limit_error",
+                                {**headers, "retry-after": "1"})
+    if fault in ("error", "timeout"):
+        stats.errors += 1
+        return _anthropic_error(529 if fault == "timeout" else 500, f"Simulated fault of {name}.",
+                                "overloaded_error" if fault == "timeout" else "api_error", headers)
+
+    last = messages_[-1]
+    last_content = last.get("content")
+    results = [b for b in last_content if isinstance(b, dict) and b.get("type") == "tool_result"] \
+        if isinstance(last_content, list) else []
+    user_text = _block_text(last_content) if last.get("role") == "user" else ""
+    tools = req.get("tools")
+    blocks: list[dict] = []
+    stop_reason = "end_turn"
+    if tools and isinstance(tools, list) and isinstance(tools[0], dict) and TOOL_MARKER in user_text and not results:
+        call = {"type": "tool_use", "id": "toolu_" + state.next_id().rsplit("-", 1)[-1], "name": tools[0].get("name"),
+                "input": {"text": user_text.replace(TOOL_MARKER, "").strip()}}
+        blocks.append(call)
+        tokens: list[str] | tuple[str, ...] = []
+        stop_reason = "tool_use"
+    else:
+        if results:
+            tokens = _tokens("Tool said: " + _block_text(results[-1].get("content")))
+        else:
+            tokens = state.answer_tokens(spec, user_text)
+        if len(tokens) > max_tokens:
+            tokens, stop_reason = tokens[:max_tokens], "max_tokens"
+        blocks.append({"type": "text", "text": "".join(tokens)})
+    input_tokens = max(1, (len(_block_text(req.get("system") or "")) +
+                           sum(len(_block_text(m.get("content"))) for m in messages_) + 3) // 4)
+    usage = {"input_tokens": input_tokens, "output_tokens": len(tokens) or 8}
+    message_id = "msg_sim" + state.next_id().rsplit("-", 1)[-1]
+    delay = start + spec.latency_s(len(tokens)) - asyncio.get_running_loop().time()
+    if delay > 0 and await _sleep_unless_disconnected(request.receive, delay):
+        stats.cancelled += 1
+        return Response(status_code=499)
+    stats.completed += 1
+    message = {"id": message_id, "type": "message", "role": "assistant", "model": name, "content": blocks,
+               "stop_reason": stop_reason, "stop_sequence": None, "usage": usage}
+    if not stream:
+        return _json(message, headers=headers)
+    body = _sse("message_start", {"type": "message_start", "message": {
+        **message, "content": [], "stop_reason": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}})
+    body += _sse("ping", {"type": "ping"})
+    for index, block in enumerate(blocks):
+        if block["type"] == "text":
+            body += _sse("content_block_start", {"type": "content_block_start", "index": index,
+                                                 "content_block": {"type": "text", "text": ""}})
+            for first in range(0, len(tokens), CHUNK_TOKENS):
+                body += _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {
+                    "type": "text_delta", "text": "".join(tokens[first:first + CHUNK_TOKENS])}})
+        else:   # a tool call: its input in two pieces
+            arguments = orjson.dumps(block["input"]).decode()
+            half = len(arguments) // 2
+            body += _sse("content_block_start", {"type": "content_block_start", "index": index,
+                                                 "content_block": {**block, "input": {}}})
+            for piece in (arguments[:half], arguments[half:]):
+                body += _sse("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                     "delta": {"type": "input_json_delta", "partial_json": piece}})
+        body += _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+    body += _sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason,
+                                                                      "stop_sequence": None},
+                                   "usage": {"output_tokens": usage["output_tokens"]}})
+    body += _sse("message_stop", {"type": "message_stop"})
+    return Response(body, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+
+
 def _replay_headers(state: SimState, name: str, spec: SimModel, replay: ReplayAnswer,
                     usage: dict[str, int], truncated: bool) -> dict[str, str]:
     """The x-sim-* headers of a replayed answer; also counts it in `state.replay_stats`."""
@@ -1088,6 +1218,7 @@ def create_sim_app(config: "SimConfig | Mapping[str, Any] | str | os.PathLike[st
     _install_log_filter()
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{name:path}", get_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),

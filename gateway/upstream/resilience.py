@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
 from sigroute.gateway.errors import APIError, InvalidRequest, RateLimited, UpstreamFailed, Unavailable
+from sigroute.gateway.upstream.anthropic_messages import AnthropicMessagesTransport
 from sigroute.gateway.upstream.breaker import CircuitBreaker, Permit
 from sigroute.gateway.upstream.errors import UpstreamError
 from sigroute.gateway.upstream.litellm_transport import LiteLLMTransport
@@ -159,6 +160,8 @@ class Upstreams:
         self.transports: dict[str, Transport] = dict(transports or {})
         if "openai" not in self.transports:  # reads the egress proxy settings of `environ` once
             self.transports["openai"] = OpenAICompatibleTransport(environ=environ)
+        if "anthropic" not in self.transports:
+            self.transports["anthropic"] = AnthropicMessagesTransport(environ=environ)
         if "litellm" not in self.transports:
             self.transports["litellm"] = LiteLLMTransport()
         self.observer = observer or _NoObserver()

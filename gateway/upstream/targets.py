@@ -22,6 +22,7 @@ OPENAI_COMPATIBLE_PREFIXES = ("openai/", "hosted_vllm/", "vllm/", "openai_compat
                               "sglang/", "lm_studio/", "llamafile/", "deepseek/", "together_ai/",
                               "fireworks_ai/", "groq/", "mistral/", "openrouter/", "xai/", "perplexity/")
 DEFAULT_API_BASES = {"openai/": "https://api.openai.com/v1"}
+ANTHROPIC_API_BASE = "https://api.anthropic.com"   # the native Messages transport's default
 
 # The private key under which an internal chat body keeps what only a native Anthropic Messages
 # upstream can use (see `gateway.anthropic_wire`): on the body (marking that it carries such data),
@@ -35,7 +36,7 @@ class ModelTarget:
 
     name: str  # the policy's name for it
     spec: ModelSpec
-    transport: str  # "openai" or "litellm"
+    transport: str  # "openai", "anthropic" or "litellm"
     upstream_model: str  # the model name sent to the server (openai) or the litellm model string
     api_base: str | None
     api_key: str | None
@@ -47,6 +48,11 @@ class ModelTarget:
         if transport == "auto":
             transport = "openai" if spec.provider.startswith(OPENAI_COMPATIBLE_PREFIXES) and (
                 spec.api_base or spec.provider.startswith(tuple(DEFAULT_API_BASES))) else "litellm"
+            if spec.provider.startswith("anthropic/") and spec.api_base:
+                transport = "anthropic"
+        if transport == "anthropic":   # Messages API: POST {api_base}/v1/messages
+            model = spec.provider.partition("/")[2] if spec.provider.startswith("anthropic/") else spec.provider
+            return cls(name, spec, "anthropic", model, (spec.api_base or ANTHROPIC_API_BASE).rstrip("/"), api_key)
         if transport == "openai":
             prefix, _, model = spec.provider.partition("/")
             api_base = spec.api_base or DEFAULT_API_BASES.get(prefix + "/")
