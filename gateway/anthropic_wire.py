@@ -403,7 +403,9 @@ def message_from_completion(body: dict[str, Any], message_id: str, stop_sequence
     if text:
         content.append({"type": "text", "text": text})
     for call in message.get("tool_calls") or ():
-        function = call.get("function") or {}
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
         content.append({"type": "tool_use", "id": call.get("id") or f"toolu_{len(content)}",
                         "name": function.get("name", ""), "input": _tool_input(function.get("arguments"))})
     stop_reason, stop_sequence = _stop(choice, stop_sequences)
@@ -487,8 +489,10 @@ class MessagesEncoder:
                 out += _event("content_block_delta", {"type": "content_block_delta", "index": self.block,
                                                       "delta": {"type": "text_delta", "text": text}})
             for call in delta.get("tool_calls") or ():
+                if not isinstance(call, dict):
+                    continue
                 index = call.get("index", 0)
-                function = call.get("function") or {}
+                function = call.get("function") if isinstance(call.get("function"), dict) else {}
                 if self.open != ("tool", index):
                     out += self._open(("tool", index), {"type": "tool_use", "id": call.get("id") or f"toolu_{index}",
                                                         "name": function.get("name", ""), "input": {}})

@@ -283,6 +283,67 @@ def test_stop_sequences_reach_the_upstream_as_stop(gw, sim):
     assert sim.last_body("alpha")["stop"] == ["###"] and message.stop_reason == "end_turn"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_the_matched_stop_sequence_is_reported(gw, stream):
+    """An upstream that names the stop string it ended at (vLLM's `stop_reason`; the sim does too)."""
+    body = dict(model="auto", max_tokens=64, stop_sequences=["nope", "STOP"],
+                messages=[{"role": "user", "content": "[[sim:echo]] keep this STOP not this"}])
+    if stream:
+        with client_for(gw).messages.stream(**body) as s:
+            message = s.get_final_message()
+    else:
+        message = client_for(gw).messages.create(**body)
+    assert message.content[0].text == "[[sim:echo]] keep this "
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == "STOP"
+
+
+def test_a_stream_that_breaks_ends_with_an_error_event(gw, sim):
+    sim.http.put("/sim/models/alpha", json={"completion_tokens": 60}).raise_for_status()
+    sim.faults("alpha", break_stream_rate=1.0)
+    r = gw.http.post("/v1/messages", json={"model": "auto", "max_tokens": 256, "stream": True,
+                                           "messages": [{"role": "user", "content": "tell me a long story"}]})
+    events = events_of(r)
+    assert events[0][0] == "message_start" and "content_block_delta" in [n for n, _ in events]
+    name, data = events[-1]
+    assert name == "error" and data["type"] == "error" and data["error"]["type"] == "api_error"
+    assert "failed mid-stream" in data["error"]["message"]
+    with pytest.raises(anthropic.APIStatusError):   # the SDK raises on the error event
+        with client_for(gw).messages.stream(model="auto", max_tokens=256,
+                                            messages=[{"role": "user", "content": "tell me a long story"}]) as s:
+            "".join(s.text_stream)
+
+
+HOSTILE = [b"", b"[]", b"null", b'"x"', b"{}", b'{"model": 1}', b'{"model": "auto", "max_tokens": true}',
+           b'{"model": "auto", "max_tokens": 1e400}', b'{"model": "auto", "max_tokens": 99999999999999999999999}',
+           b'{"model": "auto", "max_tokens": 5, "messages": {}}',
+           b'{"model": "auto", "max_tokens": 5, "messages": [null]}',
+           b'{"model": "auto", "max_tokens": 5, "messages": [{"role": ["user"], "content": "x"}]}',
+           b'{"model": "auto", "max_tokens": 5, "messages": [{"role": "user", "content": 5}]}',
+           b'{"model": "auto", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": ["text"]}]}]}',
+           b'{"model": "auto", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text"}]}]}',
+           b'{"model": "auto", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": "x"}]}]}',
+           b'{"model": "auto", "max_tokens": 5, "messages": [{"role": "assistant", "content": [{"type": "tool_use"}]}]}',
+           b'{"model": "auto", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "a", "content": [5]}]}]}',
+           b'{"model": "auto", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "a", "content": {}}]}]}',
+           b'{"model": "auto", "max_tokens": 5, "system": 5, "messages": [{"role": "user", "content": "x"}]}',
+           b'{"model": "auto", "max_tokens": 5, "system": [{"type": "text", "text": 5}], "messages": [{"role": "user", "content": "x"}]}',
+           b'{"model": "auto", "max_tokens": 5, "tools": {}, "messages": [{"role": "user", "content": "x"}]}',
+           b'{"model": "auto", "max_tokens": 5, "tools": [{"name": "t", "input_schema": {}, "type": "bash_20250124"}], "messages": [{"role": "user", "content": "x"}]}',
+           b'{"model": "auto", "max_tokens": 5, "tool_choice": "auto", "messages": [{"role": "user", "content": "x"}]}',
+           b'{"model": "auto", "max_tokens": 5, "tool_choice": {"type": ["auto"]}, "messages": [{"role": "user", "content": "x"}]}',
+           b'{"model": "auto", "max_tokens": 5, "metadata": {"user_id": 5}, "messages": [{"role": "user", "content": "x"}]}',
+           b'{"model": "auto", "max_tokens": 5, "top_k": -1, "messages": [{"role": "user", "content": "x"}]}',
+           b'{"model": "auto", "max_tokens": 5, "stream": "yes", "messages": [{"role": "user", "content": "x"}]}']
+
+
+def test_hostile_bodies_get_anthropic_400s_never_a_500(gw):
+    for raw in HOSTILE:
+        r = gw.http.post("/v1/messages", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400, (raw, r.status_code, r.text)
+        body = r.json()
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error" and body["error"]["message"]
+
+
 def test_max_tokens_truncation_is_stop_reason_max_tokens(gw):
     message = client_for(gw).messages.create(model="auto", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 3

@@ -35,6 +35,8 @@ Endpoints:
     streamed ones send the first content chunk at ttft, then a few tokens per chunk at decode
     speed. `usage.prompt_tokens` is about a quarter of the characters of all message text;
     completion tokens are whitespace-separated words. Every response carries `x-sim-model`.
+    `stop` (a string or a list) ends an answer before the first stop string in it, and the choice
+    then names that string in `stop_reason` (as vLLM does).
     Content: a demo-bank question found in the last user message (see `format_question`) is
     answered ``The answer is (X).``, correct with probability accuracy[category]; a last user
     message containing ``[[sim:echo]]`` is echoed back verbatim; anything else gets
@@ -750,11 +752,17 @@ async def chat_completions(request: Request) -> Response:
     replay = state.replay.respond(name, user_text) if state.replay is not None else None
     answers: list[list[str] | tuple[str, ...]] = []
     finish: list[str] = []
+    stops = parsed.body.get("stop")
+    stops = [stops] if isinstance(stops, str) else [x for x in stops if isinstance(x, str) and x] \
+        if isinstance(stops, list) else []
+    matched: list[str | None] = []   # per answer: the stop string it ended at (vLLM's `stop_reason`)
     for _ in range(parsed.n):
         if tool_answer is not None:
             tokens = tool_answer
         else:
             tokens = split_tokens(replay.text) if replay is not None else state.answer_tokens(spec, user_text)
+        tokens, stopped_at = _cut_at_stop(tokens, stops)
+        matched.append(stopped_at)
         if parsed.max_tokens is not None and len(tokens) > parsed.max_tokens:
             answers.append(tokens[: parsed.max_tokens])
             finish.append("length")
@@ -772,7 +780,7 @@ async def chat_completions(request: Request) -> Response:
     if parsed.stream:
         breaks = bool(spec.faults.break_stream_rate) and state.rng.random() < spec.faults.break_stream_rate
         return _StreamedCompletion(stats, spec, name, completion_id, created, start, answers,
-                                   finish, usage if parsed.include_usage else None, breaks, headers)
+                                   finish, usage if parsed.include_usage else None, breaks, headers, matched)
 
     delay = start + spec.latency_s(max(map(len, answers))) - loop.time()
     if delay > 0 and await _sleep_unless_disconnected(request.receive, delay):
@@ -787,8 +795,8 @@ async def chat_completions(request: Request) -> Response:
         "system_fingerprint": "sigroute-sim",
         "choices": [
             {"index": i, "message": {"role": "assistant", "content": "".join(tokens)},
-             "logprobs": None, "finish_reason": reason}
-            for i, (tokens, reason) in enumerate(zip(answers, finish))
+             "logprobs": None, "finish_reason": reason, **({"stop_reason": stop} if stop else {})}
+            for i, (tokens, reason, stop) in enumerate(zip(answers, finish, matched))
         ],
         "usage": usage,
     }, headers=headers)
@@ -836,6 +844,25 @@ async def _tool_call(request: Request, state: SimState, stats: ModelStats, spec:
         body += event(None, usage=usage)
     return Response(body + b"data: [DONE]\n\n", media_type="text/event-stream",
                     headers={**headers, "cache-control": "no-cache"})
+
+
+def _cut_at_stop(tokens: list[str] | tuple[str, ...], stops: list[str]) -> tuple[list[str] | tuple[str, ...], str | None]:
+    """The tokens before the first stop string in their text, and that string (None: no stop string)."""
+    text = "".join(tokens)
+    hits = [(text.find(stop), stop) for stop in stops if stop in text]
+    if not hits:
+        return tokens, None
+    at, stop = min(hits)
+    kept: list[str] = []
+    used = 0
+    for token in tokens:
+        if used + len(token) >= at:
+            if at > used:
+                kept.append(token[:at - used])
+            break
+        kept.append(token)
+        used += len(token)
+    return kept, stop
 
 
 # --------------------------------------------------------------------------------------------
@@ -1006,13 +1033,15 @@ class _StreamedCompletion(Response):
 
     def __init__(self, stats: ModelStats, spec: SimModel, name: str, completion_id: str,
                  created: int, start: float, answers: list, finish: list[str],
-                 usage: dict | None, breaks: bool, headers: dict[str, str]):
+                 usage: dict | None, breaks: bool, headers: dict[str, str],
+                 stop_reasons: list[str | None] | None = None):
         self.status_code = 200
         self.background = None
         self.init_headers({**headers, "cache-control": "no-cache",
                            "content-type": "text/event-stream; charset=utf-8"})
         self.stats, self.spec, self.start = stats, spec, start
         self.answers, self.finish, self.usage, self.breaks = answers, finish, usage, breaks
+        self.stop_reasons = stop_reasons or [None] * len(answers)
         self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
                      "model": name, "system_fingerprint": "sigroute-sim"}
 
@@ -1061,8 +1090,9 @@ class _StreamedCompletion(Response):
                 # uvicorn answers an exception after the response started by closing the
                 # connection: the client sees a chunked body that never ends properly.
                 raise SimulatedStreamBreak("simulated broken stream")
-            tail = self._event([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}
-                                for i, reason in enumerate(self.finish)])
+            tail = self._event([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason,
+                                 **({"stop_reason": stop} if stop else {})}
+                                for i, (reason, stop) in enumerate(zip(self.finish, self.stop_reasons))])
             if self.usage is not None:
                 tail += self._event([], usage=self.usage)
             tail += b"data: [DONE]\n\n"
