@@ -347,3 +347,12 @@ def test_hostile_bodies_get_anthropic_400s_never_a_500(gw):
 def test_max_tokens_truncation_is_stop_reason_max_tokens(gw):
     message = client_for(gw).messages.create(model="auto", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 3
+
+
+def test_a_body_too_large_is_anthropics_request_too_large(sim, gateway_factory):
+    gw = gateway_factory(base_policy(sim, server={"max_request_bytes": 2000}))
+    r = gw.http.post("/v1/messages", json={"model": "auto", "max_tokens": 5,
+                                           "messages": [{"role": "user", "content": "x" * 5000}]})
+    assert r.status_code == 413
+    assert r.json() == {"type": "error", "error": {"type": "request_too_large", "message": r.json()["error"]["message"]}}
+    assert "2000" in r.json()["error"]["message"]
