@@ -168,14 +168,14 @@ class _Translation:
             raise _bad(f"{where}.tool_use_id must be a string (the id of the tool_use it answers)",
                        f"{where}.tool_use_id")
         content = block.get("content")
-        if content is None:
-            content = ""
+        extra = _extras(block, ("type", "tool_use_id", "content"))
+        if content is None:   # (a native upstream gets the result without content, as sent)
+            content, extra = "", {**(extra or {}), "no_content": True}
         elif isinstance(content, list):
             content = self.parts(_blocks(content, f"{where}.content"), f"{where}.content", ("text", "image"))
         elif not isinstance(content, str):
             raise _bad(f"{where}.content must be a string or a list of content blocks", f"{where}.content")
-        return self.keep({"role": "tool", "tool_call_id": block["tool_use_id"], "content": content},
-                         _extras(block, ("type", "tool_use_id", "content")))
+        return self.keep({"role": "tool", "tool_call_id": block["tool_use_id"], "content": content}, extra)
 
     def message(self, message: Any, i: int) -> list[dict]:
         """One Messages message as chat messages (a user turn with tool results may become several)."""
@@ -205,13 +205,16 @@ class _Translation:
         if not results:
             return [self.keep({"role": "user", "content": self.parts(blocks, f"{where}.content", ("text", "image"))},
                               extra)]
-        out_messages = results
+        if extra:   # the turn's own extra fields ride on its first result
+            self.keep(results[0], {**results[0].get(NATIVE, {}), "message": extra})
         if others:   # the rest of the same user turn (a native upstream joins it back to the results)
             rest = {"role": "user", "content": self.parts(others, f"{where}.content", ("text", "image"))}
-            out_messages.append(self.keep(rest, {**(extra or {}), "same_turn": True}))
-        elif extra:
-            self.keep(out_messages[-1], {**out_messages[-1].get(NATIVE, {}), "message": extra})
-        return out_messages
+            results.append(self.keep(rest, {"same_turn": True}))
+        return results
+
+
+def _native_of(item: dict) -> dict:
+    return item.get(NATIVE) or {}
 
 
 def _blocks(content: list, where: str) -> list[dict]:
@@ -324,7 +327,14 @@ def messages_to_chat(raw: bytes, max_messages: int = 4096, max_tools: int = 512,
     elif system is not None:
         raise _bad("'system' must be a string or a list of text blocks", "system")
     for i, message in enumerate(messages):
-        chat_messages.extend(translation.message(message, i))
+        translated = translation.message(message, i)
+        previous = chat_messages[-1] if chat_messages else None
+        if previous is not None and translated[0].get("role") == "tool" and (
+                previous.get("role") == "tool" or _native_of(previous).get("same_turn")):
+            # two user turns of tool results in a row: mark where the second begins (a native upstream
+            # would otherwise join them into one)
+            translation.keep(translated[0], {**_native_of(translated[0]), "new_turn": True})
+        chat_messages.extend(translated)
     chat["messages"] = chat_messages
     if max_tokens is not None:
         chat["max_tokens"] = max_tokens
@@ -518,8 +528,7 @@ class MessagesEncoder:
             + _event("message_stop", {"type": "message_stop"})
 
     def error(self, message: str, code: str, type: str) -> bytes:
-        kind = "overloaded_error" if code == "overloaded" else "api_error"
-        return _event("error", {"type": "error", "error": {"type": kind, "message": message}})
+        return _event("error", {"type": "error", "error": {"type": "api_error", "message": message}})
 
 
 class MessagesSurface:

@@ -116,10 +116,11 @@ def chat_to_messages(payload: dict[str, Any], model: str) -> dict[str, Any]:
             continue
         if role == "tool" or role == "function":
             result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.get("tool_call_id", "")}
-            result["content"] = content if isinstance(content, str) else _blocks(content)
-            result.update({k: v for k, v in extra.items() if k != "message"})
-            if results_turn is None or messages[-1] is not results_turn:
-                results_turn = {"role": "user", "content": []}
+            if not extra.get("no_content"):
+                result["content"] = content if isinstance(content, str) else _blocks(content)
+            result.update({k: v for k, v in extra.items() if k not in ("message", "no_content", "new_turn")})
+            if results_turn is None or messages[-1] is not results_turn or extra.get("new_turn"):
+                results_turn = {"role": "user", "content": [], **(extra.get("message") or {})}
                 messages.append(results_turn)
             results_turn["content"].append(result)
             continue
