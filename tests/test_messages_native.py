@@ -146,3 +146,20 @@ def test_a_failing_native_upstream_falls_back(sim, gateway_factory, stream, faul
     assert r.status_code == 200 and r.headers["x-sigroute-model"] == "beta" and r.headers["x-sigroute-attempts"] == "2"
     kind = {"error_rate": "server", "rate_limit_rate": "rate_limited", "timeout_rate": "server"}[fault]
     assert f'sigroute_upstream_errors_total{{kind="{kind}",model="claude"}} 1.0' in gw.http.get("/metrics").text
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "openai-compatible"])
+def test_plugins_take_a_rich_request_with_blocks_chat_cannot_express(sim, gateway_factory, native):
+    policy = with_plugins(sim, [{"jailbreak": {"block_above": 0.99}}, {"pii": {"action": "mask_and_restore"}},
+                                {"system_prompt": {"text": "House rules.", "mode": "prepend"}}, {"response_guard": {}}],
+                          models=("claude",) if native else ("alpha",))
+    policy["models"]["claude"] = {"provider": "anthropic/alpha", "api_base": sim.url}
+    gw = gateway_factory(policy)
+    answer = client_for(gw).messages.create(**sdk_arguments(copy.deepcopy(RICH)))
+    assert answer.content[0].text == "Tool said: final answer"
+    sent = sim.last_body("alpha")
+    if native:
+        assert sent["thinking"] == RICH["thinking"] and sent["messages"][1]["content"][0]["type"] == "thinking"
+        assert sent["system"] == [{"type": "text", "text": "House rules."}, *RICH["system"]]   # plugin + caller's
+    else:
+        assert "thinking" not in sent and sent["messages"][0]["role"] == "system"
