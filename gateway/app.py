@@ -3,6 +3,9 @@
 Endpoints (who may call each: `gateway.auth`; the roles are the policy's `auth` section):
   POST /v1/chat/completions   OpenAI chat completions, streamed or not; `model` is an entrypoint
                               (e.g. "auto") or, if the policy allows, a concrete model     any key
+  POST /v1/messages           Anthropic Messages, streamed or not (gateway.anthropic_wire); errors in
+                              Anthropic's shape                                            any key
+  POST /v1/messages/count_tokens   a Messages body's input tokens, as the gateway counts them   any key
   POST /v1/route/explain      same body (or, with ?api=NAME, a body of another surface); shows every
                               signal, every decision's verdict and the choice, without calling a
                               model                                                    explain role
@@ -20,7 +23,8 @@ Endpoints (who may call each: `gateway.auth`; the roles are the policy's `auth` 
 With no `auth` section every caller is anonymous: the role-only surfaces are refused unless the
 policy lists them in `server.open_without_auth` (metrics stays open).
 
-Every error is OpenAI-shaped: {"error": {"message", "type", "param", "code"}}.
+Every error is OpenAI-shaped: {"error": {"message", "type", "param", "code"}}, except on the
+Messages routes: {"type": "error", "error": {"type", "message"}}.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from sigroute.gateway import anthropic_wire
+from sigroute.gateway.anthropic_wire import MESSAGES
 from sigroute.gateway.dashboard import UI_ASSETS, dashboard_document, ui_asset
 from sigroute.gateway.errors import APIError, PayloadTooLarge, Unavailable
 from sigroute.gateway.metrics import Metrics
@@ -209,13 +215,13 @@ def _ref(name: str) -> dict[str, Any]:
 
 
 def described(ok: dict[str, Any], *errors: int, body: str | None = None,
-              headers: dict[str, Any] | None = None) -> dict[str, Any]:
+              headers: dict[str, Any] | None = None, error: str = "Error") -> dict[str, Any]:
     """Route options that describe the answers: `ok` (media type -> schema name) for 200, the
-    OpenAI-shaped error for each status in `errors`, `body` (a schema name) as the JSON request
-    body, and request `headers` (name -> JSON schema)."""
+    error (schema `error`: OpenAI-shaped unless the route's surface has its own) for each status in
+    `errors`, `body` (a schema name) as the JSON request body, and request `headers` (name -> JSON schema)."""
     responses: dict[int | str, Any] = {200: {"description": "OK", "content": {m: _ref(n) for m, n in ok.items()}}}
     for status in sorted(set(errors) | {405}):
-        responses[status] = {"description": ERROR_MEANINGS[status], "content": {"application/json": _ref("Error")}}
+        responses[status] = {"description": ERROR_MEANINGS[status], "content": {"application/json": _ref(error)}}
     extra: dict[str, Any] = {}
     if body is not None:
         extra["requestBody"] = {"required": True, "content": {"application/json": _ref(body)}}
@@ -373,8 +379,10 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                        f"method {request.method} is not allowed on {request.url.path}")}
         type_, code, message = kinds.get(exc.status_code, ("api_error", "http_error", str(exc.detail)))
         # (a 405 keeps Starlette's Allow header: the methods the path does take)
-        return error_response(APIError(message, status=exc.status_code, type=type_, code=code,
-                                       headers=dict(exc.headers or {})))
+        error = APIError(message, status=exc.status_code, type=type_, code=code, headers=dict(exc.headers or {}))
+        if request.url.path.startswith("/v1/messages"):   # the Messages routes answer in Anthropic's shape
+            return surface_error(MESSAGES, error)
+        return error_response(error)
 
     @app.exception_handler(ClientGone)
     async def _client_gone(request: Request, exc: ClientGone):
@@ -458,6 +466,28 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                           headers={"x-sigroute-debug": {"enum": ["0", "1", "true", "false"]}}))
     async def chat_completions(request: Request) -> Response:
         return await serve(request, CHAT)
+
+    # Anthropic Messages (gateway.anthropic_wire): the same pipeline, errors in Anthropic's shape
+    surfaces[MESSAGES.api] = MESSAGES
+
+    @app.post("/v1/messages", summary="Create a message (Anthropic Messages API)",
+              **described({"application/json": "Message", "text/event-stream": "MessageStreamEvent"},
+                          *ADMITTED, *BODY_READ, 403, 404, 422, 502, 503, 504, body="MessagesRequest",
+                          error="AnthropicError", headers={"anthropic-version": {"type": "string"}}))
+    async def messages(request: Request) -> Response:
+        return await serve(request, MESSAGES)
+
+    @app.post("/v1/messages/count_tokens", summary="Count a Messages request's input tokens (the gateway's count)",
+              **described({"application/json": "MessageTokensCount"}, *ADMITTED, *BODY_READ, body="CountTokensRequest",
+                          error="AnthropicError", headers={"anthropic-version": {"type": "string"}}))
+    async def count_message_tokens(request: Request) -> Response:
+        pipeline = runtime.pipeline
+        try:
+            await pipeline.admit(request.headers)
+            raw = await read_body(request, pipeline.max_request_bytes, pipeline.policy.server.body_timeout_s)
+            return JSONBytes(orjson.dumps(anthropic_wire.count_tokens(raw, pipeline.policy.server)))
+        except APIError as exc:
+            return surface_error(MESSAGES, exc)
 
     @app.post("/v1/route/explain", summary="Show how a request would be routed, without calling a model",
               **described({"application/json": "RouteExplanation"}, *ADMITTED, *BODY_READ, 403, 404, 503,
@@ -614,8 +644,10 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         for name in ("HTTPValidationError", "ValidationError"):
             components.get("schemas", {}).pop(name, None)
         components.setdefault("schemas", {}).update(copy.deepcopy(OPENAPI_SCHEMAS))
+        components["schemas"].update(copy.deepcopy(anthropic_wire.OPENAPI_SCHEMAS))
         offered = list(policy.entrypoints) + (list(policy.models) if policy.routing.allow_direct_models else [])
-        components["schemas"]["ChatCompletionRequest"]["properties"]["model"]["enum"] = offered
+        for request_schema in ("ChatCompletionRequest", "MessagesRequest", "CountTokensRequest"):
+            components["schemas"][request_schema]["properties"]["model"]["enum"] = offered
         if auth.enabled:
             components["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},

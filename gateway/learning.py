@@ -161,6 +161,8 @@ class Learning:
         if not isinstance(request_id, str) or not request_id:
             raise InvalidRequest("request_id is required: the x-sigroute-request-id header of the answer",
                                  param="request_id", code="invalid_feedback")
+        if request_id.startswith("msg_"):   # a Messages answer's id names its request: msg_X is req_X
+            request_id = "req_" + request_id[4:]
         try:
             quality = quality_from_feedback(body.get("score"), body.get("thumbs"), body.get("label"))
         except ValueError as exc:

@@ -228,14 +228,17 @@ def test_the_callers_traceparent_is_continued_and_passed_upstream(sim, gateway_f
     assert sent["tracestate"] == "vendor=abc"
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "litellm"])
+@pytest.mark.parametrize("transport", ["aiohttp", "litellm", "anthropic"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_every_transport_passes_the_trace_on(sim, gateway_factory, spans, transport, stream):
-    """The direct transport is covered above; the others add the per-call headers their own way."""
+    """The direct transport is covered above; the others add the per-call headers their own way
+    (the native Anthropic one to the simulated upstream's POST /v1/messages)."""
     policy = traced_policy(sim)
     options = {"tracer_provider": spans.provider}
     if transport == "litellm":
         policy["models"]["alpha"]["transport"] = "litellm"
+    elif transport == "anthropic":   # a native Messages upstream: the simulated one's POST /v1/messages
+        policy["models"]["alpha"].update(provider="anthropic/alpha", api_base=sim.url)
     else:
         from sigroute.gateway.upstream.aiohttp_transport import AiohttpTransport
 

@@ -42,13 +42,14 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from sigroute.gateway.errors import APIError, InvalidRequest, RateLimited, UpstreamFailed, Unavailable
 from sigroute.gateway.tracing import NO_TRACE
+from sigroute.gateway.upstream.anthropic_messages import AnthropicMessagesTransport
 from sigroute.gateway.upstream.breaker import CircuitBreaker, Permit
 from sigroute.gateway.upstream.errors import UpstreamError
 from sigroute.gateway.upstream.litellm_transport import LiteLLMTransport
 from sigroute.gateway.upstream.load import ModelLoad
 from sigroute.gateway.upstream.openai_compatible import OpenAICompatibleTransport
 from sigroute.gateway.upstream.stream import UpstreamStream
-from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, Transport
+from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, Transport, payload_for
 from sigroute.policies.schema import Policy
 
 __all__ = ["Upstreams", "CallResult", "Attempt", "Observer"]
@@ -161,6 +162,8 @@ class Upstreams:
         self.transports: dict[str, Transport] = dict(transports or {})
         if "openai" not in self.transports:  # reads the egress proxy settings of `environ` once
             self.transports["openai"] = OpenAICompatibleTransport(environ=environ)
+        if "anthropic" not in self.transports:
+            self.transports["anthropic"] = AnthropicMessagesTransport(environ=environ)
         if "litellm" not in self.transports:
             self.transports["litellm"] = LiteLLMTransport()
         self.observer = observer or _NoObserver()
@@ -286,6 +289,7 @@ class Upstreams:
         and comes back to this model only if they fail."""
         target = self.targets[model]
         transport = self.transports[target.transport]
+        payload = payload_for(target, call.payload)   # (without what only a native Messages upstream reads)
         breaker = self.breakers[model]
         for attempt in range(first_attempt, self.retries + 1):
             delay = None
@@ -305,7 +309,7 @@ class Upstreams:
                 with self.load.count(model) as counted, call.trace.attempt(target, attempt, call.stream) as traced:
                     try:
                         if call.stream:
-                            chunks = transport.stream(target, call.payload, call.headers)
+                            chunks = transport.stream(target, payload, call.headers)
                             try:
                                 first = await anext(chunks)
                             except StopAsyncIteration:
@@ -315,7 +319,7 @@ class Upstreams:
                             opened = UpstreamStream(model, first, chunks, permit.transfer(), counted.transfer(),
                                                     self._failed, self._succeeded)
                         else:
-                            body = await transport.complete(target, call.payload, call.headers)
+                            body = await transport.complete(target, payload, call.headers)
                     except UpstreamError as error:
                         error.model = model
                         traced.failed(error)
