@@ -191,6 +191,14 @@ def _open_cluster(url: str, *, decode_responses: bool, socket_timeout: float, co
         # default): a timed-out script may have run, and a slow cluster must not slow requests more.
         ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)
 
+        async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            # Learn the topology before the first command. redis-py 8.1 lets concurrent first
+            # commands of a fresh client race its start-up (connections closed under them); one
+            # `initialize` awaited here first, by every task alike (it is locked), avoids that.
+            if self._initialize:
+                await self.initialize()
+            return await super().execute_command(*args, **kwargs)
+
     nodes = cluster_seed_nodes(url)
     parts = urlsplit(url)
     single = "rediss" if _scheme(url) == "rediss+cluster" else "redis"
