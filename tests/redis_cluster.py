@@ -109,6 +109,8 @@ class LocalCluster:
         self.procs[port] = subprocess.Popen(
             [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
+             # a replica may always stand for election, and syncs at once (no diskless-sync delay)
+             "--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0",
              "--appendonly", "no", "--save", "", "--dir", str(node_dir), "--logfile", str(node_dir / "log"),
              "--daemonize", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -191,8 +193,8 @@ class LocalCluster:
             self.client(port).flushall()
 
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
-        """Until every live node says cluster_state:ok, agrees on each slot's primary, and each
-        primary that had replicas has them attached again."""
+        """Until every live node says cluster_state:ok, they agree on each slot's primary, and every
+        replica's link to its primary is up (its initial sync done: only then can it take over)."""
         deadline = time.monotonic() + timeout_s
         last = ""
         while time.monotonic() < deadline:
@@ -201,7 +203,10 @@ class LocalCluster:
                 views = {p: tuple(sorted((s, e, int(n[1])) for s, e, n, *_ in
                                          self.client(p).execute_command("CLUSTER", "SLOTS")))
                          for p in self.alive()}
-                if all(s == "ok" for s in states.values()) and len(set(views.values())) == 1:
+                links = [self.client(p).info("replication").get("master_link_status")
+                         for p in self.alive() if self.role(p) == "slave"]
+                if all(s == "ok" for s in states.values()) and len(set(views.values())) == 1 and \
+                        all(link == "up" for link in links):
                     return
                 last = f"states {states}"
             except Exception as exc:  # a node still starting or failing over
