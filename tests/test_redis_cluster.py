@@ -212,8 +212,9 @@ def _other_primary(c: LocalCluster, slot: int) -> int:
 
 async def test_a_slot_moved_mid_traffic_reaches_no_caller_as_an_error(fresh_cluster):
     c, url = fresh_cluster, fresh_cluster.url
-    state, pending, buckets = RedisStateStore(url), RedisPendingStore(url), RedisRateLimitStore(url)
-    docs = RedisDocumentStore(url)
+    slow_ok = {"socket_timeout": 5.0}   # this test is about redirects, not a busy machine's timeouts
+    state, pending = RedisStateStore(url, **slow_ok), RedisPendingStore(url, **slow_ok)
+    buckets, docs = RedisRateLimitStore(url, **slow_ok), RedisDocumentStore(url, **slow_ok)
     cache = SemanticCache(docs, VectorIndex(), cooldown_s=0.05)   # the cache's real caller
     bandit_key, bucket_key = "t=acme/d=hard/s=1", "caller-1"
     slots = {c.keyslot(state._name(bandit_key)), c.keyslot(buckets.bucket_key(bucket_key)),
