@@ -51,7 +51,8 @@ little-endian float64 (8 bytes a value; the length is the value's size / 8), and
 field ``"\\x00meta"`` (a NUL byte, then "meta") as JSON ``{"g": generation, "v": version, "l":
 [{"g", "h": "reseed"|"set", "b": basis, "by": replica, "j": [joined replicas]}...], "o": 0|1}``.
 One key per hash keeps every operation on a single Redis Cluster slot: the marker lives in the
-hash it describes, so a node that loses the hash loses the marker with it.
+hash it describes, so a node that loses the hash loses the marker with it. No hash tag is needed
+(every script touches its one key), so on a cluster keys spread over the primaries by key.
 
 * ``add`` is one Lua script per call. It checks the marker against `expect`/`join`, then every
   arm's stored length (writing nothing on a refusal or mismatch), then, for each arm, decodes the
@@ -92,7 +93,7 @@ implementations). ``put`` of an existing id replaces it, fingerprint included.
 
 Redis layout (`RedisPendingStore`): one hash per request id, ``<namespace><request_id>`` (default
 namespace ``"sigroute:pending:"``), fields ``t`` (tenant), ``r`` (record JSON) and, once claimed,
-``f`` (fingerprint), with a native key TTL (``PEXPIRE``). ``claim`` is one Lua script.
+``f`` (fingerprint), with a native key TTL (``PEXPIRE``). ``put`` and ``claim`` are one Lua script each.
 
 Redis down: a ``put`` that cannot reach Redis raises `StoreUnavailable` *and* keeps the record in
 the process (at most ``max_unsent``, default 10,000, the oldest dropped first) with its deadline.
@@ -109,8 +110,9 @@ still full the oldest records (by ``put`` time) are dropped, so feedback for the
 ``"unknown"``.
 
 Opening a store from configuration: `open_state_store(url)` and `open_pending_store(url)` take
-``None``/``"memory"`` for memory, or ``redis://``, ``rediss://`` or ``unix://`` URLs for Redis.
-Redis connection failures and timeouts raise `StoreUnavailable` naming the URL (never its password)
+``None``/``"memory"`` for memory, ``redis://``, ``rediss://`` or ``unix://`` URLs for one Redis, or
+``redis+cluster://host:port[,host:port…]`` for a Redis Cluster (`sigroute._redis` opens the client).
+Redis connection failures, timeouts and a cluster slot without a reachable primary raise `StoreUnavailable` naming the URL (never its password)
 and the cause. A command that fails with a connection error is retried ``retries`` times (default 1,
 so a pooled connection gone stale after a Redis restart heals by itself); a timeout is never
 retried, because a timed-out ``add`` may have run and running it again would count it twice. A
@@ -1116,7 +1118,8 @@ async def import_state(store: StateStore, snapshot: dict, *, replace: bool = Tru
 
 
 def open_state_store(url: str | None, *, namespace: str | None = None, **options: Any) -> StateStore:
-    """A state store for `url`: None/"memory" -> memory, redis://, rediss://, unix:// -> Redis.
+    """A state store for `url`: None/"memory" -> memory, redis://, rediss://, unix://,
+    redis+cluster:// -> Redis.
 
     `options` (socket_timeout, connect_timeout, retries) go to `RedisStateStore`.
     """
@@ -1337,7 +1340,8 @@ class RedisPendingStore(_RedisBase):
 
 
 def open_pending_store(url: str | None, *, namespace: str | None = None, **options: Any) -> PendingStore:
-    """A pending store for `url`: None/"memory" -> memory, redis://, rediss://, unix:// -> Redis.
+    """A pending store for `url`: None/"memory" -> memory, redis://, rediss://, unix://,
+    redis+cluster:// -> Redis.
 
     `options` go to the chosen class (max_records for memory; socket_timeout, connect_timeout,
     retries for Redis).

@@ -25,23 +25,28 @@ Guarantees, for both implementations:
   ``events_since`` reports a *gap* when events were trimmed away (or the stream vanished) before
   the reader got them: the reader must then rebuild its index from ``scan()``.
 
-Redis layout (namespace default ``"sigroute:cache:"``):
+Redis layout (namespace default ``"sigroute:cache:"``, whose keys all carry the Redis Cluster hash
+tag ``{sigroute:cache}``: `sigroute._redis.tagged_prefix` wraps a namespace without one in braces):
 
-* ``<ns>d:<doc_id>``: a hash (``p`` partition, ``c`` category, ``d`` decision, ``t`` tenant,
+* ``{<ns>}:d:<doc_id>``: a hash (``p`` partition, ``c`` category, ``d`` decision, ``t`` tenant,
   ``e`` embedding as little-endian float32 bytes, ``r`` response, ``ca``/``xa`` created/expires,
   ``m`` metadata JSON) with a native TTL;
-* ``<ns>lru:<category>``: a sorted set doc_id -> last access (Redis server time, microseconds);
-* ``<ns>events``: the stream (fields ``op`` put|del|clear, ``id``, ``p``, ``e``).
+* ``{<ns>}:lru:<category>``: a sorted set doc_id -> last access (Redis server time, microseconds);
+* ``{<ns>}:events``: the stream (fields ``op`` put|del|clear, ``id``, ``p``, ``e``).
 
 ``put``, ``get`` and ``delete`` are one Lua script each (one round trip, atomic: the LRU set,
 the document and the event never disagree). ``put`` also drops up to 32 LRU members whose
 documents expired (so expired entries stop counting against the quota) before enforcing it.
-Scripts touch document keys they derive from the namespace, so this layout targets a single Redis
-(or one Cluster slot via a ``{hash-tag}`` namespace), not a sharded Cluster.
+Scripts touch documents and LRU sets they derive from the namespace (evicted members, a
+document's category), so every cache key shares one hash tag and therefore one Redis Cluster slot:
+the cache works on a cluster, but lives on one primary there (the event stream, read whole and in
+order by every replica, ties it together). While that slot is being resharded, scripts whose keys
+are split between two nodes are refused (TRYAGAIN) and fail as `StoreUnavailable`.
 Scans use ``SCAN`` (never ``KEYS``) and ``UNLINK``.
 
-Redis connection failures and timeouts raise `StoreUnavailable` naming the URL (never its
-password); the semantic cache turns them into misses and skipped inserts. After a timeout (a Redis
+The URL is ``redis://``, ``rediss://``, ``unix://`` (one server) or ``redis+cluster://host:port[,…]``
+(a cluster; see `sigroute._redis`). Redis connection failures, timeouts and a cluster slot with no
+reachable primary raise `StoreUnavailable` naming the URL (never its password); the semantic cache turns them into misses and skipped inserts. After a timeout (a Redis
 that is hung or cut off answers nothing, so every command would wait its whole timeout) commands
 fail at once for ``hung_hold_s`` (default 1 s), then one at a time tries Redis again until one is
 answered. The client is created lazily, on first use, so it binds to the event loop that uses it.

@@ -6,7 +6,8 @@ caller's limit. `RedisRateLimitStore` keeps the buckets in Redis, so every repli
 takes from the same bucket and the limit holds across them.
 
 Redis layout: one hash per bucket, ``<namespace>{<key>}`` (default namespace
-``sigroute:ratelimit:``; the braces are a Redis Cluster hash tag, so the bucket is one slot) with
+``sigroute:ratelimit:``; the braces are a Redis Cluster hash tag, so the bucket is one slot, the
+same on one Redis and on a ``redis+cluster://`` URL) with
 fields ``t`` (tokens left) and ``u`` (when they were counted, Redis server time in seconds). One
 Lua script per check (sent by EVALSHA, loaded again when Redis answers NOSCRIPT) refills, takes
 and writes back atomically, reading the clock with ``TIME`` inside the script, so replicas'
