@@ -112,8 +112,8 @@ still full the oldest records (by ``put`` time) are dropped, so feedback for the
 Opening a store from configuration: `open_state_store(url)` and `open_pending_store(url)` take
 ``None``/``"memory"`` for memory, ``redis://``, ``rediss://`` or ``unix://`` URLs for one Redis, or
 ``redis+cluster://host:port[,host:port…]`` for a Redis Cluster (`sigroute._redis` opens the client).
-Redis connection failures, timeouts and a cluster slot without a reachable primary raise `StoreUnavailable` naming the URL (never its password)
-and the cause. A command that fails with a connection error is retried ``retries`` times (default 1,
+Redis connection failures, timeouts and a cluster slot without a reachable primary raise
+`StoreUnavailable` naming the URL (never its password) and the cause. A command that fails with a connection error is retried ``retries`` times (default 1,
 so a pooled connection gone stale after a Redis restart heals by itself); a timeout is never
 retried, because a timed-out ``add`` may have run and running it again would count it twice. A
 caller that gets `StoreUnavailable` from ``add`` should keep its deltas and try again later, under
