@@ -113,12 +113,13 @@ Opening a store from configuration: `open_state_store(url)` and `open_pending_st
 ``None``/``"memory"`` for memory, ``redis://``, ``rediss://`` or ``unix://`` URLs for one Redis, or
 ``redis+cluster://host:port[,host:port…]`` for a Redis Cluster (`sigroute._redis` opens the client).
 Redis connection failures, timeouts and a cluster slot without a reachable primary raise
-`StoreUnavailable` naming the URL (never its password) and the cause. A command that fails with a connection error is retried ``retries`` times (default 1,
-so a pooled connection gone stale after a Redis restart heals by itself); a timeout is never
-retried, because a timed-out ``add`` may have run and running it again would count it twice. A
-caller that gets `StoreUnavailable` from ``add`` should keep its deltas and try again later, under
-the same ``op=(replica, seq)``: the key remembers the last add of each of its 64 most recent
-replicas (in the marker, field ``"s"``) and does not apply one it already holds.
+`StoreUnavailable` naming the URL (never its password) and the cause. A command that fails with a
+connection error is retried ``retries`` times (default 1, so a pooled connection gone stale after a
+Redis restart heals by itself); a timeout is never retried, because a timed-out ``add`` may have run
+and running it again would count it twice. A caller that gets `StoreUnavailable` from ``add`` should
+keep its deltas and try again later, under the same ``op=(replica, seq)``: the key remembers the
+last add of each of its 64 most recent replicas (in the marker, field ``"s"``) and does not apply
+one it already holds.
 
 A Redis that stops answering without closing its connections (hung, paused, or cut off by a
 partition) costs every command its whole ``socket_timeout``. So after a timeout a store fails

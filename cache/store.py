@@ -44,12 +44,14 @@ order by every replica, ties it together). While that slot is being resharded, s
 are split between two nodes are refused (TRYAGAIN) and fail as `StoreUnavailable`.
 Scans use ``SCAN`` (never ``KEYS``) and ``UNLINK``.
 
-The URL is ``redis://``, ``rediss://``, ``unix://`` (one server) or ``redis+cluster://host:port[,…]``
-(a cluster; see `sigroute._redis`). Redis connection failures, timeouts and a cluster slot with no
-reachable primary raise `StoreUnavailable` naming the URL (never its password); the semantic
-cache turns them into misses and skipped inserts. After a timeout (a Redis that is hung or cut
-off answers nothing, so every command would wait its whole timeout) commands fail at once for ``hung_hold_s`` (default 1 s), then one at a time tries Redis again until one is
-answered. The client is created lazily, on first use, so it binds to the event loop that uses it.
+The URL is ``redis://``, ``rediss://``, ``unix://`` (one server) or
+``redis+cluster://host:port[,…]`` (a cluster; see `sigroute._redis`). Redis connection failures,
+timeouts and a cluster slot with no reachable primary raise `StoreUnavailable` naming the URL (never
+its password); the semantic cache turns them into misses and skipped inserts. After a timeout (a
+Redis that is hung or cut off answers nothing, so every command would wait its whole timeout)
+commands fail at once for ``hung_hold_s`` (default 1 s), then one at a time tries Redis again until
+one is answered. The client is created lazily, on first use, so it binds to the event loop that uses
+it.
 """
 
 from __future__ import annotations
