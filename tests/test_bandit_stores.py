@@ -31,16 +31,18 @@ from sigroute.bandits.store import (
     open_state_store,
 )
 from tests.conftest import free_port
-from tests.redis_cluster import clean_cluster_url, clean_valkey_url, cluster, valkey_url  # noqa: F401 (fixtures)
+from tests.redis_cluster import (clean_cluster_url, clean_valkey_cluster_url, clean_valkey_url,  # noqa: F401
+                                 cluster, valkey_cluster, valkey_url)                            # (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# The Redis-backed stores run against one redis-server, one valkey-server and a 3+3 Redis Cluster.
-SERVER_URLS = {"redis": "clean_redis_url", "valkey": "clean_valkey_url", "cluster": "clean_cluster_url"}
+# The Redis-backed stores run against one redis-server, one valkey-server, and a 3+3 cluster of each.
+SERVER_URLS = {"redis": "clean_redis_url", "valkey": "clean_valkey_url", "cluster": "clean_cluster_url",
+               "valkey-cluster": "clean_valkey_cluster_url"}
 
 
-@pytest.fixture(params=["memory", "redis", "valkey", "cluster"])
+@pytest.fixture(params=["memory", "redis", "valkey", "cluster", "valkey-cluster"])
 async def state_store(request):
     if request.param == "memory":
         store: StateStore = MemoryStateStore()
@@ -50,7 +52,7 @@ async def state_store(request):
     await store.aclose()
 
 
-@pytest.fixture(params=["memory", "redis", "valkey", "cluster"])
+@pytest.fixture(params=["memory", "redis", "valkey", "cluster", "valkey-cluster"])
 async def pending_store(request):
     if request.param == "memory":
         store: PendingStore = MemoryPendingStore()

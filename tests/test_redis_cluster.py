@@ -1,7 +1,8 @@
 """Every shared store on a real local Redis Cluster (3 primaries, 3 replicas; tests/redis_cluster.py).
 
 What is proved here, beyond the store tests that already run on the cluster (tests/test_bandit_stores.py
-and tests/test_cache_core.py take it as one of their backends):
+and tests/test_cache_core.py take a Redis and a Valkey cluster as two of their backends); the key
+layout and gateway tests run on a Redis and on a Valkey cluster:
 
 * cluster URLs: seed nodes parsed, credentials never shown, database 0 only;
 * where keys live: each family's keys are in the slot its scripts need (the whole cache in one
@@ -31,7 +32,7 @@ from sigroute.cache.semantic import SemanticCache
 from sigroute.cache.store import CacheEntry, RedisDocumentStore
 from sigroute.gateway.ratelimit import RedisRateLimitStore
 from tests.conftest import base_policy
-from tests.redis_cluster import LocalCluster, clean_cluster_url, cluster, fresh_cluster  # noqa: F401 (fixtures)
+from tests.redis_cluster import LocalCluster, cluster, fresh_cluster, valkey_cluster  # noqa: F401 (fixtures)
 
 KEY = "sk-cluster-caller"
 OTHER = "sk-cluster-other"
@@ -121,8 +122,17 @@ async def test_an_unreachable_cluster_is_unavailable_naming_it_without_password(
 # Where keys live
 
 
-async def test_each_key_family_lives_in_the_slot_its_scripts_need(cluster, clean_cluster_url):
-    url = clean_cluster_url
+@pytest.fixture(params=["redis", "valkey"])
+def any_cluster(request) -> LocalCluster:
+    """The module's Redis cluster, then its Valkey cluster; flushed before the test."""
+    c = request.getfixturevalue("cluster" if request.param == "redis" else "valkey_cluster")
+    c.flushall()
+    return c
+
+
+async def test_each_key_family_lives_in_the_slot_its_scripts_need(any_cluster):
+    cluster = any_cluster
+    url = cluster.url
     state, pending = RedisStateStore(url), RedisPendingStore(url)
     docs, buckets = RedisDocumentStore(url), RedisRateLimitStore(url)
     try:
@@ -163,8 +173,8 @@ async def test_each_key_family_lives_in_the_slot_its_scripts_need(cluster, clean
 # Gateways on the cluster
 
 
-def test_two_gateways_on_one_cluster_share_limits_cache_and_learning(sim, gateway_factory, cluster,
-                                                                      clean_cluster_url):
+def test_two_gateways_on_one_cluster_share_limits_cache_and_learning(sim, gateway_factory, any_cluster):
+    clean_cluster_url = any_cluster.url   # flushed by any_cluster
     burst = 6
     policy = cluster_policy(sim, {"requests_per_minute": 6, "burst": burst}, algorithm=LEARN)
     a = gateway_factory(policy, redis_url=clean_cluster_url)
