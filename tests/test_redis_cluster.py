@@ -41,8 +41,8 @@ LEARN = {"linucb": {"alpha": 0.2, "features": ["bias", "length", "shape"], "sync
                     "reward": {"quality": 1.0, "feedback_ttl_s": 60}}}
 
 
-def cluster_policy(sim, rate_limit: dict, *, algorithm: dict | None = None) -> dict:
-    keys = [{"key_sha256": hashlib.sha256(KEY.encode()).hexdigest(), "tenant": "acme", "rate_limit": rate_limit},
+def cluster_policy(sim, rate_limit: dict, *, algorithm: dict | None = None, caller: str = KEY) -> dict:
+    keys = [{"key_sha256": hashlib.sha256(caller.encode()).hexdigest(), "tenant": "acme", "rate_limit": rate_limit},
             {"key_sha256": hashlib.sha256(OTHER.encode()).hexdigest(), "tenant": "acme"},
             {"key_sha256": hashlib.sha256(SCRAPER.encode()).hexdigest(), "tenant": "ops", "roles": ["metrics"]}]
     decision = {"name": "default", "models": ["alpha", "beta"], "cache": {"mode": "exact"}}
@@ -292,34 +292,47 @@ async def test_a_slot_moved_mid_traffic_reaches_no_caller_as_an_error(fresh_clus
 
 def test_a_killed_primary_fails_over_and_the_gateway_keeps_answering(sim, gateway_factory, fresh_cluster):
     c = fresh_cluster
-    gw = gateway_factory(cluster_policy(sim, {"requests_per_minute": 60000, "burst": 1000}), redis_url=c.url)
-    assert chat(gw, "warm up").status_code == 200
-    names = [k.decode() for k in c.all_keys()]
-    bucket = next(n for n in names if n.startswith("sigroute:ratelimit:"))
     cache_slot = c.keyslot("sigroute:cache")
-    victim_slot = c.keyslot(bucket)
-    dead = c.kill_primary_of(victim_slot)
-    killed_at = time.time()
-    statuses = [chat(gw, f"during failover {i}").status_code for i in range(5)]
-    new_primary = c.wait_promoted(victim_slot, dead)
-    assert new_primary != dead and c.slot_owner(cache_slot) != dead
-    # the first request after the kill met a dead primary: admitted anyway (fail open), and counted
-    assert metric(gw, "sigroute_rate_limit_store_errors_total") >= 1
+    victim = c.slot_owner(cache_slot)
 
-    def bucket_written_after_failover():
-        statuses.append(chat(gw, f"after failover {len(statuses)}").status_code)
+    def bucket_of(api_key: str) -> str:   # the gateway's rate-limit key for a caller is tenant/sha256[:12]
+        return f"sigroute:ratelimit:{{acme/{hashlib.sha256(api_key.encode()).hexdigest()[:12]}}}"
+
+    # a caller whose bucket lives on the same primary as the cache: one SIGKILL takes both away
+    caller = next(k for k in (f"sk-failover-{i}" for i in range(1000))
+                  if c.slot_owner(c.keyslot(bucket_of(k))) == victim)
+    gw = gateway_factory(cluster_policy(sim, {"requests_per_minute": 60000, "burst": 1000}, caller=caller),
+                         redis_url=c.url)
+    question = "Is the cache back after the failover?"
+    assert chat(gw, "warm up", api_key=caller).status_code == 200
+    assert chat(gw, question, api_key=caller).headers["x-sigroute-cache"] == "miss"
+    assert chat(gw, question, api_key=caller).headers["x-sigroute-cache"] == "hit-exact"
+
+    dead = c.kill_primary_of(cache_slot)
+    killed_at = time.time()
+    during = [chat(gw, question, api_key=caller) for _ in range(5)]
+    new_primary = c.wait_promoted(cache_slot, dead)
+    assert new_primary != dead and c.slot_owner(c.keyslot(bucket_of(caller))) == new_primary
+    # requests that met the dead primary were answered all the same: admitted unchecked (fail open)
+    # and served without the cache, each counted
+    assert [r.status_code for r in during] == [200] * 5
+    assert during[0].headers["x-sigroute-cache"] == "miss"      # its lookup met the dead primary
+    assert metric(gw, "sigroute_rate_limit_store_errors_total", outcome="allowed") >= 1
+    assert metric(gw, "sigroute_cache_stores_total", result="failed") >= 1
+
+    after: list[int] = []
+
+    def bucket_written_by_the_new_primary():
+        after.append(chat(gw, f"after failover {len(after)}", api_key=caller).status_code)
         client = cluster_client(c)
         try:
-            updated = client.hget(bucket, "u")
+            updated = client.hget(bucket_of(caller), "u")
         finally:
             client.close()
         return updated is not None and float(updated) > killed_at
 
-    wait_for(bucket_written_after_failover, timeout_s=30, what="a rate-limit check answered by the new primary")
-
-    def cached_again():
-        question = "Is the cache back after the failover?"
-        return chat(gw, question).headers.get("x-sigroute-cache") == "hit-exact"
-
-    wait_for(cached_again, timeout_s=30, what="a cache hit after the failover")
-    assert set(statuses) == {200}, statuses
+    wait_for(bucket_written_by_the_new_primary, timeout_s=30, what="a rate-limit check answered by the new primary")
+    # the answer cached before the kill was replicated: the promoted replica serves it
+    wait_for(lambda: chat(gw, question, api_key=caller).headers.get("x-sigroute-cache") == "hit-exact",
+             timeout_s=30, what="a cache hit from the promoted replica")
+    assert set(after) == {200}, after
