@@ -73,13 +73,14 @@ class LocalCluster:
     """3 primaries + 3 replicas on loopback; `url` is ``redis+cluster://`` naming the primaries."""
 
     def __init__(self, workdir: Path, server_binary: str | None = None, *, primaries: int = 3,
-                 replicas_per_primary: int = 1, node_timeout_ms: int = 1000) -> None:
+                 replicas_per_primary: int = 1, node_timeout_ms: int = 1000, password: str | None = None) -> None:
         self.workdir = Path(workdir)
         self.binary = server_binary or _redis_server_binary()
         self.cli = _redis_cli_binary()
         self.node_timeout_ms = node_timeout_ms
         self.ports = [_free_port_pair() for _ in range(primaries * (1 + replicas_per_primary))]
         self.replicas_per_primary = replicas_per_primary
+        self.password = password                 # requirepass (and masterauth) on every node when given
         self.procs: dict[int, subprocess.Popen] = {}
         self.url = ""
 
@@ -90,7 +91,8 @@ class LocalCluster:
             for port in self.ports:
                 self._start_node(port)
             hosts = [f"127.0.0.1:{p}" for p in self.ports]
-            done = subprocess.run([self.cli, "--cluster", "create", *hosts, "--cluster-replicas",
+            auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+            done = subprocess.run([self.cli, *auth, "--cluster", "create", *hosts, "--cluster-replicas",
                                    str(self.replicas_per_primary), "--cluster-yes"],
                                   capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
@@ -100,7 +102,8 @@ class LocalCluster:
             self.stop()
             raise
         primaries = [p for p in self.ports if self.role(p) == "master"]
-        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in primaries)
+        secret = f":{self.password}@" if self.password else ""
+        self.url = f"redis+cluster://{secret}" + ",".join(f"127.0.0.1:{p}" for p in primaries)
         return self
 
     def _start_node(self, port: int) -> None:
@@ -112,7 +115,8 @@ class LocalCluster:
              # a replica may always stand for election, and syncs at once (no diskless-sync delay)
              "--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0",
              "--appendonly", "no", "--save", "", "--dir", str(node_dir), "--logfile", str(node_dir / "log"),
-             "--daemonize", "no"],
+             "--daemonize", "no",
+             *(("--requirepass", self.password, "--masterauth", self.password) if self.password else ())],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while True:
@@ -148,7 +152,8 @@ class LocalCluster:
     def client(self, port: int):
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=2)
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password, socket_timeout=5,
+                           socket_connect_timeout=2)
 
     def alive(self) -> list[int]:
         return [p for p, proc in self.procs.items() if proc.poll() is None]

@@ -21,6 +21,7 @@ import hashlib
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -31,7 +32,7 @@ from sigroute.cache.index import VectorIndex
 from sigroute.cache.semantic import SemanticCache
 from sigroute.cache.store import CacheEntry, RedisDocumentStore
 from sigroute.gateway.ratelimit import RedisRateLimitStore
-from tests.conftest import base_policy
+from tests.conftest import GatewayProcess, base_policy
 from tests.redis_cluster import LocalCluster, cluster, fresh_cluster, valkey_cluster  # noqa: F401 (fixtures)
 
 KEY = "sk-cluster-caller"
@@ -209,6 +210,29 @@ def test_two_gateways_on_one_cluster_share_limits_cache_and_learning(sim, gatewa
     assert set(statuses) <= {200, 429}
     assert metric(a, "sigroute_rate_limit_store_errors_total") == 0
     assert metric(b, "sigroute_rate_limit_store_errors_total") == 0
+
+
+def test_serve_processes_on_a_password_protected_cluster_never_show_the_password(sim, gateway_factory, tmp_path,
+                                                                                caplog):
+    with LocalCluster(tmp_path / "cluster", password="hunter2") as protected:
+        policy = cluster_policy(sim, {"requests_per_minute": 6000})
+        here = gateway_factory(policy, redis_url=protected.url)
+        with GatewayProcess(policy, tmp_path, protected.url) as there, \
+                httpx.Client(base_url=there.url, timeout=30) as http:
+            def ask_there(content: str) -> str:
+                r = http.post("/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
+                              json={"model": "auto", "messages": [{"role": "user", "content": content}]})
+                assert r.status_code == 200, r.text
+                return r.headers["x-sigroute-cache"]
+
+            assert ask_there("Shared via a cluster?") == "miss"          # `sigroute serve --redis redis+cluster://`
+            assert chat(here, "Shared via a cluster?").headers["x-sigroute-cache"] == "hit-exact"
+            protected.kill_primary_of(protected.keyslot("sigroute:cache"))  # failures are logged, naming the cluster
+            assert ask_there("Asked while a primary is down") == "miss"
+            assert chat(here, "Asked here while a primary is down").status_code == 200
+            logged = there.output() + caplog.text
+    assert "redis+cluster://127.0.0.1:" in logged          # the failures were logged ...
+    assert "hunter2" not in logged                         # ... without the password
 
 
 # --------------------------------------------------------------------------------------------
