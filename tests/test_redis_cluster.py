@@ -33,7 +33,8 @@ from sigroute.cache.semantic import SemanticCache
 from sigroute.cache.store import CacheEntry, RedisDocumentStore
 from sigroute.gateway.ratelimit import RedisRateLimitStore
 from tests.conftest import GatewayProcess, base_policy
-from tests.redis_cluster import LocalCluster, cluster, fresh_cluster, valkey_cluster  # noqa: F401 (fixtures)
+from tests.redis_cluster import (LocalCluster, clean_cluster_url, cluster, failover_cluster,  # noqa: F401
+                                 valkey_cluster)                                               # (fixtures)
 
 KEY = "sk-cluster-caller"
 OTHER = "sk-cluster-other"
@@ -170,6 +171,23 @@ async def test_each_key_family_lives_in_the_slot_its_scripts_need(any_cluster):
     assert len(owners) >= 2, "keys of different families and tenants spread over the primaries"
 
 
+async def test_a_rate_limit_bucket_on_the_cluster_refuses_past_its_burst_and_survives_a_script_flush(
+        cluster, clean_cluster_url):
+    store = RedisRateLimitStore(clean_cluster_url)
+    try:
+        admitted = [await store.take("caller", 0.5, 5.0) for _ in range(5)]   # one token every 2 s
+        wait = await store.take("caller", 0.5, 5.0)
+        assert admitted == [0.0] * 5 and 0 < wait <= 2.0
+        bucket = store.bucket_key("caller")
+        assert 0 < cluster.client(cluster.slot_owner(cluster.keyslot(bucket))).pttl(bucket) <= 5 / 0.5 * 1000 + 1000
+        for port in cluster.primaries():   # every node forgets the script: EVALSHA answers NOSCRIPT, it is loaded again
+            cluster.client(port).script_flush()
+        assert await store.take("another caller", 20.0, 1.0) == 0.0
+        assert await store.take("caller", 0.5, 5.0) > 0
+    finally:
+        await store.aclose()
+
+
 # --------------------------------------------------------------------------------------------
 # Gateways on the cluster
 
@@ -244,8 +262,13 @@ def _other_primary(c: LocalCluster, slot: int) -> int:
     return next(p for p in c.primaries() if p != owner)
 
 
-async def test_a_slot_moved_mid_traffic_reaches_no_caller_as_an_error(fresh_cluster):
-    c, url = fresh_cluster, fresh_cluster.url
+async def test_a_slot_moved_mid_traffic_reaches_no_caller_as_an_error(tmp_path):
+    with LocalCluster(tmp_path / "cluster") as c:
+        await _move_slots_under_traffic(c)
+
+
+async def _move_slots_under_traffic(c: LocalCluster) -> None:
+    url = c.url
     slow_ok = {"socket_timeout": 5.0}   # this test is about redirects, not a busy machine's timeouts
     state, pending = RedisStateStore(url, **slow_ok), RedisPendingStore(url, **slow_ok)
     buckets, docs = RedisRateLimitStore(url, **slow_ok), RedisDocumentStore(url, **slow_ok)
@@ -314,8 +337,8 @@ async def test_a_slot_moved_mid_traffic_reaches_no_caller_as_an_error(fresh_clus
             await store.aclose()
 
 
-def test_a_killed_primary_fails_over_and_the_gateway_keeps_answering(sim, gateway_factory, fresh_cluster):
-    c = fresh_cluster
+def test_a_killed_primary_fails_over_and_the_gateway_keeps_answering(sim, gateway_factory, failover_cluster):
+    c = failover_cluster
     cache_slot = c.keyslot("sigroute:cache")
     victim = c.slot_owner(cache_slot)
 
