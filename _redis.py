@@ -22,6 +22,11 @@ node, so once the cluster has promoted the replica the same client uses it. Time
 retried (as for one Redis: a timed-out ``add`` or ``take`` may have run). While a slot has no
 reachable primary its commands fail with `unavailable_errors()`; the stores turn those into their
 ``StoreUnavailable``, which the gateway handles as for a Redis that is down (fail open, counted).
+(With Redis's default ``cluster-require-full-coverage yes``, once the cluster has marked the primary
+failed every slot refuses commands until the replica is promoted: about a second in the tests.)
+Each store holds one client for the whole cluster, so its fail-fast rule for a hung Redis
+(`HungRedis`) applies to the cluster as a whole: a timeout from one node makes the store fail fast
+for ``hung_hold_s`` on every slot.
 """
 
 from __future__ import annotations
