@@ -4,12 +4,14 @@ What is proved here, beyond the store tests that already run on the cluster (tes
 and tests/test_cache_core.py take a Redis and a Valkey cluster as two of their backends); the key
 layout and gateway tests run on a Redis and on a Valkey cluster:
 
-* cluster URLs: seed nodes parsed, credentials never shown, database 0 only;
+* cluster URLs: seed nodes parsed, credentials never shown, database 0 only; `sigroute serve`
+  processes on a password-protected cluster, which no log line names with its password;
 * where keys live: each family's keys are in the slot its scripts need (the whole cache in one
   slot, a rate-limit bucket in its key's slot, bandit and pending keys one per key);
-* gateways on the cluster serve, cache, learn from feedback and rate-limit, and two of them share
-  one limit and one cache;
-* a slot moved while traffic runs (ASK, then MOVED) reaches no caller as an error and loses nothing;
+* a rate-limit bucket on the cluster, and gateways on the cluster serving, caching, learning from
+  feedback and rate-limiting, two of them sharing one limit and one cache;
+* slots moved while traffic runs (ASK, then MOVED): no caller sees an error, no add or document is
+  lost; only cache inserts are skipped while the cache's own slot is half moved (as when Redis is down);
 * a primary killed with SIGKILL: the gateway keeps answering (the stores' fail-open paths, counted
   in metrics) and, once its replica is promoted, uses the cluster again.
 """
