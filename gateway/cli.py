@@ -477,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info")
     p.add_argument("--access-log", action="store_true", help="log every request line (off by default)")
     p.add_argument("--redis", default=os.environ.get("SIGROUTE_REDIS_URL"), metavar="URL",
-                   help="share learning state, pending feedback and cached answers through Redis (redis://host:port/db); "
+                   help="share learning state, pending feedback, cached answers and rate limits through Redis "
+                        "(redis://host:port/db, or a cluster: redis+cluster://host:port,host:port); "
                         "default: $SIGROUTE_REDIS_URL, else in memory")
     p.add_argument("--decision-log", metavar="PATH",
                    help="append every learning decision (features, pick, propensity, reward; no text) and "
