@@ -111,6 +111,12 @@ UPSTREAM_CLIENTS = ("http1", "aiohttp")   # --compare-clients: sigroute runs wit
 CLIENT_LINE = "upstream client: "   # what `serve-gateway` prints first: the transport class it serves with
 CLIENT_TOLERANCE = 1.2   # issue 15: replace the hand-written client if aiohttp is within 20 % on every ratio
 PATH = "/v1/chat/completions"
+# The other API surfaces (issue 16): the same request sent to the same sigroute process as an
+# Anthropic Messages or an OpenAI Responses request; target name -> (path, whole-answer marker,
+# end-of-stream marker). Their added latency is compared with the chat path's of the same rounds.
+API_TARGETS = {"messages": ("/v1/messages", b'"type":"message"', b"event: message_stop"),
+               "responses": ("/v1/responses", b'"object":"response"', b"response.completed")}
+API_TARGET_RATIO = 1.2   # issue 16: a surface's added latency within 1.2x of the chat path's
 RATIO_TARGET = 1.5
 SELF_P50_TARGET_MS = 1.0
 SELF_P99_TARGET_MS = 5.0
@@ -162,10 +168,18 @@ def bench_policy(api_base: str) -> dict:
     }
 
 
-def request_body(model: str, stream: bool) -> bytes:
-    body = {"model": model, "messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                                         {"role": "user", "content": USER_PROMPT}],
-            "max_tokens": 64, "temperature": 0}
+def request_body(model: str, stream: bool, api: str = "chat") -> bytes:
+    """The bench request as a chat completion, or the same as a Messages or a Responses request."""
+    if api == "messages":
+        body = {"model": model, "system": SYSTEM_PROMPT, "messages": [{"role": "user", "content": USER_PROMPT}],
+                "max_tokens": 64, "temperature": 0}
+    elif api == "responses":
+        body = {"model": model, "instructions": SYSTEM_PROMPT, "input": USER_PROMPT, "max_output_tokens": 64,
+                "temperature": 0}
+    else:
+        body = {"model": model, "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                                             {"role": "user", "content": USER_PROMPT}],
+                "max_tokens": 64, "temperature": 0}
     if stream:
         body["stream"] = True
     return orjson.dumps(body)
@@ -183,9 +197,13 @@ class Bench:
             del self.servers["passthrough"]
         if compare is not None:
             self.servers[COMPARE] = compare
+        for api in args.apis:   # the same sigroute process, through another API surface
+            self.servers[api] = gateway
         self.targets = tuple(self.servers)
         self.sim = sim
-        self.bodies = {(t, s): request_body("auto" if t in GATEWAYS else "bench", s)
+        self.paths = {t: API_TARGETS[t][0] if t in API_TARGETS else PATH for t in self.targets}
+        self.bodies = {(t, s): request_body("auto" if t in GATEWAYS or t in API_TARGETS else "bench", s,
+                                            t if t in API_TARGETS else "chat")
                        for t in self.targets for s in (False, True)}
 
     def requests_for(self, concurrency: int) -> int:
@@ -200,17 +218,20 @@ class Bench:
             server = self.servers[target]
             for stream in (False, True):
                 conn = Connection(server.host, server.port)
-                raw = conn.prepare("POST", PATH, self.bodies[(target, stream)], {"content-type": "application/json"})
+                raw = conn.prepare("POST", self.paths[target], self.bodies[(target, stream)],
+                                   {"content-type": "application/json"})
                 sample = await conn.send(raw, keep_body=True)
                 await conn.close()
                 what = f"{target} ({'streamed' if stream else 'not streamed'})"
+                whole_marker, end_marker = API_TARGETS[target][1:] if target in API_TARGETS else (b'"choices"',
+                                                                                                   b"data: [DONE]")
                 if sample.status != 200:
                     raise RuntimeError(f"{what} answered {sample.status}: {sample.body[:500]!r}")
-                if stream and b"data: [DONE]" not in sample.body:
-                    raise RuntimeError(f"{what}: the stream did not end with [DONE]: {sample.body[-300:]!r}")
-                if not stream and b'"choices"' not in sample.body:
-                    raise RuntimeError(f"{what}: no choices in {sample.body[:300]!r}")
-                if target in GATEWAYS:
+                if stream and end_marker not in sample.body:
+                    raise RuntimeError(f"{what}: the stream did not end with {end_marker!r}: {sample.body[-300:]!r}")
+                if not stream and whole_marker not in sample.body:
+                    raise RuntimeError(f"{what}: no {whole_marker!r} in {sample.body[:300]!r}")
+                if target in GATEWAYS or target in API_TARGETS:
                     decision = sample.headers.get("x-sigroute-decision")
                     if decision != "default":
                         raise RuntimeError(f"{what}: the bench request should reach the default decision, "
@@ -234,7 +255,7 @@ class Bench:
         pids = self.pids(target)
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         try:
-            result = await closed_loop(server.host, server.port, PATH, self.bodies[(target, stream)],
+            result = await closed_loop(server.host, server.port, self.paths[target], self.bodies[(target, stream)],
                                        concurrency=concurrency, warmup=warmup,
                                        requests=requests or self.requests_for(concurrency))
         except HTTPError as exc:
@@ -253,7 +274,7 @@ class Bench:
                                           else (cpu1[name] - cpu0[name]) * 1000 / result.sent)
                                    for name in pids},
         }
-        if target in GATEWAYS:
+        if target in GATEWAYS or target in API_TARGETS:
             record["self_ms"] = [float(s.headers["x-sigroute-overhead-ms"]) for s in samples]
         return record
 
@@ -282,9 +303,9 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
     summary: dict = {}
     details: dict = {}
     rounds = sorted({rec["round"] for rec in records})
-    targets = [t for t in (*TARGETS, COMPARE) if any(rec["target"] == t for rec in records)]
+    targets = [t for t in (*TARGETS, COMPARE, *API_TARGETS) if any(rec["target"] == t for rec in records)]
     proxies = [t for t in targets if t != "direct"]
-    gateways = [t for t in targets if t in GATEWAYS]
+    gateways = [t for t in targets if t in GATEWAYS or t in API_TARGETS]
     for scenario in scenarios:
         _, stream = SCENARIOS[scenario]
         by = {(rec["round"], rec["target"]): rec for rec in records if rec["scenario"] == scenario}
@@ -376,6 +397,23 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
             entry[COMPARE] = other
             entry["sigroute_vs_compare"] = {k: _r(ours[k] / other[k], 3) if ours[k] is not None and other[k]
                                             else None for k in other}
+        apis = [t for t in targets if t in API_TARGETS]
+        if apis:   # the other surfaces, against the chat path of the same rounds
+            entry["apis"] = {}
+            for api in apis:
+                a_add = comparison[api]["added_ms_p50_median_of_rounds"]
+                per_round_ratio = [row[f"{api}_added_ms_p50"] / row["sigroute_added_ms_p50"] for row in per_round
+                                   if row["sigroute_added_ms_p50"] > 0]
+                one = {"added_ms_p50": a_add, "vs_chat": _r(a_add / s_add, 3) if s_add and s_add > 0 else None,
+                       "vs_chat_median_of_rounds": _r(median(per_round_ratio), 3) if per_round_ratio else None,
+                       "self_ms_p50": pooled[api]["self_ms"]["p50"],
+                       "self_ms_p50_vs_chat": _r(pooled[api]["self_ms"]["p50"] / pooled["sigroute"]["self_ms"]["p50"], 3)}
+                if stream:
+                    a_t = comparison[api]["added_ttft_ms_p50_median_of_rounds"]
+                    s_t = comparison["sigroute"]["added_ttft_ms_p50_median_of_rounds"]
+                    one.update(added_ttft_ms_p50=a_t, ttft_vs_chat=_r(a_t / s_t, 3) if s_t and s_t > 0 else None)
+                one["within_target"] = one["vs_chat"] is not None and one["vs_chat"] <= API_TARGET_RATIO
+                entry["apis"][api] = one
         summary[scenario] = entry
         details[scenario] = {"comparison": comparison, "pooled": pooled, "rounds": per_round}
     return summary, details
@@ -466,6 +504,9 @@ def print_table(summary: dict, details: dict, out=sys.stdout) -> None:
             print(f"{'  compare':<11} {'':>10} {'':>9} {fmt(c['added_ms_p50'], 9)} {fmt(c['ratio_p50'], 6, 2)} "
                   f"{fmt(c['self_ms_p50'], 9)} {fmt(c['self_ms_p99'], 9)} {'':>10} {fmt(c['cpu_ms_per_request'], 10)}",
                   file=out)
+        for api, a in e.get("apis", {}).items():
+            print(f"{'  ' + api:<11} {'':>10} {'':>9} {fmt(a['added_ms_p50'], 9)} {fmt(a['vs_chat'], 6, 2)} "
+                  f"{fmt(a['self_ms_p50'], 9)}   (ratio: vs the chat path)", file=out)
     print("pt = pass-through proxy, sr = sigroute (compare: the --compare-command build, same rounds); "
           "added = median over rounds of (proxy p50 - direct p50); self = x-sigroute-overhead-ms", file=out)
 
@@ -514,9 +555,18 @@ def parse_args(argv):
     parser.add_argument("--compare-command", default=None,
                         help="also measure this sigroute command (e.g. a checkout of the previous commit) as the "
                              "target 'compare', in the same rounds; {policy} and {port} are replaced")
+    parser.add_argument("--apis", default=",".join(API_TARGETS),
+                        help="the other API surfaces to measure beside chat completions, on the same sigroute "
+                             f"process and in the same rounds (comma-separated subset of {', '.join(API_TARGETS)}; "
+                             "'' for none)")
     parser.add_argument("--json", default="results/overhead.json", help="where to write the full result")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
     args = parser.parse_args(argv)
+    args.apis = [a.strip() for a in args.apis.split(",") if a.strip()]
+    if [a for a in args.apis if a not in API_TARGETS]:
+        parser.error(f"--apis: choose from {', '.join(API_TARGETS)}")
+    if args.compare_clients:
+        args.apis = []   # the client decision compares two gateways on the chat path only
     quick = args.quick
     args.rounds = args.rounds or (2 if quick else 10)
     args.requests = args.requests or (30 if quick else 100)
@@ -693,6 +743,7 @@ def main(argv: list[str] | None = None) -> int:
             "policy": bench_policy("http://SIM/v1"),
             "request_bodies": {"direct_and_passthrough": request_body("bench", False).decode(),
                                "sigroute": request_body("auto", False).decode(),
+                               **{api: request_body("auto", False, api).decode() for api in args.apis},
                                "streamed": 'the same with "stream": true'},
             "method": "added = median over rounds of (proxy p50 - direct p50 of the same round); target order "
                       "rotates each round; TTFT = time to the first body byte; self = x-sigroute-overhead-ms "
