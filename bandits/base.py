@@ -28,6 +28,8 @@ class Choice:
     context: Any = field(default=None, compare=False, repr=False)
     tenant: str | None = None
     prompt_tokens: float | None = None  # what a `learn: quality` selector priced the candidates with
+    means: Mapping[str, float] | None = field(default=None, compare=False, repr=False)  # contextual: each
+    # candidate's estimated reward for this context, before exploration (scores minus the bonus)
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "propensity": round(self.propensity, 6),
@@ -116,6 +118,11 @@ class Selector(ABC):
 
     def adopt(self, previous: "Selector") -> None:
         """After a reload, take over what `previous` (the same decision's old selector) learned."""
+
+    def observations(self) -> dict[str, float]:
+        """How many (decayed) outcomes each arm has learned from, over the tenants this process
+        holds; {} for a selector that does not learn (the operator's dashboard shows it)."""
+        return {}
 
     @property
     def sync_interval_s(self) -> float | None:

@@ -265,7 +265,8 @@ class ContextualSelector(Selector):
             pick = learner.rule.choose(x, tuple(candidates), known)
             learner.used_at = time.time()
         return Choice(model=pick.arm, propensity=pick.propensity, scores=dict(pick.scores),
-                      ranking=pick.ranking(tuple(candidates)), context=x, tenant=tenant, prompt_tokens=prompt_tokens)
+                      ranking=pick.ranking(tuple(candidates)), context=x, tenant=tenant, prompt_tokens=prompt_tokens,
+                      means=pick.means)
 
     def model_prices(self) -> dict[str, tuple[float, float] | None]:
         out = {}
@@ -489,6 +490,14 @@ class ContextualSelector(Selector):
                 learner.epoch = old.epoch
                 learner.deltas = dict(old.deltas)
                 self._apply_discount(learner, time.time())
+
+    def observations(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for learner in list(self._learners.values()):
+            estimator = learner.estimator
+            for arm in estimator.arms():
+                totals[arm] = totals.get(arm, 0.0) + float(estimator.count(arm))
+        return totals
 
     def snapshot(self, tenant: str = "default") -> dict[str, Any]:
         """Human-readable state of one tenant's learner (for explain and tests)."""

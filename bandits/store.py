@@ -51,7 +51,8 @@ little-endian float64 (8 bytes a value; the length is the value's size / 8), and
 field ``"\\x00meta"`` (a NUL byte, then "meta") as JSON ``{"g": generation, "v": version, "l":
 [{"g", "h": "reseed"|"set", "b": basis, "by": replica, "j": [joined replicas]}...], "o": 0|1}``.
 One key per hash keeps every operation on a single Redis Cluster slot: the marker lives in the
-hash it describes, so a node that loses the hash loses the marker with it.
+hash it describes, so a node that loses the hash loses the marker with it. No hash tag is needed
+(every script touches its one key), so on a cluster keys spread over the primaries by key.
 
 * ``add`` is one Lua script per call. It checks the marker against `expect`/`join`, then every
   arm's stored length (writing nothing on a refusal or mismatch), then, for each arm, decodes the
@@ -92,7 +93,7 @@ implementations). ``put`` of an existing id replaces it, fingerprint included.
 
 Redis layout (`RedisPendingStore`): one hash per request id, ``<namespace><request_id>`` (default
 namespace ``"sigroute:pending:"``), fields ``t`` (tenant), ``r`` (record JSON) and, once claimed,
-``f`` (fingerprint), with a native key TTL (``PEXPIRE``). ``claim`` is one Lua script.
+``f`` (fingerprint), with a native key TTL (``PEXPIRE``). ``put`` and ``claim`` are one Lua script each.
 
 Redis down: a ``put`` that cannot reach Redis raises `StoreUnavailable` *and* keeps the record in
 the process (at most ``max_unsent``, default 10,000, the oldest dropped first) with its deadline.
@@ -109,14 +110,16 @@ still full the oldest records (by ``put`` time) are dropped, so feedback for the
 ``"unknown"``.
 
 Opening a store from configuration: `open_state_store(url)` and `open_pending_store(url)` take
-``None``/``"memory"`` for memory, or ``redis://``, ``rediss://`` or ``unix://`` URLs for Redis.
-Redis connection failures and timeouts raise `StoreUnavailable` naming the URL (never its password)
-and the cause. A command that fails with a connection error is retried ``retries`` times (default 1,
-so a pooled connection gone stale after a Redis restart heals by itself); a timeout is never
-retried, because a timed-out ``add`` may have run and running it again would count it twice. A
-caller that gets `StoreUnavailable` from ``add`` should keep its deltas and try again later, under
-the same ``op=(replica, seq)``: the key remembers the last add of each of its 64 most recent
-replicas (in the marker, field ``"s"``) and does not apply one it already holds.
+``None``/``"memory"`` for memory, ``redis://``, ``rediss://`` or ``unix://`` URLs for one Redis, or
+``redis+cluster://host:port[,host:port…]`` for a Redis Cluster (`sigroute._redis` opens the client).
+Redis connection failures, timeouts and a cluster slot without a reachable primary raise
+`StoreUnavailable` naming the URL (never its password) and the cause. A command that fails with a
+connection error is retried ``retries`` times (default 1, so a pooled connection gone stale after a
+Redis restart heals by itself); a timeout is never retried, because a timed-out ``add`` may have run
+and running it again would count it twice. A caller that gets `StoreUnavailable` from ``add`` should
+keep its deltas and try again later, under the same ``op=(replica, seq)``: the key remembers the
+last add of each of its 64 most recent replicas (in the marker, field ``"s"``) and does not apply
+one it already holds.
 
 A Redis that stops answering without closing its connections (hung, paused, or cut off by a
 partition) costs every command its whole ``socket_timeout``. So after a timeout a store fails
@@ -137,9 +140,10 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, urlencode, urlsplit
-
 import numpy as np
+
+from sigroute._redis import (ACCEPTED_URLS, HungRedis, is_timeout, open_client, redacted_url, run_script_many,
+                             unavailable_errors, url_kind)
 
 __all__ = [
     "SNAPSHOT_FORMAT",
@@ -161,9 +165,7 @@ __all__ = [
 SNAPSHOT_FORMAT = "sigroute-bandit-state"
 SNAPSHOT_VERSION = 1
 
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
-_ACCEPTED_URLS = ("None or 'memory' (in-process), 'redis://[:password@]host[:port][/db]', "
-                  "'rediss://...' (TLS) or 'unix:///path/to/redis.sock[?db=N]'")
+_ACCEPTED_URLS = ACCEPTED_URLS
 
 
 class StateShapeError(ValueError):
@@ -341,32 +343,12 @@ def _shape_error(key: str, arm: str, stored: int, given: int) -> StateShapeError
         f"nothing was applied (the model's feature layout changed? remove the arm or the key first)")
 
 
-def _redacted(url: str) -> str:
-    """`url` without credentials (user info and a `password` query parameter are dropped); text
-    that is not a URL at all is not repeated (it may be a secret pasted in the wrong place)."""
-    if "://" not in url:
-        return "<not a URL>"
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if ":" in netloc:  # IPv6
-        netloc = f"[{netloc}]"
-    try:
-        port = parts.port
-    except ValueError:   # a port that is not a number
-        port = None
-    if port is not None:
-        netloc += f":{port}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+_redacted = redacted_url
 
 
 def _url_kind(url: str | None) -> str:
-    if url is None or url.strip().lower() in ("", "memory", "memory://"):
-        return "memory"
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in _REDIS_SCHEMES:
-        return "redis"
-    raise ValueError(f"unsupported store URL {_redacted(url)!r}: use {_ACCEPTED_URLS}")
+    kind = url_kind(url)
+    return "redis" if kind == "cluster" else kind
 
 
 # --------------------------------------------------------------------------------------------
@@ -653,60 +635,26 @@ def _glob_escape(text: str) -> str:
     return text
 
 
-class _HungRedis:
-    """Fail fast while Redis does not answer: after a timeout, commands fail at once for `hold_s`;
-    then one command at a time (the probe) tries Redis again until one is answered."""
-
-    def __init__(self, hold_s: float) -> None:
-        if hold_s < 0:
-            raise ValueError(f"hung_hold_s must be at least 0, got {hold_s}")
-        self.hold_s = hold_s
-        self.timed_out_at: float | None = None   # time.monotonic() of the last timeout; None: answering
-        self.probing = False
-
-    def admit(self) -> bool | None:
-        """False: send the command; True: send it as the probe; None: fail at once."""
-        if self.timed_out_at is None:
-            return False
-        if self.probing or time.monotonic() - self.timed_out_at < self.hold_s:
-            return None
-        self.probing = True
-        return True
-
-
 class _RedisBase:
     """A redis.asyncio client whose connection failures surface as `StoreUnavailable`."""
 
     def __init__(self, url: str, namespace: str, *, socket_timeout: float, connect_timeout: float,
                  retries: int, decode_responses: bool, hung_hold_s: float = 1.0) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import ExponentialBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
         if _url_kind(url) != "redis":
             raise ValueError(f"not a Redis URL: {_redacted(url)!r}; use {_ACCEPTED_URLS}")
         if not isinstance(namespace, str):
             raise ValueError(f"namespace must be a string, got {namespace!r}")
         self.namespace = namespace
         self.description = _redacted(url)
-        self._hung = _HungRedis(hung_hold_s)
-        try:
-            self._redis = aioredis.from_url(
-                url, decode_responses=decode_responses, socket_timeout=socket_timeout,
-                socket_connect_timeout=connect_timeout,
-                # Retry only connection errors (a stale pooled connection after a Redis restart),
-                # never timeouts: a timed-out `add` may have run, and running it twice double-counts.
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries,
-                            supported_errors=(RedisConnectionError,)))
-        except ValueError as exc:  # malformed URL (bad port, bad db ...)
-            raise ValueError(f"invalid Redis URL {self.description!r}: {exc}") from None
+        self._hung = HungRedis(hung_hold_s)
+        # Retry only connection errors (a stale pooled connection after a Redis restart, a cluster
+        # node gone), never timeouts: a timed-out `add` may have run, and running it twice double-counts.
+        self._redis = open_client(url, decode_responses=decode_responses, socket_timeout=socket_timeout,
+                                  connect_timeout=connect_timeout, retries=retries, backoff_cap=0.5,
+                                  backoff_base=0.05)
 
     @contextlib.contextmanager
     def _guard(self, operation: str) -> Iterator[None]:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
         probe = self._hung.admit()
         if probe is None:
             ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
@@ -716,8 +664,8 @@ class _RedisBase:
                 "there is running and reachable")
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+        except unavailable_errors() as exc:
+            if is_timeout(exc):
                 self._hung.timed_out_at = time.monotonic()
             cause = str(exc) or type(exc).__name__
             raise StoreUnavailable(
@@ -1089,15 +1037,11 @@ class RedisStateStore(_RedisBase):
         return sorted(name[cut:] for name in names)
 
     async def delete(self, prefix: str = "") -> int:
-        removed = 0
         with self._guard(f"delete keys under {prefix!r}"):
             names = sorted(await self._scan(_glob_escape(self.namespace + prefix) + "*"))
-            for start in range(0, len(names), 500):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for name in names[start:start + 500]:
-                        await self._set_script(keys=[name], args=[new_generation(), self._tombstone_ms, "1", "0"],
-                                               client=pipe)
-                    removed += sum(1 for had in await pipe.execute() if had)
+            replies = await run_script_many(self._redis, self._set_script, [
+                ([name], [new_generation(), self._tombstone_ms, "1", "0"]) for name in names])
+            removed = sum(1 for had in replies if had)
         return removed
 
 
@@ -1175,7 +1119,8 @@ async def import_state(store: StateStore, snapshot: dict, *, replace: bool = Tru
 
 
 def open_state_store(url: str | None, *, namespace: str | None = None, **options: Any) -> StateStore:
-    """A state store for `url`: None/"memory" -> memory, redis://, rediss://, unix:// -> Redis.
+    """A state store for `url`: None/"memory" -> memory, redis://, rediss://, unix://,
+    redis+cluster:// -> Redis.
 
     `options` (socket_timeout, connect_timeout, retries) go to `RedisStateStore`.
     """
@@ -1305,6 +1250,16 @@ return {'conflict', h[2]}
 """
 
 
+# KEYS[1] = the record's hash; ARGV = tenant, record JSON, TTL in ms. Replaces the record, fingerprint
+# included (one script rather than MULTI: one round trip, and the same on one Redis and a cluster).
+_PUT_PENDING_LUA = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 't', ARGV[1], 'r', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
 class RedisPendingStore(_RedisBase):
     """Pending records in Redis with native TTLs (see the module docstring for the layout)."""
 
@@ -1316,6 +1271,7 @@ class RedisPendingStore(_RedisBase):
         if max_unsent < 0:
             raise ValueError(f"max_unsent must be at least 0, got {max_unsent}")
         self._claim_script = self._redis.register_script(_CLAIM_LUA)
+        self._put_script = self._redis.register_script(_PUT_PENDING_LUA)
         self.max_unsent = max_unsent
         self._unsent: OrderedDict[str, tuple[str, str, float]] = OrderedDict()  # id -> (tenant, payload, expires)
         self._lost: Counter[str] = Counter()
@@ -1323,11 +1279,7 @@ class RedisPendingStore(_RedisBase):
     async def _write(self, request_id: str, tenant: str, payload: str, ttl_s: float) -> None:
         name = self.namespace + request_id
         with self._guard("store a pending record"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(name)
-                pipe.hset(name, mapping={"t": tenant, "r": payload})
-                pipe.pexpire(name, max(1, round(ttl_s * 1000)))
-                await pipe.execute()
+            await self._put_script(keys=[name], args=[tenant, payload, str(max(1, round(ttl_s * 1000)))])
 
     async def put(self, request_id: str, record: dict, ttl_s: float) -> None:
         _check_put(request_id, ttl_s)
@@ -1389,7 +1341,8 @@ class RedisPendingStore(_RedisBase):
 
 
 def open_pending_store(url: str | None, *, namespace: str | None = None, **options: Any) -> PendingStore:
-    """A pending store for `url`: None/"memory" -> memory, redis://, rediss://, unix:// -> Redis.
+    """A pending store for `url`: None/"memory" -> memory, redis://, rediss://, unix://,
+    redis+cluster:// -> Redis.
 
     `options` go to the chosen class (max_records for memory; socket_timeout, connect_timeout,
     retries for Redis).

@@ -11,12 +11,6 @@ overhead is visible):
                signals, four decisions; requests evaluate every signal and fall through to the
                default decision, algorithm static)
 
-Other API surfaces of the same gateway process are targets of their own (``--surfaces``, default
-``responses``): the same request as an OpenAI Responses body (``instructions`` + ``input``, stored as
-the Responses API does by default) to ``POST /v1/responses``. Their added latency is reported beside
-the chat path's, from the same rounds, as ``<surface>.vs_chat_p50`` = the surface's added p50 / the
-chat path's (issue 16: within 1.2).
-
 Each server runs in its own process (uvicorn with uvloop + httptools), as does the load generator
 (`benchmarks.loadgen`: one keep-alive connection per virtual client, closed loop, warm-up
 excluded). Scenarios: 1 and 16 concurrent clients, non-streamed and streamed (SSE).
@@ -108,11 +102,7 @@ from benchmarks.loadgen import (
 
 TARGETS = ("direct", "passthrough", "sigroute")
 COMPARE = "compare"   # the optional fourth target (--compare-command): another sigroute build
-#: other API surfaces, measured on the sigroute gateway process as targets of their own:
-#: name -> (path, what a whole answer holds, the event a complete stream ends with)
-SURFACES = {"responses": ("/v1/responses", b'"output"', b"event: response.completed")}
-SURFACE_TOLERANCE = 1.2   # issue 16: a surface's added latency within 1.2x of the chat-completions path's
-GATEWAYS = ("sigroute", COMPARE, *SURFACES)   # targets that answer the routed body and report their own time
+GATEWAYS = ("sigroute", COMPARE)   # targets that answer the routed body and report their own time
 #: name -> (concurrency, streamed)
 SCENARIOS = {"c1": (1, False), "c16": (16, False), "c1_stream": (1, True), "c16_stream": (16, True),
              "c64": (64, False), "c64_stream": (64, True)}
@@ -121,6 +111,12 @@ UPSTREAM_CLIENTS = ("http1", "aiohttp")   # --compare-clients: sigroute runs wit
 CLIENT_LINE = "upstream client: "   # what `serve-gateway` prints first: the transport class it serves with
 CLIENT_TOLERANCE = 1.2   # issue 15: replace the hand-written client if aiohttp is within 20 % on every ratio
 PATH = "/v1/chat/completions"
+# The other API surfaces (issue 16): the same request sent to the same sigroute process as an
+# Anthropic Messages or an OpenAI Responses request; target name -> (path, whole-answer marker,
+# end-of-stream marker). Their added latency is compared with the chat path's of the same rounds.
+API_TARGETS = {"messages": ("/v1/messages", b'"type":"message"', b"event: message_stop"),
+               "responses": ("/v1/responses", b'"object":"response"', b"response.completed")}
+API_TARGET_RATIO = 1.2   # issue 16: a surface's added latency within 1.2x of the chat path's
 RATIO_TARGET = 1.5
 SELF_P50_TARGET_MS = 1.0
 SELF_P99_TARGET_MS = 5.0
@@ -172,10 +168,12 @@ def bench_policy(api_base: str) -> dict:
     }
 
 
-def request_body(model: str, stream: bool, surface: str | None = None) -> bytes:
-    """The bench request as a chat-completions body, or (`surface` "responses") the same request as a
-    Responses body."""
-    if surface == "responses":
+def request_body(model: str, stream: bool, api: str = "chat") -> bytes:
+    """The bench request as a chat completion, or the same as a Messages or a Responses request."""
+    if api == "messages":
+        body = {"model": model, "system": SYSTEM_PROMPT, "messages": [{"role": "user", "content": USER_PROMPT}],
+                "max_tokens": 64, "temperature": 0}
+    elif api == "responses":
         body = {"model": model, "instructions": SYSTEM_PROMPT, "input": USER_PROMPT, "max_output_tokens": 64,
                 "temperature": 0}
     else:
@@ -199,12 +197,13 @@ class Bench:
             del self.servers["passthrough"]
         if compare is not None:
             self.servers[COMPARE] = compare
-        for surface in getattr(args, "surfaces", ()):   # the same gateway process, another door
-            self.servers[surface] = gateway
+        for api in args.apis:   # the same sigroute process, through another API surface
+            self.servers[api] = gateway
         self.targets = tuple(self.servers)
         self.sim = sim
-        self.paths = {t: SURFACES[t][0] if t in SURFACES else PATH for t in self.targets}
-        self.bodies = {(t, s): request_body("auto" if t in GATEWAYS else "bench", s, t if t in SURFACES else None)
+        self.paths = {t: API_TARGETS[t][0] if t in API_TARGETS else PATH for t in self.targets}
+        self.bodies = {(t, s): request_body("auto" if t in GATEWAYS or t in API_TARGETS else "bench", s,
+                                            t if t in API_TARGETS else "chat")
                        for t in self.targets for s in (False, True)}
 
     def requests_for(self, concurrency: int) -> int:
@@ -224,14 +223,15 @@ class Bench:
                 sample = await conn.send(raw, keep_body=True)
                 await conn.close()
                 what = f"{target} ({'streamed' if stream else 'not streamed'})"
+                whole_marker, end_marker = API_TARGETS[target][1:] if target in API_TARGETS else (b'"choices"',
+                                                                                                   b"data: [DONE]")
                 if sample.status != 200:
                     raise RuntimeError(f"{what} answered {sample.status}: {sample.body[:500]!r}")
-                whole, ending = SURFACES[target][1:] if target in SURFACES else (b'"choices"', b"data: [DONE]")
-                if stream and ending not in sample.body:
-                    raise RuntimeError(f"{what}: the stream did not end with {ending!r}: {sample.body[-300:]!r}")
-                if not stream and whole not in sample.body:
-                    raise RuntimeError(f"{what}: no {whole!r} in {sample.body[:300]!r}")
-                if target in GATEWAYS:
+                if stream and end_marker not in sample.body:
+                    raise RuntimeError(f"{what}: the stream did not end with {end_marker!r}: {sample.body[-300:]!r}")
+                if not stream and whole_marker not in sample.body:
+                    raise RuntimeError(f"{what}: no {whole_marker!r} in {sample.body[:300]!r}")
+                if target in GATEWAYS or target in API_TARGETS:
                     decision = sample.headers.get("x-sigroute-decision")
                     if decision != "default":
                         raise RuntimeError(f"{what}: the bench request should reach the default decision, "
@@ -274,7 +274,7 @@ class Bench:
                                           else (cpu1[name] - cpu0[name]) * 1000 / result.sent)
                                    for name in pids},
         }
-        if target in GATEWAYS:
+        if target in GATEWAYS or target in API_TARGETS:
             record["self_ms"] = [float(s.headers["x-sigroute-overhead-ms"]) for s in samples]
         return record
 
@@ -303,9 +303,9 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
     summary: dict = {}
     details: dict = {}
     rounds = sorted({rec["round"] for rec in records})
-    targets = [t for t in (*TARGETS, COMPARE, *SURFACES) if any(rec["target"] == t for rec in records)]
+    targets = [t for t in (*TARGETS, COMPARE, *API_TARGETS) if any(rec["target"] == t for rec in records)]
     proxies = [t for t in targets if t != "direct"]
-    gateways = [t for t in targets if t in GATEWAYS]
+    gateways = [t for t in targets if t in GATEWAYS or t in API_TARGETS]
     for scenario in scenarios:
         _, stream = SCENARIOS[scenario]
         by = {(rec["round"], rec["target"]): rec for rec in records if rec["scenario"] == scenario}
@@ -397,20 +397,23 @@ def analyse(records: list[dict], scenarios: list[str]) -> tuple[dict, dict]:
             entry[COMPARE] = other
             entry["sigroute_vs_compare"] = {k: _r(ours[k] / other[k], 3) if ours[k] is not None and other[k]
                                             else None for k in other}
-        for surface in (t for t in SURFACES if t in targets):   # another door of the same gateway
-            added_p50 = comparison[surface]["added_ms_p50_median_of_rounds"]
-            per_round_ratios = [x for x in (_ratio(row[f"{surface}_added_ms_p50"], row["sigroute_added_ms_p50"])
-                                            for row in per_round) if x is not None]
-            entry[surface] = {
-                "added_ms_p50": added_p50, "vs_chat_p50": _ratio(added_p50, s_add),
-                "vs_chat_p50_rounds_median": _r(median(per_round_ratios), 3) if per_round_ratios else None,
-                "self_ms_p50": pooled[surface]["self_ms"]["p50"], "self_ms_p99": pooled[surface]["self_ms"]["p99"],
-                "self_vs_chat_p50": _ratio(pooled[surface]["self_ms"]["p50"], entry["self_ms_p50"]),
-                "cpu_ms_per_request": pooled[surface]["cpu_ms_per_request"].get(surface)}
-            if stream:
-                entry[surface]["added_ttft_ms_p50"] = comparison[surface]["added_ttft_ms_p50_median_of_rounds"]
-            ratio = entry[surface]["vs_chat_p50"]
-            entry["meets_targets"][f"{surface}_vs_chat_p50"] = ratio is not None and ratio <= SURFACE_TOLERANCE
+        apis = [t for t in targets if t in API_TARGETS]
+        if apis:   # the other surfaces, against the chat path of the same rounds
+            entry["apis"] = {}
+            for api in apis:
+                a_add = comparison[api]["added_ms_p50_median_of_rounds"]
+                per_round_ratio = [row[f"{api}_added_ms_p50"] / row["sigroute_added_ms_p50"] for row in per_round
+                                   if row["sigroute_added_ms_p50"] > 0]
+                one = {"added_ms_p50": a_add, "vs_chat": _r(a_add / s_add, 3) if s_add and s_add > 0 else None,
+                       "vs_chat_median_of_rounds": _r(median(per_round_ratio), 3) if per_round_ratio else None,
+                       "self_ms_p50": pooled[api]["self_ms"]["p50"],
+                       "self_ms_p50_vs_chat": _r(pooled[api]["self_ms"]["p50"] / pooled["sigroute"]["self_ms"]["p50"], 3)}
+                if stream:
+                    a_t = comparison[api]["added_ttft_ms_p50_median_of_rounds"]
+                    s_t = comparison["sigroute"]["added_ttft_ms_p50_median_of_rounds"]
+                    one.update(added_ttft_ms_p50=a_t, ttft_vs_chat=_r(a_t / s_t, 3) if s_t and s_t > 0 else None)
+                one["within_target"] = one["vs_chat"] is not None and one["vs_chat"] <= API_TARGET_RATIO
+                entry["apis"][api] = one
         summary[scenario] = entry
         details[scenario] = {"comparison": comparison, "pooled": pooled, "rounds": per_round}
     return summary, details
@@ -496,16 +499,14 @@ def print_table(summary: dict, details: dict, out=sys.stdout) -> None:
         if "ratio_ttft_p50" in e:
             print(f"{'  ttft':<11} {'':>10} {fmt(e['passthrough_added_ttft_ms_p50'], 9)} "
                   f"{fmt(e['sigroute_added_ttft_ms_p50'], 9)} {fmt(e['ratio_ttft_p50'], 6, 2)}", file=out)
-        for surface in (t for t in SURFACES if t in e):
-            c = e[surface]
-            print(f"{'  ' + surface:<11} {'':>10} {'':>9} {fmt(c['added_ms_p50'], 9)} {fmt(c['vs_chat_p50'], 6, 2)} "
-                  f"{fmt(c['self_ms_p50'], 9)} {fmt(c['self_ms_p99'], 9)} {'':>10} {fmt(c['cpu_ms_per_request'], 10)}"
-                  f"   (ratio: / the chat path's added)", file=out)
         if COMPARE in e:
             c = e[COMPARE]
             print(f"{'  compare':<11} {'':>10} {'':>9} {fmt(c['added_ms_p50'], 9)} {fmt(c['ratio_p50'], 6, 2)} "
                   f"{fmt(c['self_ms_p50'], 9)} {fmt(c['self_ms_p99'], 9)} {'':>10} {fmt(c['cpu_ms_per_request'], 10)}",
                   file=out)
+        for api, a in e.get("apis", {}).items():
+            print(f"{'  ' + api:<11} {'':>10} {'':>9} {fmt(a['added_ms_p50'], 9)} {fmt(a['vs_chat'], 6, 2)} "
+                  f"{fmt(a['self_ms_p50'], 9)}   (ratio: vs the chat path)", file=out)
     print("pt = pass-through proxy, sr = sigroute (compare: the --compare-command build, same rounds); "
           "added = median over rounds of (proxy p50 - direct p50); self = x-sigroute-overhead-ms", file=out)
 
@@ -545,9 +546,6 @@ def parse_args(argv):
                         help="the HTTP client decision (issue 15): run the gateway twice, with the hand-written "
                              "upstream client (target 'sigroute') and with aiohttp's (target 'compare', needs the "
                              "aiohttp extra), in the same interleaved rounds; report aiohttp/http1 ratios")
-    parser.add_argument("--surfaces", default=None,
-                        help=f"other API surfaces of the gateway to measure beside chat completions, comma-separated "
-                             f"from {', '.join(SURFACES)} (default: all; none with --compare-clients; '' for none)")
     parser.add_argument("--ttft-ms", type=float, default=5.0, help="simulated model's time to first token")
     parser.add_argument("--tokens-per-s", type=float, default=2000.0, help="simulated decode speed")
     parser.add_argument("--completion-tokens", type=int, default=16, help="simulated answer length")
@@ -557,9 +555,18 @@ def parse_args(argv):
     parser.add_argument("--compare-command", default=None,
                         help="also measure this sigroute command (e.g. a checkout of the previous commit) as the "
                              "target 'compare', in the same rounds; {policy} and {port} are replaced")
+    parser.add_argument("--apis", default=",".join(API_TARGETS),
+                        help="the other API surfaces to measure beside chat completions, on the same sigroute "
+                             f"process and in the same rounds (comma-separated subset of {', '.join(API_TARGETS)}; "
+                             "'' for none)")
     parser.add_argument("--json", default="results/overhead.json", help="where to write the full result")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
     args = parser.parse_args(argv)
+    args.apis = [a.strip() for a in args.apis.split(",") if a.strip()]
+    if [a for a in args.apis if a not in API_TARGETS]:
+        parser.error(f"--apis: choose from {', '.join(API_TARGETS)}")
+    if args.compare_clients:
+        args.apis = []   # the client decision compares two gateways on the chat path only
     quick = args.quick
     args.rounds = args.rounds or (2 if quick else 10)
     args.requests = args.requests or (30 if quick else 100)
@@ -570,11 +577,6 @@ def parse_args(argv):
     if args.scenarios is None:
         args.scenarios = ",".join(SCENARIOS if args.compare_clients else DEFAULT_SCENARIOS)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    if args.surfaces is None:
-        args.surfaces = "" if args.compare_clients else ",".join(SURFACES)
-    args.surfaces = [s.strip() for s in args.surfaces.split(",") if s.strip()]
-    if [s for s in args.surfaces if s not in SURFACES]:
-        parser.error(f"unknown surface(s) in {','.join(args.surfaces)}; choose from {', '.join(SURFACES)}")
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
@@ -731,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "rounds": args.rounds, "requests_c1": args.requests, "requests_c16": args.requests_c16,
             "requests_c64": args.requests_c64, "compare_clients": args.compare_clients,
-            "warmup_per_client": args.warmup, "scenarios": args.scenarios, "surfaces": args.surfaces,
+            "warmup_per_client": args.warmup, "scenarios": args.scenarios,
             "sigroute_command": " ".join(client_gateway_command("http1", Path("POLICY")) if args.compare_clients
                                          else sigroute_command(args, Path("POLICY"))),
             "compare_command": (" ".join(client_gateway_command("aiohttp", Path("POLICY"))) if args.compare_clients
@@ -741,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
             "policy": bench_policy("http://SIM/v1"),
             "request_bodies": {"direct_and_passthrough": request_body("bench", False).decode(),
                                "sigroute": request_body("auto", False).decode(),
-                               **{surface: request_body("auto", False, surface).decode() for surface in args.surfaces},
+                               **{api: request_body("auto", False, api).decode() for api in args.apis},
                                "streamed": 'the same with "stream": true'},
             "method": "added = median over rounds of (proxy p50 - direct p50 of the same round); target order "
                       "rotates each round; TTFT = time to the first body byte; self = x-sigroute-overhead-ms "

@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -97,6 +98,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 import numpy as np
 
 from benchmarks.report import emit
+from sigroute.bandits.feedback import FeedbackWeights
 
 DEFAULT_DATA = "../shared/data/routing"
 DEFAULT_POOL = ("Meta-Llama-3_1-8B-Instruct", "Mixtral-8x7B-Instruct-v0.1", "DeepSeek-Coder-V2",
@@ -696,6 +698,80 @@ class Learner:
             self.estimator.observe(model, x, reward)
 
 
+FEEDBACK_MODES = ("explicit", "implicit", "judge", "implicit+judge", "shadow", "implicit+judge+shadow")
+
+
+@dataclass(frozen=True)
+class FeedbackParams:
+    """The simulated feedback sources (all flags of the command line, all in the JSON).
+
+    user: after a wrong answer the user re-asks with probability `p_wrong`, after a right one with
+    `p_right`; a re-ask carries a dissatisfaction cue ("that's wrong") with probability `q`; no
+    re-ask means the user moved on. judge: a share `judge_share` of answers is judged, the verdict
+    agreeing with the recorded correctness with probability `judge_agree`. shadow: with probability
+    `shadow_share` a copy goes to a uniformly drawn candidate the router did not choose, and its
+    answer is judged the same way."""
+
+    p_wrong: float = 0.6
+    p_right: float = 0.05
+    q: float = 0.3
+    judge_agree: float = 0.8
+    judge_share: float = 0.1
+    shadow_share: float = 0.1
+
+
+class FeedbackModel:
+    """What a learner is told about an answer under one feedback mode (`FEEDBACK_MODES`): the
+    credited quality of `bandits.feedback` (default quality moved by the credit's weight; the
+    strongest source of the answer wins), drawn from the simulated user and judge."""
+
+    def __init__(self, mode: str, params: FeedbackParams, seed: int, default_quality: float = 0.5):
+        from sigroute.bandits.feedback import FeedbackWeights
+
+        parts = set(mode.split("+"))
+        unknown = parts - {"explicit", "implicit", "judge", "shadow"}
+        if unknown:
+            raise ValueError(f"unknown feedback source(s) {sorted(unknown)} in '{mode}'")
+        self.mode = mode
+        self.explicit = "explicit" in parts or parts == {"shadow"}   # shadow alone: on top of explicit feedback
+        self.implicit, self.judge, self.shadow = "implicit" in parts, "judge" in parts, "shadow" in parts
+        self.params = params
+        self.default = default_quality
+        self.weights = FeedbackWeights()
+        self.rng = np.random.default_rng([seed, 0x5EED])
+
+    def _verdict(self, correct: float) -> float:
+        return correct if self.rng.random() < self.params.judge_agree else 1.0 - correct
+
+    def quality(self, correct: float) -> float:
+        from sigroute.bandits.feedback import explicit_credit, implicit_credit, judge_credit, learned_quality, stronger
+
+        p, credit = self.params, None
+        if self.implicit:
+            if self.rng.random() < (p.p_right if correct >= 0.5 else p.p_wrong):
+                event = "dissatisfied" if self.rng.random() < p.q else "reask"
+            else:
+                event = "moved_on"
+            credit = implicit_credit(event, self.weights)
+        if self.judge and self.rng.random() < p.judge_share:
+            judged = judge_credit(self._verdict(correct), self.weights)
+            credit = judged if stronger(credit, judged) else credit
+        if self.explicit:
+            credit = explicit_credit(correct, self.weights)
+        return learned_quality(self.default, credit) if credit is not None else self.default
+
+    def shadow_arm(self, chosen: str, models: Sequence[str]) -> str | None:
+        if not self.shadow or self.rng.random() >= self.params.shadow_share:
+            return None
+        others = [m for m in models if m != chosen]
+        return others[int(self.rng.integers(len(others)))] if others else None
+
+    def shadow_quality(self, correct: float) -> float:
+        from sigroute.bandits.feedback import judge_credit, learned_quality
+
+        return learned_quality(self.default, judge_credit(self._verdict(correct), self.weights, shadow=True))
+
+
 @dataclass
 class Run:
     """One pass of a policy over the stream (in the given order)."""
@@ -705,26 +781,41 @@ class Run:
     correct: np.ndarray   # per step
     cost: np.ndarray      # per step, USD
     reward: np.ndarray    # per step
+    shadow_cost: float = 0.0   # USD spent on shadow copies (not part of `cost`: the caller never sees them)
 
 
 def run_policy(learner: Learner, X: np.ndarray, order: np.ndarray, step: Step, reward: RewardModel,
-               prompt_tokens: np.ndarray | None = None) -> Run:
+               prompt_tokens: np.ndarray | None = None, feedback: "FeedbackModel | None" = None) -> Run:
     """Stream `order` through `learner`: it sees x (and the question's prompt tokens, known before
-    the call), picks, is told only its pick's outcome, learns."""
+    the call), picks, is told only its pick's outcome, learns. With `feedback`, what it learns is
+    the quality that feedback source reports (`FeedbackModel`), not the recorded correctness; the
+    router is still measured on the truth. A shadow copy's outcome is learned too and its cost
+    counted apart (`Run.shadow_cost`)."""
     col = {m: j for j, m in enumerate(learner.models)}
     n = len(order)
     chosen = np.empty(n, dtype=np.int64)
     correct = np.empty(n)
     cost = np.empty(n)
     rew = np.empty(n)
+    shadow_cost = 0.0
     for t, i in enumerate(order):
         x = X[i]
         model = learner.choose(x, None if prompt_tokens is None else float(prompt_tokens[i]))
         outcome = step(int(i), model)
         r = reward(model, outcome)
-        learner.learn(model, x, r, outcome)
+        if feedback is None:
+            learner.learn(model, x, r, outcome)
+        else:
+            told = dataclasses.replace(outcome, correct=feedback.quality(outcome.correct))
+            learner.learn(model, x, reward(model, told), told)
+            other = feedback.shadow_arm(model, learner.models)
+            if other is not None:
+                seen = step(int(i), other)
+                shadow_cost += seen.cost
+                judged = dataclasses.replace(seen, correct=feedback.shadow_quality(seen.correct))
+                learner.learn(other, x, reward(other, judged), judged)
         chosen[t], correct[t], cost[t], rew[t] = col[model], outcome.correct, outcome.cost, r
-    return Run(np.asarray(order), chosen, correct, cost, rew)
+    return Run(np.asarray(order), chosen, correct, cost, rew, shadow_cost)
 
 
 def static_run(choice: np.ndarray, order: np.ndarray, correct: np.ndarray, cost: np.ndarray, R: np.ndarray) -> Run:
@@ -897,8 +988,10 @@ def _stats(values: Sequence[float]) -> dict:
 
 
 def sweep_policy(ctx: Context, spec: PolicySpec, *, seeds: Sequence[int] | None = None,
-                 w_grid: Sequence[float] | None = None) -> dict:
-    """Runs `spec` over the stream for every w and seed: mean/std accuracy and cost per w."""
+                 w_grid: Sequence[float] | None = None, feedback: str | None = None,
+                 feedback_params: "FeedbackParams | None" = None) -> dict:
+    """Runs `spec` over the stream for every w and seed: mean/std accuracy and cost per w (learning
+    from the `feedback` mode's credits when given, else from the recorded correctness)."""
     stream, train = ctx.split.stream, ctx.split.train
     step = ctx.step_factory(stream)
     share_train = train.cost_share()
@@ -915,7 +1008,8 @@ def sweep_policy(ctx: Context, spec: PolicySpec, *, seeds: Sequence[int] | None 
                               reward=rm)
             if ctx.warm:
                 learner.warm_start(ctx.X_train, R_train, train)
-            run = run_policy(learner, ctx.X_stream, order, step, rm, stream.prompt_tokens)
+            fb = None if feedback is None else FeedbackModel(feedback, feedback_params or FeedbackParams(), s)
+            run = run_policy(learner, ctx.X_stream, order, step, rm, stream.prompt_tokens, fb)
             accs.append(float(run.correct.mean()))
             costs.append(float(run.cost.sum()))
             per_seed_points[s].append((costs[-1], accs[-1]))
@@ -924,8 +1018,43 @@ def sweep_policy(ctx: Context, spec: PolicySpec, *, seeds: Sequence[int] | None 
     return {"points": points, "per_seed_points": per_seed_points}
 
 
+def evaluate_feedback(ctx: Context, router: PolicySpec, modes: Sequence[str], params: FeedbackParams,
+                      aiq_of: Callable, oracle_r: np.ndarray, R: np.ndarray, rm: RewardModel, explicit_aiq: float,
+                      explicit_regret: float, cps: np.ndarray, log: Callable[[str], Any]) -> dict:
+    """The router learning from each feedback mode instead of the recorded correctness: its AIQ
+    (the same w sweep and seeds), the ratio to the explicit learner's, regret@1000 at the regret
+    weight (measured on the truth), and what shadow copies cost."""
+    stream, train = ctx.split.stream, ctx.split.train
+    R_train = rm.matrix(train.correct, train.cost_share())
+    out = {}
+    for mode in modes:
+        t0 = time.perf_counter()
+        sweep = sweep_policy(ctx, router, feedback=mode, feedback_params=params)
+        aiqs = [aiq_of(sweep["per_seed_points"][s]) for s in range(ctx.seeds)]
+        runs = []
+        for s in range(ctx.seeds):
+            learner = Learner(router, ctx.X_stream.shape[1], stream.models, stream.prices, seed=s, ridge=ctx.ridge,
+                              reward=rm)
+            if ctx.warm:
+                learner.warm_start(ctx.X_train, R_train, train)
+            order = np.random.default_rng(s).permutation(stream.n)
+            runs.append(run_policy(learner, ctx.X_stream, order, ctx.step_factory(stream), rm, stream.prompt_tokens,
+                                   FeedbackModel(mode, params, s)))
+        curves = _curves(runs, oracle_r, cps)
+        mean_aiq = float(np.mean(aiqs))
+        out[mode] = {"aiq": _stats(aiqs), "aiq_ratio_vs_explicit": round(mean_aiq / explicit_aiq, 4),
+                     "regret_at_1000": curves["regret_at_1000"], "regret_at_1000_std": curves["regret_at_1000_std"],
+                     "regret_ratio_vs_explicit": round(curves["regret_at_1000"] / explicit_regret, 4),
+                     "accuracy_at_regret_w": curves["accuracy"],
+                     "shadow_cost_usd": round(float(np.mean([r.shadow_cost for r in runs])), 6)}
+        log(f"  feedback {mode}: AIQ {mean_aiq:.4f} ({out[mode]['aiq_ratio_vs_explicit']:.3f} of explicit), "
+            f"regret@1000 {curves['regret_at_1000']} ({time.perf_counter() - t0:.1f}s)")
+    return out
+
+
 def evaluate(ctx: Context, router: PolicySpec, others: Sequence[PolicySpec], supervised: SupervisedBaseline | None,
-             E_train: np.ndarray | None, E_stream: np.ndarray | None, log: Callable[[str], Any]) -> dict:
+             E_train: np.ndarray | None, E_stream: np.ndarray | None, log: Callable[[str], Any],
+             feedback_modes: Sequence[str] = (), feedback_params: FeedbackParams = FeedbackParams()) -> dict:
     split = ctx.split
     stream, train = split.stream, split.train
     models = stream.models
@@ -1012,6 +1141,10 @@ def evaluate(ctx: Context, router: PolicySpec, others: Sequence[PolicySpec], sup
                                             for j, m in enumerate(models)}
         log(f"  {spec.name}: regret@1000 {regret[spec.name]['regret_at_1000']}  "
             f"acc {regret[spec.name]['accuracy']['mean']:.4f}  ({time.perf_counter() - t0:.1f}s)")
+    feedback = None
+    if feedback_modes:
+        feedback = evaluate_feedback(ctx, router, feedback_modes, feedback_params, aiq_of, oracle_r, R, rm,
+                                     float(np.mean(aiq_seeds)), float(regret[router.name]["regret_at_1000"]), cps, log)
 
     return {
         "best_single": {"model": best_model, "accuracy": best_acc, "cost": best_cost},
@@ -1030,6 +1163,7 @@ def evaluate(ctx: Context, router: PolicySpec, others: Sequence[PolicySpec], sup
                 "single_models": round(aiq_of([(v["cost"], v["accuracy"]) for v in single.values()]), 6)},
         "operating_points": operating,
         "regret": regret,
+        "feedback": feedback,
     }
 
 
@@ -1138,6 +1272,16 @@ def parse_args(argv):
                         "and the replay simulator, with quality sent back as feedback")
     p.add_argument("--gateway-questions", type=int, default=0,
                    help="with --through-gateway: only the first N questions of the stream (0 = all)")
+    p.add_argument("--feedback", default="",
+                   help="also let the router learn from these feedback modes instead of the recorded correctness, "
+                        f"comma-separated (e.g. explicit,implicit,implicit+judge,shadow; sources: "
+                        f"{', '.join(FEEDBACK_MODES)}); 'explicit' is the main run")
+    defaults = FeedbackParams()
+    for name, what in (("p_wrong", "P(re-ask | wrong answer)"), ("p_right", "P(re-ask | right answer)"),
+                       ("q", "P(dissatisfaction cue | re-ask)"), ("judge_agree", "P(judge verdict = truth)"),
+                       ("judge_share", "share of answers judged"), ("shadow_share", "share of requests shadowed")):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
+                       help=f"{what} (default {getattr(defaults, name)})")
     p.add_argument("--cache", default=DEFAULT_CACHE, help="directory for the embedding cache")
     p.add_argument("--json", default=None, help="where to write the full result")
     p.add_argument("--quiet", action="store_true")
@@ -1219,7 +1363,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = run_benchmark(split, X_train, X_stream, E_train, E_stream, seeds=args.seeds, warm=warm, alpha=args.alpha,
                         ridge=args.ridge, regret_w=args.regret_w, policies=args.policies, learn=args.learn, log=log,
-                        extra_config=extra)
+                        extra_config=extra, feedback_modes=[m.strip() for m in args.feedback.split(",") if m.strip()],
+                        feedback_params=FeedbackParams(**{name: getattr(args, name)
+                                                          for name in FeedbackParams.__dataclass_fields__}))
 
     ablation = []
     best = out["best_single"]
@@ -1337,7 +1483,8 @@ def run_benchmark(split: Split, X_train: np.ndarray, X_stream: np.ndarray, E_tra
                   ridge: float | None = None, regret_w: float = 0.2, policies: str = DEFAULT_POLICIES, learn: str = "reward",
                   w_grid: Sequence[float] = W_GRID, tune_grid: tuple[Sequence[float], Sequence[float]] | None = None,
                   step_factory: Callable[[Table], Step] = TableStep, log: Callable[[str], Any] = lambda m: None,
-                  extra_config: Mapping[str, Any] | None = None) -> dict:
+                  extra_config: Mapping[str, Any] | None = None, feedback_modes: Sequence[str] = (),
+                  feedback_params: FeedbackParams = FeedbackParams()) -> dict:
     """The benchmark's core on prepared features: tuning, baselines, sweeps, regret, summary."""
     ctx = Context(split, X_train, X_stream, warm=warm, seeds=seeds, ridge=ridge or 1.0, w_grid=tuple(w_grid),
                   regret_w=regret_w, step_factory=step_factory)
@@ -1366,7 +1513,8 @@ def run_benchmark(split: Split, X_train: np.ndarray, X_stream: np.ndarray, E_tra
                 "random": PolicySpec("random", "random")}
     others = [defaults[n.strip()] for n in policies.split(",") if n.strip()]
     log(f"evaluating on {split.stream.n} stream questions, {seeds} seeds, warm start {warm} ...")
-    result = evaluate(ctx, router, others, supervised, E_train, E_stream, log)
+    modes = [m for m in feedback_modes if m != "explicit"]   # explicit is the main run itself
+    result = evaluate(ctx, router, others, supervised, E_train, E_stream, log, modes, feedback_params)
     best = result["best_single"]
 
     honest = None
@@ -1376,6 +1524,11 @@ def run_benchmark(split: Split, X_train: np.ndarray, X_stream: np.ndarray, E_tra
         honest = honest_operating_points(tuning["inner_points"], float(inner_stream.cost[:, inner_best].sum()),
                                          result["curves"]["router"], best["cost"], best["accuracy"])
     summary = build_summary(result, seeds=seeds, n_questions=split.stream.n, regret_w=regret_w, warm=warm)
+    if result.get("feedback"):
+        summary["feedback"] = {"explicit": {"aiq": summary["aiq_router"], "aiq_ratio_vs_explicit": 1.0,
+                                            "regret_at_1000": result["regret"][router.name]["regret_at_1000"]},
+                               **{m: {"aiq": round(v["aiq"]["mean"], 4), "aiq_ratio_vs_explicit": v["aiq_ratio_vs_explicit"],
+                                      "regret_at_1000": v["regret_at_1000"]} for m, v in result["feedback"].items()}}
     config = {
         "pool": list(split.stream.models), "split": split.description,
         "n_training_split": split.train.n, "n_stream": split.stream.n, "feature_dim": int(X_stream.shape[1]),
@@ -1399,6 +1552,12 @@ def run_benchmark(split: Split, X_train: np.ndarray, X_stream: np.ndarray, E_tra
                                 "share x best single model's cost (chosen after the stream); see "
                                 "honest_operating_points for w chosen on the training split",
         "seeds": seeds, "warm_start": warm,
+        "feedback": {"modes": list(feedback_modes), **dataclasses.asdict(feedback_params),
+                     "weights": dataclasses.asdict(FeedbackWeights()),
+                     "rule": "learned quality = default_quality (0.5) + weight × (credit quality − default); the "
+                             "strongest source of an answer wins (explicit > judge > implicit); shadow copies go "
+                             "to a uniformly drawn unchosen candidate and are judged; hyper-parameters are the "
+                             "explicit router's"} if feedback_modes else None,
         **dict(extra_config or {}),
     }
     return {"benchmark": "routing", "summary": summary, "config": config, **result,

@@ -25,26 +25,33 @@ Guarantees, for both implementations:
   ``events_since`` reports a *gap* when events were trimmed away (or the stream vanished) before
   the reader got them: the reader must then rebuild its index from ``scan()``.
 
-Redis layout (namespace default ``"sigroute:cache:"``):
+Redis layout (namespace default ``"sigroute:cache:"``, whose keys all carry the Redis Cluster hash
+tag ``{sigroute:cache}``: `sigroute._redis.tagged_prefix` wraps a namespace without one in braces):
 
-* ``<ns>d:<doc_id>``: a hash (``p`` partition, ``c`` category, ``d`` decision, ``t`` tenant,
+* ``{<ns>}:d:<doc_id>``: a hash (``p`` partition, ``c`` category, ``d`` decision, ``t`` tenant,
   ``e`` embedding as little-endian float32 bytes, ``r`` response, ``ca``/``xa`` created/expires,
   ``m`` metadata JSON) with a native TTL;
-* ``<ns>lru:<category>``: a sorted set doc_id -> last access (Redis server time, microseconds);
-* ``<ns>events``: the stream (fields ``op`` put|del|clear, ``id``, ``p``, ``e``).
+* ``{<ns>}:lru:<category>``: a sorted set doc_id -> last access (Redis server time, microseconds);
+* ``{<ns>}:events``: the stream (fields ``op`` put|del|clear, ``id``, ``p``, ``e``).
 
 ``put``, ``get`` and ``delete`` are one Lua script each (one round trip, atomic: the LRU set,
 the document and the event never disagree). ``put`` also drops up to 32 LRU members whose
 documents expired (so expired entries stop counting against the quota) before enforcing it.
-Scripts touch document keys they derive from the namespace, so this layout targets a single Redis
-(or one Cluster slot via a ``{hash-tag}`` namespace), not a sharded Cluster.
+Scripts touch documents and LRU sets they derive from the namespace (evicted members, a
+document's category), so every cache key shares one hash tag and therefore one Redis Cluster slot:
+the cache works on a cluster, but lives on one primary there (the event stream, read whole and in
+order by every replica, ties it together). While that slot is being resharded, scripts whose keys
+are split between two nodes are refused (TRYAGAIN) and fail as `StoreUnavailable`.
 Scans use ``SCAN`` (never ``KEYS``) and ``UNLINK``.
 
-Redis connection failures and timeouts raise `StoreUnavailable` naming the URL (never its
-password); the semantic cache turns them into misses and skipped inserts. After a timeout (a Redis
-that is hung or cut off answers nothing, so every command would wait its whole timeout) commands
-fail at once for ``hung_hold_s`` (default 1 s), then one at a time tries Redis again until one is
-answered. The client is created lazily, on first use, so it binds to the event loop that uses it.
+The URL is ``redis://``, ``rediss://``, ``unix://`` (one server) or
+``redis+cluster://host:port[,…]`` (a cluster; see `sigroute._redis`). Redis connection failures,
+timeouts and a cluster slot with no reachable primary raise `StoreUnavailable` naming the URL (never
+its password); the semantic cache turns them into misses and skipped inserts. After a timeout (a
+Redis that is hung or cut off answers nothing, so every command would wait its whole timeout)
+commands fail at once for ``hung_hold_s`` (default 1 s), then one at a time tries Redis again until
+one is answered. The client is created lazily, on first use, so it binds to the event loop that uses
+it.
 """
 
 from __future__ import annotations
@@ -57,9 +64,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Iterator, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
+
+from sigroute._redis import (HungRedis, is_redis_url, is_timeout, open_client, redacted_url,
+                             run_script_many, tagged_prefix, unavailable_errors)
 
 __all__ = [
     "CacheEntry",
@@ -365,25 +374,6 @@ return 1
 """
 
 
-def redacted_url(url: str) -> str:
-    """`url` without credentials (user info and a `password` query parameter are dropped); text
-    that is not a URL at all is not repeated (it may be a secret pasted in the wrong place)."""
-    if "://" not in url:
-        return "<not a URL>"
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if ":" in netloc:  # IPv6
-        netloc = f"[{netloc}]"
-    try:
-        port = parts.port
-    except ValueError:   # a port that is not a number
-        port = None
-    if port is not None:
-        netloc += f":{port}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-
-
 def _stream_id(value) -> tuple[int, int]:
     text = value.decode() if isinstance(value, bytes) else str(value)
     ms, _, seq = text.partition("-")
@@ -400,28 +390,6 @@ def _glob_escape(text: str) -> str:
     return text
 
 
-class HungRedis:
-    """Fail fast while Redis does not answer: after a timeout, commands fail at once for `hold_s`;
-    then one command at a time (the probe) tries Redis again until one is answered. (The bandit
-    stores hold the same rule; the two packages do not import each other.)"""
-
-    def __init__(self, hold_s: float) -> None:
-        if hold_s < 0:
-            raise ValueError(f"hung_hold_s must be at least 0, got {hold_s}")
-        self.hold_s = hold_s
-        self.timed_out_at: float | None = None   # time.monotonic() of the last timeout; None: answering
-        self.probing = False
-
-    def admit(self) -> bool | None:
-        """False: send the command; True: send it as the probe; None: fail at once."""
-        if self.timed_out_at is None:
-            return False
-        if self.probing or time.monotonic() - self.timed_out_at < self.hold_s:
-            return None
-        self.probing = True
-        return True
-
-
 class RedisDocumentStore:
     """Documents in Redis with native TTLs, per-category LRU sets and an event stream."""
 
@@ -430,10 +398,9 @@ class RedisDocumentStore:
     def __init__(self, url: str, namespace: str = "sigroute:cache:", *, socket_timeout: float = 0.5,
                  connect_timeout: float = 0.5, retries: int = 1, stream_maxlen: int = 100_000,
                  hung_hold_s: float = 1.0) -> None:
-        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-        if scheme not in ("redis", "rediss", "unix"):
+        if not is_redis_url(url):
             raise ValueError(f"not a Redis URL: {redacted_url(url)!r}; use redis://[:password@]host[:port][/db], "
-                             f"rediss://... or unix:///path/to/redis.sock")
+                             f"rediss://..., unix:///path/to/redis.sock or redis+cluster://host:port[,host:port...]")
         self.url = url
         self.namespace = namespace
         self.description = redacted_url(url)
@@ -442,40 +409,25 @@ class RedisDocumentStore:
         self._hung = HungRedis(hung_hold_s)
         self._client = None
         self._scripts: dict[str, Any] = {}
-        self._stream = f"{namespace}events"
-        self._doc_prefix = f"{namespace}d:"
-        self._lru_prefix = f"{namespace}lru:"
+        self.key_prefix = tagged_prefix(namespace)
+        self._stream = f"{self.key_prefix}events"
+        self._doc_prefix = f"{self.key_prefix}d:"
+        self._lru_prefix = f"{self.key_prefix}lru:"
 
     # ------------------------------------------------------------------------------ plumbing
 
     @property
     def _redis(self):
         if self._client is None:  # created lazily: binds to the loop that first uses it
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import ExponentialBackoff
-            from redis.exceptions import ConnectionError as RedisConnectionError
-
-            o = self._options
-            try:
-                # Retry only connection errors (a stale pooled connection after a restart), never
-                # timeouts: a slow Redis must not slow requests down further.
-                self._client = aioredis.from_url(
-                    self.url, decode_responses=False, socket_timeout=o["socket_timeout"],
-                    socket_connect_timeout=o["connect_timeout"],
-                    retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), o["retries"],
-                                supported_errors=(RedisConnectionError,)))
-            except ValueError as exc:
-                raise ValueError(f"invalid Redis URL {self.description!r}: {exc}") from None
+            # Connection errors (a stale pooled connection after a restart, a cluster node gone)
+            # are retried; timeouts never: a slow Redis must not slow requests down further.
+            self._client = open_client(self.url, decode_responses=False, **self._options)
             self._scripts = {name: self._client.register_script(src) for name, src in
                              (("put", _PUT_LUA), ("get", _GET_LUA), ("delete", _DELETE_LUA))}
         return self._client
 
     @contextlib.contextmanager
     def _guard(self, operation: str) -> Iterator[None]:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
         probe = self._hung.admit()
         if probe is None:
             ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
@@ -485,8 +437,8 @@ class RedisDocumentStore:
                 "there is running and reachable")
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+        except unavailable_errors() as exc:
+            if is_timeout(exc):
                 self._hung.timed_out_at = time.monotonic()
             cause = str(exc) or type(exc).__name__
             raise StoreUnavailable(
@@ -586,17 +538,12 @@ class RedisDocumentStore:
                    if (partition is None or _text(p) == partition)
                    and (decision is None or _text(d or b"") == decision)
                    and (tenant is None or _text(t or b"") == tenant)]
-        removed: list[str] = []
         client = self._redis
         with self._guard("delete"):
-            for start in range(0, len(victims), 500):
-                chunk = victims[start:start + 500]
-                async with client.pipeline(transaction=False) as pipe:
-                    for doc_id in chunk:
-                        await self._scripts["delete"](keys=[self._doc(doc_id), self._stream],
-                                                      args=[doc_id, self._lru_prefix, self.stream_maxlen],
-                                                      client=pipe)
-                    removed += [d for d, r in zip(chunk, await pipe.execute()) if int(r)]
+            replies = await run_script_many(client, self._scripts["delete"], [
+                ([self._doc(doc_id), self._stream], [doc_id, self._lru_prefix, self.stream_maxlen])
+                for doc_id in victims])
+        removed = [doc_id for doc_id, reply in zip(victims, replies) if int(reply)]
         return removed
 
     async def _clear(self) -> None:
@@ -701,7 +648,8 @@ class RedisDocumentStore:
 
 
 def open_document_store(url: str | None, **options: Any) -> DocumentStore:
-    """``None``/``"memory"`` -> `MemoryDocumentStore`; a redis://, rediss:// or unix:// URL -> Redis."""
+    """``None``/``"memory"`` -> `MemoryDocumentStore`; a redis://, rediss://, unix:// or
+    redis+cluster:// URL -> Redis (one server or a cluster)."""
     if url is None or url.strip().lower() in ("", "memory", "memory://"):
         return MemoryDocumentStore()
     return RedisDocumentStore(url, **options)

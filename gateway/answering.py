@@ -32,8 +32,9 @@ from typing import Any, AsyncIterator
 
 import orjson
 
+from sigroute.gateway.activity import Activity, RequestRecord
 from sigroute.gateway.caching import CachedAnswer, Caching
-from sigroute.gateway.errors import InvalidRequest
+from sigroute.gateway.errors import APIError, InvalidRequest
 from sigroute.gateway.journey import Journey
 from sigroute.gateway.learning import Learning
 from sigroute.gateway.metrics import Metrics
@@ -119,16 +120,45 @@ async def flush_filters(filters, like: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class Answering:
-    def __init__(self, plugins: PolicyPlugins, caching: Caching, learning: Learning, metrics: Metrics):
+    def __init__(self, plugins: PolicyPlugins, caching: Caching, learning: Learning, metrics: Metrics,
+                 activity: Activity | None = None):
         self.plugins = plugins
         self.caching = caching
         self.learning = learning
         self.metrics = metrics
+        self.activity = activity
 
-    def _count(self, journey: Journey, model: str, status: str, elapsed_s: float) -> None:
+    def _count(self, journey: Journey, model: str, status: str, elapsed_s: float, usage: Any = None) -> None:
         route = journey.route
+        journey.counted = True
         self.metrics.latency.labels(route.decision_name).observe(elapsed_s)
         self.metrics.requests.labels(journey.api, route.entrypoint_label, route.decision_name, model, status).inc()
+        if self.activity is not None:
+            self.activity.record(self._record(journey, model, status, elapsed_s, usage))
+
+    def _record(self, journey: Journey, model: str, status: str, elapsed_s: float, usage: Any) -> RequestRecord:
+        """What the operator's dashboard keeps of a request (never its text)."""
+        route, result = journey.route, journey.result
+        choice = route.choice
+        arms = None
+        if choice is not None and choice.means:
+            arms = {arm: (mean, abs(choice.scores.get(arm, mean) - mean)) for arm, mean in choice.means.items()}
+        return RequestRecord(
+            at=time.time(), request_id=journey.request_id, api=journey.api, entrypoint=route.entrypoint_label,
+            decision=route.decision_name, model=model, status=status, latency_ms=elapsed_s * 1000,
+            cache=journey.response_headers.get("x-sigroute-cache") if model == "cache" else None,
+            category=journey.plan.category if journey.caching else None,
+            fallbacks=sum(1 for a in result.attempts if a.error is not None or a.skipped) if result is not None else 0,
+            cost_usd=self.learning.cost_usd(model, usage) if result is not None else None,
+            plugins=[f"{plugin}:{action}" for plugin, action, _ in journey.plugins.actions], arms=arms)
+
+    def failed(self, journey: Journey, error: APIError) -> None:
+        """A routed request that ended in an error before any answer was counted (every candidate
+        failed, a plugin's error, …): counted for the dashboard as well as in the metrics."""
+        if journey.counted or journey.route is None:
+            return
+        model = journey.result.model if journey.result is not None else "none"
+        self._count(journey, model, str(error.status), journey.elapsed_s())
 
     def _timing_headers(self, journey: Journey, elapsed_s: float) -> float:
         """x-sigroute-overhead-ms (time in sigroute itself) and -upstream-ms; returns the overhead."""
@@ -157,7 +187,7 @@ class Answering:
         elapsed = journey.elapsed_s()
         self._timing_headers(journey, elapsed)
         self.learning.learn(journey, ok=True, latency_ms=elapsed * 1000, usage=body.get("usage"))   # 11
-        self._count(journey, result.model, "200", elapsed)
+        self._count(journey, result.model, "200", elapsed, body.get("usage"))
         return Answer(200, journey.response_headers, body=answer_bytes)
 
     # a model's stream ----------------------------------------------------------------------------
@@ -227,12 +257,13 @@ class Answering:
                     f"incomplete (details in the gateway log under request {journey.request_id})",
                     code="internal_error", type="server_error")
             finally:
+                journey.trace.stream_ended(status, usage)
                 if assembler is not None and status != "200":
                     self.metrics.cache_stores.labels(journey.plan.category, "incomplete").inc()
                 await held.aclose()   # the upstream stream, its breaker verdict, the single-flight lease
                 elapsed = journey.elapsed_s()
                 self.learning.learn(journey, ok=status == "200", latency_ms=elapsed * 1000, usage=usage)   # 11
-                self._count(journey, model, status, elapsed)
+                self._count(journey, model, status, elapsed, usage)
 
         async def close() -> None:
             """The HTTP layer is done with the answer; if the stream never began (the caller left
@@ -241,6 +272,7 @@ class Answering:
                 self.metrics.client_disconnects.inc()
             await held.aclose()
 
+        request_held.push(journey.trace.streaming())   # the answer's span: ends with the stream
         held = request_held.pop_all()   # from here the stream gives back what the request holds
         return Answer(200, headers, stream=events(), on_close=[close])
 

@@ -3,6 +3,9 @@
 Endpoints (who may call each: `gateway.auth`; the roles are the policy's `auth` section):
   POST /v1/chat/completions   OpenAI chat completions, streamed or not; `model` is an entrypoint
                               (e.g. "auto") or, if the policy allows, a concrete model     any key
+  POST /v1/messages           Anthropic Messages, streamed or not (gateway.anthropic_wire); errors in
+                              Anthropic's shape                                            any key
+  POST /v1/messages/count_tokens   a Messages body's input tokens, as the gateway counts them   any key
   POST /v1/responses          OpenAI Responses API (stateful: previous_response_id), streamed or not;
   GET|DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items
                               a stored response of the caller's tenant                      any key
@@ -18,10 +21,13 @@ Endpoints (who may call each: `gateway.auth`; the roles are the policy's `auth` 
   DELETE /v1/admin/cache      remove cached answers: all, or ?decision=NAME and/or ?tenant=NAME
                                                                                          admin role
   DELETE /v1/admin/cache/entries/{key}   remove one cached answer by its key             admin role
+  GET  /v1/admin/dashboard    the operator's dashboard data (`gateway.dashboard`)       admin role
+  GET  /ui                    the dashboard page; it asks for an admin key and polls the data
 With no `auth` section every caller is anonymous: the role-only surfaces are refused unless the
 policy lists them in `server.open_without_auth` (metrics stays open).
 
-Every error is OpenAI-shaped: {"error": {"message", "type", "param", "code"}}.
+Every error is OpenAI-shaped: {"error": {"message", "type", "param", "code"}}, except on the
+Messages routes: {"type": "error", "error": {"type", "message"}}.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from sigroute.gateway import anthropic_wire
+from sigroute.gateway.anthropic_wire import MESSAGES
+from sigroute.gateway.dashboard import UI_ASSETS, dashboard_document, ui_asset
 from sigroute.gateway.errors import APIError, PayloadTooLarge, Unavailable
 from sigroute.gateway.metrics import Metrics
 from sigroute.gateway.openai_wire import OPENAPI_SCHEMAS, model_list
@@ -210,13 +219,13 @@ def _ref(name: str) -> dict[str, Any]:
 
 
 def described(ok: dict[str, Any], *errors: int, body: str | None = None,
-              headers: dict[str, Any] | None = None) -> dict[str, Any]:
+              headers: dict[str, Any] | None = None, error: str = "Error") -> dict[str, Any]:
     """Route options that describe the answers: `ok` (media type -> schema name) for 200, the
-    OpenAI-shaped error for each status in `errors`, `body` (a schema name) as the JSON request
-    body, and request `headers` (name -> JSON schema)."""
+    error (schema `error`: OpenAI-shaped unless the route's surface has its own) for each status in
+    `errors`, `body` (a schema name) as the JSON request body, and request `headers` (name -> JSON schema)."""
     responses: dict[int | str, Any] = {200: {"description": "OK", "content": {m: _ref(n) for m, n in ok.items()}}}
     for status in sorted(set(errors) | {405}):
-        responses[status] = {"description": ERROR_MEANINGS[status], "content": {"application/json": _ref("Error")}}
+        responses[status] = {"description": ERROR_MEANINGS[status], "content": {"application/json": _ref(error)}}
     extra: dict[str, Any] = {}
     if body is not None:
         extra["requestBody"] = {"required": True, "content": {"application/json": _ref(body)}}
@@ -278,6 +287,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     from sigroute.bandits.store import open_pending_store, open_state_store
     from sigroute.cache.semantic import SemanticCache, SingleFlight
     from sigroute.cache.store import open_document_store
+    from sigroute.gateway.activity import Activity
     from sigroute.gateway.ratelimit import RateLimiter, open_rate_limit_store
 
     metrics = metrics or Metrics()
@@ -286,6 +296,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     pipeline_options.setdefault("semantic_cache", SemanticCache(open_document_store(redis_url)))
     pipeline_options.setdefault("flights", SingleFlight())
     pipeline_options.setdefault("rate_limiter", RateLimiter(open_rate_limit_store(redis_url)))
+    pipeline_options.setdefault("activity", Activity())
     runtime = Runtime(policy, policy_path, metrics, retire_after_s=retire_after_s, **pipeline_options)
     from sigroute.gateway.response_store import open_response_store
     responses = ResponsesSurface(open_response_store(redis_url))   # stored Responses: memory, or Redis if given
@@ -375,8 +386,10 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                        f"method {request.method} is not allowed on {request.url.path}")}
         type_, code, message = kinds.get(exc.status_code, ("api_error", "http_error", str(exc.detail)))
         # (a 405 keeps Starlette's Allow header: the methods the path does take)
-        return error_response(APIError(message, status=exc.status_code, type=type_, code=code,
-                                       headers=dict(exc.headers or {})))
+        error = APIError(message, status=exc.status_code, type=type_, code=code, headers=dict(exc.headers or {}))
+        if request.url.path.startswith("/v1/messages"):   # the Messages routes answer in Anthropic's shape
+            return surface_error(MESSAGES, error)
+        return error_response(error)
 
     @app.exception_handler(ClientGone)
     async def _client_gone(request: Request, exc: ClientGone):
@@ -460,6 +473,28 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                           headers={"x-sigroute-debug": {"enum": ["0", "1", "true", "false"]}}))
     async def chat_completions(request: Request) -> Response:
         return await serve(request, CHAT)
+
+    # Anthropic Messages (gateway.anthropic_wire): the same pipeline, errors in Anthropic's shape
+    surfaces[MESSAGES.api] = MESSAGES
+
+    @app.post("/v1/messages", summary="Create a message (Anthropic Messages API)",
+              **described({"application/json": "Message", "text/event-stream": "MessageStreamEvent"},
+                          *ADMITTED, *BODY_READ, 403, 404, 422, 502, 503, 504, body="MessagesRequest",
+                          error="AnthropicError", headers={"anthropic-version": {"type": "string"}}))
+    async def messages(request: Request) -> Response:
+        return await serve(request, MESSAGES)
+
+    @app.post("/v1/messages/count_tokens", summary="Count a Messages request's input tokens (the gateway's count)",
+              **described({"application/json": "MessageTokensCount"}, *ADMITTED, *BODY_READ, body="CountTokensRequest",
+                          error="AnthropicError", headers={"anthropic-version": {"type": "string"}}))
+    async def count_message_tokens(request: Request) -> Response:
+        pipeline = runtime.pipeline
+        try:
+            await pipeline.admit(request.headers)
+            raw = await read_body(request, pipeline.max_request_bytes, pipeline.policy.server.body_timeout_s)
+            return JSONBytes(orjson.dumps(anthropic_wire.count_tokens(raw, pipeline.policy.server)))
+        except APIError as exc:
+            return surface_error(MESSAGES, exc)
 
     # OpenAI Responses (gateway.responses_wire): created through the pipeline; stored per tenant
     @app.post("/v1/responses", summary="Create a model response (OpenAI Responses API)",
@@ -598,6 +633,24 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                            param="key", code="cache_entry_not_found")
         return JSONBytes(orjson.dumps({"object": "cache.deleted", "key": key, "deleted": 1}))
 
+    @app.get("/v1/admin/dashboard", summary="What the operator's dashboard shows, as one JSON document",
+             **described({"application/json": "Dashboard"}, *ADMITTED, 403))
+    async def dashboard_data(request: Request) -> Response:
+        await operator(request, "admin", "reading the dashboard")
+        return JSONBytes(orjson.dumps(dashboard_document(runtime.pipeline, runtime.loaded_at, runtime.policy_path)))
+
+    @app.get("/ui", include_in_schema=False)
+    @app.get("/ui/{asset}", include_in_schema=False)
+    async def dashboard_page(request: Request, asset: str = "index.html") -> Response:
+        """The dashboard's page (no data in it: it polls /v1/admin/dashboard with an admin key).
+        With auth off it is refused unless the admin surface is opened, like the data."""
+        pipeline = runtime.pipeline
+        if asset not in UI_ASSETS:
+            raise APIError(f"no dashboard file '{asset}'", status=404, type="not_found_error", code="unknown_route")
+        if not pipeline.auth.enabled and not pipeline.auth.may(None, "admin"):
+            raise pipeline.auth.refusal("admin", "the dashboard")
+        return Response(ui_asset(asset), media_type=UI_ASSETS[asset], headers={"cache-control": "no-cache"})
+
     described_for: dict[str, Any] = {"pipeline": lambda: None}   # (a weak reference to) the pipeline
 
     def openapi_description() -> dict[str, Any]:
@@ -625,10 +678,11 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
         for name in ("HTTPValidationError", "ValidationError"):
             components.get("schemas", {}).pop(name, None)
         components.setdefault("schemas", {}).update(copy.deepcopy(OPENAPI_SCHEMAS))
+        components["schemas"].update(copy.deepcopy(anthropic_wire.OPENAPI_SCHEMAS))
         components["schemas"].update(copy.deepcopy(RESPONSES_SCHEMAS))
         offered = list(policy.entrypoints) + (list(policy.models) if policy.routing.allow_direct_models else [])
-        components["schemas"]["ChatCompletionRequest"]["properties"]["model"]["enum"] = offered
-        components["schemas"]["ResponsesRequest"]["properties"]["model"]["enum"] = offered
+        for request_schema in ("ChatCompletionRequest", "MessagesRequest", "CountTokensRequest", "ResponsesRequest"):
+            components["schemas"][request_schema]["properties"]["model"]["enum"] = offered
         if auth.enabled:
             components["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},

@@ -69,7 +69,8 @@ class Authenticator:
         if key is None:
             key = headers.get("x-api-key")
         if not key:
-            raise Unauthorized("missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key")
+            raise Unauthorized("missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+                               code="missing_api_key")
         digest = hash_key(key)
         found = self._by_hash.get(digest)
         if found is None:

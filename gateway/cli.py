@@ -174,6 +174,34 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    """Do once what a replica would do at start for this policy — load the encoder (exporting its
+    ONNX graph into the cache dir, $SIGROUTE_CACHE_DIR), the trained heads and the PII recognizers
+    — and exit. A container image runs it at build time so that replicas start warm."""
+    from sigroute.gateway.metrics import Metrics
+    from sigroute.gateway.pipeline import Pipeline
+
+    policy = _load_or_report(args.policy)
+    if policy is None:
+        return 1
+    started = time.perf_counter()
+    try:
+        pipeline = Pipeline(policy, Metrics())
+        pipeline.warm()
+    except Exception as exc:
+        problem = _startup_problem(exc, args.policy)
+        if problem is None:
+            raise
+        print(problem, file=sys.stderr)
+        return 1
+    encoder = pipeline.embedder.encoder if pipeline.embedder is not None else None
+    what = (f"encoder {encoder.model_name} on {encoder.device} ({encoder.backend})" if encoder is not None
+            else "no encoder (heuristic signals only)")
+    print(f"prepared {args.policy or 'the embedded default policy'}: {what}, "
+          f"{len(policy.decisions)} decisions, in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
 def cmd_sim(args) -> int:
     from sigroute.gateway.sim import OutcomesError, SimConfigError, run_sim
 
@@ -449,12 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info")
     p.add_argument("--access-log", action="store_true", help="log every request line (off by default)")
     p.add_argument("--redis", default=os.environ.get("SIGROUTE_REDIS_URL"), metavar="URL",
-                   help="share learning state, pending feedback and cached answers through Redis (redis://host:port/db); "
+                   help="share learning state, pending feedback, cached answers and rate limits through Redis "
+                        "(redis://host:port/db, or a cluster: redis+cluster://host:port,host:port); "
                         "default: $SIGROUTE_REDIS_URL, else in memory")
     p.add_argument("--decision-log", metavar="PATH",
                    help="append every learning decision (features, pick, propensity, reward; no text) and "
                         "every feedback to this JSON-lines file, for `sigroute replay`")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("prepare", help="load what serving a policy needs (encoder, ONNX graph, heads) once and "
+                       "exit: run at image build time so replicas start warm")
+    p.add_argument("--policy", help="policy YAML (default: the embedded default policy)")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("replay", help="estimate offline how a learning decision's algorithm would have done on "
                                       "a decision log (replay method / inverse propensity scoring)")

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
+from sigroute.gateway.tracing import NO_TRACE
 from sigroute.plugins.base import PluginState
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ class Journey:
     result: "CallResult | None" = None         # 8 the upstream call
     response_headers: dict[str, str] = field(default_factory=dict)
     encoder: "AnswerEncoder | None" = None     # 2 the answer in the surface's wire format
+    counted: bool = False                      # its outcome is in the metrics (and the dashboard)
+    trace: Any = NO_TRACE                      # its spans (`gateway.tracing`; NO_TRACE: not traced)
 
     @property
     def caching(self) -> bool:

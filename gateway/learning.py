@@ -62,19 +62,26 @@ class Learning:
     semantic_cache: Any              # cached answers (cache.semantic), app-wide: feedback may remove one
     decision_log: Any = None         # bandits.replay.DecisionLog, for `sigroute replay`
 
+    def cost_usd(self, model: str, usage: Any) -> float | None:
+        """What an answer cost by the model's price (USD per 1M tokens) and its usage; None if unknown."""
+        spec = self.policy.models.get(model)
+        if spec is None or not isinstance(usage, dict):
+            return None
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
+            return None
+        return (prompt_tokens * spec.price.input + completion_tokens * spec.price.output) / 1e6
+
     # 11 ------------------------------------------------------------------------------------------
     def learn(self, journey: Journey, *, ok: bool, latency_ms: float, usage: Any) -> None:
         route, result = journey.route, journey.result
         if route.decision is None:
             return
         prompt_tokens = completion_tokens = None
-        cost = None
+        cost = self.cost_usd(result.model, usage)
         if isinstance(usage, dict):
             prompt_tokens = usage.get("prompt_tokens")
             completion_tokens = usage.get("completion_tokens")
-            price = self.policy.models[result.model].price
-            if isinstance(prompt_tokens, int) and isinstance(completion_tokens, int):
-                cost = (prompt_tokens * price.input + completion_tokens * price.output) / 1e6
         choice = route.choice
         if choice.model != result.model:  # a fallback answered: credit the model that did
             choice = dataclasses.replace(choice, model=result.model)
@@ -156,6 +163,8 @@ class Learning:
                                  param="request_id", code="invalid_feedback")
         if request_id.startswith("resp_"):   # a Responses API answer's id names its request (gateway.responses_wire)
             request_id = "req_" + request_id[len("resp_"):]
+        elif request_id.startswith("msg_"):   # a Messages answer's id names its request: msg_X is req_X
+            request_id = "req_" + request_id[4:]
         try:
             quality = quality_from_feedback(body.get("score"), body.get("thumbs"), body.get("label"))
         except ValueError as exc:

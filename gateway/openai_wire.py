@@ -313,6 +313,10 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
         "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {
             "type": "object", "required": ["id", "object"],
             "properties": {"id": {"type": "string"}, "object": {"const": "model"}}}}}},
+    "Dashboard": {"type": "object", "required": ["object", "policy", "decisions", "learning", "cache", "upstreams",
+                                                 "recent"],
+                  "description": "what the operator's dashboard (/ui) shows; see gateway/dashboard.py",
+                  "properties": {"object": {"const": "dashboard"}}},
     "PrometheusText": {"type": "string", "description": "Prometheus text exposition format"},
     "RouteExplanation": {"type": "object", "description": "every signal, every decision's verdict and the choice"},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},

@@ -15,6 +15,9 @@
                quality feedback (POST /v1/feedback)                           gateway.learning
 Steps 9–11 run as the answer goes out                                        gateway.answering
 
+With tracing on, the request is a span and each step a child span (`gateway.tracing`); off, the
+trace's calls do nothing.
+
 Everything a request holds — the single-flight lease that identical requests wait on, the upstream
 call with its breaker trial and in-flight count, the upstream stream — is entered on one exit stack,
 `held`, and given back when it closes: when `handle` returns or raises for a whole answer, when the
@@ -26,6 +29,7 @@ builds a new one (learned state, pending feedback and cached answers live in app
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -38,6 +42,7 @@ from sigroute.bandits.store import MemoryPendingStore, MemoryStateStore
 from sigroute.cache.semantic import SemanticCache, SingleFlight
 from sigroute.cache.store import MemoryDocumentStore
 from sigroute.gateway import explain
+from sigroute.gateway.activity import Activity
 from sigroute.gateway.answering import Answer, Answering
 from sigroute.gateway.auth import Authenticator
 from sigroute.gateway.caching import Caching
@@ -48,6 +53,7 @@ from sigroute.gateway.metrics import Metrics
 from sigroute.gateway.ratelimit import RateLimiter, RateLimitStoreUnavailable
 from sigroute.gateway.routing import Router, build_selectors
 from sigroute.gateway.surface import CHAT, Surface
+from sigroute.gateway.tracing import Tracing
 from sigroute.gateway.upstream import Upstreams
 from sigroute.plugins.chain import PolicyPlugins, needs_encoder as plugins_need_encoder
 from sigroute.policies.schema import Policy, RateLimit
@@ -86,7 +92,7 @@ class Pipeline:
     def __init__(self, policy: Policy, metrics: Metrics, *, environ: Mapping[str, str] | None = None,
                  transports=None, rate_limiter: RateLimiter | None = None, previous: "Pipeline | None" = None,
                  state_store=None, pending_store=None, decision_log=None, semantic_cache: SemanticCache | None = None,
-                 flights: SingleFlight | None = None):
+                 flights: SingleFlight | None = None, activity: Activity | None = None, tracer_provider=None):
         env = os.environ if environ is None else environ
         self.policy = policy
         self.metrics = metrics
@@ -117,7 +123,11 @@ class Pipeline:
                                           lambda: SemanticCache(MemoryDocumentStore())))
         flights = _given_or_kept(flights, previous and previous.caching.flights, SingleFlight)
         self.caching = Caching(policy, self.learning.semantic_cache, flights, self.resources, self.upstreams, metrics)
-        self.answering = Answering(self.plugins, self.caching, self.learning, metrics)
+        # what the operator's dashboard shows of recent requests: app-wide, kept across reloads
+        self.activity = _given_or_kept(activity, previous and previous.activity, Activity)
+        self.answering = Answering(self.plugins, self.caching, self.learning, metrics, self.activity)
+        self.tracing = Tracing.build(policy.server.tracing, env, provider=tracer_provider,
+                                     previous=previous.tracing if previous is not None else None)
 
     def take_over(self, previous: "Pipeline") -> None:
         """After a reload, right before this pipeline replaces `previous`: keep what it learned
@@ -186,30 +196,45 @@ class Pipeline:
         """One request from its bytes to its answer; `surface` is the API it came in by (its
         request is translated into the internal form once, and the answer back once)."""
         journey = Journey(headers, started, api=surface.api)
+        try:
+            return await self._journey(journey, raw, surface)
+        except APIError as exc:
+            self.answering.failed(journey, exc)   # (a routed request's failure, for the dashboard)
+            raise
+
+    async def _journey(self, journey: Journey, raw: bytes, surface: Surface) -> Answer:
+        headers = journey.headers
+        trace = journey.trace = self.tracing.start(journey)                                        # spans
         async with AsyncExitStack() as held:   # what the request holds; a stream takes it over below
+            held.push(trace.close)             # the request's span ends last, when all is given back
             journey.principal = await self.admit(headers)                                          # 1
             ctx = journey.ctx = await self.context(raw, headers, journey.principal,                # 2
                                                    journey.request_id, surface)
             journey.encoder = surface.encoder(ctx.body, journey.request_id, journey.principal)
-            route = journey.route = await self.router.decide(ctx)                                  # 3 + 4
-            blocked = await self._plugins_before(journey)                                          # 5
+            route = journey.route = await self.router.decide(ctx, trace=trace)                     # 3 + 4
+            with trace.step("plugins"):
+                blocked = await self._plugins_before(journey)                                      # 5
             if blocked is not None:
                 return await self.answering.blocked(journey, blocked)
-            cached = await self.caching.lookup(journey, held)                                      # 6
+            with trace.step("cache"):
+                cached = await self.caching.lookup(journey, held)                                  # 6
             if cached is not None:
-                return await self.answering.cached(journey, cached)                                # 9
-            choice = await self.router.select(route, journey.ctx)                                  # 7
+                with trace.step("answer"):
+                    return await self.answering.cached(journey, cached)                            # 9
+            with trace.step("select"):
+                choice = await self.router.select(route, journey.ctx)                              # 7
             self.metrics.selected.labels(route.decision_name, choice.model).inc()
             journey.result = await self.upstreams.call(choice.ranking, dict(journey.ctx.body),     # 8
                                                        journey.ctx.stream,
                                                        self.plugins.upstream_headers(route.decision_name),
-                                                       journey.request_id)
+                                                       journey.request_id, trace)
             held.push_async_callback(journey.result.aclose)
             self._answered_by(journey)
             await self.learning.keep_for_feedback(journey)                                         # 11 (pending)
             if journey.ctx.stream:
                 return self.answering.streamed(journey, held)                                      # 9–11, streamed
-            return await self.answering.whole(journey)                                             # 9, 10, 11
+            with trace.step("answer"):
+                return await self.answering.whole(journey)                                         # 9, 10, 11
 
     async def _plugins_before(self, journey: Journey):
         """Step 5, and the headers every answer of a routed request carries."""
@@ -269,6 +294,8 @@ class Pipeline:
 
     async def aclose(self) -> None:
         await self.upstreams.aclose()
+        if self.tracing.enabled:
+            await asyncio.to_thread(self.tracing.release)   # flushes the last spans
 
 
 def _given_or_kept(given, kept, make):

@@ -6,7 +6,8 @@ caller's limit. `RedisRateLimitStore` keeps the buckets in Redis, so every repli
 takes from the same bucket and the limit holds across them.
 
 Redis layout: one hash per bucket, ``<namespace>{<key>}`` (default namespace
-``sigroute:ratelimit:``; the braces are a Redis Cluster hash tag, so the bucket is one slot) with
+``sigroute:ratelimit:``; the braces are a Redis Cluster hash tag, so the bucket is one slot, the
+same on one Redis and on a ``redis+cluster://`` URL) with
 fields ``t`` (tokens left) and ``u`` (when they were counted, Redis server time in seconds). One
 Lua script per check (sent by EVALSHA, loaded again when Redis answers NOSCRIPT) refills, takes
 and writes back atomically, reading the clock with ``TIME`` inside the script, so replicas'
@@ -25,11 +26,10 @@ import contextlib
 import math
 import time
 from typing import Any, Callable, Iterator, Protocol
-from sigroute.cache.store import HungRedis, redacted_url  # one copy of the Redis plumbing rules for the gateway
+from sigroute._redis import HungRedis, is_redis_url, is_timeout, open_client, redacted_url, unavailable_errors
 from sigroute.policies.schema import RateLimit
 
 REDIS_NAMESPACE = "sigroute:ratelimit:"
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def bucket_size(limit: RateLimit) -> float:
@@ -112,10 +112,9 @@ class RedisRateLimitStore:
 
     def __init__(self, url: str, namespace: str = REDIS_NAMESPACE, *, socket_timeout: float = 0.5,
                  connect_timeout: float = 0.5, retries: int = 1, hung_hold_s: float = 1.0) -> None:
-        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-        if scheme not in _REDIS_SCHEMES:
+        if not is_redis_url(url):
             raise ValueError(f"not a Redis URL: {redacted_url(url)!r}; use redis://[:password@]host[:port][/db], "
-                             f"rediss://... or unix:///path/to/redis.sock")
+                             f"rediss://..., unix:///path/to/redis.sock or redis+cluster://host:port[,host:port...]")
         self.url = url
         self.namespace = namespace
         self.description = redacted_url(url)
@@ -130,30 +129,15 @@ class RedisRateLimitStore:
     @property
     def _redis(self):
         if self._client is None:  # created lazily: binds to the event loop that first uses it
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import ExponentialBackoff
-            from redis.exceptions import ConnectionError as RedisConnectionError
-
-            o = self._options
-            try:
-                # Retry only connection errors (a stale pooled connection after a restart), never
-                # timeouts: a timed-out take may have run, and a slow Redis must not slow requests more.
-                self._client = aioredis.from_url(
-                    self.url, decode_responses=True, socket_timeout=o["socket_timeout"],
-                    socket_connect_timeout=o["connect_timeout"],
-                    retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), o["retries"],
-                                supported_errors=(RedisConnectionError,)))
-            except ValueError as exc:
-                raise ValueError(f"invalid Redis URL {self.description!r}: {exc}") from None
+            # Retry only connection errors (a stale pooled connection after a restart, a cluster node
+            # gone), never timeouts: a timed-out take may have run, and a slow Redis must not slow
+            # requests more.
+            self._client = open_client(self.url, decode_responses=True, **self._options)
             self._take_script = self._client.register_script(_TAKE_LUA)   # EVALSHA, reloaded on NOSCRIPT
         return self._client
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
         probe = self._hung.admit()
         if probe is None:
             ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
@@ -162,8 +146,8 @@ class RedisRateLimitStore:
                 f"{ago:.1f}s ago, so checks fail at once until it answers again")
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+        except unavailable_errors() as exc:
+            if is_timeout(exc):
                 self._hung.timed_out_at = time.monotonic()
             cause = str(exc) or type(exc).__name__
             raise RateLimitStoreUnavailable(

@@ -22,10 +22,11 @@ proportional to their number.
 `RedisResponseStore` keeps each record under ``<namespace>{<tenant>}:<response_id>`` (namespace
 default ``sigroute:responses:``) with a native TTL (``SET ... PX``). The braces are a Redis Cluster
 hash tag: a tenant's records share one slot, and every command touches one key, so it works on one
-Redis and on a Cluster alike. Tenant names cannot contain braces (policy names are
-``[A-Za-z0-9_.-]``), so the tag is exactly the tenant. Redis failures raise
-`ResponseStoreUnavailable` naming the URL (never its password); as in the other Redis stores, after
-a timeout commands fail at once for ``hung_hold_s``, then one at a time tries Redis again.
+Redis and on a Redis Cluster (``redis+cluster://`` URLs, `sigroute._redis`) alike. Tenant names
+cannot contain braces (policy names are ``[A-Za-z0-9_.-]``), so the tag is exactly the tenant.
+Redis failures raise `ResponseStoreUnavailable` naming the URL (never its password); as in the
+other Redis stores, after a timeout commands fail at once for ``hung_hold_s``, then one at a time
+tries Redis again.
 """
 
 from __future__ import annotations
@@ -35,13 +36,12 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterator, Protocol
 
-from sigroute.cache.store import HungRedis, redacted_url   # one copy of the Redis plumbing rules
+from sigroute._redis import HungRedis, is_redis_url, is_timeout, open_client, redacted_url, unavailable_errors
 
 __all__ = ["ResponseStore", "ResponseStoreUnavailable", "MemoryResponseStore", "RedisResponseStore",
            "open_response_store", "REDIS_NAMESPACE"]
 
 REDIS_NAMESPACE = "sigroute:responses:"
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class ResponseStoreUnavailable(RuntimeError):
@@ -123,10 +123,9 @@ class RedisResponseStore:
 
     def __init__(self, url: str, namespace: str = REDIS_NAMESPACE, *, socket_timeout: float = 0.5,
                  connect_timeout: float = 0.5, retries: int = 1, hung_hold_s: float = 1.0) -> None:
-        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-        if scheme not in _REDIS_SCHEMES:
+        if not is_redis_url(url):
             raise ValueError(f"not a Redis URL: {redacted_url(url)!r}; use redis://[:password@]host[:port][/db], "
-                             f"rediss://... or unix:///path/to/redis.sock")
+                             f"rediss://..., unix:///path/to/redis.sock or redis+cluster://host:port[,host:port...]")
         self.url = url
         self.namespace = namespace
         self.description = redacted_url(url)
@@ -140,28 +139,12 @@ class RedisResponseStore:
     @property
     def _redis(self):
         if self._client is None:  # created lazily: binds to the event loop that first uses it
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import ExponentialBackoff
-            from redis.exceptions import ConnectionError as RedisConnectionError
-
-            o = self._options
-            try:
-                # retry only connection errors (a stale pooled connection after a restart), never timeouts
-                self._client = aioredis.from_url(
-                    self.url, decode_responses=False, socket_timeout=o["socket_timeout"],
-                    socket_connect_timeout=o["connect_timeout"],
-                    retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), o["retries"],
-                                supported_errors=(RedisConnectionError,)))
-            except ValueError as exc:
-                raise ValueError(f"invalid Redis URL {self.description!r}: {exc}") from None
+            # (retries connection errors only, never timeouts; one Redis or a cluster, by the URL)
+            self._client = open_client(self.url, decode_responses=False, **self._options)
         return self._client
 
     @contextlib.contextmanager
     def _guard(self, operation: str) -> Iterator[None]:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
         probe = self._hung.admit()
         if probe is None:
             ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
@@ -170,8 +153,8 @@ class RedisResponseStore:
                 f"its timeout {ago:.1f}s ago, so commands fail at once until it answers again")
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+        except unavailable_errors() as exc:
+            if is_timeout(exc):
                 self._hung.timed_out_at = time.monotonic()
             cause = str(exc) or type(exc).__name__
             raise ResponseStoreUnavailable(

@@ -23,6 +23,7 @@ from sigroute.bandits.registry import build_selector
 from sigroute.gateway.errors import InvalidRequest, NotFound
 from sigroute.gateway.journey import DIRECT, Route
 from sigroute.gateway.metrics import Metrics
+from sigroute.gateway.tracing import NO_TRACE
 from sigroute.gateway.upstream import Upstreams
 from sigroute.policies.rules import DecisionEngine
 from sigroute.policies.schema import Decision, Policy
@@ -55,7 +56,7 @@ class Router:
 
     # 3 + 4 ---------------------------------------------------------------------------------------
     async def decide(self, ctx: RequestContext, *, every_signal: bool = False,
-                     timings: dict[str, float] | None = None) -> Route:
+                     timings: dict[str, float] | None = None, trace=NO_TRACE) -> Route:
         """Signals and rules: the decision (or the directly named model, already chosen).
 
         `every_signal` (explain) evaluates every declared signal, not only those the rules read,
@@ -69,16 +70,18 @@ class Router:
             offered = list(self.engines) + (list(self.policy.models) if self.policy.routing.allow_direct_models else [])
             raise NotFound(f"model '{model}' is not offered here; use one of: {', '.join(offered)}",
                            param="model", code="model_not_found")
-        if every_signal:
-            results, took = await self.signals.evaluate_all(ctx)
-            if timings is not None:
-                timings.update(took)
-        else:
-            results = await self.signals.evaluate(ctx)
-            for key, result in results.items():
-                if result.value.__class__ is dict and "error" in result.value:  # failed: counted as unmatched
-                    self.metrics.signal_errors.labels(key).inc()
-        outcome = engine.choose(results)
+        with trace.step("signals"):
+            if every_signal:
+                results, took = await self.signals.evaluate_all(ctx)
+                if timings is not None:
+                    timings.update(took)
+            else:
+                results = await self.signals.evaluate(ctx)
+                for key, result in results.items():
+                    if result.value.__class__ is dict and "error" in result.value:  # failed: counted as unmatched
+                        self.metrics.signal_errors.labels(key).inc()
+        with trace.step("decide"):
+            outcome = engine.choose(results)
         decision = outcome.winner
         return Route(model, decision, decision.name, outcome.confidence, outcome, results, request_id=ctx.request_id)
 

@@ -31,26 +31,33 @@ from sigroute.bandits.store import (
     open_state_store,
 )
 from tests.conftest import free_port
+from tests.redis_cluster import (clean_cluster_url, clean_valkey_cluster_url, clean_valkey_url,  # noqa: F401
+                                 cluster, valkey_cluster, valkey_url)                            # (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=["memory", "redis"])
+# The Redis-backed stores run against one redis-server, one valkey-server, and a 3+3 cluster of each.
+SERVER_URLS = {"redis": "clean_redis_url", "valkey": "clean_valkey_url", "cluster": "clean_cluster_url",
+               "valkey-cluster": "clean_valkey_cluster_url"}
+
+
+@pytest.fixture(params=["memory", "redis", "valkey", "cluster", "valkey-cluster"])
 async def state_store(request):
     if request.param == "memory":
         store: StateStore = MemoryStateStore()
     else:
-        store = RedisStateStore(request.getfixturevalue("clean_redis_url"))
+        store = RedisStateStore(request.getfixturevalue(SERVER_URLS[request.param]))
     yield store
     await store.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "valkey", "cluster", "valkey-cluster"])
 async def pending_store(request):
     if request.param == "memory":
         store: PendingStore = MemoryPendingStore()
     else:
-        store = RedisPendingStore(request.getfixturevalue("clean_redis_url"))
+        store = RedisPendingStore(request.getfixturevalue(SERVER_URLS[request.param]))
     yield store
     await store.aclose()
 
@@ -385,7 +392,8 @@ async def test_a_reseed_lands_on_top_of_what_was_added_since_the_loss_and_keeps_
 async def test_concurrent_recoveries_of_one_loss_reseed_exactly_once(state_store, request):
     n = 8
     if isinstance(state_store, RedisStateStore):  # one client (and connection) per replica
-        stores = [RedisStateStore(request.getfixturevalue("clean_redis_url")) for _ in range(n)]
+        url = request.getfixturevalue(SERVER_URLS[request.node.callspec.params["state_store"]])
+        stores = [RedisStateStore(url) for _ in range(n)]
     else:
         stores = [state_store] * n
     content = {"a": np.arange(300, dtype=float), "b": v(1, 2)}
@@ -435,12 +443,12 @@ async def test_operator_resets_and_imports_are_never_restored(state_store):
     assert_state(await state_store.load("k"), {"a": v(7)})
 
 
-@pytest.mark.parametrize("kind", ["memory", "redis"])
+@pytest.mark.parametrize("kind", ["memory", "redis", "cluster"])
 async def test_deleted_keys_markers_expire(kind, request):
     if kind == "memory":
         store = MemoryStateStore(tombstone_ttl_s=0.1)
     else:
-        store = RedisStateStore(request.getfixturevalue("clean_redis_url"), tombstone_ttl_s=0.1)
+        store = RedisStateStore(request.getfixturevalue(SERVER_URLS[kind]), tombstone_ttl_s=0.1)
     try:
         await store.add("k", {"a": v(1)})
         await store.add("j", {"a": v(1)})

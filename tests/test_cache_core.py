@@ -18,6 +18,8 @@ from sigroute.cache.keys import exact_key, partition_key
 from sigroute.cache.semantic import SemanticCache, SingleFlight
 from sigroute.cache.store import DocumentStore, MemoryDocumentStore, RedisDocumentStore
 from tests.conftest import free_port
+from tests.redis_cluster import (clean_cluster_url, clean_valkey_cluster_url, clean_valkey_url,  # noqa: F401
+                                 cluster, valkey_cluster, valkey_url)                            # (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 32
@@ -47,12 +49,17 @@ def msgs(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-@pytest.fixture(params=["memory", "redis"])
+# The Redis-backed stores run against one redis-server, one valkey-server, and a 3+3 cluster of each.
+SERVER_URLS = {"redis": "clean_redis_url", "valkey": "clean_valkey_url", "cluster": "clean_cluster_url",
+               "valkey-cluster": "clean_valkey_cluster_url"}
+
+
+@pytest.fixture(params=["memory", "redis", "valkey", "cluster", "valkey-cluster"])
 async def store(request):
     if request.param == "memory":
         s: DocumentStore = MemoryDocumentStore()
     else:
-        s = RedisDocumentStore(request.getfixturevalue("clean_redis_url"))
+        s = RedisDocumentStore(request.getfixturevalue(SERVER_URLS[request.param]))
     yield s
     await s.aclose()
 

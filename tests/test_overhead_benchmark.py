@@ -19,7 +19,7 @@ def _records(totals: dict[str, float], rounds: int = 3, scenario: str = "c1") ->
             rec = {"round": r, "scenario": scenario, "target": target, "total_ms": [ms + r] * 5,
                    "ttfb_ms": [ms + r] * 5, "throughput_rps": 100.0, "sent": 5,
                    "cpu_ms_per_request": {"sim": 0.5, **({} if target == "direct" else {target: ms / 10})}}
-            if target in overhead.GATEWAYS:
+            if target in overhead.GATEWAYS or target in overhead.API_TARGETS:
                 rec["self_ms"] = [0.4 if target == "sigroute" else 0.5] * 5
             out.append(rec)
     return out
@@ -47,6 +47,37 @@ def test_a_compare_build_is_reported_beside_sigroute_from_the_same_rounds():
     assert entry["sigroute_vs_compare"]["ratio_p50"] == pytest.approx(0.5 / 0.75, abs=1e-3)
     assert entry["sigroute_vs_compare"]["self_ms_p50"] == pytest.approx(0.8)
     assert details["c1"]["rounds"][0]["compare_added_ms_p50"] == pytest.approx(1.5)
+
+
+def test_the_other_api_surfaces_are_compared_with_the_chat_path_of_the_same_rounds():
+    records = _records({"direct": 10.0, "passthrough": 12.0, "sigroute": 11.0, "messages": 11.1,
+                        "responses": 11.5}, scenario="c1_stream")
+    summary, details = overhead.analyse(records, ["c1_stream"])
+    apis = summary["c1_stream"]["apis"]
+    assert apis["messages"]["added_ms_p50"] == pytest.approx(1.1)
+    assert apis["messages"]["vs_chat"] == pytest.approx(1.1) and apis["messages"]["within_target"]
+    assert apis["responses"]["vs_chat"] == pytest.approx(1.5) and not apis["responses"]["within_target"]
+    assert apis["responses"]["ttft_vs_chat"] == pytest.approx(1.5)
+    assert apis["responses"]["self_ms_p50_vs_chat"] == pytest.approx(0.5 / 0.4)
+    assert summary["c1_stream"]["sigroute_added_ms_p50"] == pytest.approx(1.0)   # the chat path is unchanged
+
+
+def test_a_quick_real_run_measures_every_surface(tmp_path):
+    """The simulated upstream, the pass-through and one sigroute process answering chat completions,
+    Messages and Responses requests in the same rounds."""
+    out = tmp_path / "overhead.json"
+    assert overhead.main(["--rounds", "1", "--requests", "5", "--requests-c16", "16", "--warmup", "1",
+                          "--scenarios", "c1,c1_stream", "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    for scenario in ("c1", "c1_stream"):
+        apis = result["summary"][scenario]["apis"]
+        assert set(apis) == {"messages", "responses"}
+        for api in apis.values():
+            assert api["self_ms_p50"] > 0 and isinstance(api["vs_chat"], float)
+        rounds = result["details"][scenario]["rounds"]
+        assert rounds[0]["messages"]["total_ms"]["n"] == 5 and rounds[0]["responses"]["total_ms"]["n"] == 5
+    assert '"system"' in result["config"]["request_bodies"]["messages"]
+    assert '"instructions"' in result["config"]["request_bodies"]["responses"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,17 +145,3 @@ def test_compare_clients_measures_both_gateways_in_the_same_rounds(tmp_path):
     decision = comparison["decision"]
     worst = decision["worst"]["aiohttp_vs_http1"]
     assert decision["decision"] == ("replace" if worst is not None and worst <= 1.2 else "keep")
-
-
-def test_a_surface_is_reported_against_the_chat_path_of_the_same_gateway():
-    """issue 16: the Responses surface's added latency within 1.2x of the chat-completions path's."""
-    records = _records({"direct": 10.0, "passthrough": 12.0, "sigroute": 11.0, "responses": 11.1})
-    entry = overhead.analyse(records, ["c1"])[0]["c1"]
-    assert entry["responses"]["added_ms_p50"] == pytest.approx(1.1)
-    assert entry["responses"]["vs_chat_p50"] == pytest.approx(1.1)
-    assert entry["responses"]["vs_chat_p50_rounds_median"] == pytest.approx(1.1)
-    assert entry["responses"]["self_vs_chat_p50"] == pytest.approx(0.5 / 0.4, abs=1e-3)
-    assert entry["meets_targets"]["responses_vs_chat_p50"] is True
-    slow = overhead.analyse(_records({"direct": 10.0, "passthrough": 12.0, "sigroute": 11.0, "responses": 11.3}),
-                            ["c1"])[0]["c1"]
-    assert slow["responses"]["vs_chat_p50"] == pytest.approx(1.3) and not slow["meets_targets"]["responses_vs_chat_p50"]

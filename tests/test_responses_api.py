@@ -17,6 +17,7 @@ import redis
 
 from sigroute.gateway.response_store import MemoryResponseStore, RedisResponseStore, ResponseStoreUnavailable
 from tests.conftest import ManualClock, base_policy
+from tests.redis_cluster import clean_cluster_url, cluster  # noqa: F401 (fixtures)
 
 TOOLS = [{"type": "function", "name": "lookup", "description": "look something up",
           "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}]
@@ -27,6 +28,19 @@ def keyed(sim, **overrides):
     keys = [{"key_sha256": hashlib.sha256(k.encode()).hexdigest(), "tenant": t} for k, t in ((KEY_A, "acme"),
                                                                                            (KEY_B, "globex"))]
     return base_policy(sim, auth={"keys": keys}, **overrides)
+
+
+def sync_client(url: str):
+    """A plain redis-py client for checking keys: one Redis, or a cluster (redis+cluster://host:port,...)."""
+    if url.startswith("redis+cluster://"):
+        rest = url.removeprefix("redis+cluster://")
+        password = None
+        if "@" in rest:
+            secret, rest = rest.rsplit("@", 1)
+            password = secret.split(":", 1)[-1] or None
+        host, port = rest.split(",")[0].rsplit(":", 1)
+        return redis.RedisCluster(host=host, port=int(port), password=password)
+    return redis.Redis.from_url(url)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -337,12 +351,14 @@ def test_non_json_and_too_many_items_are_refused(sim, gateway_factory):
 # --------------------------------------------------------------------------------------------
 # the store itself, the same tests on memory and Redis
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request):
+    """The store tests run on memory, one redis-server and a 3+3 Redis Cluster (tests/redis_cluster.py)."""
     if request.param == "memory":
         store = MemoryResponseStore(clock=ManualClock())
     else:
-        store = RedisResponseStore(request.getfixturevalue("clean_redis_url"))
+        store = RedisResponseStore(request.getfixturevalue(
+            "clean_redis_url" if request.param == "redis" else "clean_cluster_url"))
     yield store
     asyncio.run(store.aclose())
 
@@ -374,7 +390,7 @@ def test_store_records_expire(store):
         store.clock.advance(0.5)
     else:   # Redis expires it natively: poll (a generous bound, not a timing assertion)
         deadline = time.monotonic() + 10
-        client = redis.Redis.from_url(store.url)
+        client = sync_client(store.url)
         while client.exists(store.key("acme", "resp_short")) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert 0 < client.pttl(store.key("acme", "resp_long")) <= 3600 * 1000

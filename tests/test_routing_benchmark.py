@@ -336,3 +336,83 @@ def test_cross_fit_cache_serves_every_pool_of_the_same_data(tmp_path, monkeypatc
     for name in ("domain", "difficulty"):
         assert np.allclose(again[name], reference[name][pick])
         assert np.allclose(again[name], first[name])
+
+
+# --------------------------------------------------------------------------------------------
+# learning from other feedback than the recorded correctness (--feedback)
+
+def test_feedback_model_draws_the_simulated_user_and_judge():
+    from sigroute.bandits.feedback import FeedbackWeights
+
+    params = rb.FeedbackParams(p_wrong=0.6, p_right=0.05, q=0.3, judge_agree=0.8, judge_share=0.1)
+    weights = FeedbackWeights()
+    implicit = rb.FeedbackModel("implicit", params, seed=3)
+    wrong = np.array([implicit.quality(0.0) for _ in range(20000)])
+    right = np.array([implicit.quality(1.0) for _ in range(20000)])
+    moved_on = 0.5 + weights.moved_on * 0.5
+    reask = 0.5 - weights.reask * 0.5
+    dissatisfied = 0.5 - weights.dissatisfied * 0.5
+    assert set(np.round(np.unique(wrong), 6)) == {round(v, 6) for v in (moved_on, reask, dissatisfied)}
+    # P(re-ask | wrong) = 0.6, of which 30 % cued; P(re-ask | right) = 0.05
+    assert np.mean(wrong == moved_on) == pytest.approx(0.4, abs=0.015)
+    assert np.mean(wrong == dissatisfied) == pytest.approx(0.6 * 0.3, abs=0.015)
+    assert np.mean(right == moved_on) == pytest.approx(0.95, abs=0.01)
+    # what an implicit learner sees is informative: higher for right answers on average
+    assert right.mean() - wrong.mean() > 0.25
+    explicit = rb.FeedbackModel("explicit", params, seed=3)
+    assert [explicit.quality(c) for c in (0.0, 1.0)] == [0.0, 1.0]   # exactly the recorded correctness
+    judge = rb.FeedbackModel("judge", params, seed=4)
+    judged = np.array([judge.quality(1.0) for _ in range(20000)])
+    assert np.mean(judged == 0.5) == pytest.approx(0.9, abs=0.01)    # 90 % not judged: the default stays
+    verdicts = judged[judged != 0.5]
+    assert np.mean(verdicts > 0.5) == pytest.approx(0.8, abs=0.03)   # the judge agrees 80 % of the time
+    both = rb.FeedbackModel("implicit+judge", params, seed=5)
+    assert len({round(both.quality(1.0), 6) for _ in range(2000)}) >= 3
+    with pytest.raises(ValueError):
+        rb.FeedbackModel("telepathy", params, seed=0)
+
+
+def test_shadow_copies_teach_an_arm_the_router_did_not_choose(tables):
+    """With shadow traffic, a learner that only ever picks one model still learns the others."""
+    train, data = tables
+    split = rb.make_split(data, train)
+    X = topic_features(split.stream)
+    rm = rb.RewardModel(split.stream.models, split.stream.prices, 0.1)
+    params = rb.FeedbackParams(shadow_share=0.5, judge_agree=1.0)
+
+    def counts(mode):
+        learner = rb.Learner(rb.PolicySpec("linucb", "linucb", {"alpha": 0.0}), X.shape[1], split.stream.models,
+                             split.stream.prices, seed=0, reward=rm)
+        order = np.arange(split.stream.n)
+        run = rb.run_policy(learner, X, order, rb.TableStep(split.stream), rm, split.stream.prompt_tokens,
+                            rb.FeedbackModel(mode, params, seed=0))
+        return {m: learner.estimator.count(m) for m in split.stream.models}, run
+
+    plain, plain_run = counts("explicit")
+    shadowed, shadow_run = counts("shadow")
+    assert plain_run.shadow_cost == 0 and shadow_run.shadow_cost > 0
+    assert sum(shadowed.values()) == pytest.approx(split.stream.n * 1.5, rel=0.15)   # half the requests copied
+    assert sum(shadowed.values()) > sum(plain.values())
+    rows = np.arange(split.stream.n)   # the caller pays its own answers only; the copies are counted apart
+    assert shadow_run.cost.tolist() == split.stream.cost[rows, shadow_run.chosen].tolist()
+
+
+def test_run_benchmark_reports_each_feedback_mode(tables):
+    train, data = tables
+    split = rb.make_split(data, train)
+    X_tr, X_st = topic_features(split.train), topic_features(split.stream)
+    out = rb.run_benchmark(split, X_tr, X_st, None, None, seeds=2, warm=True, alpha=0.1, ridge=1.0, regret_w=0.1,
+                           w_grid=(0.0, 0.05, 0.2, 1.0, 10.0), policies="random",
+                           feedback_modes=["explicit", "implicit", "implicit+judge", "shadow"])
+    fb = out["summary"]["feedback"]
+    assert set(fb) == {"explicit", "implicit", "implicit+judge", "shadow"}
+    assert fb["explicit"]["aiq_ratio_vs_explicit"] == 1.0 and fb["explicit"]["aiq"] == out["summary"]["aiq_router"]
+    for mode in ("implicit", "implicit+judge", "shadow"):
+        assert fb[mode]["aiq"] == pytest.approx(fb[mode]["aiq_ratio_vs_explicit"] * out["aiq"]["router"]["mean"],
+                                                abs=1e-3)
+        assert fb[mode]["regret_at_1000"] >= 0
+    # warm-started on the topics, every feedback source keeps the router far above random
+    assert min(v["aiq"] for v in fb.values()) > out["aiq"]["single_models"] - 0.05
+    assert out["feedback"]["shadow"]["shadow_cost_usd"] > 0 and out["feedback"]["implicit"]["shadow_cost_usd"] == 0
+    assert out["config"]["feedback"]["p_wrong"] == 0.6
+    json.dumps(rb._jsonable(out))

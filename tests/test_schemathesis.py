@@ -10,7 +10,9 @@ Every answer must
 - not be a 5xx: with a healthy upstream, a 5xx is sigroute's own failure;
 - conform to the description: a documented status code, content type and headers, a body that
   matches the documented schema; every error is OpenAI-shaped, `{"error": {"message", "type",
-  "param", "code"}}`, with a non-empty message, type and code;
+  "param", "code"}}`, with a non-empty message, type and code — except on the Anthropic Messages
+  routes (/v1/messages…), whose errors are Anthropic-shaped, `{"type": "error", "error": {"type",
+  "message"}}`;
 - come back within REQUEST_TIMEOUT_S (no hang).
 
 The number of examples per operation is bounded (SIGROUTE_FUZZ_EXAMPLES, default 20 per mode, twice
@@ -54,7 +56,8 @@ def fuzz(gateway, headers: dict[str, str], checks: list) -> dict[str, int]:
     schema = schemathesis.openapi.from_url(gateway.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.label for op in operations} >= {"POST /v1/chat/completions", "POST /v1/feedback",
-                                               "POST /v1/route/explain", "GET /v1/models"}
+                                               "POST /v1/route/explain", "GET /v1/models", "POST /v1/messages",
+                                               "POST /v1/messages/count_tokens"}
     session = requests.Session()
     sent: dict[str, int] = {}
     modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
@@ -66,7 +69,10 @@ def fuzz(gateway, headers: dict[str, str], checks: list) -> dict[str, int]:
             pytest.fail(f"{operation.label} did not answer within {REQUEST_TIMEOUT_S:g}s: {case.as_curl_command()}")
         sent[operation.label] = sent.get(operation.label, 0) + 1
         case.validate_response(response, checks=checks, headers=headers, transport_kwargs={"timeout": REQUEST_TIMEOUT_S})
-        assert_openai_shaped_if_error(response, case)
+        if operation.path.startswith("/v1/messages"):
+            assert_anthropic_shaped_if_error(response, case)
+        else:
+            assert_openai_shaped_if_error(response, case)
 
     for operation in operations:
         generation = schema.config.generation_for(operation=operation)
@@ -100,10 +106,21 @@ def assert_openai_shaped_if_error(response: requests.Response, case) -> None:
     assert error["param"] is None or isinstance(error["param"], str), body
 
 
+def assert_anthropic_shaped_if_error(response: requests.Response, case) -> None:
+    assert response.status_code < 500, f"{response.status_code} from {case.as_curl_command()}: {response.text[:500]}"
+    if response.status_code < 400:
+        return
+    body: Any = response.json()
+    assert set(body) == {"type", "error"} and body["type"] == "error", body
+    assert set(body["error"]) == {"type", "message"}, body
+    assert all(isinstance(body["error"][k], str) and body["error"][k] for k in ("type", "message")), body
+
+
 def test_fuzzing_the_open_gateway_finds_no_server_error_nonconformance_or_hang(sim, gateway_factory):
     gateway = gateway_factory(base_policy(sim))
     sent = fuzz(gateway, headers={}, checks=CHECKS)
     assert sent["POST /v1/chat/completions"] >= 2 * EXAMPLES_PER_MODE, sent   # the bodies really were fuzzed
+    assert sent["POST /v1/messages"] >= 2 * EXAMPLES_PER_MODE, sent
     assert gateway.chat("still serving").status_code == 200
 
 
@@ -134,9 +151,15 @@ def test_the_description_names_the_bodies_and_the_error_shape(sim, gateway_facto
         for method, operation in operations.items():
             for status, answer in operation["responses"].items():
                 if int(status) >= 400:
-                    assert answer["content"]["application/json"]["schema"]["$ref"].endswith("/Error"), \
+                    shape = "/AnthropicError" if path.startswith("/v1/messages") else "/Error"
+                    assert answer["content"]["application/json"]["schema"]["$ref"].endswith(shape), \
                         (method, path, status)
     assert schemas["Error"]["properties"]["error"]["required"] == ["message", "type", "param", "code"]
+    messages = paths["/v1/messages"]["post"]
+    assert messages["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/MessagesRequest")
+    assert set(messages["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert schemas["MessagesRequest"]["required"] == ["model", "max_tokens", "messages"]
+    assert schemas["AnthropicError"]["properties"]["error"]["required"] == ["type", "message"]
 
 
 def test_a_wrong_method_gets_405_with_allow_and_a_code(sim, gateway_factory):

@@ -35,6 +35,8 @@ Endpoints:
     streamed ones send the first content chunk at ttft, then a few tokens per chunk at decode
     speed. `usage.prompt_tokens` is about a quarter of the characters of all message text;
     completion tokens are whitespace-separated words. Every response carries `x-sim-model`.
+    `stop` (a string or a list) ends an answer before the first stop string in it, and the choice
+    then names that string in `stop_reason` (as vLLM does).
     Content: a demo-bank question found in the last user message (see `format_question`) is
     answered ``The answer is (X).``, correct with probability accuracy[category]; a last user
     message containing ``[[sim:echo]]`` is echoed back verbatim; anything else gets
@@ -43,6 +45,13 @@ Endpoints:
     ``[[sim:tool]]``, the answer calls the first tool (finish_reason "tool_calls") with the
     arguments ``{"text": <the user text without the marker>}``; streamed, the arguments arrive in
     two deltas. When the last message is a `tool` result, the answer is ``Tool said: <its text>``.
+``POST /v1/messages``
+    Anthropic Messages (its own small implementation), plain and streamed with Anthropic's event
+    sequence; `max_tokens` is required; answers like chat completions (echo, filler, the demo
+    bank, ``[[sim:tool]]`` → a `tool_use` of the first tool, a last `tool_result` → ``Tool said:
+    <its text>``), truncating at `max_tokens` (stop_reason "max_tokens"). Errors are Anthropic-shaped;
+    faults: `rate_limit_rate` → 429, `error_rate` → 500, `timeout_rate` → 529 (overloaded) at once.
+    The body is recorded for ``/sim/last/{model}`` like a chat request's.
 ``GET /v1/models``, ``GET /v1/models/{name}``
     The configured models, OpenAI-shaped.
 ``GET /health``
@@ -54,6 +63,8 @@ Endpoints:
     as both `timeouts` and `cancelled`).
 ``GET /sim/last/{model}``
     The last request body that model received, as parsed JSON (404 if none yet).
+``GET /sim/last_headers/{model}``
+    The headers of that last request, names lower-cased (404 if none yet).
 ``POST /sim/reset``
     Zero the stats, forget the last bodies and re-seed the RNG. With ``?config=true`` also
     restore every model's settings (timings, accuracy, faults) to the loaded configuration.
@@ -524,6 +535,7 @@ class SimState:
         self.replay_stats: dict[str, ReplayStats] = {}
         self.stats: dict[str, ModelStats] = {name: ModelStats() for name in self.models}
         self.last_body: dict[str, Any] = {}
+        self.last_headers: dict[str, dict[str, str]] = {}
         self.rng = random.Random(config.seed)
         self.questions = _QuestionIndex(_question_bank())
         self._ids = itertools.count(1)
@@ -533,6 +545,7 @@ class SimState:
         self.stats = {name: ModelStats() for name in self.models}
         self.replay_stats = {}
         self.last_body.clear()
+        self.last_headers.clear()
         self.rng.seed(self.config.seed)
         if restore_config:
             self.models = dict(self.config.models)
@@ -711,6 +724,7 @@ async def chat_completions(request: Request) -> Response:
     if parsed.stream:
         stats.streamed += 1
     state.last_body[name] = parsed.body  # never mutated: the sim only reads requests
+    state.last_headers[name] = dict(request.headers)
 
     fault = state.draw_fault(spec.faults)
     if fault == "rate_limit":
@@ -743,11 +757,17 @@ async def chat_completions(request: Request) -> Response:
     replay = state.replay.respond(name, user_text) if state.replay is not None else None
     answers: list[list[str] | tuple[str, ...]] = []
     finish: list[str] = []
+    stops = parsed.body.get("stop")
+    stops = [stops] if isinstance(stops, str) else [x for x in stops if isinstance(x, str) and x] \
+        if isinstance(stops, list) else []
+    matched: list[str | None] = []   # per answer: the stop string it ended at (vLLM's `stop_reason`)
     for _ in range(parsed.n):
         if tool_answer is not None:
             tokens = tool_answer
         else:
             tokens = split_tokens(replay.text) if replay is not None else state.answer_tokens(spec, user_text)
+        tokens, stopped_at = _cut_at_stop(tokens, stops)
+        matched.append(stopped_at)
         if parsed.max_tokens is not None and len(tokens) > parsed.max_tokens:
             answers.append(tokens[: parsed.max_tokens])
             finish.append("length")
@@ -765,7 +785,7 @@ async def chat_completions(request: Request) -> Response:
     if parsed.stream:
         breaks = bool(spec.faults.break_stream_rate) and state.rng.random() < spec.faults.break_stream_rate
         return _StreamedCompletion(stats, spec, name, completion_id, created, start, answers,
-                                   finish, usage if parsed.include_usage else None, breaks, headers)
+                                   finish, usage if parsed.include_usage else None, breaks, headers, matched)
 
     delay = start + spec.latency_s(max(map(len, answers))) - loop.time()
     if delay > 0 and await _sleep_unless_disconnected(request.receive, delay):
@@ -780,8 +800,8 @@ async def chat_completions(request: Request) -> Response:
         "system_fingerprint": "sigroute-sim",
         "choices": [
             {"index": i, "message": {"role": "assistant", "content": "".join(tokens)},
-             "logprobs": None, "finish_reason": reason}
-            for i, (tokens, reason) in enumerate(zip(answers, finish))
+             "logprobs": None, "finish_reason": reason, **({"stop_reason": stop} if stop else {})}
+            for i, (tokens, reason, stop) in enumerate(zip(answers, finish, matched))
         ],
         "usage": usage,
     }, headers=headers)
@@ -831,6 +851,149 @@ async def _tool_call(request: Request, state: SimState, stats: ModelStats, spec:
                     headers={**headers, "cache-control": "no-cache"})
 
 
+def _cut_at_stop(tokens: list[str] | tuple[str, ...], stops: list[str]) -> tuple[list[str] | tuple[str, ...], str | None]:
+    """The tokens before the first stop string in their text, and that string (None: no stop string)."""
+    text = "".join(tokens)
+    hits = [(text.find(stop), stop) for stop in stops if stop in text]
+    if not hits:
+        return tokens, None
+    at, stop = min(hits)
+    kept: list[str] = []
+    used = 0
+    for token in tokens:
+        if used + len(token) >= at:
+            if at > used:
+                kept.append(token[:at - used])
+            break
+        kept.append(token)
+        used += len(token)
+    return kept, stop
+
+
+# --------------------------------------------------------------------------------------------
+# Anthropic Messages (its own small implementation: the sim imports no gateway code)
+# --------------------------------------------------------------------------------------------
+
+
+def _anthropic_error(status: int, message: str, type_: str = "invalid_request_error",
+                     headers: Mapping[str, str] | None = None) -> Response:
+    return _json({"type": "error", "error": {"type": type_, "message": message}}, status, headers)
+
+
+def _block_text(content: Any) -> str:
+    """The text of a Messages content (a string or blocks; tool_result blocks give their content's text)."""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for block in content if isinstance(content, list) else ():
+        if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif isinstance(block, dict) and block.get("type") == "tool_result":
+            texts.append(_block_text(block.get("content")))
+    return "\n".join(texts)
+
+
+def _sse(name: str, data: dict) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def messages(request: Request) -> Response:
+    """POST /v1/messages: an Anthropic Messages answer (see the module docstring)."""
+    start = asyncio.get_running_loop().time()
+    state: SimState = request.app.state.sim
+    try:
+        req = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        return _anthropic_error(400, f"The body is not JSON ({exc}).")
+    if not isinstance(req, dict) or not isinstance(req.get("model"), str):
+        return _anthropic_error(400, "model: a string is required.")
+    messages_, max_tokens = req.get("messages"), req.get("max_tokens")
+    if not isinstance(messages_, list) or not messages_ or not all(isinstance(m, dict) for m in messages_):
+        return _anthropic_error(400, "messages: a non-empty list of message objects is required.")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        return _anthropic_error(400, "max_tokens: a positive integer is required.")
+    name = state.resolve(req["model"])
+    if name is None:
+        return _anthropic_error(404, f"model: {req['model']} (not a model of this simulator)", "not_found_error")
+    spec, stats = state.models[name], state.stats[name]
+    stats.calls += 1
+    stream = req.get("stream") is True
+    if stream:
+        stats.streamed += 1
+    state.last_body[name] = req
+    state.last_headers[name] = dict(request.headers)
+    headers = {"x-sim-model": name}
+    fault = state.draw_fault(spec.faults)
+    if fault == "rate_limit":
+        stats.rate_limited += 1
+        return _anthropic_error(429, f"Rate limit reached for {name} (simulated).", "rate_limit_error",
+                                {**headers, "retry-after": "1"})
+    if fault in ("error", "timeout"):
+        stats.errors += 1
+        return _anthropic_error(529 if fault == "timeout" else 500, f"Simulated fault of {name}.",
+                                "overloaded_error" if fault == "timeout" else "api_error", headers)
+
+    last = messages_[-1]
+    last_content = last.get("content")
+    results = [b for b in last_content if isinstance(b, dict) and b.get("type") == "tool_result"] \
+        if isinstance(last_content, list) else []
+    user_text = _block_text(last_content) if last.get("role") == "user" else ""
+    tools = req.get("tools")
+    blocks: list[dict] = []
+    stop_reason = "end_turn"
+    if tools and isinstance(tools, list) and isinstance(tools[0], dict) and TOOL_MARKER in user_text and not results:
+        call = {"type": "tool_use", "id": "toolu_" + state.next_id().rsplit("-", 1)[-1], "name": tools[0].get("name"),
+                "input": {"text": user_text.replace(TOOL_MARKER, "").strip()}}
+        blocks.append(call)
+        tokens: list[str] | tuple[str, ...] = []
+        stop_reason = "tool_use"
+    else:
+        if results:
+            tokens = _tokens("Tool said: " + _block_text(results[-1].get("content")))
+        else:
+            tokens = state.answer_tokens(spec, user_text)
+        if len(tokens) > max_tokens:
+            tokens, stop_reason = tokens[:max_tokens], "max_tokens"
+        blocks.append({"type": "text", "text": "".join(tokens)})
+    input_tokens = max(1, (len(_block_text(req.get("system") or "")) +
+                           sum(len(_block_text(m.get("content"))) for m in messages_) + 3) // 4)
+    usage = {"input_tokens": input_tokens, "output_tokens": len(tokens) or 8}
+    message_id = "msg_sim" + state.next_id().rsplit("-", 1)[-1]
+    delay = start + spec.latency_s(len(tokens)) - asyncio.get_running_loop().time()
+    if delay > 0 and await _sleep_unless_disconnected(request.receive, delay):
+        stats.cancelled += 1
+        return Response(status_code=499)
+    stats.completed += 1
+    message = {"id": message_id, "type": "message", "role": "assistant", "model": name, "content": blocks,
+               "stop_reason": stop_reason, "stop_sequence": None, "usage": usage}
+    if not stream:
+        return _json(message, headers=headers)
+    body = _sse("message_start", {"type": "message_start", "message": {
+        **message, "content": [], "stop_reason": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}})
+    body += _sse("ping", {"type": "ping"})
+    for index, block in enumerate(blocks):
+        if block["type"] == "text":
+            body += _sse("content_block_start", {"type": "content_block_start", "index": index,
+                                                 "content_block": {"type": "text", "text": ""}})
+            for first in range(0, len(tokens), CHUNK_TOKENS):
+                body += _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {
+                    "type": "text_delta", "text": "".join(tokens[first:first + CHUNK_TOKENS])}})
+        else:   # a tool call: its input in two pieces
+            arguments = orjson.dumps(block["input"]).decode()
+            half = len(arguments) // 2
+            body += _sse("content_block_start", {"type": "content_block_start", "index": index,
+                                                 "content_block": {**block, "input": {}}})
+            for piece in (arguments[:half], arguments[half:]):
+                body += _sse("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                     "delta": {"type": "input_json_delta", "partial_json": piece}})
+        body += _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+    body += _sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason,
+                                                                      "stop_sequence": None},
+                                   "usage": {"output_tokens": usage["output_tokens"]}})
+    body += _sse("message_stop", {"type": "message_stop"})
+    return Response(body, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+
+
 def _replay_headers(state: SimState, name: str, spec: SimModel, replay: ReplayAnswer,
                     usage: dict[str, int], truncated: bool) -> dict[str, str]:
     """The x-sim-* headers of a replayed answer; also counts it in `state.replay_stats`."""
@@ -876,13 +1039,15 @@ class _StreamedCompletion(Response):
 
     def __init__(self, stats: ModelStats, spec: SimModel, name: str, completion_id: str,
                  created: int, start: float, answers: list, finish: list[str],
-                 usage: dict | None, breaks: bool, headers: dict[str, str]):
+                 usage: dict | None, breaks: bool, headers: dict[str, str],
+                 stop_reasons: list[str | None] | None = None):
         self.status_code = 200
         self.background = None
         self.init_headers({**headers, "cache-control": "no-cache",
                            "content-type": "text/event-stream; charset=utf-8"})
         self.stats, self.spec, self.start = stats, spec, start
         self.answers, self.finish, self.usage, self.breaks = answers, finish, usage, breaks
+        self.stop_reasons = stop_reasons or [None] * len(answers)
         self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
                      "model": name, "system_fingerprint": "sigroute-sim"}
 
@@ -931,8 +1096,9 @@ class _StreamedCompletion(Response):
                 # uvicorn answers an exception after the response started by closing the
                 # connection: the client sees a chunked body that never ends properly.
                 raise SimulatedStreamBreak("simulated broken stream")
-            tail = self._event([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}
-                                for i, reason in enumerate(self.finish)])
+            tail = self._event([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason,
+                                 **({"stop_reason": stop} if stop else {})}
+                                for i, (reason, stop) in enumerate(zip(self.finish, self.stop_reasons))])
             if self.usage is not None:
                 tail += self._event([], usage=self.usage)
             tail += b"data: [DONE]\n\n"
@@ -993,6 +1159,17 @@ async def last_body(request: Request) -> Response:
         return _error(404, f"Model '{name}' has not received a request since the last reset.",
                       code="no_request")
     return _json(state.last_body[name])
+
+
+async def last_headers(request: Request) -> Response:
+    state: SimState = request.app.state.sim
+    name = state.resolve(request.path_params["name"])
+    if name is None:
+        return _unknown_model(state, request.path_params["name"])
+    if name not in state.last_headers:
+        return _error(404, f"Model '{name}' has not received a request since the last reset.",
+                      code="no_request")
+    return _json(state.last_headers[name])
 
 
 def _unknown_model(state: SimState, name: str) -> Response:
@@ -1088,12 +1265,14 @@ def create_sim_app(config: "SimConfig | Mapping[str, Any] | str | os.PathLike[st
     _install_log_filter()
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{name:path}", get_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/sim/stats", stats, methods=["GET"]),
         Route("/sim/reset", reset, methods=["POST"]),
         Route("/sim/last/{name:path}", last_body, methods=["GET"]),
+        Route("/sim/last_headers/{name:path}", last_headers, methods=["GET"]),
         Route("/sim/models/{name:path}/faults", put_faults, methods=["PUT"]),
         Route("/sim/models/{name:path}", get_model_settings, methods=["GET"]),
         Route("/sim/models/{name:path}", put_model_settings, methods=["PUT"]),

@@ -8,6 +8,8 @@ One concept per module:
                        when the server may have processed it; egress proxies; bounded answers
 - `openai_compatible`  `OpenAICompatibleTransport`: direct HTTP to OpenAI-compatible servers, streams read
                        with `sigroute.gateway.sse`
+- `anthropic_messages` `AnthropicMessagesTransport`: direct HTTP to Anthropic Messages APIs (`anthropic/…` models),
+                       translating chat ↔ Messages without losing what a Messages request carried
 - `litellm_transport`  `LiteLLMTransport`: every other provider, through litellm (imported on first use)
 - `breaker`            `CircuitBreaker` and the `Permit` a call holds (a half-open trial is always given back);
                        one opening per episode; a 429 holds the model back for its Retry-After
@@ -15,11 +17,12 @@ One concept per module:
 - `stream`             `UpstreamStream`: a committed stream that owns its response, permit and in-flight count
 - `resilience`         `Upstreams`: the retries/fallback loop; `CallResult`, `Attempt`
 
-Both transports behave identically (same errors, same retry and streaming semantics), so
+The transports behave identically (same errors, same retry and streaming semantics), so
 `Upstreams` never asks which one it holds; tests inject their own through
 ``Upstreams(transports={"openai": …})``.
 """
 
+from sigroute.gateway.upstream.anthropic_messages import AnthropicMessagesTransport
 from sigroute.gateway.upstream.breaker import CircuitBreaker, Permit
 from sigroute.gateway.upstream.errors import UpstreamError, classify_status, error_message, parse_retry_after
 from sigroute.gateway.upstream.litellm_transport import LiteLLMTransport
@@ -33,6 +36,6 @@ __all__ = [
     "Upstreams", "CallResult", "Attempt", "Observer", "UpstreamStream",
     "UpstreamError", "classify_status", "error_message", "parse_retry_after",
     "ModelTarget", "HeaderChanges", "Transport",
-    "OpenAICompatibleTransport", "LiteLLMTransport",
+    "OpenAICompatibleTransport", "AnthropicMessagesTransport", "LiteLLMTransport",
     "CircuitBreaker", "Permit", "ModelLoad", "CountedCall",
 ]

@@ -54,7 +54,7 @@ from sigroute.gateway.sse import EventTooLarge, SSEDecoder
 from sigroute.gateway.upstream import http1
 from sigroute.gateway.upstream.errors import UpstreamError, classify_status, error_message, retry_after, unsendable_body
 from sigroute.gateway.upstream.openai_compatible import MAX_STREAM_EVENT_BYTES
-from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, merged_headers
+from sigroute.gateway.upstream.targets import CALL_HEADERS, HeaderChanges, ModelTarget, merged_headers
 
 __all__ = ["AiohttpTransport"]
 
@@ -155,7 +155,9 @@ class AiohttpTransport:
             raise unsendable_body(exc) from None
 
     async def _send(self, prepared: _Prepared, body: bytes) -> aiohttp.ClientResponse:
-        return await self._client().request("POST", prepared.url, data=body, headers=prepared.headers,
+        call_headers = CALL_HEADERS.get()   # this call's own (a trace's traceparent)
+        headers = {**prepared.headers, **dict(call_headers)} if call_headers else prepared.headers
+        return await self._client().request("POST", prepared.url, data=body, headers=headers,
                                             proxy=prepared.proxy, proxy_headers=prepared.proxy_headers,
                                             timeout=prepared.timeout, allow_redirects=False)
 

@@ -84,8 +84,8 @@ import os
 import select
 import socket
 import ssl as _ssl
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterator, Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
 try:
@@ -213,6 +213,16 @@ class Request:
     key: tuple  # (scheme, host, port): the pool
     head: bytes = field(repr=False)  # request line + headers, without content-length and the blank line
     close: bool = False  # the request itself asks for "Connection: close"
+
+    def with_headers(self, headers: Sequence[tuple[str, str]]) -> "Request":
+        """This request with `headers` appended to its head, for one call (a trace's `traceparent`):
+        the prepared head is reused as it is, never rebuilt."""
+        lines = []
+        for name, value in headers:
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise ValueError(f"header {name!r} contains a line break")
+            lines.append(f"{name}: {value}\r\n")
+        return replace(self, head=self.head + "".join(lines).encode("latin-1"))
 
 
 # ------------------------------------------------------------------------------------------------

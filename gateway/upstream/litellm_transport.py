@@ -17,7 +17,7 @@ import os
 from typing import Any, AsyncIterator
 
 from sigroute.gateway.upstream.errors import UpstreamError, classify_status, retry_after, well_formed
-from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, merged_headers
+from sigroute.gateway.upstream.targets import CALL_HEADERS, HeaderChanges, ModelTarget, merged_headers
 
 __all__ = ["LiteLLMTransport"]
 
@@ -51,6 +51,7 @@ class LiteLLMTransport:
             # self-hosted OpenAI-compatible servers often need no key, but litellm insists on one
             kwargs["api_key"] = "no-key"
         extra = merged_headers(target.spec.extra_headers, headers)
+        extra.update(CALL_HEADERS.get())   # this call's own (a trace's traceparent)
         if extra:
             kwargs["extra_headers"] = extra
         return kwargs

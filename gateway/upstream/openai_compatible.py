@@ -38,7 +38,7 @@ from sigroute.gateway.sse import EventTooLarge, SSEDecoder
 from sigroute.gateway.upstream import http1
 from sigroute.gateway.upstream.errors import (UpstreamError, classify_status, error_code, error_message, retry_after,
                                               unsendable_body, well_formed)
-from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, merged_headers
+from sigroute.gateway.upstream.targets import CALL_HEADERS, HeaderChanges, ModelTarget, merged_headers
 
 __all__ = ["OpenAICompatibleTransport", "MAX_STREAM_EVENT_BYTES"]
 
@@ -69,7 +69,8 @@ class OpenAICompatibleTransport:
 
     def _prepared(self, target: ModelTarget, stream: bool,
                   changes: HeaderChanges | None = None) -> tuple[http1.Request, http1.Timeouts]:
-        """Request head and timeouts of a target (and header change set), built once."""
+        """Request head and timeouts of a target (and header change set), built once; this call's
+        own headers (`CALL_HEADERS`: a trace's traceparent) are appended to a copy of the head."""
         key = (target.name, target.api_base, stream, changes)
         prepared = self._prepared_by_target.get(key)
         if prepared is None:
@@ -81,6 +82,9 @@ class OpenAICompatibleTransport:
             timeouts = http1.Timeouts(connect=min(10.0, target.spec.timeout_s), read=None, write=30.0, pool=10.0)
             prepared = (self.client.prepare("POST", f"{target.api_base}/chat/completions", headers), timeouts)
             self._prepared_by_target[key] = prepared
+        call_headers = CALL_HEADERS.get()
+        if call_headers:
+            return prepared[0].with_headers(call_headers), prepared[1]
         return prepared
 
     @staticmethod

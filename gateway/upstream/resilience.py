@@ -41,13 +41,15 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
 from sigroute.gateway.errors import APIError, InvalidRequest, RateLimited, UpstreamFailed, Unavailable
+from sigroute.gateway.tracing import NO_TRACE
+from sigroute.gateway.upstream.anthropic_messages import AnthropicMessagesTransport
 from sigroute.gateway.upstream.breaker import CircuitBreaker, Permit
 from sigroute.gateway.upstream.errors import UpstreamError
 from sigroute.gateway.upstream.litellm_transport import LiteLLMTransport
 from sigroute.gateway.upstream.load import ModelLoad
 from sigroute.gateway.upstream.openai_compatible import OpenAICompatibleTransport
 from sigroute.gateway.upstream.stream import UpstreamStream
-from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, Transport
+from sigroute.gateway.upstream.targets import HeaderChanges, ModelTarget, Transport, payload_for
 from sigroute.policies.schema import Policy
 
 __all__ = ["Upstreams", "CallResult", "Attempt", "Observer"]
@@ -132,6 +134,7 @@ class _Call:
     headers: HeaderChanges | None
     request_id: str
     started: float  # time.perf_counter()
+    trace: Any  # the request's spans (`gateway.tracing`): one per attempt
     attempts: list[Attempt] = field(default_factory=list)
     previous: str | None = None  # the model called last
     rejected: InvalidRequest | None = None  # a model-specific rejection, answered if no one else answers
@@ -159,6 +162,8 @@ class Upstreams:
         self.transports: dict[str, Transport] = dict(transports or {})
         if "openai" not in self.transports:  # reads the egress proxy settings of `environ` once
             self.transports["openai"] = OpenAICompatibleTransport(environ=environ)
+        if "anthropic" not in self.transports:
+            self.transports["anthropic"] = AnthropicMessagesTransport(environ=environ)
         if "litellm" not in self.transports:
             self.transports["litellm"] = LiteLLMTransport()
         self.observer = observer or _NoObserver()
@@ -238,7 +243,7 @@ class Upstreams:
             self.observer.breaker_closed(model)
 
     async def call(self, ranking: Sequence[str], payload: dict[str, Any], stream: bool,
-                   headers: HeaderChanges | None = None, request_id: str = "-") -> CallResult:
+                   headers: HeaderChanges | None = None, request_id: str = "-", trace=NO_TRACE) -> CallResult:
         """Try `ranking` in order until one model answers; raise an `APIError` if none does.
         `headers` changes the headers of every upstream call (the `headers` plugin). A streamed
         result holds resources until closed: use it as ``async with`` (or `aclose()` it).
@@ -250,7 +255,7 @@ class Upstreams:
         Every failed attempt is logged (WARNING, with `request_id`) with what the upstream said;
         the caller's error names each model's failure kind and HTTP status only, and the request id
         to find the details by: an upstream's error text may name internal hosts and ports."""
-        call = _Call(payload, stream, headers, request_id, time.perf_counter())
+        call = _Call(payload, stream, headers, request_id, time.perf_counter(), trace)
         waiting: list[tuple[str, int]] = []  # (model, its next attempt): rate-limited, left for another candidate
         for i, model in enumerate(ranking):
             outcome = await self._try_model(call, model, 0, ranking[i + 1:])
@@ -284,6 +289,7 @@ class Upstreams:
         and comes back to this model only if they fail."""
         target = self.targets[model]
         transport = self.transports[target.transport]
+        payload = payload_for(target, call.payload)   # (without what only a native Messages upstream reads)
         breaker = self.breakers[model]
         for attempt in range(first_attempt, self.retries + 1):
             delay = None
@@ -294,15 +300,16 @@ class Upstreams:
                         why = "rate-limited by its upstream" if held else "circuit open"
                         call.attempts.append(Attempt(model, skipped=f"{why}, retry in {breaker.retry_in_s():.1f}s",
                                                      held_back=held))
+                        call.trace.skipped(model, why)
                     return None
                 if model != call.previous:
                     if call.previous is not None:
                         self.observer.fallback(call.previous, model)
                     call.previous = model
-                with self.load.count(model) as counted:
+                with self.load.count(model) as counted, call.trace.attempt(target, attempt, call.stream) as traced:
                     try:
                         if call.stream:
-                            chunks = transport.stream(target, call.payload, call.headers)
+                            chunks = transport.stream(target, payload, call.headers)
                             try:
                                 first = await anext(chunks)
                             except StopAsyncIteration:
@@ -312,9 +319,10 @@ class Upstreams:
                             opened = UpstreamStream(model, first, chunks, permit.transfer(), counted.transfer(),
                                                     self._failed, self._succeeded)
                         else:
-                            body = await transport.complete(target, call.payload, call.headers)
+                            body = await transport.complete(target, payload, call.headers)
                     except UpstreamError as error:
                         error.model = model
+                        traced.failed(error)
                         call.attempts.append(Attempt(model, error=error))
                         if error.kind == "client":
                             log.warning("request %s: upstream model %s rejected the request: %s", call.request_id,
@@ -336,6 +344,7 @@ class Upstreams:
                         if error.kind == "rate_limited" and self.available(others):
                             return attempt + 1  # another candidate can answer now: do not wait for this one
                     else:
+                        traced.answered(first if call.stream else body)
                         now = time.perf_counter()
                         ttft_ms, upstream_ms = (now - counted.started) * 1000, (now - call.started) * 1000
                         if call.stream:

@@ -85,6 +85,7 @@ from sigroute.policies.schema.server import (
     RateLimit,
     Routing,
     Server,
+    Tracing,
     Upstream,
 )
 from sigroute.policies.schema.signals import (
@@ -135,7 +136,7 @@ __all__ = [
     # decisions
     "Decision",
     # server
-    "ApiKey", "Auth", "Breaker", "Entrypoint", "RateLimit", "Routing", "Server", "Upstream",
+    "ApiKey", "Auth", "Breaker", "Entrypoint", "RateLimit", "Routing", "Server", "Tracing", "Upstream",
     # policy
     "Policy", "PolicyReferenceError", "json_schema",
 ]

@@ -37,11 +37,12 @@ class ModelSpec(Strict):
     timeout_s: PositiveFloat = Field(60.0, description="limit for a whole non-streamed call")
     first_token_timeout_s: PositiveFloat = Field(30.0, description="limit until the first streamed chunk")
     stream_idle_timeout_s: PositiveFloat = Field(30.0, description="limit between two streamed chunks")
-    transport: Literal["auto", "openai", "litellm"] = Field(
+    transport: Literal["auto", "openai", "anthropic", "litellm"] = Field(
         "auto",
-        description="'openai': direct HTTP to an OpenAI-compatible server; 'litellm': through litellm; "
-        "'auto': direct for openai/, hosted_vllm/ and other OpenAI-compatible providers with an api_base, "
-        "litellm for everything else",
+        description="'openai': direct HTTP to an OpenAI-compatible server; 'anthropic': direct HTTP to an "
+        "Anthropic Messages API (POST {api_base}/v1/messages, default api_base https://api.anthropic.com); "
+        "'litellm': through litellm; 'auto': direct for openai/, hosted_vllm/ and other OpenAI-compatible "
+        "providers with an api_base, anthropic for anthropic/ providers with an api_base, litellm for everything else",
     )
     extra_headers: dict[str, str] = Field(default_factory=dict, description="headers sent with every call")
 

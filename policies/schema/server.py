@@ -5,7 +5,7 @@ and retries, backoff and circuit breakers for upstream calls (`upstream:`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
@@ -74,6 +74,33 @@ class Auth(Strict):
         ("ready",), description="endpoints answered without a key (for probes and scrapers): ready, metrics")
 
 
+_HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")]
+_HeaderValue = Annotated[str, Field(pattern=r"^[^\r\n]*$")]
+
+
+class Tracing(Strict):
+    """OpenTelemetry traces of each request (`gateway.tracing`; needs `pip install 'sigroute[otel]'`).
+    Each key left out falls back to the standard OTEL_* environment variable named in its
+    description, then to the default: a key written here wins over the environment."""
+
+    enabled: bool | None = Field(
+        None, description="true: export a trace of every sampled request; false: never; unset: on only when "
+        "OTEL_TRACES_EXPORTER=otlp (OTEL_SDK_DISABLED=true turns tracing off in every case)")
+    service_name: str | None = Field(
+        None, min_length=1, max_length=256, description="the traces' service.name; else OTEL_SERVICE_NAME, "
+        "else 'sigroute'")
+    otlp_endpoint: str | None = Field(
+        None, pattern=r"^https?://[^\s]+$", description="the collector's OTLP/HTTP URL, e.g. http://collector:4318 "
+        "(/v1/traces is appended unless the URL ends with it); else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318")
+    sample_ratio: float | None = Field(
+        None, ge=0.0, le=1.0, description="share of new traces recorded (a caller's sampled traceparent is "
+        "always followed); else OTEL_TRACES_SAMPLER_ARG, else 1.0")
+    headers: dict[_HeaderName, _HeaderValue] | None = Field(
+        None, description="headers sent with every export (e.g. an API key of the tracing backend); else "
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS / OTEL_EXPORTER_OTLP_HEADERS (better for secrets)")
+
+
 class Server(Strict):
     """Limits on what callers send. The header limits apply to the HTTP server from its start (a
     reload does not change them); the body limits apply per request."""
@@ -104,6 +131,7 @@ class Server(Strict):
         (), description="with no `auth` section nobody is authenticated, so the operator surfaces are refused "
         "unless listed here (for local development): admin (reload, cache deletion), explain (/v1/route/explain "
         "and x-sigroute-debug)")
+    tracing: Tracing = Field(Tracing(), description="OpenTelemetry traces (off by default)")
 
 
 class Breaker(Strict):
