@@ -43,12 +43,12 @@ def sync_client(url: str):
     return redis.Redis.from_url(url)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store_url(request):
-    """Each stored-response test runs once on the memory store and once on Redis."""
+    """Each stored-response test runs on the memory store, on one Redis and on a Redis Cluster."""
     if request.param == "memory":
         return None
-    return request.getfixturevalue("clean_redis_url")
+    return request.getfixturevalue("clean_redis_url" if request.param == "redis" else "clean_cluster_url")
 
 
 def events_of(stream) -> list:
@@ -466,7 +466,7 @@ def test_stored_responses_expire_after_the_policy_ttl(sim, gateway_factory, stor
     if isinstance(store, MemoryResponseStore):
         store.clock.advance(1.5)
     else:
-        probe = redis.Redis.from_url(store_url)
+        probe = sync_client(store_url)
         deadline = time.monotonic() + 10
         while probe.exists(store.key("default", created.id)) and time.monotonic() < deadline:
             time.sleep(0.05)
