@@ -17,7 +17,8 @@ import redis
 
 from sigroute.gateway.response_store import MemoryResponseStore, RedisResponseStore, ResponseStoreUnavailable
 from tests.conftest import ManualClock, base_policy
-from tests.redis_cluster import clean_cluster_url, cluster  # noqa: F401 (fixtures)
+from tests.redis_cluster import (clean_cluster_url, clean_valkey_cluster_url, clean_valkey_url,  # noqa: F401
+                                 cluster, valkey_cluster, valkey_url)
 
 TOOLS = [{"type": "function", "name": "lookup", "description": "look something up",
           "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}]
@@ -351,14 +352,18 @@ def test_non_json_and_too_many_items_are_refused(sim, gateway_factory):
 # --------------------------------------------------------------------------------------------
 # the store itself, the same tests on memory and Redis
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+SERVER_URLS = {"redis": "clean_redis_url", "valkey": "clean_valkey_url", "cluster": "clean_cluster_url",
+               "valkey-cluster": "clean_valkey_cluster_url"}
+
+
+@pytest.fixture(params=["memory", *SERVER_URLS])
 def store(request):
-    """The store tests run on memory, one redis-server and a 3+3 Redis Cluster (tests/redis_cluster.py)."""
+    """The store tests run on memory, one redis-server, one valkey-server, and a 3+3 cluster of each
+    (tests/redis_cluster.py)."""
     if request.param == "memory":
         store = MemoryResponseStore(clock=ManualClock())
     else:
-        store = RedisResponseStore(request.getfixturevalue(
-            "clean_redis_url" if request.param == "redis" else "clean_cluster_url"))
+        store = RedisResponseStore(request.getfixturevalue(SERVER_URLS[request.param]))
     yield store
     asyncio.run(store.aclose())
 
