@@ -26,12 +26,15 @@ container image does at build time. Each run then measures:
     address, a phone number or a card number (PII), some attempting a jailbreak — so every signal,
     plugin and cache path of the neural policy runs, and the cache holds hundreds of entries.
 
-Each policy is run `--runs` times (default 3). The first run may read files from a cold page cache;
+The servers run with Python's bytecode cache on (``PYTHONPYCACHEPREFIX`` under the cache directory,
+whatever ``PYTHONDONTWRITEBYTECODE`` says in the calling environment), as an installed package has
+its ``.pyc`` files. Each policy is run `--runs` times (default 3). The first run may read files from
+a cold page cache and writes the bytecode;
 the summary reports the **median of the warm runs** (all runs but the first; the only run when
 there is one), per policy. Every run's numbers are in the JSON ``details``.
 
 Where the start-up time goes: one more, untimed start per policy runs under ``python -X importtime``
-up to ready; the JSON gives the import time per top-level package (``imports.top_packages``,
+and serves 50 of the requests (modules imported lazily by the first requests count too); the JSON gives the import time per top-level package (``imports.top_packages``,
 self time summed over the package's modules, in seconds) and which heavy packages were loaded at
 all (``imports.heavy_loaded``: torch, sentence_transformers, transformers, spacy, presidio_analyzer,
 sklearn, faiss, litellm, onnxruntime, …).
@@ -302,13 +305,17 @@ def run_replica(policy_path: Path, bodies: list[bytes], concurrency: int, env: d
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)")
 
 
-def import_profile(policy_path: Path, env: dict, workdir: Path, top: int = 12) -> dict:
-    """Start once under `python -X importtime` up to ready; import seconds per top-level package."""
+def import_profile(policy_path: Path, bodies: list[bytes], env: dict, workdir: Path, top: int = 12) -> dict:
+    """Start once under `python -X importtime`, serve `bodies` (what requests import lazily counts
+    too), stop; import seconds per top-level package."""
     port = free_port()
     log_path = workdir / f"{policy_path.stem}-importtime.log"
     with open(log_path, "wb") as log:
         proc, ready_s = start_and_wait_ready(serve_command(policy_path, port, ("-X", "importtime")), port, env, log)
-        stop(proc)
+        try:
+            asyncio.run(send_all(port, bodies, 2))
+        finally:
+            stop(proc)
     per_package: dict[str, float] = {}
     modules = 0
     for line in log_path.read_text(errors="replace").splitlines():
@@ -349,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     profile_imports = not (args.quick or args.no_imports)
     cache_dir = args.cache_dir or os.environ.get("SIGROUTE_CACHE_DIR") or str(
         Path(tempfile.gettempdir()) / "sigroute-startup-benchmark-cache")
-    env = {**os.environ, "SIGROUTE_CACHE_DIR": cache_dir, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env = {**os.environ, "SIGROUTE_CACHE_DIR": cache_dir, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           # bytecode cached as in an installed package (pip compiles it), kept apart from the sources
+           "PYTHONPYCACHEPREFIX": str(Path(cache_dir) / "pycache")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     bodies = request_bodies(prompts(requests))
     rss_key = "rss_mb_after_1000" if requests == 1000 else "rss_mb_after_requests"
@@ -389,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "peak_rss_mb": round(median([r["peak_rss_mb"] for r in warm]), 1)},
                 }
                 if profile_imports:
-                    details[name]["imports"] = import_profile(policy_path, env, workdir)
+                    details[name]["imports"] = import_profile(policy_path, bodies[:50], env, workdir)
                     log(f"{name}: imports {details[name]['imports']['top_packages']}")
                 summary[name] = reported
 
