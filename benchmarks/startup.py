@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of heuristic,neural")
     parser.add_argument("--no-imports", action="store_true", help="skip the -X importtime profile")
+    parser.add_argument("--imports", action="store_true", help="run the -X importtime profile even with --quick")
     parser.add_argument("--cache-dir", help="$SIGROUTE_CACHE_DIR for prepare and serve "
                                             "(default: $SIGROUTE_CACHE_DIR, else a directory under the temp dir)")
     parser.add_argument("--json", help="write the full result here")
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in policies:
         if name not in BUILDERS:
             parser.error(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
-    profile_imports = not (args.quick or args.no_imports)
+    profile_imports = args.imports or not (args.quick or args.no_imports)
     cache_dir = args.cache_dir or os.environ.get("SIGROUTE_CACHE_DIR") or str(
         Path(tempfile.gettempdir()) / "sigroute-startup-benchmark-cache")
     env = {**os.environ, "SIGROUTE_CACHE_DIR": cache_dir, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
