@@ -242,11 +242,8 @@ class Encoder:
             return None
         try:
             forward = OnnxForward.from_verified(record, self.path, int(length))
-        except (OnnxUnavailable, ImportError, OSError, ValueError, KeyError) as exc:
+        except (OnnxUnavailable, ImportError, OSError, ValueError, KeyError, TypeError) as exc:
             logger.info("the verified ONNX graph cannot be used here (%s); loading PyTorch", exc)
-            return None
-        forward.dimension = record.get("dimension")
-        if not forward.dimension:
             return None
         return forward
 
@@ -256,7 +253,8 @@ class Encoder:
         import torch
 
         try:
-            return OnnxForward.build(self._st, self.fingerprint, threads=torch.get_num_threads())
+            return OnnxForward.build(self._st, self.fingerprint, threads=torch.get_num_threads(),
+                                     model_path=self.path)
         except OnnxUnavailable as exc:
             if required:
                 raise EncoderUnavailable(f"encoder backend 'onnx': {exc}") from exc

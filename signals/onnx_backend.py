@@ -82,7 +82,8 @@ def find_verified(fingerprint: str, directory: Path | None = None) -> dict | Non
     """The record of a graph of this fingerprint that passed the PyTorch check, or None.
 
     The record carries ``path`` (the graph) besides what was written at check time. A record whose
-    graph is gone, or that is unreadable, counts as absent."""
+    graph is gone or changed size, that is unreadable, or whose model's tokenizer could not be
+    reproduced without sentence-transformers (``tokenizer_matches``) counts as absent."""
     directory = directory or cache_dir()
     prefix = fingerprint.replace(":", "-") + "-"
     try:
@@ -96,7 +97,8 @@ def find_verified(fingerprint: str, directory: Path | None = None) -> dict | Non
             continue
         graph = candidate.with_name(candidate.name[:-len(RECORD_SUFFIX)] + ".onnx")
         if (isinstance(record, dict) and record.get("format") == RECORD_FORMAT
-                and record.get("fingerprint") == fingerprint and graph.is_file()
+                and record.get("fingerprint") == fingerprint and record.get("tokenizer_matches") is True
+                and graph.is_file()
                 and record.get("graph_bytes") == graph.stat().st_size):
             return {**record, "path": str(graph)}
     return None
@@ -147,6 +149,18 @@ class WordPieceFeatures:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._plain.decode(list(ids), skip_special_tokens=False)
+
+
+def _tokenizer_matches(st, model_path: str | Path, input_names: list[str]) -> bool:
+    """Whether `WordPieceFeatures` gives exactly sentence-transformers' inputs for the probe texts."""
+    probes = list(_PROBES) + ["", "x", "Wie spät ist es? 東京は何時ですか", "tab\tand\nnewlines", "word " * 1000]
+    try:
+        ours = WordPieceFeatures(model_path, int(st.max_seq_length), input_names)(probes)
+        theirs = st.preprocess(probes)
+        return all(np.array_equal(ours[name], np.asarray(theirs[name])) for name in input_names)
+    except Exception as exc:  # a tokenizer this front end cannot read: serve with PyTorch
+        log.info("the tokenizer of %s is not reproduced without sentence-transformers (%s)", model_path, exc)
+        return False
 
 
 def _lower_case(model_path: Path) -> bool:
@@ -249,10 +263,15 @@ class OnnxForward:
         self.input_names = input_names
         self.path = path
         self._st = st  # the SentenceTransformer it was checked against (None when trusted from a record)
-        self.tokenizer: WordPieceFeatures | None = None
+        self.tokenizer: WordPieceFeatures | None = None  # set when trusted from a record
+        self.dimension: int | None = None  # likewise
 
     @classmethod
-    def build(cls, st, fingerprint: str, threads: int | None = None, directory: Path | None = None) -> "OnnxForward":
+    def build(cls, st, fingerprint: str, threads: int | None = None, directory: Path | None = None,
+              model_path: str | Path | None = None) -> "OnnxForward":
+        """The graph for `st` (exported into the cache when missing), checked against PyTorch. With
+        `model_path`, also checks that `WordPieceFeatures` tokenizes the probes exactly as `st`
+        does; only then does the record let later processes serve the graph without PyTorch."""
         try:
             import onnxruntime
         except ImportError as exc:
@@ -281,7 +300,8 @@ class OnnxForward:
                 raise OnnxUnavailable(f"ONNX Runtime cannot load {path}: {exc2}") from exc2
         forward = cls(st.preprocess, session, input_names, path, st=st)
         difference = forward.check_against_torch()
-        forward.write_record(fingerprint, pooling, embedding_dimension(st), difference)
+        tokenizer_matches = model_path is not None and _tokenizer_matches(st, model_path, input_names)
+        forward.write_record(fingerprint, pooling, embedding_dimension(st), difference, tokenizer_matches)
         return forward
 
     @classmethod
@@ -301,9 +321,11 @@ class OnnxForward:
             raise OnnxUnavailable(f"ONNX Runtime cannot load {path}: {exc}") from exc
         forward = cls(features, session, input_names, path)
         forward.tokenizer = features
+        forward.dimension = int(record["dimension"])
         return forward
 
-    def write_record(self, fingerprint: str, pooling: str, dimension: int, difference: float) -> None:
+    def write_record(self, fingerprint: str, pooling: str, dimension: int, difference: float,
+                     tokenizer_matches: bool) -> None:
         """Note beside the graph that it passed the PyTorch check, so later processes trust it without PyTorch."""
         import onnxruntime
 
@@ -313,6 +335,7 @@ class OnnxForward:
                 "input_names": self.input_names, "dimension": dimension,
                 "graph_bytes": self.path.stat().st_size,
                 "checked_against": "pytorch (sentence-transformers)", "probe_texts": len(_PROBES),
+                "tokenizer_matches": bool(tokenizer_matches),
                 "max_probe_difference": difference, "tolerance": MAX_PROBE_DIFFERENCE,
                 "onnxruntime": onnxruntime.__version__})
         except OSError as exc:  # a read-only cache: this process still uses the graph

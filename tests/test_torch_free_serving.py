@@ -89,6 +89,7 @@ def test_prepare_records_the_check_beside_the_graph(prepared_cache):
     [record_file] = list((prepared_cache / "onnx").glob("*" + RECORD_SUFFIX))
     record = json.loads(record_file.read_text())
     assert record["max_probe_difference"] <= record["tolerance"] == 1e-4
+    assert record["tokenizer_matches"] is True
     assert record["dimension"] == 384 and record["input_names"][:2] == ["input_ids", "attention_mask"]
     found = find_verified(record["fingerprint"], prepared_cache / "onnx")
     assert found is not None and found["path"].endswith(".onnx")
@@ -141,6 +142,28 @@ def test_a_record_that_does_not_match_its_graph_is_not_trusted(prepared_cache, t
     (tmp_path / graph.name).unlink()
     assert find_verified(record["fingerprint"], tmp_path) is None  # graph gone
     assert find_verified("sha256:someotherweights", prepared_cache / "onnx") is None
+    (tmp_path / graph.name).write_bytes(graph.read_bytes())
+    assert find_verified(record["fingerprint"], tmp_path) is not None
+    (tmp_path / record_file.name).write_text(json.dumps({**record, "tokenizer_matches": False}))
+    assert find_verified(record["fingerprint"], tmp_path) is None  # serving it needs sentence-transformers
+
+
+def test_a_tokenizer_the_light_front_end_does_not_reproduce_keeps_pytorch(encoders, tmp_path):
+    import shutil
+
+    from sigroute.signals.onnx_backend import _tokenizer_matches
+
+    reference, _ = encoders
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    assert _tokenizer_matches(reference._st, reference.path, names)
+    changed = tmp_path / "model"  # what the light front end reads of a model directory
+    changed.mkdir()
+    for name in ("tokenizer.json", "sentence_bert_config.json"):
+        shutil.copy(reference.path / name, changed / name)
+    config = json.loads((changed / "tokenizer.json").read_text())
+    config["normalizer"]["lowercase"] = False  # a tokenizer.json that disagrees with the loaded model
+    (changed / "tokenizer.json").write_text(json.dumps(config))
+    assert not _tokenizer_matches(reference._st, changed, names)
 
 
 SERVE_AND_REPORT = textwrap.dedent("""
