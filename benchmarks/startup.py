@@ -29,18 +29,22 @@ container image does at build time. Each run then measures:
 The servers run with Python's bytecode cache on (``PYTHONPYCACHEPREFIX`` under the cache directory,
 whatever ``PYTHONDONTWRITEBYTECODE`` says in the calling environment), as an installed package has
 its ``.pyc`` files. Each policy is run `--runs` times (default 3). The first run may read files from
-a cold page cache and writes the bytecode;
-the summary reports the **median of the warm runs** (all runs but the first; the only run when
-there is one), per policy. Every run's numbers are in the JSON ``details``.
+a cold page cache and writes the bytecode; the summary reports the **median of the warm runs** (all
+runs but the first; the only run when there is one), per policy. Every run's numbers are in the
+JSON ``details``.
 
 Where the start-up time goes: one more, untimed start per policy runs under ``python -X importtime``
-and serves 50 of the requests (modules imported lazily by the first requests count too); the JSON gives the import time per top-level package (``imports.top_packages``,
-self time summed over the package's modules, in seconds) and which heavy packages were loaded at
-all (``imports.heavy_loaded``: torch, sentence_transformers, transformers, spacy, presidio_analyzer,
+and serves 50 of the requests (modules imported lazily by the first requests count too); the JSON
+gives the import time per top-level package (``imports.top_packages``, self time summed over the
+package's modules, in seconds) and which heavy packages were loaded at all
+(``imports.heavy_loaded``: torch, sentence_transformers, transformers, spacy, presidio_analyzer,
 sklearn, faiss, litellm, onnxruntime, …).
 
+To measure another checkout (e.g. the commit before a change), put the directory that holds it as
+``sigroute/`` first on ``PYTHONPATH``: the servers import that code, the benchmark stays this one.
+
     python -m benchmarks.startup                              # 3 runs × 2 policies, ~2 minutes
-    python -m benchmarks.startup --quick --json /tmp/s.json   # 1 run, 50 requests, no import profile
+    python -m benchmarks.startup --quick --json /tmp/s.json   # 1 run, 50 requests, no import profile (--imports)
     python -m benchmarks.startup --runs 5 --json results/startup.json
 
 The last line printed is the summary as one JSON line::
