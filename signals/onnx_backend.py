@@ -8,15 +8,25 @@ are the same up to float rounding, so trained heads, thresholds and cached embed
 How: the loaded `SentenceTransformer` (Transformer → Pooling → Normalize) is exported once to an
 ONNX graph that returns the pooled, unit-length embedding, and kept in a cache directory
 (``$SIGROUTE_CACHE_DIR/onnx`` or ``~/.cache/sigroute/onnx``) under the weights' fingerprint, so
-later processes only load it. Tokenization stays the sentence-transformers one (the same ids,
-truncation and stripping as the PyTorch path). Before it is used, the graph's embeddings of a few
-probe texts are compared with PyTorch's; any difference above 1e-4 refuses it.
+later processes only load it. Before it is used, the graph's embeddings of a few probe texts are
+compared with PyTorch's; any difference above 1e-4 refuses it.
+
+Serving without PyTorch: a graph that passed that check gets a record beside it
+(``<graph>.verified.json``: the fingerprint, pooling, inputs, dimension and the measured
+difference). A later process that finds the record trusts the graph without loading PyTorch or
+sentence-transformers at all (`OnnxForward.from_verified`): it tokenizes with the `tokenizers`
+package from the model's own ``tokenizer.json`` (`WordPieceFeatures`: the same normalization,
+word pieces, [CLS]/[SEP], truncation to ``max_seq_length`` and padding to the longest text as the
+sentence-transformers path — tests compare the ids and the embeddings) and runs the graph with
+ONNX Runtime. That saves seconds of imports and hundreds of megabytes per replica; the export and
+its check run once, in ``sigroute prepare`` (or the first process that needs the graph).
 
 Nothing here downloads anything: the export uses the weights already on disk.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -35,6 +45,10 @@ _PROBES = ("How do I reset my password?", "  leading and trailing spaces  ", "St
            "word " * 400)
 
 
+RECORD_SUFFIX = ".verified.json"
+RECORD_FORMAT = 1
+
+
 class OnnxUnavailable(RuntimeError):
     """This encoder cannot run on ONNX Runtime here (the reason says why)."""
 
@@ -42,6 +56,133 @@ class OnnxUnavailable(RuntimeError):
 def cache_dir() -> Path:
     root = os.environ.get("SIGROUTE_CACHE_DIR")
     return (Path(root) if root else Path.home() / ".cache" / "sigroute") / "onnx"
+
+
+def graph_path(directory: Path, fingerprint: str, pooling: str, input_names: list[str]) -> Path:
+    return directory / f"{fingerprint.replace(':', '-')}-{pooling}-{'-'.join(input_names)}.onnx"
+
+
+def record_path(graph: Path) -> Path:
+    return graph.with_name(graph.name[:-len(".onnx")] + RECORD_SUFFIX)
+
+
+def _write_json_atomically(path: Path, content: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(content, fh, indent=2)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def find_verified(fingerprint: str, directory: Path | None = None) -> dict | None:
+    """The record of a graph of this fingerprint that passed the PyTorch check, or None.
+
+    The record carries ``path`` (the graph) besides what was written at check time. A record whose
+    graph is gone or changed size, that is unreadable, or whose model's tokenizer could not be
+    reproduced without sentence-transformers (``tokenizer_matches``) counts as absent."""
+    directory = directory or cache_dir()
+    prefix = fingerprint.replace(":", "-") + "-"
+    try:
+        candidates = sorted(directory.glob(prefix + "*" + RECORD_SUFFIX))
+    except OSError:
+        return None
+    for candidate in candidates:
+        try:
+            record = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+        graph = candidate.with_name(candidate.name[:-len(RECORD_SUFFIX)] + ".onnx")
+        if (isinstance(record, dict) and record.get("format") == RECORD_FORMAT
+                and record.get("fingerprint") == fingerprint and record.get("tokenizer_matches") is True
+                and graph.is_file()
+                and record.get("graph_bytes") == graph.stat().st_size):
+            return {**record, "path": str(graph)}
+    return None
+
+
+class WordPieceFeatures:
+    """The model's inputs for a batch of texts, computed with the `tokenizers` package alone.
+
+    Reads the model directory's ``tokenizer.json`` (the fast tokenizer sentence-transformers itself
+    wraps), then sets what sentence-transformers sets on every call: truncation of the longest
+    sequence to ``max_seq_length`` word pieces ([CLS] and [SEP] included) and padding to the
+    longest text of the batch. Texts are stripped of surrounding whitespace first, as
+    sentence-transformers does. A second instance without truncation counts and decodes.
+    """
+
+    def __init__(self, model_path: str | Path, max_seq_length: int, input_names: list[str]):
+        from tokenizers import Tokenizer
+
+        path = Path(model_path) / "tokenizer.json"
+        if not path.is_file():
+            raise OnnxUnavailable(f"no tokenizer.json in {model_path}")
+        self.max_seq_length = int(max_seq_length)
+        self.input_names = list(input_names)
+        self.lower_case = _lower_case(Path(model_path))
+        self._batch = Tokenizer.from_file(str(path))
+        self._batch.enable_truncation(max_length=self.max_seq_length, strategy="longest_first")
+        pad = self._batch.padding or {}
+        self._batch.enable_padding(pad_id=pad.get("pad_id", 0), pad_type_id=pad.get("pad_type_id", 0),
+                                   pad_token=pad.get("pad_token", "[PAD]"))
+        self._plain = Tokenizer.from_file(str(path))
+        self._plain.no_truncation()
+        self._plain.no_padding()
+
+    def _prepare(self, text: str) -> str:
+        text = str(text).strip()
+        return text.lower() if self.lower_case else text
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        encodings = self._batch.encode_batch([self._prepare(t) for t in texts])
+        features = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                    "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                    "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+        return {name: features[name] for name in self.input_names}
+
+    def ids(self, text: str) -> list[int]:
+        """Word-piece ids of `text`, without special tokens and without truncation."""
+        return self._plain.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._plain.decode(list(ids), skip_special_tokens=False)
+
+
+def _tokenizer_matches(st, model_path: str | Path, input_names: list[str]) -> bool:
+    """Whether `WordPieceFeatures` gives exactly sentence-transformers' inputs for the probe texts."""
+    probes = list(_PROBES) + ["", "x", "Wie spät ist es? 東京は何時ですか", "tab\tand\nnewlines", "word " * 1000]
+    try:
+        ours = WordPieceFeatures(model_path, int(st.max_seq_length), input_names)(probes)
+        theirs = st.preprocess(probes)
+        return all(np.array_equal(ours[name], np.asarray(theirs[name])) for name in input_names)
+    except Exception as exc:  # a tokenizer this front end cannot read: serve with PyTorch
+        log.info("the tokenizer of %s is not reproduced without sentence-transformers (%s)", model_path, exc)
+        return False
+
+
+def _lower_case(model_path: Path) -> bool:
+    """sentence-transformers' own `do_lower_case` (sentence_bert_config.json), applied before the tokenizer."""
+    try:
+        return bool(json.loads((model_path / "sentence_bert_config.json").read_text()).get("do_lower_case", False))
+    except (OSError, ValueError):
+        return False
+
+
+def max_seq_length_of(model_path: str | Path) -> int | None:
+    """The model's own `max_seq_length` (sentence_bert_config.json), or None."""
+    try:
+        value = json.loads((Path(model_path) / "sentence_bert_config.json").read_text()).get("max_seq_length")
+    except (OSError, ValueError):
+        return None
+    return int(value) if value else None
+
+
+def embedding_dimension(st) -> int:
+    getter = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+    return int(getter())
 
 
 def _pooling_mode(st) -> str:
@@ -98,17 +239,39 @@ def _export(st, pooling: str, input_names: list[str], path: Path) -> None:
             os.unlink(tmp)
 
 
+_SHRINK = None
+
+
+def _shrink_options():
+    """Run options that return the CPU arena's unused memory when the pass ends."""
+    global _SHRINK
+    if _SHRINK is None:
+        import onnxruntime
+
+        options = onnxruntime.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        _SHRINK = options
+    return _SHRINK
+
+
 class OnnxForward:
     """Embeds texts with ONNX Runtime; call it like the PyTorch forward (unit rows, float32)."""
 
-    def __init__(self, st, session, input_names: list[str], path: Path):
-        self._st = st
+    def __init__(self, featurize, session, input_names: list[str], path: Path, st=None):
+        self._featurize = featurize  # texts -> {input name: int64 array (or tensor)}
         self._session = session
         self.input_names = input_names
         self.path = path
+        self._st = st  # the SentenceTransformer it was checked against (None when trusted from a record)
+        self.tokenizer: WordPieceFeatures | None = None  # set when trusted from a record
+        self.dimension: int | None = None  # likewise
 
     @classmethod
-    def build(cls, st, fingerprint: str, threads: int | None = None, directory: Path | None = None) -> "OnnxForward":
+    def build(cls, st, fingerprint: str, threads: int | None = None, directory: Path | None = None,
+              model_path: str | Path | None = None) -> "OnnxForward":
+        """The graph for `st` (exported into the cache when missing), checked against PyTorch. With
+        `model_path`, also checks that `WordPieceFeatures` tokenizes the probes exactly as `st`
+        does; only then does the record let later processes serve the graph without PyTorch."""
         try:
             import onnxruntime
         except ImportError as exc:
@@ -118,7 +281,7 @@ class OnnxForward:
                        if n in st.preprocess(["probe"])]
         if "input_ids" not in input_names or "attention_mask" not in input_names:
             raise OnnxUnavailable(f"the tokenizer gives {input_names}, not input_ids and attention_mask")
-        path = (directory or cache_dir()) / f"{fingerprint.replace(':', '-')}-{pooling}-{'-'.join(input_names)}.onnx"
+        path = graph_path(directory or cache_dir(), fingerprint, pooling, input_names)
         exported = False
         if not path.is_file():
             cls._export_or_refuse(st, pooling, input_names, path)
@@ -135,9 +298,48 @@ class OnnxForward:
                 session = cls._session(onnxruntime, path, threads)
             except Exception as exc2:
                 raise OnnxUnavailable(f"ONNX Runtime cannot load {path}: {exc2}") from exc2
-        forward = cls(st, session, input_names, path)
-        forward.check_against_torch()
+        forward = cls(st.preprocess, session, input_names, path, st=st)
+        difference = forward.check_against_torch()
+        tokenizer_matches = model_path is not None and _tokenizer_matches(st, model_path, input_names)
+        forward.write_record(fingerprint, pooling, embedding_dimension(st), difference, tokenizer_matches)
         return forward
+
+    @classmethod
+    def from_verified(cls, record: dict, model_path: str | Path, max_seq_length: int,
+                      threads: int | None = None) -> "OnnxForward":
+        """The graph of a verified record (`find_verified`), fed by `WordPieceFeatures`: no PyTorch."""
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise OnnxUnavailable("onnxruntime is not installed") from exc
+        input_names = list(record["input_names"])
+        features = WordPieceFeatures(model_path, max_seq_length, input_names)
+        path = Path(record["path"])
+        try:
+            session = cls._session(onnxruntime, path, threads)
+        except Exception as exc:
+            raise OnnxUnavailable(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        forward = cls(features, session, input_names, path)
+        forward.tokenizer = features
+        forward.dimension = int(record["dimension"])
+        return forward
+
+    def write_record(self, fingerprint: str, pooling: str, dimension: int, difference: float,
+                     tokenizer_matches: bool) -> None:
+        """Note beside the graph that it passed the PyTorch check, so later processes trust it without PyTorch."""
+        import onnxruntime
+
+        try:
+            _write_json_atomically(record_path(self.path), {
+                "format": RECORD_FORMAT, "fingerprint": fingerprint, "pooling": pooling,
+                "input_names": self.input_names, "dimension": dimension,
+                "graph_bytes": self.path.stat().st_size,
+                "checked_against": "pytorch (sentence-transformers)", "probe_texts": len(_PROBES),
+                "tokenizer_matches": bool(tokenizer_matches),
+                "max_probe_difference": difference, "tolerance": MAX_PROBE_DIFFERENCE,
+                "onnxruntime": onnxruntime.__version__})
+        except OSError as exc:  # a read-only cache: this process still uses the graph
+            log.info("could not record the ONNX check beside %s (%s)", self.path, exc)
 
     @staticmethod
     def _export_or_refuse(st, pooling: str, input_names: list[str], path: Path) -> None:
@@ -173,7 +375,14 @@ class OnnxForward:
             raise OnnxUnavailable(f"the ONNX graph's embeddings differ from PyTorch's by {difference:.2e}")
         return difference
 
+    # ONNX Runtime's CPU arena keeps the high-water mark of every pass: one batch of eight 256-token
+    # texts grows a replica by ~250 MB for good. Passes larger than this many token positions
+    # (batch × padded length) give the arena's free memory back when they end; smaller ones, the
+    # usual request, keep it (giving back costs ~7 ms a pass on a 2-core machine).
+    SHRINK_ABOVE_POSITIONS = 1024
+
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        features = self._st.preprocess(list(texts))
-        feed = {name: features[name].numpy().astype(np.int64, copy=False) for name in self.input_names}
-        return np.asarray(self._session.run(None, feed)[0], dtype=np.float32)
+        features = self._featurize(list(texts))
+        feed = {name: np.asarray(features[name]).astype(np.int64, copy=False) for name in self.input_names}
+        options = _shrink_options() if feed["input_ids"].size > self.SHRINK_ABOVE_POSITIONS else None
+        return np.asarray(self._session.run(None, feed, options)[0], dtype=np.float32)

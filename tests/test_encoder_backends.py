@@ -49,8 +49,8 @@ async def test_onnx_backend_through_the_micro_batcher(encoders):
 
 
 def test_export_is_cached_and_a_damaged_file_is_exported_again(encoders, tmp_path, monkeypatch):
-    _, onnx_encoder = encoders
-    st = onnx_encoder._st
+    torch_encoder, onnx_encoder = encoders
+    st = torch_encoder._st  # the export needs the PyTorch model
     first = OnnxForward.build(st, onnx_encoder.fingerprint, threads=1, directory=tmp_path)
     assert first.path.parent == tmp_path and first.path.stat().st_size > 1_000_000
     assert not list(tmp_path.glob("*.tmp"))  # the export was written aside and moved in place
@@ -71,10 +71,10 @@ def test_export_is_cached_and_a_damaged_file_is_exported_again(encoders, tmp_pat
 
 
 def test_a_graph_that_disagrees_with_torch_is_refused(encoders, tmp_path):
-    _, onnx_encoder = encoders
-    forward = OnnxForward.build(onnx_encoder._st, onnx_encoder.fingerprint, threads=1, directory=tmp_path)
+    torch_encoder, onnx_encoder = encoders
+    forward = OnnxForward.build(torch_encoder._st, onnx_encoder.fingerprint, threads=1, directory=tmp_path)
     run = forward._session.run
-    forward._session.run = lambda names, feed: [run(names, feed)[0][:, ::-1].copy()]  # a broken graph
+    forward._session.run = lambda names, feed, options=None: [run(names, feed)[0][:, ::-1].copy()]  # a broken graph
     with pytest.raises(OnnxUnavailable, match="differ"):
         forward.check_against_torch()
 
