@@ -3,9 +3,7 @@
 `PiiDetector` finds e-mail addresses, phone numbers, payment cards, IBANs, US social security
 numbers, IP addresses and a few more structured identifiers in text. It is built on presidio's
 predefined *pattern* recognizers (their regular expressions, validators and context words), run
-directly, without presidio's `AnalyzerEngine` and without any NLP engine or spaCy model. Those
-patterns and validators are read from `signals.pii_presidio` (a checked copy), not from presidio
-itself: importing presidio-analyzer imports spaCy, and with them transformers and PyTorch.
+directly, without presidio's `AnalyzerEngine` and without any NLP engine or spaCy model.
 
 Where presidio's recognizers are weak on real text, the detector uses its own rules:
 
@@ -27,15 +25,15 @@ few words before (or just after) the match adds 0.35 (to at least 0.4). `detect`
 scoring at least `min_score` (default 0.5), resolves overlaps (higher score wins, then the longer
 span) and returns them sorted by start.
 
-Cost: construction compiles the rules and imports `tldextract`, `phonenumbers` and, for a few
-patterns, `regex` (about 0.3 s, once per process; use `default_detector()`). Detection runs a
+Cost: construction imports presidio (which imports spaCy and, if installed, transformers and
+torch: about 9 s on this machine, once per process; use `default_detector()`). Detection runs a
 handful of precompiled regular expressions, each behind a cheap gate on the whole text (no run of
 7 digits close together → no phone/card/SSN/NHS/ITIN rule runs; no "@" → no e-mail rule), and
 phone verdicts (phonenumbers, ~100 µs each) are cached. Measured with the default set: ~10-100 µs
 for a few sentences, ~0.3 ms for 2,000 characters.
 
 Network: importing this module sets `TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS=""` (unless already set)
-before tldextract is imported, and the detector validates domains with a `tldextract.TLDExtract`
+before presidio is imported, and the detector validates domains with a `tldextract.TLDExtract`
 that has no URLs and no disk cache, so nothing is ever fetched.
 
 NER types (PERSON, LOCATION, ORGANIZATION, NRP) need a spaCy model package such as
@@ -317,9 +315,9 @@ IBAN_CONTEXT = ("iban", "bank", "account", "transfer", "wire", "transaction", "s
 
 
 def _iban_check_factory() -> Callable[[str], Any]:
-    from sigroute.signals.pii_presidio import IBAN_FORMATS
+    from presidio_analyzer.predefined_recognizers.generic.iban_patterns import regex_per_country
 
-    formats = {cc: re.compile(rx) for cc, rx in IBAN_FORMATS.items()}
+    formats = {cc: re.compile(rx) for cc, rx in regex_per_country.items()}
 
     def check(candidate: str) -> Any:
         compact = candidate.replace(" ", "").replace("-", "").upper()
@@ -369,8 +367,22 @@ class PiiDetector:
     # -- construction -------------------------------------------------------------------------
     def _build_rules(self) -> None:
         import tldextract
-
-        from sigroute.signals.pii_presidio import recognizer
+        from presidio_analyzer.predefined_recognizers import (
+            AbaRoutingRecognizer,
+            CryptoRecognizer,
+            DateRecognizer,
+            EmailRecognizer,
+            IpRecognizer,
+            MacAddressRecognizer,
+            MedicalLicenseRecognizer,
+            NhsRecognizer,
+            UrlRecognizer,
+            UsBankRecognizer,
+            UsItinRecognizer,
+            UsLicenseRecognizer,
+            UsPassportRecognizer,
+            UsSsnRecognizer,
+        )
 
         # Offline public-suffix check: the snapshot bundled with tldextract, no URLs, no disk cache.
         self._tld = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
@@ -379,20 +391,21 @@ class PiiDetector:
         def domain_ok(value: str) -> Any:
             return None if tld(value.rsplit("@", 1)[-1]).fqdn else False
 
-        def add_presidio(name: str, gate: str, extra_context: Iterable[str] = (), check: Any = "auto",
+        def add_presidio(rec: Any, gate: str, extra_context: Iterable[str] = (), check: Any = "auto",
                          min_pattern_score: float = 0.0) -> None:
-            rec = recognizer(name)
-            ctx = _context_regex(list(rec.context) + list(extra_context))
+            entity = rec.supported_entities[0]
+            ctx = _context_regex(list(rec.context or ()) + list(extra_context))
             if check == "auto":
                 check = _presidio_check(rec)
             for p in rec.patterns:
                 if p.score < min_pattern_score:
                     continue
-                self._rules.setdefault(rec.entity, []).append(_Rule(
-                    rec.entity, p.name, _compile(p.regex, rec.flags), p.score, gate, ctx, check))
+                self._rules.setdefault(entity, []).append(_Rule(
+                    entity, p.name, _compile(p.regex, rec.global_regex_flags), p.score, gate, ctx, check))
 
         # e-mail: presidio's pattern, our offline domain check (validated → 1.0 like presidio)
-        add_presidio("EmailRecognizer", "at", ("e-mail", "mail", "contact", "write to"),
+        email = EmailRecognizer()
+        add_presidio(email, "at", ("e-mail", "mail", "contact", "write to"),
                      check=lambda v: 1.0 if domain_ok(v) is None else False)
         # phone
         self._rules["PHONE_NUMBER"] = [_Rule("PHONE_NUMBER", "phone", _PHONE, 0.4, "d7",
@@ -407,33 +420,32 @@ class PiiDetector:
                                           _context_regex(IBAN_CONTEXT), _iban_check_factory())]
         # SSN: presidio's medium pattern (the others score 0.05 and stay below any useful threshold
         # even with context)
-        add_presidio("UsSsnRecognizer", "d7", ("social security", "ssn#", "ss#", "ss no"), min_pattern_score=0.3)
-        add_presidio("IpRecognizer", "ip4", ("ip address", "address", "server", "host"), check=_ip_check)
+        add_presidio(UsSsnRecognizer(), "d7", ("social security", "ssn#", "ss#", "ss no"), min_pattern_score=0.3)
+        add_presidio(IpRecognizer(), "ip4", ("ip address", "address", "server", "host"), check=_ip_check)
         for rule in self._rules["IP_ADDRESS"]:
             rule.veto = _IP_VETO
             if "4" not in rule.name:  # IPv6, IPv6_unspecified
                 rule.gate = "ip6"
-        add_presidio("CryptoRecognizer", "always", ("wallet", "address", "ethereum"))
-        add_presidio("NhsRecognizer", "d7", ("patient", "health service"), check=_nhs_check(recognizer("NhsRecognizer")))
-        add_presidio("UsItinRecognizer", "d7")
-        self._add_url_rules(domain_ok)
-        add_presidio("DateRecognizer", "digits")
-        add_presidio("MacAddressRecognizer", "hexcolon")
-        add_presidio("UsBankRecognizer", "d7")
-        add_presidio("UsPassportRecognizer", "d7")
-        add_presidio("UsLicenseRecognizer", "digits")
-        add_presidio("MedicalLicenseRecognizer", "d7")
-        add_presidio("AbaRoutingRecognizer", "d7")
+        add_presidio(CryptoRecognizer(), "always", ("wallet", "address", "ethereum"))
+        nhs = NhsRecognizer()
+        add_presidio(nhs, "d7", ("patient", "health service"), check=_nhs_check(nhs))
+        add_presidio(UsItinRecognizer(), "d7")
+        self._add_url_rules(UrlRecognizer, domain_ok)
+        add_presidio(DateRecognizer(), "digits")
+        add_presidio(MacAddressRecognizer(), "hexcolon")
+        add_presidio(UsBankRecognizer(), "d7")
+        add_presidio(UsPassportRecognizer(), "d7")
+        add_presidio(UsLicenseRecognizer(), "digits")
+        add_presidio(MedicalLicenseRecognizer(), "d7")
+        add_presidio(AbaRoutingRecognizer(), "d7")
 
-    def _add_url_rules(self, domain_ok: Callable[[str], Any]) -> None:
+    def _add_url_rules(self, url_recognizer: Any, domain_ok: Callable[[str], Any]) -> None:
         """URLs: presidio's domain pattern, bounded on both sides (its own pattern finds "Mr.De" in
         "Mr.Derman" and "years.In" in "15 years.In order"); scheme or www → 0.6; a bare domain
         needs a lower-case (or all upper-case) TLD, and a bare two-letter TLD without a path scores
         0.3 (needs a context word such as "website")."""
-        from sigroute.signals.pii_presidio import URL_BASE_REGEX, URL_CONTEXT
-
-        ctx = _context_regex(list(URL_CONTEXT) + ["site", "web", "homepage", "visit", "domain"])
-        base = URL_BASE_REGEX
+        ctx = _context_regex(list(url_recognizer.CONTEXT) + ["site", "web", "homepage", "visit", "domain"])
+        base = url_recognizer.BASE_URL_REGEX
 
         def host_of(value: str) -> str:
             return re.sub(r"^(?i:https?://)", "", value).split("/")[0].split(":")[0]
@@ -567,7 +579,7 @@ def _part_of_number(text: str, start: int, end: int) -> bool:
 def _nhs_check(rec: Any) -> Callable[[str], Any]:
     """NHS numbers pass a mod-11 checksum by chance once in 11, and their 3-3-4 shape is also a
     US phone number's: valid ones score 0.45, so they need a context word ("nhs", "patient")."""
-    validate = rec.validate
+    validate = rec.validate_result
 
     def check(value: str) -> Any:
         return 0.45 if validate(value) else False
@@ -590,7 +602,11 @@ def _ip_check(value: str) -> Any:
 
 def _presidio_check(rec: Any) -> Callable[[str], Any] | None:
     """presidio's validate_result / invalidate_result as one check (True → 1.0, False → drop)."""
-    validate, invalidate = rec.validate, rec.invalidate
+    from presidio_analyzer import PatternRecognizer
+
+    validate = rec.validate_result if type(rec).validate_result is not PatternRecognizer.validate_result else None
+    invalidate = (rec.invalidate_result
+                  if type(rec).invalidate_result is not PatternRecognizer.invalidate_result else None)
     if validate is None and invalidate is None:
         return None
 
@@ -643,7 +659,7 @@ def _cached_detector(ner: bool) -> PiiDetector:
 
 
 def default_detector(ner: bool = False) -> PiiDetector:
-    """The process-wide detector (built on first use)."""
+    """The process-wide detector (built on first use: presidio's import takes seconds)."""
     with _DEFAULT_LOCK:
         return _cached_detector(ner)
 
