@@ -24,7 +24,8 @@ __version__ = "0.1.0"
 
 # the SDK's public names, all defined in sigroute.gateway.client
 _SDK_NAMES = (
-    "Client", "AsyncClient", "RoutedCompletion", "RoutingInfo", "SignalVerdict", "Explanation",
+    "Client", "AsyncClient", "RoutedCompletion", "RoutedMessage", "RoutedResponse", "RoutingInfo", "SignalVerdict",
+    "Explanation",
     "ChatStream", "AsyncChatStream",
     "SigrouteError", "BadRequest", "AuthenticationError", "PermissionDenied", "NotFound",
     "FeedbackNotSupported", "RateLimited", "UpstreamError", "Unavailable", "StreamBroken",

@@ -97,7 +97,7 @@ except ImportError:  # pragma: no cover - exercised only where orjson is absent
     _JSONDecodeError = json.JSONDecodeError
 
 __all__ = [
-    "Client", "AsyncClient", "RoutedCompletion", "RoutingInfo", "SignalVerdict",
+    "Client", "AsyncClient", "RoutedCompletion", "RoutedMessage", "RoutedResponse", "RoutingInfo", "SignalVerdict",
     "Explanation", "ChatStream", "AsyncChatStream",
     "SigrouteError", "BadRequest", "AuthenticationError", "PermissionDenied", "NotFound",
     "FeedbackNotSupported", "RateLimited", "UpstreamError", "Unavailable", "StreamBroken",
@@ -401,6 +401,65 @@ class RoutedCompletion:
     def finish_reason(self) -> str | None:
         choices = self.choices
         return choices[0].get("finish_reason") if choices else None
+
+
+@dataclass(frozen=True)
+class RoutedMessage:
+    """An Anthropic Messages answer (`POST /v1/messages`) and how it was routed. `raw` is the
+    Message body; `text` its text blocks joined; `tool_uses` its tool_use blocks."""
+
+    raw: dict[str, Any]
+    routing: RoutingInfo
+
+    @property
+    def text(self) -> str:
+        return "".join(b.get("text", "") for b in self.raw.get("content") or () if b.get("type") == "text")
+
+    @property
+    def tool_uses(self) -> list[dict[str, Any]]:
+        return [b for b in self.raw.get("content") or () if b.get("type") == "tool_use"]
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.raw.get("stop_reason")
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self.raw.get("usage")
+
+    @property
+    def id(self) -> str | None:
+        return self.raw.get("id")
+
+
+@dataclass(frozen=True)
+class RoutedResponse:
+    """An OpenAI Responses answer (`POST /v1/responses`) and how it was routed. `raw` is the
+    Response object; `text` its output text; `id` what `previous_response_id` continues."""
+
+    raw: dict[str, Any]
+    routing: RoutingInfo
+
+    @property
+    def text(self) -> str:
+        return "".join(part.get("text", "") for item in self.raw.get("output") or () if item.get("type") == "message"
+                       for part in item.get("content") or () if part.get("type") == "output_text")
+
+    @property
+    def function_calls(self) -> list[dict[str, Any]]:
+        return [item for item in self.raw.get("output") or () if item.get("type") == "function_call"]
+
+    @property
+    def status(self) -> str | None:
+        return self.raw.get("status")
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self.raw.get("usage")
+
+    @property
+    def id(self) -> str | None:
+        return self.raw.get("id")
 
 
 @dataclass(frozen=True)
@@ -731,6 +790,35 @@ class _ClientCore:
             body["stream"] = True
         return _dumps(body)
 
+    def _message_body(self, messages: Messages, model: str | None, max_tokens: int, system: Any,
+                      params: dict[str, Any]) -> bytes:
+        if params.pop("stream", False):
+            raise ValueError("message() returns a whole answer; stream Messages with the anthropic SDK "
+                             "(RoutingInfo.from_headers reads the routing of its raw response)")
+        body: dict[str, Any] = {"model": model or self.default_model, "max_tokens": max_tokens,
+                                "messages": _messages(messages)}
+        if system is not None:
+            body["system"] = system
+        body.update(params)
+        return _dumps(body)
+
+    def _response_body(self, input: Any, model: str | None, previous_response_id: str | None,
+                       params: dict[str, Any]) -> bytes:
+        if params.pop("stream", False):
+            raise ValueError("respond() returns a whole answer; stream Responses with the openai SDK "
+                             "(RoutingInfo.from_headers reads the routing of its raw response)")
+        body: dict[str, Any] = {"model": model or self.default_model, "input": input}
+        if previous_response_id is not None:
+            body["previous_response_id"] = previous_response_id
+        body.update(params)
+        return _dumps(body)
+
+    def _routed(self, response: httpx.Response, cls, what: str):
+        raw = self._json(response)
+        if not isinstance(raw, dict):
+            raise SigrouteError(f"expected {what}, got {type(raw).__name__}", status=response.status_code)
+        return cls(raw, RoutingInfo.from_headers(response.headers))
+
     def _retry_delay(self, attempt: int, error: SigrouteError) -> float | None:
         """Seconds to wait before retry number `attempt + 1`, or None when it must not be retried."""
         if attempt >= self.max_retries:
@@ -878,6 +966,32 @@ class Client(_ClientCore):
                               headers=self._headers(headers, debug=debug, body=True))
         return self._completion(response)
 
+    def message(self, messages: Messages, model: str | None = None, *, max_tokens: int = 1024,
+                system: Any = None, headers: Mapping[str, str] | None = None, **params: Any) -> RoutedMessage:
+        """Send an Anthropic Messages request (`POST /v1/messages`); return the Message with its
+        routing. `messages` as for `chat` (content may be Anthropic content blocks); `system`,
+        `tools`, `stop_sequences`, … as the Messages API takes them.
+
+        >>> client.message("hi", max_tokens=64).text    # doctest: +SKIP
+        """
+        body = self._message_body(messages, model, max_tokens, system, params)
+        response = self._send("POST", "/v1/messages", content=body, headers=self._headers(headers, body=True))
+        return self._routed(response, RoutedMessage, "an Anthropic Message")
+
+    def respond(self, input: Any, model: str | None = None, *, previous_response_id: str | None = None,
+                headers: Mapping[str, str] | None = None, **params: Any) -> RoutedResponse:
+        """Create an OpenAI Responses answer (`POST /v1/responses`); return it with its routing.
+        `input` is a string or a list of input items; `previous_response_id` continues a
+        conversation the gateway stored (`RoutedResponse.id` of an earlier answer); `instructions`,
+        `tools`, `text`, `max_output_tokens`, … as the Responses API takes them.
+
+        >>> first = client.respond("Name a prime.")                               # doctest: +SKIP
+        >>> client.respond("And the next one?", previous_response_id=first.id)    # doctest: +SKIP
+        """
+        body = self._response_body(input, model, previous_response_id, params)
+        response = self._send("POST", "/v1/responses", content=body, headers=self._headers(headers, body=True))
+        return self._routed(response, RoutedResponse, "a Response object")
+
     def stream(self, messages: Messages, model: str | None = None, *, debug: bool = False,
                headers: Mapping[str, str] | None = None, **params: Any) -> ChatStream:
         """Start a streamed chat completion; return a `ChatStream` of chunk dicts.
@@ -1021,6 +1135,21 @@ class AsyncClient(_ClientCore):
         response = await self._send("POST", "/v1/chat/completions", content=body,
                                     headers=self._headers(headers, debug=debug, body=True))
         return self._completion(response)
+
+    async def message(self, messages: Messages, model: str | None = None, *, max_tokens: int = 1024,
+                      system: Any = None, headers: Mapping[str, str] | None = None,
+                      **params: Any) -> RoutedMessage:
+        """See `Client.message`."""
+        body = self._message_body(messages, model, max_tokens, system, params)
+        response = await self._send("POST", "/v1/messages", content=body, headers=self._headers(headers, body=True))
+        return self._routed(response, RoutedMessage, "an Anthropic Message")
+
+    async def respond(self, input: Any, model: str | None = None, *, previous_response_id: str | None = None,
+                      headers: Mapping[str, str] | None = None, **params: Any) -> RoutedResponse:
+        """See `Client.respond`."""
+        body = self._response_body(input, model, previous_response_id, params)
+        response = await self._send("POST", "/v1/responses", content=body, headers=self._headers(headers, body=True))
+        return self._routed(response, RoutedResponse, "a Response object")
 
     async def stream(self, messages: Messages, model: str | None = None, *, debug: bool = False,
                      headers: Mapping[str, str] | None = None, **params: Any) -> AsyncChatStream:

@@ -613,3 +613,60 @@ def test_client_imports_without_server_dependencies():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir())
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+# --------------------------------------------------------------------------------------------
+# the other API surfaces: Anthropic Messages and OpenAI Responses, with routing metadata
+
+def test_message_returns_the_anthropic_answer_with_its_routing(sim, gateway_factory):
+    from sigroute.gateway.client import RoutedMessage
+
+    gw = gateway_factory(keyword_policy(sim))
+    with Client(gw.url) as client:
+        answer = client.message(ECHO + " python", max_tokens=200, system="Be brief.")
+    assert isinstance(answer, RoutedMessage)
+    assert answer.raw["type"] == "message" and answer.stop_reason == "end_turn"
+    assert answer.text == answer.raw["content"][0]["text"] and ECHO in answer.text
+    assert (answer.routing.decision, answer.routing.model) == ("coding", "beta")
+    assert answer.id.startswith("msg_") and answer.usage["output_tokens"] > 0
+    # translated once into the chat body the upstream received
+    assert sim.last_body("beta")["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert sim.last_body("beta")["max_tokens"] == 200
+    with Client(gw.url) as client, pytest.raises(ValueError):   # streams: the official SDKs
+        client.message("hi", stream=True)
+
+
+def test_message_tool_use_and_errors(sim, gateway_factory):
+    gw = gateway_factory(keyword_policy(sim))
+    tool = {"name": "lookup", "description": "look something up",
+            "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}}}
+    with Client(gw.url) as client:
+        answer = client.message("[[sim:tool]] the weather", tools=[tool])
+        assert answer.stop_reason == "tool_use"
+        assert answer.tool_uses[0]["name"] == "lookup" and answer.tool_uses[0]["input"] == {"text": "the weather"}
+        with pytest.raises(NotFound):
+            client.message("hi", model="no-such-model")
+
+
+def test_respond_continues_a_stored_conversation(sim, gateway_factory):
+    from sigroute.gateway.client import RoutedResponse
+
+    gw = gateway_factory(keyword_policy(sim))
+    with Client(gw.url) as client:
+        first = client.respond(ECHO + " one", instructions="Answer plainly.")
+        assert isinstance(first, RoutedResponse) and first.status == "completed"
+        assert ECHO in first.text and first.id.startswith("resp_")
+        assert (first.routing.decision, first.routing.model) == ("default", "alpha")
+        second = client.respond("and two", previous_response_id=first.id)
+    sent = sim.last_body(second.routing.model)["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]   # the stored turn was prepended
+    assert sent[1]["content"] == first.text and sent[2]["content"] == "and two"
+
+
+async def test_async_message_and_respond(sim, gateway_factory):
+    gw = gateway_factory(keyword_policy(sim))
+    async with AsyncClient(gw.url) as client:
+        message = await client.message(ECHO, max_tokens=100)
+        response = await client.respond(ECHO)
+    assert ECHO in message.text and ECHO in response.text
+    assert message.routing.request_id != response.routing.request_id
