@@ -31,8 +31,9 @@ for ``hung_hold_s`` on every slot.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
@@ -294,3 +295,25 @@ class HungRedis:
             return None
         self.probing = True
         return True
+
+    @contextlib.contextmanager
+    def guard(self, error: type[Exception], where: str, hint: str = "") -> Iterator[None]:
+        """Run Redis commands inside: while Redis is held as hung they fail at once, and any error
+        that means Redis is unavailable (a timeout marks it hung) is raised as `error`, saying
+        `where` ("Redis at HOST is unavailable (WHAT)") and `hint` (what to check)."""
+        probe = self.admit()
+        if probe is None:
+            ago = time.monotonic() - (self.timed_out_at or 0.0)
+            raise error(f"{where}: it did not answer within its timeout {ago:.1f}s ago, so commands fail at once "
+                        f"until it answers again" + (f"; {hint}" if hint else ""))
+        try:
+            yield
+        except unavailable_errors() as exc:
+            if is_timeout(exc):
+                self.timed_out_at = time.monotonic()
+            raise error(f"{where}: {str(exc) or type(exc).__name__}" + (f"; {hint}" if hint else "")) from exc
+        else:
+            self.timed_out_at = None
+        finally:
+            if probe:
+                self.probing = False

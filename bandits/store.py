@@ -131,7 +131,6 @@ Redis clients belong to the event loop that first uses them: open stores inside 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import secrets
@@ -139,11 +138,10 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 import numpy as np
 
-from sigroute._redis import (ACCEPTED_URLS, HungRedis, is_timeout, open_client, redacted_url, run_script_many,
-                             unavailable_errors, url_kind)
+from sigroute._redis import ACCEPTED_URLS, HungRedis, open_client, redacted_url, run_script_many, url_kind
 
 __all__ = [
     "SNAPSHOT_FORMAT",
@@ -653,29 +651,9 @@ class _RedisBase:
                                   connect_timeout=connect_timeout, retries=retries, backoff_cap=0.5,
                                   backoff_base=0.05)
 
-    @contextlib.contextmanager
-    def _guard(self, operation: str) -> Iterator[None]:
-        probe = self._hung.admit()
-        if probe is None:
-            ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
-            raise StoreUnavailable(
-                f"Redis at {self.description} is unavailable ({operation}): it did not answer within its timeout "
-                f"{ago:.1f}s ago, so commands fail at once until it answers again; check that redis-server "
-                "there is running and reachable")
-        try:
-            yield
-        except unavailable_errors() as exc:
-            if is_timeout(exc):
-                self._hung.timed_out_at = time.monotonic()
-            cause = str(exc) or type(exc).__name__
-            raise StoreUnavailable(
-                f"Redis at {self.description} is unavailable ({operation}): {cause}; "
-                f"check that redis-server is running there and that the URL is right") from exc
-        else:
-            self._hung.timed_out_at = None
-        finally:
-            if probe:
-                self._hung.probing = False
+    def _guard(self, operation: str):
+        return self._hung.guard(StoreUnavailable, f"Redis at {self.description} is unavailable ({operation})",
+                                "check that redis-server is running there and that the URL is right")
 
     async def _scan(self, pattern: str) -> set[str]:
         found: set[str] = set()  # SCAN may return a key more than once

@@ -56,19 +56,17 @@ it.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any, AsyncIterator, Iterator, Protocol, runtime_checkable
+from typing import Any, AsyncIterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from sigroute._redis import (HungRedis, is_redis_url, is_timeout, open_client, redacted_url,
-                             run_script_many, tagged_prefix, unavailable_errors)
+from sigroute._redis import HungRedis, is_redis_url, open_client, redacted_url, run_script_many, tagged_prefix
 
 __all__ = [
     "CacheEntry",
@@ -426,29 +424,9 @@ class RedisDocumentStore:
                              (("put", _PUT_LUA), ("get", _GET_LUA), ("delete", _DELETE_LUA))}
         return self._client
 
-    @contextlib.contextmanager
-    def _guard(self, operation: str) -> Iterator[None]:
-        probe = self._hung.admit()
-        if probe is None:
-            ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
-            raise StoreUnavailable(
-                f"Redis at {self.description} is unavailable ({operation}): it did not answer within its timeout "
-                f"{ago:.1f}s ago, so commands fail at once until it answers again; check that redis-server "
-                "there is running and reachable")
-        try:
-            yield
-        except unavailable_errors() as exc:
-            if is_timeout(exc):
-                self._hung.timed_out_at = time.monotonic()
-            cause = str(exc) or type(exc).__name__
-            raise StoreUnavailable(
-                f"Redis at {self.description} is unavailable ({operation}): {cause}; "
-                f"check that redis-server is running there and that the URL is right") from exc
-        else:
-            self._hung.timed_out_at = None
-        finally:
-            if probe:
-                self._hung.probing = False
+    def _guard(self, operation: str):
+        return self._hung.guard(StoreUnavailable, f"Redis at {self.description} is unavailable ({operation})",
+                                "check that redis-server is running there and that the URL is right")
 
     def _doc(self, doc_id: str) -> str:
         return self._doc_prefix + doc_id

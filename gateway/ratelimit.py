@@ -22,11 +22,10 @@ tries Redis again until one is answered; a refused connection fails fast by itse
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from typing import Any, Callable, Iterator, Protocol
-from sigroute._redis import HungRedis, is_redis_url, is_timeout, open_client, redacted_url, unavailable_errors
+from typing import Any, Callable, Protocol
+from sigroute._redis import HungRedis, is_redis_url, open_client, redacted_url
 from sigroute.policies.schema import RateLimit
 
 REDIS_NAMESPACE = "sigroute:ratelimit:"
@@ -136,27 +135,8 @@ class RedisRateLimitStore:
             self._take_script = self._client.register_script(_TAKE_LUA)   # EVALSHA, reloaded on NOSCRIPT
         return self._client
 
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        probe = self._hung.admit()
-        if probe is None:
-            ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
-            raise RateLimitStoreUnavailable(
-                f"Redis at {self.description} is unavailable (rate limit): it did not answer within its timeout "
-                f"{ago:.1f}s ago, so checks fail at once until it answers again")
-        try:
-            yield
-        except unavailable_errors() as exc:
-            if is_timeout(exc):
-                self._hung.timed_out_at = time.monotonic()
-            cause = str(exc) or type(exc).__name__
-            raise RateLimitStoreUnavailable(
-                f"Redis at {self.description} is unavailable (rate limit): {cause}") from exc
-        else:
-            self._hung.timed_out_at = None
-        finally:
-            if probe:
-                self._hung.probing = False
+    def _guard(self):
+        return self._hung.guard(RateLimitStoreUnavailable, f"Redis at {self.description} is unavailable (rate limit)")
 
     async def take(self, key: str, rate_per_s: float, burst: float) -> float:
         if not (rate_per_s > 0 and math.isfinite(rate_per_s)) or not burst >= 1:

@@ -31,12 +31,11 @@ tries Redis again.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
 
-from sigroute._redis import HungRedis, is_redis_url, is_timeout, open_client, redacted_url, unavailable_errors
+from sigroute._redis import HungRedis, is_redis_url, open_client, redacted_url
 
 __all__ = ["ResponseStore", "ResponseStoreUnavailable", "MemoryResponseStore", "RedisResponseStore",
            "open_response_store", "REDIS_NAMESPACE"]
@@ -143,27 +142,9 @@ class RedisResponseStore:
             self._client = open_client(self.url, decode_responses=False, **self._options)
         return self._client
 
-    @contextlib.contextmanager
-    def _guard(self, operation: str) -> Iterator[None]:
-        probe = self._hung.admit()
-        if probe is None:
-            ago = time.monotonic() - (self._hung.timed_out_at or 0.0)
-            raise ResponseStoreUnavailable(
-                f"Redis at {self.description} is unavailable ({operation} a response): it did not answer within "
-                f"its timeout {ago:.1f}s ago, so commands fail at once until it answers again")
-        try:
-            yield
-        except unavailable_errors() as exc:
-            if is_timeout(exc):
-                self._hung.timed_out_at = time.monotonic()
-            cause = str(exc) or type(exc).__name__
-            raise ResponseStoreUnavailable(
-                f"Redis at {self.description} is unavailable ({operation} a response): {cause}") from exc
-        else:
-            self._hung.timed_out_at = None
-        finally:
-            if probe:
-                self._hung.probing = False
+    def _guard(self, operation: str):
+        return self._hung.guard(ResponseStoreUnavailable,
+                                f"Redis at {self.description} is unavailable ({operation} a response)")
 
     async def put(self, tenant: str, response_id: str, record: bytes, ttl_s: float) -> None:
         with self._guard("storing"):
