@@ -109,7 +109,9 @@ class Sim:
         self.http = httpx.Client(base_url=server.url, timeout=10)
 
     def reset(self) -> None:
-        self.http.post("/sim/reset").raise_for_status()
+        """Zero the stats and restore every model's configured settings (a test that changed a
+        model's timing or answer length must not leak it into the next test)."""
+        self.http.post("/sim/reset", params={"config": "true"}).raise_for_status()
         for name in SIM_MODELS:
             self.faults(name)
 
