@@ -221,27 +221,33 @@ def free_port() -> int:
 # persistence. Installed with apt-get when missing and we are root (the README's single test
 # command must work on a fresh machine).
 
-def _redis_server_binary() -> str:
+def apt_install(package: str, find: Callable[[], str | None], how: str) -> str:
+    """The path `find()` gives, installing Debian's `package` with apt-get first when it is missing
+    (as root; otherwise the test fails saying `how` to install it)."""
     import subprocess
 
-    from sigroute.gateway.serving import find_redis_server
-
-    found = find_redis_server()
+    found = find()
     if found:
         return found
-    how = "install it with `apt-get install -y redis-server` (Debian/Ubuntu) or `brew install redis` (macOS)"
     if os.geteuid() != 0:
-        pytest.fail(f"redis-server is not installed and the tests are not running as root; {how}")
+        pytest.fail(f"{package} is not installed and the tests are not running as root; {how}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"]):
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", package]):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            pytest.fail(f"could not install redis-server ({' '.join(cmd)} exited {done.returncode}: "
+            pytest.fail(f"could not install {package} ({' '.join(cmd)} exited {done.returncode}: "
                         f"{done.stderr.strip()[-500:]}); {how}")
-    found = find_redis_server()
+    found = find()
     if found is None:
-        pytest.fail(f"redis-server still missing after apt-get install; {how}")
+        pytest.fail(f"{package} still missing after apt-get install; {how}")
     return found
+
+
+def _redis_server_binary() -> str:
+    from sigroute.gateway.serving import find_redis_server
+
+    return apt_install("redis-server", find_redis_server, "install it with `apt-get install -y redis-server` "
+                       "(Debian/Ubuntu) or `brew install redis` (macOS)")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 
 import httpx
 import orjson
@@ -24,7 +23,7 @@ from sigroute.gateway.app import create_app
 from sigroute.gateway.http_server import server_options
 from sigroute.gateway.serving import ServerThread
 from sigroute.policies.loader import load_policy
-from tests.conftest import base_policy
+from tests.conftest import apt_install, base_policy
 
 ADMIN, USER = "sk-dash-admin-7731", "sk-dash-user-2208"
 LEARN = {"linucb": {"alpha": 0.2, "features": ["bias", "length"], "sync_interval_s": 0.05}}
@@ -151,23 +150,10 @@ def test_with_auth_off_the_page_and_data_are_refused_unless_opened(sim, gateway_
 # the page, in a real browser
 
 def _chromium_binary() -> str:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    how = "install Debian's chromium package (`apt-get install -y chromium`)"
-    if os.geteuid() != 0:
-        pytest.fail(f"chromium is not installed and the tests are not running as root; {how}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"could not install chromium ({' '.join(cmd)} exited {done.returncode}: "
-                        f"{done.stderr.strip()[-500:]}); {how}")
-    found = shutil.which("chromium")
-    if found is None:
-        pytest.fail(f"chromium still missing after apt-get install; {how}")
-    return found
+    def find() -> str | None:
+        return shutil.which("chromium") or shutil.which("chromium-browser")
+
+    return apt_install("chromium", find, "install Debian's chromium package (`apt-get install -y chromium`)")
 
 
 @pytest.fixture(scope="module")
