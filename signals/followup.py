@@ -31,7 +31,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["FollowUp", "follow_up", "normalized", "dissatisfaction_cue", "classify", "CUES",
+from sigroute.signals.base import Signal, SignalResult
+
+__all__ = ["Reask", "Dissatisfied", "FollowUp", "follow_up", "normalized", "dissatisfaction_cue", "classify", "CUES",
            "DEFAULT_REASK_THRESHOLD"]
 
 # Chosen with benchmarks/reask.py on 2,000 labelled question pairs whose non-duplicates are hard
@@ -159,3 +161,52 @@ def classify(follow: FollowUp, similarity: float | None, threshold: float,
     if similarity is not None:
         details["similarity"] = round(float(similarity), 4)
     return "moved_on", details
+
+
+# --------------------------------------------------------------------------------------------
+# the signals rules read
+
+
+class Reask(Signal):
+    """`reask`: the last user turn asks the previous one again, right after an assistant answer.
+
+    value is {"similarity"} (cosine of the two turns); confidence is the similarity when matched.
+    Needs the encoder (a declared `reask` signal loads it).
+    """
+
+    type = "reask"
+    needs_embedding = True
+
+    def embedding_texts(self, ctx) -> tuple[str, ...]:
+        follow = follow_up(ctx)
+        if follow is None or follow.previous is None:
+            return ()
+        return (follow.turn, follow.previous)
+
+    def evaluate(self, ctx) -> SignalResult:
+        follow = follow_up(ctx)
+        if follow is None or follow.previous is None:
+            return SignalResult(False, 0.0, {"reason": "not a follow-up turn"})
+        similarity = float(ctx.vector(follow.turn) @ ctx.vector(follow.previous))
+        matched = similarity >= self.config.threshold
+        return SignalResult(matched, max(0.0, min(1.0, similarity)), {"similarity": round(similarity, 4)})
+
+
+class Dissatisfied(Signal):
+    """`dissatisfied`: the last user turn, right after an assistant answer, says that answer was
+    wrong ("that's wrong", "try again", "das ist falsch", …). value is {"language", "cue"}."""
+
+    type = "dissatisfied"
+
+    def __init__(self, name: str, config):
+        super().__init__(name, config)
+        self._extra = cue_pattern(config.extra_cues)
+
+    def evaluate(self, ctx) -> SignalResult:
+        follow = follow_up(ctx)
+        if follow is None:
+            return SignalResult(False, 0.0, {"reason": "not a follow-up turn"})
+        cue = dissatisfaction_cue(follow.turn, self._extra)
+        if cue is None:
+            return SignalResult(False, 0.0, None)
+        return SignalResult(True, 1.0, {"language": cue[0], "cue": cue[1]})
