@@ -242,9 +242,9 @@ class ImplicitFeedback:
             log.warning("could not remember served answer of %s: %s", journey.request_id, exc)
 
     # 2: a follow-up comes in ---------------------------------------------------------------------
-    async def judge(self, journey) -> tuple[FollowUp, dict, Verdict] | None:
+    async def judge(self, journey, *, count: bool = True) -> tuple[FollowUp, dict, Verdict] | None:
         """The follow-up in this request, if it follows an answer this user was served: its verdict
-        (nothing credited)."""
+        (nothing credited; `count=False`: nothing counted either, for explain)."""
         if not self.enabled:
             return None
         follow = follow_up(journey.ctx)
@@ -253,11 +253,13 @@ class ImplicitFeedback:
         try:
             entry = await self.store.find(self.who(journey), answer_hash(follow.answer), self.window_s)
         except Exception as exc:
-            self._count("store_error")
+            if count:
+                self._count("store_error")
             log.warning("could not look up a followed-up answer for %s: %s", journey.request_id, exc)
             return None
         if entry is None:
-            self._count("not_served")
+            if count:
+                self._count("not_served")
             return None
         similarity = None
         if self.embedder is not None and follow.previous is not None:
@@ -266,6 +268,17 @@ class ImplicitFeedback:
             similarity = float(ctx.vector(follow.turn) @ ctx.vector(follow.previous))
         event, details = classify(follow, similarity, self.threshold, self.extra_cues)
         return follow, entry, Verdict(entry["request_id"], entry.get("decision", ""), event, details)
+
+    async def explain(self, journey) -> dict | None:
+        """What this request would credit as implicit feedback (explain: nothing is credited or counted)."""
+        if not self.enabled:
+            return None
+        judged = await self.judge(journey, count=False)
+        if judged is None:
+            return {"follows": None}
+        verdict = judged[2]
+        return {"follows": verdict.request_id, "decision": verdict.decision, "event": verdict.event,
+                "details": verdict.details}
 
     async def follow_up(self, journey) -> Verdict | None:
         """Credit the answer this request follows (when this user was served it in the window).

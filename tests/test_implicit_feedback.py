@@ -242,9 +242,14 @@ def test_a_rule_on_reask_routes_to_the_stronger_model(sim, gateway_factory, tmp_
     _, _, headers = ask(gw, history, user="u2")
     assert headers["x-sigroute-decision"] == "learn"
     assert headers["x-sigroute-implicit-feedback"].startswith("moved_on;")
-    explained = gw.http.post("/v1/route/explain", json={"model": "auto", "messages": [
+    explained = gw.http.post("/v1/route/explain", json={"model": "auto", "user": "u2", "messages": [
         *history[:2], {"role": "user", "content": "Das stimmt nicht."}]}).json()
     assert explained["signals"]["dissatisfied:unhappy"]["matched"] is True
+    assert explained["winner"]["decision"] == "escalate"
+    # explain shows what would be credited (the answer followed, the verdict), and credits nothing
+    assert explained["implicit_feedback"] == {"follows": rid, "decision": "learn", "event": "dissatisfied",
+                                              "details": {"language": "de", "cue": "das stimmt nicht"}}
+    assert len(feedback_events(gw)) == 2
 
 
 # --------------------------------------------------------------------------------------------
