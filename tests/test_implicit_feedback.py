@@ -294,3 +294,21 @@ feedback:
     with pytest.raises(PolicyError) as caught:
         load_policy_text(text.replace("reask_threshold: 1.5", "windw: 5m"), "policy.yaml")
     assert "policy.yaml:9" in str(caught.value) and "window" in str(caught.value)
+
+
+def test_an_anthropic_messages_conversation_is_followed_up(sim, gateway_factory, tmp_path):
+    """The follow-up is read from the request as translated once from its surface: the same for the
+    Messages API (user from metadata.user_id) as for chat completions."""
+    import anthropic
+
+    gw = make_gateway(gateway_factory, implicit_policy(sim), tmp_path)
+    client = anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0)
+    first = [{"role": "user", "content": "Capital of Kenya?"}]
+    raw = client.messages.with_raw_response.create(model="auto", max_tokens=64, messages=first,
+                                                   metadata={"user_id": "m1"})
+    rid, message = raw.headers["x-sigroute-request-id"], raw.parse()
+    answer = "".join(block.text for block in message.content if block.type == "text")
+    follow = client.messages.with_raw_response.create(
+        model="auto", max_tokens=64, metadata={"user_id": "m1"},
+        messages=[*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Inténtalo de nuevo."}])
+    assert follow.headers["x-sigroute-implicit-feedback"] == f"dissatisfied; request={rid}; status=credited"
