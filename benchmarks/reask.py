@@ -11,6 +11,10 @@ lowest threshold whose precision reaches `--min-precision` (default 0.80) and th
 F1; `signals.followup.DEFAULT_REASK_THRESHOLD` was set between them from this sweep. Non-duplicate pairs in that file are hard negatives (often the same topic),
 so precision on real follow-up turns, which mostly change the subject, is higher.
 
+It also measures `tests/data/reask_followups.jsonl` (`--followups`): 40 conversation follow-ups
+written for this project (20 re-asks in other words, 20 next questions, many on the same topic, in
+en, de, fr, es) — closer to what the gateway sees than question pairs.
+
     python -m benchmarks.reask --pairs /work/shared/data/cache/question_pairs_dev.csv --n 2000 --json out.json
 """
 
@@ -46,6 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=2000, help="pairs sampled (seeded)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-precision", type=float, default=0.80)
+    parser.add_argument("--followups", default="tests/data/reask_followups.jsonl")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -63,12 +68,22 @@ def main(argv=None) -> int:
     table = sweep(similarities, labels, np.arange(0.70, 0.981, 0.01))
     chosen = next((r for r in table if r["precision"] >= args.min_precision), table[-1])
     best_f1 = max(table, key=lambda r: r["f1"])
+    with open(args.followups, encoding="utf-8") as f:
+        follow = [json.loads(line) for line in f if line.strip()]
+    fa = encoder.encode([r["previous"] for r in follow])
+    fb = encoder.encode([r["turn"] for r in follow])
+    from sigroute.signals.followup import DEFAULT_REASK_THRESHOLD
+
+    followups = sweep(np.sum(fa * fb, axis=1), np.array([r["reask"] for r in follow]),
+                      [0.75, 0.80, DEFAULT_REASK_THRESHOLD, 0.90])
     result = {"pairs": len(rows), "duplicates": int(labels.sum()), "encoder": encoder.model_name,
-              "min_precision": args.min_precision, "chosen": chosen, "best_f1": best_f1, "sweep": table}
+              "min_precision": args.min_precision, "chosen": chosen, "best_f1": best_f1, "sweep": table,
+              "followups": {"n": len(follow), "sweep": followups}}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
-    print(json.dumps({"pairs": len(rows), "chosen": chosen, "best_f1": best_f1}))
+    at_default = next(r for r in followups if r["threshold"] == round(DEFAULT_REASK_THRESHOLD, 3))
+    print(json.dumps({"pairs": len(rows), "chosen": chosen, "best_f1": best_f1, "followups_at_default": at_default}))
     return 0
 
 

@@ -274,6 +274,24 @@ def test_dissatisfaction_cues_precision_and_recall_on_the_labelled_set():
         assert sum(1 for r in positives if dissatisfaction_cue(r["text"])) >= 0.9 * len(positives), language
 
 
+def test_reask_threshold_on_the_labelled_follow_ups():
+    """tests/data/reask_followups.jsonl: re-asks in other words and next questions (often on the same
+    topic). At the default threshold the shared embedding separates them with no false re-ask."""
+    import numpy as np
+
+    from sigroute.signals.encoder import shared_encoder
+    from sigroute.signals.followup import DEFAULT_REASK_THRESHOLD
+
+    rows = [json.loads(line) for line in (CUES_SET.parent / "reask_followups.jsonl").read_text().splitlines()]
+    encoder = shared_encoder()
+    similarity = np.sum(encoder.encode([r["previous"] for r in rows]) * encoder.encode([r["turn"] for r in rows]), 1)
+    predicted = similarity >= DEFAULT_REASK_THRESHOLD
+    labels = np.array([r["reask"] for r in rows])
+    precision = (predicted & labels).sum() / predicted.sum()
+    recall = (predicted & labels).sum() / labels.sum()
+    assert precision >= 0.95 and recall >= 0.8, (precision, recall)
+
+
 def test_a_bad_implicit_setting_names_file_line_and_key():
     from sigroute.policies.loader import PolicyError, load_policy_text
 
