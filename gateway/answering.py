@@ -266,10 +266,10 @@ class Answering:
                     event = encoder.chunk(tail)
                     if event:
                         yield event
+                if told is not None:   # before the last event: a follow-up may come as soon as the caller has it
+                    await self.implicit.remember(journey, "".join(told))
                 yield await encoder.end()
                 status = "200"
-                if told is not None:
-                    await self.implicit.remember(journey, "".join(told))
                 if assembler is not None:                                        # 10
                     body = assembler.completion(model)
                     await self.caching.store(journey, orjson.dumps(body) if complete_answer(body) else None)
