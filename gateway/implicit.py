@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sigroute._redis import HungRedis, is_redis_url, open_client, redacted_url
-from sigroute.bandits.feedback import FeedbackWeights, implicit_credit
+from sigroute.bandits.feedback import implicit_credit
 from sigroute.signals.followup import FollowUp, classify, cue_pattern, follow_up
 
 __all__ = ["ServedAnswers", "MemoryServedAnswers", "RedisServedAnswers", "open_served_answers",
@@ -214,7 +214,7 @@ class ImplicitFeedback:
         self.max_per_user = spec.max_answers_per_user
         self.threshold = spec.reask_threshold
         self.extra_cues = cue_pattern(spec.extra_cues)
-        self.weights = FeedbackWeights(**policy.feedback.weights.model_dump())
+        self.weights = learning.weights()
         self.store = store
         self.learning = learning
         self.metrics = metrics

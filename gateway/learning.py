@@ -44,7 +44,7 @@ import orjson
 
 from sigroute.bandits.base import Reward, Selector
 from sigroute.bandits.contextual import quality_from_feedback
-from sigroute.bandits.feedback import Credit, learned_quality
+from sigroute.bandits.feedback import Credit, FeedbackWeights, explicit_credit, learned_quality
 from sigroute.bandits.store import StoreUnavailable
 from sigroute.gateway.errors import APIError, InvalidRequest, NotFound, Unavailable
 from sigroute.gateway.journey import Journey
@@ -72,6 +72,10 @@ class Learning:
     pending_store: Any               # answers waiting for feedback (bandits.store), app-wide
     semantic_cache: Any              # cached answers (cache.semantic), app-wide: feedback may remove one
     decision_log: Any = None         # bandits.replay.DecisionLog, for `sigroute replay`
+
+    def weights(self) -> FeedbackWeights:
+        """How much each source of feedback is believed (the policy's `feedback.weights`)."""
+        return FeedbackWeights(**self.policy.feedback.weights.model_dump())
 
     def cost_usd(self, model: str, usage: Any) -> float | None:
         """What an answer cost by the model's price (USD per 1M tokens) and its usage; None if unknown."""
@@ -214,8 +218,10 @@ class Learning:
             # explicit wins over implicit (bandits.feedback): an implicit credit applied before is replaced,
             # so the learner ends where the explicit credit alone would have put it (sums add)
             implicit = record.get("implicit")
-            already = implicit_learned(record, implicit) - float(record.get("default_quality", 0.0)) if implicit else 0.0
-            change = selector.credit(record, quality - already) if selector is not None else None
+            default = float(record.get("default_quality", 0.0))
+            learned = learned_quality(default, explicit_credit(quality, self.weights()))   # feedback.weights.explicit
+            already = implicit_learned(record, implicit) - default if implicit else 0.0
+            change = selector.credit(record, learned - already) if selector is not None else None
             out["learned"] = change is not None
             if implicit:
                 out["replaced"] = {"source": "implicit", "event": implicit.get("event")}

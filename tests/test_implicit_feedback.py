@@ -105,6 +105,12 @@ def test_policy_weights_are_used(sim, gateway_factory, tmp_path):
     conversation(gw, "Name a prime number above 50.", "Thanks! Now write a limerick about cats.")
     [event] = feedback_events(gw)
     assert event["credit"] == 0.0
+    # feedback.weights.explicit weighs POST /v1/feedback alike
+    gw = make_gateway(gateway_factory, implicit_policy(sim, feedback={"weights": {"explicit": 0.5}}), tmp_path)
+    _, rid, _ = ask(gw, [{"role": "user", "content": "Name a prime number above 60."}])
+    assert gw.http.post("/v1/feedback", json={"request_id": rid, "thumbs": "down"}).status_code == 200
+    [event] = feedback_events(gw)
+    assert event["source"] == "explicit" and event["credit"] == pytest.approx(0.5 * (0 - DEFAULT_QUALITY))
 
 
 # --------------------------------------------------------------------------------------------

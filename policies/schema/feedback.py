@@ -21,7 +21,8 @@ from sigroute.policies.schema.base import Duration, Strict
 
 
 class FeedbackWeightsSpec(Strict):
-    """How far each kind of credit moves learned quality from the decision's default (0: ignored, 1: fully)."""
+    """How far each kind of credit moves learned quality from the decision's default (0: ignored, 1: fully).
+    `judge` and `shadow` are read by judged and shadow feedback (the routing benchmark's simulation today)."""
 
     explicit: float = Field(1.0, ge=0, le=1)
     judge: float = Field(0.9, ge=0, le=1)
