@@ -219,6 +219,16 @@ def test_served_answers_are_shared_through_redis(sim, gateway_factory, tmp_path,
         client.close()
 
 
+def test_an_unreachable_redis_never_fails_a_follow_up(sim, gateway_factory, tmp_path):
+    from conftest import free_port
+
+    gw = make_gateway(gateway_factory, implicit_policy(sim), tmp_path,
+                      redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    rid, headers = conversation(gw, "Capital of Mongolia?", "That's wrong.")   # both turns answered
+    assert "x-sigroute-implicit-feedback" not in headers and feedback_events(gw) == []
+    assert metric(gw, "sigroute_implicit_feedback_total", outcome="store_error") >= 1
+
+
 # --------------------------------------------------------------------------------------------
 # signals for rules, with the encoder
 
