@@ -6,7 +6,7 @@ learning decision routed, and one per quality feedback:
     {"type": "decision", "request_id", "at", "tenant", "decision", "algorithm", "schema",
      "candidates": [...], "model": the pick, "answered_by": the model that answered,
      "propensity": the pick's probability, "context": [feature vector], "reward": immediate reward}
-    {"type": "feedback", "request_id", "at", "quality", "credit": reward change}
+    {"type": "feedback", "request_id", "at", "quality", "credit": reward change, "by", "source"[, "event", "details"]}
 
 No prompt or answer text is written: only the feature vector, which is what a policy decides on.
 
@@ -60,10 +60,18 @@ class DecisionLog:
             event["usage"] = usage
         self.write(event)
 
-    def feedback(self, *, request_id: str, quality: float, credit: float, by: str | None = None) -> None:
-        """A rating of an earlier decision; `by` is who sent it (the API key's tenant/hash prefix)."""
-        self.write({"type": "feedback", "request_id": request_id, "at": round(time.time(), 3),
-                    "quality": quality, "credit": round(float(credit), 6), "by": by})
+    def feedback(self, *, request_id: str, quality: float, credit: float, by: str | None = None,
+                 source: str = "explicit", event: str | None = None, details: dict | None = None) -> None:
+        """A rating of an earlier decision; `by` is who sent it (the API key's tenant/hash prefix),
+        `source` where it came from (explicit, implicit, judge, shadow), `event` an implicit
+        credit's kind (reask, dissatisfied, moved_on) and `details` why (similarity, cue)."""
+        entry = {"type": "feedback", "request_id": request_id, "at": round(time.time(), 3),
+                 "quality": round(float(quality), 6), "credit": round(float(credit), 6), "by": by, "source": source}
+        if event is not None:
+            entry["event"] = event
+        if details:
+            entry["details"] = details
+        self.write(entry)
 
     def close(self) -> None:
         with self._lock:

@@ -91,9 +91,16 @@ three are deliberately indistinguishable). Claims are atomic: of concurrent clai
 exactly one is ``"applied"``. Records come back as fresh copies (they are stored as JSON in both
 implementations). ``put`` of an existing id replaces it, fingerprint included.
 
+Implicit feedback (a follow-up turn's verdict, `gateway.implicit`) ``claim_implicit``s a record with
+the credit it applied (JSON): ``"applied"`` the first time, ``"duplicate"`` when an implicit credit
+was already recorded, ``"explicit_first"`` when explicit feedback already claimed it (explicit wins:
+nothing is applied), ``"unknown"`` as for ``claim``. A later explicit ``claim`` returns the record
+with the implicit credit under ``record["implicit"]``, so the learner can replace it by the explicit
+one (`bandits.feedback`: explicit wins over implicit).
+
 Redis layout (`RedisPendingStore`): one hash per request id, ``<namespace><request_id>`` (default
 namespace ``"sigroute:pending:"``), fields ``t`` (tenant), ``r`` (record JSON) and, once claimed,
-``f`` (fingerprint), with a native key TTL (``PEXPIRE``). ``put`` and ``claim`` are one Lua script each.
+``f`` (fingerprint), ``i`` (an implicit credit's JSON), with a native key TTL (``PEXPIRE``). ``put`` and ``claim`` are one Lua script each.
 
 Redis down: a ``put`` that cannot reach Redis raises `StoreUnavailable` *and* keeps the record in
 the process (at most ``max_unsent``, default 10,000, the oldest dropped first) with its deadline.
@@ -290,6 +297,10 @@ class PendingStore(Protocol):
 
     async def claim(self, request_id: str, tenant: str, feedback_fingerprint: str) -> tuple[str, dict | None]:
         """("applied" | "duplicate" | "conflict", record) or ("unknown", None); atomic."""
+
+    async def claim_implicit(self, request_id: str, tenant: str, credit: str) -> tuple[str, dict | None]:
+        """Record an implicit credit (JSON): ("applied" | "duplicate" | "explicit_first", record) or
+        ("unknown", None); atomic. An explicit `claim` afterwards sees it as record["implicit"]."""
 
     async def count(self) -> int:
         """Live (unexpired) records."""
@@ -1140,6 +1151,7 @@ class _Pending:
     payload: str
     expires: float
     fingerprint: str | None = None
+    implicit: str | None = None   # an implicit credit's JSON, once one was applied
 
 
 class MemoryPendingStore:
@@ -1194,6 +1206,21 @@ class MemoryPendingStore:
                 status = "duplicate"
             else:
                 status = "conflict"
+            payload, implicit = pending.payload, pending.implicit
+        return status, _with_implicit(json.loads(payload), implicit)
+
+    async def claim_implicit(self, request_id: str, tenant: str, credit: str) -> tuple[str, dict | None]:
+        with self._lock:
+            pending = self._records.get(request_id)
+            if pending is None or pending.expires <= time.monotonic() or pending.tenant != tenant:
+                return "unknown", None
+            if pending.fingerprint is not None:
+                status = "explicit_first"
+            elif pending.implicit is not None:
+                status = "duplicate"
+            else:
+                pending.implicit = credit
+                status = "applied"
             payload = pending.payload
         return status, json.loads(payload)
 
@@ -1215,16 +1242,34 @@ class MemoryPendingStore:
         return f"MemoryPendingStore(max_records={self.max_records})"
 
 
-# KEYS[1] = the record's hash; ARGV = tenant, fingerprint. Returns {status[, record JSON]}.
+def _with_implicit(record: dict, implicit: str | None) -> dict:
+    """The record as an explicit claim returns it: with the implicit credit applied before, if any."""
+    if implicit:
+        record["implicit"] = json.loads(implicit)
+    return record
+
+
+# KEYS[1] = the record's hash; ARGV = tenant, fingerprint. Returns {status[, record JSON[, implicit JSON]]}.
 _CLAIM_LUA = """
-local h = redis.call('HMGET', KEYS[1], 't', 'r', 'f')
+local h = redis.call('HMGET', KEYS[1], 't', 'r', 'f', 'i')
 if not h[1] or h[1] ~= ARGV[1] then return {'unknown'} end
+local implicit = h[4] or ''
 if not h[3] then
   redis.call('HSET', KEYS[1], 'f', ARGV[2])
-  return {'applied', h[2]}
+  return {'applied', h[2], implicit}
 end
-if h[3] == ARGV[2] then return {'duplicate', h[2]} end
-return {'conflict', h[2]}
+if h[3] == ARGV[2] then return {'duplicate', h[2], implicit} end
+return {'conflict', h[2], implicit}
+"""
+
+# KEYS[1] = the record's hash; ARGV = tenant, implicit credit JSON. Returns {status[, record JSON]}.
+_CLAIM_IMPLICIT_LUA = """
+local h = redis.call('HMGET', KEYS[1], 't', 'r', 'f', 'i')
+if not h[1] or h[1] ~= ARGV[1] then return {'unknown'} end
+if h[3] then return {'explicit_first', h[2]} end
+if h[4] then return {'duplicate', h[2]} end
+redis.call('HSET', KEYS[1], 'i', ARGV[2])
+return {'applied', h[2]}
 """
 
 
@@ -1249,6 +1294,7 @@ class RedisPendingStore(_RedisBase):
         if max_unsent < 0:
             raise ValueError(f"max_unsent must be at least 0, got {max_unsent}")
         self._claim_script = self._redis.register_script(_CLAIM_LUA)
+        self._claim_implicit_script = self._redis.register_script(_CLAIM_IMPLICIT_LUA)
         self._put_script = self._redis.register_script(_PUT_PENDING_LUA)
         self.max_unsent = max_unsent
         self._unsent: OrderedDict[str, tuple[str, str, float]] = OrderedDict()  # id -> (tenant, payload, expires)
@@ -1309,6 +1355,15 @@ class RedisPendingStore(_RedisBase):
         with self._guard("claim a pending record"):
             result = await self._claim_script(keys=[self.namespace + request_id],
                                               args=[tenant, feedback_fingerprint])
+        if result[0] == "unknown":
+            return "unknown", None
+        return result[0], _with_implicit(json.loads(result[1]), result[2] if len(result) > 2 else None)
+
+    async def claim_implicit(self, request_id: str, tenant: str, credit: str) -> tuple[str, dict | None]:
+        if request_id in self._unsent:
+            await self._send_unsent(request_id)
+        with self._guard("claim a pending record for implicit feedback"):
+            result = await self._claim_implicit_script(keys=[self.namespace + request_id], args=[tenant, credit])
         if result[0] == "unknown":
             return "unknown", None
         return result[0], json.loads(result[1])

@@ -119,14 +119,38 @@ async def flush_filters(filters, like: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def answer_text(body: dict[str, Any]) -> str | None:
+    """The text of a whole answer's first choice (None when it has none)."""
+    try:
+        content = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
+
+
+def chunk_text(chunk: dict[str, Any]) -> str:
+    """The first choice's text in a streamed chunk ("" when it has none)."""
+    for choice in chunk.get("choices") or ():
+        if choice.get("index", 0) == 0:
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else None
+            return text if isinstance(text, str) else ""
+    return ""
+
+
 class Answering:
     def __init__(self, plugins: PolicyPlugins, caching: Caching, learning: Learning, metrics: Metrics,
-                 activity: Activity | None = None):
+                 activity: Activity | None = None, implicit=None):
         self.plugins = plugins
         self.caching = caching
         self.learning = learning
         self.metrics = metrics
         self.activity = activity
+        self.implicit = implicit   # gateway.implicit.ImplicitFeedback: remembers served answers (None: off)
+
+    def _follows_up(self, journey: Journey) -> bool:
+        """Whether this answer's text is remembered for implicit feedback from a follow-up turn."""
+        return self.implicit is not None and self.implicit.enabled and journey.feedback_pending
 
     def _count(self, journey: Journey, model: str, status: str, elapsed_s: float, usage: Any = None) -> None:
         route = journey.route
@@ -187,6 +211,8 @@ class Answering:
         elapsed = journey.elapsed_s()
         self._timing_headers(journey, elapsed)
         self.learning.learn(journey, ok=True, latency_ms=elapsed * 1000, usage=body.get("usage"))   # 11
+        if self._follows_up(journey):
+            await self.implicit.remember(journey, answer_text(body))
         self._count(journey, result.model, "200", elapsed, body.get("usage"))
         return Answer(200, journey.response_headers, body=answer_bytes)
 
@@ -201,6 +227,7 @@ class Answering:
         journey.plugins.apply_to(headers)
         encoder = journey.encoder
         began = False
+        told: list[str] | None = [] if self._follows_up(journey) else None   # the answer's text as the caller saw it
 
         async def events() -> AsyncIterator[bytes]:
             nonlocal began
@@ -215,7 +242,10 @@ class Answering:
                 opening = encoder.start()
                 if first.get("usage"):
                     usage = first["usage"]
-                event = encoder.chunk(await filter_chunk(first, filters) if filters else first)
+                shown = await filter_chunk(first, filters) if filters else first
+                if told is not None:
+                    told.append(chunk_text(shown))
+                event = encoder.chunk(shown)
                 if opening or event:
                     yield opening + event
                 async for chunk in stream:
@@ -224,13 +254,20 @@ class Answering:
                         usage = chunk["usage"]
                     if assembler is not None:
                         assembler.add(chunk)
-                    event = encoder.chunk(await filter_chunk(chunk, filters) if filters else chunk)
+                    shown = await filter_chunk(chunk, filters) if filters else chunk
+                    if told is not None:
+                        told.append(chunk_text(shown))
+                    event = encoder.chunk(shown)
                     if event:
                         yield event
                 for tail in await flush_filters(filters, first):
+                    if told is not None:
+                        told.append(chunk_text(tail))
                     event = encoder.chunk(tail)
                     if event:
                         yield event
+                if told is not None:   # before the last event: a follow-up may come as soon as the caller has it
+                    await self.implicit.remember(journey, "".join(told))
                 yield await encoder.end()
                 status = "200"
                 if assembler is not None:                                        # 10

@@ -288,6 +288,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     from sigroute.cache.semantic import SemanticCache, SingleFlight
     from sigroute.cache.store import open_document_store
     from sigroute.gateway.activity import Activity
+    from sigroute.gateway.implicit import open_served_answers
     from sigroute.gateway.ratelimit import RateLimiter, open_rate_limit_store
 
     metrics = metrics or Metrics()
@@ -297,6 +298,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     pipeline_options.setdefault("flights", SingleFlight())
     pipeline_options.setdefault("rate_limiter", RateLimiter(open_rate_limit_store(redis_url)))
     pipeline_options.setdefault("activity", Activity())
+    pipeline_options.setdefault("served_answers", open_served_answers(redis_url))   # for implicit feedback
     runtime = Runtime(policy, policy_path, metrics, retire_after_s=retire_after_s, **pipeline_options)
     from sigroute.gateway.response_store import open_response_store
     responses = ResponsesSurface(open_response_store(redis_url))   # stored Responses: memory, or Redis if given
@@ -360,7 +362,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                 await runtime.pipeline.sync_learning()  # what was learned since the last exchange
             await runtime.aclose()
             for store in (pipeline_options["state_store"], pipeline_options["pending_store"], semantic_cache,
-                          pipeline_options["rate_limiter"].store, responses.store):
+                          pipeline_options["rate_limiter"].store, responses.store, pipeline_options["served_answers"]):
                 with contextlib.suppress(Exception):
                     await store.aclose()
             if pipeline_options.get("decision_log") is not None:

@@ -3,7 +3,8 @@
 It runs the serving path's own functions — `Router.decide` (with every declared signal evaluated
 and timed, not only those the rules read), `Router.candidates` and `Router.select`, the
 selector's `explain`, `Caching.plan` — so what it reports is what serving would do. Nothing is
-looked up in the cache, nothing is counted, no model is called. (Selection itself is real: a
+looked up in the cache, nothing is counted, no model is called, no implicit feedback is credited
+(`implicit_feedback` says what the request would credit: the earlier answer it follows and the verdict). (Selection itself is real: a
 round-robin selector advances, a sampling one draws.)
 """
 
@@ -27,6 +28,7 @@ async def explain(pipeline: "Pipeline", raw: bytes, headers: Mapping[str, str],
     journey = Journey(headers, request_id="explain_" + uuid.uuid4().hex[:12], api=surface.api)
     journey.principal = await pipeline.admit(headers)
     ctx = journey.ctx = await pipeline.context(raw, headers, journey.principal, journey.request_id, surface)
+    implicit = await pipeline.implicit.explain(journey)   # the answer this turn follows, and its verdict
     timings: dict[str, float] = {}
     route = await pipeline.router.decide(ctx, every_signal=True, timings=timings)
     if route.decision is None:
@@ -60,6 +62,7 @@ async def explain(pipeline: "Pipeline", raw: bytes, headers: Mapping[str, str],
                    "algorithm": decision.algorithm.name, "candidates": candidates,
                    "selection": selection, "selection_error": selection_error, "cache": cache,
                    "plugins": pipeline.plugins.names(decision.name)},
+        "implicit_feedback": implicit,
         "prompt_tokens": ctx.prompt_tokens,
         "embedding_ms": round(timings["embedding"], 3) if "embedding" in timings else None,
         "elapsed_ms": round(journey.elapsed_s() * 1000, 3),

@@ -66,6 +66,7 @@ class Journey:
     result: "CallResult | None" = None         # 8 the upstream call
     response_headers: dict[str, str] = field(default_factory=dict)
     encoder: "AnswerEncoder | None" = None     # 2 the answer in the surface's wire format
+    feedback_pending: bool = False             # 11 a pending record waits for feedback (gateway.implicit)
     counted: bool = False                      # its outcome is in the metrics (and the dashboard)
     trace: Any = NO_TRACE                      # its spans (`gateway.tracing`; NO_TRACE: not traced)
 

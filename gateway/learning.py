@@ -12,7 +12,11 @@ app-wide stores (learned state and pending feedback outlive reloads):
 - `keep_cache_hit(journey, ...)` a cached answer can be reported wrong: its record says which
   entry to remove.
 - `feedback(raw, principal)`     `POST /v1/feedback`: claim the pending record once (per tenant),
-  credit the quality to the selector that made the choice, or count a false cache hit.
+  credit the quality to the selector that made the choice, or count a false cache hit. Explicit
+  feedback wins over implicit: an implicit credit applied before is replaced (the learner is
+  credited the difference), and the answer says so (`replaced`).
+- `credit_implicit(...)`         a follow-up turn's credit (`gateway.implicit`), source `implicit`,
+  weighted by `feedback.weights`; once per answer, never over explicit feedback.
 - `sync()` / `restore()`         exchange learned sums with the state store (periodically) and load
   them at start-up; a store that lost state is restored from what this replica holds
   (`bandits.replica`), counted in `sigroute_bandit_store_recoveries_total`.
@@ -40,6 +44,7 @@ import orjson
 
 from sigroute.bandits.base import Reward, Selector
 from sigroute.bandits.contextual import quality_from_feedback
+from sigroute.bandits.feedback import Credit, FeedbackWeights, explicit_credit, learned_quality
 from sigroute.bandits.store import StoreUnavailable
 from sigroute.gateway.errors import APIError, InvalidRequest, NotFound, Unavailable
 from sigroute.gateway.journey import Journey
@@ -52,6 +57,12 @@ CACHE_FEEDBACK_TTL_S = 3600.0  # how long a cached answer can be reported wrong
 FEEDBACK_FIELDS = ("request_id", "score", "thumbs", "label", "comment")
 
 
+def implicit_learned(record: dict, implicit: dict) -> float:
+    """The quality an implicit credit (as the pending store keeps it) taught for `record`."""
+    credit = Credit("implicit", float(implicit["quality"]), float(implicit["weight"]), implicit.get("event"))
+    return learned_quality(float(record.get("default_quality", 0.0)), credit)
+
+
 @dataclass
 class Learning:
     policy: Policy
@@ -61,6 +72,10 @@ class Learning:
     pending_store: Any               # answers waiting for feedback (bandits.store), app-wide
     semantic_cache: Any              # cached answers (cache.semantic), app-wide: feedback may remove one
     decision_log: Any = None         # bandits.replay.DecisionLog, for `sigroute replay`
+
+    def weights(self) -> FeedbackWeights:
+        """How much each source of feedback is believed (the policy's `feedback.weights`)."""
+        return FeedbackWeights(**self.policy.feedback.weights.model_dump())
 
     def cost_usd(self, model: str, usage: Any) -> float | None:
         """What an answer cost by the model's price (USD per 1M tokens) and its usage; None if unknown."""
@@ -116,6 +131,7 @@ class Learning:
         record = selector.pending_record(route.choice, journey.result.model)
         if record is not None:
             await self._put(journey.request_id, record, selector.feedback_ttl_s)
+            journey.feedback_pending = True   # (its answer may be followed up: gateway.implicit)
 
     async def keep_cache_hit(self, journey: Journey, doc_id: str, model: str) -> None:
         """A cached answer can be reported wrong (POST /v1/feedback): the entry is then removed."""
@@ -199,14 +215,49 @@ class Learning:
             out["cache"] = await self._cache_feedback(record, quality, first=status == "applied")
         elif status == "applied":
             selector = self.selectors.get(record.get("decision"))
-            change = selector.credit(record, quality) if selector is not None else None
+            # explicit wins over implicit (bandits.feedback): an implicit credit applied before is replaced,
+            # so the learner ends where the explicit credit alone would have put it (sums add)
+            implicit = record.get("implicit")
+            default = float(record.get("default_quality", 0.0))
+            learned = learned_quality(default, explicit_credit(quality, self.weights()))   # feedback.weights.explicit
+            already = implicit_learned(record, implicit) - default if implicit else 0.0
+            change = selector.credit(record, learned - already) if selector is not None else None
             out["learned"] = change is not None
+            if implicit:
+                out["replaced"] = {"source": "implicit", "event": implicit.get("event")}
             if change is None:  # the decision changed since the answer was routed: the old state is not this one
                 out["reason"] = "the decision's algorithm or features changed since this request was routed"
-            elif self.decision_log is not None:
-                self.decision_log.feedback(request_id=request_id, quality=quality, credit=change,
-                                           by=principal.key_id)
+            else:
+                self.metrics.feedback_credits.labels("explicit", "", "replaced_implicit" if implicit else "applied").inc()
+                if self.decision_log is not None:
+                    self.decision_log.feedback(request_id=request_id, quality=quality, credit=change,
+                                               by=principal.key_id, source="explicit")
         return out
+
+    async def credit_implicit(self, request_id: str, tenant: str, credit: Credit, details: dict) -> str:
+        """An implicit credit (`gateway.implicit`) for an earlier answer of `tenant`: applied once, never
+        over explicit feedback. Returns credited | duplicate | explicit_first | record_gone | not_learned."""
+        payload = orjson.dumps({"event": credit.event, "quality": credit.quality, "weight": credit.weight}).decode()
+        try:
+            status, record = await self.pending_store.claim_implicit(request_id, tenant, payload)
+        except Exception as exc:
+            self.metrics.bandit_store_errors.labels("pending_claim").inc()
+            raise RuntimeError(f"the feedback store is unreachable ({exc})") from None
+        if status == "unknown" or record is None or record.get("kind") == "cache_hit":
+            return "record_gone"
+        if status != "applied":
+            return status
+        selector = self.selectors.get(record.get("decision"))
+        learned = learned_quality(float(record.get("default_quality", 0.0)), credit)
+        change = selector.credit(record, learned) if selector is not None else None
+        if change is None:
+            return "not_learned"
+        self.metrics.feedback_credits.labels("implicit", credit.event or "", "applied").inc()
+        log.info("implicit feedback on %s: %s (learned quality %.3f)", request_id, credit.event, learned)
+        if self.decision_log is not None:
+            self.decision_log.feedback(request_id=request_id, quality=learned, credit=change, by=None,
+                                       source="implicit", event=credit.event, details=details)
+        return "credited"
 
     async def _cache_feedback(self, record: dict, quality: float, first: bool) -> dict[str, Any]:
         """Feedback on a cached answer: a bad score (< 0.5) marks a false hit and removes the entry."""

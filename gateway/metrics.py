@@ -72,6 +72,15 @@ class Metrics:
                                      ["signal"], registry=r)
         self.feedback = Counter("sigroute_feedback_total", "Quality feedback received, by outcome",
                                 ["status"], registry=r)
+        self.feedback_credits = Counter(
+            "sigroute_feedback_credits_total", "Quality credits given to learners, by source (explicit, implicit, "
+            "judge, shadow), implicit event (reask, dissatisfied, moved_on) and status (applied, replaced_implicit: "
+            "explicit feedback replaced an earlier implicit credit)", ["source", "event", "status"], registry=r)
+        self.implicit_feedback = Counter(
+            "sigroute_implicit_feedback_total", "Follow-up turns read as implicit feedback, by outcome: credited, "
+            "duplicate (already credited), explicit_first (explicit feedback wins), not_served (the answer it follows "
+            "was not served to this user in the window), record_gone (its feedback window passed), not_learned, "
+            "store_error", ["outcome"], registry=r)
         self.bandit_store_errors = Counter("sigroute_bandit_store_errors_total",
                                            "Failed exchanges with the learning-state or pending-feedback store",
                                            ["operation"], registry=r)

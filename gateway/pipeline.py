@@ -13,6 +13,8 @@
 10. cache      keep a complete answer; hand it to the identical requests waiting
 11. learn      the selector sees the outcome; a learning decision keeps a pending record for
                quality feedback (POST /v1/feedback)                           gateway.learning
+               and the hash of the answer it served, so that a follow-up turn (right after
+               step 2: a re-ask, a "that's wrong", or moving on) credits it  gateway.implicit
 Steps 9–11 run as the answer goes out                                        gateway.answering
 
 With tracing on, the request is a span and each step a child span (`gateway.tracing`); off, the
@@ -47,6 +49,7 @@ from sigroute.gateway.answering import Answer, Answering
 from sigroute.gateway.auth import Authenticator
 from sigroute.gateway.caching import Caching
 from sigroute.gateway.errors import APIError, RateLimited, Unavailable
+from sigroute.gateway.implicit import ImplicitFeedback, MemoryServedAnswers
 from sigroute.gateway.journey import Journey
 from sigroute.gateway.learning import Learning
 from sigroute.gateway.metrics import Metrics
@@ -92,7 +95,8 @@ class Pipeline:
     def __init__(self, policy: Policy, metrics: Metrics, *, environ: Mapping[str, str] | None = None,
                  transports=None, rate_limiter: RateLimiter | None = None, previous: "Pipeline | None" = None,
                  state_store=None, pending_store=None, decision_log=None, semantic_cache: SemanticCache | None = None,
-                 flights: SingleFlight | None = None, activity: Activity | None = None, tracer_provider=None):
+                 flights: SingleFlight | None = None, activity: Activity | None = None, tracer_provider=None,
+                 served_answers=None):
         env = os.environ if environ is None else environ
         self.policy = policy
         self.metrics = metrics
@@ -125,7 +129,10 @@ class Pipeline:
         self.caching = Caching(policy, self.learning.semantic_cache, flights, self.resources, self.upstreams, metrics)
         # what the operator's dashboard shows of recent requests: app-wide, kept across reloads
         self.activity = _given_or_kept(activity, previous and previous.activity, Activity)
-        self.answering = Answering(self.plugins, self.caching, self.learning, metrics, self.activity)
+        # answers served to each user, for implicit feedback from follow-up turns: app-wide, kept across reloads
+        served = _given_or_kept(served_answers, previous and previous.implicit.store, MemoryServedAnswers)
+        self.implicit = ImplicitFeedback(policy, served, self.learning, metrics, self.embedder)
+        self.answering = Answering(self.plugins, self.caching, self.learning, metrics, self.activity, self.implicit)
         self.tracing = Tracing.build(policy.server.tracing, env, provider=tracer_provider,
                                      previous=previous.tracing if previous is not None else None)
 
@@ -211,6 +218,7 @@ class Pipeline:
             ctx = journey.ctx = await self.context(raw, headers, journey.principal,                # 2
                                                    journey.request_id, surface)
             journey.encoder = surface.encoder(ctx.body, journey.request_id, journey.principal)
+            await self.implicit.follow_up(journey)                                                 # 11 (earlier answer)
             route = journey.route = await self.router.decide(ctx, trace=trace)                     # 3 + 4
             with trace.step("plugins"):
                 blocked = await self._plugins_before(journey)                                      # 5

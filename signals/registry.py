@@ -18,6 +18,7 @@ from sigroute.signals.heuristics import (
     Modality,
 )
 
+from sigroute.signals.followup import Dissatisfied, Reask
 from sigroute.signals.learned import Complexity, Domain, Embedding, FactCheck, Jailbreak
 from sigroute.signals.pii import Pii
 
@@ -36,4 +37,6 @@ SIGNAL_TYPES: dict[str, type[Signal]] = {
     "jailbreak": Jailbreak,
     "fact_check": FactCheck,
     "pii": Pii,
+    "reask": Reask,
+    "dissatisfied": Dissatisfied,
 }

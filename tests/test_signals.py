@@ -45,7 +45,8 @@ async def check(type_name: str, config: dict, ctx: RequestContext) -> SignalResu
     return results[f"{type_name}:s"]
 
 
-HEURISTIC = {"keyword", "context_length", "language", "authz", "modality", "conversation", "header", "metadata"}
+HEURISTIC = {"keyword", "context_length", "language", "authz", "modality", "conversation", "header", "metadata",
+             "dissatisfied"}
 
 
 def test_registry_covers_every_schema_type():

@@ -16,6 +16,7 @@ One module per section of the file:
 - `cache`: a decision's `cache:`
 - `plugins`: a decision's `plugins:`
 - `decisions`: `decisions:`
+- `feedback`: `feedback:`, per-source feedback weights and implicit feedback
 - `server`: `routing:`, `entrypoints:`, `auth:`, `server:` and `upstream:`
 - `policy`: `Policy`, the root, with the checks that span sections, and `json_schema()`
 
@@ -50,6 +51,7 @@ from sigroute.policies.schema.base import (
 )
 from sigroute.policies.schema.cache import CACHE_MODES, CacheSpec, CacheTuning, LoadAwareCache
 from sigroute.policies.schema.decisions import Decision
+from sigroute.policies.schema.feedback import Feedback, FeedbackWeightsSpec, ImplicitFeedback
 from sigroute.policies.schema.models import ModelSpec, Price
 from sigroute.policies.schema.plugins import (
     PLUGIN_OPTIONS,
@@ -107,6 +109,8 @@ from sigroute.policies.schema.signals import (
     MetadataSignal,
     ModalitySignal,
     PiiSignal,
+    DissatisfiedSignal,
+    ReaskSignal,
     Sentences,
     Signals,
 )
@@ -120,7 +124,9 @@ __all__ = [
     "BUILTIN_DOMAINS", "BUILTIN_PII_TYPES", "AuthzSignal", "ComplexitySignal", "ContextLengthSignal",
     "ConversationSignal", "DomainSignal", "DomainSpec", "EmbeddingSignal", "EncoderSpec", "FactCheckSignal",
     "HeaderSignal", "JailbreakSignal", "KeywordSignal", "LanguageSignal", "MetadataSignal", "ModalitySignal",
-    "PiiSignal", "Sentences", "Signals",
+    "PiiSignal", "DissatisfiedSignal", "ReaskSignal", "Sentences", "Signals",
+    # feedback
+    "Feedback", "FeedbackWeightsSpec", "ImplicitFeedback",
     # rule trees
     "LEAF_PATTERN", "AllRule", "AnyRule", "NotRule", "RuleExpr", "check_rule_syntax", "rule_leaves",
     # algorithms

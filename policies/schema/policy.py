@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from sigroute.policies.schema.base import Name, Strict
 from sigroute.policies.schema.decisions import Decision
+from sigroute.policies.schema.feedback import Feedback
 from sigroute.policies.schema.models import ModelSpec
 from sigroute.policies.schema.rule_trees import rule_leaves
 from sigroute.policies.schema.server import Auth, Entrypoint, Routing, Server, Upstream
@@ -33,6 +34,7 @@ class Policy(Strict):
     auth: Auth | None = None
     server: Server = Server()
     upstream: Upstream = Upstream()
+    feedback: Feedback = Feedback()
 
     @model_validator(mode="after")
     def _check_references(self) -> "Policy":

@@ -262,6 +262,19 @@ class EncoderSpec(Strict):
     max_wait_ms: float = Field(2.0, ge=0, le=100, description="how long the first request of a batch waits for company")
 
 
+class ReaskSignal(Strict):
+    """Matches a user turn that asks the previous one again (right after an assistant answer)."""
+
+    threshold: float = Field(0.85, ge=0.5, le=1.0,
+                             description="cosine of the new and the previous user turn from which it is a re-ask")
+
+
+class DissatisfiedSignal(Strict):
+    """Matches a user turn that says the answer before it was wrong ("that's wrong", "try again", …)."""
+
+    extra_cues: tuple[str, ...] = Field((), description="more phrases, besides the built-in ones")
+
+
 class Signals(Strict):
     """Named signal rules, grouped by type. A decision refers to one as `type:name`."""
 
@@ -279,6 +292,8 @@ class Signals(Strict):
     jailbreak: dict[Name, JailbreakSignal] = Field(default_factory=dict)
     pii: dict[Name, PiiSignal] = Field(default_factory=dict)
     fact_check: dict[Name, FactCheckSignal] = Field(default_factory=dict)
+    reask: dict[Name, ReaskSignal] = Field(default_factory=dict)
+    dissatisfied: dict[Name, DissatisfiedSignal] = Field(default_factory=dict)
 
     def declared(self) -> dict[str, Strict]:
         """All signals as {"type:name": config}."""
