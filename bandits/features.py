@@ -15,7 +15,7 @@ turns the request into a few numbers:
 | `language` | one-hot over en, zh, es, fr, de, ja, ru, other | the fastText language model |
 | `jailbreak` | injection probability | the shipped jailbreak head |
 | `pii` | any structured PII, log count of entities | the PII detector |
-| `embedding` | a fixed random projection of the embedding to `dims` numbers | the embedding |
+| `embedding` | a fixed random projection of the embedding to `dims` numbers, or with `basis: principal` its coordinates on the first `dims` principal axes of the shipped basis (`signals/principal.py`) | the embedding |
 
 Each block is scaled by its `weight`, then the whole vector is scaled to unit length.
 `matrix(texts, embeddings)` builds many vectors at once (offline evaluation, warm starts); row i is
@@ -99,6 +99,7 @@ class FeatureExtractor:
             learned = sorted(g.name for g in self.groups if g.name in LEARNED_GROUPS)
             raise ValueError(f"feature group(s) {', '.join(learned)} need the encoder, but none is loaded")
         self._domain = self._complexity = self._difficulty = self._jailbreak = self._projection = None
+        self._principal = None
         self._pii = pii_detector
         fingerprints: dict[str, str] = {}
         self.names: list[str] = []
@@ -148,7 +149,16 @@ class FeatureExtractor:
                     self._pii = default_detector()
                 self.names += ["pii:any", "pii:log_count"]
             elif g.name == "embedding":
-                self.names += [f"embedding:{i}" for i in range(g.dims)]
+                if g.basis == "principal":
+                    from sigroute.signals.principal import load_basis
+
+                    heads_dir = getattr(resources, "heads_dir", None)
+                    self._principal = load_basis(resources.encoder.fingerprint,
+                                                 None if heads_dir is None else f"{heads_dir}/principal")
+                    fingerprints["principal_basis"] = str(self._principal.meta.get("weights_sha256", ""))
+                    self.names += [f"embedding:principal:{i}" for i in range(g.dims)]
+                else:
+                    self.names += [f"embedding:{i}" for i in range(g.dims)]
             else:  # pragma: no cover - the schema admits only the groups above
                 raise ValueError(f"unknown feature group '{g.name}'")
         if self.needs_embedding:
@@ -156,7 +166,9 @@ class FeatureExtractor:
         self.dim = len(self.names)
         description = {
             "version": FEATURE_SCHEMA_VERSION,
-            "groups": [g.model_dump() for g in self.groups],
+            # `basis` joined the options later: left out when it is the default, so that the ids of
+            # schemas written before it (and the learned state stored under them) stay the same
+            "groups": [g.model_dump(exclude={"basis"} if g.basis == "random" else None) for g in self.groups],
             "names": self.names,
             "fingerprints": fingerprints,
         }
@@ -249,6 +261,8 @@ class FeatureExtractor:
                 out[i] = (1.0 if found else 0.0, math.log1p(len(found)) / 3.0)
             return out
         if g.name == "embedding":
+            if g.basis == "principal":
+                return self._principal.project(embeddings, g.dims)
             return self._project(embeddings, g.dims)
         raise ValueError(f"unknown feature group '{g.name}'")  # pragma: no cover - the schema admits only these
 

@@ -1,4 +1,5 @@
-"""Training of the shipped heads (domain, jailbreak, complexity). scikit-learn is used here only.
+"""Training of the shipped heads (domain, jailbreak, complexity) and of the embedding's principal
+basis (`signals.principal`). scikit-learn is used here only.
 
     python -m sigroute.signals.training train domain --data ../shared/data [--out DIR] [--cache DIR]
 
@@ -525,7 +526,15 @@ def train_complexity(data_dir, out_dir=None, encoder=None, cache_dir=None) -> di
 # ------------------------------------------------------------------------------------------------
 # CLI
 
-TRAINERS = {"domain": train_domain, "jailbreak": train_jailbreak, "complexity": train_complexity}
+def train_principal(data_dir, out_dir=None, encoder=None, cache_dir=None) -> dict:
+    """The principal axes of the embedding for bandit contexts (`signals.principal`)."""
+    from sigroute.signals.principal import train_principal as fit
+
+    return fit(data_dir, out_dir, encoder, cache_dir)
+
+
+TRAINERS = {"domain": train_domain, "jailbreak": train_jailbreak, "complexity": train_complexity,
+            "principal": train_principal}
 
 
 def _default_encoder():

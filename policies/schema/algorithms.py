@@ -52,7 +52,11 @@ class FeatureGroup(Strict):
     """One block of a contextual bandit's context vector (see bandits/features.py)."""
 
     name: Literal[FEATURE_GROUPS]
-    dims: PositiveInt = Field(16, description="embedding only: size of the fixed random projection")
+    dims: PositiveInt = Field(16, description="embedding only: how many numbers of the embedding to keep")
+    basis: Literal["random", "principal"] = Field(
+        "random", description="embedding only: `random` = a fixed random projection to `dims` numbers; "
+                              "`principal` = the coordinates on the first `dims` principal axes of the shipped "
+                              "basis (signals/principal.py, at most 64)")
     weight: PositiveFloat = Field(1.0, description="scale of this block before the whole vector is set to unit norm")
 
     @model_validator(mode="before")
@@ -67,6 +71,14 @@ class FeatureGroup(Strict):
                                  f"{{dims: 16, weight: 1.0}}, got {type(options).__name__}")
             return {"name": name, **(options or {})}
         return value
+
+    @model_validator(mode="after")
+    def _basis_fits(self) -> "FeatureGroup":
+        if self.basis != "random" and self.name != "embedding":
+            raise ValueError(f"'basis' is an option of the embedding group only, not of '{self.name}'")
+        if self.basis == "principal" and self.dims > 64:
+            raise ValueError(f"the principal basis has 64 axes; dims {self.dims} is too many")
+        return self
 
 
 class RewardSpec(Strict):
