@@ -313,7 +313,8 @@ def nhs_check(value: str) -> Any:
 
 
 def ip_check(value: str) -> Any:
-    core = value.split("%")[0]
+    """Parsed by `ipaddress` (a prefix length "/24" or a zone "%eth0" may follow the address)."""
+    core = value.split("%")[0].split("/")[0]
     try:
         ip = ipaddress.ip_address(core)
     except ValueError:
@@ -407,7 +408,7 @@ ITIN_CONTEXT = ("itin", "taxpayer", "tax id", "tax identification", "tin", "tax 
 NHS_CONTEXT = ("nhs", "national health service", "health service", "patient", "health authority")
 IP_CONTEXT = ("ip", "ipv4", "ipv6", "ip address", "address", "server", "host", "subnet", "gateway")
 CRYPTO_CONTEXT = ("wallet", "bitcoin", "btc", "crypto", "address", "send to", "ethereum")
-DATE_CONTEXT = ("date", "born", "birthday", "dob", "on", "since", "until", "expires")
+DATE_CONTEXT = ("date", "born", "birthday", "dob", "expires", "expiry")
 MAC_CONTEXT = ("mac", "mac address", "hardware address", "physical address", "ethernet", "nic")
 BANK_CONTEXT = ("bank", "account", "acct", "checking", "savings", "deposit", "a/c")
 PASSPORT_CONTEXT = ("passport", "travel document", "passport no", "passport number")
@@ -434,12 +435,12 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
     # NHS number: 3-3-4 digits
     PatternSpec("UK_NHS", "nhs", _rx(_B + r"\d{3}([\- ]?)\d{3}\1\d{4}" + _E), 0.5, "d7", NHS_CONTEXT, nhs_check),
     # IPv4: dotted quad
-    PatternSpec("IP_ADDRESS", "ipv4", _rx(r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)"), 0.6, "ip4",
+    PatternSpec("IP_ADDRESS", "ipv4", _rx(r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?:/(?:3[0-2]|[12]?\d)(?!\d))?(?!\w|\.\d)"), 0.6, "ip4",
                 IP_CONTEXT, ip_check),
     # IPv6: hex groups and colons (at least two), optionally ending in an embedded IPv4 address
     PatternSpec("IP_ADDRESS", "ipv6",
                 _rx(r"(?<![\w:.])(?=[0-9a-f]*:[0-9a-f]*:)[0-9a-f:]{2,39}"
-                    r"(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?(?![\w:]|\.\d)", _I),
+                    r"(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?(?:%[0-9a-z_\-]{1,32}(?:\.[0-9a-z_\-]{1,32})*|/(?:12[0-8]|1[01]\d|[1-9]?\d)(?!\d))?(?![\w:]|\.\d)", _I),
                 0.6, "ip6", IP_CONTEXT, ip_check),
     # Bitcoin: legacy Base58 (1… or 3…) or SegWit bech32 (bc1…)
     PatternSpec("CRYPTO", "bitcoin",
