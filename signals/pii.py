@@ -58,7 +58,6 @@ from sigroute.signals.context import RequestContext
 from sigroute.signals.pii_recognizers import (
     EMAIL_CONTEXT,
     EMAIL_REGEX,
-    IBAN_LENGTHS,
     PATTERN_SPECS,
     URL_BODY,
     URL_CONTEXT,
@@ -128,7 +127,7 @@ class PiiEntity:
 class _Rule:
     entity: str
     name: str
-    regex: Any  # compiled pattern (re or regex)
+    regex: Any  # compiled `re` pattern
     score: float
     gate: str  # cheap test of the whole text that must pass before the regex runs
     context: Any = None  # compiled regex over the lower-cased window, or None

@@ -434,13 +434,17 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
                 itin_check),
     # NHS number: 3-3-4 digits
     PatternSpec("UK_NHS", "nhs", _rx(_B + r"\d{3}([\- ]?)\d{3}\1\d{4}" + _E), 0.5, "d7", NHS_CONTEXT, nhs_check),
-    # IPv4: dotted quad
-    PatternSpec("IP_ADDRESS", "ipv4", _rx(r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?:/(?:3[0-2]|[12]?\d)(?!\d))?(?!\w|\.\d)"), 0.6, "ip4",
-                IP_CONTEXT, ip_check),
-    # IPv6: hex groups and colons (at least two), optionally ending in an embedded IPv4 address
+    # IPv4: dotted quad; a prefix length ("/24") may follow
+    PatternSpec("IP_ADDRESS", "ipv4",
+                _rx(r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?:/(?:3[0-2]|[12]?\d)(?!\d))?(?!\w|\.\d)"),
+                0.6, "ip4", IP_CONTEXT, ip_check),
+    # IPv6: hex groups and colons (at least two), optionally ending in an embedded IPv4 address;
+    # a zone ("%eth0") or a prefix length ("/64") may follow
     PatternSpec("IP_ADDRESS", "ipv6",
                 _rx(r"(?<![\w:.])(?=[0-9a-f]*:[0-9a-f]*:)[0-9a-f:]{2,39}"
-                    r"(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?(?:%[0-9a-z_\-]{1,32}(?:\.[0-9a-z_\-]{1,32})*|/(?:12[0-8]|1[01]\d|[1-9]?\d)(?!\d))?(?![\w:]|\.\d)", _I),
+                    r"(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?"
+                    r"(?:%[0-9a-z_\-]{1,32}(?:\.[0-9a-z_\-]{1,32})*|/(?:12[0-8]|1[01]\d|[1-9]?\d)(?!\d))?"
+                    r"(?![\w:]|\.\d)", _I),
                 0.6, "ip6", IP_CONTEXT, ip_check),
     # Bitcoin: legacy Base58 (1… or 3…) or SegWit bech32 (bc1…)
     PatternSpec("CRYPTO", "bitcoin",
@@ -482,7 +486,8 @@ PATTERN_SPECS: tuple[PatternSpec, ...] = (
                     r"|\d{6,9}[A-Z]{1,2})" + _E), 0.3, "digits", LICENSE_CONTEXT),
     PatternSpec("US_DRIVER_LICENSE", "license (digits)", _rx(_B + r"\d{6,14}" + _E), 0.01, "d7", LICENSE_CONTEXT),
     # DEA registration number: registrant type letter, a letter (or 9), seven digits
-    PatternSpec("MEDICAL_LICENSE", "dea number", _rx(r"(?<!\w)[ABCDEFGHJKLMPRSTUXabcdefghjklmprstux][A-Za-z9]\d{7}(?!\w)"),
+    PatternSpec("MEDICAL_LICENSE", "dea number",
+                _rx(r"(?<!\w)[ABCDEFGHJKLMPRSTUXabcdefghjklmprstux][A-Za-z9]\d{7}(?!\w)"),
                 0.4, "d7", DEA_CONTEXT, dea_check),
     # ABA routing number: nine digits (or 4-4-1 with dashes, very weak), checksum required
     PatternSpec("ABA_ROUTING_NUMBER", "aba", _rx(_B + r"[0-8]\d{8}" + _E), 0.3, "d7", ABA_CONTEXT, aba_check),
