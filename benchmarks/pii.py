@@ -13,7 +13,7 @@ a gold span is recalled when some predicted entity of its type overlaps it. Prec
 positive predictions / predictions; recall = recalled gold spans / gold spans;
 F2 = 5PR / (4P + R) (recall weighs more: a missed personal datum costs more than a false alarm).
 
-Type names: the dataset's names are mapped to the detector's (presidio's) names with
+Type names: the dataset's names are mapped to the detector's names with
 `DATASET_TO_DETECTOR`; names not listed are identical in both. The detector's pattern path can
 produce EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, IBAN_CODE, US_SSN, IP_ADDRESS, URL (dataset:
 DOMAIN_NAME), DATE_TIME, US_DRIVER_LICENSE and a few types the dataset does not label (CRYPTO,

@@ -1,44 +1,44 @@
 """Structured PII: a fast pattern detector, the `pii` signal, and mask/restore helpers.
 
 `PiiDetector` finds e-mail addresses, phone numbers, payment cards, IBANs, US social security
-numbers, IP addresses and a few more structured identifiers in text. It is built on presidio's
-predefined *pattern* recognizers (their regular expressions, validators and context words), run
-directly, without presidio's `AnalyzerEngine` and without any NLP engine or spaCy model.
-
-Where presidio's recognizers are weak on real text, the detector uses its own rules:
+numbers, IP addresses and a few more structured identifiers in text. Every recognizer is
+sigroute's own: candidate patterns, validators and context words are in `signals.pii_recognizers`
+(checksums, the IBAN length table, SSN rules, …); phone, card and IBAN matching are here.
 
 * CREDIT_CARD: 12-19 digits in groups; Luhn always required; the issuer prefix (IIN) and the
   length decide the score; a 12-digit number needs a card word nearby ("card", "cc", "visa").
-* IBAN_CODE: case-insensitive, spaced or not; ISO 13616 mod-97 checksum and the country's length
-  and format (presidio's table) required.
+* IBAN_CODE: case-insensitive, spaced or not; the country's registered length, check digits and
+  the ISO 13616 mod-97 checksum required.
 * PHONE_NUMBER: one candidate pattern for international and national formats (+country code,
   (area) code, trunk "(0)", groups separated by space, dot or dash, extensions), then scored by
-  structure and by context words ("phone", "call", "mobile", "fax", "reach me at" …). A bare
-  group of digits with no phone-like shape and no phone word nearby is not reported. Dates,
-  times, SSN-shaped and card-shaped numbers are rejected.
-* US_SSN: presidio's patterns and invalidation rules, plus context words.
-* EMAIL_ADDRESS, URL: presidio's patterns; the domain is checked against the public suffix list
-  that ships inside `tldextract` (never fetched: the detector builds its own offline extractor).
+  structure (the `phonenumbers` package validates international numbers) and by context words
+  ("phone", "call", "mobile", "fax", "reach me at" …). A bare group of digits with no phone-like
+  shape and no phone word nearby is not reported. Dates, times, SSN-shaped and card-shaped
+  numbers are rejected.
+* US_SSN: 3-2-4 digits with one separator; the area, group and serial rules rule out numbers
+  never issued; context words.
+* IP_ADDRESS: dotted quads and IPv6 forms, parsed by the standard library's `ipaddress`.
+* EMAIL_ADDRESS, URL: the domain is checked against the public suffix list that ships inside
+  `tldextract` (never fetched: the detector builds its own offline extractor).
 
-Scores follow presidio's conventions: a validated checksum gives 1.0; a context word within a
-few words before (or just after) the match adds 0.35 (to at least 0.4). `detect` keeps entities
-scoring at least `min_score` (default 0.5), resolves overlaps (higher score wins, then the longer
-span) and returns them sorted by start.
+Scores: a validated checksum gives 1.0; a context word within a few words before (or just after)
+the match adds 0.35 (to at least 0.4). `detect` keeps entities scoring at least `min_score`
+(default 0.5), resolves overlaps (higher score wins, then the longer span) and returns them
+sorted by start.
 
-Cost: construction imports presidio (which imports spaCy and, if installed, transformers and
-torch: about 9 s on this machine, once per process; use `default_detector()`). Detection runs a
-handful of precompiled regular expressions, each behind a cheap gate on the whole text (no run of
-7 digits close together → no phone/card/SSN/NHS/ITIN rule runs; no "@" → no e-mail rule), and
-phone verdicts (phonenumbers, ~100 µs each) are cached. Measured with the default set: ~10-100 µs
-for a few sentences, ~0.3 ms for 2,000 characters.
+Cost: construction compiles a few dozen regular expressions and loads `phonenumbers` and
+`tldextract` (tens of milliseconds; no NLP library, no model). Detection runs them, each behind a
+cheap gate on the whole text (no run of 7 digits close together → no phone/card/SSN/NHS/ITIN
+rule runs; no "@" → no e-mail rule), and phone verdicts (phonenumbers, ~100 µs each) are cached.
+Measured with the default set: ~10-100 µs for a few sentences, ~0.3 ms for 2,000 characters.
 
-Network: importing this module sets `TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS=""` (unless already set)
-before presidio is imported, and the detector validates domains with a `tldextract.TLDExtract`
-that has no URLs and no disk cache, so nothing is ever fetched.
+Network: importing this module sets `TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS=""` (unless already set),
+and the detector validates domains with a `tldextract.TLDExtract` that has no URLs and no disk
+cache, so nothing is ever fetched.
 
-NER types (PERSON, LOCATION, ORGANIZATION, NRP) need a spaCy model package such as
-`en_core_web_sm`; they are offered with `PiiDetector(ner=True)` only when such a package is
-importable. Nothing is ever downloaded.
+NER types (PERSON, LOCATION, ORGANIZATION, NRP) are optional: `PiiDetector(ner=True)` imports
+spaCy then (only then) and needs a spaCy model package such as `en_core_web_sm`. Nothing is ever
+downloaded.
 """
 
 from __future__ import annotations
@@ -55,6 +55,21 @@ from typing import Any, Callable, ClassVar, Collection, Iterable, Mapping
 
 from sigroute.signals.base import Signal, SignalResult
 from sigroute.signals.context import RequestContext
+from sigroute.signals.pii_recognizers import (
+    EMAIL_CONTEXT,
+    EMAIL_REGEX,
+    PATTERN_SPECS,
+    URL_BODY,
+    URL_CONTEXT,
+    card_brand_ok,
+    iban_checksum_ok,
+    iban_ok,
+    luhn_ok,
+)
+
+__all__ = ["PiiDetector", "PiiEntity", "PiiConfigError", "Pii", "default_detector", "mask", "restore",
+           "luhn_ok", "iban_checksum_ok", "iban_ok", "DEFAULT_ENTITIES", "STRUCTURED_ENTITIES",
+           "OPTIONAL_ENTITIES", "PATTERN_ENTITIES", "NER_ENTITIES"]
 
 # --------------------------------------------------------------------------------------------
 # entity catalogue
@@ -77,9 +92,9 @@ _SPACY_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": 
                  "FAC": "LOCATION", "ORG": "ORGANIZATION", "NORP": "NRP"}
 SPACY_MODELS = ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_trf")
 
-CONTEXT_BOOST = 0.35  # presidio's context_similarity_factor
-CONTEXT_MIN = 0.4  # presidio's min_score_with_context_similarity
-_PREFIX_CHARS = 48  # context window before a match (~5 words, presidio's prefix count)
+CONTEXT_BOOST = 0.35  # what a context word adds to a candidate's score
+CONTEXT_MIN = 0.4  # the least a candidate with a context word scores
+_PREFIX_CHARS = 48  # context window before a match (~5 words)
 _SUFFIX_CHARS = 12  # and after it ("555 0100-Office", "(fax)")
 
 
@@ -104,52 +119,6 @@ class PiiEntity:
 # validators
 
 
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i & 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
-def _card_brand_ok(digits: str) -> bool:
-    """Whether the number's prefix and length fit a known card scheme (IIN ranges)."""
-    n = len(digits)
-    p2, p4, p6 = int(digits[:2]), int(digits[:4]), int(digits[:6])
-    if digits[0] == "4":  # Visa
-        return n in (13, 16, 19)
-    if 51 <= p2 <= 55 or 2221 <= p4 <= 2720:  # Mastercard
-        return n == 16
-    if p2 in (34, 37):  # American Express
-        return n == 15
-    if 300 <= int(digits[:3]) <= 305 or p2 in (36, 38, 39) or digits[:4] == "3095":  # Diners
-        return 14 <= n <= 19
-    if 3528 <= p4 <= 3589:  # JCB
-        return 16 <= n <= 19
-    if p4 in (1800, 2131):  # JCB (old 15-digit)
-        return n == 15
-    if p4 == 6011 or 644 <= int(digits[:3]) <= 649 or p2 == 65 or 622126 <= p6 <= 622925:  # Discover
-        return 16 <= n <= 19
-    if p2 == 62:  # UnionPay
-        return 16 <= n <= 19
-    if p2 in (50, 56, 57, 58, 60, 61, 63, 66, 67, 68, 69):  # Maestro and other debit schemes
-        return 12 <= n <= 19
-    return False
-
-
-_IBAN_LETTERS = {ord(d): str(i) for i, d in enumerate("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")}
-
-
-def iban_checksum_ok(compact: str) -> bool:
-    """ISO 13616: move the first four characters to the end, letters to numbers, mod 97 == 1."""
-    rearranged = (compact[4:] + compact[:4]).translate(_IBAN_LETTERS)
-    return rearranged.isdigit() and int(rearranged) % 97 == 1
-
-
 # --------------------------------------------------------------------------------------------
 # rules
 
@@ -158,7 +127,7 @@ def iban_checksum_ok(compact: str) -> bool:
 class _Rule:
     entity: str
     name: str
-    regex: Any  # compiled pattern (re or regex)
+    regex: Any  # compiled `re` pattern
     score: float
     gate: str  # cheap test of the whole text that must pass before the regex runs
     context: Any = None  # compiled regex over the lower-cased window, or None
@@ -178,17 +147,8 @@ def _context_regex(words: Iterable[str]) -> Any:
     if not words:
         return None
     # a context word must start a word ("cc" in "cc 4111…", not in "account"); it may be a prefix
-    # of a longer word ("phone" in "phones", "call" in "calling"), like presidio's substring mode.
+    # of a longer word ("phone" in "phones", "call" in "calling").
     return re.compile(r"(?<![a-z0-9])(?:" + "|".join(re.escape(w) for w in words) + ")")
-
-
-def _compile(source: str, flags: int):
-    try:
-        return re.compile(source, flags)
-    except re.error:  # presidio targets the `regex` module; a few patterns need it
-        import regex
-
-        return regex.compile(source, flags)
 
 
 # Gates: each is evaluated at most once per text, and only if a requested rule uses it.
@@ -203,7 +163,7 @@ _GATES: dict[str, Callable[[str], bool]] = {
     "at": lambda t: "@" in t,
     "dot": lambda t: "." in t,
     "iban": re.compile(r"[A-Za-z]{2}\d\d").search,
-    "hexcolon": re.compile(r"[0-9A-Fa-f]{2}[:-][0-9A-Fa-f]{2}").search,
+    "mac": re.compile(r"[0-9A-Fa-f]{2}[:-][0-9A-Fa-f]{2}|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}").search,
 }
 
 # --- phone ------------------------------------------------------------------------------------
@@ -304,7 +264,7 @@ def _card_check(candidate: str) -> Any:
         return False
     if len(set(digits)) == 1 or not luhn_ok(digits):
         return False
-    if _card_brand_ok(digits):
+    if card_brand_ok(digits):
         return 1.0 if len(digits) >= 13 else 0.3  # 12 digits: only with a card word nearby
     return 0.3
 
@@ -314,19 +274,8 @@ _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]){11,30
 IBAN_CONTEXT = ("iban", "bank", "account", "transfer", "wire", "transaction", "sepa")
 
 
-def _iban_check_factory() -> Callable[[str], Any]:
-    from presidio_analyzer.predefined_recognizers.generic.iban_patterns import regex_per_country
-
-    formats = {cc: re.compile(rx) for cc, rx in regex_per_country.items()}
-
-    def check(candidate: str) -> Any:
-        compact = candidate.replace(" ", "").replace("-", "").upper()
-        fmt = formats.get(compact[:2])
-        if fmt is None or not fmt.fullmatch(compact):
-            return False
-        return 1.0 if iban_checksum_ok(compact) else False
-
-    return check
+def _iban_check(candidate: str) -> Any:
+    return 1.0 if iban_ok(candidate) else False
 
 
 # Trailing groups that a greedy IBAN match may have swallowed ("… GB29NWBK60161331926819 2024"):
@@ -367,22 +316,6 @@ class PiiDetector:
     # -- construction -------------------------------------------------------------------------
     def _build_rules(self) -> None:
         import tldextract
-        from presidio_analyzer.predefined_recognizers import (
-            AbaRoutingRecognizer,
-            CryptoRecognizer,
-            DateRecognizer,
-            EmailRecognizer,
-            IpRecognizer,
-            MacAddressRecognizer,
-            MedicalLicenseRecognizer,
-            NhsRecognizer,
-            UrlRecognizer,
-            UsBankRecognizer,
-            UsItinRecognizer,
-            UsLicenseRecognizer,
-            UsPassportRecognizer,
-            UsSsnRecognizer,
-        )
 
         # Offline public-suffix check: the snapshot bundled with tldextract, no URLs, no disk cache.
         self._tld = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
@@ -391,64 +324,29 @@ class PiiDetector:
         def domain_ok(value: str) -> Any:
             return None if tld(value.rsplit("@", 1)[-1]).fqdn else False
 
-        def add_presidio(rec: Any, gate: str, extra_context: Iterable[str] = (), check: Any = "auto",
-                         min_pattern_score: float = 0.0) -> None:
-            entity = rec.supported_entities[0]
-            ctx = _context_regex(list(rec.context or ()) + list(extra_context))
-            if check == "auto":
-                check = _presidio_check(rec)
-            for p in rec.patterns:
-                if p.score < min_pattern_score:
-                    continue
-                self._rules.setdefault(entity, []).append(_Rule(
-                    entity, p.name, _compile(p.regex, rec.global_regex_flags), p.score, gate, ctx, check))
+        def add(rule: _Rule) -> None:
+            self._rules.setdefault(rule.entity, []).append(rule)
 
-        # e-mail: presidio's pattern, our offline domain check (validated → 1.0 like presidio)
-        email = EmailRecognizer()
-        add_presidio(email, "at", ("e-mail", "mail", "contact", "write to"),
-                     check=lambda v: 1.0 if domain_ok(v) is None else False)
-        # phone
-        self._rules["PHONE_NUMBER"] = [_Rule("PHONE_NUMBER", "phone", _PHONE, 0.4, "d7",
-                                             _context_regex(PHONE_CONTEXT), _phone_check_factory(),
-                                             suffix_context=_context_regex(PHONE_SUFFIX_CONTEXT),
-                                             veto=_PHONE_VETO)]
-        # card
-        self._rules["CREDIT_CARD"] = [_Rule("CREDIT_CARD", "card", _CARD, 0.3, "d7",
-                                            _context_regex(CARD_CONTEXT), _card_check)]
-        # IBAN
-        self._rules["IBAN_CODE"] = [_Rule("IBAN_CODE", "iban", _IBAN, 0.5, "iban",
-                                          _context_regex(IBAN_CONTEXT), _iban_check_factory())]
-        # SSN: presidio's medium pattern (the others score 0.05 and stay below any useful threshold
-        # even with context)
-        add_presidio(UsSsnRecognizer(), "d7", ("social security", "ssn#", "ss#", "ss no"), min_pattern_score=0.3)
-        add_presidio(IpRecognizer(), "ip4", ("ip address", "address", "server", "host"), check=_ip_check)
-        for rule in self._rules["IP_ADDRESS"]:
-            rule.veto = _IP_VETO
-            if "4" not in rule.name:  # IPv6, IPv6_unspecified
-                rule.gate = "ip6"
-        add_presidio(CryptoRecognizer(), "always", ("wallet", "address", "ethereum"))
-        nhs = NhsRecognizer()
-        add_presidio(nhs, "d7", ("patient", "health service"), check=_nhs_check(nhs))
-        add_presidio(UsItinRecognizer(), "d7")
-        self._add_url_rules(UrlRecognizer, domain_ok)
-        add_presidio(DateRecognizer(), "digits")
-        add_presidio(MacAddressRecognizer(), "hexcolon")
-        add_presidio(UsBankRecognizer(), "d7")
-        add_presidio(UsPassportRecognizer(), "d7")
-        add_presidio(UsLicenseRecognizer(), "digits")
-        add_presidio(MedicalLicenseRecognizer(), "d7")
-        add_presidio(AbaRoutingRecognizer(), "d7")
+        # e-mail: our pattern, the offline domain check (a real public suffix → 1.0)
+        add(_Rule("EMAIL_ADDRESS", "email", EMAIL_REGEX, 0.5, "at", _context_regex(EMAIL_CONTEXT),
+                  lambda v: 1.0 if domain_ok(v) is None else False))
+        add(_Rule("PHONE_NUMBER", "phone", _PHONE, 0.4, "d7", _context_regex(PHONE_CONTEXT), _phone_check_factory(),
+                  suffix_context=_context_regex(PHONE_SUFFIX_CONTEXT), veto=_PHONE_VETO))
+        add(_Rule("CREDIT_CARD", "card", _CARD, 0.3, "d7", _context_regex(CARD_CONTEXT), _card_check))
+        add(_Rule("IBAN_CODE", "iban", _IBAN, 0.5, "iban", _context_regex(IBAN_CONTEXT), _iban_check))
+        for spec in PATTERN_SPECS:
+            add(_Rule(spec.entity, spec.name, spec.regex, spec.score, spec.gate, _context_regex(spec.context),
+                      spec.check, veto=_IP_VETO if spec.entity == "IP_ADDRESS" else None))
+        self._add_url_rules(domain_ok)
 
-    def _add_url_rules(self, url_recognizer: Any, domain_ok: Callable[[str], Any]) -> None:
-        """URLs: presidio's domain pattern, bounded on both sides (its own pattern finds "Mr.De" in
-        "Mr.Derman" and "years.In" in "15 years.In order"); scheme or www → 0.6; a bare domain
-        needs a lower-case (or all upper-case) TLD, and a bare two-letter TLD without a path scores
-        0.3 (needs a context word such as "website")."""
-        ctx = _context_regex(list(url_recognizer.CONTEXT) + ["site", "web", "homepage", "visit", "domain"])
-        base = url_recognizer.BASE_URL_REGEX
+    def _add_url_rules(self, domain_ok: Callable[[str], Any]) -> None:
+        """URLs, bounded on both sides (so "Mr.De" in "Mr.Derman" is not a candidate); scheme or
+        www → 0.6; a bare domain needs a lower-case (or all upper-case) TLD, and a bare two-letter
+        TLD without a path scores 0.3 (needs a context word such as "website")."""
+        ctx = _context_regex(URL_CONTEXT)
 
         def host_of(value: str) -> str:
-            return re.sub(r"^(?i:https?://)", "", value).split("/")[0].split(":")[0]
+            return re.sub(r"^(?i:https?://)", "", value).split("/")[0].split("?")[0].split("#")[0].split(":")[0]
 
         def with_scheme(value: str) -> Any:
             return None if domain_ok(host_of(value)) is None else False
@@ -465,9 +363,10 @@ class PiiDetector:
             return None
 
         rules = self._rules.setdefault("URL", [])
-        rules.append(_Rule("URL", "url (scheme)", re.compile(r"(?i)\bhttps?://" + base + r"(?<![.,;:!?)])"),
+        rules.append(_Rule("URL", "url (scheme)", re.compile(r"(?i)\bhttps?://" + URL_BODY + r"(?<![.,;:!?)])"),
                            0.6, "dot", ctx, with_scheme))
-        rules.append(_Rule("URL", "url (bare)", re.compile(r"(?i)(?<![\w.@/\-])" + base + r"(?<![.,;:!?)])(?![\w\-@])"),
+        rules.append(_Rule("URL", "url (bare)",
+                           re.compile(r"(?i)(?<![\w.@/\-])" + URL_BODY + r"(?<![.,;:!?)])(?![\w\-@])"),
                            0.5, "dot", ctx, bare))
 
     def clear_caches(self) -> None:
@@ -556,7 +455,7 @@ class PiiDetector:
 
     def _ner(self, text: str, wanted: frozenset[str], floor: float) -> list[PiiEntity]:
         out = []
-        score = 0.85  # presidio's default score for spaCy entities
+        score = 0.85  # a spaCy entity: no checksum, but a model's judgement in context
         if score < floor:
             return out
         for ent in self._nlp(text).ents:
@@ -574,53 +473,6 @@ def _part_of_number(text: str, start: int, end: int) -> bool:
     if end + 1 < len(text) and text[end - 1].isdigit() and text[end] in ".," and text[end + 1].isdigit():
         return True
     return False
-
-
-def _nhs_check(rec: Any) -> Callable[[str], Any]:
-    """NHS numbers pass a mod-11 checksum by chance once in 11, and their 3-3-4 shape is also a
-    US phone number's: valid ones score 0.45, so they need a context word ("nhs", "patient")."""
-    validate = rec.validate_result
-
-    def check(value: str) -> Any:
-        return 0.45 if validate(value) else False
-
-    return check
-
-
-def _ip_check(value: str) -> Any:
-    import ipaddress
-
-    core = value.split("/")[0].split("%")[0]
-    try:
-        ip = ipaddress.ip_address(core)
-    except ValueError:
-        return False
-    if ip.version == 6 and "::" not in core and not any(c in "abcdefABCDEF" for c in core):
-        return 0.3  # "1:8:28:70:56:28:8:1" is more often a ratio than an address: needs context
-    return None
-
-
-def _presidio_check(rec: Any) -> Callable[[str], Any] | None:
-    """presidio's validate_result / invalidate_result as one check (True → 1.0, False → drop)."""
-    from presidio_analyzer import PatternRecognizer
-
-    validate = rec.validate_result if type(rec).validate_result is not PatternRecognizer.validate_result else None
-    invalidate = (rec.invalidate_result
-                  if type(rec).invalidate_result is not PatternRecognizer.invalidate_result else None)
-    if validate is None and invalidate is None:
-        return None
-
-    def check(value: str) -> Any:
-        if invalidate is not None and invalidate(value):
-            return False
-        if validate is not None:
-            ok = validate(value)
-            if ok is None:
-                return None
-            return 1.0 if ok else False
-        return None
-
-    return check
 
 
 def _resolve_overlaps(found: list[PiiEntity]) -> list[PiiEntity]:
@@ -659,7 +511,7 @@ def _cached_detector(ner: bool) -> PiiDetector:
 
 
 def default_detector(ner: bool = False) -> PiiDetector:
-    """The process-wide detector (built on first use: presidio's import takes seconds)."""
+    """The process-wide detector (built on first use; with ner=True that loads spaCy and its model)."""
     with _DEFAULT_LOCK:
         return _cached_detector(ner)
 
