@@ -32,8 +32,29 @@ class Entrypoint(Strict):
 
 
 class RateLimit(Strict):
-    requests_per_minute: PositiveFloat
-    burst: PositiveInt | None = Field(None, description="bucket size; default: a minute's worth, at least 1")
+    """A caller's limits: requests per minute, model tokens per minute, or both. Each is a token
+    bucket that holds `burst` (`token_burst`) and refills at the rate per minute."""
+
+    requests_per_minute: PositiveFloat | None = Field(None, description="requests per minute; null: no request limit")
+    burst: PositiveInt | None = Field(None, description="request bucket size; default: a minute's worth, at least 1")
+    tokens_per_minute: PositiveFloat | None = Field(
+        None, description="model tokens (prompt + completion) per minute: each request reserves its estimate "
+        "before the call (prompt tokens + max_tokens, or completion_tokens_estimate) and settles with the "
+        "answer's real usage after it; null: no token limit")
+    token_burst: PositiveInt | None = Field(None, description="token bucket size; default: a minute's worth")
+    completion_tokens_estimate: int = Field(
+        256, ge=0, description="completion tokens reserved before the call for a request that sets no "
+        "max_tokens / max_completion_tokens (settled with the real usage afterwards)")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> "RateLimit":
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            raise ValueError("set requests_per_minute, tokens_per_minute or both")
+        if self.burst is not None and self.requests_per_minute is None:
+            raise ValueError("burst sizes the request bucket: set requests_per_minute with it")
+        if self.token_burst is not None and self.tokens_per_minute is None:
+            raise ValueError("token_burst sizes the token bucket: set tokens_per_minute with it")
+        return self
 
 
 class ApiKey(Strict):
