@@ -131,6 +131,17 @@ class Pipeline:
         self.answering = Answering(self.plugins, self.caching, self.learning, metrics, self.activity)
         self.tracing = Tracing.build(policy.server.tracing, env, provider=tracer_provider,
                                      previous=previous.tracing if previous is not None else None)
+        if previous is None:
+            self._set_idle_ttls()
+
+    def _set_idle_ttls(self) -> None:
+        """The policy's idle TTLs on the app-wide stores (learned state, cached answers): set by the
+        first pipeline, then by each reloaded one when it takes over."""
+        server = self.policy.server
+        for store, ttl in ((self.learning.state_store, server.learned_state_idle_ttl),
+                           (self.learning.semantic_cache.store, server.cache_idle_ttl)):
+            if hasattr(store, "idle_ttl_s"):
+                store.idle_ttl_s = ttl
 
     def take_over(self, previous: "Pipeline") -> None:
         """After a reload, right before this pipeline replaces `previous`: keep what it learned
@@ -142,6 +153,7 @@ class Pipeline:
             if name in previous.selectors:
                 selector.adopt(previous.selectors[name])
         self.upstreams.adopt_breakers(previous.upstreams, self.policy)
+        self._set_idle_ttls()
 
     def warm(self) -> None:
         """Run what a first request would otherwise pay for (one encoder pass), in the calling

@@ -147,6 +147,15 @@ class Server(Strict):
         "open", description="when the shared rate-limit store (Redis) cannot be reached: open admits the request "
         "unchecked, closed refuses it with 503 and Retry-After; either is counted in "
         "sigroute_rate_limit_store_errors_total")
+    learned_state_idle_ttl: Duration | None = Field(
+        None, gt=0, description="a tenant's learned state (each learning decision's sums) expires after this long "
+        "without learning from that tenant's requests: seconds or '30d'; the TTL restarts at every flush of "
+        "learned statistics (in Redis a native key TTL), and replicas forget a tenant idle that long so they do "
+        "not restore what expired; null (default): kept until `sigroute bandit gc` or `reset` removes it")
+    cache_idle_ttl: Duration | None = Field(
+        None, gt=0, description="a cached answer not used for this long is dropped before its own TTL ends "
+        "(each hit restarts it, never past the answer's TTL), so a tenant's or partition's cache that nobody "
+        "reads leaves Redis: seconds or '7d'; null (default): answers live their TTL")
     log_prompts: bool = Field(False, description="prompts and answers are never logged unless this is true")
     open_without_auth: tuple[Literal[OPERATOR_SURFACES], ...] = Field(
         (), description="with no `auth` section nobody is authenticated, so the operator surfaces are refused "
