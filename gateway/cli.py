@@ -551,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_out", help="also write the result here")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("bandit", help="export, import or reset the learned state of learning decisions")
+    p = sub.add_parser("bandit", help="list, export, import, reset or garbage-collect the learned state "
+                                      "of learning decisions")
     bsub = p.add_subparsers(dest="bandit_command", required=True)
     for name, help_text in (("export", "write a JSON snapshot of the learned state"),
                             ("import", "load a JSON snapshot (replacing the keys it holds, or --merge)"),
