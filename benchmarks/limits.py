@@ -51,7 +51,8 @@ def policy(sim_url: str, limit_per_min: float, burst: int) -> dict:
     """One model on the simulator; one API key with the request limit under test."""
     return {
         "version": 1,
-        "models": {"bench": {"provider": "openai/bench", "api_base": sim_url + "/v1", "price": {"input": 0, "output": 0}}},
+        "models": {"bench": {"provider": "openai/bench", "api_base": sim_url + "/v1",
+                             "price": {"input": 0, "output": 0}}},
         "decisions": [{"name": "default", "models": ["bench"]}],
         "upstream": {"retries": 0, "backoff_s": 0.0},
         "auth": {"keys": [{"key_sha256": hashlib.sha256(API_KEY.encode()).hexdigest(), "tenant": "bench",
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a ~15 s run (limit 240/min, burst 4) for tests")
     parser.add_argument("--limit", type=float, default=None, help="requests per minute (default 600; quick 240)")
     parser.add_argument("--burst", type=int, default=None, help="bucket size (default 10; quick 4)")
-    parser.add_argument("--duration-s", type=float, default=None, help="how long the caller sends (default 60; quick 15)")
+    parser.add_argument("--duration-s", type=float, default=None,
+                        help="how long the caller sends (default 60; quick 15)")
     parser.add_argument("--overload", type=float, default=5.0, help="offered rate as a multiple of the limit")
     parser.add_argument("--skip-memory", action="store_true", help="skip the per-replica memory baseline")
     parser.add_argument("--json", help="write the full result here")
@@ -158,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         sim_path = Path(tmp, "sim.yaml")
         sim_path.write_text(yaml.safe_dump({"seed": 1, "models": {"bench": {
             "ttft_ms": 1, "tokens_per_s": 0, "completion_tokens": 8}}}))
-        sim_command = [sys.executable, "-m", "sigroute.gateway.cli", "sim", "--config", str(sim_path), "--port", "{port}"]
+        sim_command = [sys.executable, "-m", "sigroute.gateway.cli", "sim", "--config", str(sim_path),
+                       "--port", "{port}"]
         with ServerProcess(sim_command, env=env, name="sim") as sim:
             policy_path = Path(tmp, "policy.yaml")
             policy_path.write_text(yaml.safe_dump(policy(sim.url, args.limit, args.burst), sort_keys=False))

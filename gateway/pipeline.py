@@ -52,8 +52,8 @@ from sigroute.gateway.errors import APIError, RateLimited, Unavailable
 from sigroute.gateway.journey import Journey
 from sigroute.gateway.learning import Learning
 from sigroute.gateway.metrics import Metrics
-from sigroute.gateway.ratelimit import (RateLimiter, RateLimitStoreUnavailable, TokenEstimate, ratelimit_headers,
-                                        tokens_used)
+from sigroute.gateway.ratelimit import (RateLimiter, RateLimitStoreUnavailable, TokenEstimate, bucket_owner,
+                                        ratelimit_headers, tokens_used)
 from sigroute.gateway.routing import Router, build_selectors
 from sigroute.gateway.surface import CHAT, Surface
 from sigroute.gateway.tracing import Tracing
@@ -173,7 +173,7 @@ class Pipeline:
         if journey is not None:
             journey.rate_limit = limit
         if limit is not None and limit.requests_per_minute is not None:
-            spent = await self._rate_check(self.rate_limiter.check_requests(principal.key_id, limit))
+            spent = await self._rate_check(self.rate_limiter.check_requests(bucket_owner(principal, limit), limit))
             if spent is not None:
                 out = ratelimit_headers("requests", limit.requests_per_minute, spent)
                 if spent.wait > 0:
@@ -192,7 +192,7 @@ class Pipeline:
         if limit is None or limit.tokens_per_minute is None:
             return
         estimate = TokenEstimate(ctx.prompt_tokens, ctx.max_output_tokens or limit.completion_tokens_estimate)
-        key = journey.principal.key_id
+        key = bucket_owner(journey.principal, limit)
         spent = await self._rate_check(self.rate_limiter.reserve_tokens(key, limit, estimate.total))
         if spent is None:        # the store is unavailable and the policy fails open
             return

@@ -256,6 +256,12 @@ def open_rate_limit_store(url: str | None, **options: Any) -> RateLimitStore:
     return RedisRateLimitStore(url, **options)
 
 
+def bucket_owner(principal: Any, limit: RateLimit) -> str:
+    """Whose buckets a limit fills: the API key's (its key id, "acme/1a2b3c4d5e6f") or, with
+    `scope: tenant`, the tenant's ("tenant=acme")."""
+    return f"tenant={principal.tenant}" if limit.scope == "tenant" else principal.key_id
+
+
 class RateLimiter:
     """A limit's request and token buckets, in one store. Each method raises
     `RateLimitStoreUnavailable` when a shared store cannot be reached (the caller decides: fail

@@ -260,3 +260,20 @@ def test_request_limits_send_their_x_ratelimit_headers_too(sim, gateway_factory)
     assert all(a.headers["x-ratelimit-limit-requests"] == "1" for a in answers)
     assert answers[3].json()["error"]["code"] == "rate_limit_exceeded"
     assert "x-ratelimit-remaining-tokens" in answers[0].headers
+
+
+def test_a_tenant_scoped_limit_is_shared_by_the_tenants_keys(sim, gateway_factory, clean_redis_url):
+    other = "sk-token-limits-second-key"
+    limit = {"tokens_per_minute": 1, "token_burst": BURST, "scope": "tenant"}
+    policy = base_policy(sim, auth={"keys": [
+        {"key_sha256": hashlib.sha256(k.encode()).hexdigest(), "tenant": "acme", "rate_limit": limit}
+        for k in (KEY, other)]})
+    gw = gateway_factory(policy, redis_url=clean_redis_url)
+    first = gw.chat("from the first key", api_key=KEY, max_tokens=600)
+    used = first.json()["usage"]["total_tokens"]
+    second = gw.chat("from the second key", api_key=other, max_tokens=10)
+    # the second key sees what the first key's request used: one bucket for the tenant
+    assert abs(remaining(second) - (BURST - used - prompt_tokens("from the second key") - 10)) <= 1
+    import redis as redis_client
+    names = {n.decode() for n in redis_client.Redis.from_url(clean_redis_url).scan_iter("sigroute:ratelimit:*")}
+    assert names == {"sigroute:ratelimit:{tenant=acme#tokens}"}

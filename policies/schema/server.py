@@ -42,6 +42,9 @@ class RateLimit(Strict):
         "before the call (prompt tokens + max_tokens, or completion_tokens_estimate) and settles with the "
         "answer's real usage after it; null: no token limit")
     token_burst: PositiveInt | None = Field(None, description="token bucket size; default: a minute's worth")
+    scope: Literal["key", "tenant"] = Field(
+        "key", description="key: each API key has its own buckets; tenant: every key of the tenant that sets "
+        "this limit with scope tenant takes from one pair of buckets (the tenant's)")
     completion_tokens_estimate: int = Field(
         256, ge=0, description="completion tokens reserved before the call for a request that sets no "
         "max_tokens / max_completion_tokens (settled with the real usage afterwards)")
