@@ -277,3 +277,30 @@ def test_a_tenant_scoped_limit_is_shared_by_the_tenants_keys(sim, gateway_factor
     import redis as redis_client
     names = {n.decode() for n in redis_client.Redis.from_url(clean_redis_url).scan_iter("sigroute:ratelimit:*")}
     assert names == {"sigroute:ratelimit:{tenant=acme#tokens}"}
+
+
+@pytest.mark.parametrize("max_tokens", [10**30, 1e300, 2**63])
+def test_an_absurd_max_tokens_is_refused_or_waits_never_a_500(sim, gateway_factory, max_tokens):
+    gw = gateway_factory(token_policy(sim))
+    first = gw.chat("hi", api_key=KEY, max_tokens=max_tokens)
+    assert first.status_code in (200, 400, 429), first.text
+    second = gw.chat("hi", api_key=KEY, max_tokens=5)
+    assert second.status_code in (200, 429), second.text
+    if second.status_code == 200:      # the absurd request was refused or settled: the bucket is whole
+        assert remaining(second) >= BURST - 100
+
+
+def test_the_messages_api_is_limited_too_with_an_anthropic_shaped_429(sim, gateway_factory):
+    import anthropic
+
+    gw = gateway_factory(token_policy(sim))
+    client = anthropic.Anthropic(base_url=gw.url, api_key=KEY, max_retries=0)
+    ok = client.messages.with_raw_response.create(model="auto", max_tokens=600,
+                                                  messages=[{"role": "user", "content": "hello"}])
+    assert int(ok.headers["x-ratelimit-remaining-tokens"]) < BURST - 600
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        client.messages.create(model="auto", max_tokens=995, messages=[{"role": "user", "content": "hello"}])
+    body = caught.value.response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+    assert "tokens/minute" in body["error"]["message"]
+    assert int(caught.value.response.headers["retry-after"]) >= 1
