@@ -91,6 +91,12 @@ def needs_encoder(policy: Policy) -> bool:
     return False
 
 
+def has_token_limits(policy: Policy) -> bool:
+    """Whether some caller's rate limit counts tokens (then every request's prompt is counted)."""
+    limits = [policy.server.rate_limit, *(key.rate_limit for key in (policy.auth.keys if policy.auth else ()))]
+    return any(limit is not None and limit.tokens_per_minute is not None for limit in limits)
+
+
 class Pipeline:
     def __init__(self, policy: Policy, metrics: Metrics, *, environ: Mapping[str, str] | None = None,
                  transports=None, rate_limiter: RateLimiter | None = None, previous: "Pipeline | None" = None,
@@ -133,6 +139,10 @@ class Pipeline:
                                      previous=previous.tracing if previous is not None else None)
         if previous is None:
             self._set_idle_ttls()
+        if has_token_limits(policy):   # load the tokenizer now, not in the first limited request (~1 s)
+            from sigroute.signals.tokens import encoding
+
+            encoding()
 
     def _set_idle_ttls(self) -> None:
         """The policy's idle TTLs on the app-wide stores (learned state, cached answers): set by the
