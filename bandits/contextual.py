@@ -157,6 +157,7 @@ class _Learner:
     lock: threading.Lock = field(default_factory=threading.Lock)
     used_at: float = 0.0      # last selection for this tenant
     reloaded_at: float = 0.0  # last reload of the merged totals from the store
+    created_at: float = field(default_factory=time.time)
 
 
 class ContextualSelector(Selector):
@@ -404,7 +405,11 @@ class ContextualSelector(Selector):
         """
         now = time.time()
         failure: Exception | None = None
+        idle_ttl = getattr(store, "idle_ttl_s", None)
         for tenant, learner in list(self._learners.items()):
+            if idle_ttl and not learner.deltas and now - max(learner.used_at, learner.created_at) > idle_ttl:
+                self._forget_tenant(tenant)
+                continue
             idle = learner.used_at < learner.reloaded_at and now - learner.reloaded_at < IDLE_RELOAD_S
             if idle and not learner.deltas:
                 continue  # nothing to send, and nobody here needs a fresher view yet
@@ -428,6 +433,15 @@ class ContextualSelector(Selector):
             self.store_errors += 1
             raise failure
         self.last_sync_ok = now
+
+    def _forget_tenant(self, tenant: str) -> None:
+        """Drop a tenant this process has not served for the store's idle TTL: its stored state
+        expires on its own, and no view of it kept here may restore it afterwards (as it would
+        restore state the store lost). Served again, the tenant is loaded afresh."""
+        with self._lock:
+            self._learners.pop(tenant, None)
+        base = self.state_key(tenant, 0).split("/e=", 1)[0]
+        self._shared.forget(lambda key: key != base and not key.startswith(base + "/e="))
 
     @property
     def sync_interval_s(self) -> float | None:

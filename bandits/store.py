@@ -77,6 +77,15 @@ Cost, measured for 3 arms x 3,000 values on a busy 2-core machine: ``load`` abou
 decoded and re-encoded whole, so flush accumulated deltas rather than every observation); 24 KB
 of Redis memory per arm.
 
+State that ends: every ``add``, ``recover`` and ``replace`` records when it wrote (``written_at``
+in `KeyState`; the marker's ``"w"``, Redis server time in unix seconds) and, when the store has an
+``idle_ttl_s``, restarts the key's idle TTL (a native ``PEXPIRE`` in the same script; the memory
+store drops the key when it passes); reads never do, since replicas reload every tenant they know
+periodically. Without ``idle_ttl_s`` keys persist (``PERSIST``). ``delete_idle(key, written_before)``
+removes a key as ``delete`` does (leaving the operator marker, so replicas accept it) only if its
+last write is older, checked and done in one script (``sigroute bandit gc``). ``server_time()`` is
+the clock write times use; ``memory_usage(key)`` what Redis holds for a key (``MEMORY USAGE``).
+
 Snapshots: `export_state` / `import_state` move state between stores (and to and from files) as
 ``{"format": "sigroute-bandit-state", "version": 1, "keys": {key: {arm: [floats...]}}}``.
 
@@ -213,6 +222,7 @@ class KeyState:
     version: int = 0
     lineage: tuple[Lineage, ...] = ()
     operator_set: bool = False
+    written_at: float | None = None   # unix seconds of the last add, re-seed or replace (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -374,7 +384,12 @@ def new_generation() -> str:
 
 
 def _meta(gen: str, *, lineage: list[dict] | None = None, operator: bool = False) -> dict:
-    return {"g": gen, "v": 0, "l": lineage or [], "o": 1 if operator else 0}
+    return {"g": gen, "v": 0, "l": lineage or [], "o": 1 if operator else 0, "w": int(time.time())}
+
+
+def _written_at(meta: dict | None) -> float | None:
+    written = (meta or {}).get("w")
+    return float(written) if isinstance(written, (int, float)) else None
 
 
 def _parse_meta(raw: str | bytes | None) -> dict | None:
@@ -494,10 +509,16 @@ class MemoryStateStore:
 
     description = "memory"
 
-    def __init__(self, *, tombstone_ttl_s: float = TOMBSTONE_TTL_S) -> None:
+    def __init__(self, *, tombstone_ttl_s: float = TOMBSTONE_TTL_S, idle_ttl_s: float | None = None) -> None:
         self._data: dict[str, _MemoryKey] = {}
         self._lock = threading.Lock()
         self.tombstone_ttl_s = tombstone_ttl_s
+        self.idle_ttl_s = idle_ttl_s
+
+    def _written(self, entry: _MemoryKey) -> None:
+        """An add, re-seed or replace: the key's idle time starts again."""
+        entry.meta["w"] = int(time.time())
+        entry.expires = time.monotonic() + self.idle_ttl_s if self.idle_ttl_s else None
 
     def _get(self, key: str) -> _MemoryKey | None:
         entry = self._data.get(key)
@@ -537,7 +558,7 @@ class MemoryStateStore:
                 else:
                     entry.arms[arm] = delta.copy()
             entry.meta["v"] += 1
-            entry.expires = None
+            self._written(entry)
             if join is not None:
                 _find(entry.meta["l"], join[0])["j"].append(join[1])
             if op is not None:
@@ -555,7 +576,7 @@ class MemoryStateStore:
                 return KeyState({})
             meta = entry.meta
             return KeyState({arm: vector.copy() for arm, vector in entry.arms.items()}, meta["g"], meta["v"],
-                            _lineage_out(meta), bool(meta["o"]))
+                            _lineage_out(meta), bool(meta["o"]), _written_at(meta))
 
     async def recover(self, key: str, *, lost: str, known_version: int, basis: int,
                       content: Mapping[str, np.ndarray], lineage: tuple[Lineage, ...] = (),
@@ -583,7 +604,7 @@ class MemoryStateStore:
             entry.meta["l"] = _merge_lineage(base, mine, [{"g": lost, "h": "reseed", "b": int(basis), "by": replica,
                                                            "j": []}])
             entry.meta["v"] += 1
-            entry.expires = None
+            self._written(entry)
             self._data[key] = entry
             return Recovery("reseeded")
 
@@ -599,6 +620,27 @@ class MemoryStateStore:
                                              _meta(new_generation(), lineage=lineage, operator=True))
         if not vectors:
             self._bury(key, entry)
+        else:
+            self._written(entry)
+
+    async def delete_idle(self, key: str, written_before: float) -> int:
+        """Delete `key` (as `delete` does: a marker stays, so replicas do not restore it) only if its
+        last write was before `written_before` (unix seconds); the arms it had (0: kept)."""
+        _check_key(key)
+        with self._lock:
+            entry = self._get(key)
+            written = _written_at(entry.meta) if entry is not None else None
+            if entry is None or not entry.arms or written is None or written >= written_before:
+                return 0
+            had = len(entry.arms)
+            self._set(key, {})
+            return had
+
+    async def server_time(self) -> float:
+        return time.time()
+
+    async def memory_usage(self, key: str) -> int | None:
+        return None   # not measured in memory
 
     async def remove_arm(self, key: str, arm: str) -> bool:
         _check_key(key)
@@ -694,6 +736,7 @@ class _RedisBase:
 # touched vector, adds in Lua numbers (IEEE doubles, exactly like numpy's float64 `+`) and writes it
 # back. `struct` and `unpack` work in chunks because Lua's C stack holds at most a few thousand values.
 _LUA_PRELUDE = r"""
+if redis.replicate_commands then redis.replicate_commands() end
 local META = '\0meta'
 local CHUNK = 512
 local MAX_LINEAGE = 16
@@ -760,6 +803,14 @@ local function get_meta(key)
 end
 local function put_meta(key, meta)
   redis.call('HSET', key, META, cjson.encode(meta))
+end
+-- An add, re-seed or replace: record when (meta.w, Redis server time) and restart the key's idle
+-- TTL (the last argument, in ms; 0: no TTL, the key persists).
+local function written(key, meta)
+  meta.w = tonumber(redis.call('TIME')[1])
+  put_meta(key, meta)
+  local idle = tonumber(ARGV[#ARGV])
+  if idle and idle > 0 then redis.call('PEXPIRE', key, idle) else redis.call('PERSIST', key) end
 end
 local function new_meta(gen, operator, lineage)
   return {g = gen, v = 0, o = operator, l = lineage or {}}
@@ -833,8 +884,7 @@ if op_by ~= '' then  -- remember the last add of each replica (the MAX_OPS most 
   end
   if count > MAX_OPS then meta.s[oldest] = nil end
 end
-put_meta(key, meta)
-redis.call('PERSIST', key)
+written(key, meta)
 return {'ok', meta.g, meta.v}
 """
 
@@ -866,8 +916,7 @@ local base = {}
 if meta then base = meta.l else meta = new_meta(ARGV[5], tonumber(ARGV[7])) end
 meta.l = merge(base, cjson.decode(ARGV[6]), {{g = lost, h = 'reseed', b = tonumber(ARGV[3]), by = me, j = {}}})
 meta.v = meta.v + 1
-put_meta(key, meta)
-redis.call('PERSIST', key)
+written(key, meta)
 return {'reseeded', meta.g, meta.v}
 """
 
@@ -884,8 +933,28 @@ if meta then lineage = {{g = meta.g, h = 'set', b = meta.v, by = '', j = {}}} en
 redis.call('DEL', key)
 local n = tonumber(ARGV[4])
 for a = 0, n - 1 do redis.call('HSET', key, ARGV[5 + 2 * a], ARGV[6 + 2 * a]) end
+if n == 0 then
+  put_meta(key, new_meta(ARGV[1], 1, lineage))
+  redis.call('PEXPIRE', key, ARGV[2])
+else
+  written(key, new_meta(ARGV[1], 1, lineage))
+end
+return had
+"""
+
+# KEYS[1] = the key's hash. ARGV[1] = the new generation, ARGV[2] = marker TTL (ms), ARGV[3] =
+# cutoff (unix seconds). Deletes the key as _SET_LUA with no arms does, only if it has arms and its
+# last write (meta.w) is before the cutoff. Returns the number of arms removed.
+_DELETE_IDLE_LUA = _LUA_PRELUDE + r"""
+local key = KEYS[1]
+local meta = get_meta(key)
+if not meta or not meta.w or meta.w >= tonumber(ARGV[3]) then return 0 end
+local had = n_arms(key, meta)
+if had == 0 then return 0 end
+local lineage = {{g = meta.g, h = 'set', b = meta.v, by = '', j = {}}}
+redis.call('DEL', key)
 put_meta(key, new_meta(ARGV[1], 1, lineage))
-if n == 0 then redis.call('PEXPIRE', key, ARGV[2]) end
+redis.call('PEXPIRE', key, ARGV[2])
 return had
 """
 
@@ -926,14 +995,16 @@ class RedisStateStore(_RedisBase):
 
     def __init__(self, url: str, namespace: str = "sigroute:bandit:", *, socket_timeout: float = 5.0,
                  connect_timeout: float = 2.0, retries: int = 1, tombstone_ttl_s: float = TOMBSTONE_TTL_S,
-                 hung_hold_s: float = 1.0) -> None:
+                 hung_hold_s: float = 1.0, idle_ttl_s: float | None = None) -> None:
         super().__init__(url, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
                          retries=retries, decode_responses=False, hung_hold_s=hung_hold_s)
         self.tombstone_ttl_s = tombstone_ttl_s
+        self.idle_ttl_s = idle_ttl_s
         self._add_script = self._redis.register_script(_ADD_LUA)
         self._recover_script = self._redis.register_script(_RECOVER_LUA)
         self._set_script = self._redis.register_script(_SET_LUA)
         self._remove_arm_script = self._redis.register_script(_REMOVE_ARM_LUA)
+        self._delete_idle_script = self._redis.register_script(_DELETE_IDLE_LUA)
 
     def _name(self, key: str) -> str:
         return self.namespace + key
@@ -941,6 +1012,11 @@ class RedisStateStore(_RedisBase):
     @property
     def _tombstone_ms(self) -> str:
         return str(max(1, round(self.tombstone_ttl_s * 1000)))
+
+    @property
+    def _idle_ms(self) -> str:
+        """The idle TTL sent as the last argument of every writing script ("0": none)."""
+        return str(max(1, round(self.idle_ttl_s * 1000))) if self.idle_ttl_s else "0"
 
     def _shape_reply(self, key: str, result: list, vectors: Mapping[str, np.ndarray]) -> None:
         if _text(result[0]) == "shape":
@@ -962,7 +1038,8 @@ class RedisStateStore(_RedisBase):
             head = ["any", new_generation(), "", "0"]
         head += [op[0], str(op[1])] if op is not None else ["", "0"]
         with self._guard(f"add to {key!r}"):
-            result = await self._add_script(keys=[self._name(key)], args=head + _arm_args(key, vectors))
+            result = await self._add_script(keys=[self._name(key)],
+                                            args=head + _arm_args(key, vectors) + [self._idle_ms])
         self._shape_reply(key, result, vectors)
         gen = _text(result[1]) or None
         return AddResult(_text(result[0]) == "ok", gen, int(result[2]))
@@ -978,7 +1055,7 @@ class RedisStateStore(_RedisBase):
         arms = {arm.decode(): np.frombuffer(blob, dtype=_F64).astype(np.float64) for arm, blob in fields.items()}
         if meta is None:
             return KeyState(arms)
-        return KeyState(arms, meta["g"], int(meta["v"]), _lineage_out(meta), bool(meta["o"]))
+        return KeyState(arms, meta["g"], int(meta["v"]), _lineage_out(meta), bool(meta["o"]), _written_at(meta))
 
     async def recover(self, key: str, *, lost: str, known_version: int, basis: int,
                       content: Mapping[str, np.ndarray], lineage: tuple[Lineage, ...] = (),
@@ -986,7 +1063,8 @@ class RedisStateStore(_RedisBase):
         vectors = _as_vectors(key, content)
         mine = _lineage_in(lineage)
         args = [lost, str(int(known_version)), str(int(basis)), replica, new_generation(),
-                json.dumps(mine) if mine else "[]", "1" if operator_set else "0"] + _arm_args(key, vectors)
+                json.dumps(mine) if mine else "[]", "1" if operator_set else "0"] + _arm_args(key, vectors) + [
+                    self._idle_ms]
         with self._guard(f"recover {key!r}"):
             result = await self._recover_script(keys=[self._name(key)], args=args)
         self._shape_reply(key, result, vectors)
@@ -998,6 +1076,7 @@ class RedisStateStore(_RedisBase):
         args: list[str | bytes] = [new_generation(), self._tombstone_ms, "0", str(len(vectors))]
         for arm, vector in vectors.items():
             args += [arm, vector.astype(_F64).tobytes()]
+        args.append(self._idle_ms)
         with self._guard(f"replace {key!r}"):
             await self._set_script(keys=[self._name(key)], args=args)
 
@@ -1005,6 +1084,26 @@ class RedisStateStore(_RedisBase):
         _check_key(key)
         with self._guard(f"remove arm {arm!r} of {key!r}"):
             return bool(await self._remove_arm_script(keys=[self._name(key)], args=[arm, self._tombstone_ms]))
+
+    async def delete_idle(self, key: str, written_before: float) -> int:
+        """Delete `key` (as `delete` does: a marker stays, so replicas do not restore it) only if its
+        last write was before `written_before` (unix seconds, Redis server time); checked and done in
+        one script, so a key written meanwhile is kept. The arms it had (0: kept)."""
+        _check_key(key)
+        with self._guard(f"delete idle {key!r}"):
+            return int(await self._delete_idle_script(keys=[self._name(key)], args=[
+                new_generation(), self._tombstone_ms, repr(float(written_before))]))
+
+    async def server_time(self) -> float:
+        """Redis's clock (unix seconds): the clock write times are recorded by."""
+        with self._guard("read the server time"):
+            seconds, micros = await self._redis.time()
+        return seconds + micros / 1e6
+
+    async def memory_usage(self, key: str) -> int | None:
+        """Bytes Redis holds for `key` (MEMORY USAGE), None if it does not exist."""
+        with self._guard(f"measure {key!r}"):
+            return await self._redis.memory_usage(self._name(key), samples=0)
 
     async def _live(self, names: list[str]) -> list[str]:
         """Those of `names` that hold at least one arm (not deleted keys' markers)."""

@@ -34,6 +34,12 @@ tag ``{sigroute:cache}``: `sigroute._redis.tagged_prefix` wraps a namespace with
 * ``{<ns>}:lru:<category>``: a sorted set doc_id -> last access (Redis server time, microseconds);
 * ``{<ns>}:events``: the stream (fields ``op`` put|del|clear, ``id``, ``p``, ``e``).
 
+Idle TTL (``idle_ttl_s``, both implementations; default none): a document expires after that long
+unused even when its own TTL is longer (``put`` sets ``min(ttl, idle)``; each ``get`` restarts it at
+the idle TTL, never past the document's own expiry ``xa``), so a partition nobody reads leaves the
+store. A category's LRU set carries a TTL at least as long as its longest-lived document, so it
+vanishes with its last one.
+
 ``put``, ``get`` and ``delete`` are one Lua script each (one round trip, atomic: the LRU set,
 the document and the event never disagree). ``put`` also drops up to 32 LRU members whose
 documents expired (so expired entries stop counting against the quota) before enforcing it.
@@ -183,15 +189,21 @@ class MemoryDocumentStore:
     description = "memory"
     shared = False
 
-    def __init__(self, clock=time.time) -> None:
+    def __init__(self, clock=time.time, *, idle_ttl_s: float | None = None) -> None:
         self._docs: dict[str, CacheEntry] = {}
         self._lru: dict[str, OrderedDict[str, None]] = {}
         self._expiry: list[tuple[float, str]] = []     # heap of (expires_at, doc_id), lazily stale
+        self._idle_until: dict[str, float] = {}        # doc_id -> when it expires unused (idle_ttl_s)
         self._lock = threading.Lock()
         self._clock = clock
+        self.idle_ttl_s = idle_ttl_s
+
+    def _gone(self, entry: CacheEntry, now: float) -> bool:
+        return entry.expires_at <= now or self._idle_until.get(entry.doc_id, float("inf")) <= now
 
     def _drop(self, doc_id: str) -> CacheEntry | None:
         entry = self._docs.pop(doc_id, None)
+        self._idle_until.pop(doc_id, None)
         if entry is not None:
             lru = self._lru.get(entry.category)
             if lru is not None:
@@ -200,12 +212,19 @@ class MemoryDocumentStore:
                     del self._lru[entry.category]
         return entry
 
+    def _deadline(self, entry: CacheEntry) -> float:
+        return min(entry.expires_at, self._idle_until.get(entry.doc_id, float("inf")))
+
     def _purge(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:
             _, doc_id = heapq.heappop(self._expiry)
             entry = self._docs.get(doc_id)
-            if entry is not None and entry.expires_at <= now:
+            if entry is None:
+                continue
+            if self._gone(entry, now):
                 self._drop(doc_id)
+            else:                                      # used since: due again at its new deadline
+                heapq.heappush(self._expiry, (self._deadline(entry), doc_id))
 
     async def put(self, entry: CacheEntry, ttl_s: float, *, quota: int | None = None) -> list[str]:
         _check_put(entry, ttl_s, quota)
@@ -218,13 +237,16 @@ class MemoryDocumentStore:
             self._purge(now)
             self._drop(stored.doc_id)
             self._docs[stored.doc_id] = stored
+            if self.idle_ttl_s:
+                self._idle_until[stored.doc_id] = now + self.idle_ttl_s
             lru = self._lru.setdefault(stored.category, OrderedDict())
             lru[stored.doc_id] = None
-            heapq.heappush(self._expiry, (stored.expires_at, stored.doc_id))
+            heapq.heappush(self._expiry, (self._deadline(stored), stored.doc_id))
             if quota is not None:
                 while len(lru) > quota:
                     victim, _ = lru.popitem(last=False)
                     self._docs.pop(victim, None)
+                    self._idle_until.pop(victim, None)
                     evicted.append(victim)
         return evicted
 
@@ -233,9 +255,12 @@ class MemoryDocumentStore:
             entry = self._docs.get(doc_id)
             if entry is None:
                 return None
-            if entry.expires_at <= self._clock():
+            now = self._clock()
+            if self._gone(entry, now):
                 self._drop(doc_id)
                 return None
+            if self.idle_ttl_s:                        # used: its idle time starts again
+                self._idle_until[doc_id] = now + self.idle_ttl_s
             self._lru[entry.category].move_to_end(doc_id)
             return replace(entry, metadata=dict(entry.metadata))
 
@@ -254,6 +279,7 @@ class MemoryDocumentStore:
                 self._docs.clear()
                 self._lru.clear()
                 self._expiry.clear()
+                self._idle_until.clear()
                 return None
             victims = [d for d, e in self._docs.items()
                        if (partition is None or e.partition == partition)
@@ -267,14 +293,14 @@ class MemoryDocumentStore:
         with self._lock:
             now = self._clock()
             items = [(e.doc_id, e.partition, e.embedding) for e in self._docs.values()
-                     if e.embedding is not None and e.expires_at > now]
+                     if e.embedding is not None and not self._gone(e, now)]
         for item in items:
             yield item
 
     async def exists(self, doc_ids: list[str]) -> list[bool]:
         now = self._clock()
         with self._lock:
-            return [(e := self._docs.get(d)) is not None and e.expires_at > now for d in doc_ids]
+            return [(e := self._docs.get(d)) is not None and not self._gone(e, now) for d in doc_ids]
 
     async def count(self) -> int:
         with self._lock:
@@ -324,6 +350,8 @@ for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], string.format('%.0f', now), id)
+local lru_ttl = redis.call('PTTL', KEYS[2])
+if lru_ttl < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end  -- the set outlives none of its documents
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'op', 'put', 'id', id, 'p', ARGV[6], 'e', ARGV[7])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now - ttl * 1000), 'LIMIT', 0, 32)
 for _, m in ipairs(stale) do
@@ -342,20 +370,30 @@ end
 return evicted
 """
 
-# KEYS: doc. ARGV: lru prefix, id.
+# KEYS: doc. ARGV: lru prefix, id, idle TTL in ms (0: none). With an idle TTL a hit restarts the
+# document's TTL at the idle TTL, never past its own expiry (field xa, unix seconds).
 _GET_LUA = """
 redis.replicate_commands()
 local h = redis.call('HGETALL', KEYS[1])
 if #h == 0 then return h end
+local lru, expires_at
 for i = 1, #h, 2 do
-  if h[i] == 'c' then
-    local lru = ARGV[1] .. h[i + 1]
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    local top = redis.call('ZRANGE', lru, -1, -1, 'WITHSCORES')
-    if top[2] and tonumber(top[2]) >= now then now = tonumber(top[2]) + 1 end
-    redis.call('ZADD', lru, 'XX', string.format('%.0f', now), ARGV[2])
-    break
+  if h[i] == 'c' then lru = ARGV[1] .. h[i + 1] elseif h[i] == 'xa' then expires_at = tonumber(h[i + 1]) end
+end
+local t = redis.call('TIME')
+if lru then
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local top = redis.call('ZRANGE', lru, -1, -1, 'WITHSCORES')
+  if top[2] and tonumber(top[2]) >= now then now = tonumber(top[2]) + 1 end
+  redis.call('ZADD', lru, 'XX', string.format('%.0f', now), ARGV[2])
+end
+local idle = tonumber(ARGV[3])
+if idle and idle > 0 and expires_at then
+  local left = math.floor((expires_at - tonumber(t[1]) - tonumber(t[2]) / 1000000) * 1000)
+  local ttl = math.min(idle, left)
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    if lru and redis.call('PTTL', lru) < ttl then redis.call('PEXPIRE', lru, ttl) end
   end
 end
 return h
@@ -395,7 +433,7 @@ class RedisDocumentStore:
 
     def __init__(self, url: str, namespace: str = "sigroute:cache:", *, socket_timeout: float = 0.5,
                  connect_timeout: float = 0.5, retries: int = 1, stream_maxlen: int = 100_000,
-                 hung_hold_s: float = 1.0) -> None:
+                 hung_hold_s: float = 1.0, idle_ttl_s: float | None = None) -> None:
         if not is_redis_url(url):
             raise ValueError(f"not a Redis URL: {redacted_url(url)!r}; use redis://[:password@]host[:port][/db], "
                              f"rediss://..., unix:///path/to/redis.sock or redis+cluster://host:port[,host:port...]")
@@ -403,6 +441,7 @@ class RedisDocumentStore:
         self.namespace = namespace
         self.description = redacted_url(url)
         self.stream_maxlen = stream_maxlen
+        self.idle_ttl_s = idle_ttl_s
         self._options = dict(socket_timeout=socket_timeout, connect_timeout=connect_timeout, retries=retries)
         self._hung = HungRedis(hung_hold_s)
         self._client = None
@@ -457,7 +496,8 @@ class RedisDocumentStore:
         with self._guard("put"):
             evicted = await self._scripts["put"](
                 keys=[self._doc(entry.doc_id), self._lru_prefix + entry.category, self._stream],
-                args=[entry.doc_id, max(1, int(ttl_s * 1000)), quota or 0, self.stream_maxlen,
+                args=[entry.doc_id, max(1, int(min(ttl_s, self.idle_ttl_s or ttl_s) * 1000)), quota or 0,
+                      self.stream_maxlen,
                       self._doc_prefix, entry.partition, emb_bytes, *fields],
                 client=client)
         return [_text(e) for e in evicted]
@@ -465,8 +505,8 @@ class RedisDocumentStore:
     async def get(self, doc_id: str) -> CacheEntry | None:
         client = self._redis
         with self._guard("get"):
-            flat = await self._scripts["get"](keys=[self._doc(doc_id)], args=[self._lru_prefix, doc_id],
-                                              client=client)
+            flat = await self._scripts["get"](keys=[self._doc(doc_id)], args=[
+                self._lru_prefix, doc_id, max(1, int(self.idle_ttl_s * 1000)) if self.idle_ttl_s else 0], client=client)
         return self._decode(doc_id, flat)
 
     async def get_exact(self, partition: str, exact_key: str) -> CacheEntry | None:

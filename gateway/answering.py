@@ -39,6 +39,7 @@ from sigroute.gateway.journey import Journey
 from sigroute.gateway.learning import Learning
 from sigroute.gateway.metrics import Metrics
 from sigroute.gateway.openai_wire import StreamAssembler, complete_answer, completion_chunks
+from sigroute.gateway.ratelimit import streamed_text
 from sigroute.gateway.upstream import UpstreamError
 from sigroute.plugins.base import Blocked
 from sigroute.plugins.chain import PolicyPlugins
@@ -199,6 +200,7 @@ class Answering:
         result, name = journey.result, journey.route.decision_name
         body = result.body
         body["model"] = result.model
+        journey.usage = body.get("usage")   # what the model spent (a token limit settles with it)
         encoded = orjson.dumps(body)       # the answer to the request as sent upstream (what the cache keeps)
         if self.plugins.changes_answers(name):                                   # 9
             body = await self.plugins.after(name, body, journey.plugins)
@@ -242,6 +244,9 @@ class Answering:
                 opening = encoder.start()
                 if first.get("usage"):
                     usage = first["usage"]
+                counted = journey.streamed_text    # kept when a token limit must count the answer
+                if counted is not None:
+                    counted.extend(streamed_text(first))
                 shown = await filter_chunk(first, filters) if filters else first
                 if told is not None:
                     told.append(chunk_text(shown))
@@ -252,6 +257,8 @@ class Answering:
                     chunk["model"] = model
                     if chunk.get("usage"):
                         usage = chunk["usage"]
+                    if counted is not None:
+                        counted.extend(streamed_text(chunk))
                     if assembler is not None:
                         assembler.add(chunk)
                     shown = await filter_chunk(chunk, filters) if filters else chunk
@@ -297,7 +304,8 @@ class Answering:
                 journey.trace.stream_ended(status, usage)
                 if assembler is not None and status != "200":
                     self.metrics.cache_stores.labels(journey.plan.category, "incomplete").inc()
-                await held.aclose()   # the upstream stream, its breaker verdict, the single-flight lease
+                journey.usage = usage
+                await held.aclose()   # the upstream stream, its breaker verdict, the single-flight lease, tokens
                 elapsed = journey.elapsed_s()
                 self.learning.learn(journey, ok=status == "200", latency_ms=elapsed * 1000, usage=usage)   # 11
                 self._count(journey, model, status, elapsed, usage)

@@ -245,6 +245,56 @@ def _state_selector(args) -> tuple[str, Any]:
     return prefix, lambda key: True
 
 
+async def _bandit_gc(store: Any, args) -> int:
+    """`sigroute bandit gc`: report every stored state key by schema (decision, algorithm, feature
+    schema) and tenant with its idle time (since its last write: a flush of learned statistics, a
+    re-seed or an import) and its size in Redis; remove those idle at least --idle days (unless
+    --dry-run). Removal is checked and done in one script per key, so a key written meanwhile is
+    kept, and it leaves the marker `reset` leaves, so running replicas do not restore it."""
+    if not args.idle > 0:
+        print(f"sigroute bandit gc: --idle must be a positive number of days, got {args.idle:g}", file=sys.stderr)
+        return 2
+    now = await store.server_time()
+    cutoff = now - args.idle * 86400
+    rows = []
+    for key in await store.keys(""):
+        state = await store.read(key)
+        if not state.arms:
+            continue
+        parts = dict(p.split("=", 1) for p in key.split("/") if "=" in p)
+        schema = "/".join(f"{k}={parts[k]}" for k in ("d", "a", "s") if k in parts) or key
+        rows.append((schema, parts.get("t", "?"), key, state.written_at, len(state.arms),
+                     await store.memory_usage(key)))
+    stale = [r for r in rows if r[3] is not None and r[3] < cutoff]
+    unrecorded = [r for r in rows if r[3] is None]
+    by_schema: dict[str, list] = {}
+    for row in rows:
+        by_schema.setdefault(row[0], []).append(row)
+    for schema, members in sorted(by_schema.items()):
+        gone = sum(1 for r in members if r in stale)
+        print(f"schema {schema}: {len({r[1] for r in members})} tenant(s), {len(members)} key(s), "
+              f"{gone} idle {args.idle:g}+ days" + ("  (whole schema stale)" if gone == len(members) else ""))
+        for _, tenant, key, written, arms, size in sorted(members, key=lambda r: (r[1], r[2])):
+            idle = "no write time recorded (kept; `sigroute bandit reset` removes it)" if written is None \
+                else f"idle {(now - written) / 86400:.1f} days"
+            mark = "STALE " if written is not None and written < cutoff else ""
+            print(f"  {mark}tenant {tenant}: {key}  {idle}, {arms} arm(s)"
+                  + (f", {size} bytes" if size is not None else ""))
+    freed = sum(r[5] or 0 for r in stale)
+    if args.dry_run:
+        print(f"dry run: {len(stale)} of {len(rows)} state key(s) idle {args.idle:g}+ days "
+              f"({len({r[1] for r in stale})} tenant(s), {freed} bytes) would be removed from {store.description}",
+              file=sys.stderr)
+        return 0
+    removed = 0
+    for row in stale:
+        removed += 1 if await store.delete_idle(row[2], cutoff) else 0
+    print(f"removed {removed} of {len(rows)} state key(s) idle {args.idle:g}+ days "
+          f"({len({r[1] for r in stale})} tenant(s), about {freed} bytes) from {store.description}"
+          + (f"; {len(unrecorded)} without a recorded write time kept" if unrecorded else ""), file=sys.stderr)
+    return 0
+
+
 def cmd_replay(args) -> int:
     from sigroute.bandits.registry import build_selector
     from sigroute.bandits.replay import evaluate, read_decision_log
@@ -431,6 +481,8 @@ def cmd_bandit(args) -> int:
                 print(f"{'merged' if args.merge else 'imported'} {n} state key(s) into {store.description}",
                       file=sys.stderr)
                 return 0
+            if args.bandit_command == "gc":
+                return await _bandit_gc(store, args)
             prefix, keep = _state_selector(args)
             if args.bandit_command == "list":
                 for key in await store.keys(prefix):
@@ -499,18 +551,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_out", help="also write the result here")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("bandit", help="export, import or reset the learned state of learning decisions")
+    p = sub.add_parser("bandit", help="list, export, import, reset or garbage-collect the learned state "
+                                      "of learning decisions")
     bsub = p.add_subparsers(dest="bandit_command", required=True)
     for name, help_text in (("export", "write a JSON snapshot of the learned state"),
                             ("import", "load a JSON snapshot (replacing the keys it holds, or --merge)"),
                             ("reset", "forget learned state (all of it, or one tenant / decision)"),
-                            ("list", "list the stored state keys")):
+                            ("list", "list the stored state keys"),
+                            ("gc", "report state keys by schema and tenant, and remove those idle --idle days")):
         q = bsub.add_parser(name, help=help_text)
         q.add_argument("--redis", default=os.environ.get("SIGROUTE_REDIS_URL"), metavar="URL",
                        help="the Redis the gateways use (default: $SIGROUTE_REDIS_URL)")
         if name == "import":
             q.add_argument("file", help="snapshot written by `sigroute bandit export` ('-' = stdin)")
             q.add_argument("--merge", action="store_true", help="add to the stored sums instead of replacing them")
+        elif name == "gc":
+            q.add_argument("--idle", type=float, default=30.0, metavar="DAYS",
+                           help="remove state not written for this many days (default: %(default)s)")
+            q.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
         else:
             q.add_argument("--tenant", help="only this tenant's state")
             q.add_argument("--decision", help="only this decision's state (with --tenant, or for every tenant)")

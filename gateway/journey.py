@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     from sigroute.gateway.auth import Principal
     from sigroute.gateway.surface import AnswerEncoder
     from sigroute.cache.semantic import FlightLease
+    from sigroute.gateway.ratelimit import TokenEstimate
     from sigroute.gateway.upstream import CallResult
     from sigroute.policies.rules import Outcome
-    from sigroute.policies.schema import Decision
+    from sigroute.policies.schema import Decision, RateLimit
     from sigroute.signals.context import RequestContext
 
 DIRECT = "direct"  # decision name reported when a caller names a concrete model
@@ -58,12 +59,16 @@ class Journey:
     request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex)
     api: str = "chat.completions"              # the surface it came in by (`gateway.surface`)
     principal: "Principal | None" = None       # 1 auth
+    rate_limit: "RateLimit | None" = None      # 1 the caller's limits
+    token_estimate: "TokenEstimate | None" = None   # 2 tokens reserved under a token limit (None: none)
     ctx: "RequestContext | None" = None        # 2 context (replaced by plugins that change the request)
     route: Route | None = None                 # 3 + 4 signals and decision, 7 selection
     plugins: PluginState = field(default_factory=PluginState)   # 5 + 9: what the plugins did
     plan: "CachePlan | None" = None            # 6 how this request uses the cache (None: it does not)
     flight: "FlightLease | None" = None        # 6 leading identical requests (they wait for our answer)
     result: "CallResult | None" = None         # 8 the upstream call
+    usage: Any = None                          # 9 the model answer's `usage`, when it had one
+    streamed_text: list[str] | None = None     # 9 a stream's text, kept only to count its tokens without usage
     response_headers: dict[str, str] = field(default_factory=dict)
     encoder: "AnswerEncoder | None" = None     # 2 the answer in the surface's wire format
     feedback_pending: bool = False             # 11 a pending record waits for feedback (gateway.implicit)

@@ -56,7 +56,8 @@ class Metrics:
                                     ["tenant"], registry=r)
         self.rate_limit_store_errors = Counter(
             "sigroute_rate_limit_store_errors_total", "Rate-limit checks the shared store (Redis) could not answer, "
-            "by what server.rate_limit_store_failure made of them: allowed (open) or refused (closed)",
+            "by what server.rate_limit_store_failure made of them: allowed (open) or refused (closed); unsettled: "
+            "a token reservation that could not be settled with the answer's real usage",
             ["outcome"], registry=r)
         self.errors = Counter("sigroute_errors_total", "Requests answered with an error", ["status", "code"],
                               registry=r)

@@ -1,7 +1,9 @@
 """The request journey, step by step (see DESIGN.md). Each step is one call into the module that owns it:
 
- 1. auth       API key → principal; the caller's rate limit                  gateway.auth, gateway.ratelimit
- 2. context    the checked OpenAI body → RequestContext                       gateway.openai_wire, signals.context
+ 1. auth       API key → principal; the caller's request rate limit          gateway.auth, gateway.ratelimit
+ 2. context    the checked OpenAI body → RequestContext; the caller's token rate limit reserves
+               the request's estimated tokens (settled with the real usage when the request
+               gives back what it holds)                                      gateway.openai_wire, signals.context
  3. signals    only the signals some decision reads                          gateway.routing → signals.engine
  4. decide     rule trees → the winning decision (or a direct model)         gateway.routing → policies.rules
  5. plugins    the decision's plugins before the call; one may block or reroute   plugins.chain
@@ -53,7 +55,8 @@ from sigroute.gateway.implicit import ImplicitFeedback, MemoryServedAnswers
 from sigroute.gateway.journey import Journey
 from sigroute.gateway.learning import Learning
 from sigroute.gateway.metrics import Metrics
-from sigroute.gateway.ratelimit import RateLimiter, RateLimitStoreUnavailable
+from sigroute.gateway.ratelimit import (RateLimiter, RateLimitStoreUnavailable, TokenEstimate, bucket_owner,
+                                        ratelimit_headers, tokens_used)
 from sigroute.gateway.routing import Router, build_selectors
 from sigroute.gateway.surface import CHAT, Surface
 from sigroute.gateway.tracing import Tracing
@@ -89,6 +92,12 @@ def needs_encoder(policy: Policy) -> bool:
         if plugins_need_encoder(decision):
             return True
     return False
+
+
+def has_token_limits(policy: Policy) -> bool:
+    """Whether some caller's rate limit counts tokens (then every request's prompt is counted)."""
+    limits = [policy.server.rate_limit, *(key.rate_limit for key in (policy.auth.keys if policy.auth else ()))]
+    return any(limit is not None and limit.tokens_per_minute is not None for limit in limits)
 
 
 class Pipeline:
@@ -135,6 +144,21 @@ class Pipeline:
         self.answering = Answering(self.plugins, self.caching, self.learning, metrics, self.activity, self.implicit)
         self.tracing = Tracing.build(policy.server.tracing, env, provider=tracer_provider,
                                      previous=previous.tracing if previous is not None else None)
+        if previous is None:
+            self._set_idle_ttls()
+        if has_token_limits(policy):   # load the tokenizer now, not in the first limited request (~1 s)
+            from sigroute.signals.tokens import encoding
+
+            encoding()
+
+    def _set_idle_ttls(self) -> None:
+        """The policy's idle TTLs on the app-wide stores (learned state, cached answers): set by the
+        first pipeline, then by each reloaded one when it takes over."""
+        server = self.policy.server
+        for store, ttl in ((self.learning.state_store, server.learned_state_idle_ttl),
+                           (self.learning.semantic_cache.store, server.cache_idle_ttl)):
+            if hasattr(store, "idle_ttl_s"):
+                store.idle_ttl_s = ttl
 
     def take_over(self, previous: "Pipeline") -> None:
         """After a reload, right before this pipeline replaces `previous`: keep what it learned
@@ -146,6 +170,7 @@ class Pipeline:
             if name in previous.selectors:
                 selector.adopt(previous.selectors[name])
         self.upstreams.adopt_breakers(previous.upstreams, self.policy)
+        self._set_idle_ttls()
 
     def warm(self) -> None:
         """Run what a first request would otherwise pay for (one encoder pass), in the calling
@@ -158,34 +183,81 @@ class Pipeline:
         return not any(self.upstreams.load.in_flight.values())
 
     # 1 + 2 ---------------------------------------------------------------------------------------
-    async def admit(self, headers: Mapping[str, str]):
+    async def admit(self, headers: Mapping[str, str], journey: Journey | None = None):
+        """Step 1: the caller, after its request rate limit. With a `journey`, its limit and the
+        x-ratelimit-*-requests headers are kept on it."""
         principal, limit = self.auth.authenticate(headers)
-        if limit is not None:
-            wait = await self._rate_check(principal.key_id, limit)
-            if wait > 0:
-                self.metrics.rate_limited.labels(principal.tenant).inc()
-                raise RateLimited(f"rate limit of {limit.requests_per_minute:g} requests/minute exceeded; "
-                                  f"retry in {wait:.2f}s", code="rate_limit_exceeded",
-                                  headers={"retry-after": str(max(1, int(wait + 0.999)))})
+        if journey is not None:
+            journey.rate_limit = limit
+        if limit is not None and limit.requests_per_minute is not None:
+            spent = await self._rate_check(self.rate_limiter.check_requests(bucket_owner(principal, limit), limit))
+            if spent is not None:
+                out = ratelimit_headers("requests", limit.requests_per_minute, spent)
+                if spent.wait > 0:
+                    self.metrics.rate_limited.labels(principal.tenant).inc()
+                    raise RateLimited(f"rate limit of {limit.requests_per_minute:g} requests/minute exceeded; "
+                                      f"retry in {spent.wait:.2f}s", code="rate_limit_exceeded",
+                                      headers={"retry-after": str(max(1, int(spent.wait + 0.999))), **out})
+                if journey is not None:
+                    journey.response_headers.update(out)
         return principal
 
-    async def _rate_check(self, key: str, limit: RateLimit) -> float:
-        """The rate limiter's answer (0: go ahead, else seconds to wait); when its shared store cannot
-        be reached, admit (`server.rate_limit_store_failure: open`) or refuse with 503 (`closed`)."""
+    async def reserve_tokens(self, journey: Journey, held: AsyncExitStack) -> None:
+        """Step 2's token limit: reserve the request's estimated tokens (429 when the caller's token
+        bucket lacks them); `held` settles the reservation with the real usage when it closes."""
+        limit, ctx = journey.rate_limit, journey.ctx
+        if limit is None or limit.tokens_per_minute is None:
+            return
+        estimate = TokenEstimate(ctx.prompt_tokens, ctx.max_output_tokens or limit.completion_tokens_estimate)
+        key = bucket_owner(journey.principal, limit)
+        spent = await self._rate_check(self.rate_limiter.reserve_tokens(key, limit, estimate.total))
+        if spent is None:        # the store is unavailable and the policy fails open
+            return
+        out = ratelimit_headers("tokens", limit.tokens_per_minute, spent)
+        if spent.wait > 0:
+            self.metrics.rate_limited.labels(journey.principal.tenant).inc()
+            raise RateLimited(f"token rate limit of {limit.tokens_per_minute:g} tokens/minute exceeded: this request "
+                              f"needs about {estimate.total} tokens ({estimate.prompt} prompt + {estimate.completion} "
+                              f"completion, from max_tokens or the limit's completion_tokens_estimate), "
+                              f"{max(0, int(spent.remaining))} remain; retry in {spent.wait:.2f}s",
+                              code="rate_limit_exceeded",
+                              headers={"retry-after": str(max(1, int(spent.wait + 0.999))), **out})
+        journey.response_headers.update(out)
+        journey.token_estimate = estimate
+        if ctx.stream:
+            journey.streamed_text = []   # counted at the end when the stream brings no usage
+        held.push_async_callback(self._settle_tokens, journey, key, limit, estimate)
+
+    async def _settle_tokens(self, journey: Journey, key: str, limit: RateLimit, estimate: TokenEstimate) -> None:
+        """Take what the request really used beyond its reservation, or give the rest back."""
+        used = tokens_used(journey, estimate)
+        if used == estimate.total:
+            return
         try:
-            return await self.rate_limiter.check(key, limit)
+            await self.rate_limiter.settle_tokens(key, limit, used - estimate.total)
+        except RateLimitStoreUnavailable as exc:
+            self.metrics.rate_limit_store_errors.labels("unsettled").inc()
+            self._warn_store_down(exc, "token reservations left unsettled")
+
+    async def _rate_check(self, check):
+        """The rate limiter's answer (`check`, awaited); when its shared store cannot be reached,
+        None (`server.rate_limit_store_failure: open`: admitted unchecked) or 503 (`closed`)."""
+        try:
+            return await check
         except RateLimitStoreUnavailable as exc:
             refuse = self.policy.server.rate_limit_store_failure == "closed"
             self.metrics.rate_limit_store_errors.labels("refused" if refuse else "allowed").inc()
-            now = time.monotonic()
-            if now - self._rate_store_warned_at >= 10.0:   # one log line per 10 s, not one per request
-                self._rate_store_warned_at = now
-                log.warning("rate limits unchecked, requests %s meanwhile: %s",
-                            "refused" if refuse else "admitted", exc)
+            self._warn_store_down(exc, "requests refused" if refuse else "requests admitted")
             if refuse:
                 raise Unavailable("rate limits cannot be checked right now (their store is unavailable); retry in 1s",
                                   code="rate_limit_store_unavailable", headers={"retry-after": "1"}) from None
-            return 0.0
+            return None
+
+    def _warn_store_down(self, exc: Exception, meanwhile: str) -> None:
+        now = time.monotonic()
+        if now - self._rate_store_warned_at >= 10.0:   # one log line per 10 s, not one per request
+            self._rate_store_warned_at = now
+            log.warning("rate limits unchecked, %s meanwhile: %s", meanwhile, exc)
 
     async def context(self, raw: bytes, headers: Mapping[str, str], principal, request_id: str,
                       surface: Surface = CHAT) -> RequestContext:
@@ -214,9 +286,10 @@ class Pipeline:
         trace = journey.trace = self.tracing.start(journey)                                        # spans
         async with AsyncExitStack() as held:   # what the request holds; a stream takes it over below
             held.push(trace.close)             # the request's span ends last, when all is given back
-            journey.principal = await self.admit(headers)                                          # 1
+            journey.principal = await self.admit(headers, journey)                                 # 1
             ctx = journey.ctx = await self.context(raw, headers, journey.principal,                # 2
                                                    journey.request_id, surface)
+            await self.reserve_tokens(journey, held)                                               # 2 (tokens)
             journey.encoder = surface.encoder(ctx.body, journey.request_id, journey.principal)
             await self.implicit.follow_up(journey)                                                 # 11 (earlier answer)
             route = journey.route = await self.router.decide(ctx, trace=trace)                     # 3 + 4
@@ -278,7 +351,8 @@ class Pipeline:
         Limited per caller by `server.feedback_rate_limit`, apart from the chat rate limit."""
         principal = await self.admit(headers)
         limit = self.policy.server.feedback_rate_limit
-        wait = await self._rate_check(principal.key_id + "#feedback", limit) if limit is not None else 0
+        spent = await self._rate_check(self.rate_limiter.check_requests(principal.key_id + "#feedback", limit))
+        wait = spent.wait if spent is not None else 0.0
         if wait > 0:
             self.metrics.rate_limited.labels(principal.tenant).inc()
             raise RateLimited(f"feedback rate limit of {limit.requests_per_minute:g} per minute exceeded; retry in "

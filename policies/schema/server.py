@@ -32,8 +32,32 @@ class Entrypoint(Strict):
 
 
 class RateLimit(Strict):
-    requests_per_minute: PositiveFloat
-    burst: PositiveInt | None = Field(None, description="bucket size; default: a minute's worth, at least 1")
+    """A caller's limits: requests per minute, model tokens per minute, or both. Each is a token
+    bucket that holds `burst` (`token_burst`) and refills at the rate per minute."""
+
+    requests_per_minute: PositiveFloat | None = Field(None, description="requests per minute; null: no request limit")
+    burst: PositiveInt | None = Field(None, description="request bucket size; default: a minute's worth, at least 1")
+    tokens_per_minute: PositiveFloat | None = Field(
+        None, description="model tokens (prompt + completion) per minute: each request reserves its estimate "
+        "before the call (prompt tokens + max_tokens, or completion_tokens_estimate) and settles with the "
+        "answer's real usage after it; null: no token limit")
+    token_burst: PositiveInt | None = Field(None, description="token bucket size; default: a minute's worth")
+    scope: Literal["key", "tenant"] = Field(
+        "key", description="key: each API key has its own buckets; tenant: every key of the tenant that sets "
+        "this limit with scope tenant takes from one pair of buckets (the tenant's)")
+    completion_tokens_estimate: int = Field(
+        256, ge=0, description="completion tokens reserved before the call for a request that sets no "
+        "max_tokens / max_completion_tokens (settled with the real usage afterwards)")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> "RateLimit":
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            raise ValueError("set requests_per_minute, tokens_per_minute or both")
+        if self.burst is not None and self.requests_per_minute is None:
+            raise ValueError("burst sizes the request bucket: set requests_per_minute with it")
+        if self.token_burst is not None and self.tokens_per_minute is None:
+            raise ValueError("token_burst sizes the token bucket: set tokens_per_minute with it")
+        return self
 
 
 class ApiKey(Strict):
@@ -126,6 +150,15 @@ class Server(Strict):
         "open", description="when the shared rate-limit store (Redis) cannot be reached: open admits the request "
         "unchecked, closed refuses it with 503 and Retry-After; either is counted in "
         "sigroute_rate_limit_store_errors_total")
+    learned_state_idle_ttl: Duration | None = Field(
+        None, gt=0, description="a tenant's learned state (each learning decision's sums) expires after this long "
+        "without learning from that tenant's requests: seconds or '30d'; the TTL restarts at every flush of "
+        "learned statistics (in Redis a native key TTL), and replicas forget a tenant idle that long so they do "
+        "not restore what expired; null (default): kept until `sigroute bandit gc` or `reset` removes it")
+    cache_idle_ttl: Duration | None = Field(
+        None, gt=0, description="a cached answer not used for this long is dropped before its own TTL ends "
+        "(each hit restarts it, never past the answer's TTL), so a tenant's or partition's cache that nobody "
+        "reads leaves Redis: seconds or '7d'; null (default): answers live their TTL")
     log_prompts: bool = Field(False, description="prompts and answers are never logged unless this is true")
     open_without_auth: tuple[Literal[OPERATOR_SURFACES], ...] = Field(
         (), description="with no `auth` section nobody is authenticated, so the operator surfaces are refused "
