@@ -289,3 +289,32 @@ feedback:
         load_policy_text(text.replace("  judge:\n    model: judge-model\n    sample: 0.1\n", "  shadow: {sample: 0.1}\n"),
                          "policy.yaml")
     assert "feedback.shadow needs feedback.judge" in str(caught.value)
+
+
+def test_judge_calls_are_bounded_in_concurrency(sim, gateway_factory, tmp_path):
+    """max_concurrency 1 and a judge that takes 10 s: while it judges the first answer, the next
+    sampled answer is skipped (busy), not queued."""
+    judge_says(sim, "SCORE: 1")
+    sim.http.put(f"/sim/models/{JUDGE}", json={"ttft_ms": 10_000}).raise_for_status()
+    gw = make_gateway(gateway_factory, judged_policy(sim, judge={"max_concurrency": 1, "timeout": "60s"}), tmp_path)
+    ask(gw, "First question?")
+    ask(gw, "Second question?")
+    wait_for(gw, "sigroute_judge_requests_total", 1, outcome="busy")
+    assert sim.calls(JUDGE) == 1
+
+
+def test_judged_feedback_with_a_shared_redis_pending_store(sim, gateway_factory, tmp_path, clean_redis_url):
+    """The judge's credit goes through the Redis pending store like implicit feedback: explicit
+    feedback sent to another replica still replaces it."""
+    from sigroute.bandits.replay import DecisionLog
+
+    judge_says(sim, "SCORE: 0")
+    policy = judged_policy(sim)
+    first = gateway_factory(policy, redis_url=clean_redis_url, decision_log=DecisionLog(tmp_path / "a.jsonl"))
+    second = gateway_factory(policy, redis_url=clean_redis_url)
+    first.log_path = tmp_path / "a.jsonl"
+    _, headers = ask(first, "What is the boiling point of ethanol?")
+    rid = headers["x-sigroute-request-id"]
+    wait_for(first, "sigroute_judge_requests_total", 1, outcome="credited")
+    explicit = second.http.post("/v1/feedback", json={"request_id": rid, "score": 1.0})
+    assert explicit.status_code == 200 and explicit.json()["replaced"] == {"source": "judge", "event": None}
