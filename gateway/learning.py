@@ -18,8 +18,9 @@ app-wide stores (learned state and pending feedback outlive reloads):
 - `credit_implicit(...)`         a follow-up turn's credit (`gateway.implicit`), source `implicit`,
   weighted by `feedback.weights`; once per answer, never over explicit feedback.
 - `credit_delayed(...)`          the same path for a judge's verdict (`gateway.judging`, source `judge`):
-  implicit and judge credits share the answer's one non-explicit slot (the first to arrive counts);
-  explicit feedback replaces either.
+  implicit and judge credits share the answer's one non-explicit slot; a judge's verdict replaces an
+  implicit credit (the learner is credited the difference), an implicit one after a verdict changes
+  nothing; explicit feedback replaces either.
 - `learn_shadow(...)`            a judged shadow answer teaches the unchosen arm (source `shadow`),
   logged as its own decision with the shadow's propensity.
 - `sync()` / `restore()`         exchange learned sums with the state store (periodically) and load
@@ -49,7 +50,7 @@ import orjson
 
 from sigroute.bandits.base import Reward, Selector
 from sigroute.bandits.contextual import quality_from_feedback
-from sigroute.bandits.feedback import Credit, FeedbackWeights, explicit_credit, learned_quality
+from sigroute.bandits.feedback import PRECEDENCE, Credit, FeedbackWeights, explicit_credit, learned_quality
 from sigroute.bandits.store import StoreUnavailable
 from sigroute.gateway.errors import APIError, InvalidRequest, NotFound, Unavailable
 from sigroute.gateway.journey import Journey
@@ -249,30 +250,36 @@ class Learning:
         """A non-explicit credit (implicit, or a judge's verdict: `gateway.judging`) for an earlier
         answer of `tenant`, through its pending record. One such credit per answer (the first to
         arrive), never over explicit feedback, and replaced by explicit feedback arriving later.
-        Returns credited | duplicate | explicit_first | record_gone | not_learned."""
+        Returns credited | replaced_implicit | duplicate | explicit_first | record_gone | not_learned."""
         payload = orjson.dumps({"source": credit.source, "event": credit.event, "quality": credit.quality,
                                 "weight": credit.weight}).decode()
         try:
-            status, record = await self.pending_store.claim_implicit(request_id, tenant, payload)
+            status, record = await self.pending_store.claim_implicit(request_id, tenant, payload,
+                                                                     PRECEDENCE[credit.source])
         except Exception as exc:
             self.metrics.bandit_store_errors.labels("pending_claim").inc()
             raise RuntimeError(f"the feedback store is unreachable ({exc})") from None
         if status == "unknown" or record is None or record.get("kind") == "cache_hit":
             return "record_gone"
-        if status != "applied":
+        if status not in ("applied", "replaced"):
             return status
         selector = self.selectors.get(record.get("decision"))
-        learned = learned_quality(float(record.get("default_quality", 0.0)), credit)
-        change = selector.credit(record, learned) if selector is not None else None
+        default = float(record.get("default_quality", 0.0))
+        learned = learned_quality(default, credit)
+        # a judge's verdict after an implicit credit replaces it: the learner is credited the difference
+        before = record.get("implicit") if status == "replaced" else None
+        already = implicit_learned(record, before) - default if before else 0.0
+        change = selector.credit(record, learned - already) if selector is not None else None
         if change is None:
             return "not_learned"
-        self.metrics.feedback_credits.labels(credit.source, credit.event or "", "applied").inc()
+        self.metrics.feedback_credits.labels(credit.source, credit.event or "",
+                                             "replaced_implicit" if before else "applied").inc()
         log.info("%s feedback on %s: %s (learned quality %.3f)", credit.source, request_id,
                  credit.event or f"quality {credit.quality:.3f}", learned)
         if self.decision_log is not None:
             self.decision_log.feedback(request_id=request_id, quality=learned, credit=change, by=None,
                                        source=credit.source, event=credit.event, details=details)
-        return "credited"
+        return "replaced_implicit" if before else "credited"
 
     def learn_shadow(self, journey: Journey, shadow_id: str, model: str, propensity: float, *, latency_ms: float,
                      usage: Any, credit: Credit) -> str:

@@ -83,7 +83,8 @@ class Metrics:
             "store_error", ["outcome"], registry=r)
         self.judge_requests = Counter(
             "sigroute_judge_requests_total", "Answers sampled for the judge model (feedback.judge), by outcome: "
-            "credited, duplicate (the answer already had a non-explicit credit), explicit_first, record_gone, not_learned, "
+            "credited, replaced_implicit (the verdict replaced an implicit credit), duplicate (a verdict was already "
+            "recorded), explicit_first, record_gone, not_learned, "
             "shadow (a shadow answer judged), "
             "unparsed (no verdict in the judge's answer), error, timeout (the judge call failed), budget (the hourly "
             "budget was spent), busy (max_concurrency calls already running), private (PII or a plugin: never sent)",

@@ -318,3 +318,24 @@ def test_judged_feedback_with_a_shared_redis_pending_store(sim, gateway_factory,
     wait_for(first, "sigroute_judge_requests_total", 1, outcome="credited")
     explicit = second.http.post("/v1/feedback", json={"request_id": rid, "score": 1.0})
     assert explicit.status_code == 200 and explicit.json()["replaced"] == {"source": "judge", "event": None}
+
+
+def test_a_judge_verdict_replaces_an_earlier_implicit_credit(sim, gateway_factory, tmp_path):
+    """explicit > judge > implicit: the user says "that's wrong" before the (slow) judge answers; the
+    judge's verdict then replaces the implicit credit, so the learner ends where the verdict alone puts it."""
+    judge_says(sim, "SCORE: 1")
+    sim.http.put(f"/sim/models/{JUDGE}", json={"ttft_ms": 8000}).raise_for_status()
+    policy = judged_policy(sim, judge={"timeout": "60s"})
+    policy["feedback"]["implicit"] = {"enabled": True, "window": "10m"}
+    gw = make_gateway(gateway_factory, policy, tmp_path)
+    first = "Capital of Peru?"
+    answer, headers = ask(gw, first)
+    rid = headers["x-sigroute-request-id"]
+    raw = gw.client().chat.completions.with_raw_response.create(model="auto", user="u1", messages=[
+        {"role": "user", "content": first}, {"role": "assistant", "content": answer},
+        {"role": "user", "content": "That's wrong."}])
+    assert raw.headers["x-sigroute-implicit-feedback"] == f"dissatisfied; request={rid}; status=credited"
+    wait_for(gw, "sigroute_judge_requests_total", 1, outcome="replaced_implicit")
+    credits = [e for e in events(gw, "feedback") if e["request_id"] == rid]
+    assert [e["source"] for e in credits] == ["implicit", "judge"]
+    assert sum(e["credit"] for e in credits) == pytest.approx(JUDGE_WEIGHT * (1 - DEFAULT_QUALITY))
