@@ -5,10 +5,17 @@ learning decision routed, and one per quality feedback:
 
     {"type": "decision", "request_id", "at", "tenant", "decision", "algorithm", "schema",
      "candidates": [...], "model": the pick, "answered_by": the model that answered,
-     "propensity": the pick's probability, "context": [feature vector], "reward": immediate reward}
+     "propensity": the pick's probability, "context": [feature vector], "reward": immediate reward
+     [, "source": "shadow", "shadow_of": request id]}
     {"type": "feedback", "request_id", "at", "quality", "credit": reward change, "by", "source"[, "event", "details"]}
 
 No prompt or answer text is written: only the feature vector, which is what a policy decides on.
+
+A shadow observation (`gateway.judging`: a copy of request R sent to a candidate the decision did not
+choose) is its own decision event, request id ``R:shadow``, `model` and `answered_by` the shadowed
+candidate, `propensity` the probability that this candidate was observed through the shadow channel
+(`feedback.shadow.sample` / the number of unchosen candidates), and its judged credit a feedback event
+with `source: shadow`. Replay treats it as one more logged (context, arm, reward) with that propensity.
 
 **Replay.** `evaluate(events, selector)` runs a candidate policy over the logged contexts in time
 order. For a request the candidate would have routed the same way as the log, the logged reward
@@ -50,7 +57,8 @@ class DecisionLog:
 
     def decision(self, *, request_id: str, tenant: str, decision: str, algorithm: str, schema: str,
                  candidates: Iterable[str], model: str, answered_by: str, propensity: float,
-                 context: np.ndarray, reward: float, usage: dict[str, float | None] | None = None) -> None:
+                 context: np.ndarray, reward: float, usage: dict[str, float | None] | None = None,
+                 source: str | None = None, shadow_of: str | None = None) -> None:
         event = {"type": "decision", "request_id": request_id, "at": round(time.time(), 3), "tenant": tenant,
                  "decision": decision, "algorithm": algorithm, "schema": schema,
                  "candidates": list(candidates), "model": model, "answered_by": answered_by,
@@ -58,6 +66,9 @@ class DecisionLog:
                  "context": [round(float(v), 6) for v in context], "reward": round(float(reward), 6)}
         if usage is not None:  # what a `learn: quality` selector scores and learns beside quality
             event["usage"] = usage
+        if source is not None:  # "shadow": a background copy sent to an unchosen candidate
+            event["source"] = source
+            event["shadow_of"] = shadow_of
         self.write(event)
 
     def feedback(self, *, request_id: str, quality: float, credit: float, by: str | None = None,

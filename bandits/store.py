@@ -101,15 +101,17 @@ exactly one is ``"applied"``. Records come back as fresh copies (they are stored
 implementations). ``put`` of an existing id replaces it, fingerprint included.
 
 Implicit feedback (a follow-up turn's verdict, `gateway.implicit`) ``claim_implicit``s a record with
-the credit it applied (JSON): ``"applied"`` the first time, ``"duplicate"`` when an implicit credit
-was already recorded, ``"explicit_first"`` when explicit feedback already claimed it (explicit wins:
+the credit it applied (JSON) and its precedence rank (implicit 1, a judge's verdict 2): ``"applied"``
+the first time, ``"replaced"`` when it outranks the credit recorded before (a judge's verdict after
+an implicit one; the old credit comes back as ``record["implicit"]``), ``"duplicate"`` when a credit
+of the same or a higher rank was already recorded, ``"explicit_first"`` when explicit feedback already claimed it (explicit wins:
 nothing is applied), ``"unknown"`` as for ``claim``. A later explicit ``claim`` returns the record
 with the implicit credit under ``record["implicit"]``, so the learner can replace it by the explicit
 one (`bandits.feedback`: explicit wins over implicit).
 
 Redis layout (`RedisPendingStore`): one hash per request id, ``<namespace><request_id>`` (default
 namespace ``"sigroute:pending:"``), fields ``t`` (tenant), ``r`` (record JSON) and, once claimed,
-``f`` (fingerprint), ``i`` (an implicit credit's JSON), with a native key TTL (``PEXPIRE``). ``put`` and ``claim`` are one Lua script each.
+``f`` (fingerprint), ``i`` (an implicit credit's JSON), ``p`` (its rank), with a native key TTL (``PEXPIRE``). ``put`` and ``claim`` are one Lua script each.
 
 Redis down: a ``put`` that cannot reach Redis raises `StoreUnavailable` *and* keeps the record in
 the process (at most ``max_unsent``, default 10,000, the oldest dropped first) with its deadline.
@@ -308,9 +310,12 @@ class PendingStore(Protocol):
     async def claim(self, request_id: str, tenant: str, feedback_fingerprint: str) -> tuple[str, dict | None]:
         """("applied" | "duplicate" | "conflict", record) or ("unknown", None); atomic."""
 
-    async def claim_implicit(self, request_id: str, tenant: str, credit: str) -> tuple[str, dict | None]:
-        """Record an implicit credit (JSON): ("applied" | "duplicate" | "explicit_first", record) or
-        ("unknown", None); atomic. An explicit `claim` afterwards sees it as record["implicit"]."""
+    async def claim_implicit(self, request_id: str, tenant: str, credit: str, rank: int = 1) -> tuple[str, dict | None]:
+        """Record a non-explicit credit (JSON) of precedence `rank` (implicit 1, judge 2): ("applied" |
+        "replaced" | "duplicate" | "explicit_first", record) or ("unknown", None); atomic. A credit of a
+        higher rank than the one recorded replaces it ("replaced": the old one is record["implicit"]);
+        an equal or lower one is a "duplicate". An explicit `claim` afterwards sees the credit
+        recorded as record["implicit"]."""
 
     async def count(self) -> int:
         """Live (unexpired) records."""
@@ -1251,6 +1256,7 @@ class _Pending:
     expires: float
     fingerprint: str | None = None
     implicit: str | None = None   # an implicit credit's JSON, once one was applied
+    rank: int = 0                 # its source's precedence (bandits.feedback.PRECEDENCE)
 
 
 class MemoryPendingStore:
@@ -1308,20 +1314,21 @@ class MemoryPendingStore:
             payload, implicit = pending.payload, pending.implicit
         return status, _with_implicit(json.loads(payload), implicit)
 
-    async def claim_implicit(self, request_id: str, tenant: str, credit: str) -> tuple[str, dict | None]:
+    async def claim_implicit(self, request_id: str, tenant: str, credit: str, rank: int = 1) -> tuple[str, dict | None]:
+        replaced = None
         with self._lock:
             pending = self._records.get(request_id)
             if pending is None or pending.expires <= time.monotonic() or pending.tenant != tenant:
                 return "unknown", None
             if pending.fingerprint is not None:
                 status = "explicit_first"
-            elif pending.implicit is not None:
+            elif pending.implicit is not None and rank <= (pending.rank or 1):
                 status = "duplicate"
             else:
-                pending.implicit = credit
-                status = "applied"
+                status, replaced = ("replaced", pending.implicit) if pending.implicit is not None else ("applied", None)
+                pending.implicit, pending.rank = credit, rank
             payload = pending.payload
-        return status, json.loads(payload)
+        return status, _with_implicit(json.loads(payload), replaced)
 
     async def count(self) -> int:
         with self._lock:
@@ -1361,13 +1368,18 @@ if h[3] == ARGV[2] then return {'duplicate', h[2], implicit} end
 return {'conflict', h[2], implicit}
 """
 
-# KEYS[1] = the record's hash; ARGV = tenant, implicit credit JSON. Returns {status[, record JSON]}.
+# KEYS[1] = the record's hash; ARGV = tenant, implicit credit JSON, its rank. Returns {status[, record
+# JSON[, the credit it replaced]]}.
 _CLAIM_IMPLICIT_LUA = """
-local h = redis.call('HMGET', KEYS[1], 't', 'r', 'f', 'i')
+local h = redis.call('HMGET', KEYS[1], 't', 'r', 'f', 'i', 'p')
 if not h[1] or h[1] ~= ARGV[1] then return {'unknown'} end
 if h[3] then return {'explicit_first', h[2]} end
-if h[4] then return {'duplicate', h[2]} end
-redis.call('HSET', KEYS[1], 'i', ARGV[2])
+if h[4] then
+  if tonumber(ARGV[3]) <= tonumber(h[5] or '1') then return {'duplicate', h[2]} end
+  redis.call('HSET', KEYS[1], 'i', ARGV[2], 'p', ARGV[3])
+  return {'replaced', h[2], h[4]}
+end
+redis.call('HSET', KEYS[1], 'i', ARGV[2], 'p', ARGV[3])
 return {'applied', h[2]}
 """
 
@@ -1458,14 +1470,15 @@ class RedisPendingStore(_RedisBase):
             return "unknown", None
         return result[0], _with_implicit(json.loads(result[1]), result[2] if len(result) > 2 else None)
 
-    async def claim_implicit(self, request_id: str, tenant: str, credit: str) -> tuple[str, dict | None]:
+    async def claim_implicit(self, request_id: str, tenant: str, credit: str, rank: int = 1) -> tuple[str, dict | None]:
         if request_id in self._unsent:
             await self._send_unsent(request_id)
         with self._guard("claim a pending record for implicit feedback"):
-            result = await self._claim_implicit_script(keys=[self.namespace + request_id], args=[tenant, credit])
+            result = await self._claim_implicit_script(keys=[self.namespace + request_id],
+                                                       args=[tenant, credit, int(rank)])
         if result[0] == "unknown":
             return "unknown", None
-        return result[0], json.loads(result[1])
+        return result[0], _with_implicit(json.loads(result[1]), result[2] if len(result) > 2 else None)
 
     async def count(self) -> int:
         with self._guard("count pending records"):

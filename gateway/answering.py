@@ -141,13 +141,14 @@ def chunk_text(chunk: dict[str, Any]) -> str:
 
 class Answering:
     def __init__(self, plugins: PolicyPlugins, caching: Caching, learning: Learning, metrics: Metrics,
-                 activity: Activity | None = None, implicit=None):
+                 activity: Activity | None = None, implicit=None, background=None):
         self.plugins = plugins
         self.caching = caching
         self.learning = learning
         self.metrics = metrics
         self.activity = activity
         self.implicit = implicit   # gateway.implicit.ImplicitFeedback: remembers served answers (None: off)
+        self.background = background   # gateway.judging.BackgroundFeedback: judge and shadow (None: off)
 
     def _follows_up(self, journey: Journey) -> bool:
         """Whether this answer's text is remembered for implicit feedback from a follow-up turn."""
@@ -215,6 +216,8 @@ class Answering:
         self.learning.learn(journey, ok=True, latency_ms=elapsed * 1000, usage=body.get("usage"))   # 11
         if self._follows_up(journey):
             await self.implicit.remember(journey, answer_text(body))
+        if self.background is not None:   # judge / shadow, in the background: the caller waits for neither
+            self.background.answered(journey, answer_text(body))
         self._count(journey, result.model, "200", elapsed, body.get("usage"))
         return Answer(200, journey.response_headers, body=answer_bytes)
 
@@ -229,7 +232,8 @@ class Answering:
         journey.plugins.apply_to(headers)
         encoder = journey.encoder
         began = False
-        told: list[str] | None = [] if self._follows_up(journey) else None   # the answer's text as the caller saw it
+        judged = self.background is not None and self.background.wants(journey)
+        told: list[str] | None = [] if self._follows_up(journey) or judged else None   # the text as the caller saw it
 
         async def events() -> AsyncIterator[bytes]:
             nonlocal began
@@ -273,10 +277,12 @@ class Answering:
                     event = encoder.chunk(tail)
                     if event:
                         yield event
-                if told is not None:   # before the last event: a follow-up may come as soon as the caller has it
-                    await self.implicit.remember(journey, "".join(told))
+                if told is not None and self._follows_up(journey):   # before the last event: a follow-up may
+                    await self.implicit.remember(journey, "".join(told))   # come as soon as the caller has it
                 yield await encoder.end()
                 status = "200"
+                if judged:
+                    self.background.answered(journey, "".join(told))
                 if assembler is not None:                                        # 10
                     body = assembler.completion(model)
                     await self.caching.store(journey, orjson.dumps(body) if complete_answer(body) else None)

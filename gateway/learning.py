@@ -17,6 +17,12 @@ app-wide stores (learned state and pending feedback outlive reloads):
   credited the difference), and the answer says so (`replaced`).
 - `credit_implicit(...)`         a follow-up turn's credit (`gateway.implicit`), source `implicit`,
   weighted by `feedback.weights`; once per answer, never over explicit feedback.
+- `credit_delayed(...)`          the same path for a judge's verdict (`gateway.judging`, source `judge`):
+  implicit and judge credits share the answer's one non-explicit slot; a judge's verdict replaces an
+  implicit credit (the learner is credited the difference), an implicit one after a verdict changes
+  nothing; explicit feedback replaces either.
+- `learn_shadow(...)`            a judged shadow answer teaches the unchosen arm (source `shadow`),
+  logged as its own decision with the shadow's propensity.
 - `sync()` / `restore()`         exchange learned sums with the state store (periodically) and load
   them at start-up; a store that lost state is restored from what this replica holds
   (`bandits.replica`), counted in `sigroute_bandit_store_recoveries_total`.
@@ -44,7 +50,7 @@ import orjson
 
 from sigroute.bandits.base import Reward, Selector
 from sigroute.bandits.contextual import quality_from_feedback
-from sigroute.bandits.feedback import Credit, FeedbackWeights, explicit_credit, learned_quality
+from sigroute.bandits.feedback import PRECEDENCE, Credit, FeedbackWeights, explicit_credit, learned_quality
 from sigroute.bandits.store import StoreUnavailable
 from sigroute.gateway.errors import APIError, InvalidRequest, NotFound, Unavailable
 from sigroute.gateway.journey import Journey
@@ -59,7 +65,8 @@ FEEDBACK_FIELDS = ("request_id", "score", "thumbs", "label", "comment")
 
 def implicit_learned(record: dict, implicit: dict) -> float:
     """The quality an implicit credit (as the pending store keeps it) taught for `record`."""
-    credit = Credit("implicit", float(implicit["quality"]), float(implicit["weight"]), implicit.get("event"))
+    credit = Credit(implicit.get("source") or "implicit", float(implicit["quality"]), float(implicit["weight"]),
+                    implicit.get("event"))
     return learned_quality(float(record.get("default_quality", 0.0)), credit)
 
 
@@ -224,7 +231,7 @@ class Learning:
             change = selector.credit(record, learned - already) if selector is not None else None
             out["learned"] = change is not None
             if implicit:
-                out["replaced"] = {"source": "implicit", "event": implicit.get("event")}
+                out["replaced"] = {"source": implicit.get("source") or "implicit", "event": implicit.get("event")}
             if change is None:  # the decision changed since the answer was routed: the old state is not this one
                 out["reason"] = "the decision's algorithm or features changed since this request was routed"
             else:
@@ -237,26 +244,78 @@ class Learning:
     async def credit_implicit(self, request_id: str, tenant: str, credit: Credit, details: dict) -> str:
         """An implicit credit (`gateway.implicit`) for an earlier answer of `tenant`: applied once, never
         over explicit feedback. Returns credited | duplicate | explicit_first | record_gone | not_learned."""
-        payload = orjson.dumps({"event": credit.event, "quality": credit.quality, "weight": credit.weight}).decode()
+        return await self.credit_delayed(request_id, tenant, credit, details)
+
+    async def credit_delayed(self, request_id: str, tenant: str, credit: Credit, details: dict | None = None) -> str:
+        """A non-explicit credit (implicit, or a judge's verdict: `gateway.judging`) for an earlier
+        answer of `tenant`, through its pending record. One such credit per answer (the first to
+        arrive), never over explicit feedback, and replaced by explicit feedback arriving later.
+        Returns credited | replaced_implicit | duplicate | explicit_first | record_gone | not_learned."""
+        payload = orjson.dumps({"source": credit.source, "event": credit.event, "quality": credit.quality,
+                                "weight": credit.weight}).decode()
         try:
-            status, record = await self.pending_store.claim_implicit(request_id, tenant, payload)
+            status, record = await self.pending_store.claim_implicit(request_id, tenant, payload,
+                                                                     PRECEDENCE[credit.source])
         except Exception as exc:
             self.metrics.bandit_store_errors.labels("pending_claim").inc()
             raise RuntimeError(f"the feedback store is unreachable ({exc})") from None
         if status == "unknown" or record is None or record.get("kind") == "cache_hit":
             return "record_gone"
-        if status != "applied":
+        if status not in ("applied", "replaced"):
             return status
         selector = self.selectors.get(record.get("decision"))
-        learned = learned_quality(float(record.get("default_quality", 0.0)), credit)
-        change = selector.credit(record, learned) if selector is not None else None
+        default = float(record.get("default_quality", 0.0))
+        learned = learned_quality(default, credit)
+        # a judge's verdict after an implicit credit replaces it: the learner is credited the difference
+        before = record.get("implicit") if status == "replaced" else None
+        already = implicit_learned(record, before) - default if before else 0.0
+        change = selector.credit(record, learned - already) if selector is not None else None
         if change is None:
             return "not_learned"
-        self.metrics.feedback_credits.labels("implicit", credit.event or "", "applied").inc()
-        log.info("implicit feedback on %s: %s (learned quality %.3f)", request_id, credit.event, learned)
+        self.metrics.feedback_credits.labels(credit.source, credit.event or "",
+                                             "replaced_implicit" if before else "applied").inc()
+        log.info("%s feedback on %s: %s (learned quality %.3f)", credit.source, request_id,
+                 credit.event or f"quality {credit.quality:.3f}", learned)
         if self.decision_log is not None:
             self.decision_log.feedback(request_id=request_id, quality=learned, credit=change, by=None,
-                                       source="implicit", event=credit.event, details=details)
+                                       source=credit.source, event=credit.event, details=details)
+        return "replaced_implicit" if before else "credited"
+
+    def learn_shadow(self, journey: Journey, shadow_id: str, model: str, propensity: float, *, latency_ms: float,
+                     usage: Any, credit: Credit) -> str:
+        """A judged shadow answer (`gateway.judging`): `model`, a candidate the decision did not choose
+        for `journey`, answered a copy of its request. That arm learns what it would have learned had
+        it been chosen: the immediate outcome (latency, cost) and the judge's quality, weighted by
+        `credit.weight`. Both go to the decision log under `shadow_id` with the shadow's propensity
+        (the probability this arm was copied to), so replay and IPS see it as its own observation.
+        Returns credited | not_learned."""
+        route = journey.route
+        selector = self.selectors.get(route.decision_name)
+        if selector is None or route.choice is None:
+            return "not_learned"
+        prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        completion_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        choice = dataclasses.replace(route.choice, model=model, propensity=propensity)
+        reward = Reward(model=model, ok=True, latency_ms=latency_ms, cost_usd=self.cost_usd(model, usage),
+                        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, at=time.time())
+        record = selector.pending_record(choice, model)
+        if record is None:   # the decision learns nothing from quality
+            return "not_learned"
+        selector.update(choice, reward)
+        learned = learned_quality(float(record.get("default_quality", 0.0)), credit)
+        change = selector.credit(record, learned)
+        if change is None:
+            return "not_learned"
+        self.metrics.feedback_credits.labels("shadow", "", "applied").inc()
+        if self.decision_log is not None:
+            entry = selector.log_entry(choice, reward)
+            if entry is not None:
+                self.decision_log.decision(
+                    request_id=shadow_id, tenant=choice.tenant or "default", decision=route.decision_name,
+                    candidates=route.candidates, model=model, answered_by=model, propensity=propensity,
+                    source="shadow", shadow_of=journey.request_id, **entry)
+            self.decision_log.feedback(request_id=shadow_id, quality=learned, credit=change, by=None,
+                                       source="shadow")
         return "credited"
 
     async def _cache_feedback(self, record: dict, quality: float, first: bool) -> dict[str, Any]:

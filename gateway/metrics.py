@@ -82,6 +82,24 @@ class Metrics:
             "duplicate (already credited), explicit_first (explicit feedback wins), not_served (the answer it follows "
             "was not served to this user in the window), record_gone (its feedback window passed), not_learned, "
             "store_error", ["outcome"], registry=r)
+        self.judge_requests = Counter(
+            "sigroute_judge_requests_total", "Answers sampled for the judge model (feedback.judge), by outcome: "
+            "credited, replaced_implicit (the verdict replaced an implicit credit), duplicate (a verdict was already "
+            "recorded), explicit_first, record_gone, not_learned, "
+            "shadow (a shadow answer judged), "
+            "unparsed (no verdict in the judge's answer), error, timeout (the judge call failed), budget (the hourly "
+            "budget was spent), busy (max_concurrency calls already running), private (PII or a plugin: never sent)",
+            ["outcome"], registry=r)
+        self.shadow_requests = Counter(
+            "sigroute_shadow_requests_total", "Requests sampled for shadow traffic (feedback.shadow), by outcome: "
+            "credited (the unchosen model's answer was judged and credited), not_learned, judge_failed, error, "
+            "timeout, budget, busy, private, too_large, no_candidate", ["outcome"], registry=r)
+        self.background_spend = Counter(
+            "sigroute_feedback_spend_usd_total", "USD spent on background feedback calls, by kind (judge, shadow), "
+            "from the models' declared prices and the tokens used", ["kind"], registry=r)
+        self.background_spend_hour = Gauge(
+            "sigroute_feedback_spend_last_hour_usd", "USD spent on background feedback calls in the last hour, by kind "
+            "(compared with budget_usd_per_hour)", ["kind"], registry=r)
         self.bandit_store_errors = Counter("sigroute_bandit_store_errors_total",
                                            "Failed exchanges with the learning-state or pending-feedback store",
                                            ["operation"], registry=r)

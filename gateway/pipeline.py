@@ -16,7 +16,9 @@
 11. learn      the selector sees the outcome; a learning decision keeps a pending record for
                quality feedback (POST /v1/feedback)                           gateway.learning
                and the hash of the answer it served, so that a follow-up turn (right after
-               step 2: a re-ask, a "that's wrong", or moving on) credits it  gateway.implicit
+               step 2: a re-ask, a "that's wrong", or moving on) credits it  gateway.implicit;
+               a sampled answer is judged, a sampled request copied to an
+               unchosen candidate, in the background (never for private text)  gateway.judging
 Steps 9–11 run as the answer goes out                                        gateway.answering
 
 With tracing on, the request is a span and each step a child span (`gateway.tracing`); off, the
@@ -52,6 +54,7 @@ from sigroute.gateway.auth import Authenticator
 from sigroute.gateway.caching import Caching
 from sigroute.gateway.errors import APIError, RateLimited, Unavailable
 from sigroute.gateway.implicit import ImplicitFeedback, MemoryServedAnswers
+from sigroute.gateway.judging import BackgroundFeedback
 from sigroute.gateway.journey import Journey
 from sigroute.gateway.learning import Learning
 from sigroute.gateway.metrics import Metrics
@@ -141,7 +144,10 @@ class Pipeline:
         # answers served to each user, for implicit feedback from follow-up turns: app-wide, kept across reloads
         served = _given_or_kept(served_answers, previous and previous.implicit.store, MemoryServedAnswers)
         self.implicit = ImplicitFeedback(policy, served, self.learning, metrics, self.embedder)
-        self.answering = Answering(self.plugins, self.caching, self.learning, metrics, self.activity, self.implicit)
+        # judged feedback and shadow traffic: background calls after an answer (policy feedback.judge / .shadow)
+        self.background = BackgroundFeedback(policy, self.upstreams, self.learning, metrics)
+        self.answering = Answering(self.plugins, self.caching, self.learning, metrics, self.activity, self.implicit,
+                                   self.background if self.background.enabled else None)
         self.tracing = Tracing.build(policy.server.tracing, env, provider=tracer_provider,
                                      previous=previous.tracing if previous is not None else None)
         if previous is None:
@@ -375,6 +381,7 @@ class Pipeline:
         return self.learning.sync_interval()
 
     async def aclose(self) -> None:
+        await self.background.aclose()
         await self.upstreams.aclose()
         if self.tracing.enabled:
             await asyncio.to_thread(self.tracing.release)   # flushes the last spans

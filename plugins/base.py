@@ -51,6 +51,8 @@ class PluginState:
     removed_response_headers: set[str] = field(default_factory=set)
     pii_mapping: dict[str, str] = field(default_factory=dict)   # placeholder -> original value
     skip_cache: str | None = None                           # why the cache must not be used
+    private: str | None = None                              # why the text may go to no other model than the
+                                                            # chosen one (no judge, no shadow copy): e.g. "pii"
     skip: set[str] = field(default_factory=set)             # plugins not to run again (after a reroute)
     guard: Any = None                                       # response_guard: what answers must not repeat
     grounding: Any = None                                   # hallucination: the context answers must follow

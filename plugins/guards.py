@@ -124,6 +124,7 @@ class Pii(Plugin):
             return ctx
         count = sum(len(f) for *_, f in findings)
         o = self.options
+        state.private = "pii"   # personal data found: the request is never judged or copied (gateway.judging)
         if o.action == "block":
             state.did(self.name, "block")
             return Blocked(self.name, o.response, o.message, "pii_detected")

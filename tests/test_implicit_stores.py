@@ -59,6 +59,25 @@ async def test_explicit_first_wins(pending_store):
     assert await pending_store.claim("req-2", "acme", "score=1") == ("duplicate", RECORD)   # no implicit attached
 
 
+async def test_a_judge_verdict_outranks_an_implicit_credit(pending_store):
+    """Precedence explicit > judge > implicit: a judge's verdict (rank 2) after an implicit credit
+    replaces it (the old credit comes back so the learner is credited the difference); an implicit
+    credit after a verdict changes nothing; explicit feedback then sees the verdict."""
+    judge = json.dumps({"source": "judge", "event": None, "quality": 1.0, "weight": 0.9})
+    await pending_store.put("req-5", RECORD, ttl_s=30)
+    assert await pending_store.claim_implicit("req-5", "acme", REASK, 1) == ("applied", RECORD)
+    assert await pending_store.claim_implicit("req-5", "acme", judge, 2) == (
+        "replaced", {**RECORD, "implicit": json.loads(REASK)})
+    assert await pending_store.claim_implicit("req-5", "acme", judge, 2) == ("duplicate", RECORD)
+    assert await pending_store.claim_implicit("req-5", "acme", REASK, 1) == ("duplicate", RECORD)
+    status, record = await pending_store.claim("req-5", "acme", "score=0")
+    assert status == "applied" and record == {**RECORD, "implicit": json.loads(judge)}
+    # a verdict first: a later implicit credit is a duplicate
+    await pending_store.put("req-6", RECORD, ttl_s=30)
+    assert await pending_store.claim_implicit("req-6", "acme", judge, 2) == ("applied", RECORD)
+    assert await pending_store.claim_implicit("req-6", "acme", REASK, 1) == ("duplicate", RECORD)
+
+
 async def test_implicit_claim_of_unknown_or_other_tenant(pending_store):
     assert await pending_store.claim_implicit("never", "acme", REASK) == ("unknown", None)
     await pending_store.put("req-3", RECORD, ttl_s=30)

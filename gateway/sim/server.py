@@ -16,6 +16,7 @@ Configuration (YAML file, dict or `SimConfig`; unknown keys are rejected)::
         completion_tokens: 24    # length of generic answers, in tokens (~ words)
         price: {input: 0.05, output: 0.08}            # USD / 1M tokens, informational
         accuracy: {default: 0.5, math: 0.3, law: 0.6}  # P(correct) per demo-question category
+        reply: "SCORE: 1"        # optional: every answer is this fixed text (a judge with a set verdict)
         faults:                  # probabilities per request, all default 0
           error_rate: 0.0        # 500 with an OpenAI-shaped error
           rate_limit_rate: 0.0   # 429 with `retry-after: 1`
@@ -241,6 +242,7 @@ class SimModel(_Strict):
     price: Price = Field(default_factory=Price)
     accuracy: dict[str, float] = Field(default_factory=dict)
     faults: Faults = Field(default_factory=Faults)
+    reply: str | None = Field(None, max_length=100_000)   # every answer is this text (e.g. a judge's verdict)
 
     @field_validator("accuracy")
     @classmethod
@@ -589,6 +591,8 @@ class SimState:
 
     def answer_tokens(self, spec: SimModel, user_text: str) -> list[str] | tuple[str, ...]:
         """The tokens of one answer to a request whose last user message is `user_text`."""
+        if spec.reply is not None:
+            return _tokens(spec.reply)
         if ECHO_MARKER in user_text:
             return _tokens(user_text)
         question = self.questions.find(user_text)

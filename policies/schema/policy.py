@@ -111,6 +111,10 @@ class Policy(Strict):
             for k, dname in enumerate(entry.decisions or ()):
                 if dname not in seen:
                     errors.append((("entrypoints", name, "decisions", k), f"decision '{dname}' is not defined"))
+        judge = self.feedback.judge
+        if judge is not None and judge.model not in self.models:
+            errors.append((("feedback", "judge", "model"),
+                           f"judge model '{judge.model}' is not defined under 'models' (defined: {', '.join(self.models)})"))
         if errors:
             raise PolicyReferenceError(errors)
         return self
