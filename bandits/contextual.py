@@ -41,6 +41,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from sigroute.bandits import tradeoff
 from sigroute.bandits.base import Choice, Reward, Selector
 from sigroute.bandits.features import FeatureExtractor
 from sigroute.bandits.linear import DisjointRidge, HybridRidge, ProfiledEstimator
@@ -255,18 +256,30 @@ class ContextualSelector(Selector):
         tenant = getattr(getattr(ctx, "principal", None), "tenant", None) or "default"
         x = self.features.vector(ctx)
         return self.select_vector(candidates, x, tenant,
-                                  prompt_tokens=ctx.prompt_tokens if self.learns_quality else None)
+                                  prompt_tokens=ctx.prompt_tokens if self.learns_quality else None,
+                                  dial=getattr(ctx, "tradeoff", None))
 
     def select_vector(self, candidates: Sequence[str], x: np.ndarray, tenant: str = "default", *,
-                      prompt_tokens: float | None = None) -> Choice:
+                      prompt_tokens: float | None = None, dial: float | None = None) -> Choice:
+        """Pick among `candidates` for context `x`. `dial` is the request's cost/quality trade-off
+        (`bandits.tradeoff`): with ``learn: quality`` it sets the cost weight of this selection only;
+        otherwise it is ignored, and the choice says so."""
+        spec: RewardSpec = self.options.reward
+        verdict = None
+        if dial is not None:
+            if self.learns_quality:
+                spec = spec.model_copy(update={"cost": tradeoff.cost_weight(spec.quality, dial)})
+                verdict = tradeoff.applied(spec.cost, dial)
+            else:
+                verdict = tradeoff.ignored("learn: reward learns a fixed cost weight; use learn: quality")
         learner = self.learner(tenant)
         with learner.lock:
-            known = self.known_terms(learner, candidates, prompt_tokens) if self.learns_quality else None
+            known = self.known_terms(learner, candidates, prompt_tokens, spec) if self.learns_quality else None
             pick = learner.rule.choose(x, tuple(candidates), known)
             learner.used_at = time.time()
         return Choice(model=pick.arm, propensity=pick.propensity, scores=dict(pick.scores),
                       ranking=pick.ranking(tuple(candidates)), context=x, tenant=tenant, prompt_tokens=prompt_tokens,
-                      means=pick.means)
+                      means=pick.means, tradeoff=verdict)
 
     def model_prices(self) -> dict[str, tuple[float, float] | None]:
         out = {}
@@ -275,12 +288,14 @@ class ContextualSelector(Selector):
             out[name] = None if price is None else (float(price.input), float(price.output))
         return out
 
-    def known_terms(self, learner: _Learner, candidates: Sequence[str], prompt_tokens: float | None) -> KnownTerms:
+    def known_terms(self, learner: _Learner, candidates: Sequence[str], prompt_tokens: float | None,
+                    spec: RewardSpec | None = None) -> KnownTerms:
+        """The known cost and latency terms under `spec` (default: the policy's reward)."""
         profiles = {}
         for arm in set(candidates) | set(learner.estimator.arms()):
             _, tokens, latency = learner.estimator.profile(arm)
             profiles[arm] = (tokens, latency)
-        return known_terms(self.options.reward, candidates, self.model_prices(), prompt_tokens, profiles)
+        return known_terms(spec or self.options.reward, candidates, self.model_prices(), prompt_tokens, profiles)
 
     # learning --------------------------------------------------------------------------------
     def cost_share(self, model: str, reward: Reward) -> float | None:
