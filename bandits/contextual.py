@@ -87,7 +87,8 @@ def reward_value(spec: RewardSpec, *, quality: float, cost_share: float | None, 
             + spec.energy * (1.0 - energy)) / spec.total
 
 
-def energy_shares(energies: Mapping[str, Any], prompt_tokens: float, completion_tokens: float) -> dict[str, float | None]:
+def energy_shares(energies: Mapping[str, Any], prompt_tokens: float,
+                  completion_tokens: float) -> dict[str, float | None]:
     """Each model's declared energy for an answer of these lengths relative to the most energy-hungry
     declared model's (`energies` maps a model to its `Energy` declaration or None: unknown, share None)."""
     joules = {m: e.joules(prompt_tokens, completion_tokens) for m, e in energies.items() if e is not None}

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from sigroute.bandits.base import Reward
 from sigroute.bandits.contextual import LinUCBSelector, energy_shares, known_terms, reward_value
-from sigroute.policies.schema import Algorithm, Energy, ModelSpec, Policy, RewardSpec
+from sigroute.policies.schema import Algorithm, Energy, ModelSpec, RewardSpec
 from conftest import base_policy
 
 # alpha and gamma as in the simulator (alpha cheap, gamma dear), but gamma is the frugal one here

@@ -77,10 +77,9 @@ def test_one_learner_serves_the_cost_dial_and_the_quality_dial(sim, gateway_fact
     selector = gw.app.state.runtime.pipeline.selectors["learn"]
     state = {a: v.copy() for a, v in selector.learner("default").estimator.sums().items()}
     # explain (no learning) from the same state: the weight the dial applies, and the pick
-    cheap = gw.http.post("/v1/route/explain", json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
-                         headers={tradeoff.TRADEOFF_HEADER: "cost"}).json()
-    strong = gw.http.post("/v1/route/explain", json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
-                          headers={tradeoff.TRADEOFF_HEADER: "0"}).json()
+    question = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    cheap = gw.http.post("/v1/route/explain", json=question, headers={tradeoff.TRADEOFF_HEADER: "cost"}).json()
+    strong = gw.http.post("/v1/route/explain", json=question, headers={tradeoff.TRADEOFF_HEADER: "0"}).json()
     assert cheap["winner"]["selection"]["model"] == "alpha" and cheap["winner"]["selection"]["tradeoff"].startswith("applied; weight=1000;")
     assert strong["winner"]["selection"]["model"] == "gamma" and strong["winner"]["selection"]["tradeoff"].startswith("applied; weight=0;")
     after = selector.learner("default").estimator.sums()
@@ -108,7 +107,8 @@ def test_invalid_dials_are_a_400_naming_where_they_came_from(sim, gateway_factor
         error = r.json()["error"]
         assert error["param"] == tradeoff.TRADEOFF_HEADER and tradeoff.TRADEOFF_HEADER in error["message"]
         assert error["type"] == "invalid_request_error"
-    for private, param in (({"tradeoff": 3}, "sigroute.tradeoff"), ("cost", "sigroute"), ({"speed": 1}, "sigroute.speed")):
+    for private, param in (({"tradeoff": 3}, "sigroute.tradeoff"), ("cost", "sigroute"),
+                           ({"speed": 1}, "sigroute.speed")):
         r = chat(gw, sigroute=private)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
     assert sim.calls("alpha") + sim.calls("gamma") == 0
