@@ -31,6 +31,7 @@ class Choice:
     means: Mapping[str, float] | None = field(default=None, compare=False, repr=False)  # contextual: each
     # candidate's estimated reward for this context, before exploration (scores minus the bonus)
     tradeoff: str | None = None  # what became of the request's cost/quality dial (bandits.tradeoff), if it had one
+    dial: float | None = None    # the dial, when it was applied (the decision log keeps it for replay)
 
     def as_dict(self) -> dict[str, Any]:
         out = {"model": self.model, "propensity": round(self.propensity, 6),

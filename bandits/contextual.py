@@ -301,7 +301,7 @@ class ContextualSelector(Selector):
             learner.used_at = time.time()
         return Choice(model=pick.arm, propensity=pick.propensity, scores=dict(pick.scores),
                       ranking=pick.ranking(tuple(candidates)), context=x, tenant=tenant, prompt_tokens=prompt_tokens,
-                      means=pick.means, tradeoff=verdict)
+                      means=pick.means, tradeoff=verdict, dial=dial if self.learns_quality else None)
 
     def model_prices(self) -> dict[str, tuple[float, float] | None]:
         out = {}
@@ -427,6 +427,8 @@ class ContextualSelector(Selector):
             entry["usage"] = {"prompt_tokens": choice.prompt_tokens,
                               "completion_tokens": reward.completion_tokens if reward.ok else None,
                               "latency_ms": reward.latency_ms if reward.ok else None}
+            if choice.dial is not None:   # the caller's cost/quality dial weighed this pick's cost
+                entry["usage"]["tradeoff"] = choice.dial
         return entry
 
     def explain(self, choice: Choice) -> dict[str, Any]:

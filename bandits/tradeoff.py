@@ -15,7 +15,8 @@ preference. The dial d becomes the cost weight
 i.e. the cost weight's ratio to the quality weight is d/(1−d): 0 → cost ignored, 0.25 → a third of
 quality, 0.5 (balanced) → as much as quality, 0.75 → three times quality, 1 → MAX_COST_RATIO times
 (the cheapest candidate wins unless two cost the same). Latency and energy keep the policy's weights.
-What the learner records is unchanged (quality only), whatever the dial.
+What the learner records is unchanged (quality only), whatever the dial. The decision log keeps an
+applied dial (``usage.tradeoff``) so that offline replay (`bandits.replay`) scores the pick as served.
 
 A ``learn: reward`` decision ignores the dial: its estimator learns a reward that already blends
 the policy's fixed cost weight, so a per-request weight could only be honoured by making the dial a

@@ -128,3 +128,31 @@ def test_static_and_reward_learning_decisions_say_the_dial_was_ignored(sim, gate
     r = chat(direct, "0.5", model="gamma")
     assert r.status_code == 200, r.text
     assert r.headers[tradeoff.TRADEOFF_HEADER] == "ignored; reason=a model named directly"
+
+
+def test_the_decision_log_keeps_the_dial_so_replay_scores_as_the_gateway_did(tmp_path):
+    from sigroute.bandits.replay import DecisionLog, evaluate, read_decision_log
+
+    models = {"cheap": ModelSpec.model_validate({"provider": "openai/cheap", "price": {"input": 0.1, "output": 0.2}}),
+              "dear": ModelSpec.model_validate({"provider": "openai/dear", "price": {"input": 5, "output": 10}})}
+    options = Algorithm.model_validate({"linucb": {"features": ["bias"], "learn": "quality", "alpha": 0.0}}).options
+    x = np.array([1.0])
+
+    def trained():
+        sel = LinUCBSelector(options, models, decision="d")
+        for model, q in (("cheap", 0.5), ("dear", 0.9)):
+            sel.observe("default", model, x, q, completion_tokens=100, latency_ms=10)
+        return sel
+
+    gateway = trained()
+    log = DecisionLog(tmp_path / "log.jsonl")
+    for i, dial in enumerate((0.0, 1.0, None)):
+        choice = gateway.select_vector(list(models), x, prompt_tokens=50, dial=dial)
+        assert choice.model == ("cheap" if dial == 1.0 else "dear")
+        entry = gateway.log_entry(choice, Reward(model=choice.model, ok=True, latency_ms=10, prompt_tokens=50,
+                                                 completion_tokens=100))
+        assert entry["usage"].get("tradeoff") == dial
+        log.decision(request_id=f"r{i}", tenant="default", decision="d", candidates=list(models), model=choice.model,
+                     answered_by=choice.model, propensity=1.0, **entry)
+    log.close()
+    assert evaluate(read_decision_log(tmp_path / "log.jsonl"), trained(), learn=False)["matched"] == 3
