@@ -40,8 +40,8 @@ from typing import Any, Mapping
 
 import orjson
 
-from sigroute.bandits.tradeoff import TRADEOFF_HEADER
 from sigroute.bandits.store import MemoryPendingStore, MemoryStateStore
+from sigroute.bandits.tradeoff import TRADEOFF_HEADER
 from sigroute.cache.semantic import SemanticCache, SingleFlight
 from sigroute.cache.store import MemoryDocumentStore
 from sigroute.gateway import explain
