@@ -30,10 +30,15 @@ class Choice:
     prompt_tokens: float | None = None  # what a `learn: quality` selector priced the candidates with
     means: Mapping[str, float] | None = field(default=None, compare=False, repr=False)  # contextual: each
     # candidate's estimated reward for this context, before exploration (scores minus the bonus)
+    tradeoff: str | None = None  # what became of the request's cost/quality dial (bandits.tradeoff), if it had one
+    dial: float | None = None    # the dial, when it was applied (the decision log keeps it for replay)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "propensity": round(self.propensity, 6),
-                "scores": {k: round(v, 6) for k, v in self.scores.items()}, "ranking": list(self.ranking)}
+        out = {"model": self.model, "propensity": round(self.propensity, 6),
+               "scores": {k: round(v, 6) for k, v in self.scores.items()}, "ranking": list(self.ranking)}
+        if self.tradeoff is not None:
+            out["tradeoff"] = self.tradeoff
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from sigroute.bandits import tradeoff
 from sigroute.bandits.base import Choice, Reward, Selector
 from sigroute.bandits.features import FeatureExtractor
 from sigroute.bandits.linear import DisjointRidge, HybridRidge, ProfiledEstimator
@@ -61,28 +62,44 @@ DEFAULT_COMPLETION_TOKENS = 256  # answer length assumed for a model before any 
 IDLE_RELOAD_S = 30.0   # a tenant this process has not served lately is reloaded this often
 
 __all__ = ["ContextualSelector", "LinUCBSelector", "HybridLinUCBSelector", "ThompsonSelector",
-           "EpsilonGreedySelector", "reward_value", "quality_from_feedback", "known_terms", "CONTEXTUAL_SELECTORS"]
+           "EpsilonGreedySelector", "reward_value", "quality_from_feedback", "known_terms", "energy_shares",
+           "CONTEXTUAL_SELECTORS"]
 
 
 # --------------------------------------------------------------------------------------------
 # rewards
 
 
-def reward_value(spec: RewardSpec, *, quality: float, cost_share: float | None, latency_ms: float | None) -> float:
-    """The blended reward in [0, 1]: weighted mean of quality, 1 − cost share, 1 − latency share.
+def reward_value(spec: RewardSpec, *, quality: float, cost_share: float | None, latency_ms: float | None,
+                 energy_share: float | None = None) -> float:
+    """The blended reward in [0, 1]: weighted mean of quality, 1 − cost share, 1 − latency share and
+    1 − energy share.
 
     `cost_share` is the answer's cost relative to the most expensive candidate for the same tokens
-    (None: unknown, counted as the worst); latency is relative to `spec.latency_budget_ms`.
+    (None: unknown, counted as the worst); latency is relative to `spec.latency_budget_ms`;
+    `energy_share` is the answer's declared energy relative to the most energy-hungry candidate for
+    the same tokens (None: unknown, counted as the worst; irrelevant while `spec.energy` is 0).
     """
-    total = spec.quality + spec.cost + spec.latency
     cost = 1.0 if cost_share is None else min(1.0, max(0.0, cost_share))
     latency = 1.0 if latency_ms is None else min(1.0, max(0.0, latency_ms / spec.latency_budget_ms))
-    return (spec.quality * quality + spec.cost * (1.0 - cost) + spec.latency * (1.0 - latency)) / total
+    energy = 1.0 if energy_share is None else min(1.0, max(0.0, energy_share))
+    return (spec.quality * quality + spec.cost * (1.0 - cost) + spec.latency * (1.0 - latency)
+            + spec.energy * (1.0 - energy)) / spec.total
+
+
+def energy_shares(energies: Mapping[str, Any], prompt_tokens: float,
+                  completion_tokens: float) -> dict[str, float | None]:
+    """Each model's declared energy for an answer of these lengths relative to the most energy-hungry
+    declared model's (`energies` maps a model to its `Energy` declaration or None: unknown, share None)."""
+    joules = {m: e.joules(prompt_tokens, completion_tokens) for m, e in energies.items() if e is not None}
+    hungriest = max(joules.values(), default=0.0)
+    return {m: (None if m not in joules else (joules[m] / hungriest if hungriest > 0 else 0.0)) for m in energies}
 
 
 def known_terms(spec: RewardSpec, candidates: Sequence[str], prices: Mapping[str, tuple[float, float] | None],
-                prompt_tokens: float | None, profiles: Mapping[str, tuple[float | None, float | None]]) -> KnownTerms:
-    """The cost and latency terms of each candidate's reward, known before the call (``learn: quality``).
+                prompt_tokens: float | None, profiles: Mapping[str, tuple[float | None, float | None]],
+                energies: Mapping[str, Any] | None = None) -> KnownTerms:
+    """The cost, latency and energy terms of each candidate's reward, known before the call (``learn: quality``).
 
     `prices` maps every model of the decision to (input, output) USD per million tokens (None =
     unknown price); `profiles` maps a candidate to its observed mean (completion tokens, latency
@@ -90,9 +107,11 @@ def known_terms(spec: RewardSpec, candidates: Sequence[str], prices: Mapping[str
     else `DEFAULT_COMPLETION_TOKENS` and a latency at the budget's middle. The expected cost share
     is the gateway's `cost_share` for an answer of the expected length: the candidate's price for
     those tokens relative to the dearest model of the decision for the same tokens, so a score
-    equals `reward_value` of (predicted quality, expected cost share, expected latency).
+    equals `reward_value` of (predicted quality, expected cost share, expected latency). `energies`
+    maps every model of the decision to its `Energy` declaration (or None); the energy share is
+    computed the same way (only when `spec.energy` has weight).
     """
-    total = spec.quality + spec.cost + spec.latency
+    total = spec.total
     tokens_known = [t for t, _ in profiles.values() if t is not None]
     latency_known = [l for _, l in profiles.values() if l is not None]
     pooled_tokens = float(np.mean(tokens_known)) if tokens_known else float(DEFAULT_COMPLETION_TOKENS)
@@ -111,7 +130,11 @@ def known_terms(spec: RewardSpec, candidates: Sequence[str], prices: Mapping[str
             share = (p * price[0] + tokens * price[1]) / dearest if dearest > 0 else 0.0
         cost = 1.0 if share is None else min(1.0, max(0.0, share))
         lat = min(1.0, max(0.0, latency / spec.latency_budget_ms))
-        offsets[arm] = (spec.cost * (1.0 - cost) + spec.latency * (1.0 - lat)) / total
+        offset = spec.cost * (1.0 - cost) + spec.latency * (1.0 - lat)
+        if spec.energy > 0:
+            energy_share = energy_shares(energies or {}, p, tokens).get(arm)
+            offset += spec.energy * (1.0 - (1.0 if energy_share is None else min(1.0, max(0.0, energy_share))))
+        offsets[arm] = offset / total
     return KnownTerms(spec.quality / total, offsets)
 
 
@@ -256,18 +279,30 @@ class ContextualSelector(Selector):
         tenant = getattr(getattr(ctx, "principal", None), "tenant", None) or "default"
         x = self.features.vector(ctx)
         return self.select_vector(candidates, x, tenant,
-                                  prompt_tokens=ctx.prompt_tokens if self.learns_quality else None)
+                                  prompt_tokens=ctx.prompt_tokens if self.learns_quality else None,
+                                  dial=getattr(ctx, "tradeoff", None))
 
     def select_vector(self, candidates: Sequence[str], x: np.ndarray, tenant: str = "default", *,
-                      prompt_tokens: float | None = None) -> Choice:
+                      prompt_tokens: float | None = None, dial: float | None = None) -> Choice:
+        """Pick among `candidates` for context `x`. `dial` is the request's cost/quality trade-off
+        (`bandits.tradeoff`): with ``learn: quality`` it sets the cost weight of this selection only;
+        otherwise it is ignored, and the choice says so."""
+        spec: RewardSpec = self.options.reward
+        verdict = None
+        if dial is not None:
+            if self.learns_quality:
+                spec = spec.model_copy(update={"cost": tradeoff.cost_weight(spec.quality, dial)})
+                verdict = tradeoff.applied(spec.cost, dial)
+            else:
+                verdict = tradeoff.ignored("learn: reward learns a fixed cost weight; use learn: quality")
         learner = self.learner(tenant)
         with learner.lock:
-            known = self.known_terms(learner, candidates, prompt_tokens) if self.learns_quality else None
+            known = self.known_terms(learner, candidates, prompt_tokens, spec) if self.learns_quality else None
             pick = learner.rule.choose(x, tuple(candidates), known)
             learner.used_at = time.time()
         return Choice(model=pick.arm, propensity=pick.propensity, scores=dict(pick.scores),
                       ranking=pick.ranking(tuple(candidates)), context=x, tenant=tenant, prompt_tokens=prompt_tokens,
-                      means=pick.means)
+                      means=pick.means, tradeoff=verdict, dial=dial if self.learns_quality else None)
 
     def model_prices(self) -> dict[str, tuple[float, float] | None]:
         out = {}
@@ -276,12 +311,19 @@ class ContextualSelector(Selector):
             out[name] = None if price is None else (float(price.input), float(price.output))
         return out
 
-    def known_terms(self, learner: _Learner, candidates: Sequence[str], prompt_tokens: float | None) -> KnownTerms:
+    def known_terms(self, learner: _Learner, candidates: Sequence[str], prompt_tokens: float | None,
+                    spec: RewardSpec | None = None) -> KnownTerms:
+        """The known cost and latency terms under `spec` (default: the policy's reward)."""
         profiles = {}
         for arm in set(candidates) | set(learner.estimator.arms()):
             _, tokens, latency = learner.estimator.profile(arm)
             profiles[arm] = (tokens, latency)
-        return known_terms(self.options.reward, candidates, self.model_prices(), prompt_tokens, profiles)
+        return known_terms(spec or self.options.reward, candidates, self.model_prices(), prompt_tokens, profiles,
+                           self.model_energies())
+
+    def model_energies(self) -> dict[str, Any]:
+        """Each model's declared `Energy` (None where it declares none)."""
+        return {name: getattr(spec, "energy", None) for name, spec in self.models.items()}
 
     # learning --------------------------------------------------------------------------------
     def cost_share(self, model: str, reward: Reward) -> float | None:
@@ -299,6 +341,12 @@ class ContextualSelector(Selector):
         own = reward.prompt_tokens * spec.price.input + reward.completion_tokens * spec.price.output
         return own / max(costs)
 
+    def energy_share(self, model: str, reward: Reward) -> float | None:
+        """The answer's declared energy relative to the decision's most energy-hungry model for the same tokens."""
+        if reward.prompt_tokens is None or reward.completion_tokens is None:
+            return None
+        return energy_shares(self.model_energies(), reward.prompt_tokens, reward.completion_tokens).get(model)
+
     def immediate_reward(self, reward: Reward) -> float:
         """What the estimator learns at once: the blended reward with quality assumed at
         `default_quality` (0 for a failure), or with ``learn: quality`` that quality alone."""
@@ -308,7 +356,8 @@ class ContextualSelector(Selector):
             return quality
         cost = self.cost_share(reward.model, reward) if reward.ok else None
         latency = reward.latency_ms if reward.ok else None
-        return reward_value(spec, quality=quality, cost_share=cost, latency_ms=latency)
+        energy = self.energy_share(reward.model, reward) if reward.ok and spec.energy > 0 else None
+        return reward_value(spec, quality=quality, cost_share=cost, latency_ms=latency, energy_share=energy)
 
     def observe(self, tenant: str, model: str, x: np.ndarray, value: float, *, now: float | None = None,
                 count: bool = True, completion_tokens: float | None = None,
@@ -350,7 +399,7 @@ class ContextualSelector(Selector):
         return {
             "tenant": choice.tenant or "default", "decision": self.decision, "algorithm": self.name,
             "schema": self.schema_id, "model": model, "context": [float(v) for v in choice.context],
-            "quality_share": 1.0 if self.learns_quality else spec.quality / (spec.quality + spec.cost + spec.latency),
+            "quality_share": 1.0 if self.learns_quality else spec.quality / spec.total,
             "default_quality": spec.default_quality, "epoch": learner.epoch, "at": time.time(),
         }
 
@@ -379,6 +428,8 @@ class ContextualSelector(Selector):
             entry["usage"] = {"prompt_tokens": choice.prompt_tokens,
                               "completion_tokens": reward.completion_tokens if reward.ok else None,
                               "latency_ms": reward.latency_ms if reward.ok else None}
+            if choice.dial is not None:   # the caller's cost/quality dial weighed this pick's cost
+                entry["usage"]["tradeoff"] = choice.dial
         return entry
 
     def explain(self, choice: Choice) -> dict[str, Any]:

@@ -152,7 +152,8 @@ def evaluate(events: list[LoggedDecision], selector: Any, *, learn: bool = True)
     weights: list[float] = []
     for e in usable:
         usage = e.usage or {}
-        choice = selector.select_vector(e.candidates, e.context, e.tenant, prompt_tokens=usage.get("prompt_tokens"))
+        choice = selector.select_vector(e.candidates, e.context, e.tenant, prompt_tokens=usage.get("prompt_tokens"),
+                                        dial=usage.get("tradeoff"))
         if choice.model == e.model:
             matched_rewards.append(e.reward)
             weighted.append(e.reward / e.propensity)

@@ -159,6 +159,9 @@ class Answering:
         journey.counted = True
         self.metrics.latency.labels(route.decision_name).observe(elapsed_s)
         self.metrics.requests.labels(journey.api, route.entrypoint_label, route.decision_name, model, status).inc()
+        joules = self.learning.energy_joules(model, usage) if usage is not None else None
+        if joules:
+            self.metrics.energy_joules.labels(model).inc(joules)
         if self.activity is not None:
             self.activity.record(self._record(journey, model, status, elapsed_s, usage))
 

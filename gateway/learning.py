@@ -94,6 +94,16 @@ class Learning:
             return None
         return (prompt_tokens * spec.price.input + completion_tokens * spec.price.output) / 1e6
 
+    def energy_joules(self, model: str, usage: Any) -> float | None:
+        """An answer's declared energy (the model's `energy:` and its usage); None if unknown."""
+        spec = self.policy.models.get(model)
+        if spec is None or spec.energy is None or not isinstance(usage, dict):
+            return None
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
+            return None
+        return spec.energy.joules(prompt_tokens, completion_tokens)
+
     # 11 ------------------------------------------------------------------------------------------
     def learn(self, journey: Journey, *, ok: bool, latency_ms: float, usage: Any) -> None:
         route, result = journey.route, journey.result

@@ -36,6 +36,9 @@ class Metrics:
                                  ["entrypoint", "decision"], registry=r)
         self.selected = Counter("sigroute_selected_model_total", "Models picked by selection",
                                 ["decision", "model"], registry=r)
+        self.energy_joules = Counter("sigroute_energy_joules_total",
+                                     "Declared energy of the answers served (models' `energy:` × usage), joules",
+                                     ["model"], registry=r)
         self.upstream_errors = Counter("sigroute_upstream_errors_total", "Failed upstream attempts",
                                        ["model", "kind"], registry=r)
         self.fallbacks = Counter("sigroute_fallbacks_total", "Moves to the next candidate after a failure",

@@ -8,10 +8,11 @@ naming the offending field) instead of an upstream's less helpful one. Everythin
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import orjson
 
+from sigroute.bandits.tradeoff import TRADEOFF_HEADER, parse_dial
 from sigroute.gateway.errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -85,6 +86,39 @@ def parse_chat_request(raw: bytes, max_messages: int = 4096, max_tools: int = 51
                                     or not 0 <= temperature <= 2):
         raise _bad("'temperature' must be a number between 0 and 2", "temperature")
     return body
+
+
+PRIVATE_FIELD = "sigroute"   # the body's private object: sigroute's own per-request options, never sent upstream
+PRIVATE_OPTIONS = ("tradeoff",)
+
+
+def take_tradeoff(body: dict[str, Any], headers: Mapping[str, str]) -> float | None:
+    """The request's cost/quality dial (`bandits.tradeoff`) from the header `x-sigroute-tradeoff` or
+    the body's private object ``{"sigroute": {"tradeoff": ...}}`` (the body's wins when both are
+    given); the private object is removed from `body`, so it never reaches the upstream. A bad
+    value is a 400 naming where it came from."""
+    private = body.pop(PRIVATE_FIELD, None)
+    dial = None
+    value = headers.get(TRADEOFF_HEADER)
+    if value is not None:
+        try:
+            dial = parse_dial(value)
+        except ValueError as exc:
+            raise InvalidRequest(f"header {TRADEOFF_HEADER}: {exc}", param=TRADEOFF_HEADER,
+                                 code="invalid_value") from None
+    if private is not None:
+        if not isinstance(private, dict):
+            raise _bad(f"'{PRIVATE_FIELD}' must be an object such as {{\"tradeoff\": 0.5}}", PRIVATE_FIELD)
+        unknown = sorted(set(private) - set(PRIVATE_OPTIONS))
+        if unknown:
+            raise _bad(f"'{PRIVATE_FIELD}' has unknown option(s) {', '.join(unknown)}; known: "
+                       f"{', '.join(PRIVATE_OPTIONS)}", f"{PRIVATE_FIELD}.{unknown[0]}")
+        if "tradeoff" in private:
+            try:
+                dial = parse_dial(private["tradeoff"])
+            except ValueError as exc:
+                raise _bad(f"'{PRIVATE_FIELD}.tradeoff': {exc}", f"{PRIVATE_FIELD}.tradeoff") from None
+    return dial
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:

@@ -45,6 +45,7 @@ from typing import Any, Mapping
 import orjson
 
 from sigroute.bandits.store import MemoryPendingStore, MemoryStateStore
+from sigroute.bandits.tradeoff import TRADEOFF_HEADER
 from sigroute.cache.semantic import SemanticCache, SingleFlight
 from sigroute.cache.store import MemoryDocumentStore
 from sigroute.gateway import explain
@@ -58,6 +59,7 @@ from sigroute.gateway.judging import BackgroundFeedback
 from sigroute.gateway.journey import Journey
 from sigroute.gateway.learning import Learning
 from sigroute.gateway.metrics import Metrics
+from sigroute.gateway.openai_wire import take_tradeoff
 from sigroute.gateway.ratelimit import (RateLimiter, RateLimitStoreUnavailable, TokenEstimate, bucket_owner,
                                         ratelimit_headers, tokens_used)
 from sigroute.gateway.routing import Router, build_selectors
@@ -273,7 +275,10 @@ class Pipeline:
             raise APIError(f"request body of {len(raw)} bytes exceeds the limit of {self.max_request_bytes}",
                            status=413, type="invalid_request_error", code="request_too_large")
         body = await surface.request(raw, principal, self.policy.server)
-        return RequestContext.from_body(request_id, body, headers, principal, self.embedder)
+        dial = take_tradeoff(body, headers)   # the caller's cost/quality dial (bandits.tradeoff)
+        ctx = RequestContext.from_body(request_id, body, headers, principal, self.embedder)
+        ctx.tradeoff = dial
+        return ctx
 
     # the whole journey ---------------------------------------------------------------------------
     async def handle(self, raw: bytes, headers: Mapping[str, str], started: float,
@@ -347,6 +352,8 @@ class Pipeline:
     def _answered_by(journey: Journey) -> None:
         result = journey.result
         journey.response_headers["x-sigroute-model"] = result.model
+        if journey.route.choice.tradeoff is not None:   # what became of the caller's cost/quality dial
+            journey.response_headers[TRADEOFF_HEADER] = journey.route.choice.tradeoff
         fallbacks = sum(1 for a in result.attempts if a.error is not None or a.skipped)
         if fallbacks:
             journey.response_headers["x-sigroute-attempts"] = str(fallbacks + 1)

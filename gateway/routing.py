@@ -16,8 +16,10 @@ adopts what the previous policy's selector of the same decision learned (`Pipeli
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from sigroute.bandits import tradeoff
 from sigroute.bandits.base import Choice, Selector
 from sigroute.bandits.registry import build_selector
 from sigroute.gateway.errors import InvalidRequest, NotFound
@@ -94,14 +96,20 @@ class Router:
     async def select(self, route: Route, ctx: RequestContext) -> Choice:
         """The decision's algorithm ranks its healthy candidates that fit the prompt."""
         if route.decision is None:  # a direct model call: chosen by the caller
+            if ctx.tradeoff is not None:
+                route.choice = dataclasses.replace(route.choice, tradeoff=tradeoff.ignored("a model named directly"))
             return route.choice
         route.candidates = self.candidates(route.decision, ctx)
         selector = self.selectors[route.decision_name]
         texts = selector.embedding_texts(ctx)
         if texts:
             await ctx.ensure_embeddings(texts)
-        route.choice = selector.select(route.candidates, ctx)
-        return route.choice
+        choice = selector.select(route.candidates, ctx)
+        if ctx.tradeoff is not None and choice.tradeoff is None:   # a static algorithm: it weighs no cost per request
+            choice = dataclasses.replace(choice, tradeoff=tradeoff.ignored(
+                f"algorithm {selector.name} does not learn; only learn: quality decisions take the dial"))
+        route.choice = choice
+        return choice
 
     def candidates(self, decision: Decision, ctx: RequestContext) -> list[str]:
         """The decision's models that are healthy and whose context window fits the request."""

@@ -98,6 +98,8 @@ class RequestContext:
     embedder: Any = None
     _vectors: dict[str, Any] = field(default_factory=dict, repr=False)
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)  # per-request results signals share
+    # the caller's cost/quality dial in [0, 1] (bandits.tradeoff), None when the request set none
+    tradeoff: float | None = None
 
     @classmethod
     def from_body(cls, request_id: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None,
@@ -110,7 +112,7 @@ class RequestContext:
         embeddings computed so far are reused (they are keyed by text), per-request results are not."""
         return RequestContext(request_id=self.request_id, body=body, messages=normalize_messages(body.get("messages")),
                               headers=self.headers, principal=self.principal, embedder=self.embedder,
-                              _vectors=self._vectors)
+                              _vectors=self._vectors, tradeoff=self.tradeoff)
 
     # request parameters ---------------------------------------------------------------------
     @property

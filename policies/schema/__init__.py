@@ -52,7 +52,7 @@ from sigroute.policies.schema.base import (
 from sigroute.policies.schema.cache import CACHE_MODES, CacheSpec, CacheTuning, LoadAwareCache
 from sigroute.policies.schema.decisions import Decision
 from sigroute.policies.schema.feedback import Feedback, FeedbackWeightsSpec, ImplicitFeedback
-from sigroute.policies.schema.models import ModelSpec, Price
+from sigroute.policies.schema.models import Energy, ModelSpec, Price
 from sigroute.policies.schema.plugins import (
     PLUGIN_OPTIONS,
     PLUGIN_ORDER,
@@ -119,7 +119,7 @@ __all__ = [
     # base
     "ENV_NAME_PATTERN", "NAME_PATTERN", "Duration", "Name", "NamedOptions", "Strict", "parse_duration",
     # models
-    "ModelSpec", "Price",
+    "Energy", "ModelSpec", "Price",
     # signals
     "BUILTIN_DOMAINS", "BUILTIN_PII_TYPES", "AuthzSignal", "ComplexitySignal", "ContextLengthSignal",
     "ConversationSignal", "DomainSignal", "DomainSpec", "EmbeddingSignal", "EncoderSpec", "FactCheckSignal",

@@ -82,17 +82,20 @@ class FeatureGroup(Strict):
 
 
 class RewardSpec(Strict):
-    """How an outcome becomes a reward in [0, 1]: a weighted blend of quality, cost and latency.
+    """How an outcome becomes a reward in [0, 1]: a weighted blend of quality, cost, latency and energy.
 
     quality is the feedback score (thumbs up = 1, down = 0; 0 when the upstream failed); cost is
     the answer's price relative to the most expensive candidate answering the same tokens; latency
-    is the time to the whole answer relative to `latency_budget_ms`. Cost and latency count as
-    1 - normalized value, so cheaper and faster is better.
+    is the time to the whole answer relative to `latency_budget_ms`; energy is the answer's
+    declared energy (the model's `energy:`) relative to the most energy-hungry candidate for the
+    same tokens (a model without a declaration counts as the most hungry). Cost, latency and energy
+    count as 1 - normalized value, so cheaper, faster and more frugal is better.
     """
 
     quality: float = Field(1.0, ge=0, description="weight of answer quality (from feedback)")
     cost: float = Field(0.0, ge=0, description="weight of cheapness")
     latency: float = Field(0.0, ge=0, description="weight of speed")
+    energy: float = Field(0.0, ge=0, description="weight of frugality (declared energy per answer)")
     latency_budget_ms: PositiveFloat = Field(10_000.0, description="latency that counts as the worst")
     default_quality: float = Field(
         0.5, ge=0, le=1, description="quality assumed until feedback arrives (and if it never does)")
@@ -100,9 +103,14 @@ class RewardSpec(Strict):
 
     @model_validator(mode="after")
     def _some_weight(self) -> "RewardSpec":
-        if self.quality + self.cost + self.latency <= 0:
-            raise ValueError("at least one of quality, cost, latency must have a positive weight")
+        if self.quality + self.cost + self.latency + self.energy <= 0:
+            raise ValueError("at least one of quality, cost, latency, energy must have a positive weight")
         return self
+
+    @property
+    def total(self) -> float:
+        """The sum of the weights (a reward is their weighted mean)."""
+        return self.quality + self.cost + self.latency + self.energy
 
 
 def _default_features() -> tuple[FeatureGroup, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from sigroute.policies.schema.base import ENV_NAME_PATTERN, Strict
 
@@ -14,6 +14,27 @@ class Price(Strict):
 
     input: float = Field(0.0, ge=0, description="USD per 1M prompt tokens")
     output: float = Field(0.0, ge=0, description="USD per 1M completion tokens")
+
+
+class Energy(Strict):
+    """Declared energy an answer costs, in joules: per prompt token, per completion token and per
+    request (any combination). Declared by the operator, not measured by sigroute."""
+
+    prompt_j_per_token: float = Field(0.0, ge=0, description="joules per prompt token")
+    completion_j_per_token: float = Field(0.0, ge=0, description="joules per completion token")
+    per_request_j: float = Field(0.0, ge=0, description="joules per request, whatever its length")
+
+    @model_validator(mode="after")
+    def _declares_something(self) -> "Energy":
+        if self.prompt_j_per_token + self.completion_j_per_token + self.per_request_j <= 0:
+            raise ValueError("declare at least one of prompt_j_per_token, completion_j_per_token, per_request_j "
+                             "above 0 (or leave energy out)")
+        return self
+
+    def joules(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """The declared energy of one answer of these lengths."""
+        return (self.per_request_j + prompt_tokens * self.prompt_j_per_token
+                + completion_tokens * self.completion_j_per_token)
 
 
 class ModelSpec(Strict):
@@ -32,6 +53,10 @@ class ModelSpec(Strict):
         description="name of the environment variable that holds the API key (never the key itself)",
     )
     price: Price = Price()
+    energy: Energy | None = Field(
+        None, description="declared energy per token or per request (for `reward: {energy: w}` and the "
+                          "sigroute_energy_joules_total metric); a model without it counts as the most "
+                          "energy-hungry in rewards")
     context_window: PositiveInt | None = Field(None, description="maximum prompt + completion tokens")
     tags: tuple[str, ...] = ()
     timeout_s: PositiveFloat = Field(60.0, description="limit for a whole non-streamed call")

@@ -1,0 +1,295 @@
+"""The trade-off dial's frontier and the accuracy–energy frontier, on the real recorded outcomes.
+
+    python -m benchmarks.frontiers --json results/frontiers.json
+
+Both use the routing benchmark's data, split, features, warm start and stream (`benchmarks.routing`:
+the held-out TEST part of MMLU-Pro streamed in one random order per seed, bandit feedback from the
+recorded correctness) with the gateway's `learn: quality` LinUCB (`bandits.contextual.known_terms`
+scores the known terms at selection). Hyper-parameters are fixed (``--alpha 0.1 --ridge 1.0``, the
+values README's `learn: quality` runs use), not tuned here.
+
+**Dial frontier (one learner).** Every stream question carries a cost/quality dial d from
+`DIAL_GRID` (question t of the stream gets ``DIAL_GRID[t % len]``), mapped to the cost weight as the
+gateway does (`bandits.tradeoff.cost_weight`, quality weight 1). ONE learner per seed serves all
+of them: it learns correctness only, whatever the dial, and the dial changes only the cost weight
+of that question's known cost term. Reported per dial: accuracy and mean cost per question of the
+questions that carried it (and, as a check, the same for a dedicated learner per dial that sees
+every question at that dial).
+
+**Energy frontier.** The models' energy is ASSUMED, not measured: ``models.csv`` has no energy
+column, so it is derived from each model's active parameters N (``active_params_b``) by the
+rule of thumb that a transformer's forward pass costs ≈ 2·N FLOPs per token (Kaplan et al. 2020,
+"Scaling Laws for Neural Language Models", §2.1), at an ASSUMED effective 4·10¹¹ FLOP per joule
+for prompt tokens (≈ 30 % of an H100 SXM's 989 dense BF16 TFLOPS at its 700 W board power, NVIDIA's
+datasheet) and 5× more joules per completion token (ASSUMED: decoding is memory-bound). So
+``prompt_j_per_token = 2·N·10⁹ / 4·10¹¹ = 0.005·N_b`` and ``completion_j_per_token = 0.025·N_b``
+(N_b in billions). Only the ratios between models move the router (shares are relative to the
+hungriest model); the constants scale the joules reported. Models without a parameter count
+(the hosted gemini models) cannot be given a figure and are left out of the energy pool. The reward
+is ``{quality: 1, energy: w}`` for w in `ENERGY_W_GRID`; reported per w: accuracy and joules, with
+every single model's point and the accuracy reached at 10/30/50 % of the most accurate single
+model's energy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from benchmarks import routing
+from benchmarks.report import emit
+
+DIAL_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+ENERGY_W_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+FLOP_PER_J_PROMPT = 4e11        # ASSUMED (see the module docstring)
+COMPLETION_ENERGY_FACTOR = 5.0  # ASSUMED: a completion token costs this many prompt tokens' joules
+ENERGY_BUDGETS = (0.10, 0.30, 0.50)
+
+
+# ------------------------------------------------------------------------------------------------
+# energy figures
+
+
+def assumed_energy(models_table: Sequence[dict], pool: Sequence[str]) -> dict[str, dict | None]:
+    """Each pool model's ASSUMED `energy:` declaration from its active parameters (None: unknown)."""
+    rows = {r["model"]: r for r in models_table}
+    out: dict[str, dict | None] = {}
+    for m in pool:
+        n_b = (rows.get(m) or {}).get("active_params_b") or ""
+        if not str(n_b).strip():
+            out[m] = None
+            continue
+        prompt = 2.0 * float(n_b) * 1e9 / FLOP_PER_J_PROMPT
+        out[m] = {"prompt_j_per_token": prompt, "completion_j_per_token": prompt * COMPLETION_ENERGY_FACTOR}
+    return out
+
+
+def energy_matrix(table: routing.Table, energy: dict[str, dict]) -> np.ndarray:
+    """(n, m) joules per question and model."""
+    pin = np.array([energy[m]["prompt_j_per_token"] for m in table.models])
+    pout = np.array([energy[m]["completion_j_per_token"] for m in table.models])
+    return table.prompt_tokens[:, None] * pin[None, :] + table.completion_tokens * pout[None, :]
+
+
+# ------------------------------------------------------------------------------------------------
+# learners
+
+
+class WeightedQualityLearner(routing.Learner):
+    """`routing.Learner` with ``learn: quality`` whose known terms use a reward spec chosen per
+    question (the dial's cost weight) and the models' energy declarations."""
+
+    def __init__(self, *args, energies: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        from sigroute.policies.schema import Energy
+
+        self.energies = {m: (Energy(**e) if e else None) for m, e in (energies or {}).items()}
+        self.spec_now = self.reward.spec
+
+    def known(self, prompt_tokens: float | None):
+        from sigroute.bandits.contextual import known_terms
+
+        profiles = {m: self.estimator.profile(m)[1:] for m in self.models}
+        return known_terms(self.spec_now, self.models, self.prices, prompt_tokens, profiles, self.energies)
+
+
+def stream_with_specs(learner: WeightedQualityLearner, X: np.ndarray, order: np.ndarray, step,
+                      prompt_tokens: np.ndarray, specs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stream `order` through `learner`, question t scored under `specs[t]`; it learns correctness.
+    Returns (chosen model index, correct, cost) per step."""
+    col = {m: j for j, m in enumerate(learner.models)}
+    chosen, correct, cost = (np.empty(len(order), dtype=np.int64), np.empty(len(order)), np.empty(len(order)))
+    for t, i in enumerate(order):
+        learner.spec_now = specs[t]
+        model = learner.choose(X[i], float(prompt_tokens[i]))
+        outcome = step(int(i), model)
+        learner.learn(model, X[i], outcome.correct, outcome)
+        chosen[t], correct[t], cost[t] = col[model], outcome.correct, outcome.cost
+    return chosen, correct, cost
+
+
+def warm_learner(split: routing.Split, X_train, dim: int, spec, seed: int, alpha: float, ridge: float,
+                 energies: dict | None = None) -> WeightedQualityLearner:
+    """A `learn: quality` LinUCB learner scored under `spec`, warm-started on the training split."""
+    table = split.stream
+    rm = routing.RewardModel(table.models, table.prices, 0.0)
+    rm.spec = spec
+    policy = routing.PolicySpec("linucb", "linucb", {"alpha": alpha, "learn": "quality"})
+    learner = WeightedQualityLearner(policy, dim, table.models, table.prices, seed=seed,
+                                     ridge=ridge, reward=rm, energies=energies)
+    learner.warm_start(X_train, None, split.train)
+    return learner
+
+
+def dial_frontier(split: routing.Split, X_train, X_stream, seeds: int, alpha: float, ridge: float,
+                  log) -> dict:
+    """Accuracy and cost per dial value: one learner for every dial, and a dedicated one per dial."""
+    from sigroute.bandits.tradeoff import cost_weight
+    from sigroute.policies.schema import RewardSpec
+
+    stream = split.stream
+    step = routing.TableStep(stream)
+    specs = {d: RewardSpec(quality=1.0, cost=cost_weight(1.0, d)) for d in DIAL_GRID}
+    shared: dict[float, dict[str, list]] = {d: {"acc": [], "cost": []} for d in DIAL_GRID}
+    dedicated: dict[float, dict[str, list]] = {d: {"acc": [], "cost": []} for d in DIAL_GRID}
+    for s in range(seeds):
+        order = np.random.default_rng(s).permutation(stream.n)
+        dials = [DIAL_GRID[t % len(DIAL_GRID)] for t in range(len(order))]
+        learner = warm_learner(split, X_train, X_stream.shape[1], specs[0.0], s, alpha, ridge)
+        chosen, correct, cost = stream_with_specs(learner, X_stream, order, step, stream.prompt_tokens,
+                                                  [specs[d] for d in dials])
+        dial_of = np.array(dials)
+        for d in DIAL_GRID:
+            rows = dial_of == d
+            shared[d]["acc"].append(float(correct[rows].mean()))
+            shared[d]["cost"].append(float(cost[rows].mean()))
+        for d in DIAL_GRID:
+            own = warm_learner(split, X_train, X_stream.shape[1], specs[d], s, alpha, ridge)
+            _, c_correct, c_cost = stream_with_specs(own, X_stream, order, step, stream.prompt_tokens,
+                                                     [specs[d]] * len(order))
+            dedicated[d]["acc"].append(float(c_correct.mean()))
+            dedicated[d]["cost"].append(float(c_cost.mean()))
+        log(f"  dial frontier seed {s} done")
+    points = []
+    for d in DIAL_GRID:
+        points.append({"dial": d, "cost_weight": round(specs[d].cost, 6),
+                       "one_learner": {"accuracy": routing._stats(shared[d]["acc"]),
+                                       "cost_per_question_usd": routing._stats(shared[d]["cost"])},
+                       "dedicated_learner": {"accuracy": routing._stats(dedicated[d]["acc"]),
+                                             "cost_per_question_usd": routing._stats(dedicated[d]["cost"])}})
+    best = int(np.argmax(stream.correct.mean(axis=0)))
+    return {"points": points,
+            "best_single": {"model": stream.models[best], "accuracy": round(float(stream.correct[:, best].mean()), 6),
+                            "cost_per_question_usd": round(float(stream.cost[:, best].mean()), 8)}}
+
+
+def energy_frontier(split: routing.Split, X_train, X_stream, seeds: int, alpha: float, ridge: float,
+                    energy: dict[str, dict], log) -> dict:
+    """Accuracy and joules per energy weight w of reward {quality: 1, energy: w}."""
+    from sigroute.policies.schema import RewardSpec
+
+    stream = split.stream
+    step = routing.TableStep(stream)
+    E = energy_matrix(stream, energy)
+    singles = [{"model": m, "accuracy": round(float(stream.correct[:, j].mean()), 6),
+                "joules": round(float(E[:, j].sum()), 1), "cost_usd": round(float(stream.cost[:, j].sum()), 6)}
+               for j, m in enumerate(stream.models)]
+    points = []
+    for w in ENERGY_W_GRID:
+        spec = RewardSpec(quality=1.0, energy=w)
+        accs, joules, costs = [], [], []
+        for s in range(seeds):
+            order = np.random.default_rng(s).permutation(stream.n)
+            learner = warm_learner(split, X_train, X_stream.shape[1], spec, s, alpha, ridge, energy)
+            chosen, correct, cost = stream_with_specs(learner, X_stream, order, step, stream.prompt_tokens,
+                                                      [spec] * len(order))
+            accs.append(float(correct.mean()))
+            joules.append(float(E[order, chosen].sum()))
+            costs.append(float(cost.sum()))
+        points.append({"w": w, "accuracy": routing._stats(accs), "joules": routing._stats(joules),
+                       "cost_usd": routing._stats(costs)})
+        log(f"  energy w={w}: accuracy {points[-1]['accuracy']['mean']:.4f}, "
+            f"{points[-1]['joules']['mean'] / 1000:.1f} kJ")
+    best = max(singles, key=lambda r: r["accuracy"])
+    operating = {}
+    for b in ENERGY_BUDGETS:
+        ok = [p for p in points if p["joules"]["mean"] <= b * best["joules"] + 1e-9]
+        operating[f"{int(round(b * 100))}pct"] = (round(max(p["accuracy"]["mean"] for p in ok) / best["accuracy"], 4)
+                                                  if ok else None)
+    return {"points": points, "single_models": singles, "best_single": best,
+            "accuracy_vs_best_at_energy_budget": operating}
+
+
+# ------------------------------------------------------------------------------------------------
+# the command
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.frontiers", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=routing.DEFAULT_DATA)
+    p.add_argument("--pool", default=",".join(routing.DEFAULT_POOL), help="the dial frontier's pool")
+    p.add_argument("--energy-pool", default=None,
+                   help="the energy frontier's pool (default: the pool's models with a parameter count in models.csv)")
+    p.add_argument("--features", default=routing.DEFAULT_FEATURES)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--ridge", type=float, default=1.0)
+    p.add_argument("--only", choices=("dial", "energy"), default=None)
+    p.add_argument("--cache", default=routing.DEFAULT_CACHE)
+    p.add_argument("--json", default=None)
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def prepare(data_dir: str, pool: Sequence[str], features: str, cache: str | None, log):
+    """The routing benchmark's split and context matrices (training part cross-fitted as there)."""
+    from sigroute.signals.encoder import shared_encoder
+    from sigroute.signals.learned import SignalResources
+    from sigroute.signals.training import embed
+
+    counter, tokenizer = routing.prompt_token_counter()
+    data = routing.load_table(data_dir, pool, count_tokens=counter, tokenizer_name=tokenizer)
+    split = routing.make_split(data, None)
+    encoder = shared_encoder()
+    cache = str(Path(cache).expanduser()) if cache else None
+    E_train, E_stream = embed(encoder, split.train.texts, cache), embed(encoder, split.stream.texts, cache)
+    bank = routing.FeatureBank(SignalResources(encoder=encoder))
+    groups = routing.parse_features(features)
+    if split.train.files.get("mmlu_pro/questions.jsonl.gz") in routing.head_training_sha256s():
+        _, mmlu = routing._resolve_dir(data_dir)
+        shipped = {name: bank.block(name, split.train.texts, E_train, split.train.prompt_tokens, "train")
+                   for name in ("domain", "difficulty")}
+        for name, block in routing.cross_fitted_head_blocks(split.train, mmlu / "questions.jsonl.gz",
+                                                            mmlu / "correctness.csv.gz", encoder, cache,
+                                                            shipped, log).items():
+            bank.override("train", name, block)
+    X_train = bank.matrix(groups, split.train.texts, E_train, split.train.prompt_tokens, "train")
+    X_stream = bank.matrix(groups, split.stream.texts, E_stream, split.stream.prompt_tokens, "stream")
+    return data, split, X_train, X_stream
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.perf_counter()
+    pool = [m.strip() for m in args.pool.split(",") if m.strip()]
+    out: dict[str, Any] = {"config": {"features": args.features, "alpha": args.alpha, "ridge": args.ridge,
+                                      "seeds": args.seeds, "dial_grid": DIAL_GRID, "energy_w_grid": ENERGY_W_GRID},
+                           "summary": {}}
+    if args.only in (None, "dial"):
+        data, split, X_train, X_stream = prepare(args.data, pool, args.features, args.cache, log)
+        log(f"dial frontier: stream {split.stream.n}, pool {pool}")
+        out["dial_frontier"] = dial_frontier(split, X_train, X_stream, args.seeds, args.alpha, args.ridge, log)
+        out["summary"]["dial"] = {
+            str(p["dial"]): [p["one_learner"]["accuracy"]["mean"], p["one_learner"]["cost_per_question_usd"]["mean"]]
+            for p in out["dial_frontier"]["points"]}
+    if args.only in (None, "energy"):
+        models_table = routing.read_models(routing._resolve_dir(args.data)[0] / "models.csv")
+        declared = assumed_energy(models_table, pool)
+        energy_pool = ([m.strip() for m in args.energy_pool.split(",") if m.strip()] if args.energy_pool
+                       else [m for m in pool if declared.get(m)])
+        energy = assumed_energy(models_table, energy_pool)
+        missing = [m for m, e in energy.items() if e is None]
+        if missing:
+            print(f"error: no parameter count in models.csv for {', '.join(missing)}", file=sys.stderr)
+            return 2
+        data, split, X_train, X_stream = prepare(args.data, energy_pool, args.features, args.cache, log)
+        log(f"energy frontier: stream {split.stream.n}, pool {energy_pool}")
+        result = energy_frontier(split, X_train, X_stream, args.seeds, args.alpha, args.ridge, energy, log)
+        out["energy_frontier"] = {"assumed_energy_j_per_token": energy, "pool": energy_pool,
+                                  "note": "ASSUMED figures from active parameters (module docstring), not measured",
+                                  **result}
+        out["summary"]["energy"] = {"accuracy_vs_best_at_energy_budget": result["accuracy_vs_best_at_energy_budget"],
+                                    "best_single": result["best_single"]["model"]}
+    out["elapsed_s"] = round(time.perf_counter() - started, 1)
+    emit(routing._jsonable(out), args.json, log)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
