@@ -170,7 +170,7 @@ def test_an_unparsable_verdict_is_counted_not_credited(sim, gateway_factory, tmp
 
 def test_explicit_feedback_wins_over_the_judge(sim, gateway_factory, tmp_path):
     judge_says(sim, "SCORE: 0")
-    gw = make_gateway(gateway_factory, judged_policy(sim), tmp_path)
+    gw = make_gateway(gateway_factory, judged_policy(sim, judge={"timeout": "60s"}), tmp_path)
     # the judge first: explicit feedback later replaces its credit (credits add up to explicit alone)
     _, headers = ask(gw, "Spell 'necessary'.")
     rid = headers["x-sigroute-request-id"]
@@ -180,8 +180,9 @@ def test_explicit_feedback_wins_over_the_judge(sim, gateway_factory, tmp_path):
     credits = [e for e in events(gw, "feedback") if e["request_id"] == rid]
     assert [e["source"] for e in credits] == ["judge", "explicit"]
     assert sum(e["credit"] for e in credits) == pytest.approx(1.0 - DEFAULT_QUALITY)
-    # explicit first (the judge answers slowly): the judge's verdict changes nothing
-    sim.http.put(f"/sim/models/{JUDGE}", json={"ttft_ms": 3000}).raise_for_status()
+    # explicit first (the judge answers slowly; the margin is wide so a busy machine keeps the order):
+    # the judge's verdict changes nothing
+    sim.http.put(f"/sim/models/{JUDGE}", json={"ttft_ms": 15000}).raise_for_status()
     _, headers = ask(gw, "Spell 'rhythm'.")
     rid2 = headers["x-sigroute-request-id"]
     assert gw.http.post("/v1/feedback", json={"request_id": rid2, "thumbs": "up"}).status_code == 200
@@ -324,7 +325,7 @@ def test_a_judge_verdict_replaces_an_earlier_implicit_credit(sim, gateway_factor
     """explicit > judge > implicit: the user says "that's wrong" before the (slow) judge answers; the
     judge's verdict then replaces the implicit credit, so the learner ends where the verdict alone puts it."""
     judge_says(sim, "SCORE: 1")
-    sim.http.put(f"/sim/models/{JUDGE}", json={"ttft_ms": 8000}).raise_for_status()
+    sim.http.put(f"/sim/models/{JUDGE}", json={"ttft_ms": 15000}).raise_for_status()
     policy = judged_policy(sim, judge={"timeout": "60s"})
     policy["feedback"]["implicit"] = {"enabled": True, "window": "10m"}
     gw = make_gateway(gateway_factory, policy, tmp_path)
