@@ -276,3 +276,59 @@ def test_a_valid_guard_policy_loads():
     policy = load_policy_text(POLICY.replace("GUARD", "chat").replace("FORMAT", "prompt_guard"), "policy.yaml")
     assert policy.signals.guard["lg"].format == "prompt_guard"
     assert copy.deepcopy(policy.signals.guard["lg"].timeout) == 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# the engine runs the guard call concurrently with the embedding
+
+
+def test_the_guard_call_overlaps_the_embedding():
+    """The embedding step here can finish only once the guard call has begun: an engine that
+    calls the guard after the embedding (serially) fails the embedding and this test."""
+    import asyncio
+
+    import numpy as np
+
+    from sigroute.policies.schema import Policy
+    from sigroute.signals.base import Signal, SignalResult
+    from sigroute.signals.context import RequestContext
+    from sigroute.signals.engine import SignalEngine
+    from sigroute.signals.guard import Guard
+
+    class NeedsEmbedding(Signal):
+        type = "embedding"
+        needs_embedding = True
+
+        def evaluate(self, ctx):
+            return SignalResult(True, 1.0, {"dims": int(ctx.embedding_vector.shape[0])})
+
+    async def scenario():
+        guard_began = asyncio.Event()
+
+        class Backend:
+            async def complete(self, model, messages, max_tokens, request_id):
+                guard_began.set()
+                return "unsafe\nS2"
+
+            def observe(self, signal, outcome, seconds):
+                pass
+
+        class Embedder:
+            input = "last_user"
+
+            async def embed(self, texts):
+                await asyncio.wait_for(guard_began.wait(), 5.0)
+                return [np.ones(4)] * len(texts)
+
+        policy = Policy.model_validate({
+            "models": {"chat": {"provider": "openai/chat", "api_base": "http://127.0.0.1:9/v1"}},
+            "signals": {"guard": {"g": {"model": "chat"}}, "embedding": {"e": {"references": ["x"]}}},
+            "decisions": [{"name": "both", "rules": {"all": ["guard:g", "embedding:e"]}, "models": ["chat"]},
+                          {"name": "default", "models": ["chat"]}]})
+        engine = SignalEngine(policy, types={"guard": Guard, "embedding": NeedsEmbedding}, guard_backend=Backend())
+        ctx = RequestContext.from_body("r1", {"messages": [{"role": "user", "content": "hi"}]}, embedder=Embedder())
+        return await engine.evaluate(ctx)
+
+    results = asyncio.run(scenario())
+    assert results["embedding:e"].value == {"dims": 4}
+    assert results["guard:g"].matched and results["guard:g"].value["categories"] == ["S2"]
