@@ -40,7 +40,7 @@ Endpoints:
     Content: a demo-bank question found in the last user message (see `format_question`) is
     answered ``The answer is (X).``, correct with probability accuracy[category]; a last user
     message containing ``[[sim:echo]]`` is echoed back verbatim; one containing
-    ``[[sim:reply:TEXT]]`` is answered TEXT (``\\n`` in it a line break: ``[[sim:reply:unsafe\\nS1]]``
+    ``[[sim:reply:TEXT]]`` is answered TEXT (the two characters ``\\n`` in it stand for a line break: ``[[sim:reply:unsafe\\nS1]]``
     plays Llama Guard); a model with ``reply: TEXT`` in its config answers TEXT to everything
     else; anything else gets
     `completion_tokens` words of deterministic filler (the same prompt gives the same text).
