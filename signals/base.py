@@ -53,8 +53,9 @@ class Signal(ABC):
     def evaluate(self, ctx: RequestContext) -> SignalResult:
         """Test the request. Never mutates `ctx`."""
 
-    async def evaluate_async(self, ctx: RequestContext) -> SignalResult:
-        """An `is_async` signal's test (the engine runs it concurrently with the others)."""
+    async def evaluate_async(self, ctx: RequestContext, trace: Any = None) -> SignalResult:
+        """An `is_async` signal's test (the engine runs it concurrently with the others); `trace`:
+        the request's trace (opaque here), for the model calls it makes."""
         return self.evaluate(ctx)
 
     def __repr__(self) -> str:

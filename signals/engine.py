@@ -67,14 +67,16 @@ class SignalEngine:
             plan.append((key, signal))
         return tuple(plan)
 
-    async def evaluate(self, ctx: RequestContext, keys: Iterable[str] | None = None) -> dict[str, SignalResult]:
-        """Results of the given signals (default: those the decisions read), keyed 'type:name'."""
+    async def evaluate(self, ctx: RequestContext, keys: Iterable[str] | None = None,
+                       trace=None) -> dict[str, SignalResult]:
+        """Results of the given signals (default: those the decisions read), keyed 'type:name'.
+        `trace` (the request's, opaque here) goes to the model calls of asynchronous signals."""
         if keys is None:
             plan, needs_embedding = self._used_plan, self._used_needs_embedding
         else:
             plan = self._plan(keys)
             needs_embedding = any(s.needs_embedding for _, s in plan)
-        started = _start_async(ctx, plan)
+        started = _start_async(ctx, plan, trace)
         try:
             embedding_error = await _ensure_embeddings(ctx, plan) if needs_embedding else None
             results: dict[str, SignalResult] = {}
@@ -95,7 +97,7 @@ class SignalEngine:
                 task.cancel()
         return {key: results[key] for key, _ in plan}
 
-    async def evaluate_all(self, ctx: RequestContext) -> tuple[dict[str, SignalResult], dict[str, float]]:
+    async def evaluate_all(self, ctx: RequestContext, trace=None) -> tuple[dict[str, SignalResult], dict[str, float]]:
         """Every declared signal, used or not, with the time each took in milliseconds (for explain).
 
         When some signal needs the embedding, its computation is timed under the key "embedding".
@@ -103,7 +105,7 @@ class SignalEngine:
         timings: dict[str, float] = {}
         embedding_error = None
         began = time.perf_counter()
-        started = _start_async(ctx, self._all_plan)
+        started = _start_async(ctx, self._all_plan, trace)
         try:
             if any(s.needs_embedding for _, s in self._all_plan):
                 start = time.perf_counter()
@@ -134,9 +136,9 @@ class SignalEngine:
         return f"<SignalEngine {len(self.signals)} declared, {len(self.used)} used>"
 
 
-def _start_async(ctx: RequestContext, plan: Plan) -> dict[str, asyncio.Task]:
+def _start_async(ctx: RequestContext, plan: Plan, trace) -> dict[str, asyncio.Task]:
     """Start the plan's asynchronous signals (model calls) now, to run while the rest is computed."""
-    return {key: asyncio.ensure_future(signal.evaluate_async(ctx)) for key, signal in plan if signal.is_async}
+    return {key: asyncio.ensure_future(signal.evaluate_async(ctx, trace)) for key, signal in plan if signal.is_async}
 
 
 async def _finished(key: str, ctx: RequestContext, task: asyncio.Task) -> SignalResult:

@@ -48,8 +48,9 @@ logger = logging.getLogger(__name__)
 class GuardBackend(Protocol):
     """What a guard signal needs from the gateway: a model call and a place to report outcomes."""
 
-    async def complete(self, model: str, messages: list[dict[str, str]], max_tokens: int, request_id: str) -> str:
-        """The text of `model`'s answer to `messages` (raises on any failure)."""
+    async def complete(self, model: str, messages: list[dict[str, str]], max_tokens: int, request_id: str,
+                       trace: Any = None) -> str:
+        """The text of `model`'s answer to `messages` (raises on any failure); `trace`: the request's."""
 
     def observe(self, signal: str, outcome: str, seconds: float | None) -> None:
         """One evaluation's outcome; `seconds` is the guard call's duration (None when none was made)."""
@@ -230,7 +231,7 @@ class Guard(Signal):
     def evaluate(self, ctx: RequestContext) -> SignalResult:
         raise TypeError("the guard signal is asynchronous: the engine awaits evaluate_async")
 
-    async def evaluate_async(self, ctx: RequestContext) -> SignalResult:
+    async def evaluate_async(self, ctx: RequestContext, trace: Any = None) -> SignalResult:
         messages = self.guard_messages(ctx)
         if not messages:
             return SignalResult(False, 0.0, {"reason": "no text to guard"})
@@ -245,7 +246,7 @@ class Guard(Signal):
         started = time.perf_counter()
         try:
             answer = await asyncio.wait_for(
-                self.backend.complete(self.config.model, messages, self.config.max_tokens, ctx.request_id),
+                self.backend.complete(self.config.model, messages, self.config.max_tokens, ctx.request_id, trace),
                 self.config.timeout)
         except asyncio.TimeoutError:
             return self._failed("timeout", time.perf_counter() - started, ctx)

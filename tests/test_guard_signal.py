@@ -306,7 +306,7 @@ def test_the_guard_call_overlaps_the_embedding():
         guard_began = asyncio.Event()
 
         class Backend:
-            async def complete(self, model, messages, max_tokens, request_id):
+            async def complete(self, model, messages, max_tokens, request_id, trace=None):
                 guard_began.set()
                 return "unsafe\nS2"
 
@@ -332,3 +332,30 @@ def test_the_guard_call_overlaps_the_embedding():
     results = asyncio.run(scenario())
     assert results["embedding:e"].value == {"dims": 4}
     assert results["guard:g"].matched and results["guard:g"].value["categories"] == ["S2"]
+
+
+def test_with_tracing_the_guard_call_is_a_client_span_of_the_request(guard_sim, gateway_factory):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        policy = guard_policy(guard_sim)
+        policy["server"]["tracing"] = {"enabled": True}
+        gateway = gateway_factory(policy, tracer_provider=provider)
+        headers, _ = ask(gateway, "a traced question")
+        request_id = headers["x-sigroute-request-id"]
+        root = next(s for s in exporter.get_finished_spans()
+                    if s.kind == SpanKind.SERVER and s.attributes.get("sigroute.request_id") == request_id)
+        clients = [s for s in exporter.get_finished_spans()
+                   if s.context.trace_id == root.context.trace_id and s.kind == SpanKind.CLIENT]
+        assert sorted(s.name for s in clients) == ["chat chat", "chat llama-guard"]
+        # the guard model received the request's trace context
+        sent = guard_sim.http.get("/sim/last_headers/llama-guard").json()
+        assert format(root.context.trace_id, "032x") in sent["traceparent"]
+    finally:
+        provider.shutdown()
