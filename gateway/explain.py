@@ -3,7 +3,8 @@
 It runs the serving path's own functions — `Router.decide` (with every declared signal evaluated
 and timed, not only those the rules read), `Router.candidates` and `Router.select`, the
 selector's `explain`, `Caching.plan` — so what it reports is what serving would do. Nothing is
-looked up in the cache, nothing is counted, no model is called, no implicit feedback is credited
+looked up in the cache, nothing is counted, no model is called (except the policy's guard models:
+a `guard` signal's verdict is a signal like any other), no implicit feedback is credited
 (`implicit_feedback` says what the request would credit: the earlier answer it follows and the verdict). (Selection itself is real: a
 round-robin selector advances, a sampling one draws.)
 """

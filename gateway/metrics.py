@@ -74,6 +74,12 @@ class Metrics:
                                      registry=r)
         self.signal_errors = Counter("sigroute_signal_errors_total", "Signals that failed and counted as unmatched",
                                      ["signal"], registry=r)
+        self.guard_requests = Counter("sigroute_guard_requests_total",
+                                      "Guard signal evaluations by outcome: safe, unsafe, cached, timeout, error, "
+                                      "malformed (the last three follow the signal's on_error)",
+                                      ["signal", "outcome"], registry=r)
+        self.guard_seconds = Histogram("sigroute_guard_seconds", "Duration of guard model calls (cache hits excluded)",
+                                       ["signal"], buckets=LATENCY_BUCKETS, registry=r)
         self.feedback = Counter("sigroute_feedback_total", "Quality feedback received, by outcome",
                                 ["status"], registry=r)
         self.feedback_credits = Counter(

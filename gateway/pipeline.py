@@ -54,6 +54,7 @@ from sigroute.gateway.answering import Answer, Answering
 from sigroute.gateway.auth import Authenticator
 from sigroute.gateway.caching import Caching
 from sigroute.gateway.errors import APIError, RateLimited, Unavailable
+from sigroute.gateway.guarding import GuardCalls
 from sigroute.gateway.implicit import ImplicitFeedback, MemoryServedAnswers
 from sigroute.gateway.judging import BackgroundFeedback
 from sigroute.gateway.journey import Journey
@@ -126,8 +127,9 @@ class Pipeline:
                                      backend=spec.backend, max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms)
             self.embedder = RequestEmbedder(encoder, spec.input, spec.long_input)
             self.resources = SignalResources(encoder, policy.domains)
-        self.signals = SignalEngine(policy, resources=self.resources)
         self.upstreams = Upstreams(policy, observer=metrics, environ=env, transports=transports)
+        self.signals = SignalEngine(policy, resources=self.resources,
+                                    guard_backend=GuardCalls(self.upstreams, metrics))   # guard signals' calls
         self.selectors = build_selectors(policy, self.resources)
         self.router = Router(policy, self.signals, self.selectors, self.upstreams, metrics)
         self.plugins = PolicyPlugins(policy, self.resources)

@@ -74,11 +74,11 @@ class Router:
                            param="model", code="model_not_found")
         with trace.step("signals"):
             if every_signal:
-                results, took = await self.signals.evaluate_all(ctx)
+                results, took = await self.signals.evaluate_all(ctx, trace)
                 if timings is not None:
                     timings.update(took)
             else:
-                results = await self.signals.evaluate(ctx)
+                results = await self.signals.evaluate(ctx, trace=trace)
                 for key, result in results.items():
                     if result.value.__class__ is dict and "error" in result.value:  # failed: counted as unmatched
                         self.metrics.signal_errors.labels(key).inc()

@@ -29,6 +29,7 @@ class Signal(ABC):
 
     type: ClassVar[str]
     needs_embedding: ClassVar[bool] = False
+    is_async: ClassVar[bool] = False  # evaluated by awaiting `evaluate_async` (it calls a model)
 
     def __init__(self, name: str, config: Any):
         self.name = name
@@ -51,6 +52,11 @@ class Signal(ABC):
     @abstractmethod
     def evaluate(self, ctx: RequestContext) -> SignalResult:
         """Test the request. Never mutates `ctx`."""
+
+    async def evaluate_async(self, ctx: RequestContext, trace: Any = None) -> SignalResult:
+        """An `is_async` signal's test (the engine runs it concurrently with the others); `trace`:
+        the request's trace (opaque here), for the model calls it makes."""
+        return self.evaluate(ctx)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key}>"

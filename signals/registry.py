@@ -19,6 +19,7 @@ from sigroute.signals.heuristics import (
 )
 
 from sigroute.signals.followup import Dissatisfied, Reask
+from sigroute.signals.guard import Guard
 from sigroute.signals.learned import Complexity, Domain, Embedding, FactCheck, Jailbreak
 from sigroute.signals.pii import Pii
 
@@ -39,4 +40,5 @@ SIGNAL_TYPES: dict[str, type[Signal]] = {
     "pii": Pii,
     "reask": Reask,
     "dissatisfied": Dissatisfied,
+    "guard": Guard,
 }

@@ -57,8 +57,8 @@ def test_registry_covers_every_schema_type():
     for type_name, cls in SIGNAL_TYPES.items():
         assert cls.type == type_name
         assert issubclass(cls, Signal)
-        # heuristics never pay for the encoder
-        assert cls.needs_embedding is (type_name not in HEURISTIC and type_name != "pii")
+        # heuristics (and pii, and the guard, which asks a model) never pay for the encoder
+        assert cls.needs_embedding is (type_name not in HEURISTIC and type_name not in ("pii", "guard"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,7 +40,10 @@ Endpoints:
     then names that string in `stop_reason` (as vLLM does).
     Content: a demo-bank question found in the last user message (see `format_question`) is
     answered ``The answer is (X).``, correct with probability accuracy[category]; a last user
-    message containing ``[[sim:echo]]`` is echoed back verbatim; anything else gets
+    message containing ``[[sim:echo]]`` is echoed back verbatim; one containing
+    ``[[sim:reply:TEXT]]`` is answered TEXT (the two characters ``\\n`` in it stand for a line break: ``[[sim:reply:unsafe\\nS1]]``
+    plays Llama Guard); a model with ``reply: TEXT`` in its config answers TEXT to everything
+    else; anything else gets
     `completion_tokens` words of deterministic filler (the same prompt gives the same text).
     Tools: when the request has `tools` and its last message is a user message containing
     ``[[sim:tool]]``, the answer calls the first tool (finish_reason "tool_calls") with the
@@ -189,6 +192,7 @@ CATEGORIES: tuple[str, ...] = (
 LETTERS = "ABCDEFGHIJ"
 ECHO_MARKER = "[[sim:echo]]"
 TOOL_MARKER = "[[sim:tool]]"
+REPLY_DIRECTIVE = re.compile(r"\[\[sim:reply:(.*?)\]\]", re.DOTALL)  # [[sim:reply:unsafe\nS1]]
 DEFAULT_ACCURACY = 0.5
 HANG_S = 3600.0  # how long a "timeout" fault hangs when the client never gives up
 CHUNK_TOKENS = 3  # tokens per streamed content chunk
@@ -242,7 +246,9 @@ class SimModel(_Strict):
     price: Price = Field(default_factory=Price)
     accuracy: dict[str, float] = Field(default_factory=dict)
     faults: Faults = Field(default_factory=Faults)
-    reply: str | None = Field(None, max_length=100_000)   # every answer is this text (e.g. a judge's verdict)
+    reply: str | None = Field(None, max_length=100_000,
+                              description="every answer is this text (e.g. a guard's 'safe' or a judge's verdict), "
+                                          "unless the last user message says otherwise with [[sim:reply:TEXT]]")
 
     @field_validator("accuracy")
     @classmethod
@@ -591,6 +597,9 @@ class SimState:
 
     def answer_tokens(self, spec: SimModel, user_text: str) -> list[str] | tuple[str, ...]:
         """The tokens of one answer to a request whose last user message is `user_text`."""
+        directive = REPLY_DIRECTIVE.search(user_text)
+        if directive is not None:   # the literal two characters \n stand for a line break
+            return _tokens(directive.group(1).replace("\\n", "\n"))
         if spec.reply is not None:
             return _tokens(spec.reply)
         if ECHO_MARKER in user_text:

@@ -103,6 +103,8 @@ from sigroute.policies.schema.signals import (
     EncoderSpec,
     FactCheckSignal,
     HeaderSignal,
+    GuardCache,
+    GuardSignal,
     JailbreakSignal,
     KeywordSignal,
     LanguageSignal,
@@ -123,7 +125,7 @@ __all__ = [
     # signals
     "BUILTIN_DOMAINS", "BUILTIN_PII_TYPES", "AuthzSignal", "ComplexitySignal", "ContextLengthSignal",
     "ConversationSignal", "DomainSignal", "DomainSpec", "EmbeddingSignal", "EncoderSpec", "FactCheckSignal",
-    "HeaderSignal", "JailbreakSignal", "KeywordSignal", "LanguageSignal", "MetadataSignal", "ModalitySignal",
+    "GuardCache", "GuardSignal", "HeaderSignal", "JailbreakSignal", "KeywordSignal", "LanguageSignal", "MetadataSignal", "ModalitySignal",
     "PiiSignal", "DissatisfiedSignal", "ReaskSignal", "Sentences", "Signals",
     # feedback
     "Feedback", "FeedbackWeightsSpec", "ImplicitFeedback",

@@ -93,6 +93,11 @@ class Policy(Strict):
         for name, config in self.signals.domain.items():
             for k, category in enumerate(config.categories):
                 check_domain(("signals", "domain", name, "categories", k), category)
+        for name, config in self.signals.guard.items():
+            if config.model not in self.models:
+                errors.append((("signals", "guard", name, "model"),
+                               f"guard model '{config.model}' is not defined under 'models' "
+                               f"(defined: {', '.join(self.models)})"))
         for name in self.domains:
             if name in BUILTIN_DOMAINS:
                 errors.append((("domains", name), f"'{name}' is a built-in domain; choose another name"))

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from sigroute.policies.regex import DEFAULT_SCAN_CHARS, check_regex
-from sigroute.policies.schema.base import Name, Strict
+from sigroute.policies.schema.base import Duration, Name, Strict
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,6 +238,40 @@ class FactCheckSignal(Strict):
     threshold: float = Field(0.5, ge=0, le=1)
 
 
+class GuardCache(Strict):
+    """The guard signal's in-process verdict cache (LRU with a time to live), keyed by the sha256
+    of the text the guard reads; the text itself is never kept."""
+
+    ttl: Duration = Field(600.0, gt=0, description="how long a verdict is reused, e.g. 10m")
+    size: int = Field(10_000, ge=0, le=10_000_000, description="verdicts kept at most; 0 turns the cache off")
+
+
+class GuardSignal(Strict):
+    """Asks a guard model of this policy (`models:`), e.g. Llama Guard or Prompt Guard served by
+    vLLM, for a verdict on the request; called through the same upstream layer as routed requests
+    (its api_base, key, breaker), concurrently with the other signals.
+
+    `format` says how the guard is asked and how its answer is read: `llama_guard` sends the
+    conversation as chat messages and reads "safe" / "unsafe" + categories (S1..S14);
+    `prompt_guard` reads a label (BENIGN / INJECTION / JAILBREAK), optionally followed by a score;
+    `score` reads a number in [0, 1]. Matches when unsafe (or the score reaches `threshold`).
+    A timeout, an upstream error or an unreadable answer follows `on_error`: `open` = not matched,
+    `closed` = matched."""
+
+    model: Name = Field(..., description="a model under `models:` that is the guard")
+    format: Literal["llama_guard", "prompt_guard", "score"] = "llama_guard"
+    threshold: float = Field(0.5, ge=0, le=1, description="score from which prompt_guard / score formats match")
+    categories: tuple[Annotated[str, Field(pattern=r"^S[0-9]{1,2}$")], ...] = Field(
+        (), description="llama_guard: only these categories match (empty: any unsafe verdict)")
+    timeout: Duration = Field(2.0, gt=0, le=60, description="how long the guard may take, e.g. 2s or 500ms")
+    on_error: Literal["open", "closed"] = Field("open", description="timeout, error or unreadable verdict: "
+                                                                    "open = not matched, closed = matched")
+    cache: GuardCache = GuardCache()
+    input: Literal["last_user", "conversation"] = Field(
+        "last_user", description="what the guard reads: the last user message, or the user and assistant turns")
+    max_tokens: int = Field(20, ge=1, le=1000, description="the guard's answer is cut at this many tokens")
+
+
 class DomainSpec(Strict):
     """A policy-defined domain, recognized from a few exemplar requests (no training step)."""
 
@@ -294,6 +328,7 @@ class Signals(Strict):
     fact_check: dict[Name, FactCheckSignal] = Field(default_factory=dict)
     reask: dict[Name, ReaskSignal] = Field(default_factory=dict)
     dissatisfied: dict[Name, DissatisfiedSignal] = Field(default_factory=dict)
+    guard: dict[Name, GuardSignal] = Field(default_factory=dict)
 
     def declared(self) -> dict[str, Strict]:
         """All signals as {"type:name": config}."""
