@@ -17,7 +17,9 @@ How a text is tagged:
    when P(B-T) + P(I-T) reaches T's threshold (chosen on the validation split, stored in the
    head's metadata); consecutive words of one type form one span unless the later word is more
    likely a B than an I. A span's score is the mean of its words' type probabilities, its
-   character offsets those of its first and last word in the original text.
+   character offsets those of its first and last word in the original text. A few shape rules
+   (`_plausible`, chosen on the validation split) drop spans without a letter and addresses
+   that are one word without a digit.
 
 Texts longer than the encoder's window are tagged window by window (`RequestContext
 .ensure_token_states` encodes what was left over); an entity cut by a window's edge may be split.
@@ -195,7 +197,7 @@ class PiiTagger:
             score = float(totals[best])
             if kind in wanted and score >= limits.get(kind, 0.5):
                 start, end = _trim(text, int(offsets[firsts[k], 0]), ends[run_end])
-                if end > start:
+                if end > start and _plausible(kind, text[start:end]):
                     spans.append(TaggedSpan(kind, start, end, score))
             k = run_end + 1
         return spans
@@ -223,6 +225,17 @@ def piece_features(text: str, states, neighbors: int = 1) -> np.ndarray:
             after[:-shift] = base[shift:]
         parts += [before, after]
     return np.concatenate(parts, axis=1)
+
+
+def _plausible(kind: str, value: str) -> bool:
+    """Shape rules chosen on the validation split: an address has letters, and a digit or
+    more than one word (bare numbers there are phone numbers and postcodes, lone words labels
+    such as "Phone:"); any entity has a letter."""
+    if not any(c.isalpha() for c in value):
+        return False
+    if kind == "STREET_ADDRESS":
+        return any(c.isdigit() for c in value) or len(value.split()) > 1
+    return True
 
 
 def _line_break(text: str, end: int, start: int) -> bool:
