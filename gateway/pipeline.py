@@ -85,9 +85,9 @@ def needs_encoder(policy: Policy) -> bool:
     encoder is loaded with the policy)."""
     from sigroute.bandits.features import LEARNED_GROUPS
 
-    for key in policy.signals.declared():
+    for key, config in policy.signals.declared().items():
         cls = SIGNAL_TYPES.get(key.split(":", 1)[0])
-        if cls is not None and cls.needs_embedding:
+        if cls is not None and (cls.needs_embedding or getattr(cls, "config_needs_encoder", lambda c: False)(config)):
             return True
     for decision in policy.decisions:
         groups = getattr(decision.algorithm.options, "features", ())

@@ -45,9 +45,19 @@ PLUGIN_TYPES: dict[str, type[Plugin]] = {
 NEEDS_ENCODER = frozenset({"jailbreak", "hallucination"})
 
 
+#: plugins that take the signal resources when their options use the encoder
+MAY_NEED_ENCODER = frozenset({"pii"})
+
+
+def _pii_needs_encoder(options) -> bool:
+    from sigroute.signals.pii_tagger import TAGGER_ENTITIES
+
+    return bool(set(options.entities) & set(TAGGER_ENTITIES))
+
+
 def build(name: str, options: Any, resources: Any) -> Plugin:
     cls = PLUGIN_TYPES[name]
-    return cls(options, resources) if name in NEEDS_ENCODER else cls(options)
+    return cls(options, resources) if name in NEEDS_ENCODER | MAY_NEED_ENCODER else cls(options)
 
 
 class PluginChain:
@@ -86,7 +96,8 @@ class PluginChain:
 
 
 def needs_encoder(decision) -> bool:
-    return any(p.name in NEEDS_ENCODER for p in decision.plugins)
+    return any(p.name in NEEDS_ENCODER or (p.name == "pii" and _pii_needs_encoder(p.options))
+               for p in decision.plugins)
 
 
 class PolicyPlugins:

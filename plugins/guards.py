@@ -90,7 +90,8 @@ class _Masker:
 class Pii(Plugin):
     name = "pii"
 
-    def __init__(self, options):
+    def __init__(self, options, resources=None):
+        from sigroute.signals import pii_tagger
         from sigroute.signals.pii import _norm_value, default_detector
 
         self.options = options
@@ -100,24 +101,46 @@ class Pii(Plugin):
         self.entities = frozenset(base - {a.upper() for a in options.allow})
         self.allowed_values = frozenset(_norm_value(v) for v in options.allow_values)
         self._norm = _norm_value
+        # names, places, addresses, organisations: the token tagger on the shared encoder
+        self._tagging = pii_tagger
+        self.tagger = pii_tagger.tagger_for(self.entities, resources)
 
-    def _find(self, text: str):
-        found = self.detector.detect(text, self.entities, min_score=self.options.threshold)
+    def _find(self, text: str, ctx):
+        tagged = () if self.tagger is None else self._tagging.tagged_entities(
+            self.tagger, text, [text], ctx.token_states, self.entities)
+        found = self.detector.detect(text, self.entities, min_score=self.options.threshold, tagged=tagged)
         return [e for e in found if self._norm(e.text) not in self.allowed_values]
+
+    @staticmethod
+    def _texts(messages) -> list[str]:
+        texts = []
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):
+                texts.extend(p["text"] for p in content
+                             if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+        return [t for t in texts if t]
 
     async def on_request(self, ctx, state: PluginState):
         messages = ctx.body["messages"]
+        if self.tagger is not None:  # every message's word-piece states, in one encoder call
+            await ctx.ensure_embeddings((), self._texts(messages))
+        return self._mask(ctx, state, messages)
+
+    def _mask(self, ctx, state: PluginState, messages):
         findings: list[tuple[int, int | None, str, list]] = []   # (message, part or None, text, entities)
         for i, message in enumerate(messages):
             content = message.get("content")
             if isinstance(content, str):
-                found = self._find(content)
+                found = self._find(content, ctx)
                 if found:
                     findings.append((i, None, content, found))
             elif isinstance(content, list):
                 for j, part in enumerate(content):
                     if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                        found = self._find(part["text"])
+                        found = self._find(part["text"], ctx)
                         if found:
                             findings.append((i, j, part["text"], found))
         if not findings:

@@ -45,6 +45,10 @@ class Signal(ABC):
         """Texts whose embeddings `evaluate` reads (only asked when `needs_embedding`)."""
         return (ctx.embedding_text,)
 
+    def token_texts(self, ctx: RequestContext) -> tuple[str, ...]:
+        """Texts whose word-piece states `evaluate` reads (`ctx.token_states`; the PII tagger)."""
+        return ()
+
     @property
     def key(self) -> str:
         return f"{self.type}:{self.name}"

@@ -97,6 +97,7 @@ class RequestContext:
     # Set by the pipeline when some signal needs embeddings (a signals.encoder.RequestEmbedder).
     embedder: Any = None
     _vectors: dict[str, Any] = field(default_factory=dict, repr=False)
+    _token_states: dict[str, Any] = field(default_factory=dict, repr=False)
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)  # per-request results signals share
     # the caller's cost/quality dial in [0, 1] (bandits.tradeoff), None when the request set none
     tradeoff: float | None = None
@@ -112,7 +113,7 @@ class RequestContext:
         embeddings computed so far are reused (they are keyed by text), per-request results are not."""
         return RequestContext(request_id=self.request_id, body=body, messages=normalize_messages(body.get("messages")),
                               headers=self.headers, principal=self.principal, embedder=self.embedder,
-                              _vectors=self._vectors, tradeoff=self.tradeoff)
+                              _vectors=self._vectors, _token_states=self._token_states, tradeoff=self.tradeoff)
 
     # request parameters ---------------------------------------------------------------------
     @property
@@ -199,16 +200,39 @@ class RequestContext:
         scope = getattr(self.embedder, "input", "last_user")
         return self.text_for_scope(scope)
 
-    async def ensure_embeddings(self, texts: Any) -> None:
-        """Embed every text not embedded yet for this request, in one encoder call."""
+    async def ensure_embeddings(self, texts: Any, token_texts: Any = ()) -> None:
+        """Embed every text not embedded yet for this request, in one encoder call; with
+        `token_texts`, also keep those texts' word-piece states (for the PII token tagger), from
+        the same pass: a text wanted both ways is run through the encoder once."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
-        if not missing:
+        wanted = list(dict.fromkeys(t for t in token_texts if t not in self._token_states))
+        if not missing and not wanted:
             return
         if self.embedder is None:
             raise RuntimeError("this request has no encoder: no signal of the policy declared it needs one")
+        if wanted:
+            asked = set(wanted)
+            # embeddings still needed ride along in the token pass when they are the encoder's own
+            batch = wanted + [t for t in missing if t not in asked and self.embedder.embeds_whole(t)]
+            vectors, windows = await self.embedder.embed_with_tokens(batch)
+            for text, vector, states in zip(batch, vectors, windows):
+                self._token_states[text] = states
+                if text not in self._vectors and self.embedder.embeds_whole(text):
+                    self._vectors[text] = vector
+            missing = [t for t in missing if t not in self._vectors]
+            if not missing:
+                return
         vectors = await self.embedder.embed(missing)
         for text, vector in zip(missing, vectors):
             self._vectors[text] = vector
+
+    def token_states(self, text: str) -> list:
+        """The word-piece states of `text` (a list of windows), computed by `ensure_embeddings`."""
+        try:
+            return self._token_states[text]
+        except KeyError:
+            raise KeyError("text's token states were not computed for this request; list it in "
+                           "ensure_embeddings(token_texts=...)") from None
 
     def vector(self, text: str):
         """The unit embedding of `text`, which `ensure_embeddings` computed earlier for this request."""

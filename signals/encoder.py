@@ -132,6 +132,21 @@ def load_sentence_transformer(model: str = DEFAULT_MODEL, device: str = "auto"):
     return SentenceTransformer(str(path), device=_pick_device(device), local_files_only=True)
 
 
+@dataclass(frozen=True)
+class TokenStates:
+    """The last layer's state of every word piece of one text, and where each piece lies in it.
+
+    `states` (pieces, dimension) float32; `offsets` (pieces, 2) character (start, end) in the text
+    as given; `words` the pre-tokenizer word of each piece (pieces of one word share it);
+    `truncated`: the text went on past the model's window, whose last piece ends at `covered`."""
+
+    states: np.ndarray
+    offsets: np.ndarray
+    words: np.ndarray
+    truncated: bool
+    covered: int
+
+
 @dataclass
 class EncoderStats:
     """Counters for tests, metrics and benchmarks."""
@@ -267,6 +282,60 @@ class Encoder:
         return self._st.encode(texts, batch_size=len(texts), normalize_embeddings=True,
                                convert_to_numpy=True, show_progress_bar=False)
 
+    # token states (for the PII token tagger) -------------------------------------------------
+    def encode_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list["TokenStates"]]:
+        """Embed `texts` and, from the same forward pass, return each text's word-piece states.
+
+        Returns (unit embeddings as `encode` gives them, one `TokenStates` per text). The first
+        call prepares the model to hand out its last layer (on ONNX Runtime: a session with that
+        tensor as a second output, built once, ~1 s); `encode` and `embed` do not pay for it.
+        Texts are run in one pass (the caller batches); each keeps the model's window of
+        `max_tokens` word pieces, and `TokenStates.truncated` says whether text was left over."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32), []
+        start = time.perf_counter()
+        texts = list(texts)
+        with self._model_lock:
+            tokenizer = self._token_tokenizer()
+            if self._onnx is not None:
+                self._onnx.enable_token_states()
+                vectors, hidden, spans = self._onnx.forward_with_tokens(texts, tokenizer)
+            else:
+                vectors, hidden, spans = self._torch_forward_with_tokens(texts, tokenizer)
+        self.stats.forward_passes += 1
+        self.stats.texts += len(texts)
+        self.stats.seconds += time.perf_counter() - start
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(texts))
+        states = [TokenStates(np.ascontiguousarray(hidden[i, span.rows]), span.offsets, span.words,
+                              span.truncated, span.covered) for i, span in enumerate(spans)]
+        return vectors, states
+
+    def _token_tokenizer(self):
+        """The `tokenizers` front end that also gives character offsets (same ids as the model's)."""
+        tokenizer = getattr(self, "_offsets_tokenizer", None)
+        if tokenizer is None:
+            if self._onnx is not None and self._onnx.tokenizer is not None:
+                tokenizer = self._onnx.tokenizer
+            else:
+                from sigroute.signals.onnx_backend import WordPieceFeatures
+
+                names = self._onnx.input_names if self._onnx is not None else [
+                    n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self._st.preprocess(["probe"])]
+                tokenizer = WordPieceFeatures(self.path, self.max_tokens, names)
+            self._offsets_tokenizer = tokenizer
+        return tokenizer
+
+    def _torch_forward_with_tokens(self, texts: list[str], tokenizer):
+        import torch
+
+        features, spans = tokenizer.with_offsets(texts)
+        device = self._st.device
+        with torch.inference_mode():
+            out = self._st({name: torch.from_numpy(value).to(device) for name, value in features.items()})
+        vectors = out["sentence_embedding"].float()
+        vectors = torch.nn.functional.normalize(vectors, p=2.0, dim=1)  # as encode(normalize_embeddings=True)
+        return vectors.cpu().numpy(), out["token_embeddings"].float().cpu().numpy(), spans
+
     def token_ids(self, text: str) -> list[int]:
         """The word-piece ids of `text` under this model's tokenizer (no special tokens, no truncation)."""
         if self._st is None:
@@ -284,10 +353,14 @@ class Encoder:
         return len(self.token_ids(text))
 
     # micro-batched async -------------------------------------------------------------------
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed `texts` together with whatever other requests are waiting; one row per text."""
+    async def embed(self, texts: Sequence[str], with_tokens: bool = False):
+        """Embed `texts` together with whatever other requests are waiting; one row per text.
+
+        With `with_tokens`, returns (vectors, one `TokenStates` per text) from the same pass (see
+        `encode_with_tokens`); a batch runs that way only when some waiting request asked."""
         if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+            empty = np.zeros((0, self.dimension), dtype=np.float32)
+            return (empty, []) if with_tokens else empty
         loop = asyncio.get_running_loop()
         batcher = self._batchers.get(loop)
         if batcher is None or batcher[1].done():
@@ -295,7 +368,7 @@ class Encoder:
             task = loop.create_task(self._batch_forever(queue), name="sigroute-encoder-batcher")
             batcher = self._batchers[loop] = (queue, task)
         future: asyncio.Future = loop.create_future()
-        batcher[0].put_nowait((list(texts), future))
+        batcher[0].put_nowait((list(texts), future, with_tokens))
         return await future
 
     async def _batch_forever(self, queue: asyncio.Queue) -> None:
@@ -319,21 +392,26 @@ class Encoder:
                 jobs.append(job)
                 count += len(job[0])
             busy = len(jobs) > 1
-            jobs = [(texts, fut) for texts, fut in jobs if not fut.cancelled()]
+            jobs = [job for job in jobs if not job[1].cancelled()]
             if not jobs:
                 continue
-            flat = [t for texts, _ in jobs for t in texts]
+            flat = [t for texts, _, _ in jobs for t in texts]
+            tokens = any(job[2] for job in jobs)
             try:
-                vectors = await loop.run_in_executor(self._forward_thread, self.encode, flat, max(len(flat), 1))
+                if tokens:
+                    vectors, states = await loop.run_in_executor(self._forward_thread, self.encode_with_tokens, flat)
+                else:
+                    vectors = await loop.run_in_executor(self._forward_thread, self.encode, flat, max(len(flat), 1))
             except Exception as exc:  # every waiter learns of the failure
-                for _, fut in jobs:
+                for _, fut, _ in jobs:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
             offset = 0
-            for texts, fut in jobs:
+            for texts, fut, with_tokens in jobs:
                 if not fut.done():
-                    fut.set_result(vectors[offset:offset + len(texts)])
+                    rows = vectors[offset:offset + len(texts)]
+                    fut.set_result((rows, states[offset:offset + len(texts)]) if with_tokens else rows)
                 offset += len(texts)
 
     async def aclose(self) -> None:
@@ -398,6 +476,33 @@ class RequestEmbedder:
             half = limit // 2
             return [encoder.decode(ids[:half]) + " … " + encoder.decode(ids[-(limit - half):])]
         return [encoder.decode(ids[i:i + limit]) for i in range(0, len(ids), limit)]
+
+    def embeds_whole(self, text: str) -> bool:
+        """Whether `text`'s embedding is the encoder's own (not cut by `long_input` into pieces)."""
+        return self._pieces(text) == [text]
+
+    async def embed_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[list]]:
+        """Per text: the encoder's embedding and its word-piece states as a list of windows.
+
+        The first window comes from the same pass as the embedding; a text longer than the
+        encoder's window is continued, window by window, from where the previous one ended (the
+        later windows' offsets are shifted to refer to the whole text)."""
+        vectors, first = await self.encoder.embed(list(texts), with_tokens=True)
+        windows = [[states] for states in first]
+        pending = [(i, states.covered) for i, states in enumerate(first) if states.truncated]
+        while pending:
+            _, more = await self.encoder.embed([texts[i][start:] for i, start in pending], with_tokens=True)
+            following = []
+            for (i, start), states in zip(pending, more):
+                if len(states.words) == 0:
+                    continue
+                shifted = type(states)(states.states, states.offsets + start, states.words, states.truncated,
+                                       states.covered + start)
+                windows[i].append(shifted)
+                if states.truncated:
+                    following.append((i, shifted.covered))
+            pending = following
+        return vectors, windows
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """One unit vector per text, all texts in a single encoder call."""

@@ -154,11 +154,13 @@ async def _ensure_embeddings(ctx: RequestContext, plan: Plan) -> SignalResult | 
     """Embed every text the plan's learned signals read, in one encoder call; on failure, the
     result each such signal gets instead."""
     texts: list[str] = []
+    token_texts: list[str] = []
     try:
         for _, signal in plan:
             if signal.needs_embedding:
                 texts.extend(signal.embedding_texts(ctx))
-        await ctx.ensure_embeddings(texts)
+                token_texts.extend(signal.token_texts(ctx))
+        await ctx.ensure_embeddings(texts, token_texts)
     except Exception as exc:
         return _failed("embedding", ctx, exc)
     return None

@@ -104,6 +104,33 @@ def find_verified(fingerprint: str, directory: Path | None = None) -> dict | Non
     return None
 
 
+class TokenSpans:
+    """Where the real word pieces of one encoded text lie in that text.
+
+    `rows` are the positions of the pieces in the model's sequence (so `hidden[rows]` are their
+    states), `offsets` their (start, end) character offsets in the original, unstripped text, and
+    `words` the index of the pre-tokenizer word each piece belongs to (pieces of one word share
+    it). `truncated` says the text went on past the model's window; `covered` is the end of the
+    last piece inside it.
+    """
+
+    __slots__ = ("rows", "offsets", "words", "truncated", "covered")
+
+    def __init__(self, rows: np.ndarray, offsets: np.ndarray, words: np.ndarray, truncated: bool, covered: int):
+        self.rows, self.offsets, self.words, self.truncated, self.covered = rows, offsets, words, truncated, covered
+
+    @classmethod
+    def of(cls, text: str, encoding) -> "TokenSpans":
+        shift = len(text) - len(text.lstrip())  # the tokenizer saw the stripped text
+        special = encoding.special_tokens_mask
+        rows = [i for i, (m, a) in enumerate(zip(special, encoding.attention_mask)) if a and not m]
+        offsets = np.array([encoding.offsets[i] for i in rows], dtype=np.int64).reshape(-1, 2) + shift
+        words = np.array([encoding.word_ids[i] for i in rows], dtype=np.int64)
+        covered = int(offsets[-1, 1]) if len(rows) else shift
+        truncated = bool(encoding.overflowing)
+        return cls(np.array(rows, dtype=np.int64), offsets, words, truncated, covered)
+
+
 class WordPieceFeatures:
     """The model's inputs for a batch of texts, computed with the `tokenizers` package alone.
 
@@ -142,6 +169,17 @@ class WordPieceFeatures:
                     "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
                     "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
         return {name: features[name] for name in self.input_names}
+
+    def with_offsets(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], list["TokenSpans"]]:
+        """The model's inputs (as `__call__`) and, per text, where each real word piece lies in
+        the *original* text (character offsets; [CLS], [SEP] and padding left out)."""
+        prepared = [self._prepare(t) for t in texts]
+        encodings = self._batch.encode_batch(prepared)
+        features = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                    "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                    "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+        spans = [TokenSpans.of(str(text), encoding) for text, encoding in zip(texts, encodings)]
+        return {name: features[name] for name in self.input_names}, spans
 
     def ids(self, text: str) -> list[int]:
         """Word-piece ids of `text`, without special tokens and without truncation."""
@@ -385,4 +423,59 @@ class OnnxForward:
         features = self._featurize(list(texts))
         feed = {name: np.asarray(features[name]).astype(np.int64, copy=False) for name in self.input_names}
         options = _shrink_options() if feed["input_ids"].size > self.SHRINK_ABOVE_POSITIONS else None
-        return np.asarray(self._session.run(None, feed, options)[0], dtype=np.float32)
+        return np.asarray(self._session.run(["embedding"], feed, options)[0], dtype=np.float32)
+
+    # token states -------------------------------------------------------------------------------
+    # The token tagger (signals.pii_tagger) reads the last layer's state of every word piece. The
+    # graph computes those states anyway (pooling averages them); `enable_token_states` rebuilds
+    # the session once with that tensor as a second output, so one pass gives both. The embedding
+    # path asks for "embedding" only and is unchanged.
+    TOKEN_STATES = "token_states"
+
+    @property
+    def has_token_states(self) -> bool:
+        return self.TOKEN_STATES in {o.name for o in self._session.get_outputs()}
+
+    def enable_token_states(self, threads: int | None = None) -> None:
+        """Expose the last layer's hidden states as the output "token_states" (idempotent).
+
+        The graph is loaded with the `onnx` package, the output of the last LayerNormalization
+        (the transformer's last layer, which pooling reads) is added as a graph output, and a new
+        session replaces the old one. Raises `OnnxUnavailable` when that cannot be done."""
+        if self.has_token_states:
+            return
+        try:
+            import onnx
+            import onnxruntime
+        except ImportError as exc:
+            raise OnnxUnavailable("token states need the `onnx` package") from exc
+        model = onnx.load(str(self.path))
+        norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+        if not norms:
+            raise OnnxUnavailable(f"no LayerNormalization node in {self.path}: cannot find the last hidden state")
+        last = norms[-1].output[0]
+        model.graph.node.append(onnx.helper.make_node("Identity", [last], [self.TOKEN_STATES]))
+        model.graph.output.append(onnx.helper.make_tensor_value_info(
+            self.TOKEN_STATES, onnx.TensorProto.FLOAT, ["batch", "tokens", None]))
+        options = onnxruntime.SessionOptions()
+        old = self._session.get_session_options()
+        options.graph_optimization_level = old.graph_optimization_level
+        options.intra_op_num_threads = threads or old.intra_op_num_threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+        options.log_severity_level = 3
+        try:
+            session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                                   providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise OnnxUnavailable(f"ONNX Runtime cannot load the graph with token states: {exc}") from exc
+        self._session = session
+
+    def forward_with_tokens(self, texts: Sequence[str], tokenizer: "WordPieceFeatures"):
+        """One pass: (unit embeddings, last-layer states (batch, tokens, dim), `TokenSpans` per text)."""
+        features, spans = tokenizer.with_offsets(list(texts))
+        feed = {name: np.asarray(features[name]).astype(np.int64, copy=False) for name in self.input_names}
+        options = _shrink_options() if feed["input_ids"].size > self.SHRINK_ABOVE_POSITIONS else None
+        vectors, states = self._session.run(["embedding", self.TOKEN_STATES], feed, options)
+        return np.asarray(vectors, dtype=np.float32), np.asarray(states, dtype=np.float32), spans

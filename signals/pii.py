@@ -36,9 +36,11 @@ Network: importing this module sets `TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS=""` (unl
 and the detector validates domains with a `tldextract.TLDExtract` that has no URLs and no disk
 cache, so nothing is ever fetched.
 
-NER types (PERSON, LOCATION, ORGANIZATION, NRP) are optional: `PiiDetector(ner=True)` imports
-spaCy then (only then) and needs a spaCy model package such as `en_core_web_sm`. Nothing is ever
-downloaded.
+PERSON, LOCATION, STREET_ADDRESS and ORGANIZATION are found by the token tagger on the shared
+encoder (`signals.pii_tagger`): a `pii` signal or plugin that lists one of them runs it and
+passes its findings to `detect(tagged=...)`. NRP (and spaCy's own PERSON/LOCATION/ORGANIZATION
+with `PiiDetector(ner=True)`) needs a spaCy model package such as `en_core_web_sm`, offered only
+when such a package is importable. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ NER_ENTITIES: tuple[str, ...] = ("PERSON", "LOCATION", "ORGANIZATION", "NRP")
 _SPACY_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION",
                  "FAC": "LOCATION", "ORG": "ORGANIZATION", "NORP": "NRP"}
 SPACY_MODELS = ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_trf")
+
+#: Found by the token tagger on the shared encoder (signals.pii_tagger); see `Pii` below.
+from sigroute.signals.pii_tagger import TAGGER_ENTITIES  # noqa: E402
 
 CONTEXT_BOOST = 0.35  # what a context word adds to a candidate's score
 CONTEXT_MIN = 0.4  # the least a candidate with a context word scores
@@ -308,7 +313,7 @@ class PiiDetector:
         if ner:
             self._nlp = _load_spacy(spacy_model)
         self.supported_entities: frozenset[str] = frozenset(self._rules) | (
-            frozenset(NER_ENTITIES) if self._nlp is not None else frozenset())
+            frozenset(NER_ENTITIES) if self._nlp is not None else frozenset()) | frozenset(TAGGER_ENTITIES)
         self.default_entities: frozenset[str] = self.resolve(default_entities)
         self.detect("warm up: mail a.b@example.com, call +1 212 555 0100, card 4111 1111 1111 1111, "
                     "IBAN GB82 WEST 1234 5698 7654 32, 10.0.0.1, https://example.org, 2024-01-02")
@@ -396,9 +401,10 @@ class PiiDetector:
 
     # -- detection ----------------------------------------------------------------------------
     def detect(self, text: str, entities: Collection[str] | None = None,
-               min_score: float | None = None) -> list[PiiEntity]:
+               min_score: float | None = None, tagged: Iterable[PiiEntity] = ()) -> list[PiiEntity]:
         """Entities of the requested types (default set when None) scoring at least `min_score`,
-        non-overlapping, sorted by start."""
+        non-overlapping, sorted by start. `tagged`: entities the token tagger found in `text`
+        (signals.pii_tagger); those of requested types join before overlaps are resolved."""
         if not text:
             return []
         wanted = self.default_entities if entities is None else (
@@ -451,6 +457,7 @@ class PiiDetector:
                         found.append(PiiEntity(entity, start, end, score, text[start:end]))
         if self._nlp is not None and wanted & set(NER_ENTITIES):
             found.extend(self._ner(text, wanted, floor))
+        found.extend(e for e in tagged if e.type in wanted and e.score >= floor)
         return _resolve_overlaps(found)
 
     def _ner(self, text: str, wanted: frozenset[str], floor: float) -> list[PiiEntity]:
@@ -584,7 +591,16 @@ class Pii(Signal):
     type: ClassVar[str] = "pii"
     needs_embedding: ClassVar[bool] = False
 
-    def __init__(self, name: str, config: Any, detector: PiiDetector | None = None):
+    @classmethod
+    def build(cls, name: str, config: Any, resources: Any) -> "Pii":
+        return cls(name, config, resources=resources)
+
+    @staticmethod
+    def config_needs_encoder(config: Any) -> bool:
+        """Whether this configuration asks for a type the token tagger finds (then the policy loads the encoder)."""
+        return bool(set(getattr(config, "entities", None) or ()) & set(TAGGER_ENTITIES))
+
+    def __init__(self, name: str, config: Any, detector: PiiDetector | None = None, resources: Any = None):
         super().__init__(name, config)
         self.detector = detector or default_detector()
         listed = list(getattr(config, "entities", None) or ())
@@ -596,12 +612,27 @@ class Pii(Signal):
         threshold = getattr(config, "threshold", None)
         self.threshold = 0.5 if threshold is None else float(threshold)
         self.scope = getattr(config, "scope", None) or "user"
+        # names, places, addresses, organisations: the token tagger, on word-piece states the
+        # signal engine computes with the request's embedding (needs_embedding, token_texts)
+        from sigroute.signals import pii_tagger
+
+        self._tagging = pii_tagger
+        self.tagger = pii_tagger.tagger_for(self.entities, resources)
+        self.needs_embedding = self.tagger is not None
+
+    def embedding_texts(self, ctx: RequestContext) -> tuple[str, ...]:
+        return ()
+
+    def token_texts(self, ctx: RequestContext) -> tuple[str, ...]:
+        return tuple(self._tagging.scope_parts(ctx, self.scope)) if self.tagger is not None else ()
 
     def evaluate(self, ctx: RequestContext) -> SignalResult:
         text = ctx.text_for_scope(self.scope)
         if not text or not self.entities:
             return SignalResult(False, 0.0, {"entities": []})
-        found = self.detector.detect(text, self.entities, min_score=self.threshold)
+        tagged = () if self.tagger is None else self._tagging.tagged_entities(
+            self.tagger, text, self._tagging.scope_parts(ctx, self.scope), ctx.token_states, self.entities)
+        found = self.detector.detect(text, self.entities, min_score=self.threshold, tagged=tagged)
         if self.allow_values:
             found = [e for e in found if _norm_value(e.text) not in self.allow_values]
         if not found:

@@ -192,9 +192,9 @@ def test_metrics_show_encoder_work(sim, gateway_factory, encoder):
 
 def test_policy_pii_types_are_exactly_the_detectors():
     from sigroute.policies.schema import BUILTIN_PII_TYPES
-    from sigroute.signals.pii import NER_ENTITIES, PATTERN_ENTITIES
+    from sigroute.signals.pii import NER_ENTITIES, PATTERN_ENTITIES, TAGGER_ENTITIES
 
-    assert set(BUILTIN_PII_TYPES) == set(PATTERN_ENTITIES) | set(NER_ENTITIES)
+    assert set(BUILTIN_PII_TYPES) == set(PATTERN_ENTITIES) | set(NER_ENTITIES) | set(TAGGER_ENTITIES)
 
 
 def test_pii_signal_routes_to_the_private_decision(sim, gateway_factory):

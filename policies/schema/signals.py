@@ -150,7 +150,7 @@ BUILTIN_DOMAINS: tuple[str, ...] = (
 BUILTIN_PII_TYPES: tuple[str, ...] = (  # must equal signals.pii's pattern + NER types (a test checks)
     "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "CRYPTO", "UK_NHS",
     "US_ITIN", "URL", "DATE_TIME", "MAC_ADDRESS", "US_BANK_NUMBER", "US_PASSPORT", "US_DRIVER_LICENSE",
-    "MEDICAL_LICENSE", "ABA_ROUTING_NUMBER", "PERSON", "LOCATION", "ORGANIZATION", "NRP",
+    "MEDICAL_LICENSE", "ABA_ROUTING_NUMBER", "PERSON", "LOCATION", "ORGANIZATION", "NRP", "STREET_ADDRESS",
 )
 Sentences = tuple[Annotated[str, Field(min_length=1, max_length=4000)], ...]
 
@@ -214,7 +214,8 @@ class JailbreakSignal(Strict):
 
 
 class PiiSignal(Strict):
-    """Matches personal data (structured patterns: email, phone, card, IBAN, SSN, IP, …)."""
+    """Matches personal data (structured patterns: email, phone, card, IBAN, SSN, IP, …; listing
+    PERSON, LOCATION, STREET_ADDRESS or ORGANIZATION turns on the token tagger on the shared encoder)."""
 
     entities: tuple[str, ...] = Field((), description="entity types that trigger; empty: the default set")
     allow: tuple[str, ...] = Field((), description="entity types that never trigger")
