@@ -707,7 +707,7 @@ class _EmbeddingContext(RequestContext):
     calls = 0
     fail = False
 
-    async def ensure_embeddings(self, texts):
+    async def ensure_embeddings(self, texts, token_texts=()):
         type(self).calls += 1
         type(self).texts = list(texts)
         if self.fail:
