@@ -12,7 +12,8 @@ Traffic: the arrival times and token counts of the Azure trace (`benchmarks.load
 ``--offered-rps`` (beyond what one gateway sustains on the benchmark machine), open loop, round-robin
 over the replicas. Each answer a model gave (not the cache) is rated at once (``POST /v1/feedback``,
 score 1 for one model and 0 for the other) on the *next* replica, so pending feedback crosses
-replicas. Per run (topology × replica count):
+replicas. One request in five repeats one of 20 common questions (so the cache answers some); the
+others are new. Per run (topology × replica count):
 
 * ``rps`` achieved, ``added_ms`` p50/p99 (client time minus ``x-sigroute-upstream-ms``);
 * Redis cost per request, from ``INFO`` deltas over the measured window summed over the nodes:
@@ -36,7 +37,7 @@ On a 2-core machine the replicas, Redis, the simulator and the load generator sh
 ``rps`` stops growing with replicas; the per-request Redis cost does not depend on that, and it is
 what `benchmarks.capacity` turns into a capacity table.
 
-    python -m benchmarks.scale [--quick] [--replicas 1,2,4] [--offered-rps 1500] [--requests 3000] [--json PATH]
+    python -m benchmarks.scale [--quick] [--replicas 1,2,4] [--offered-rps 800] [--requests 2400] [--json PATH]
 
 ``--quick`` (for the tests): 1 and 2 replicas on one Redis and 2 on the cluster, 300 requests at
 300 req/s, a 6 s limits run. One Redis (or cluster) per topology, flushed before each run. The last
@@ -77,7 +78,8 @@ NOTES = ("On the benchmark machine (2 busy cores) the replicas, Redis, the simul
          "generator share the CPUs, so rps does not grow with replicas; the per-request Redis cost "
          "(commands, bytes, CPU per request) does not depend on that and is the number that says how far "
          "one Redis, or a cluster of N primaries, carries. A request = one chat request plus its feedback "
-         "when a model answered it.")
+         "when a model answered it. Redis counts the commands a Lua script runs as commands too (INFO "
+         "commandstats), so commands per request > round trips per request (EVALSHA calls).")
 
 
 def scale_policy(sim_url: str) -> dict:
@@ -218,8 +220,9 @@ async def offer(targets: list[tuple[str, int]], arrivals: list[tuple[float, byte
             "rps": round(counts["chat_ok"] / wall, 1) if wall > 0 else None, "added_ms": stats(added, 3)}
 
 
-def arrivals_at(trace, count: int, rate: float) -> list[tuple[float, bytes]]:
-    """`count` requests of the trace (looping), their gaps scaled so the mean rate is `rate`."""
+def arrivals_at(trace, count: int, rate: float, run_tag: str = "") -> list[tuple[float, bytes]]:
+    """`count` requests of the trace (looping), their gaps scaled so the mean rate is `rate`, each
+    with a prompt of the trace's context size."""
     rows = [trace[i % len(trace)] for i in range(count)]
     span = max(trace[-1][0], 1e-9)
     scale = (len(trace) / rate) / span        # trace seconds -> run seconds
@@ -229,7 +232,12 @@ def arrivals_at(trace, count: int, rate: float) -> list[tuple[float, bytes]]:
             base = last + 1.0 / rate
         at = base + t * scale
         last = at
-        out.append((at, request_body(context, min(generated, 64), MAX_CONTEXT_WORDS)))
+        # one request in five repeats one of 20 common questions (the cache answers it after its
+        # first time); the others are new (a model answers, it is learned from and rated)
+        tag = f"common {i % 20}" if i % 5 == 0 else f"request {i} of run {run_tag}"
+        body = orjson.loads(request_body(context, min(generated, 64), MAX_CONTEXT_WORDS))
+        body["messages"][0]["content"] = f"{tag}: " + body["messages"][0]["content"]
+        out.append((at, orjson.dumps(body)))
     return out
 
 
@@ -365,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", default=None, help="replica counts (default 1,2,4; quick 1,2)")
     parser.add_argument("--cluster-replicas", default=None,
                         help="replica counts on the cluster (default: --replicas; quick 2)")
-    parser.add_argument("--offered-rps", type=float, default=None, help="offered rate (default 1500; quick 300)")
-    parser.add_argument("--requests", type=int, default=None, help="measured requests per run (default 3000; quick 300)")
+    parser.add_argument("--offered-rps", type=float, default=None, help="offered rate (default 800; quick 300)")
+    parser.add_argument("--requests", type=int, default=None, help="measured requests per run (default 2400; quick 300)")
     parser.add_argument("--topologies", default="single,cluster")
     parser.add_argument("--trace", default=DEFAULT_TRACE)
     parser.add_argument("--skip-rate-limit", action="store_true")
@@ -374,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     args.replicas = args.replicas or ("1,2" if args.quick else "1,2,4")
-    args.offered_rps = args.offered_rps or (300.0 if args.quick else 1500.0)
-    args.requests = args.requests or (300 if args.quick else 3000)
+    args.offered_rps = args.offered_rps or (300.0 if args.quick else 800.0)
+    args.requests = args.requests or (300 if args.quick else 2400)
     counts = [int(c) for c in args.replicas.split(",")]
     cluster_counts = [int(c) for c in (args.cluster_replicas or ("2" if args.quick else args.replicas)).split(",")]
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -385,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
     trace = load_trace(args.trace)
     arrivals = arrivals_at(trace, args.requests, args.offered_rps)
-    warmup = arrivals_at(trace, 40, 100.0)
+    warmup = arrivals_at(trace, 40, 100.0, "warm-up")
     result: dict = {"benchmark": "scale", "config": vars(args), "machine": machine_info(), "notes": NOTES,
                     "sync_interval_s": SYNC_INTERVAL_S, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="sigroute-scale-") as tmp:
