@@ -37,7 +37,7 @@ On a 2-core machine the replicas, Redis, the simulator and the load generator sh
 ``rps`` stops growing with replicas; the per-request Redis cost does not depend on that, and it is
 what `benchmarks.capacity` turns into a capacity table.
 
-    python -m benchmarks.scale [--quick] [--replicas 1,2,4] [--offered-rps 800] [--requests 2400] [--json PATH]
+    python -m benchmarks.scale [--quick] [--replicas 1,2,4] [--offered-rps 400] [--requests 2400] [--json PATH]
 
 ``--quick`` (for the tests): 1 and 2 replicas on one Redis and 2 on the cluster, 300 requests at
 300 req/s, a 6 s limits run. One Redis (or cluster) per topology, flushed before each run. The last
@@ -165,6 +165,7 @@ async def offer(targets: list[tuple[str, int]], arrivals: list[tuple[float, byte
     added: list[float] = []
     errors: dict[str, int] = {}
     counts = {"chat_ok": 0, "cached": 0, "feedback_recorded": 0, "feedback_other": 0}
+    feedback_other: dict[str, int] = {}     # what the feedback not recorded got, by status and body
 
     async def call(k: int, path: str, body: bytes, keep_body: bool = False):
         pool = pools[k]
@@ -201,6 +202,8 @@ async def offer(targets: list[tuple[str, int]], arrivals: list[tuple[float, byte
             counts["feedback_recorded"] += 1
         else:
             counts["feedback_other"] += 1
+            outcome = "no answer" if rated is None else f"{rated.status} {(rated.body or b'')[:120].decode('utf-8', 'replace')}"
+            feedback_other[outcome] = feedback_other.get(outcome, 0) + 1
 
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -215,7 +218,7 @@ async def offer(targets: list[tuple[str, int]], arrivals: list[tuple[float, byte
     for pool in pools:
         for conn in pool:
             await conn.close()
-    return {"requests": len(arrivals), **counts, "errors": errors, "wall_s": round(wall, 3),
+    return {"requests": len(arrivals), **counts, "feedback_other_outcomes": feedback_other, "errors": errors, "wall_s": round(wall, 3),
             "offered_rps": round(len(arrivals) / max(arrivals[-1][0], 1e-9), 1) if len(arrivals) > 1 else None,
             "rps": round(counts["chat_ok"] / wall, 1) if wall > 0 else None, "added_ms": stats(added, 3)}
 
@@ -373,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", default=None, help="replica counts (default 1,2,4; quick 1,2)")
     parser.add_argument("--cluster-replicas", default=None,
                         help="replica counts on the cluster (default: --replicas; quick 2)")
-    parser.add_argument("--offered-rps", type=float, default=None, help="offered rate (default 800; quick 300)")
+    parser.add_argument("--offered-rps", type=float, default=None, help="offered rate (default 400; quick 300)")
     parser.add_argument("--requests", type=int, default=None, help="measured requests per run (default 2400; quick 300)")
     parser.add_argument("--topologies", default="single,cluster")
     parser.add_argument("--trace", default=DEFAULT_TRACE)
@@ -382,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     args.replicas = args.replicas or ("1,2" if args.quick else "1,2,4")
-    args.offered_rps = args.offered_rps or (300.0 if args.quick else 800.0)
+    args.offered_rps = args.offered_rps or (300.0 if args.quick else 400.0)
     args.requests = args.requests or (300 if args.quick else 2400)
     counts = [int(c) for c in args.replicas.split(",")]
     cluster_counts = [int(c) for c in (args.cluster_replicas or ("2" if args.quick else args.replicas)).split(",")]
