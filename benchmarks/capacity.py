@@ -26,6 +26,8 @@ below, which the output repeats):
 * A gateway replica is one process on one core, planned at ``GATEWAY_CORE_BUDGET`` of it: it serves
   budget × 1000 / (its CPU ms per request) req/s. Heuristic: measured (median over the runs of the
   replicas' CPU per request). Neural: ``NEURAL_CPU_MS_PER_REQUEST`` (stated, with its source).
+* ``redis_primaries`` is "—" when no number of primaries suffices (the cache's slot);
+  ``redis_primaries_cache_sharded`` says what spreading the cache's keys too would need.
 * Flush interval: the idle replicas' Redis commands per second at the measured interval, scaled by
   measured interval / interval (an upper bound: it counts the cache stream reads, which do not
   depend on the interval, as sync traffic), times the replicas needed; learning lag ≤ 2 intervals
@@ -103,6 +105,16 @@ def primaries_needed(rps: float, costs: dict) -> int | None:
     return max(2, math.ceil((1 - c) / free))
 
 
+def primaries_if_cache_sharded(rps: float, costs: dict) -> int:
+    """Redis primaries for `rps` if the cache's keys were spread too (not how sigroute lays them out
+    today: what sharding the cache would buy)."""
+    capacity = primary_capacity_rps(costs)
+    c = costs["cache_share_of_redis_load"] or 0.0
+    if rps <= capacity:
+        return 1
+    return math.ceil(rps * (1 - c) / capacity) + math.ceil(rps * c / capacity)
+
+
 def replicas_needed(rps: float, cpu_ms_per_request: float) -> int:
     return math.ceil(rps / (GATEWAY_CORE_BUDGET * 1000.0 / cpu_ms_per_request))
 
@@ -130,6 +142,7 @@ def model(costs: dict) -> dict:
             rows.append({"target_rps": rps, "policy": policy,
                          "replicas": replicas_needed(rps, cpu_ms),
                          "redis_primaries": primaries,
+                         "redis_primaries_cache_sharded": primaries_if_cache_sharded(rps, costs),
                          "redis_commands_per_s": round(rps * costs["redis_cmds_per_request"]),
                          "redis_mb_per_s": round(rps * costs["redis_bytes_per_request"] / 1e6, 2),
                          "breaks_first": what_breaks_first(rps, costs)})
@@ -168,11 +181,12 @@ def model(costs: dict) -> dict:
 
 def markdown(result: dict) -> str:
     costs = result["costs"]
-    lines = ["| target | policy | gateway replicas | Redis primaries | Redis commands/s | Redis MB/s | breaks first |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| target | policy | gateway replicas | Redis primaries | primaries if the cache were sharded | "
+             "Redis commands/s | Redis MB/s | breaks first |", "|---|---|---|---|---|---|---|---|"]
     for row in result["table"]:
         primaries = "—" if row["redis_primaries"] is None else str(row["redis_primaries"])
         lines.append(f"| {row['target_rps']:,} req/s | {row['policy']} | {row['replicas']:,} | {primaries} | "
+                     f"{row['redis_primaries_cache_sharded']} | "
                      f"{row['redis_commands_per_s']:,} | {row['redis_mb_per_s']:g} | {row['breaks_first']} |")
     lines += ["", "| sync_interval_s | Redis commands/s per replica (idle) | learning lag under load | "
                   "share of Redis load at 1k / 10k / 100k req/s (heuristic replicas) |", "|---|---|---|---|"]

@@ -47,6 +47,8 @@ def test_capacity_arithmetic():
     # 10k: the busiest of P primaries carries 0.1 + 0.9 / P of 10,000 × 0.5 ms; fits 1,400 req/s
     # when 0.9 / P <= 0.14 - 0.1, so P = ceil(22.5) = 23
     assert row(result, 10_000, "heuristic")["redis_primaries"] == 23
+    # with the cache spread too: ceil(9,000 / 1,400) + ceil(1,000 / 1,400) = 7 + 1
+    assert row(result, 10_000, "heuristic")["redis_primaries_cache_sharded"] == 8
     assert row(result, 10_000, "heuristic")["redis_commands_per_s"] == 100_000
     assert row(result, 10_000, "heuristic")["redis_mb_per_s"] == 10.0
     # 100k: the cache's part alone (10,000 req/s-equivalents) exceeds one primary: no P suffices
@@ -67,7 +69,7 @@ def test_main_prints_markdown_then_json(tmp_path, capsys):
     assert capacity.main(["--from", str(source), "--json", str(tmp_path / "capacity.json")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| target | policy | gateway replicas | Redis primaries")
-    assert any(line.startswith("| 10,000 req/s | heuristic | 29 | 23 |") for line in lines)
+    assert any(line.startswith("| 10,000 req/s | heuristic | 29 | 23 | 8 |") for line in lines)
     assert json.loads(lines[-1]) == json.loads((tmp_path / "capacity.json").read_text())
 
 
