@@ -272,8 +272,7 @@ def package_rows(corpora_dir: str | Path) -> tuple[list[Row], list[dict]]:
             rows.append(Row(text, 1, family, source, split_of(text)))
 
     for source, template, family in roleplay_templates(g, p):
-        for request in rng.sample(requests, 2):
-            add(_fill(template, request), family, source)
+        add(_fill(template, rng.choice(requests)), family, source)
     for source, text in plain_harmful(g, p):
         add(text, "harmful_request", source)
     for source, text in persuasion_examples(g, p):

@@ -96,10 +96,15 @@ def fit(rows, F: Features, train_idx: np.ndarray, seed: int = 0):
                         random_state=seed).fit((D - mean) / scale, y, sample_weight=w)
     ng = LogisticRegression(C=C_NGRAM, max_iter=2000, random_state=seed).fit(F.S[train_idx], y, sample_weight=w)
 
+    W1, b1 = mlp.coefs_[0].astype(np.float64), mlp.intercepts_[0].astype(np.float64)
+    w2, b2 = mlp.coefs_[1][:, 0].astype(np.float64), float(mlp.intercepts_[1][0])
+
     def score(idx: np.ndarray) -> np.ndarray:
-        p = np.clip(mlp.predict_proba((F.D[idx] - mean) / scale)[:, 1], 1e-12, 1 - 1e-12)
-        z = ng.decision_function(F.S[idx]) + W_MLP * (np.log(p) - np.log1p(-p))
-        return 1.0 / (1.0 + np.exp(-z))
+        """The attack probability as `signals.heads.Head` computes it: sigmoid(n-gram logit +
+        W_MLP × network logit), from raw logits (a probability would saturate to 0 or 1)."""
+        hidden = np.maximum(((F.D[idx] - mean) / scale).astype(np.float64) @ W1 + b1, 0.0)
+        z = ng.decision_function(F.S[idx]) + W_MLP * (hidden @ w2 + b2)
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
     coef = ng.coef_.ravel().astype(np.float32)
     out_w = mlp.coefs_[1].ravel().astype(np.float32)
