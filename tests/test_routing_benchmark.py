@@ -416,3 +416,18 @@ def test_run_benchmark_reports_each_feedback_mode(tables):
     assert out["feedback"]["shadow"]["shadow_cost_usd"] > 0 and out["feedback"]["implicit"]["shadow_cost_usd"] == 0
     assert out["config"]["feedback"]["p_wrong"] == 0.6
     json.dumps(rb._jsonable(out))
+
+
+def test_cross_validation_inside_the_training_split_prefers_the_context_that_knows_the_topics(tables):
+    """benchmarks.routing_cv: every training question is validated once, and a context that knows
+    each question's topic beats a bias-only one on every fold."""
+    from benchmarks.routing_cv import cross_validate, cv_fold
+
+    train, _ = tables
+    contexts = {"bias": np.ones((train.n, 1)), "topics": topic_features(train)}
+    out = cross_validate(train, contexts, [(0.1, 1.0)], folds=3)
+    bias, topics = out["results"]["bias | alpha 0.1 ridge 1"], out["results"]["topics | alpha 0.1 ridge 1"]
+    assert len(bias["aiq_per_fold"]) == len(topics["aiq_per_fold"]) == 3
+    assert bias["diff_vs_first"] == 0.0
+    assert topics["folds_better_than_first"] == 3 and topics["diff_vs_first"] > 0.01
+    assert sorted({cv_fold(q, 3) for q in train.question_ids}) == [0, 1, 2]
