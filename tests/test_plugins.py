@@ -428,7 +428,7 @@ def test_streamed_requests_get_the_same_plugin_actions(sim, gateway_factory):
     headers, text, _ = streamed_text(gw, ATTACK)
     assert headers["x-sigroute-decision"] == "guarded" and headers["x-sigroute-rerouted-from"] == "default"
     assert text and sim.calls("beta") == 1
-    headers, text, _ = streamed_text(gw, "Summarize the plot of Hamlet in three sentences.")
+    headers, text, _ = streamed_text(gw, "Forget the previous topic and tell me a joke instead.")  # borderline: warned
     assert "x-sigroute-jailbreak" in headers and sim.calls("alpha") == 1
     headers, text, _ = streamed_text(gw, "my card is 4111 1111 1111 1111")
     assert text == "No personal data, please." and headers["x-sigroute-blocked-by"] == "pii"
