@@ -89,6 +89,25 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+
+async def send_open_loop(arrivals, one, pools, speedup: float = 1.0) -> float:
+    """Open loop: start `one(i, body)` at each arrival's offset (seconds / `speedup`) without waiting
+    for earlier answers, wait for all, close the pools' connections; returns the wall time."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    tasks = []
+    for i, (offset, body) in enumerate(arrivals):
+        delay = began + offset / speedup - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(i, body)))
+    await asyncio.gather(*tasks)
+    wall = loop.time() - began
+    for pool in pools:
+        for conn in pool:
+            await conn.close()
+    return wall
+
 async def replay(targets: list[tuple[str, int]], arrivals: list[tuple[float, bytes]], speedup: float,
                  upstream_ms: float = 0.0, max_connections: int = 1024) -> dict:
     """Send each body at its arrival time / speedup (round-robin over `targets`); open loop."""
@@ -130,19 +149,7 @@ async def replay(targets: list[tuple[str, int]], arrivals: list[tuple[float, byt
             waited = sample.headers.get("x-sigroute-upstream-ms")  # absent on cached answers
             beyond_upstream.append(sample.total_ms - (float(waited) if waited is not None else upstream_ms))
 
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    tasks = []
-    for i, (offset, body) in enumerate(arrivals):
-        delay = began + offset / speedup - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(i, body)))
-    await asyncio.gather(*tasks)
-    wall = loop.time() - began
-    for pool in pools:
-        for conn in pool:
-            await conn.close()
+    wall = await send_open_loop(arrivals, one, pools, speedup)
     return {"requests": len(arrivals), "ok": len(added), "errors": errors, "wall_s": round(wall, 2),
             "achieved_rps": round(len(added) / wall, 2) if wall > 0 else None,
             "offered_rps": round(len(arrivals) / (arrivals[-1][0] / speedup), 2) if len(arrivals) > 1 else None,

@@ -63,7 +63,7 @@ import httpx
 import orjson
 import yaml
 
-from benchmarks.load import DEFAULT_TRACE, load_trace, request_body
+from benchmarks.load import DEFAULT_TRACE, load_trace, request_body, send_open_loop
 from benchmarks.loadgen import Connection, HTTPError, ServerProcess, cpu_seconds, machine_info, stats
 from benchmarks.report import emit
 
@@ -205,19 +205,7 @@ async def offer(targets: list[tuple[str, int]], arrivals: list[tuple[float, byte
             outcome = "no answer" if rated is None else f"{rated.status} {(rated.body or b'')[:120].decode('utf-8', 'replace')}"
             feedback_other[outcome] = feedback_other.get(outcome, 0) + 1
 
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    tasks = []
-    for i, (offset, body) in enumerate(arrivals):
-        delay = began + offset - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(i, body)))
-    await asyncio.gather(*tasks)
-    wall = loop.time() - began
-    for pool in pools:
-        for conn in pool:
-            await conn.close()
+    wall = await send_open_loop(arrivals, one, pools)
     return {"requests": len(arrivals), **counts, "feedback_other_outcomes": feedback_other, "errors": errors, "wall_s": round(wall, 3),
             "offered_rps": round(len(arrivals) / max(arrivals[-1][0], 1e-9), 1) if len(arrivals) > 1 else None,
             "rps": round(counts["chat_ok"] / wall, 1) if wall > 0 else None, "added_ms": stats(added, 3)}

@@ -106,17 +106,9 @@ def fit(rows, F: Features, train_idx: np.ndarray, seed: int = 0):
         z = ng.decision_function(F.S[idx]) + W_MLP * (hidden @ w2 + b2)
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
-    coef = ng.coef_.ravel().astype(np.float32)
-    out_w = mlp.coefs_[1].ravel().astype(np.float32)
-    arrays = {
-        "c0_Ws": np.stack([np.zeros_like(coef), coef], axis=1).astype(np.float16),
-        "c0_b": np.array([0.0, float(ng.intercept_[0])], dtype=np.float32),
-        "c1_mean": mean, "c1_scale": scale,
-        "c1_W1": mlp.coefs_[0].astype(np.float16), "c1_b1": mlp.intercepts_[0].astype(np.float32),
-        "c1_Wd": np.stack([np.zeros_like(out_w), out_w], axis=1).astype(np.float16),
-        "c1_b": np.array([0.0, float(mlp.intercepts_[1][0])], dtype=np.float32),
-    }
-    return score, arrays
+    from sigroute.signals.training import jailbreak_head_arrays
+
+    return score, jailbreak_head_arrays(ng, mlp, mean, scale)
 
 
 def _benign_sources(rows, idx):

@@ -293,6 +293,22 @@ def _threshold_for_fpr(scores: np.ndarray, fpr: float) -> float:
     return float(np.nextafter(s[allowed], 1.0))  # strictly above the (allowed+1)-th highest
 
 
+
+def jailbreak_head_arrays(ng, mlp, mean, scale) -> dict[str, np.ndarray]:
+    """The jailbreak head's weights as `signals.heads` reads them: the n-gram logistic regression
+    (component 0) and the one-hidden-layer network on the dense features (component 1), each as
+    two-class scores (benign column zero)."""
+    coef = ng.coef_.ravel().astype(np.float32)
+    out_w = mlp.coefs_[1].ravel().astype(np.float32)
+    return {
+        "c0_Ws": np.stack([np.zeros_like(coef), coef], axis=1).astype(np.float16),
+        "c0_b": np.array([0.0, float(ng.intercept_[0])], dtype=np.float32),
+        "c1_mean": mean, "c1_scale": scale,
+        "c1_W1": mlp.coefs_[0].astype(np.float16), "c1_b1": mlp.intercepts_[0].astype(np.float32),
+        "c1_Wd": np.stack([np.zeros_like(out_w), out_w], axis=1).astype(np.float16),
+        "c1_b": np.array([0.0, float(mlp.intercepts_[1][0])], dtype=np.float32),
+    }
+
 def train_jailbreak(data_dir, out_dir=None, encoder=None, cache_dir=None) -> dict:
     """Binary attack head, a product of two experts: a logistic regression over hashed word and char
     n-grams, and a small neural network (one hidden ReLU layer) over [embedding | attack patterns |
@@ -383,16 +399,7 @@ def train_jailbreak(data_dir, out_dir=None, encoder=None, cache_dir=None) -> dic
                     for k, (s, y) in scores.items()}
     _log(f"jailbreak: C={C}, w_mlp={w_mlp}, threshold {threshold:.4f}: {at_threshold}")
 
-    coef = ng.coef_.ravel().astype(np.float32)
-    out_w = mlp.coefs_[1].ravel().astype(np.float32)
-    arrays = {
-        "c0_Ws": np.stack([np.zeros_like(coef), coef], axis=1).astype(np.float16),
-        "c0_b": np.array([0.0, float(ng.intercept_[0])], dtype=np.float32),
-        "c1_mean": mean, "c1_scale": scale,
-        "c1_W1": mlp.coefs_[0].astype(np.float16), "c1_b1": mlp.intercepts_[0].astype(np.float32),
-        "c1_Wd": np.stack([np.zeros_like(out_w), out_w], axis=1).astype(np.float16),
-        "c1_b": np.array([0.0, float(mlp.intercepts_[1][0])], dtype=np.float32),
-    }
+    arrays = jailbreak_head_arrays(ng, mlp, mean, scale)
     meta = {
         "kind": "jailbreak",
         "labels": ["benign", "injection"],
