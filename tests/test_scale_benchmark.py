@@ -14,9 +14,20 @@ import math
 from benchmarks import scale
 
 
+def azure_like_trace(path, n: int = 400) -> None:
+    """A trace in the Azure files' columns (arrivals 0.1 s apart, varied sizes), so the test needs
+    nothing from ../shared/data."""
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    lines += [f"2024-01-01 12:{i // 600:02d}:{(i % 600) / 10:09.6f},{100 + (i * 37) % 900},{10 + (i * 13) % 120}"
+              for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def test_quick_scale_run_reports_per_request_redis_cost_and_shared_state(tmp_path, capsys, redis_url):
     out = tmp_path / "scale.json"
-    assert scale.main(["--quick", "--quiet", "--json", str(out)]) == 0
+    trace = tmp_path / "trace.csv"
+    azure_like_trace(trace)
+    assert scale.main(["--quick", "--quiet", "--trace", str(trace), "--json", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     result = json.loads(out.read_text())
     assert summary == result["summary"]
