@@ -38,6 +38,9 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+# default connect/command timeout of the stores a request waits on (cache, rate limits, served
+# answers, stored responses): `sigroute serve --redis-timeout`, `create_app(redis_timeout_s=)`
+REQUEST_PATH_TIMEOUT_S = 0.5
 ACCEPTED_URLS = ("None or 'memory' (in-process), 'redis://[:password@]host[:port][/db]', "
                  "'rediss://...' (TLS), 'unix:///path/to/redis.sock[?db=N]', or a Redis Cluster as "
                  "'redis+cluster://[:password@]host:port[,host:port...]' ('rediss+cluster://...' for TLS)")

@@ -50,6 +50,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from sigroute._redis import REQUEST_PATH_TIMEOUT_S
 from sigroute.gateway import anthropic_wire
 from sigroute.gateway.anthropic_wire import MESSAGES
 from sigroute.gateway.dashboard import UI_ASSETS, dashboard_document, ui_asset
@@ -278,10 +279,15 @@ async def _until_disconnect(receive: Receive) -> None:
 
 
 def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metrics | None = None,
-               redis_url: str | None = None, reload_on_sighup: bool = False,
+               redis_url: str | None = None, redis_timeout_s: float = REQUEST_PATH_TIMEOUT_S,
+               reload_on_sighup: bool = False,
                retire_after_s: float = Runtime.RETIRE_AFTER_S, **pipeline_options: Any) -> FastAPI:
     """The gateway app. `redis_url` shares learning state, pending feedback, cached answers and
     rate-limit buckets between replicas (and keeps them across restarts); without it they live in this process's memory.
+    `redis_timeout_s` bounds each connect and each command of the stores a request waits on (cache,
+    rate limits, served answers, stored responses): past it the request goes on without that store
+    (fail-open), and the store fails fast for a moment. Learned state and pending feedback, synced in
+    the background, keep their own longer timeouts.
     `reload_on_sighup` (for `sigroute serve`, which runs the app in the main thread) reloads the
     policy file when the process gets SIGHUP, as a task on the event loop."""
     from sigroute.bandits.store import open_pending_store, open_state_store
@@ -291,17 +297,22 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     from sigroute.gateway.implicit import open_served_answers
     from sigroute.gateway.ratelimit import RateLimiter, open_rate_limit_store
 
+    from sigroute.gateway.response_store import open_response_store
+
+    if not redis_timeout_s > 0:
+        raise ValueError(f"redis_timeout_s must be a positive number of seconds, not {redis_timeout_s!r}")
+    # options for the stores on the request path; none for the in-memory ones
+    fast = dict(socket_timeout=redis_timeout_s, connect_timeout=redis_timeout_s) if redis_url else {}
     metrics = metrics or Metrics()
     pipeline_options.setdefault("state_store", open_state_store(redis_url))
     pipeline_options.setdefault("pending_store", open_pending_store(redis_url))
-    pipeline_options.setdefault("semantic_cache", SemanticCache(open_document_store(redis_url)))
+    pipeline_options.setdefault("semantic_cache", SemanticCache(open_document_store(redis_url, **fast)))
     pipeline_options.setdefault("flights", SingleFlight())
-    pipeline_options.setdefault("rate_limiter", RateLimiter(open_rate_limit_store(redis_url)))
+    pipeline_options.setdefault("rate_limiter", RateLimiter(open_rate_limit_store(redis_url, **fast)))
     pipeline_options.setdefault("activity", Activity())
-    pipeline_options.setdefault("served_answers", open_served_answers(redis_url))   # for implicit feedback
+    pipeline_options.setdefault("served_answers", open_served_answers(redis_url, **fast))   # for implicit feedback
     runtime = Runtime(policy, policy_path, metrics, retire_after_s=retire_after_s, **pipeline_options)
-    from sigroute.gateway.response_store import open_response_store
-    responses = ResponsesSurface(open_response_store(redis_url))   # stored Responses: memory, or Redis if given
+    responses = ResponsesSurface(open_response_store(redis_url, **fast))   # stored Responses: memory, or Redis if given
     semantic_cache: SemanticCache = pipeline_options["semantic_cache"]
 
     async def learning_loop() -> None:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sigroute._redis import REQUEST_PATH_TIMEOUT_S
+
 
 def _load_or_report(path: str | None):
     """The policy at `path` (or the embedded default); on errors, print them and return None."""
@@ -161,7 +163,8 @@ def cmd_serve(args) -> int:
             from sigroute.bandits.replay import DecisionLog
 
             options["decision_log"] = DecisionLog(args.decision_log)
-        app = create_app(policy, policy_path=args.policy, redis_url=args.redis, reload_on_sighup=True, **options)
+        app = create_app(policy, policy_path=args.policy, redis_url=args.redis, redis_timeout_s=args.redis_timeout,
+                         reload_on_sighup=True, **options)
     except Exception as exc:
         problem = _startup_problem(exc, args.policy)
         if problem is None:
@@ -518,6 +521,16 @@ def cmd_bandit(args) -> int:
     return asyncio.run(run())
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sigroute", description="Semantic model-router gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -532,6 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share learning state, pending feedback, cached answers and rate limits through Redis "
                         "(redis://host:port/db, or a cluster: redis+cluster://host:port,host:port); "
                         "default: $SIGROUTE_REDIS_URL, else in memory")
+    p.add_argument("--redis-timeout", type=_positive_seconds, metavar="SECONDS",
+                   default=os.environ.get("SIGROUTE_REDIS_TIMEOUT", str(REQUEST_PATH_TIMEOUT_S)),
+                   help="connect and command timeout of the Redis stores a request waits on (cache, rate limits, "
+                        "served answers, stored responses); past it the request goes on without that store. "
+                        f"Default: $SIGROUTE_REDIS_TIMEOUT, else {REQUEST_PATH_TIMEOUT_S:g}")
     p.add_argument("--decision-log", metavar="PATH",
                    help="append every learning decision (features, pick, propensity, reward; no text) and "
                         "every feedback to this JSON-lines file, for `sigroute replay`")

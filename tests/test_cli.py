@@ -93,3 +93,10 @@ def test_serve_refuses_a_malformed_redis_url_in_one_line():
     result = sigroute("serve", "--redis", "http://not-redis:1", "--port", "1")
     assert result.returncode == 2
     assert "--redis" in result.stderr and "redis://" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_redis_timeout_that_is_not_a_positive_number():
+    for bad in ("0", "-1", "soon", "inf"):
+        result = sigroute("serve", "--redis-timeout", bad, "--port", "1")
+        assert result.returncode == 2, bad
+        assert "--redis-timeout" in result.stderr and "Traceback" not in result.stderr

@@ -197,3 +197,31 @@ async def test_a_flush_that_redis_runs_after_it_timed_out_is_counted_once(paused
         assert_exact(replica.learner("acme").estimator.sums(), world.expected(), "the replica")
     finally:
         await store.aclose()
+
+
+def test_the_request_path_redis_timeout_is_the_configured_one(sim, gateway_factory, paused_redis):
+    """`create_app(redis_timeout_s=)` (`sigroute serve --redis-timeout`) sets the connect and command
+    timeout of every store a request waits on: a cache lookup on a hung Redis waits that long (a
+    lower bound, true on any machine) before the request goes on without the cache."""
+    from sigroute.gateway.app import create_app
+    from sigroute.policies.schema import Policy
+    from tests.conftest import base_policy
+
+    patient_s = 2.0   # four times the default 0.5 s
+    policy = base_policy(sim)
+    policy["decisions"][0]["cache"] = {"mode": "exact", "ttl": 600}
+    gw = gateway_factory(policy, redis_url=paused_redis.url, redis_timeout_s=patient_s)
+    pipeline = gw.app.state.runtime.pipeline
+    stores = {"cache": pipeline.learning.semantic_cache.store, "rate limits": pipeline.rate_limiter.store,
+              "served answers": pipeline.implicit.store, "responses": gw.app.state.responses.store}
+    for name, store in stores.items():
+        assert store._options["socket_timeout"] == store._options["connect_timeout"] == patient_s, name
+    assert gw.chat("before the hang").status_code == 200
+    paused_redis.pause()
+    began = time.monotonic()
+    during = gw.chat("during the hang")
+    waited = time.monotonic() - began
+    assert during.status_code == 200 and during.headers["x-sigroute-cache"] == "miss"
+    assert waited >= patient_s, f"the lookup gave up after {waited:.2f}s, before its {patient_s}s timeout"
+    with pytest.raises(ValueError, match="redis_timeout_s"):
+        create_app(Policy.model_validate(policy), redis_url=paused_redis.url, redis_timeout_s=0)

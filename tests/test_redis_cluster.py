@@ -198,8 +198,11 @@ def test_two_gateways_on_one_cluster_share_limits_cache_and_learning(sim, gatewa
     clean_cluster_url = any_cluster.url   # flushed by any_cluster
     burst = 6
     policy = cluster_policy(sim, {"requests_per_minute": 6, "burst": burst}, algorithm=LEARN)
-    a = gateway_factory(policy, redis_url=clean_cluster_url)
-    b = gateway_factory(policy, redis_url=clean_cluster_url)
+    # this test is about sharing, not about a busy machine's timeouts: with the default 0.5 s, a
+    # first connect to six cluster nodes on two busy CPU cores can time out and the lookup is skipped
+    patient = {"redis_url": clean_cluster_url, "redis_timeout_s": 5.0}
+    a = gateway_factory(policy, **patient)
+    b = gateway_factory(policy, **patient)
 
     first = chat(a, "What is the capital of Peru?", api_key=OTHER)          # no limit on this key
     assert first.status_code == 200 and first.headers["x-sigroute-cache"] == "miss"
