@@ -431,3 +431,26 @@ def test_cross_validation_inside_the_training_split_prefers_the_context_that_kno
     assert bias["diff_vs_first"] == 0.0
     assert topics["folds_better_than_first"] == 3 and topics["diff_vs_first"] > 0.01
     assert sorted({cv_fold(q, 3) for q in train.question_ids}) == [0, 1, 2]
+
+
+def test_hyper_parameters_are_chosen_by_cross_validation_inside_the_training_split(tables):
+    train, data = tables
+    split = rb.make_split(data, train)
+    ctx = rb.Context(split, topic_features(split.train), topic_features(split.stream), warm=True, seeds=1,
+                     ridge=1.0, w_grid=(0.0, 0.2, 10.0))
+    parts = rb.fold_contexts(ctx, 3)
+    streamed = [q for part in parts for q in part.split.stream.question_ids]
+    assert sorted(streamed) == sorted(split.train.question_ids)   # every training question validated once
+    for part in parts:
+        assert not set(part.split.stream.question_ids) & set(part.split.train.question_ids)
+    assert not set(streamed) & set(split.stream.question_ids)      # the reported stream takes no part
+    tuned = rb.tune(ctx, lambda message: None, alphas=(0.0, 0.5), ridges=(0.1, 100.0), folds=3)
+    assert len(tuned["grid"]) == 4 and tuned["folds"] == 3
+    for row in tuned["grid"]:
+        assert len(row["cv_aiq_per_fold"]) == 3
+        assert row["cv_aiq"] == pytest.approx(float(np.mean(row["cv_aiq_per_fold"])), abs=1e-6)
+    best = max(tuned["grid"], key=lambda row: row["cv_aiq"])
+    assert (tuned["alpha"], tuned["ridge"]) == (best["alpha"], best["ridge"]) and tuned["cv_aiq"] == best["cv_aiq"]
+    assert tuned["inner_points"]   # the inner cut at the chosen setting, for the honest operating points
+    single = rb.tune(ctx, lambda message: None, alphas=(0.5,), ridges=(1.0,), folds=1)
+    assert "inner_aiq" in single["grid"][0] and "cv_aiq" not in single
