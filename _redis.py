@@ -229,11 +229,15 @@ def _open_cluster(url: str, *, decode_responses: bool, socket_timeout: float, co
 def unavailable_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "this Redis (or this cluster slot) cannot be used right now": lost
     or refused connections, timeouts, a cluster that is down or resharding past the client's
-    redirect budget, a slot no primary serves (a failover in progress)."""
+    redirect budget, a slot no primary serves (a failover in progress), a read-only replica
+    (a URL naming a replica, or a primary a failover demoted, answers READONLY to writes) and a
+    replica cut off from its primary (MASTERDOWN)."""
     from redis.exceptions import (
         BusyLoadingError,
         ClusterDownError,
         ClusterError,
+        MasterDownError,
+        ReadOnlyError,
         RedisClusterException,
         SlotNotCoveredError,
         TryAgainError,
@@ -242,7 +246,20 @@ def unavailable_errors() -> tuple[type[BaseException], ...]:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     return (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, ClusterError,
-            RedisClusterException, SlotNotCoveredError, TryAgainError, BusyLoadingError)
+            RedisClusterException, SlotNotCoveredError, TryAgainError, BusyLoadingError, ReadOnlyError,
+            MasterDownError)
+
+
+def unavailable_detail(exc: BaseException) -> str:
+    """What an unavailable-Redis error says, in words an operator can act on."""
+    from redis.exceptions import MasterDownError, ReadOnlyError
+
+    if isinstance(exc, ReadOnlyError):
+        return ("it is a read-only replica and refuses writes (the URL names a replica, or a failover "
+                "demoted this primary); point the URL at the primary, or at the cluster")
+    if isinstance(exc, MasterDownError):
+        return "it is a replica that lost its primary and serves no data until the link is back"
+    return str(exc) or type(exc).__name__
 
 
 def is_timeout(exc: BaseException) -> bool:
@@ -314,7 +331,7 @@ class HungRedis:
         except unavailable_errors() as exc:
             if is_timeout(exc):
                 self.timed_out_at = time.monotonic()
-            raise error(f"{where}: {str(exc) or type(exc).__name__}" + (f"; {hint}" if hint else "")) from exc
+            raise error(f"{where}: {unavailable_detail(exc)}" + (f"; {hint}" if hint else "")) from exc
         else:
             self.timed_out_at = None
         finally:
