@@ -230,13 +230,16 @@ def unavailable_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "this Redis (or this cluster slot) cannot be used right now": lost
     or refused connections, timeouts, a cluster that is down or resharding past the client's
     redirect budget, a slot no primary serves (a failover in progress), a read-only replica
-    (a URL naming a replica, or a primary a failover demoted, answers READONLY to writes) and a
-    replica cut off from its primary (MASTERDOWN)."""
+    (a URL naming a replica, or a primary a failover demoted, answers READONLY to writes), a
+    replica cut off from its primary (MASTERDOWN), a full Redis that may not evict (OOM) and an ACL
+    user without the right to a command the stores need (NOPERM)."""
     from redis.exceptions import (
         BusyLoadingError,
         ClusterDownError,
         ClusterError,
         MasterDownError,
+        NoPermissionError,
+        OutOfMemoryError,
         ReadOnlyError,
         RedisClusterException,
         SlotNotCoveredError,
@@ -247,13 +250,19 @@ def unavailable_errors() -> tuple[type[BaseException], ...]:
 
     return (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, ClusterError,
             RedisClusterException, SlotNotCoveredError, TryAgainError, BusyLoadingError, ReadOnlyError,
-            MasterDownError)
+            MasterDownError, OutOfMemoryError, NoPermissionError)
 
 
 def unavailable_detail(exc: BaseException) -> str:
     """What an unavailable-Redis error says, in words an operator can act on."""
-    from redis.exceptions import MasterDownError, ReadOnlyError
+    from redis.exceptions import MasterDownError, NoPermissionError, OutOfMemoryError, ReadOnlyError
 
+    if isinstance(exc, OutOfMemoryError):
+        return ("it is full (used memory > maxmemory) and its maxmemory-policy forbids evicting, so it "
+                "refuses writes; raise maxmemory or use an evicting policy such as allkeys-lru for a cache")
+    if isinstance(exc, NoPermissionError):
+        return (f"its ACL user has no permission for a command the gateway needs ({exc}); grant the "
+                f"user +@all (or at least scripting, hashes, sorted sets, streams and keyspace) on the keys")
     if isinstance(exc, ReadOnlyError):
         return ("it is a read-only replica and refuses writes (the URL names a replica, or a failover "
                 "demoted this primary); point the URL at the primary, or at the cluster")
