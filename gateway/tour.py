@@ -174,7 +174,7 @@ def _short(model: str) -> str:
 
 
 def _learning(base_url: str, replay: ReplayData, n_questions: int, concurrency: int, seed: int) -> bool:
-    from sigroute.gateway.sim.feedback_loop import FeedbackError, ask_and_grade
+    from sigroute.gateway.sim.feedback_loop import FeedbackError, ask_and_grade, send_feedback
 
     outcomes, pool = replay.outcomes, replay.pool
     prices = {m: (outcomes.models[m].price_in, outcomes.models[m].price_out) for m in pool}
@@ -208,10 +208,10 @@ def _learning(base_url: str, replay: ReplayData, n_questions: int, concurrency: 
             for w in windows:
                 for start in range(w.first - 1, w.last, concurrency):
                     batch = stream[start:min(start + concurrency, w.last)]
-                    answers = await asyncio.gather(*(ask_and_grade(http, q.prompt, q.answer, prices,
-                                                                   feedback_decisions=(LEARNING_DECISION,))
-                                                     for q in batch),
-                                                   return_exceptions=True)
+                    # the batch is asked at once, then graded: every question of a batch is routed with
+                    # what the learner knew before it, whatever the timing (so a run can be repeated)
+                    answers = await asyncio.gather(*(ask_and_grade(http, q.prompt, q.answer, prices, feedback=False)
+                                                     for q in batch), return_exceptions=True)
                     for q, a in zip(batch, answers):
                         if isinstance(a, (FeedbackError, httpx.HTTPError)):
                             failures.append(str(a))
@@ -221,6 +221,7 @@ def _learning(base_url: str, replay: ReplayData, n_questions: int, concurrency: 
                         if a.decision != LEARNING_DECISION:   # e.g. a question that mentions a password
                             elsewhere[a.decision] += 1
                             continue
+                        await send_feedback(http, a.request_id, a.correct)
                         w.router_correct.append(a.correct)
                         w.router_cost.append(a.cost_usd)
                         w.picks[a.model] += 1

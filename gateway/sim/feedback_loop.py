@@ -17,7 +17,7 @@ import httpx
 
 from sigroute.gateway.sim.server import extract_answer_letter
 
-__all__ = ["FeedbackError", "GradedAnswer", "ask_and_grade"]
+__all__ = ["FeedbackError", "GradedAnswer", "ask_and_grade", "send_feedback"]
 
 
 class FeedbackError(RuntimeError):
@@ -58,8 +58,13 @@ async def ask_and_grade(client: httpx.AsyncClient, text: str, right: str,
     decision = r.headers.get("x-sigroute-decision", "?")
     feedback = feedback and (feedback_decisions is None or decision in feedback_decisions)
     if feedback:
-        fb = await client.post("/v1/feedback", json={"request_id": request_id, "score": correct})
-        if fb.status_code != 200:
-            raise FeedbackError(f"feedback answered {fb.status_code}: {fb.text[:300]}")
+        await send_feedback(client, request_id, correct)
     return GradedAnswer(request_id, decision, answered_by, correct, cost,
                         float(r.headers.get("x-sigroute-overhead-ms", "nan")), feedback)
+
+
+async def send_feedback(client: httpx.AsyncClient, request_id: str, score: float) -> None:
+    """``POST /v1/feedback {request_id, score}``; raises `FeedbackError` unless the gateway took it."""
+    fb = await client.post("/v1/feedback", json={"request_id": request_id, "score": score})
+    if fb.status_code != 200:
+        raise FeedbackError(f"feedback answered {fb.status_code}: {fb.text[:300]}")

@@ -17,12 +17,13 @@ The three models (prices in USD per million tokens, like ``models.csv``) are
 
 | model | input / output price | arithmetic | words |
 |---|---|---|---|
-| `synthetic-small` | 0.05 / 0.08 | 15 % | 78 % |
-| `synthetic-medium` | 0.30 / 0.60 | 55 % | 62 % |
-| `synthetic-large` | 1.25 / 5.00 | 85 % | 80 % |
+| `synthetic-small` | 0.05 / 0.08 | 15 % | 80 % |
+| `synthetic-medium` | 0.30 / 0.60 | 80 % | 50 % |
+| `synthetic-large` | 1.25 / 5.00 | 85 % | 85 % |
 
 so the best single model is `synthetic-large`, and a router that sends word questions to
-`synthetic-small` and arithmetic to `synthetic-large` is about as accurate for far less. Each
+`synthetic-small` and arithmetic to `synthetic-medium` is nearly as accurate for a small part of
+its cost. Each
 (question, model) result is drawn once from those rates with a fixed seed: the same call always
 returns the same table.
 """
@@ -40,9 +41,9 @@ SYNTHETIC_ROOT = Path("<synthetic>")  # `Outcomes.root` of the table: it lives i
 
 # name: (price in, price out, ttft ms, tokens/s, answer chars, accuracy on arithmetic, accuracy on words)
 SYNTHETIC_MODELS: dict[str, tuple[float, float, float, float, int, float, float]] = {
-    "synthetic-small": (0.05, 0.08, 120, 130, 700, 0.15, 0.78),
-    "synthetic-medium": (0.30, 0.60, 250, 80, 500, 0.55, 0.62),
-    "synthetic-large": (1.25, 5.00, 700, 60, 400, 0.85, 0.80),
+    "synthetic-small": (0.05, 0.08, 120, 130, 700, 0.15, 0.80),
+    "synthetic-medium": (0.30, 0.60, 250, 80, 500, 0.80, 0.50),
+    "synthetic-large": (1.25, 5.00, 700, 60, 400, 0.85, 0.85),
 }
 
 _GROUPS = {
@@ -82,13 +83,14 @@ def synthetic_outcomes(n_questions: int = 1200, seed: int = 2026) -> Outcomes:
 
     rng = random.Random(seed)
     questions: list[ReplayQuestion] = []
-    seen: set[tuple[str, tuple[str, ...]]] = set()
+    seen: set[tuple[str, frozenset[str]]] = set()
     while len(questions) < n_questions:
         kind = "math" if len(questions) % 2 == 0 else "words"
         text, options, answer = (_arithmetic if kind == "math" else _odd_one_out)(rng)
-        if (text, options) in seen:  # identical prompts could not be told apart by the simulator
+        key = (text, frozenset(options) if kind == "words" else frozenset())
+        if key in seen:  # the simulator could not tell such questions apart (same stem, same options)
             continue
-        seen.add((text, options))
+        seen.add(key)
         questions.append(ReplayQuestion(len(questions), f"synthetic-{len(questions)}", kind, "synthetic",
                                         text, options, answer))
     names = list(SYNTHETIC_MODELS)
