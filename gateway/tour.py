@@ -43,7 +43,8 @@ LEARNING_DECISION = "learn"
 PLACEHOLDER_BASE = "127.0.0.1:8099"
 DATA_ENV = "SIGROUTE_ROUTING_DATA"
 DEFAULT_QUESTIONS = 320
-WINDOW = 40
+FIRST_WINDOW = 10   # the chart's windows double from here (1-10, 11-20, 21-40, 41-80, ...): early learning shows
+SUMMARY_SPAN = 40   # the first and the last this many requests are compared at the end
 BAR_WIDTH = 20
 
 CACHE_QUESTION = "How do I reset the password of my account?"
@@ -197,7 +198,7 @@ def _learning(base_url: str, replay: ReplayData, n_questions: int, concurrency: 
     _say(f"  {'requests':<9}  {'accuracy of the router':<25}  {'best':>7}  {'cost per question: router':<30}"
          f"  {'best':<9}  picks")
     _say(f"  {'':<9}  {'(full bar: 1.0)':<25}  {'':>7}  {'(full bar: the best single)':<30}")
-    windows = [Window(i + 1, min(i + WINDOW, len(stream))) for i in range(0, len(stream), WINDOW)]
+    windows = [Window(first, last) for first, last in window_bounds(len(stream))]
     per_question_best = sum(best_cost(q) for q in stream) / len(stream)
     failures: list[str] = []
     elsewhere: Counter = Counter()
@@ -239,11 +240,11 @@ def _learning(base_url: str, replay: ReplayData, n_questions: int, concurrency: 
     best_correct = [c for w in answered for c in w.best_correct]
     total_best_cost = sum(c for w in answered for c in w.best_cost)
     acc, best_acc = sum(router_correct) / len(router_correct), sum(best_correct) / len(best_correct)
-    first, last = answered[0], answered[-1]
+    costs = [c for w in answered for c in w.router_cost]
+    span = min(SUMMARY_SPAN, len(router_correct) // 2) or 1
     _say()
-    _say(f"  first {len(first.router_correct)} requests: accuracy {_mean(first.router_correct):.2f} at "
-         f"${_mean(first.router_cost):.6f}/question; last {len(last.router_correct)}: accuracy "
-         f"{_mean(last.router_correct):.2f} at ${_mean(last.router_cost):.6f}/question")
+    _say(f"  first {span} requests: accuracy {_mean(router_correct[:span]):.2f} at ${_mean(costs[:span]):.6f}/question; "
+         f"last {span}: accuracy {_mean(router_correct[-span:]):.2f} at ${_mean(costs[-span:]):.6f}/question")
     _say(f"  learning result: router accuracy {acc:.3f}, cost ${router_cost:.4f} | best single model {best}: "
          f"accuracy {best_acc:.3f}, cost ${total_best_cost:.4f}")
     if total_best_cost > 0 and best_acc > 0:
@@ -255,6 +256,16 @@ def _learning(base_url: str, replay: ReplayData, n_questions: int, concurrency: 
     if failures:
         _say(f"  {len(failures)} request(s) failed, e.g. {failures[0]}")
     return not failures
+
+
+def window_bounds(n: int) -> list[tuple[int, int]]:
+    """(first, last) request numbers of the chart's rows: 1-10, 11-20, 21-40, 41-80, ... up to `n`."""
+    bounds, first, size = [], 1, FIRST_WINDOW
+    while first <= n:
+        last = min(n, first + size - 1)
+        bounds.append((first, last))
+        first, size = last + 1, last
+    return bounds
 
 
 def _mean(values: list[float]) -> float:
