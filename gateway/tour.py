@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -243,8 +242,9 @@ def _learning(base_url: str, replay: ReplayData, n_questions: int, concurrency: 
     costs = [c for w in answered for c in w.router_cost]
     span = min(SUMMARY_SPAN, len(router_correct) // 2) or 1
     _say()
-    _say(f"  first {span} requests: accuracy {_mean(router_correct[:span]):.2f} at ${_mean(costs[:span]):.6f}/question; "
-         f"last {span}: accuracy {_mean(router_correct[-span:]):.2f} at ${_mean(costs[-span:]):.6f}/question")
+    _say(f"  first {span} requests: accuracy {_mean(router_correct[:span]):.2f} at "
+         f"${_mean(costs[:span]):.6f}/question; last {span}: accuracy {_mean(router_correct[-span:]):.2f} at "
+         f"${_mean(costs[-span:]):.6f}/question")
     _say(f"  learning result: router accuracy {acc:.3f}, cost ${router_cost:.4f} | best single model {best}: "
          f"accuracy {best_acc:.3f}, cost ${total_best_cost:.4f}")
     if total_best_cost > 0 and best_acc > 0:
@@ -327,7 +327,7 @@ def _pii(http: httpx.Client, assistant: httpx.Client) -> bool:
     last = assistant.get(f"/sim/last/{ASSISTANT}")
     seen = last.json()["messages"][-1]["content"] if last.status_code == 200 else "(nothing)"
     _say(f"  caller sent  {PII_MESSAGE!r}")
-    _say(f"  (the simulated model echoes what it receives: [[sim:echo]])")
+    _say("  (the simulated model echoes what it receives: [[sim:echo]])")
     _say(f"  upstream saw: {seen}")
     _say(f"  caller got:   {answer}")
     _say(f"  → HTTP {r.status_code}, decision {r.headers.get('x-sigroute-decision')}, "
@@ -355,13 +355,14 @@ def run_tour(routing_data: str | None = None, questions: int = DEFAULT_QUESTIONS
     with ServerThread(create_replay_app(replay.outcomes, time_scale=0.0)) as replay_sim, \
             ServerThread(create_sim_app(assistant_config)) as assistant_sim:
         policy = build_policy(data, replay, replay_sim.url, assistant_sim.url)
-        with ServerThread(create_app(policy, policy_path=f"sigroute/policies/{TOUR_POLICY}")) as gateway, \
+        with ServerThread(create_app(policy)) as gateway, \
                 httpx.Client(base_url=gateway.url, timeout=60) as http, \
                 httpx.Client(base_url=assistant_sim.url, timeout=10) as assistant:
             _say(f"  replay simulator {replay_sim.url} · assistant simulator {assistant_sim.url} · "
                  f"gateway {gateway.url}")
-            ui = http.get("/ui")
-            _say(f"  dashboard: {gateway.url}/ui  (HTTP {ui.status_code}; open it now, it updates as the tour runs)")
+            page, data_status = http.get("/ui").status_code, http.get("/v1/admin/dashboard").status_code
+            _say(f"  dashboard: {gateway.url}/ui  (page HTTP {page}, data HTTP {data_status}; open it now, "
+                 "it updates as the tour runs)")
             _say(f"  ready in {time.perf_counter() - started:.1f} s")
             sections: list[tuple[str, str, Callable[[], bool]]] = [
                 ("learning", "Learning to route on " + ("synthetic" if replay.synthetic else "replayed real")

@@ -38,7 +38,8 @@ def sections(output: str) -> dict[str, str]:
 
 def check_common_sections(out: dict[str, str]) -> None:
     # the dashboard's address is printed before the first section, and it answered
-    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ui  \(HTTP 200;", out["head"]), out["head"]
+    dashboard = r"dashboard: http://127\.0\.0\.1:\d+/ui  \(page HTTP 200, data HTTP 200;"
+    assert re.search(dashboard, out["head"]), out["head"]
     # 2: the paraphrase is a semantic cache hit, the first question a miss
     cache = out["2"]
     assert "x-sigroute-cache: miss" in cache
