@@ -213,6 +213,9 @@ def _learning(base_url: str, replay: ReplayData, n_questions: int, concurrency: 
                     answers = await asyncio.gather(*(ask_and_grade(http, q.prompt, q.answer, prices, feedback=False)
                                                      for q in batch), return_exceptions=True)
                     for q, a in zip(batch, answers):
+                        if isinstance(a, FeedbackError) and a.decision not in (None, LEARNING_DECISION):
+                            elsewhere[a.decision] += 1   # refused by another decision (a guard)
+                            continue
                         if isinstance(a, (FeedbackError, httpx.HTTPError)):
                             failures.append(str(a))
                             continue

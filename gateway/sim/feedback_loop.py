@@ -21,7 +21,12 @@ __all__ = ["FeedbackError", "GradedAnswer", "ask_and_grade", "send_feedback"]
 
 
 class FeedbackError(RuntimeError):
-    """The gateway refused the question or the feedback (the message says which, with its answer)."""
+    """The gateway refused the question or the feedback (the message says which, with its answer);
+    `decision` is the decision that refused the question (e.g. a guard's), when the gateway said."""
+
+    def __init__(self, message: str, decision: str | None = None):
+        super().__init__(message)
+        self.decision = decision
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,8 @@ async def ask_and_grade(client: httpx.AsyncClient, text: str, right: str,
     r = await client.post("/v1/chat/completions", json={"model": model,
                                                        "messages": [{"role": "user", "content": text}]})
     if r.status_code != 200:
-        raise FeedbackError(f"the gateway answered {r.status_code}: {r.text[:300]}")
+        raise FeedbackError(f"the gateway answered {r.status_code}: {r.text[:300]}",
+                            r.headers.get("x-sigroute-decision"))
     body = r.json()
     answered_by = r.headers.get("x-sigroute-model", body.get("model", "?"))
     letter = extract_answer_letter(body["choices"][0]["message"]["content"])
