@@ -5,7 +5,8 @@ outcome; a gateway serves a policy whose single decision routes among the pool w
 algorithm under test; each question goes to `model="auto"` over loopback HTTP, in stream order,
 one at a time (online learning: each answer's feedback arrives before the next question). The
 answer's letter is checked against the question's answer, its cost is the usage the gateway saw ×
-the models.csv prices, and its quality goes back as `POST /v1/feedback {score: 1 | 0}`.
+the models.csv prices, and its quality goes back as `POST /v1/feedback {score: 1 | 0}` (one turn of
+that loop is `gateway.sim.feedback_loop.ask_and_grade`, which the demo tour uses too).
 
 Warm start, when given, is the same full-information statistics the offline run loads
 (`bandits.warmstart`), placed in the gateway's state store before it starts, exactly as
@@ -50,7 +51,7 @@ def run_through_gateway(outcomes: Any, questions: Sequence[tuple[str, str, str]]
     from sigroute.bandits.store import MemoryStateStore, import_state
     from sigroute.gateway.app import create_app
     from sigroute.gateway.serving import ServerThread
-    from sigroute.gateway.sim import create_replay_app, extract_answer_letter
+    from sigroute.gateway.sim import create_replay_app
     from sigroute.policies.schema import Policy
 
     prices = {m: (outcomes.models[m].price_in, outcomes.models[m].price_out) for m in pool}
@@ -61,7 +62,7 @@ def run_through_gateway(outcomes: Any, questions: Sequence[tuple[str, str, str]]
             asyncio.run(import_state(store, warm_snapshot))
         app = create_app(policy, state_store=store)
         records: list[dict[str, Any]] = []
-        with ServerThread(app) as gateway, httpx.Client(base_url=gateway.url, timeout=60) as http:
+        with ServerThread(app) as gateway:
             learner = app.state.runtime.pipeline.selectors["route"]
             if warm_snapshot is not None:  # the app loads stored state at start-up; wait for it
                 deadline = time.monotonic() + 30
@@ -70,25 +71,20 @@ def run_through_gateway(outcomes: Any, questions: Sequence[tuple[str, str, str]]
                 if tenant not in learner.tenants():
                     raise RuntimeError("the gateway did not load the warm-start state")
             started = time.perf_counter()
-            for question_id, text, right in questions:
-                r = http.post("/v1/chat/completions", json={
-                    "model": "auto", "messages": [{"role": "user", "content": text}]})
-                if r.status_code != 200:
-                    raise RuntimeError(f"gateway answered {r.status_code}: {r.text[:300]}")
-                body = r.json()
-                model = r.headers["x-sigroute-model"]
-                letter = extract_answer_letter(body["choices"][0]["message"]["content"])
-                correct = 1.0 if letter == right else 0.0
-                usage = body.get("usage") or {}
-                price_in, price_out = prices[model]
-                cost = (usage.get("prompt_tokens", 0) * price_in + usage.get("completion_tokens", 0) * price_out) / 1e6
-                fb = http.post("/v1/feedback", json={"request_id": r.headers["x-sigroute-request-id"],
-                                                     "score": correct})
-                if fb.status_code != 200:
-                    raise RuntimeError(f"feedback answered {fb.status_code}: {fb.text[:300]}")
-                records.append({"question_id": question_id, "model": model, "correct": correct, "cost": cost,
-                                "overhead_ms": float(r.headers.get("x-sigroute-overhead-ms", "nan"))})
+            asyncio.run(_stream(gateway.url, questions, prices, records))
             elapsed = time.perf_counter() - started
             sums = learner.learner(tenant).estimator.sums()
             learned = {arm: {"observations": float(vec[0]), "reward_sum": float(vec[1])} for arm, vec in sums.items()}
     return {"records": records, "seconds": elapsed, "learned": learned}
+
+
+async def _stream(url: str, questions: Sequence[tuple[str, str, str]], prices: dict[str, tuple[float, float]],
+                  records: list[dict[str, Any]]) -> None:
+    """One question at a time, its feedback sent before the next (`gateway.sim.feedback_loop`)."""
+    from sigroute.gateway.sim.feedback_loop import ask_and_grade
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        for question_id, text, right in questions:
+            graded = await ask_and_grade(http, text, right, prices)   # FeedbackError is a RuntimeError
+            records.append({"question_id": question_id, "model": graded.model, "correct": graded.correct,
+                            "cost": graded.cost_usd, "overhead_ms": graded.overhead_ms})

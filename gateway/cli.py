@@ -231,6 +231,11 @@ def _time_scale(value: str) -> float:
 
 
 def cmd_demo(args) -> int:
+    if args.tour:
+        from sigroute.gateway.tour import run_tour
+
+        return run_tour(routing_data=args.routing_data, questions=args.tour_questions, seed=args.seed,
+                        stay=args.stay)
     from sigroute.gateway.demo import run_demo
 
     return run_demo(requests=args.requests, concurrency=args.concurrency, policy_path=args.policy,
@@ -652,6 +657,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help="policy YAML (default: the embedded default)")
     p.add_argument("--sim-config", help="sim YAML (default: the demo's models)")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--tour", action="store_true",
+                   help="a guided tour instead: a learning decision on replayed model outcomes, a semantic cache "
+                        "hit, a blocked jailbreak, PII masked and restored, with the dashboard's address")
+    p.add_argument("--routing-data", metavar="DIR",
+                   help="--tour: the recorded routing outcomes to replay (default: $SIGROUTE_ROUTING_DATA or "
+                        "../shared/data/routing); when missing, a synthetic table generated in code is used")
+    p.add_argument("--tour-questions", type=int, default=320, metavar="N",
+                   help="--tour: questions in the learning stream (default 320)")
+    p.add_argument("--stay", action="store_true", help="--tour: keep the gateway serving afterwards (Ctrl-C stops)")
     p.set_defaults(func=cmd_demo)
     return parser
 
