@@ -26,8 +26,11 @@ below, which the output repeats):
 * A gateway replica is one process on one core, planned at ``GATEWAY_CORE_BUDGET`` of it: it serves
   budget × 1000 / (its CPU ms per request) req/s. Heuristic: measured (median over the runs of the
   replicas' CPU per request). Neural: ``NEURAL_CPU_MS_PER_REQUEST`` (stated, with its source).
-* ``redis_primaries`` is "—" when no number of primaries suffices (the cache's slot);
-  ``redis_primaries_cache_sharded`` says what spreading the cache's keys too would need.
+* ``redis_primaries`` is "—" when no number of primaries suffices with the cache in one slot (the
+  default layout); ``redis_primaries_cache_sharded`` is what the cache spread over
+  ``cache_shards`` hash tags (`sigroute serve --cache-shards N`) needs, and ``cache_shards`` the
+  smallest power of two of shards whose each part of the cache's load fits one primary (its slots
+  may share a primary with others: give the cluster at least that many primaries).
 * Flush interval: the idle replicas' Redis commands per second at the measured interval, scaled by
   measured interval / interval (an upper bound: it counts the cache stream reads, which do not
   depend on the interval, as sync traffic), times the replicas needed; learning lag ≤ 2 intervals
@@ -106,13 +109,23 @@ def primaries_needed(rps: float, costs: dict) -> int | None:
 
 
 def primaries_if_cache_sharded(rps: float, costs: dict) -> int:
-    """Redis primaries for `rps` if the cache's keys were spread too (not how sigroute lays them out
-    today: what sharding the cache would buy)."""
+    """Redis primaries for `rps` with the cache's keys spread too (`--cache-shards`, enough shards)."""
     capacity = primary_capacity_rps(costs)
     c = costs["cache_share_of_redis_load"] or 0.0
     if rps <= capacity:
         return 1
     return math.ceil(rps * (1 - c) / capacity) + math.ceil(rps * c / capacity)
+
+
+def cache_shards_needed(rps: float, costs: dict) -> int:
+    """The smallest power of two N such that 1/N of the cache's part of the Redis load fits one
+    primary (`--cache-shards N`); 1 when the whole cache fits one."""
+    capacity = primary_capacity_rps(costs)
+    c = costs["cache_share_of_redis_load"] or 0.0
+    shards = 1
+    while rps * c / shards > capacity:
+        shards *= 2
+    return shards
 
 
 def replicas_needed(rps: float, cpu_ms_per_request: float) -> int:
@@ -126,7 +139,8 @@ def what_breaks_first(rps: float, costs: dict) -> str:
         return f"nothing shared: one Redis runs at {rps / capacity:.0%} of its planned capacity; replicas add CPU"
     if c is not None and rps * c > capacity:
         return (f"the cache's Redis slot: its share ({c:.0%} of Redis load) alone exceeds one primary "
-                f"(~{capacity * 1 / c:,.0f} req/s); shard the cache or turn it off for some decisions")
+                f"(~{capacity * 1 / c:,.0f} req/s); spread it with --cache-shards "
+                f"{cache_shards_needed(rps, costs)} or turn it off for some decisions")
     if rps * costs["redis_bytes_per_request"] > NIC_BYTES_PER_S:
         return "the network of a Redis node"
     return "one Redis's CPU (a single thread): use a cluster; then the primary holding the cache's slot"
@@ -143,6 +157,7 @@ def model(costs: dict) -> dict:
                          "replicas": replicas_needed(rps, cpu_ms),
                          "redis_primaries": primaries,
                          "redis_primaries_cache_sharded": primaries_if_cache_sharded(rps, costs),
+                         "cache_shards": cache_shards_needed(rps, costs),
                          "redis_commands_per_s": round(rps * costs["redis_cmds_per_request"]),
                          "redis_mb_per_s": round(rps * costs["redis_bytes_per_request"] / 1e6, 2),
                          "breaks_first": what_breaks_first(rps, costs)})
@@ -181,12 +196,13 @@ def model(costs: dict) -> dict:
 
 def markdown(result: dict) -> str:
     costs = result["costs"]
-    lines = ["| target | policy | gateway replicas | Redis primaries | primaries if the cache were sharded | "
-             "Redis commands/s | Redis MB/s | breaks first |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| target | policy | gateway replicas | Redis primaries (cache in one slot) | "
+             "Redis primaries with the cache sharded | `--cache-shards` | "
+             "Redis commands/s | Redis MB/s | breaks first |", "|---|---|---|---|---|---|---|---|---|"]
     for row in result["table"]:
         primaries = "—" if row["redis_primaries"] is None else str(row["redis_primaries"])
         lines.append(f"| {row['target_rps']:,} req/s | {row['policy']} | {row['replicas']:,} | {primaries} | "
-                     f"{row['redis_primaries_cache_sharded']} | "
+                     f"{row['redis_primaries_cache_sharded']} | {row['cache_shards']} | "
                      f"{row['redis_commands_per_s']:,} | {row['redis_mb_per_s']:g} | {row['breaks_first']} |")
     lines += ["", "| sync_interval_s | Redis commands/s per replica (idle) | learning lag under load | "
                   "share of Redis load at 1k / 10k / 100k req/s (heuristic replicas) |", "|---|---|---|---|"]

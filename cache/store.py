@@ -46,7 +46,13 @@ documents expired (so expired entries stop counting against the quota) before en
 Scripts touch documents and LRU sets they derive from the namespace (evicted members, a
 document's category), so every cache key shares one hash tag and therefore one Redis Cluster slot:
 the cache works on a cluster, but lives on one primary there (the event stream, read whole and in
-order by every replica, ties it together). While that slot is being resharded, scripts whose keys
+order by every replica, ties it together). With ``shards=N`` (N > 1) the same layout exists N
+times, under ``{<ns>:s<k>}:``: a document lives in shard ``k = blake2b(doc_id) mod N`` with its
+category's LRU set of that shard and that shard's stream, so each script still touches one slot and
+a cluster spreads the N slots over its primaries. A category's quota is enforced per shard
+(``ceil(quota / N)`` each); ``position``/``events_since`` cursors hold one stream id per shard,
+joined by ``|``; a ``clear`` is written to every shard's stream and read as a gap (the reader
+rebuilds, since other shards' events may be older or newer than it). While that slot is being resharded, scripts whose keys
 are split between two nodes are refused (TRYAGAIN) and fail as `StoreUnavailable`.
 Scans use ``SCAN`` (never ``KEYS``) and ``UNLINK``.
 
@@ -62,6 +68,7 @@ it.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import threading
@@ -426,14 +433,80 @@ def _glob_escape(text: str) -> str:
     return text
 
 
+MAX_SHARDS = 1024
+CURSOR_SEPARATOR = "|"
+
+
+def shard_prefixes(namespace: str, shards: int) -> list[str]:
+    """The key prefix (with its Redis Cluster hash tag) of each shard of the cache under
+    `namespace`: one shard is ``{sigroute:cache}:`` (the layout before shards existed), shard k of
+    several ``{sigroute:cache:sK}:`` — each its own slot, so a cluster spreads them over primaries."""
+    base = tagged_prefix(namespace)   # validates the namespace
+    if shards == 1:
+        return [base]
+    tag, rest = base[1:base.index("}")], base[base.index("}") + 1:]
+    return [f"{{{tag}:s{k}}}{rest}" for k in range(shards)]
+
+
+def shard_of(doc_id: str, shards: int) -> int:
+    """The shard a document lives in: a hash of its id (stable across processes and versions)."""
+    if shards == 1:
+        return 0
+    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "big") % shards
+
+
+def shard_quota(quota: int, shards: int) -> int:
+    """A category's LRU quota per shard: the quota spread evenly, rounded up (so a category may
+    hold up to `shards` − 1 entries past its quota, never fewer than its quota when it has that
+    many)."""
+    return max(1, -(-quota // shards))
+
+
+def _trimmed_past(info, cursor: str) -> bool:
+    """Whether a stream (its XINFO STREAM reply, or the error for a missing stream) lost events
+    after `cursor`. MAXLEN trims oldest-first: if the oldest entry left is newer than the cursor
+    and anything was ever trimmed, events after the cursor may be gone. (Conservative: when exactly
+    the cursor's own entry was trimmed, a rebuild is done that was not strictly needed, never the
+    reverse.) No stream (nothing written yet, or it was wiped) is a gap unless nothing was read."""
+    from redis.exceptions import ResponseError
+
+    if isinstance(info, ResponseError):
+        return cursor != "0-0"
+    info = {_text(k): v for k, v in info.items()}
+    first = info.get("first-entry")
+    added, length = info.get("entries-added"), info.get("length", 0)
+    trimmed = added > length if added is not None else cursor != "0-0"
+    return bool(first and trimmed and _stream_id(first[0]) > _stream_id(cursor))
+
+
+@dataclass(frozen=True)
+class _Shard:
+    prefix: str
+
+    @property
+    def doc_prefix(self) -> str:
+        return self.prefix + "d:"
+
+    @property
+    def lru_prefix(self) -> str:
+        return self.prefix + "lru:"
+
+    @property
+    def stream(self) -> str:
+        return self.prefix + "events"
+
+
 class RedisDocumentStore:
-    """Documents in Redis with native TTLs, per-category LRU sets and an event stream."""
+    """Documents in Redis with native TTLs, per-category LRU sets and an event stream; with
+    ``shards`` > 1, spread over that many hash tags (each with its own LRU sets and stream)."""
 
     shared = True
 
     def __init__(self, url: str, namespace: str = "sigroute:cache:", *, socket_timeout: float = 0.5,
                  connect_timeout: float = 0.5, retries: int = 1, stream_maxlen: int = 100_000,
-                 hung_hold_s: float = 1.0, idle_ttl_s: float | None = None) -> None:
+                 hung_hold_s: float = 1.0, idle_ttl_s: float | None = None, shards: int = 1) -> None:
+        if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
+            raise ValueError(f"shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}")
         if not is_redis_url(url):
             raise ValueError(f"not a Redis URL: {redacted_url(url)!r}; use redis://[:password@]host[:port][/db], "
                              f"rediss://..., unix:///path/to/redis.sock or redis+cluster://host:port[,host:port...]")
@@ -446,10 +519,13 @@ class RedisDocumentStore:
         self._hung = HungRedis(hung_hold_s)
         self._client = None
         self._scripts: dict[str, Any] = {}
-        self.key_prefix = tagged_prefix(namespace)
-        self._stream = f"{self.key_prefix}events"
-        self._doc_prefix = f"{self.key_prefix}d:"
-        self._lru_prefix = f"{self.key_prefix}lru:"
+        self.shards = shards
+        self._shards = [_Shard(prefix) for prefix in shard_prefixes(namespace, shards)]
+        self.key_prefix = self._shards[0].prefix if shards == 1 else None
+        # one shard: the names the rest of the code (and older versions' data) knows
+        self._stream = self._shards[0].stream
+        self._doc_prefix = self._shards[0].doc_prefix
+        self._lru_prefix = self._shards[0].lru_prefix
 
     # ------------------------------------------------------------------------------ plumbing
 
@@ -467,8 +543,11 @@ class RedisDocumentStore:
         return self._hung.guard(StoreUnavailable, f"Redis at {self.description} is unavailable ({operation})",
                                 "check that redis-server is running there and that the URL is right")
 
+    def _shard(self, doc_id: str) -> "_Shard":
+        return self._shards[shard_of(doc_id, self.shards)]
+
     def _doc(self, doc_id: str) -> str:
-        return self._doc_prefix + doc_id
+        return self._shard(doc_id).doc_prefix + doc_id
 
     def _decode(self, doc_id: str, flat: list) -> CacheEntry | None:
         if not flat:
@@ -493,20 +572,22 @@ class RedisDocumentStore:
                   "e", emb_bytes, "r", bytes(entry.response), "ca", repr(now), "xa", repr(now + ttl_s),
                   "m", json.dumps(entry.metadata, separators=(",", ":"))]
         client = self._redis
+        shard = self._shard(entry.doc_id)
         with self._guard("put"):
             evicted = await self._scripts["put"](
-                keys=[self._doc(entry.doc_id), self._lru_prefix + entry.category, self._stream],
-                args=[entry.doc_id, max(1, int(min(ttl_s, self.idle_ttl_s or ttl_s) * 1000)), quota or 0,
-                      self.stream_maxlen,
-                      self._doc_prefix, entry.partition, emb_bytes, *fields],
+                keys=[shard.doc_prefix + entry.doc_id, shard.lru_prefix + entry.category, shard.stream],
+                args=[entry.doc_id, max(1, int(min(ttl_s, self.idle_ttl_s or ttl_s) * 1000)),
+                      shard_quota(quota, self.shards) if quota else 0, self.stream_maxlen,
+                      shard.doc_prefix, entry.partition, emb_bytes, *fields],
                 client=client)
         return [_text(e) for e in evicted]
 
     async def get(self, doc_id: str) -> CacheEntry | None:
         client = self._redis
         with self._guard("get"):
-            flat = await self._scripts["get"](keys=[self._doc(doc_id)], args=[
-                self._lru_prefix, doc_id, max(1, int(self.idle_ttl_s * 1000)) if self.idle_ttl_s else 0], client=client)
+            shard = self._shard(doc_id)
+            flat = await self._scripts["get"](keys=[shard.doc_prefix + doc_id], args=[
+                shard.lru_prefix, doc_id, max(1, int(self.idle_ttl_s * 1000)) if self.idle_ttl_s else 0], client=client)
         return self._decode(doc_id, flat)
 
     async def get_exact(self, partition: str, exact_key: str) -> CacheEntry | None:
@@ -516,35 +597,43 @@ class RedisDocumentStore:
     async def delete(self, doc_id: str) -> bool:
         client = self._redis
         with self._guard("delete"):
-            return bool(await self._scripts["delete"](keys=[self._doc(doc_id), self._stream],
-                                                      args=[doc_id, self._lru_prefix, self.stream_maxlen],
+            return bool(await self._scripts["delete"](keys=self._delete_keys(doc_id), args=self._delete_args(doc_id),
                                                       client=client))
+
+    def _delete_keys(self, doc_id: str) -> list[str]:
+        shard = self._shard(doc_id)
+        return [shard.doc_prefix + doc_id, shard.stream]
+
+    def _delete_args(self, doc_id: str) -> list:
+        return [doc_id, self._shard(doc_id).lru_prefix, self.stream_maxlen]
 
     async def _scan_docs(self, fields: list[str], batch: int = 500) -> AsyncIterator[tuple[str, list]]:
         client = self._redis
-        pattern = _glob_escape(self._doc_prefix) + "*"
         seen: set[str] = set()   # SCAN may return a key twice
         names: list[str] = []
         with self._guard("scan"):
-            async for name in client.scan_iter(match=pattern, count=1000):
-                name = _text(name)
-                if name not in seen:
-                    seen.add(name)
-                    names.append(name)
-                if len(names) >= batch:
-                    for item in await self._fetch(names, fields):
-                        yield item
-                    names = []
+            for shard in self._shards:
+                pattern = _glob_escape(shard.doc_prefix) + "*"
+                async for name in client.scan_iter(match=pattern, count=1000):
+                    name = _text(name)
+                    if name not in seen:
+                        seen.add(name)
+                        names.append((name, len(shard.doc_prefix)))
+                    if len(names) >= batch:
+                        for item in await self._fetch(names, fields):
+                            yield item
+                        names = []
             if names:
                 for item in await self._fetch(names, fields):
                     yield item
 
-    async def _fetch(self, names: list[str], fields: list[str]) -> list[tuple[str, list]]:
+    async def _fetch(self, names: list[tuple[str, int]], fields: list[str]) -> list[tuple[str, list]]:
+        """HMGET `fields` of each (document key, length of its shard's document prefix)."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            for name in names:
+            for name, _ in names:
                 pipe.hmget(name, fields)
             rows = await pipe.execute()
-        return [(name[len(self._doc_prefix):], row) for name, row in zip(names, rows)
+        return [(name[cut:], row) for (name, cut), row in zip(names, rows)
                 if row and row[0] is not None]   # None: expired between SCAN and HMGET
 
     async def delete_where(self, *, partition: str | None = None, decision: str | None = None,
@@ -559,24 +648,25 @@ class RedisDocumentStore:
         client = self._redis
         with self._guard("delete"):
             replies = await run_script_many(client, self._scripts["delete"], [
-                ([self._doc(doc_id), self._stream], [doc_id, self._lru_prefix, self.stream_maxlen])
-                for doc_id in victims])
+                (self._delete_keys(doc_id), self._delete_args(doc_id)) for doc_id in victims])
         removed = [doc_id for doc_id, reply in zip(victims, replies) if int(reply)]
         return removed
 
     async def _clear(self) -> None:
         client = self._redis
         with self._guard("clear"):
-            for prefix in (self._doc_prefix, self._lru_prefix):
-                batch: list = []
-                async for name in client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
-                    batch.append(name)
-                    if len(batch) >= 1000:
+            for shard in self._shards:
+                for prefix in (shard.doc_prefix, shard.lru_prefix):
+                    batch: list = []
+                    async for name in client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+                        batch.append(name)
+                        if len(batch) >= 1000:
+                            await client.unlink(*batch)   # one shard's keys: one slot
+                            batch = []
+                    if batch:
                         await client.unlink(*batch)
-                        batch = []
-                if batch:
-                    await client.unlink(*batch)
-            await client.xadd(self._stream, {"op": "clear"}, maxlen=self.stream_maxlen, approximate=True)
+            for shard in self._shards:
+                await client.xadd(shard.stream, {"op": "clear"}, maxlen=self.stream_maxlen, approximate=True)
 
     async def scan(self) -> AsyncIterator[tuple[str, str, np.ndarray]]:
         async for doc_id, (p, e) in self._scan_docs(["p", "e"]):
@@ -599,57 +689,68 @@ class RedisDocumentStore:
     async def category_counts(self) -> dict[str, int]:
         client = self._redis
         with self._guard("category_counts"):
-            names = [_text(n) async for n in client.scan_iter(match=_glob_escape(self._lru_prefix) + "*", count=500)]
+            names = [(_text(n), len(shard.lru_prefix)) for shard in self._shards
+                     async for n in client.scan_iter(match=_glob_escape(shard.lru_prefix) + "*", count=500)]
             if not names:
                 return {}
             async with client.pipeline(transaction=False) as pipe:
-                for name in names:
+                for name, _ in names:
                     pipe.zcard(name)
                 sizes = await pipe.execute()
-        return {name[len(self._lru_prefix):]: int(n) for name, n in zip(names, sizes) if n}
+        counts: dict[str, int] = {}
+        for (name, cut), n in zip(names, sizes):
+            if n:
+                counts[name[cut:]] = counts.get(name[cut:], 0) + int(n)
+        return counts
 
     # ------------------------------------------------------------------------------ events
 
     async def position(self) -> str:
+        """The newest event of every shard: one stream id, or with shards the ids joined by '|'."""
         client = self._redis
         with self._guard("position"):
-            last = await client.xrevrange(self._stream, count=1)
-        return _text(last[0][0]) if last else "0-0"
+            async with client.pipeline(transaction=False) as pipe:
+                for shard in self._shards:
+                    pipe.xrevrange(shard.stream, count=1)
+                lasts = await pipe.execute()
+        return CURSOR_SEPARATOR.join(_text(last[0][0]) if last else "0-0" for last in lasts)
 
     async def events_since(self, cursor: str, limit: int = 1000) -> tuple[list[CacheEvent], str, bool]:
+        """Events after `cursor` (from `position` or an earlier call), the new cursor, and whether
+        events were lost (a gap: rebuild from `scan`). With shards, each shard's stream is read
+        after its own part of the cursor; a document's events all sit in its shard's stream, in
+        order. A `clear` with shards is reported as a gap, so the reader rebuilds: events of
+        other shards' streams may be older or newer than it, and only a rebuild is right for both."""
         from redis.exceptions import ResponseError
 
+        parts = cursor.split(CURSOR_SEPARATOR)
+        if len(parts) != self.shards:   # a cursor of another layout: start over
+            return [], await self.position(), True
         client = self._redis
         with self._guard("events"):
             async with client.pipeline(transaction=False) as pipe:
-                pipe.xrange(self._stream, min=f"({cursor}", count=limit)
-                pipe.xinfo_stream(self._stream)
-                rows, info = await pipe.execute(raise_on_error=False)
-        if isinstance(rows, ResponseError):
-            raise rows
-        gap = False
-        if isinstance(info, ResponseError):       # no stream: nothing written yet, or it was wiped
-            gap = cursor != "0-0"
-        else:
-            # MAXLEN trims oldest-first. If the oldest entry left is newer than the cursor and
-            # anything was ever trimmed, events after the cursor may be gone: report a gap. (It
-            # is conservative: when exactly the cursor's own entry was trimmed, a rebuild is
-            # done that was not strictly needed, never the reverse.)
-            info = {_text(k): v for k, v in info.items()}
-            first = info.get("first-entry")
-            added, length = info.get("entries-added"), info.get("length", 0)
-            trimmed = added > length if added is not None else cursor != "0-0"
-            if first and trimmed and _stream_id(first[0]) > _stream_id(cursor):
-                gap = True
-        events = []
-        for event_id, fields in rows or []:
-            f = {_text(k): v for k, v in fields.items()}
-            e = f.get("e") or b""
-            events.append(CacheEvent(op=_text(f.get("op", b"")), doc_id=_text(f.get("id", b"")),
-                                     partition=_text(f.get("p", b"")),
-                                     embedding=np.frombuffer(e, dtype="<f4").copy() if e else None))
-            cursor = _text(event_id)
-        return events, cursor, gap
+                for shard, part in zip(self._shards, parts):
+                    pipe.xrange(shard.stream, min=f"({part}", count=limit)
+                    pipe.xinfo_stream(shard.stream)
+                replies = await pipe.execute(raise_on_error=False)
+        events: list[CacheEvent] = []
+        cursors, gap = [], False
+        for n, part in enumerate(parts):
+            rows, info = replies[2 * n], replies[2 * n + 1]
+            if isinstance(rows, ResponseError):
+                raise rows
+            gap = gap or _trimmed_past(info, part)
+            for event_id, fields in rows or []:
+                f = {_text(k): v for k, v in fields.items()}
+                e = f.get("e") or b""
+                events.append(CacheEvent(op=_text(f.get("op", b"")), doc_id=_text(f.get("id", b"")),
+                                         partition=_text(f.get("p", b"")),
+                                         embedding=np.frombuffer(e, dtype="<f4").copy() if e else None))
+                part = _text(event_id)
+            cursors.append(part)
+        if self.shards > 1 and any(event.op == "clear" for event in events):
+            gap = True
+        return events, CURSOR_SEPARATOR.join(cursors), gap
 
     async def ping(self) -> None:
         client = self._redis

@@ -280,14 +280,16 @@ async def _until_disconnect(receive: Receive) -> None:
 
 def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metrics | None = None,
                redis_url: str | None = None, redis_timeout_s: float = REQUEST_PATH_TIMEOUT_S,
-               reload_on_sighup: bool = False,
+               cache_shards: int = 1, reload_on_sighup: bool = False,
                retire_after_s: float = Runtime.RETIRE_AFTER_S, **pipeline_options: Any) -> FastAPI:
     """The gateway app. `redis_url` shares learning state, pending feedback, cached answers and
     rate-limit buckets between replicas (and keeps them across restarts); without it they live in this process's memory.
     `redis_timeout_s` bounds each connect and each command of the stores a request waits on (cache,
     rate limits, served answers, stored responses): past it the request goes on without that store
     (fail-open), and the store fails fast for a moment. Learned state and pending feedback, synced in
-    the background, keep their own longer timeouts.
+    the background, keep their own longer timeouts. `cache_shards` spreads the shared cache over
+    that many Redis hash tags (on a cluster, that many slots: its load spreads over the primaries);
+    every replica of one cache must use the same number.
     `reload_on_sighup` (for `sigroute serve`, which runs the app in the main thread) reloads the
     policy file when the process gets SIGHUP, as a task on the event loop."""
     from sigroute.bandits.store import open_pending_store, open_state_store
@@ -306,7 +308,8 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     metrics = metrics or Metrics()
     pipeline_options.setdefault("state_store", open_state_store(redis_url))
     pipeline_options.setdefault("pending_store", open_pending_store(redis_url))
-    pipeline_options.setdefault("semantic_cache", SemanticCache(open_document_store(redis_url, **fast)))
+    cache_layout = {"shards": cache_shards} if redis_url else {}
+    pipeline_options.setdefault("semantic_cache", SemanticCache(open_document_store(redis_url, **fast, **cache_layout)))
     pipeline_options.setdefault("flights", SingleFlight())
     pipeline_options.setdefault("rate_limiter", RateLimiter(open_rate_limit_store(redis_url, **fast)))
     pipeline_options.setdefault("activity", Activity())

@@ -164,7 +164,7 @@ def cmd_serve(args) -> int:
 
             options["decision_log"] = DecisionLog(args.decision_log)
         app = create_app(policy, policy_path=args.policy, redis_url=args.redis, redis_timeout_s=args.redis_timeout,
-                         reload_on_sighup=True, **options)
+                         cache_shards=args.cache_shards, reload_on_sighup=True, **options)
     except Exception as exc:
         problem = _startup_problem(exc, args.policy)
         if problem is None:
@@ -536,6 +536,18 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _cache_shards(text: str) -> int:
+    from sigroute.cache.store import MAX_SHARDS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to {MAX_SHARDS}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sigroute", description="Semantic model-router gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -555,6 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connect and command timeout of the Redis stores a request waits on (cache, rate limits, "
                         "served answers, stored responses); past it the request goes on without that store. "
                         f"Default: $SIGROUTE_REDIS_TIMEOUT, else {REQUEST_PATH_TIMEOUT_S:g}")
+    p.add_argument("--cache-shards", type=_cache_shards, metavar="N",
+                   default=os.environ.get("SIGROUTE_CACHE_SHARDS", "1"),
+                   help="spread the shared cache over N Redis hash tags: on a Redis Cluster, N slots, so the cache's "
+                        "load spreads over the primaries (e.g. 16); every replica must use the same N, and changing "
+                        "it starts an empty cache. Default: $SIGROUTE_CACHE_SHARDS, else 1 (one slot)")
     p.add_argument("--decision-log", metavar="PATH",
                    help="append every learning decision (features, pick, propensity, reward; no text) and "
                         "every feedback to this JSON-lines file, for `sigroute replay`")

@@ -54,10 +54,13 @@ SERVER_URLS = {"redis": "clean_redis_url", "valkey": "clean_valkey_url", "cluste
                "valkey-cluster": "clean_valkey_cluster_url"}
 
 
-@pytest.fixture(params=["memory", "redis", "valkey", "cluster", "valkey-cluster"])
+# "...-sharded": the cache spread over 4 hash tags (`server.cache_shards`), on one Redis and on a cluster
+@pytest.fixture(params=["memory", "redis", "valkey", "cluster", "valkey-cluster", "redis-sharded", "cluster-sharded"])
 async def store(request):
     if request.param == "memory":
         s: DocumentStore = MemoryDocumentStore()
+    elif request.param.endswith("-sharded"):
+        s = RedisDocumentStore(request.getfixturevalue(SERVER_URLS[request.param.removesuffix("-sharded")]), shards=4)
     else:
         s = RedisDocumentStore(request.getfixturevalue(SERVER_URLS[request.param]))
     yield s
@@ -318,6 +321,8 @@ async def test_cache_builds_graphs_off_the_event_loop(store):
 
 
 async def test_quota_evicts_least_recently_used_within_the_category_only(cache):
+    if getattr(cache.store, "shards", 1) > 1:
+        pytest.skip("a sharded store keeps quotas per shard: test_a_sharded_store_keeps_each_quota_per_shard")
     p = part()
     keys = [await put(cache, p, f"q{i}", unit(10 + i), category="small", quota=3) for i in range(3)]
     others = [await put(cache, p, f"o{i}", unit(20 + i), category="big") for i in range(5)]

@@ -49,6 +49,11 @@ def test_capacity_arithmetic():
     assert row(result, 10_000, "heuristic")["redis_primaries"] == 23
     # with the cache spread too: ceil(9,000 / 1,400) + ceil(1,000 / 1,400) = 7 + 1
     assert row(result, 10_000, "heuristic")["redis_primaries_cache_sharded"] == 8
+    # the cache's part at 10k (1,000 req/s-equivalents) fits one primary: one shard; at 100k
+    # (10,000) it needs ceil(10,000 / 1,400) = 8 parts, a power of two: --cache-shards 8
+    assert row(result, 10_000, "heuristic")["cache_shards"] == 1
+    assert row(result, 100_000, "heuristic")["cache_shards"] == 8
+    assert "--cache-shards 8" in row(result, 100_000, "heuristic")["breaks_first"]
     assert row(result, 10_000, "heuristic")["redis_commands_per_s"] == 100_000
     assert row(result, 10_000, "heuristic")["redis_mb_per_s"] == 10.0
     # 100k: the cache's part alone (10,000 req/s-equivalents) exceeds one primary: no P suffices

@@ -100,3 +100,10 @@ def test_serve_refuses_a_redis_timeout_that_is_not_a_positive_number():
         result = sigroute("serve", "--redis-timeout", bad, "--port", "1")
         assert result.returncode == 2, bad
         assert "--redis-timeout" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_cache_shard_count_out_of_range():
+    for bad in ("0", "1025", "two"):
+        result = sigroute("serve", "--cache-shards", bad, "--port", "1")
+        assert result.returncode == 2, bad
+        assert "--cache-shards" in result.stderr and "Traceback" not in result.stderr
