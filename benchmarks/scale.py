@@ -272,10 +272,11 @@ def cache_shared(urls: list[str], tag: str) -> bool:
 # ------------------------------------------------------------------------------------------------
 
 
-def start_replicas(n: int, policy_path: Path, redis_url: str) -> list[ServerProcess]:
+def start_replicas(n: int, policy_path: Path, redis_url: str, cache_shards: int = 1) -> list[ServerProcess]:
     """N replicas started side by side (each waits for its own /health)."""
     command = [sys.executable, "-m", "sigroute.gateway.cli", "serve", "--policy", str(policy_path),
-               "--port", "{port}", "--log-level", "warning", "--redis", redis_url]
+               "--port", "{port}", "--log-level", "warning", "--redis", redis_url,
+               "--cache-shards", str(cache_shards)]
     procs = [ServerProcess(command, env=ENV, name=f"sigroute-{i}") for i in range(n)]
     failures: list[BaseException] = []
 
@@ -298,8 +299,8 @@ def start_replicas(n: int, policy_path: Path, redis_url: str) -> list[ServerProc
 
 
 def run_one(n: int, topology: str, policy_path: Path, redis_url: str, nodes: RedisNodes, arrivals, warmup,
-            log, idle_s: float = 3.0) -> dict:
-    procs = start_replicas(n, policy_path, redis_url)
+            log, idle_s: float = 3.0, cache_shards: int = 1) -> dict:
+    procs = start_replicas(n, policy_path, redis_url, cache_shards)
     try:
         urls = [p.url for p in procs]
         targets = [(p.host, p.port) for p in procs]
@@ -315,7 +316,7 @@ def run_one(n: int, topology: str, policy_path: Path, redis_url: str, nodes: Red
         gateway_cpu = sum((cpu_seconds(p.pid) or 0.0) - c for p, c in zip(procs, cpu_before))
         requests = max(run["chat_ok"], 1)
         run.update(
-            topology=topology, replicas=n,
+            topology=topology, replicas=n, cache_shards=cache_shards,
             redis_cmds=spent["cmds"], redis_bytes=spent["bytes"], redis_cpu_s=round(spent["cpu_s"], 4),
             redis_cmds_per_request=round(spent["cmds"] / requests, 3),
             redis_bytes_per_request=round(spent["bytes"] / requests, 1),
@@ -369,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topologies", default="single,cluster")
     parser.add_argument("--trace", default=DEFAULT_TRACE)
     parser.add_argument("--skip-rate-limit", action="store_true")
+    parser.add_argument("--cluster-cache-shards", default="1",
+                        help="cache shard counts to run on the cluster (`serve --cache-shards`), e.g. 1,16: "
+                             "each count other than 1 is its own topology, cluster_shardsN")
     parser.add_argument("--json", help="write the full result here")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -396,8 +400,13 @@ def main(argv: list[str] | None = None) -> int:
             policy_path = Path(tmp, "policy.yaml")
             policy_path.write_text(yaml.safe_dump(scale_policy(sim.url), sort_keys=False))
             idle_s = 2.0 if args.quick else 3.0
+            variants = []
             for topology in args.topologies.split(","):
-                runs = result["runs"].setdefault(topology, {})
+                shard_counts = [int(k) for k in args.cluster_cache_shards.split(",")] if topology == "cluster" else [1]
+                variants += [(topology, k) for k in shard_counts]
+            for topology, shards in variants:
+                name = topology if shards == 1 else f"{topology}_shards{shards}"
+                runs = result["runs"].setdefault(name, {})
                 with contextlib.ExitStack() as stack:
                     if topology == "single":
                         redis_url = stack.enter_context(RedisServer(tmp)).url
@@ -409,8 +418,8 @@ def main(argv: list[str] | None = None) -> int:
                     stack.callback(nodes.close)
                     for n in (cluster_counts if topology == "cluster" else counts):
                         nodes.flushall()     # each run learns and caches from nothing
-                        runs[str(n)] = run_one(n, topology, policy_path, redis_url, nodes, arrivals, warmup, log,
-                                               idle_s)
+                        runs[str(n)] = run_one(n, name, policy_path, redis_url, nodes, arrivals, warmup, log,
+                                               idle_s, shards)
     if not args.skip_rate_limit:
         result["rate_limit"] = rate_limit_run(args.quick, log)
 
@@ -419,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         summary[topology] = {n: {"rps": r["rps"], "added_p99_ms": r["added_p99_ms"],
                                  "redis_cmds_per_request": r["redis_cmds_per_request"],
                                  "redis_bytes_per_request": r["redis_bytes_per_request"],
-                                 "redis_cpu_ms_per_1k": r["redis_cpu_ms_per_1k"]} for n, r in runs.items()}
+                                 "redis_cpu_ms_per_1k": r["redis_cpu_ms_per_1k"],
+                                 "hottest_node_cpu_share": r["hottest_node_cpu_share"]} for n, r in runs.items()}
     all_runs = [r for runs in result["runs"].values() for r in runs.values()]
     summary["rate_limit_admitted_over_limit"] = (result.get("rate_limit") or {}).get("admitted_over_limit")
     summary["arm_estimate_max_diff"] = max((r["arm_estimate_max_diff"] for r in all_runs), default=None)
