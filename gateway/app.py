@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
 import signal
 import time
 import weakref
@@ -291,6 +292,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     `reload_on_sighup` (for `sigroute serve`, which runs the app in the main thread) reloads the
     policy file when the process gets SIGHUP, as a task on the event loop."""
     from sigroute.bandits.store import open_pending_store, open_state_store
+    from sigroute.cache.qdrant_index import open_vector_index
     from sigroute.cache.semantic import SemanticCache, SingleFlight
     from sigroute.cache.store import open_document_store
     from sigroute.gateway.activity import Activity
@@ -306,7 +308,12 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     metrics = metrics or Metrics()
     pipeline_options.setdefault("state_store", open_state_store(redis_url))
     pipeline_options.setdefault("pending_store", open_pending_store(redis_url))
-    pipeline_options.setdefault("semantic_cache", SemanticCache(open_document_store(redis_url, **fast)))
+    if "semantic_cache" not in pipeline_options:   # the index: in process (faiss) or shared (server.cache_index)
+        where = policy.server.cache_index
+        index = open_vector_index(where.engine, url=where.url, path=where.path, collection=where.collection,
+                                  api_key=os.environ.get(where.api_key_env) if where.api_key_env else None,
+                                  timeout_s=where.timeout_s)
+        pipeline_options["semantic_cache"] = SemanticCache(open_document_store(redis_url, **fast), index)
     pipeline_options.setdefault("flights", SingleFlight())
     pipeline_options.setdefault("rate_limiter", RateLimiter(open_rate_limit_store(redis_url, **fast)))
     pipeline_options.setdefault("activity", Activity())
