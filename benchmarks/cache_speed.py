@@ -32,7 +32,8 @@ decision, everything in the same index):
   whole. It shows the client path and exact recall, *not* a Qdrant server's speed: a server keeps
   HNSW graphs (per tenant with the ``is_tenant`` payload index the class creates), and a replica
   starting only connects. Local mode is slow, so it gets fewer queries (default 50) and the
-  on-disk start-up runs up to ``--engine-disk-max`` entries (default 20,000).
+  on-disk start-up runs up to ``--engine-disk-max`` entries (default 20,000: local mode writes
+  each point to SQLite with its own commit, so 100,000 take minutes).
 
 Vectors: ``--vectors clustered`` (default) draws unit vectors around ``--clusters`` random
 centroids (cosine to the centroid ~0.7, between two members of a cluster ~0.5, between

@@ -314,6 +314,21 @@ class QdrantVectorIndex:
                 return []
             raise
 
+    def ids_page(self, offset: Any = None, limit: int = _SCROLL_PAGE) -> tuple[list[str], Any]:
+        """Up to `limit` live doc ids from `offset` (None: the start) and the offset of the next
+        page (None: that was the last), for walking a big collection a slice at a time."""
+        try:
+            if self._known_dim() is None:
+                return [], None
+            records, following = self._call("scroll", self.client.scroll, self.collection, limit=limit,
+                                             offset=offset, with_payload=["doc_id"], with_vectors=False)
+        except Exception as exc:
+            if self._missing(exc):
+                self._dim = None
+                return [], None
+            raise
+        return [r.payload["doc_id"] for r in records], following
+
     def size(self, partition: str | None = None) -> int:
         """Live vectors in `partition` (or in all partitions)."""
         try:

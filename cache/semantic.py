@@ -90,6 +90,7 @@ class SemanticCache:
         self._clock = clock
         self._down_until = 0.0
         self._cursor: str | None = None
+        self._sweep_offset: Any = None   # where the next sweep of a shared index starts
         self._sync_lock = asyncio.Lock()
         self._sync_task: asyncio.Task | None = None
         self.counters: dict[str, int] = dict.fromkeys(
@@ -293,9 +294,22 @@ class SemanticCache:
             await asyncio.shield(self._maintenance)
             self._maintain_soon()
 
-    async def sweep(self, batch: int = 1000) -> int:
-        """Drop index entries whose documents are gone (expired); returns how many."""
-        ids = await self._index("ids")
+    async def sweep(self, batch: int = 1000, shared_slice: int = 20_000) -> int:
+        """Drop index entries whose documents are gone (expired); returns how many.
+
+        A shared index may hold millions of entries and every replica sweeps it, so each call
+        checks one slice of it (`shared_slice` ids, from where this replica's last sweep stopped,
+        wrapping around) rather than all of it."""
+        if self.shared_index:
+            ids: list[str] = []
+            while len(ids) < shared_slice:
+                page, self._sweep_offset = await self._index("ids_page", self._sweep_offset,
+                                                             min(batch, shared_slice - len(ids)))
+                ids.extend(page)
+                if self._sweep_offset is None:
+                    break
+        else:
+            ids = await self._index("ids")
         dropped = 0
         for start in range(0, len(ids), batch):
             chunk = ids[start:start + batch]

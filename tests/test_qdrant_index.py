@@ -148,6 +148,20 @@ async def test_sweep_and_deletes_reach_the_qdrant_index(cache):
     assert await cache.delete_where() is None and cache.index.size() == 0
 
 
+async def test_a_shared_index_is_swept_a_slice_at_a_time(cache):
+    p = part()
+    for i in range(6):
+        await put(cache, p, f"short {i}", unit(40 + i), ttl_s=0.2)
+        await put(cache, p, f"long {i}", unit(50 + i), ttl_s=60)
+    await asyncio.sleep(0.3)
+    first = await cache.sweep(batch=2, shared_slice=5)        # 5 of the 12 ids checked
+    assert first <= 5 and cache.index.size() == 12 - first
+    dropped = first
+    for _ in range(3):                                        # the next slices go on where it stopped
+        dropped += await cache.sweep(batch=2, shared_slice=5)
+    assert dropped == 6 and cache.index.size() == 6
+
+
 async def test_quota_evictions_leave_the_qdrant_index(cache):
     p = part()
     first = await put(cache, p, "one", unit(1), quota=2)
