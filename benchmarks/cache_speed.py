@@ -20,7 +20,20 @@ decision, everything in the same index):
   filling a `MemoryDocumentStore` with N entries of ``--response-bytes`` each; Redis's own
   ``used_memory`` delta per entry (documents, LRU sets and the event stream) is reported too;
 * **rebuild** (Redis): `SemanticCache.rebuild()` of a fresh cache from the N documents in Redis
-  (SCAN of the embeddings + bulk build), the start-up cost of a new process.
+  (SCAN of the embeddings + bulk build), the start-up cost of a new process with the in-process index.
+* **vector engine** (``--engines faiss,qdrant``, the default when qdrant-client is installed): the
+  same N vectors in a `QdrantVectorIndex` (cache/qdrant_index.py), the index every replica shares,
+  measured beside FAISS in the same run: bulk load, ``search`` p50/p99 over ``--engine-queries``
+  of the same queries, top-1 recall against the same exact answers, and *replica start-up*: open
+  the existing collection, a `SemanticCache` over it ready (``sync()``) and the first lookup
+  answered (FAISS's start-up is the Redis rebuild above). What runs is qdrant-client's **local
+  mode**, the embedded engine the tests use: Python + numpy brute force over every point, with the
+  partition filter checked point by point in Python, and on disk a SQLite file that opening loads
+  whole. It shows the client path and exact recall, *not* a Qdrant server's speed: a server keeps
+  HNSW graphs (per tenant with the ``is_tenant`` payload index the class creates), and a replica
+  starting only connects. Local mode is slow, so it gets fewer queries (default 50) and the
+  on-disk start-up runs up to ``--engine-disk-max`` entries (default 20,000: local mode writes
+  each point to SQLite with its own commit, so 100,000 take minutes).
 
 Vectors: ``--vectors clustered`` (default) draws unit vectors around ``--clusters`` random
 centroids (cosine to the centroid ~0.7, between two members of a cluster ~0.5, between
@@ -63,6 +76,8 @@ from sigroute.cache.index import VectorIndex
 from sigroute.cache.semantic import SemanticCache
 from sigroute.cache.store import MemoryDocumentStore, RedisDocumentStore
 
+ENGINES = ("faiss", "qdrant")
+
 STANDARD_SIZES = (10_000, 100_000, 1_000_000)
 TARGET_LOOKUP_MS_100K = 1.0
 TARGET_MISS_MS_REDIS = 2.0
@@ -85,6 +100,11 @@ def parse_args(argv):
     parser.add_argument("--no-redis", dest="redis", action="store_false", help="memory store only")
     parser.add_argument("--redis-max", type=int, default=100_000, help="largest size also run with Redis")
     parser.add_argument("--redis-url", default=None, help="use this Redis (its database is flushed) instead of a private one")
+    parser.add_argument("--engines", default=None,
+                        help="index backends: faiss, qdrant (default: both, qdrant when qdrant-client is installed)")
+    parser.add_argument("--engine-queries", type=int, default=50, help="searches timed per size on the vector engine")
+    parser.add_argument("--engine-disk-max", type=int, default=20_000,
+                        help="largest size whose on-disk collection is built to time a replica's start-up")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="where to write the full result")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
@@ -95,8 +115,19 @@ def parse_args(argv):
         parser.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
     if not args.sizes or min(args.sizes) < 10:
         parser.error("--sizes needs at least one size of 10 or more")
-    if args.queries < 1 or args.inserts < 1 or args.dim < 2:
-        parser.error("--queries, --inserts must be >= 1 and --dim >= 2")
+    if args.queries < 1 or args.inserts < 1 or args.dim < 2 or args.engine_queries < 1:
+        parser.error("--queries, --inserts, --engine-queries must be >= 1 and --dim >= 2")
+    if args.engines is None:
+        try:
+            import qdrant_client  # noqa: F401
+            args.engines = ["faiss", "qdrant"]
+        except ImportError:
+            args.engines = ["faiss"]
+    else:
+        args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+        unknown = set(args.engines) - set(ENGINES)
+        if unknown or "faiss" not in args.engines:
+            parser.error(f"--engines takes faiss (always measured: the baseline) and qdrant, got {args.engines}")
     return args
 
 
@@ -300,10 +331,62 @@ async def run_size(n: int, args, gen: Vectors, redis_url: str | None, log) -> di
     del mem, index
     gc.collect()
 
+    # -- the shared vector engine, same vectors and queries
+    if "qdrant" in args.engines:
+        res["qdrant"] = await _run_qdrant(n, args, stored, queries, truth, log)
+
     # -- Redis: fill, rebuild, lookups, inserts
     if redis_url is not None and n <= args.redis_max:
         res["redis"] = await _run_redis(n, args, stored, queries, truth, misses, fresh, base, redis_url, log)
     return res
+
+
+async def _run_qdrant(n, args, stored, queries, truth, log) -> dict[str, Any]:
+    from sigroute.cache.qdrant_index import QdrantVectorIndex
+
+    out: dict[str, Any] = {"mode": "qdrant-client local mode (embedded, brute force; not a Qdrant server)"}
+    index = QdrantVectorIndex(location=":memory:")
+    t0 = time.perf_counter()
+    index.add_many((PARTITION, _doc_id(i), stored[i]) for i in range(n))
+    out["build_s"] = round(time.perf_counter() - t0, 2)
+    m = min(args.engine_queries, len(queries))
+    samples, agree = [], 0
+    for i in range(m):
+        t0 = time.perf_counter_ns()
+        found = index.search(PARTITION, queries[i], 4)
+        samples.append(time.perf_counter_ns() - t0)
+        agree += bool(found) and found[0][0] == _doc_id(int(truth[i]))
+    out["search"] = _stats(samples)
+    out["search"]["recall_top1"] = round(agree / m, 4)
+    index.close()
+    del index
+    gc.collect()
+    log(f"[{n}] qdrant (local mode): loaded in {out['build_s']} s, search p50 {out['search']['p50_ms']} ms "
+        f"p99 {out['search']['p99_ms']} ms over {m} queries, recall@1 {out['search']['recall_top1']}")
+
+    # replica start-up: the collection exists (on disk); open it and answer the first lookup
+    out["startup_s"] = None
+    if n <= args.engine_disk_max:
+        with tempfile.TemporaryDirectory(prefix="sigroute-bench-qdrant-") as folder:
+            writer = QdrantVectorIndex(path=folder)
+            t0 = time.perf_counter()
+            writer.add_many(((PARTITION, _doc_id(i), stored[i]) for i in range(n)), batch=2048)
+            out["disk_build_s"] = round(time.perf_counter() - t0, 2)
+            writer.close()
+            t0 = time.perf_counter()
+            reader = QdrantVectorIndex(path=folder)
+            cache = SemanticCache(MemoryDocumentStore(), reader)
+            await cache.sync()   # a shared index: nothing to rebuild or replay
+            await cache.lookup(PARTITION, "absent", queries[0], threshold=1.5)
+            out["startup_s"] = round(time.perf_counter() - t0, 3)
+            out["startup_rebuilds"] = cache.counters["rebuilds"]
+            await cache.aclose()
+            reader.close()
+        log(f"[{n}] qdrant (local mode, on disk): written in {out['disk_build_s']} s; a replica opens it and "
+            f"answers its first lookup in {out['startup_s']} s")
+    else:
+        out["startup_skipped"] = f"size above --engine-disk-max {args.engine_disk_max}"
+    return out
 
 
 def _entry(i: int, v: np.ndarray, response_bytes: int, base: bytes):
@@ -375,9 +458,24 @@ def summarize(per_size: list[dict[str, Any]], args) -> dict[str, Any]:
         "hit_cost_ms_redis": rr["redis"]["lookup_hit"]["p50_ms"] if rr else None,
         "insert_per_s_redis": rr["redis"]["insert"]["per_s"] if rr else None,
         "rebuild_s": rr["redis"]["rebuild_s"] if rr else None,
+        "engines": list(args.engines),
+        "lookup_p50_ms_by_backend": _by_backend(by, keys, args, "p50_ms"),
+        "lookup_p99_ms_by_backend": _by_backend(by, keys, args, "p99_ms"),
+        "recall_top1_by_backend": _by_backend(by, keys, args, "recall_top1"),
+        "startup_s_by_backend": {
+            "faiss": {str(k): by[k]["redis"]["rebuild_s"] if k in by and "redis" in by[k] else None for k in keys},
+            **({"qdrant_local": {str(k): by[k]["qdrant"]["startup_s"] if k in by else None for k in keys}}
+               if "qdrant" in args.engines else {})},
         "targets_met": {"lookup_p50_100k_lt_1ms": None if p100k is None else p100k < TARGET_LOOKUP_MS_100K,
                         "miss_redis_lt_2ms": None if miss is None else miss < TARGET_MISS_MS_REDIS},
     }
+
+
+def _by_backend(by: dict, keys: list[int], args, stat: str) -> dict[str, dict[str, Any]]:
+    out = {"faiss": {str(k): by[k]["index_search"][stat] if k in by else None for k in keys}}
+    if "qdrant" in args.engines:
+        out["qdrant_local"] = {str(k): by[k]["qdrant"]["search"][stat] if k in by else None for k in keys}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
                    "vectors": args.vectors, "clusters": args.clusters if args.vectors == "clustered" else None,
                    "noise": args.noise, "response_bytes": args.response_bytes, "redis": args.redis,
                    "redis_max": args.redis_max, "seed": args.seed, "partitions": 1, "k": 4,
+                   "engines": args.engines, "engine_queries": args.engine_queries,
+                   "engine_disk_max": args.engine_disk_max,
                    "hnsw": {"threshold": idx.hnsw_threshold, "m": idx.m, "ef_search": idx.ef_search,
                             "ef_construction": idx.ef_construction},
                    "cpus": os.cpu_count(), "faiss_threads": threads, "python": platform.python_version(),

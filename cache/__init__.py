@@ -5,6 +5,9 @@
   also the document id).
 * `cache.index`: `VectorIndex`, per-partition nearest neighbours over unit vectors (exact numpy
   search for small partitions, a faiss HNSW graph past ``hnsw_threshold``, tombstones + rebuilds).
+* `cache.qdrant_index`: `QdrantVectorIndex`, the same methods on a Qdrant collection that every
+  replica shares (one collection, the partition a mandatory filter); `open_vector_index` picks
+  faiss or qdrant for `server.cache_index`.
 * `cache.store`: `CacheEntry` and the `DocumentStore` protocol -- `MemoryDocumentStore` (the
   embedded default) and `RedisDocumentStore` (native TTLs, per-category LRU quotas, an event
   stream that keeps other processes' indexes in step).

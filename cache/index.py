@@ -82,6 +82,8 @@ class _Partition:
 class VectorIndex:
     """Per-partition nearest-neighbour search over unit vectors (cosine similarity)."""
 
+    shared = False   # this process's own: SemanticCache rebuilds it at start and follows the store's events
+
     def __init__(self, *, hnsw_threshold: int = 2000, m: int = 32, ef_search: int = 64,
                  ef_construction: int = 80, max_tombstone_share: float = 0.2,
                  deferred_builds: bool = False) -> None:

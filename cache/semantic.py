@@ -16,6 +16,12 @@
   rebuilds. ``rebuild()`` reloads the index from the store (start-up), building the new index off
   the event loop and swapping it in. ``start_sync(interval_s)`` runs ``sync`` in the background.
   With the memory store ``sync`` is a no-op (one process owns everything).
+* A *shared* index (``index.shared`` true: `cache.qdrant_index.QdrantVectorIndex`, one Qdrant
+  collection every replica reads and writes) is never rebuilt from the store nor fed the event
+  stream: each replica's inserts, evictions and deletes already went into it, so ``sync`` does
+  nothing and a replica serves lookups at once. ``rebuild()`` then only adds the store's entries
+  the index lacks (e.g. after switching engines). Stale neighbours (expired, deleted) still leave
+  it at lookup and by ``sweep()``; its calls go over the network, so they run in a worker thread.
 * The default index defers HNSW builds; the cache runs them in a worker thread as they fall due
   (``maintenance()`` awaits the one in progress), so no graph build blocks the event loop.
 * ``sweep()`` drops index entries whose documents expired (expiry sends no event); run it now
@@ -84,6 +90,7 @@ class SemanticCache:
         self._clock = clock
         self._down_until = 0.0
         self._cursor: str | None = None
+        self._sweep_offset: Any = None   # where the next sweep of a shared index starts
         self._sync_lock = asyncio.Lock()
         self._sync_task: asyncio.Task | None = None
         self.counters: dict[str, int] = dict.fromkeys(
@@ -137,12 +144,12 @@ class SemanticCache:
                 return Hit(entry, "exact", 1.0)
         if mode == "exact" or embedding is None:
             return None
-        for doc_id, similarity in self.index.search(partition, embedding, self.k):
+        for doc_id, similarity in await self._index("search", partition, embedding, self.k):
             if similarity < threshold:
                 break   # sorted: nothing further qualifies
             entry = await self.store.get(doc_id)
             if entry is None or entry.partition != partition:
-                self.index.remove(doc_id)
+                await self._index("remove", doc_id)
                 self.counters["stale"] += 1
                 continue
             if accept is not None:
@@ -167,13 +174,16 @@ class SemanticCache:
         try:
             removed = await self.store.put(entry, ttl_s, quota=quota)
             if embedding is not None:
-                self.index.add(partition, exact_key, embedding)
+                await self._index("add", partition, exact_key, embedding)
         except Exception as exc:  # noqa: BLE001
             self.counters["insert_errors"] += 1
             self._failed("insert", exc)
             return False
-        for doc_id in removed:
-            self.index.remove(doc_id)
+        try:
+            for doc_id in removed:
+                await self._index("remove", doc_id)
+        except Exception as exc:  # noqa: BLE001 - a shared index out of reach: lookups drop them as stale
+            self._failed("insert", exc)
         if evicted is not None:
             evicted.extend(removed)
         self._maintain_soon()
@@ -186,7 +196,7 @@ class SemanticCache:
     async def delete(self, doc_id: str) -> bool:
         """Remove one entry (by its exact key). Raises `StoreUnavailable` (admin path)."""
         removed = await self.store.delete(doc_id)
-        self.index.remove(doc_id)
+        await self._index("remove", doc_id)
         return removed
 
     async def delete_where(self, *, partition: str | None = None, decision: str | None = None,
@@ -194,11 +204,26 @@ class SemanticCache:
         """Remove matching entries; no filter clears everything. Returns how many (None: all)."""
         removed = await self.store.delete_where(partition=partition, decision=decision, tenant=tenant)
         if removed is None:
-            self.index.clear()
+            await self._index("clear")
             return None
         for doc_id in removed:
-            self.index.remove(doc_id)
+            await self._index("remove", doc_id)
         return len(removed)
+
+    # ------------------------------------------------------------------------------ the index
+
+    @property
+    def shared_index(self) -> bool:
+        """Whether the index is shared by every replica (a vector engine) rather than this process's own."""
+        return bool(getattr(self.index, "shared", False))
+
+    async def _index(self, method: str, *args: Any) -> Any:
+        """Call the index: inline for the in-process one (microseconds, under its own lock), in a
+        worker thread for a shared one (a network round trip the event loop must not wait on)."""
+        call = getattr(self.index, method)
+        if self.shared_index:
+            return await asyncio.to_thread(call, *args)
+        return call(*args)
 
     # ------------------------------------------------------------------------------ keeping in step
 
@@ -208,6 +233,11 @@ class SemanticCache:
             return await self._rebuild()
 
     async def _rebuild(self) -> int:
+        if self.shared_index:   # the index is the replicas' own: only add what it lacks, in place
+            items = [(partition, doc_id, vector) async for doc_id, partition, vector in self.store.scan()]
+            await asyncio.to_thread(self.index.add_many, items)
+            self.counters["rebuilds"] += 1
+            return await self._index("size")
         cursor = await self.store.position()   # events from here on are replayed after the scan
         items = [(partition, doc_id, vector) async for doc_id, partition, vector in self.store.scan()]
         fresh = self.index.spawn()
@@ -220,8 +250,8 @@ class SemanticCache:
 
     async def sync(self) -> int:
         """Apply the store's events since the last sync (rebuilding on a gap); returns how many."""
-        if not self.store.shared:
-            return 0   # one process owns every document: the index is always in step
+        if not self.store.shared or self.shared_index:
+            return 0   # one process owns every document, or every replica writes the one index: in step
         async with self._sync_lock:
             if self._cursor is None:
                 await self._rebuild()
@@ -264,15 +294,28 @@ class SemanticCache:
             await asyncio.shield(self._maintenance)
             self._maintain_soon()
 
-    async def sweep(self, batch: int = 1000) -> int:
-        """Drop index entries whose documents are gone (expired); returns how many."""
-        ids = self.index.ids()
+    async def sweep(self, batch: int = 1000, shared_slice: int = 20_000) -> int:
+        """Drop index entries whose documents are gone (expired); returns how many.
+
+        A shared index may hold millions of entries and every replica sweeps it, so each call
+        checks one slice of it (`shared_slice` ids, from where this replica's last sweep stopped,
+        wrapping around) rather than all of it."""
+        if self.shared_index:
+            ids: list[str] = []
+            while len(ids) < shared_slice:
+                page, self._sweep_offset = await self._index("ids_page", self._sweep_offset,
+                                                             min(batch, shared_slice - len(ids)))
+                ids.extend(page)
+                if self._sweep_offset is None:
+                    break
+        else:
+            ids = await self._index("ids")
         dropped = 0
         for start in range(0, len(ids), batch):
             chunk = ids[start:start + batch]
             for doc_id, alive in zip(chunk, await self.store.exists(chunk)):
                 if not alive:
-                    dropped += self.index.remove(doc_id)
+                    dropped += await self._index("remove", doc_id)
             await asyncio.sleep(0)
         return dropped
 

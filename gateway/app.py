@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
 import signal
 import time
 import weakref
@@ -293,6 +294,7 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     `reload_on_sighup` (for `sigroute serve`, which runs the app in the main thread) reloads the
     policy file when the process gets SIGHUP, as a task on the event loop."""
     from sigroute.bandits.store import open_pending_store, open_state_store
+    from sigroute.cache.qdrant_index import open_vector_index
     from sigroute.cache.semantic import SemanticCache, SingleFlight
     from sigroute.cache.store import open_document_store
     from sigroute.gateway.activity import Activity
@@ -309,7 +311,15 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
     pipeline_options.setdefault("state_store", open_state_store(redis_url))
     pipeline_options.setdefault("pending_store", open_pending_store(redis_url))
     cache_layout = {"shards": cache_shards} if redis_url else {}
-    pipeline_options.setdefault("semantic_cache", SemanticCache(open_document_store(redis_url, **fast, **cache_layout)))
+    own_index = None   # an index this app opened (a Qdrant client is closed at shutdown)
+    if "semantic_cache" not in pipeline_options:   # the index: in process (faiss) or shared (server.cache_index)
+        where = policy.server.cache_index
+        index = open_vector_index(where.engine, url=where.url, path=where.path, collection=where.collection,
+                                  api_key=os.environ.get(where.api_key_env) if where.api_key_env else None,
+                                  timeout_s=where.timeout_s)
+        pipeline_options["semantic_cache"] = SemanticCache(open_document_store(redis_url, **fast, **cache_layout),
+                                                           index)
+        own_index = index
     pipeline_options.setdefault("flights", SingleFlight())
     pipeline_options.setdefault("rate_limiter", RateLimiter(open_rate_limit_store(redis_url, **fast)))
     pipeline_options.setdefault("activity", Activity())
@@ -381,6 +391,9 @@ def create_app(policy: Policy, *, policy_path: str | None = None, metrics: Metri
                     await store.aclose()
             if pipeline_options.get("decision_log") is not None:
                 pipeline_options["decision_log"].close()
+            if hasattr(own_index, "close"):
+                with contextlib.suppress(Exception):
+                    own_index.close()
 
     app = FastAPI(title="sigroute", version="0.1.0", lifespan=lifespan,
                   description="Semantic model-router gateway with an OpenAI-compatible API")

@@ -34,9 +34,21 @@ def test_cache_speed_tiny(tmp_path, capsys, redis_url):
     assert summary["targets_met"]["lookup_p50_100k_lt_1ms"] is None
     assert isinstance(summary["targets_met"]["miss_redis_lt_2ms"], bool)
 
+    # the shared vector engine (Qdrant, local mode), beside FAISS in the same run
+    assert summary["engines"] == ["faiss", "qdrant"]
+    for stat in ("lookup_p50_ms_by_backend", "lookup_p99_ms_by_backend"):
+        assert set(summary[stat]) == {"faiss", "qdrant_local"}
+        assert summary[stat]["qdrant_local"]["500"] > 0 and summary[stat]["qdrant_local"]["3000"] > 0
+        assert summary[stat]["qdrant_local"]["100000"] is None
+    assert summary["lookup_p50_ms_by_backend"]["faiss"] == p50
+    assert summary["recall_top1_by_backend"]["qdrant_local"]["3000"] == 1.0   # local mode is exact
+    startup = summary["startup_s_by_backend"]
+    assert startup["faiss"]["3000"] == summary["rebuild_s"] and startup["qdrant_local"]["3000"] > 0
+
     by = {r["n"]: r for r in result["per_size"]}
     assert by[500]["hnsw"] is False and by[3000]["hnsw"] is True
     for r in by.values():
         assert r["memory_lookup_hit"]["hits"] == 50 and r["memory_lookup_miss"]["hits"] == 0
         assert r["redis"]["lookup_hit"]["hits"] == 50 and r["redis"]["lookup_miss"]["hits"] == 0
         assert r["redis"]["lookup_hit"]["hit_is_exact_top1"] >= 0.9
+        assert r["qdrant"]["startup_rebuilds"] == 0   # a replica over the shared index rebuilds nothing

@@ -83,6 +83,7 @@ from sigroute.policies.schema.server import (
     ApiKey,
     Auth,
     Breaker,
+    CacheIndex,
     Entrypoint,
     RateLimit,
     Routing,
@@ -144,7 +145,7 @@ __all__ = [
     # decisions
     "Decision",
     # server
-    "ApiKey", "Auth", "Breaker", "Entrypoint", "RateLimit", "Routing", "Server", "Tracing", "Upstream",
+    "ApiKey", "Auth", "Breaker", "CacheIndex", "Entrypoint", "RateLimit", "Routing", "Server", "Tracing", "Upstream",
     # policy
     "Policy", "PolicyReferenceError", "json_schema",
 ]

@@ -125,6 +125,31 @@ class Tracing(Strict):
         "OTEL_EXPORTER_OTLP_TRACES_HEADERS / OTEL_EXPORTER_OTLP_HEADERS (better for secrets)")
 
 
+class CacheIndex(Strict):
+    """Where the semantic cache keeps its vector index. `faiss` (default): in each replica's
+    memory, rebuilt from the document store at start and kept in step through its event stream.
+    `qdrant`: one Qdrant collection shared by every replica (`pip install 'sigroute[qdrant]'`),
+    so no replica holds the whole index or rebuilds it at start; give a server `url`, or a local
+    `path` (qdrant-client's embedded mode: brute force, one process at a time). Read once at start:
+    a reload does not move the index."""
+
+    engine: Literal["faiss", "qdrant"] = Field("faiss", description="faiss: in process; qdrant: shared")
+    url: str | None = Field(None, pattern=r"^https?://[^\s]+$", description="a Qdrant server, e.g. http://qdrant:6333")
+    path: str | None = Field(None, min_length=1, description="a folder for Qdrant's local (embedded) mode")
+    collection: str = Field("sigroute-cache", pattern=r"^[A-Za-z0-9_.-]{1,200}$",
+                            description="the Qdrant collection (one for every partition; searches filter on it)")
+    api_key_env: str | None = Field(None, pattern=ENV_NAME_PATTERN, description="variable holding Qdrant's API key")
+    timeout_s: PositiveFloat = Field(5.0, description="each Qdrant request's timeout")
+
+    @model_validator(mode="after")
+    def _where(self) -> "CacheIndex":
+        if self.engine == "qdrant" and (self.url is None) == (self.path is None):
+            raise ValueError("the qdrant cache index needs exactly one of url (a server) or path (local mode)")
+        if self.engine == "faiss" and (self.url or self.path or self.api_key_env):
+            raise ValueError("url, path and api_key_env are for engine: qdrant (faiss is in process)")
+        return self
+
+
 class Server(Strict):
     """Limits on what callers send. The header limits apply to the HTTP server from its start (a
     reload does not change them); the body limits apply per request."""
@@ -165,6 +190,8 @@ class Server(Strict):
         "unless listed here (for local development): admin (reload, cache deletion), explain (/v1/route/explain "
         "and x-sigroute-debug)")
     tracing: Tracing = Field(Tracing(), description="OpenTelemetry traces (off by default)")
+    cache_index: CacheIndex = Field(CacheIndex(), description="where the semantic cache's vector index lives: "
+                                    "in process (faiss, default) or shared by every replica (qdrant)")
 
 
 class Breaker(Strict):
