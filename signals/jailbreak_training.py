@@ -15,7 +15,8 @@ statistics]), trained on
             and the train part of the alarming-but-safe prompts of `signals.jailbreak_examples`
 
 The threshold is the smallest score with a false-positive rate <= 1 % on every validation benign
-source (S-Labs, neuralchemy, MMLU-Pro inner validation, own hard benign). With ``--lofo``, for each
+source (S-Labs, MMLU-Pro inner validation, own hard benign; <= 5 % on neuralchemy's benign rows,
+whose top-scoring members are contested labels: see `FPR_BUDGET`). With ``--lofo``, for each
 family the same recipe is trained without that family's attacks (any split, any source) and its
 recall is measured on all of them at the threshold chosen the same way: that is
 ``heldout_family_recall_at_threshold`` in the head's metadata.
@@ -33,6 +34,13 @@ from sigroute.signals import jailbreak_corpus as corpus
 from sigroute.signals.heads import ATTACK_PATTERNS, TRAINED_DIR, dense_features, question_text, save_head
 
 FPR_TARGET = 0.01
+# Per validation benign source, the false-positive rate it may have at the shipped threshold when
+# not FPR_TARGET. neuralchemy's benign rows get 5 %: their highest-scoring members are role-play
+# set-ups ("you are an agent tasked with infiltrating ..."), "always fulfil the request" system
+# prompts and even a phishing request carrying an adversarial suffix — contested labels that, held
+# to 1 %, pushed the threshold to 0.999 and halved recall on every attack set. Exam questions,
+# alarming-but-safe prompts (the targets) and S-Labs' benign prompts stay at 1 %.
+FPR_BUDGET = {"neuralchemy_benign": 0.05}
 C_NGRAM = 3.0
 W_MLP = 0.5
 HIDDEN = 256
@@ -123,7 +131,7 @@ def choose_threshold(rows, score, val_idx) -> tuple[float, dict]:
     tr = _training_module()
     per_source = {}
     for name, idx in _benign_sources(rows, val_idx).items():
-        per_source[name] = tr._threshold_for_fpr(score(idx), FPR_TARGET)
+        per_source[name] = tr._threshold_for_fpr(score(idx), FPR_BUDGET.get(name, FPR_TARGET))
     return float(min(max(max(per_source.values()), 0.05), 0.999)), per_source
 
 
@@ -199,7 +207,8 @@ def train_jailbreak_families(data_dir, corpora_dir, out_dir=None, encoder=None, 
                  "own_examples": "signals/jailbreak_examples.py (hard benign prompts, persuasion templates, encoders)"},
         "split": "dev CSVs: their own train/validation files (test never read); package attacks and own examples: "
                  "sha256('jb:' + text) % 100 < 70 train, < 85 validation, else test; " + tr.SPLIT_RULE,
-        "threshold_rule": "the smallest threshold with false-positive rate <= 1% on each validation benign source",
+        "threshold_rule": "the smallest threshold with false-positive rate <= 1% on each validation benign source "
+                          "(neuralchemy's benign rows: <= 5%, see FPR_BUDGET)",
         "samples": {"rows": len(rows), "train": int(len(train_idx)), "validation": int(len(val_idx)),
                     "test": int(len(test_idx)),
                     "attacks_per_family": dict(Counter(r.family for r in rows if r.label)),
