@@ -11,16 +11,20 @@ How a text is tagged:
 1. Features per word piece: its last-layer state (384 numbers) and a few spelling facts of the
    word it belongs to, which the uncased encoder cannot see (starts with a capital, all capitals,
    holds a digit, all digits, first word of the text or of a sentence, first piece of its word,
-   punctuation), followed by the same for the piece before and the piece after.
+   punctuation, a capital inside the word as in a "CamelCase" user handle), followed by the same
+   for the piece before and the piece after.
 2. The head (one hidden layer, ReLU, softmax over BIO tags: O, B-/I- × 4 types), numpy only:
    two small matrix products on one BLAS thread, about 1 ms for a sentence.
 3. Decoding at word level (a word's tags are those of its first piece): a word is inside an
    entity when P(O) < 0.5; a run of such words on one line is one candidate, typed by the
    largest mean P(B-T) + P(I-T) over its words, and kept when that mean (its score) reaches T's
-   threshold (chosen on the validation split, stored in the head's metadata). Its character
-   offsets are those of its first and last word in the original text, punctuation trimmed. A few
-   shape rules (`_plausible`, chosen on the validation split) drop spans without a letter and
-   addresses that are one word without a digit.
+   threshold (chosen on the validation split, stored in the head's metadata). A run also ends
+   before a word whose likeliest tag is B- of another type than the run's first word's
+   ("Norway 0150": a country, then a postcode). Its character offsets are those of its first and
+   last word in the original text, punctuation trimmed. A few shape rules (`_plausible`, chosen
+   on the validation split) drop spans without a letter and addresses that are one word without
+   a digit. A place that follows an address on the same line after a comma joins it ("12 Elm
+   St, Tubize, Belgium" is one address, as the training data labels addresses on one line).
 
 Texts longer than the encoder's window are tagged window by window (`RequestEmbedder
 .embed_with_tokens` encodes what was left over); an entity cut by a window's edge may be split.
@@ -45,7 +49,7 @@ import numpy as np
 TAGGER_ENTITIES: tuple[str, ...] = ("PERSON", "LOCATION", "STREET_ADDRESS", "ORGANIZATION")
 LABELS: tuple[str, ...] = ("O",) + tuple(f"{p}-{t}" for t in TAGGER_ENTITIES for p in ("B", "I"))
 SPELLING_FEATURES: tuple[str, ...] = ("capitalized", "all_caps", "has_digit", "all_digits", "text_start",
-                                      "sentence_start", "word_start", "punctuation")
+                                      "sentence_start", "word_start", "punctuation", "inner_capital")
 SHIPPED_DIR = Path(__file__).parent / "trained" / "pii_tagger"
 HEAD_FORMAT = 1
 
@@ -93,6 +97,7 @@ def spelling_features(text: str, offsets: np.ndarray, words: np.ndarray) -> np.n
             int(offsets[i - 1, 1]) if i else 0:start]
         row[6] = first_of_word[w] == i
         row[7] = not any(c.isalnum() for c in word)
+        row[8] = any(a.islower() and b.isupper() for a, b in zip(word, word[1:]))  # camelCase: a handle
         previous_word = w
     return out
 
@@ -110,6 +115,7 @@ class PiiTagger:
         self.b2 = np.ascontiguousarray(weights["b2"], dtype=np.float32)
         self.mean = np.ascontiguousarray(weights["mean"], dtype=np.float32)
         self.scale = np.ascontiguousarray(weights["scale"], dtype=np.float32)
+        self._begin_label = np.array([label.startswith("B-") for label in self.labels])
         self._type_columns = {t: [self.labels.index(f"B-{t}"), self.labels.index(f"I-{t}")]
                               for t in TAGGER_ENTITIES}
 
@@ -126,6 +132,10 @@ class PiiTagger:
         if meta.get("format") != HEAD_FORMAT:
             raise TaggerUnavailable(f"PII tagger head in {directory} has format {meta.get('format')}, "
                                     f"this version reads {HEAD_FORMAT}")
+        if meta.get("spelling_features") != list(SPELLING_FEATURES):
+            raise TaggerUnavailable(f"PII tagger head in {directory} was trained on spelling features "
+                                    f"{meta.get('spelling_features')}, this version computes {list(SPELLING_FEATURES)}; "
+                                    f"retrain it")
         if encoder_fingerprint is not None and meta.get("encoder_fingerprint") != encoder_fingerprint:
             raise TaggerUnavailable(
                 f"the PII tagger head in {directory} was trained on encoder {meta.get('encoder_fingerprint')}, "
@@ -182,6 +192,10 @@ class PiiTagger:
         word_probs = probs[firsts]
         by_type = np.stack([word_probs[:, cols].sum(axis=1) for cols in self._columns], axis=1)  # (words, types)
         inside = word_probs[:, 0] < self.word_threshold
+        # a run ends before a word whose likeliest tag begins an entity of another type than the
+        # run's first word ("Norway 0150": a country, then the postcode of an address)
+        word_type = by_type.argmax(axis=1)
+        begins = self._begin_label[word_probs.argmax(axis=1)]
         spans: list[TaggedSpan] = []
         k = 0
         while k < len(firsts):
@@ -190,18 +204,20 @@ class PiiTagger:
                 continue
             run_end = k
             while run_end + 1 < len(firsts) and inside[run_end + 1] and not _line_break(
-                    text, ends[run_end], int(offsets[firsts[run_end + 1], 0])):
+                    text, ends[run_end], int(offsets[firsts[run_end + 1], 0])) and (
+                    not (begins[run_end + 1] and word_type[run_end + 1] != word_type[k])):
                 run_end += 1
             totals = by_type[k:run_end + 1].mean(axis=0)
             best = int(np.argmax(totals))
             kind = TAGGER_ENTITIES[best]
             score = float(totals[best])
-            if kind in wanted and score >= limits.get(kind, 0.5):
+            if score >= limits.get(kind, 0.5):
                 start, end = _trim(text, int(offsets[firsts[k], 0]), ends[run_end])
                 if end > start and _plausible(kind, text[start:end]):
                     spans.append(TaggedSpan(kind, start, end, score))
             k = run_end + 1
-        return spans
+        spans = _places_joined_to_addresses(text, spans)
+        return [s for s in spans if s.type in wanted]
 
     @property
     def word_threshold(self) -> float:
@@ -237,6 +253,21 @@ def _plausible(kind: str, value: str) -> bool:
     if kind == "STREET_ADDRESS":
         return any(c.isdigit() for c in value) or len(value.split()) > 1
     return True
+
+
+def _places_joined_to_addresses(text: str, spans: list[TaggedSpan]) -> list[TaggedSpan]:
+    """An address written on one line takes in the town and country that follow it ("4 Elm St,
+    Tubize, Belgium" is one STREET_ADDRESS, as the training data labels it): a LOCATION that
+    follows a STREET_ADDRESS on the same line, separated only by a comma and spaces, joins it."""
+    out: list[TaggedSpan] = []
+    for span in spans:
+        previous = out[-1] if out else None
+        if (previous is not None and span.type == "LOCATION" and previous.type == "STREET_ADDRESS"
+                and text[previous.end:span.start].strip(" ,") == "" and "," in text[previous.end:span.start]):
+            out[-1] = TaggedSpan(previous.type, previous.start, span.end, previous.score)
+        else:
+            out.append(span)
+    return out
 
 
 def _line_break(text: str, end: int, start: int) -> bool:

@@ -115,5 +115,8 @@ def parse(marked: str) -> tuple[str, list[tuple[str, int, int]]]:
 
 
 def examples() -> list[dict]:
-    """The sentences as rows shaped like the benchmark's (`text`, `spans`)."""
-    return [dict(zip(("text", "spans"), parse(s))) for s in EXAMPLES]
+    """The sentences as rows shaped like the benchmark's (`text`, `spans`): the hand-written ones
+    above and the template-generated ones of `signals.pii_tagger_templates`."""
+    from sigroute.signals.pii_tagger_templates import generated
+
+    return [dict(zip(("text", "spans"), parse(s))) for s in EXAMPLES + tuple(generated())]
