@@ -26,6 +26,7 @@ from sigroute.signals.pii_tagger import (SHIPPED_DIR, TAGGER_ENTITIES, PiiTagger
                                          _places_joined_to_addresses, spelling_features)
 from sigroute.signals.pii_tagger_examples import EXAMPLES, examples, parse
 from sigroute.signals.pii_tagger_templates import generated
+from tests.test_pii_tagger import encoder, find, tagger  # noqa: F401   (fixtures: the shipped tagger)
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pii" / "presidio_synth_dev.json"
 
@@ -125,23 +126,6 @@ def test_a_head_trained_on_other_spelling_features_is_refused(tmp_path):
         PiiTagger.load(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def encoder():
-    from sigroute.signals.encoder import shared_encoder
-
-    return shared_encoder()
-
-
-@pytest.fixture(scope="module")
-def tagger(encoder):
-    from sigroute.signals.pii_tagger import shipped_tagger
-
-    return shipped_tagger(encoder.fingerprint)
-
-
-def find(encoder, tagger, text):
-    _, states = encoder.encode_with_tokens([text])
-    return [(s.type, text[s.start:s.end]) for s in tagger.tag(text, states[0])]
 
 
 @pytest.mark.parametrize("text, expected", [
