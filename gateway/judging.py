@@ -136,28 +136,55 @@ class HourlyBudget:
             self._total += usd
 
 
-class _Lane:
-    """One kind of background call: its settings, its budget and its in-flight count."""
+class MinuteRate:
+    """Calls started in the last minute against a limit (None: no limit)."""
 
-    def __init__(self, kind: str, spec, counter, metrics) -> None:
+    def __init__(self, per_minute: int | None, clock=time.monotonic) -> None:
+        self.limit = per_minute
+        self.clock = clock
+        self._starts: deque[float] = deque()
+
+    def allows(self) -> bool:
+        if self.limit is None:
+            return True
+        cutoff = self.clock() - 60.0
+        while self._starts and self._starts[0] <= cutoff:
+            self._starts.popleft()
+        return len(self._starts) < self.limit
+
+    def started(self) -> None:
+        if self.limit is not None:
+            self._starts.append(self.clock())
+
+
+class _Lane:
+    """One kind of background call: its settings, its budget, its rate and its in-flight count."""
+
+    def __init__(self, kind: str, spec, counter, metrics, clock=time.monotonic) -> None:
         self.kind = kind
         self.spec = spec
         self.counter = counter
         self.metrics = metrics
-        self.budget = HourlyBudget(spec.budget_usd_per_hour)
+        self.budget = HourlyBudget(spec.budget_usd_per_hour, clock)
+        self.rate = MinuteRate(spec.max_per_minute, clock)
         self.running = 0
 
     def count(self, outcome: str) -> None:
         self.counter.labels(outcome).inc()
 
     def admit(self) -> bool:
-        """Whether one more call may start now (counted as busy or budget when not)."""
+        """Whether one more call may start now, taking its place in the minute's rate when it may
+        (counted as busy, rate or budget when not)."""
         if self.running >= self.spec.max_concurrency:
             self.count("busy")
+            return False
+        if not self.rate.allows():
+            self.count("rate")
             return False
         if not self.budget.allows():
             self.count("budget")
             return False
+        self.rate.started()
         return True
 
     def spend(self, usd: float | None) -> None:

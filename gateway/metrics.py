@@ -97,12 +97,12 @@ class Metrics:
             "recorded), explicit_first, record_gone, not_learned, "
             "shadow (a shadow answer judged), "
             "unparsed (no verdict in the judge's answer), error, timeout (the judge call failed), budget (the hourly "
-            "budget was spent), busy (max_concurrency calls already running), private (PII or a plugin: never sent)",
+            "budget was spent), rate (max_per_minute calls already started this minute), busy (max_concurrency calls already running), private (PII or a plugin: never sent)",
             ["outcome"], registry=r)
         self.shadow_requests = Counter(
             "sigroute_shadow_requests_total", "Requests sampled for shadow traffic (feedback.shadow), by outcome: "
             "credited (the unchosen model's answer was judged and credited), not_learned, judge_failed, error, "
-            "timeout, budget, busy, private, too_large, no_candidate", ["outcome"], registry=r)
+            "timeout, budget, rate, busy, private, too_large, no_candidate", ["outcome"], registry=r)
         self.background_spend = Counter(
             "sigroute_feedback_spend_usd_total", "USD spent on background feedback calls, by kind (judge, shadow), "
             "from the models' declared prices and the tokens used", ["kind"], registry=r)

@@ -304,6 +304,52 @@ def test_judge_calls_are_bounded_in_concurrency(sim, gateway_factory, tmp_path):
     assert sim.calls(JUDGE) == 1
 
 
+def test_judge_calls_are_bounded_per_minute(sim, gateway_factory, tmp_path):
+    """max_per_minute 2: of four sampled answers within a minute, two are judged and two skipped
+    (counted `rate`), whatever the concurrency allows."""
+    judge_says(sim, "SCORE: 1")
+    gw = make_gateway(gateway_factory, judged_policy(sim, judge={"max_per_minute": 2, "max_concurrency": 10}),
+                      tmp_path)
+    for i in range(4):
+        ask(gw, f"Rate-capped question {i}?")
+        wait_for(gw, "sigroute_judge_requests_total", i + 1)
+    assert sim.calls(JUDGE) == 2
+    assert metric(gw, "sigroute_judge_requests_total", outcome="credited") == 2
+    assert metric(gw, "sigroute_judge_requests_total", outcome="rate") == 2
+
+
+def test_shadow_copies_are_bounded_per_minute(sim, gateway_factory, tmp_path):
+    judge_says(sim, "SCORE: 1")
+    policy = judged_policy(sim, judge={"sample": 0}, shadow={"max_per_minute": 1, "max_concurrency": 10})
+    gw = make_gateway(gateway_factory, policy, tmp_path)
+    for i in range(3):
+        ask(gw, f"Shadowed question {i}?")
+        wait_for(gw, "sigroute_shadow_requests_total", i + 1)
+    assert metric(gw, "sigroute_shadow_requests_total", outcome="credited") == 1
+    assert metric(gw, "sigroute_shadow_requests_total", outcome="rate") == 2
+    assert len(events(gw, "decision")) == 3 + 1   # three answers, one shadow decision
+
+
+def test_the_minute_rate_frees_places_as_the_minute_slides():
+    from sigroute.gateway.judging import MinuteRate
+
+    now = [1000.0]
+    rate = MinuteRate(2, clock=lambda: now[0])
+    assert rate.allows()
+    rate.started()
+    now[0] += 30
+    rate.started()
+    assert not rate.allows()
+    now[0] += 30.5          # the first start is now more than a minute old
+    assert rate.allows()
+    rate.started()
+    assert not rate.allows()
+    unlimited = MinuteRate(None, clock=lambda: now[0])
+    for _ in range(1000):
+        unlimited.started()
+    assert unlimited.allows()
+
+
 def test_judged_feedback_with_a_shared_redis_pending_store(sim, gateway_factory, tmp_path, clean_redis_url):
     """The judge's credit goes through the Redis pending store like implicit feedback: explicit
     feedback sent to another replica still replaces it."""

@@ -13,11 +13,13 @@
         model: judge-model   # one of the policy's models (its declared price meters the budget)
         sample: 0.1          # share of learning decisions' answers judged
         max_concurrency: 2   # judge calls running at once (more are skipped, never queued)
+        max_per_minute: 60   # judge calls started in any minute (optional)
         budget_usd_per_hour: 1.0
         timeout: 10s
       shadow:                # a copy of a sampled request sent to a candidate the bandit did not choose
         sample: 0.05
         max_concurrency: 2
+        max_per_minute: 30   # copies started in any minute (optional)
         budget_usd_per_hour: 1.0
         max_request_bytes: 65536
         timeout: 30s
@@ -69,6 +71,8 @@ class JudgeFeedback(Strict):
     model: Name = Field(..., description="the judge: one of the policy's models")
     sample: float = Field(0.1, ge=0, le=1, description="share of answers judged (0: none)")
     max_concurrency: int = Field(2, ge=1, le=1000, description="judge calls at once; more are skipped")
+    max_per_minute: int | None = Field(None, ge=1, description="judge calls started in any minute (more are "
+                                       "skipped, counted `rate`); none: only sample, concurrency and budget bound it")
     budget_usd_per_hour: float = Field(1.0, ge=0, description="spend on judge calls in any hour (the judge's price)")
     timeout: Duration = Field(10.0, gt=0, le=600, description="a judge call that takes longer is abandoned")
     max_answer_chars: int = Field(8000, ge=100, le=1_000_000,
@@ -81,6 +85,8 @@ class ShadowTraffic(Strict):
 
     sample: float = Field(0.05, ge=0, le=1, description="share of learning decisions' requests copied")
     max_concurrency: int = Field(2, ge=1, le=1000, description="shadow calls at once; more are skipped")
+    max_per_minute: int | None = Field(None, ge=1, description="shadow copies started in any minute (more are "
+                                       "skipped, counted `rate`); none: only sample, concurrency and budget bound it")
     budget_usd_per_hour: float = Field(1.0, ge=0, description="spend on shadow calls in any hour")
     max_request_bytes: int = Field(65536, ge=1, description="larger requests are not copied")
     timeout: Duration = Field(30.0, gt=0, le=600, description="a shadow call that takes longer is abandoned")
