@@ -1203,7 +1203,7 @@ def inner_context(ctx: Context) -> Context:
     inner = split.inner_validation
     tr, va = np.flatnonzero(~inner), np.flatnonzero(inner)
     sub = Split(split.train.subset(tr), split.train.subset(va), "inner validation", np.zeros(len(tr), dtype=bool))
-    return Context(sub, ctx.X_train[tr], ctx.X_train[va], warm=True, seeds=1, ridge=ctx.ridge, w_grid=ctx.w_grid,
+    return Context(sub, ctx.X_train[tr], ctx.X_train[va], warm=ctx.warm, seeds=1, ridge=ctx.ridge, w_grid=ctx.w_grid,
                    regret_w=ctx.regret_w)
 
 
@@ -1226,8 +1226,9 @@ def cv_fold(question_id: str, folds: int) -> int:
 
 
 def fold_contexts(ctx: Context, folds: int) -> list[Context]:
-    """The training split cut into `folds` parts by `cv_fold`: per part, a context that warm-starts
-    on the other parts and streams this one (one seed, the sweep of `ctx`)."""
+    """The training split cut into `folds` parts by `cv_fold`: per part, a context that streams this
+    part (one seed, the sweep of `ctx`), warm-started on the other parts when `ctx` warm-starts and
+    cold otherwise (so a cold-start run chooses its hyper-parameters for a cold start)."""
     train = ctx.split.train
     fold = np.array([cv_fold(q, folds) for q in train.question_ids])
     out = []
@@ -1236,7 +1237,7 @@ def fold_contexts(ctx: Context, folds: int) -> list[Context]:
         if len(fit) == 0 or len(held) == 0:
             raise ValueError(f"cross-validation fold {k} is empty: too few training questions for {folds} folds")
         split = Split(train.subset(fit), train.subset(held), f"cv fold {k}", np.zeros(len(fit), dtype=bool))
-        out.append(Context(split, ctx.X_train[fit], ctx.X_train[held], warm=True, seeds=1, ridge=ctx.ridge,
+        out.append(Context(split, ctx.X_train[fit], ctx.X_train[held], warm=ctx.warm, seeds=1, ridge=ctx.ridge,
                            w_grid=ctx.w_grid, regret_w=ctx.regret_w))
     return out
 
@@ -1318,6 +1319,8 @@ def parse_args(argv):
     p.add_argument("--tune-folds", type=int, default=TUNE_FOLDS,
                    help=f"folds of the cross-validation that chooses alpha and ridge (default {TUNE_FOLDS}; "
                         f"1 = the single inner-validation cut)")
+    p.add_argument("--alpha-grid", default=",".join(f"{a:g}" for a in ALPHA_GRID),
+                   help="alphas the cross-validation chooses from (comma-separated)")
     p.add_argument("--learn", choices=("reward", "quality"), default="reward",
                    help="what the router's estimator learns (the gateway's `learn:` option): the blended reward, "
                         "or correctness only with the known cost term added at selection")
@@ -1424,6 +1427,7 @@ def main(argv: list[str] | None = None) -> int:
     out = run_benchmark(split, X_train, X_stream, E_train, E_stream, seeds=args.seeds, warm=warm, alpha=args.alpha,
                         ridge=args.ridge, regret_w=args.regret_w, policies=args.policies, learn=args.learn, log=log,
                         tune_folds=args.tune_folds,
+                        tune_grid=(tuple(float(a) for a in args.alpha_grid.split(",") if a.strip()), RIDGE_GRID),
                         extra_config=extra, feedback_modes=[m.strip() for m in args.feedback.split(",") if m.strip()],
                         feedback_params=FeedbackParams(**{name: getattr(args, name)
                                                           for name in FeedbackParams.__dataclass_fields__}))

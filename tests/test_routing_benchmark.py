@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import json
@@ -444,6 +445,10 @@ def test_hyper_parameters_are_chosen_by_cross_validation_inside_the_training_spl
     for part in parts:
         assert not set(part.split.stream.question_ids) & set(part.split.train.question_ids)
     assert not set(streamed) & set(split.stream.question_ids)      # the reported stream takes no part
+    assert all(part.warm for part in parts)
+    # a cold-start run chooses its hyper-parameters on cold streams of the folds
+    assert not any(part.warm for part in rb.fold_contexts(dataclasses.replace(ctx, warm=False), 3))
+    assert not rb.inner_context(dataclasses.replace(ctx, warm=False)).warm
     tuned = rb.tune(ctx, lambda message: None, alphas=(0.0, 0.5), ridges=(0.1, 100.0), folds=3)
     assert len(tuned["grid"]) == 4 and tuned["folds"] == 3
     for row in tuned["grid"]:
