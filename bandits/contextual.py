@@ -233,7 +233,7 @@ class ContextualSelector(Selector):
 
     def _base_estimator(self):
         o = self.options
-        return DisjointRidge(self.features.dim, ridge=o.ridge, recompute_every=o.recompute_every)
+        return DisjointRidge(self.features.dim, ridge=o.ridge, recompute_every=o.recompute_every, prior=o.prior)
 
     def _new_rule(self, estimator, rng_seed: int | None):
         raise NotImplementedError

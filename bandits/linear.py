@@ -78,7 +78,7 @@ class DisjointRidge:
 
     kind = "disjoint"
 
-    def __init__(self, dim: int, ridge: float = 1.0, recompute_every: int = 64):
+    def __init__(self, dim: int, ridge: float = 1.0, recompute_every: int = 64, prior: float = 0.0):
         if dim < 1:
             raise ValueError("dim must be at least 1")
         if ridge <= 0:
@@ -86,6 +86,7 @@ class DisjointRidge:
         self.dim = dim
         self.ridge = float(ridge)
         self.recompute_every = max(1, int(recompute_every))
+        self.prior = float(prior)
         self._sums: dict[str, _ArmSums] = {}
         self._inverse: dict[str, np.ndarray] = {}
         self._theta: dict[str, np.ndarray] = {}
@@ -156,12 +157,20 @@ class DisjointRidge:
         return self._theta[arm]
 
     def predict(self, arm: str, x: np.ndarray) -> tuple[float, float]:
-        """(θₐᵀx, xᵀAₐ⁻¹x) — an unseen arm predicts 0 with variance factor |x|²/λ."""
+        """(θₐᵀx + prior·λ·xᵀAₐ⁻¹x, xᵀAₐ⁻¹x).
+
+        Plain ridge shrinks every estimate towards 0, so an arm it knows nothing about looks like
+        the worst arm there is. With a `prior`, the share of the prediction the data does not yet
+        support, λ·xᵀA⁻¹x (1 for an unseen arm and a unit-norm context, falling towards 0 as
+        observations near x accumulate), is credited at the prior instead of 0: an unseen arm
+        predicts `prior`·|x|², a well-observed one what its data says. Nothing of the prior is
+        stored, so sums still merge by adding."""
         x = _as_vector(x, self.dim)
         if arm not in self._sums:
-            return 0.0, float(x @ x) / self.ridge
+            return self.prior * float(x @ x), float(x @ x) / self.ridge
         inv = self._inverse[arm]
-        return float(self._theta[arm] @ x), max(0.0, float(x @ inv @ x))
+        var = max(0.0, float(x @ inv @ x))
+        return float(self._theta[arm] @ x) + self.prior * self.ridge * var, var
 
     def predict_many(self, arms: Iterable[str], x: np.ndarray) -> dict[str, tuple[float, float]]:
         return {arm: self.predict(arm, x) for arm in arms}

@@ -87,6 +87,47 @@ def test_sums_merge_by_adding():
         merged.load_sums({"m": np.zeros(disjoint_layout_size(d) + 1)})
 
 
+def test_a_prior_credits_what_the_data_does_not_support_and_fades_with_data():
+    rng = np.random.default_rng(3)
+    d, lam, prior = 6, 5.0, 0.8
+    plain, primed = DisjointRidge(d, ridge=lam), DisjointRidge(d, ridge=lam, prior=prior)
+    x = rng.normal(size=d)
+    x /= np.linalg.norm(x)
+    # an unseen arm: the prior itself (plain ridge says 0, the worst reward there is)
+    assert plain.predict("new", x)[0] == 0.0
+    assert primed.predict("new", x)[0] == pytest.approx(prior)
+    assert primed.predict("new", x)[1] == plain.predict("new", x)[1] == pytest.approx(1 / lam)
+    # with data: plain ridge's mean plus prior × λ·xᵀA⁻¹x, the same variance, the same stored sums
+    for _ in range(30):
+        z = rng.normal(size=d)
+        z /= np.linalg.norm(z)
+        r = float(rng.random())
+        plain.observe("m", z, r)
+        primed.observe("m", z, r)
+    (m0, v0), (m1, v1) = plain.predict("m", x), primed.predict("m", x)
+    assert v1 == pytest.approx(v0)
+    assert m1 == pytest.approx(m0 + prior * lam * v0)
+    assert 0 < lam * v0 < 1
+    assert np.array_equal(plain.sums()["m"], primed.sums()["m"])
+    # many observations around x: the prior's share falls towards 0 and the data decides
+    for _ in range(3000):
+        z = x + 0.05 * rng.normal(size=d)
+        primed.observe("m", z / np.linalg.norm(z), 0.2)
+    mean, var = primed.predict("m", x)
+    assert lam * var < 0.01 and mean == pytest.approx(0.2, abs=0.02)
+
+
+def test_a_prior_lets_linucb_try_an_unobserved_arm_before_settling_on_a_known_mediocre_one():
+    d = 3
+    x = np.array([1.0, 0.0, 0.0])
+    for prior, tried in ((0.0, False), (0.9, True)):
+        est = DisjointRidge(d, ridge=1.0, prior=prior)
+        for _ in range(20):
+            est.observe("known", x, 0.5)
+        pick = LinUCBRule(est, alpha=0.0).choose(x, ["known", "unknown"])
+        assert (pick.arm == "unknown") is tried, (prior, pick.scores)
+
+
 def test_hybrid_equals_joint_ridge_regression():
     """Block elimination must give the same estimate and variance as ridge on [z, x in arm slot]."""
     rng = np.random.default_rng(3)

@@ -128,6 +128,11 @@ class _ContextualOptions(Strict):
                     "only, with the cost and latency terms computed at selection from the model's price, the "
                     "request's prompt tokens and the model's observed mean answer length and latency")
     ridge: PositiveFloat = Field(1.0, description="ridge regularization λ")
+    prior: float = Field(
+        0.0, ge=0, le=1,
+        description="what a model is assumed to score (quality with `learn: quality`, else reward) where its "
+                    "data says nothing yet: the estimate is the data's plus prior × the share of it the data does "
+                    "not support (λ·xᵀA⁻¹x). 0 = plain ridge, which ranks an unobserved model last")
     discount_half_life_s: PositiveFloat | None = Field(
         None, description="forget old observations: their weight halves after this long (drift)")
     recompute_every: PositiveInt = Field(64, description="exact inverse recomputation period (updates)")
@@ -159,6 +164,13 @@ class HybridLinUCBOptions(LinUCBOptions):
     model_features: tuple[Literal["bias", "price"], ...] = Field(
         ("bias", "price"), min_length=1,
         description="what describes a model to the shared part: bias = 1, price = log(1 + input + output price)")
+
+    @model_validator(mode="after")
+    def _no_prior(self) -> "HybridLinUCBOptions":
+        if self.prior:
+            raise ValueError("'prior' is an option of linucb, thompson and epsilon_greedy: hybrid_linucb already "
+                             "starts a new model at what the shared part has learned of the pool")
+        return self
 
 
 class ThompsonOptions(_ContextualOptions):
