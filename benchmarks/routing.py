@@ -653,7 +653,7 @@ class Learner:
             self.arm_features = {m: np.array([1.0, math.log1p(float(pr[0] + pr[1]))]) for m, pr in zip(models, prices)}
             self.estimator = HybridRidge(dim, arm_features=self.arm_features, ridge=ridge)
         else:
-            self.estimator = DisjointRidge(dim, ridge=ridge)
+            self.estimator = DisjointRidge(dim, ridge=ridge, prior=float(p.get("prior", 0.0)))
         if spec.kind in ("linucb", "hybrid_linucb"):
             self.rule = LinUCBRule(self.estimator, alpha=float(p.get("alpha", 0.5)))
         elif spec.kind == "thompson":
@@ -696,7 +696,15 @@ class Learner:
         if self.rule is None:
             return self.models[self.rng.randrange(len(self.models))]
         known = self.known(prompt_tokens) if self.learns_quality else None
-        return self.rule.choose(x, self.models, known).arm
+        pick = self.rule.choose(x, self.models, known)
+        self.last_scores = pick.scores
+        return pick.arm
+
+    def runner_up(self, chosen: str, candidates: Sequence[str]) -> str | None:
+        """The best-scored of `candidates` other than `chosen` at the last choice (None: none)."""
+        scores = getattr(self, "last_scores", None) or {}
+        others = [m for m in candidates if m != chosen]
+        return max(others, key=lambda m: scores.get(m, -math.inf)) if others else None
 
     def learn(self, model: str, x: np.ndarray, reward: float, outcome: "Outcome | None" = None) -> None:
         if self.estimator is None:
@@ -718,8 +726,9 @@ class FeedbackParams:
     `p_right`; a re-ask carries a dissatisfaction cue ("that's wrong") with probability `q`; no
     re-ask means the user moved on. judge: a share `judge_share` of answers is judged, the verdict
     agreeing with the recorded correctness with probability `judge_agree`. shadow: with probability
-    `shadow_share` a copy goes to a uniformly drawn candidate the router did not choose, and its
-    answer is judged the same way."""
+    `shadow_share` a copy goes to a candidate the router did not choose — drawn uniformly
+    (`shadow_pick` random) or the one it ranked next (runner_up) — and its answer is judged the
+    same way."""
 
     p_wrong: float = 0.6
     p_right: float = 0.05
@@ -727,6 +736,7 @@ class FeedbackParams:
     judge_agree: float = 0.8
     judge_share: float = 0.1
     shadow_share: float = 0.1
+    shadow_pick: str = "random"
 
 
 class FeedbackModel:
@@ -769,9 +779,11 @@ class FeedbackModel:
             credit = explicit_credit(correct, self.weights)
         return learned_quality(self.default, credit) if credit is not None else self.default
 
-    def shadow_arm(self, chosen: str, models: Sequence[str]) -> str | None:
+    def shadow_arm(self, chosen: str, models: Sequence[str], runner_up: str | None = None) -> str | None:
         if not self.shadow or self.rng.random() >= self.params.shadow_share:
             return None
+        if self.params.shadow_pick == "runner_up":
+            return runner_up
         others = [m for m in models if m != chosen]
         return others[int(self.rng.integers(len(others)))] if others else None
 
@@ -817,7 +829,7 @@ def run_policy(learner: Learner, X: np.ndarray, order: np.ndarray, step: Step, r
         else:
             told = dataclasses.replace(outcome, correct=feedback.quality(outcome.correct))
             learner.learn(model, x, reward(model, told), told)
-            other = feedback.shadow_arm(model, learner.models)
+            other = feedback.shadow_arm(model, learner.models, learner.runner_up(model, learner.models))
             if other is not None:
                 seen = step(int(i), other)
                 shadow_cost += seen.cost
@@ -1345,6 +1357,9 @@ def parse_args(argv):
                        ("judge_share", "share of answers judged"), ("shadow_share", "share of requests shadowed")):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
                        help=f"{what} (default {getattr(defaults, name)})")
+    p.add_argument("--shadow-pick", choices=("random", "runner_up"), default=defaults.shadow_pick,
+                   help="which unchosen candidate a shadow copy goes to: drawn uniformly, or the one the router "
+                        f"ranked next (the gateway's feedback.shadow.pick; default {defaults.shadow_pick})")
     p.add_argument("--cache", default=DEFAULT_CACHE, help="directory for the embedding cache")
     p.add_argument("--json", default=None, help="where to write the full result")
     p.add_argument("--quiet", action="store_true")
