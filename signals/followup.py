@@ -7,9 +7,9 @@ turn. Three things can be read from the new turn:
                   previous user turn (cosine of the shared sentence embedding >= a threshold), or,
                   without an encoder, the same text once case, punctuation and spacing are ignored
     dissatisfied  the user says the answer was bad: a cue such as "that's wrong", "try again",
-                  "das ist falsch", "не работает", "不对", "違います" (phrases below, in 23
-                  languages: en, de, fr, es, it, pt, nl, ru, uk, pl, cs, tr, sv, da, no, fi, zh,
-                  ja, ko, ar, hi, id, vi)
+                  "das ist falsch", "не работает", "不对", "違います" (phrases below, in 26
+                  languages: en, de, fr, es, it, pt, nl, ro, el, ru, uk, pl, cs, tr, sv, da, no,
+                  fi, he, ar, hi, id, vi, zh, ja, ko)
     moved_on      neither: probably, not certainly, the answer served its purpose
 
 `follow_up(ctx)` finds the three texts in a request (None when the request is not a follow-up:
@@ -24,7 +24,7 @@ endings attach to the word) and Chinese and Japanese (anywhere: no spaces betwee
 `NOT_CUES` are look-alikes that contain a cue but say nothing bad about the answer ("I'll try again
 tomorrow", "o que está errado no meu código", "对不对"); a cue inside one is skipped. All languages
 share one pattern per script, built as a prefix tree. `tests/data/dissatisfaction_cues.jsonl` is a
-labelled set (311 turns written for this project, cues and near-misses in all 23 languages) that
+labelled set (346 turns written for this project, cues and near-misses in all 26 languages) that
 `tests/test_implicit_feedback.py` measures precision and recall on: 0.995 and 1.0 (one Finnish
 near-miss, "why doesn't my printer work", is taken for a cue) — optimistic, since the same hand
 wrote the phrases after the turns. The re-ask threshold (`DEFAULT_REASK_THRESHOLD`) was chosen with
@@ -146,6 +146,17 @@ CUES: dict[str, tuple[str, ...]] = {
            "दोबारा कोशिश करें", "काम नहीं कर रहा", "काम नहीं कर रही", "काम नहीं करता", "अब भी काम नहीं",
            "कोई मतलब नहीं", "मतलब नहीं बनता", "मैंने यह नहीं पूछा", "मैंने ये नहीं पूछा", "मेरा सवाल यह नहीं था",
            "आपने गलत समझा", "तुमने गलत समझा"),
+    "ro": ("este greșit", "e greșit", "e greșită", "tot greșit", "încă greșit", "răspuns greșit", "răspunsul e greșit",
+           "nu este corect", "nu e corect", "nu e adevărat", "încearcă din nou", "încearcă încă o dată",
+           "mai încearcă", "nu funcționează", "tot nu funcționează", "te înșeli", "vă înșelați", "nu are sens",
+           "nu are niciun sens", "nu asta am întrebat", "nu la asta mă refeream", "nu ai înțeles"),
+    "el": ("αυτό είναι λάθος", "είναι λάθος", "λάθος απάντηση", "πάλι λάθος", "ακόμα λάθος", "δεν είναι σωστό",
+           "δεν ισχύει", "δοκίμασε ξανά", "δοκιμάστε ξανά", "ξαναπροσπάθησε", "δεν λειτουργεί", "δε λειτουργεί",
+           "δεν δουλεύει", "δε δουλεύει", "κάνεις λάθος", "κάνετε λάθος", "δεν έχει νόημα", "δεν βγάζει νόημα",
+           "δεν είναι αυτό που ρώτησα", "δεν ρώτησα αυτό", "δεν κατάλαβες"),
+    "he": ("זה לא נכון", "זה שגוי", "תשובה שגויה", "תשובה לא נכונה", "עדיין לא נכון", "אתה טועה", "את טועה",
+           "תנסה שוב", "נסה שוב", "תנסי שוב", "לא עובד", "עדיין לא עובד", "זה לא מה ששאלתי", "לא מה ששאלתי",
+           "זה לא הגיוני", "אין לזה היגיון", "לא הבנת"),
     "id": ("itu salah", "ini salah", "masih salah", "jawaban salah", "jawabannya salah", "kamu salah", "anda salah",
            "itu keliru", "kamu keliru", "anda keliru", "itu tidak benar", "tidak benar", "coba lagi", "coba ulang",
            "tidak berfungsi", "tidak jalan", "nggak jalan", "gak jalan", "tidak bekerja", "masih error",
@@ -179,6 +190,8 @@ NOT_CUES: dict[str, tuple[str, ...]] = {
     "ko": ("틀렸나", "틀렸는지", "틀렸을", "뭐가 틀렸", "어디가 틀렸", "그게 아니면", "작동하지 않으면"),
     "ar": ("إذا لم ينجح",),
     "hi": ("क्या गलत है", "क्या यह सही नहीं है"),
+    "ro": ("ce este greșit", "ce e greșit", "nu e greșit", "nu este greșit"),
+    "el": ("τι είναι λάθος", "δεν είναι λάθος", "είναι λάθος να"),
     "id": ("saya coba lagi", "aku coba lagi", "akan coba lagi", "nanti coba lagi", "apakah tidak benar"),
 }
 
@@ -191,11 +204,24 @@ NOT_CUES: dict[str, tuple[str, ...]] = {
 WORD_START_LANGUAGES = frozenset({"ko"})
 NO_WORD_BOUNDARY_LANGUAGES = frozenset({"zh", "ja"})
 
-# Letters that look accented but have no decomposition: folded as a user without the key types them.
-_LOOKALIKES = str.maketrans({"ı": "i", "ł": "l", "Ł": "l", "đ": "d", "Đ": "d", "ø": "o", "Ø": "o", "ى": "ي",
-                             "\u0640": None, "\u2019": "'", "\u2018": "'"})
-# Kana voicing marks are letters, not accents (ため and だめ are different words): kept.
-_KEPT_MARKS = frozenset("\u3099\u309a")
+class _FoldTable(dict):
+    """The `str.translate` table `_fold` applies after NFKD: combining marks to nothing, other
+    characters to themselves, each looked up once (at most `_FOLD_TABLE_SIZE` are remembered)."""
+
+    def __missing__(self, codepoint: int) -> int | None:
+        value = None if unicodedata.combining(chr(codepoint)) else codepoint
+        if len(self) < _FOLD_TABLE_SIZE:
+            self[codepoint] = value
+        return value
+
+
+_FOLD_TABLE_SIZE = 1 << 16
+# Letters that look accented but have no decomposition: folded as a user without the key types them
+# (and Arabic's tatweel, a stretching stroke, dropped). Kana voicing marks are letters, not accents
+# (ため and だめ are different words): kept.
+_FOLD_TABLE = _FoldTable(str.maketrans({"ı": "i", "ł": "l", "Ł": "l", "đ": "d", "Đ": "d", "ø": "o", "Ø": "o",
+                                        "ى": "ي", "\u0640": None, "\u2019": "'", "\u2018": "'",
+                                        "\u3099": "\u3099", "\u309a": "\u309a"}))
 
 
 def _fold(text: str) -> str:
@@ -205,9 +231,7 @@ def _fold(text: str) -> str:
     ø→o, ى→ي), curly apostrophes straightened, spaces collapsed."""
     if text.isascii():   # nothing to decompose or map: the common case, many times faster
         return " ".join(text.casefold().split())
-    text = unicodedata.normalize("NFKD", text.translate(_LOOKALIKES))
-    text = "".join(ch for ch in text if ch in _KEPT_MARKS or not unicodedata.combining(ch))
-    text = unicodedata.normalize("NFC", text)
+    text = unicodedata.normalize("NFC", unicodedata.normalize("NFKD", text).translate(_FOLD_TABLE))
     return " ".join(text.casefold().split())
 
 
@@ -249,10 +273,11 @@ def _script(ch: str) -> str:
     return unicodedata.name(ch, "?").split(" ", 1)[0]
 
 
-def _cue_table() -> tuple[list[tuple[re.Pattern[str], re.Pattern[str]]], dict[str, str], frozenset[str]]:
+def _cue_table() -> tuple[list[tuple[bool, re.Pattern[str], re.Pattern[str]]], dict[str, str], frozenset[str]]:
     """The patterns for every language's cues and not-cues, one per script of a phrase's first
-    character, each with a pattern for those first characters (a turn with none of them is not
-    searched); the language of each folded cue (the first language listing it); the folded not-cues."""
+    character, each with whether its first characters are all ASCII and a pattern for them (a turn
+    with none of them is not searched); the language of each folded cue (the first language listing
+    it); the folded not-cues."""
     language_of: dict[str, str] = {}
     for language, phrases in CUES.items():
         for phrase in phrases:
@@ -268,7 +293,8 @@ def _cue_table() -> tuple[list[tuple[re.Pattern[str], re.Pattern[str]]], dict[st
     for alternatives in by_script.values():
         # each alternative starts with its (escaped) first character
         firsts = {re.escape(a[0]) if a[0] != "\\" else a[:2] for a in alternatives}
-        groups.append((re.compile("[" + "".join(sorted(firsts)) + "]"), re.compile("|".join(alternatives), re.DOTALL)))
+        groups.append((all(a[0].isascii() for a in alternatives), re.compile("[" + "".join(sorted(firsts)) + "]"),
+                       re.compile("|".join(alternatives), re.DOTALL)))
     return groups, language_of, not_cues
 
 
@@ -295,8 +321,11 @@ def dissatisfaction_cue(text: str, extra: re.Pattern[str] | None = None) -> tupl
         found = extra.search(folded)
         if found:
             return "policy", found.group(0)
+    ascii_only = folded.isascii()
     first: re.Match[str] | None = None
-    for starts, pattern in _CUE_GROUPS:
+    for ascii_starts, starts, pattern in _CUE_GROUPS:
+        if ascii_only and not ascii_starts:
+            continue
         candidate = starts.search(folded)
         if candidate is not None and (first is None or candidate.start() < first.start()):
             found = _first_cue(pattern, folded, candidate.start())

@@ -375,6 +375,15 @@ def test_folding_keeps_kana_voicing_marks_and_hangul_syllables():
     assert dissatisfaction_cue("Mais é sbagliato") == ("it", "e sbagliato")   # Latin accents still folded
 
 
+def test_the_fold_table_remembers_a_bounded_number_of_characters(monkeypatch):
+    from sigroute.signals import followup
+
+    monkeypatch.setattr(followup, "_FOLD_TABLE_SIZE", len(followup._FOLD_TABLE) + 5)
+    text = "".join(chr(cp) for cp in range(0xAC00, 0xAC00 + 200)) + "Café"   # 200 Hangul syllables
+    assert followup._fold(text) == text[:200] + "cafe"
+    assert len(followup._FOLD_TABLE) <= followup._FOLD_TABLE_SIZE
+
+
 def test_every_not_cue_overlaps_a_cue_and_none_is_both():
     """A not-cue exists to hide a cue: it contains one or starts before one and overlaps it."""
     from sigroute.signals.followup import CUES, NOT_CUES, _fold
