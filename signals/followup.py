@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from sigroute.signals.base import Signal, SignalResult
+from sigroute.signals.heuristics import _needs_boundary
 
 __all__ = ["Reask", "Dissatisfied", "FollowUp", "follow_up", "normalized", "dissatisfaction_cue", "classify", "CUES",
            "NOT_CUES", "WORD_START_LANGUAGES", "NO_WORD_BOUNDARY_LANGUAGES", "CUE_SCAN_CHARS",
@@ -263,14 +264,19 @@ def _trie(phrases: Iterable[str], start: bool, end: bool) -> list[str]:
     return [re.escape(ch) + (r"(?<!\w.)" if start else "") + body(child) for ch, child in sorted(root.items())]
 
 
-def _pattern(phrases: Iterable[str]) -> re.Pattern[str]:
-    """Phrases matched on word boundaries (a policy's extra cues)."""
-    return re.compile("|".join(_trie({_fold(p) for p in phrases}, True, True)), re.DOTALL)
-
-
 def _script(ch: str) -> str:
     """The script a character belongs to, by its Unicode name's first word (LATIN, CYRILLIC, CJK, …)."""
     return unicodedata.name(ch, "?").split(" ", 1)[0]
+
+
+def _pattern(phrases: Iterable[str]) -> re.Pattern[str]:
+    """A policy's extra cues, with the `keyword` signal's boundaries: a phrase must not continue a
+    word where its own edge is a word character outside the scripts written without spaces (Chinese,
+    Japanese, Korean, Thai, …: "不靠谱" is found inside "这个回答不靠谱啊")."""
+    by_rule: dict[tuple[bool, bool], set[str]] = {}
+    for phrase in {_fold(p) for p in phrases}:
+        by_rule.setdefault((_needs_boundary(phrase[0]), _needs_boundary(phrase[-1])), set()).add(phrase)
+    return re.compile("|".join(a for rule, group in by_rule.items() for a in _trie(group, *rule)), re.DOTALL)
 
 
 def _cue_table() -> tuple[list[tuple[bool, re.Pattern[str], re.Pattern[str]]], dict[str, str], frozenset[str]]:

@@ -412,6 +412,10 @@ def test_a_policy_cue_is_matched_first_on_word_boundaries():
     assert dissatisfaction_cue("That is so bad, and wrong answer", extra) == ("policy", "so bad")
     assert dissatisfaction_cue("I did it so badly", extra) is None
     assert cue_pattern(["", " "]) is None
+    extra = cue_pattern(["不靠谱", "ダメだ"])                 # Chinese and Japanese: anywhere
+    assert dissatisfaction_cue("这个回答不靠谱啊", extra) == ("policy", "不靠谱")
+    assert dissatisfaction_cue("これはダメだね", extra) == ("policy", "ダメだ")
+    assert dissatisfaction_cue("そのためだね", extra) is None
 
 
 def test_reask_threshold_on_the_labelled_follow_ups():
