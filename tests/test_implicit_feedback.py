@@ -341,6 +341,20 @@ def test_word_boundary_languages_still_need_whole_words():
     assert dissatisfaction_cue("Try again, tomorrow is wrong.") == ("en", "try again")
 
 
+@pytest.mark.parametrize("text", [
+    "Это не то же самое, что список?",            # "isn't that the same as a list?"
+    "Верно или неверно: Земля плоская?",          # "true or false"
+    "Det virker ikke som om den er færdig.",      # Danish "virker": also "seems"
+    "这个博物馆周一不对外开放吗？",                   # 不对外: "not open to the public"
+    "そうじゃないですか？",                         # a tag question: "isn't it?"
+    "Đúng hay không đúng?",
+])
+def test_look_alikes_are_not_cues(text):
+    from sigroute.signals.followup import dissatisfaction_cue
+
+    assert dissatisfaction_cue(text) is None
+
+
 @pytest.mark.parametrize("typed, expected", [
     ("ग़लत है", ("hi", "गलत है")), ("गलत है", ("hi", "गलत है")),                   # with and without the nukta
     ("أنتَ مخطئٌ", ("ar", "انت مخطي")), ("انت مخطئ", ("ar", "انت مخطي")),         # harakat and hamza folded
