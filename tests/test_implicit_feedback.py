@@ -272,22 +272,164 @@ def test_a_rule_on_reask_routes_to_the_stronger_model(sim, gateway_factory, tmp_
 # the cue classifier, measured; the policy section, validated
 
 
-def test_dissatisfaction_cues_precision_and_recall_on_the_labelled_set():
-    """The labelled set (tests/data, written for this project: cues and near-misses in en, de, fr,
-    es) measures the shipped cue phrases. The set was written beside the phrases, so these are
-    optimistic figures; the floor catches a phrase list that breaks."""
-    from sigroute.signals.followup import dissatisfaction_cue
+def _cue_rows() -> list[dict]:
+    return [json.loads(line) for line in CUES_SET.read_text(encoding="utf-8").splitlines()]
 
-    rows = [json.loads(line) for line in CUES_SET.read_text(encoding="utf-8").splitlines()]
-    assert {r["language"] for r in rows} >= {"en", "de", "fr", "es"}
+
+def test_dissatisfaction_cues_precision_and_recall_on_the_labelled_set():
+    """The labelled set (tests/data, written for this project: cues and near-misses such as "what's
+    wrong with my code?" in every language with cues) measures the shipped cue phrases. The phrases
+    were written after the turns but by the same hand, so these are optimistic figures; the floors
+    catch a phrase list (or a change to folding or matching) that breaks."""
+    from sigroute.signals.followup import CUES, dissatisfaction_cue
+
+    rows = _cue_rows()
+    assert {r["language"] for r in rows} == set(CUES)   # every cue language is measured
     tp = sum(1 for r in rows if r["dissatisfied"] and dissatisfaction_cue(r["text"]))
     fp = sum(1 for r in rows if not r["dissatisfied"] and dissatisfaction_cue(r["text"]))
     fn = sum(1 for r in rows if r["dissatisfied"] and not dissatisfaction_cue(r["text"]))
     precision, recall = tp / (tp + fp), tp / (tp + fn)
     assert precision >= 0.95 and recall >= 0.9, (precision, recall)
-    for language in ("en", "de", "fr", "es"):
-        positives = [r for r in rows if r["language"] == language and r["dissatisfied"]]
-        assert sum(1 for r in positives if dissatisfaction_cue(r["text"])) >= 0.9 * len(positives), language
+
+
+@pytest.mark.parametrize("language", sorted({json.loads(line)["language"]
+                                             for line in CUES_SET.read_text(encoding="utf-8").splitlines()}))
+def test_dissatisfaction_cues_per_language(language):
+    """Each language on its own: at least 5 cues and 3 near-misses, recall >= 0.8, and at most one
+    near-miss taken for a cue (the aggregate holds precision to 0.95; one language must not spend it)."""
+    from sigroute.signals.followup import dissatisfaction_cue
+
+    rows = [r for r in _cue_rows() if r["language"] == language]
+    positives = [r["text"] for r in rows if r["dissatisfied"]]
+    negatives = [r["text"] for r in rows if not r["dissatisfied"]]
+    assert len(positives) >= 5 and len(negatives) >= 2 + (language != "en"), (len(positives), len(negatives))
+    missed = [t for t in positives if dissatisfaction_cue(t) is None]
+    false_alarms = [t for t in negatives if dissatisfaction_cue(t) is not None]
+    assert len(missed) <= 0.2 * len(positives), missed
+    assert len(false_alarms) <= 1, false_alarms
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("这个答案不对，首都是堪培拉", ("zh", "不对")),            # no spaces: found as a substring
+    ("对不对？不对，是堪培拉。", ("zh", "不对")),               # the A-not-A question is stepped over, the cue after it found
+    ("水在100度沸腾，对不对？", None),
+    ("明天我再试一次这个菜谱。", None),                          # the user's own "I'll try again"
+    ("回答錯了，請再試一次", ("zh", "回答錯了")),                  # traditional characters
+    ("それは違いますよ、キャンベラです", ("ja", "違います")),
+    ("AとBは違いますか？", None),                                # "are they different?"
+    ("私のコードのどこが間違っていますか", None),
+    ("もう一度やり直してください", ("ja", "やり直して")),
+    ("답이 틀렸습니다", ("ko", "틀렸")),                         # Korean: a word start, endings attached
+    ("답이 안틀렸어요", None),                                   # ... not inside a word
+    ("제 코드에서 뭐가 틀렸나요?", None),
+])
+def test_cues_without_word_boundaries(text, expected):
+    from sigroute.signals.followup import dissatisfaction_cue
+
+    assert dissatisfaction_cue(text) == expected
+
+
+def test_word_boundary_languages_still_need_whole_words():
+    from sigroute.signals.followup import dissatisfaction_cue
+
+    assert dissatisfaction_cue("Riprova, per favore.") == ("it", "riprova")
+    assert dissatisfaction_cue("Come posso riprovare la connessione?") is None
+    assert dissatisfaction_cue("Das stimmt nicht.") == ("de", "das stimmt nicht")
+    assert dissatisfaction_cue("Was stimmt nicht mit meinem Code?") is None
+    assert dissatisfaction_cue("No está mal, gracias.") is None     # "not bad"
+    assert dissatisfaction_cue("I'll try again tomorrow.") is None
+    assert dissatisfaction_cue("Try again, tomorrow is wrong.") == ("en", "try again")
+
+
+@pytest.mark.parametrize("text", [
+    "Это не то же самое, что список?",            # "isn't that the same as a list?"
+    "Верно или неверно: Земля плоская?",          # "true or false"
+    "Det virker ikke som om den er færdig.",      # Danish "virker": also "seems"
+    "这个博物馆周一不对外开放吗？",                   # 不对外: "not open to the public"
+    "そうじゃないですか？",                         # a tag question: "isn't it?"
+    "Đúng hay không đúng?",
+])
+def test_look_alikes_are_not_cues(text):
+    from sigroute.signals.followup import dissatisfaction_cue
+
+    assert dissatisfaction_cue(text) is None
+
+
+@pytest.mark.parametrize("typed, expected", [
+    ("ग़लत है", ("hi", "गलत है")), ("गलत है", ("hi", "गलत है")),                   # with and without the nukta
+    ("أنتَ مخطئٌ", ("ar", "انت مخطي")), ("انت مخطئ", ("ar", "انت مخطي")),         # harakat and hamza folded
+    ("ПОПРОБУЙ ЕЩЁ РАЗ", ("ru", "попробуи еще раз")), ("попробуй еще раз", ("ru", "попробуи еще раз")),
+    ("BU YANLIŞ", ("tr", "bu yanlis")), ("bu yanlis", ("tr", "bu yanlis")),           # dotless ı and İ
+    ("NIE DZIAŁA", ("pl", "nie dziala")), ("nie dziala", ("pl", "nie dziala")),       # ł
+    ("SAI RỒI", ("vi", "sai roi")), ("Khong dung", ("vi", "khong dung")),             # Vietnamese without diacritics
+    ("不對，再試一次", ("zh", "不對")),                                                # full-width comma
+])
+def test_folding_is_the_same_for_phrases_and_turns(typed, expected):
+    from sigroute.signals.followup import dissatisfaction_cue
+
+    assert dissatisfaction_cue(typed) == expected
+
+
+def test_folding_keeps_kana_voicing_marks_and_hangul_syllables():
+    """Dakuten are combining marks but letters: ため ("for") and だめ ("no good") stay apart, and
+    decomposed Hangul is recomposed (a stem matches whole syllables, not jamo)."""
+    import unicodedata
+
+    from sigroute.signals.followup import _fold, dissatisfaction_cue
+
+    assert _fold("だめ") == "だめ" != _fold("ため")
+    assert _fold("ﾀﾞﾒ") == "ダメ"                          # half-width kana widened, the mark recomposed
+    assert _fold("ください") == "ください"
+    assert _fold(unicodedata.normalize("NFD", "틀렸어요")) == "틀렸어요"
+    # the stem 그게 아니 ("that's not it") is a prefix of 그게 아닌가요 ("isn't it that?") only in jamo
+    assert unicodedata.normalize("NFD", "그게 아닌가요").startswith(unicodedata.normalize("NFD", "그게 아니"))
+    assert dissatisfaction_cue("그게 아닌가요?") is None
+    assert dissatisfaction_cue("그게 아니라요") == ("ko", "그게 아니")
+    assert dissatisfaction_cue("말이 안 돼요") == ("ko", "말이 안 돼")
+    assert dissatisfaction_cue("Mais é sbagliato") == ("it", "e sbagliato")   # Latin accents still folded
+
+
+def test_the_fold_table_remembers_a_bounded_number_of_characters(monkeypatch):
+    from sigroute.signals import followup
+
+    monkeypatch.setattr(followup, "_FOLD_TABLE_SIZE", len(followup._FOLD_TABLE) + 5)
+    text = "".join(chr(cp) for cp in range(0xAC00, 0xAC00 + 200)) + "Café"   # 200 Hangul syllables
+    assert followup._fold(text) == text[:200] + "cafe"
+    assert len(followup._FOLD_TABLE) <= followup._FOLD_TABLE_SIZE
+
+
+def test_every_not_cue_overlaps_a_cue_and_none_is_both():
+    """A not-cue exists to hide a cue: it contains one or starts before one and overlaps it."""
+    from sigroute.signals.followup import CUES, NOT_CUES, _fold
+
+    cues = {_fold(p) for phrases in CUES.values() for p in phrases}
+    not_cues = {_fold(p) for phrases in NOT_CUES.values() for p in phrases}
+    assert not cues & not_cues
+    for phrase in not_cues:
+        assert any(c in phrase or c.startswith(phrase[i:]) for c in cues for i in range(len(phrase) - 1)), phrase
+
+
+def test_only_the_start_of_a_long_turn_is_read():
+    from sigroute.signals.followup import CUE_SCAN_CHARS, dissatisfaction_cue
+
+    for filler in ("Here is my log line. ", "Вот строка из журнала. ", "这是日志中的一行。"):
+        padding = (filler * CUE_SCAN_CHARS)[:CUE_SCAN_CHARS - 20]
+        assert dissatisfaction_cue(padding + " that's wrong") == ("en", "that's wrong")
+        assert dissatisfaction_cue(padding + " " * 20 + "that's wrong") is None
+        assert dissatisfaction_cue(padding + "。" * 20 + "不对") is None
+
+
+def test_a_policy_cue_is_matched_first_on_word_boundaries():
+    from sigroute.signals.followup import cue_pattern, dissatisfaction_cue
+
+    extra = cue_pattern(["So Bad", "  "])
+    assert dissatisfaction_cue("That is so bad, and wrong answer", extra) == ("policy", "so bad")
+    assert dissatisfaction_cue("I did it so badly", extra) is None
+    assert cue_pattern(["", " "]) is None
+    extra = cue_pattern(["不靠谱", "ダメだ"])                 # Chinese and Japanese: anywhere
+    assert dissatisfaction_cue("这个回答不靠谱啊", extra) == ("policy", "不靠谱")
+    assert dissatisfaction_cue("これはダメだね", extra) == ("policy", "ダメだ")
+    assert dissatisfaction_cue("そのためだね", extra) is None
 
 
 def test_reask_threshold_on_the_labelled_follow_ups():
