@@ -635,6 +635,7 @@ class Learner:
                  ridge: float = 1.0, reward: "RewardModel | None" = None):
         from sigroute.bandits.linear import DisjointRidge, HybridRidge, ProfiledEstimator
         from sigroute.bandits.policies import EpsilonGreedyRule, LinUCBRule, ThompsonRule
+        from sigroute.policies.schema.algorithms import DEFAULT_PRIOR
 
         self.spec = spec
         self.models = tuple(models)
@@ -653,7 +654,7 @@ class Learner:
             self.arm_features = {m: np.array([1.0, math.log1p(float(pr[0] + pr[1]))]) for m, pr in zip(models, prices)}
             self.estimator = HybridRidge(dim, arm_features=self.arm_features, ridge=ridge)
         else:
-            self.estimator = DisjointRidge(dim, ridge=ridge, prior=float(p.get("prior", 0.0)))
+            self.estimator = DisjointRidge(dim, ridge=ridge, prior=float(p.get("prior", DEFAULT_PRIOR)))
         if spec.kind in ("linucb", "hybrid_linucb"):
             self.rule = LinUCBRule(self.estimator, alpha=float(p.get("alpha", 0.5)))
         elif spec.kind == "thompson":

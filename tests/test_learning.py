@@ -417,7 +417,10 @@ def test_an_upstream_rate_limit_is_not_learned_as_a_bad_answer(sim, gateway_fact
     r = fresh.chat("second question")
     assert r.status_code == 200 and r.headers["x-sigroute-model"] == "beta"
     learned = fresh.app.state.runtime.pipeline.selectors["learn"].learner("default").estimator
-    assert learned.count("alpha") == 1 and learned.predict("alpha", np.asarray([1.0] + [0.0] * (learned.dim - 1)))[0] < 0.05
+    assert learned.count("alpha") == 1 and learned.sums()["alpha"][1] == 0.0   # one observation, reward 0
+    x = np.asarray([1.0] + [0.0] * (learned.dim - 1))
+    mean, var = learned.predict("alpha", x)
+    assert mean == pytest.approx(learned.prior * learned.ridge * var) and mean < learned.prior   # only the prior's share
 
 
 def test_a_quality_learning_decision_serves_learns_and_weighs_known_cost(sim, gateway_factory):

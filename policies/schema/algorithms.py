@@ -113,6 +113,13 @@ class RewardSpec(Strict):
         return self.quality + self.cost + self.latency + self.energy
 
 
+# What an unobserved model is assumed to score. Chosen by 5-fold cross-validation of cold starts
+# inside the routing benchmark's training split (learn: quality; AIQ 0.533 with 0 = plain ridge,
+# 0.660-0.669 with 0.5, 0.680-0.687 with 0.75, 0.670-0.681 with 1.0); with a warm start it changes
+# nothing measurable (0.7080 vs 0.7082). README "Benchmarks", cold start.
+DEFAULT_PRIOR = 0.75
+
+
 def _default_features() -> tuple[FeatureGroup, ...]:
     return tuple(FeatureGroup(name=n) for n in ("bias", "length", "shape"))
 
@@ -129,7 +136,7 @@ class _ContextualOptions(Strict):
                     "request's prompt tokens and the model's observed mean answer length and latency")
     ridge: PositiveFloat = Field(1.0, description="ridge regularization λ")
     prior: float = Field(
-        0.0, ge=0, le=1,
+        DEFAULT_PRIOR, ge=0, le=1,
         description="what a model is assumed to score (quality with `learn: quality`, else reward) where its "
                     "data says nothing yet: the estimate is the data's plus prior × the share of it the data does "
                     "not support (λ·xᵀA⁻¹x). 0 = plain ridge, which ranks an unobserved model last")
@@ -164,6 +171,8 @@ class HybridLinUCBOptions(LinUCBOptions):
     model_features: tuple[Literal["bias", "price"], ...] = Field(
         ("bias", "price"), min_length=1,
         description="what describes a model to the shared part: bias = 1, price = log(1 + input + output price)")
+
+    prior: float = Field(0.0, ge=0, le=1, description="not used: a new model starts at the pooled prediction")
 
     @model_validator(mode="after")
     def _no_prior(self) -> "HybridLinUCBOptions":
