@@ -253,39 +253,51 @@ def prepare(data_dir: str, pool: Sequence[str], features: str, cache: str | None
     return data, split, X_train, X_stream
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    started = time.perf_counter()
-    pool = [m.strip() for m in args.pool.split(",") if m.strip()]
-    out: dict[str, Any] = {"config": {"features": args.features, "alpha": args.alpha, "ridge": args.ridge,
-                                      "seeds": args.seeds, "dial_grid": DIAL_GRID, "energy_w_grid": ENERGY_W_GRID},
+def frontiers(data_dir: str, pool: Sequence[str], features: str, seeds: int, alpha: float, ridge: float,
+              cache: str | None, log, *, energy_pool: Sequence[str] | None = None, only: str | None = None) -> dict:
+    """Both frontiers (or `only` one): the result object of this command, without its elapsed time.
+    Raises ValueError when an energy-pool model has no parameter count."""
+    out: dict[str, Any] = {"config": {"features": features, "alpha": alpha, "ridge": ridge, "seeds": seeds,
+                                      "dial_grid": DIAL_GRID, "energy_w_grid": ENERGY_W_GRID},
                            "summary": {}}
-    if args.only in (None, "dial"):
-        data, split, X_train, X_stream = prepare(args.data, pool, args.features, args.cache, log)
-        log(f"dial frontier: stream {split.stream.n}, pool {pool}")
-        out["dial_frontier"] = dial_frontier(split, X_train, X_stream, args.seeds, args.alpha, args.ridge, log)
+    if only in (None, "dial"):
+        data, split, X_train, X_stream = prepare(data_dir, pool, features, cache, log)
+        log(f"dial frontier: stream {split.stream.n}, pool {list(pool)}")
+        out["dial_frontier"] = dial_frontier(split, X_train, X_stream, seeds, alpha, ridge, log)
         out["summary"]["dial"] = {
             str(p["dial"]): [p["one_learner"]["accuracy"]["mean"], p["one_learner"]["cost_per_question_usd"]["mean"]]
             for p in out["dial_frontier"]["points"]}
-    if args.only in (None, "energy"):
-        models_table = routing.read_models(routing._resolve_dir(args.data)[0] / "models.csv")
+    if only in (None, "energy"):
+        models_table = routing.read_models(routing._resolve_dir(data_dir)[0] / "models.csv")
         declared = assumed_energy(models_table, pool)
-        energy_pool = ([m.strip() for m in args.energy_pool.split(",") if m.strip()] if args.energy_pool
-                       else [m for m in pool if declared.get(m)])
+        energy_pool = list(energy_pool) if energy_pool else [m for m in pool if declared.get(m)]
         energy = assumed_energy(models_table, energy_pool)
         missing = [m for m, e in energy.items() if e is None]
         if missing:
-            print(f"error: no parameter count in models.csv for {', '.join(missing)}", file=sys.stderr)
-            return 2
-        data, split, X_train, X_stream = prepare(args.data, energy_pool, args.features, args.cache, log)
+            raise ValueError(f"no parameter count in models.csv for {', '.join(missing)}")
+        data, split, X_train, X_stream = prepare(data_dir, energy_pool, features, cache, log)
         log(f"energy frontier: stream {split.stream.n}, pool {energy_pool}")
-        result = energy_frontier(split, X_train, X_stream, args.seeds, args.alpha, args.ridge, energy, log)
+        result = energy_frontier(split, X_train, X_stream, seeds, alpha, ridge, energy, log)
         out["energy_frontier"] = {"assumed_energy_j_per_token": energy, "pool": energy_pool,
                                   "note": "ASSUMED figures from active parameters (module docstring), not measured",
                                   **result}
         out["summary"]["energy"] = {"accuracy_vs_best_at_energy_budget": result["accuracy_vs_best_at_energy_budget"],
                                     "best_single": result["best_single"]["model"]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.perf_counter()
+    pool = [m.strip() for m in args.pool.split(",") if m.strip()]
+    energy_pool = [m.strip() for m in args.energy_pool.split(",") if m.strip()] if args.energy_pool else None
+    try:
+        out = frontiers(args.data, pool, args.features, args.seeds, args.alpha, args.ridge, args.cache, log,
+                        energy_pool=energy_pool, only=args.only)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     emit(routing._jsonable(out), args.json, log)
     return 0

@@ -1361,6 +1361,9 @@ def parse_args(argv):
     p.add_argument("--shadow-pick", choices=("random", "runner_up"), default=defaults.shadow_pick,
                    help="which unchosen candidate a shadow copy goes to: drawn uniformly, or the one the router "
                         f"ranked next (the gateway's feedback.shadow.pick; default {defaults.shadow_pick})")
+    p.add_argument("--frontiers", action="store_true",
+                   help="also report the cost/quality dial's frontier and the accuracy-energy frontier "
+                        "(benchmarks.frontiers, with this run's alpha and ridge; energy figures ASSUMED)")
     p.add_argument("--cache", default=DEFAULT_CACHE, help="directory for the embedding cache")
     p.add_argument("--json", default=None, help="where to write the full result")
     p.add_argument("--quiet", action="store_true")
@@ -1475,6 +1478,20 @@ def main(argv: list[str] | None = None) -> int:
         out["through_gateway"] = through_gateway(args, split, X_train, X_stream, groups, out, bank, log)
         out["summary"]["through_gateway"] = {k: out["through_gateway"][k] for k in (
             "n_questions", "accuracy", "accuracy_offline", "same_pick_share", "outcome_agreement")}
+    if args.frontiers:
+        from benchmarks import frontiers
+
+        hyper = out["config"]["hyperparameters"]
+        log(f"frontiers (alpha {hyper['linucb_alpha']}, ridge {hyper['ridge']}, warm start, learn: quality) ...")
+        try:
+            out["frontiers"] = frontiers.frontiers(args.data, [m.strip() for m in args.pool.split(",") if m.strip()],
+                                                   args.features, args.seeds, hyper["linucb_alpha"], hyper["ridge"],
+                                                   args.cache, log)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        out["summary"]["dial_frontier"] = out["frontiers"]["summary"].get("dial")
+        out["summary"]["energy_frontier"] = out["frontiers"]["summary"].get("energy")
     out["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     emit(_jsonable(out), args.json, log)
     return 0

@@ -459,3 +459,29 @@ def test_hyper_parameters_are_chosen_by_cross_validation_inside_the_training_spl
     assert tuned["inner_points"]   # the inner cut at the chosen setting, for the honest operating points
     single = rb.tune(ctx, lambda message: None, alphas=(0.5,), ridges=(1.0,), folds=1)
     assert "inner_aiq" in single["grid"][0] and "cv_aiq" not in single
+
+
+def test_the_routing_run_reports_the_dial_and_energy_frontiers_beside_the_cost_one(tmp_path):
+    """`--frontiers`: the same run's JSON carries the cost/quality dial's frontier and the
+    accuracy-energy frontier (ASSUMED energy from the invented models' parameter counts), with the
+    run's own alpha and ridge, and the summary names both."""
+    data_dir = make_dir(tmp_path, 300, seed=3, prefix="f", name="data")
+    out_path = tmp_path / "out.json"
+    from benchmarks import frontiers as fr
+
+    rc = rb.main(["--data", str(data_dir), "--pool", ",".join(POOL), "--seeds", "1", "--alpha", "0.1",
+                  "--ridge", "1.0", "--policies", "random", "--features", "bias,shape", "--learn", "quality",
+                  "--frontiers", "--cache", str(tmp_path / "cache"), "--json", str(out_path), "--quiet"])
+    assert rc == 0
+    out = json.loads(out_path.read_text())
+    frontiers = out["frontiers"]
+    assert frontiers["config"]["alpha"] == 0.1 and frontiers["config"]["ridge"] == 1.0
+    dial = out["summary"]["dial_frontier"]
+    assert set(dial) == {str(d) for d in fr.DIAL_GRID}
+    # the quality end of the dial spends more per question than the cost end
+    assert dial["0.0"][1] > dial["1.0"][1]
+    energy = frontiers["energy_frontier"]
+    assert energy["pool"] == list(POOL) and "ASSUMED" in energy["note"]
+    assert {p["w"] for p in energy["points"]} and out["summary"]["energy_frontier"]["best_single"] in POOL
+    joules = [p["joules"]["mean"] for p in energy["points"]]
+    assert joules[-1] < joules[0]   # a heavy energy weight uses less energy than none
