@@ -727,20 +727,33 @@ class RedisDocumentStore:
         if len(parts) != self.shards:   # a cursor of another layout: start over
             return [], await self.position(), True
         client = self._redis
+        # One inclusive XRANGE per shard from the cursor's own entry: when that entry is still
+        # there, nothing after it was trimmed; when it is gone (trimmed past, or the stream was
+        # wiped), events may be lost and the reader rebuilds. Only a reader that has read nothing
+        # yet ("0-0", no entry of its own) asks XINFO whether the stream was ever trimmed.
         with self._guard("events"):
             async with client.pipeline(transaction=False) as pipe:
                 for shard, part in zip(self._shards, parts):
-                    pipe.xrange(shard.stream, min=f"({part}", count=limit)
-                    pipe.xinfo_stream(shard.stream)
-                replies = await pipe.execute(raise_on_error=False)
+                    if part == "0-0":
+                        pipe.xrange(shard.stream, min="-", count=limit)
+                        pipe.xinfo_stream(shard.stream)
+                    else:
+                        pipe.xrange(shard.stream, min=part, count=limit + 1)
+                replies = iter(await pipe.execute(raise_on_error=False))
         events: list[CacheEvent] = []
         cursors, gap = [], False
-        for n, part in enumerate(parts):
-            rows, info = replies[2 * n], replies[2 * n + 1]
+        for part in parts:
+            rows = next(replies)
             if isinstance(rows, ResponseError):
                 raise rows
-            gap = gap or _trimmed_past(info, part)
-            for event_id, fields in rows or []:
+            rows = rows or []
+            if part == "0-0":
+                gap = gap or _trimmed_past(next(replies), part)
+            elif rows and _text(rows[0][0]) == part:
+                rows = rows[1:]
+            else:
+                gap = True
+            for event_id, fields in rows:
                 f = {_text(k): v for k, v in fields.items()}
                 e = f.get("e") or b""
                 events.append(CacheEvent(op=_text(f.get("op", b"")), doc_id=_text(f.get("id", b"")),

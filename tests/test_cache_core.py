@@ -443,6 +443,40 @@ async def test_a_reader_that_fell_behind_the_trimmed_stream_rebuilds(clean_redis
         await writer.aclose(), await reader.aclose()
 
 
+async def test_polling_the_event_stream_is_one_read_per_poll_and_never_repeats_an_event(clean_redis_url):
+    """A reader in step polls with one XRANGE from its cursor's own entry (no XINFO): an unchanged
+    stream gives nothing and no gap, new events come once each, and a cursor whose entry was
+    trimmed away is a gap."""
+    import redis
+
+    admin = redis.Redis.from_url(clean_redis_url)
+    writer = SemanticCache(RedisDocumentStore(clean_redis_url, stream_maxlen=5))
+    reader = RedisDocumentStore(clean_redis_url)
+    try:
+        p = part()
+        await put(writer, p, "first", unit(3000))
+        cursor = await reader.position()
+        admin.config_resetstat()
+        for _ in range(5):
+            events, same, gap = await reader.events_since(cursor)
+            assert events == [] and same == cursor and not gap
+        calls = admin.info("commandstats")
+        assert calls["cmdstat_xrange"]["calls"] == 5 and "cmdstat_xinfo|stream" not in calls \
+            and "cmdstat_xinfo" not in calls
+        await put(writer, p, "second", unit(3001))
+        await put(writer, p, "third", unit(3002))
+        events, cursor, gap = await reader.events_since(cursor)
+        assert [e.op for e in events] == ["put", "put"] and not gap
+        assert (await reader.events_since(cursor))[0] == []     # each event once
+        for i in range(300):   # MAXLEN 5, approximate: trimmed by whole stream nodes, past the cursor
+            await put(writer, p, f"more {i}", unit(3100 + i))
+        events, _, gap = await reader.events_since(cursor)
+        assert gap
+    finally:
+        admin.close()
+        await writer.aclose(), await reader.aclose()
+
+
 async def test_redis_down_means_misses_and_skipped_inserts_never_errors():
     cache = SemanticCache(RedisDocumentStore(f"redis://:secret@127.0.0.1:{free_port()}/0", connect_timeout=0.2),
                           cooldown_s=0.2)
