@@ -118,18 +118,24 @@ def test_sample_zero_never_calls_the_judge(sim, gateway_factory, tmp_path):
     assert metric(gw, "sigroute_judge_requests_total") == 0
 
 
-def test_the_budget_stops_judging_once_spent(sim, gateway_factory, tmp_path):
-    """The judge (gamma) costs 5 / 10 USD per 1M tokens: one call spends more than 1e-5 USD, so the
-    first judge call spends the hour's budget and the next answers are not judged."""
+@pytest.mark.parametrize("bound, asked, judged, skipped", [
+    # the judge (gamma) costs 5 / 10 USD per 1M tokens: its first call spends more than 1e-5 USD, so
+    # the hour's budget is gone and the next answers are not judged
+    ({"budget_usd_per_hour": 1e-5}, 3, 1, "budget"),
+    # two calls may start in any minute, whatever the concurrency allows
+    ({"max_per_minute": 2, "max_concurrency": 10}, 4, 2, "rate"),
+])
+def test_judging_stops_at_its_budget_and_its_rate(sim, gateway_factory, tmp_path, bound, asked, judged, skipped):
     judge_says(sim, "SCORE: 1")
-    gw = make_gateway(gateway_factory, judged_policy(sim, judge={"budget_usd_per_hour": 1e-5}), tmp_path)
-    for i in range(3):
+    gw = make_gateway(gateway_factory, judged_policy(sim, judge=bound), tmp_path)
+    for i in range(asked):
         ask(gw, f"Tell me a fact about the number {i}.")
         wait_for(gw, "sigroute_judge_requests_total", i + 1)
-    assert sim.calls(JUDGE) == 1
-    assert metric(gw, "sigroute_judge_requests_total", outcome="credited") == 1
-    assert metric(gw, "sigroute_judge_requests_total", outcome="budget") == 2
-    assert metric(gw, "sigroute_feedback_spend_last_hour_usd", kind="judge") > 1e-5
+    assert sim.calls(JUDGE) == judged
+    assert metric(gw, "sigroute_judge_requests_total", outcome="credited") == judged
+    assert metric(gw, "sigroute_judge_requests_total", outcome=skipped) == asked - judged
+    if skipped == "budget":
+        assert metric(gw, "sigroute_feedback_spend_last_hour_usd", kind="judge") > 1e-5
 
 
 def test_a_pii_masked_request_is_never_sent_to_the_judge(sim, gateway_factory, tmp_path):
@@ -302,20 +308,6 @@ def test_judge_calls_are_bounded_in_concurrency(sim, gateway_factory, tmp_path):
     ask(gw, "Second question?")
     wait_for(gw, "sigroute_judge_requests_total", 1, outcome="busy")
     assert sim.calls(JUDGE) == 1
-
-
-def test_judge_calls_are_bounded_per_minute(sim, gateway_factory, tmp_path):
-    """max_per_minute 2: of four sampled answers within a minute, two are judged and two skipped
-    (counted `rate`), whatever the concurrency allows."""
-    judge_says(sim, "SCORE: 1")
-    gw = make_gateway(gateway_factory, judged_policy(sim, judge={"max_per_minute": 2, "max_concurrency": 10}),
-                      tmp_path)
-    for i in range(4):
-        ask(gw, f"Rate-capped question {i}?")
-        wait_for(gw, "sigroute_judge_requests_total", i + 1)
-    assert sim.calls(JUDGE) == 2
-    assert metric(gw, "sigroute_judge_requests_total", outcome="credited") == 2
-    assert metric(gw, "sigroute_judge_requests_total", outcome="rate") == 2
 
 
 def test_shadow_copies_are_bounded_per_minute(sim, gateway_factory, tmp_path):
