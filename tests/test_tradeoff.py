@@ -156,3 +156,25 @@ def test_the_decision_log_keeps_the_dial_so_replay_scores_as_the_gateway_did(tmp
                      answered_by=choice.model, propensity=1.0, **entry)
     log.close()
     assert evaluate(read_decision_log(tmp_path / "log.jsonl"), trained(), learn=False)["matched"] == 3
+
+
+def test_the_dial_reaches_the_learner_through_messages_and_responses_too(sim, gateway_factory):
+    """The header works on every surface (the official anthropic and openai Responses clients): the
+    learner taught that the dear model is better picks it at dial 0 and the cheap one at dial 1,
+    and each answer says the dial was applied."""
+    import anthropic
+
+    gw = gateway_factory(policy(sim, QUALITY_LEARNER))
+    teach(gw)
+    messages = anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0)
+    responses = gw.client()
+    for dial, expected in (("quality", "gamma"), ("cost", "alpha")):
+        headers = {tradeoff.TRADEOFF_HEADER: dial}
+        msg = messages.messages.with_raw_response.create(
+            model="auto", max_tokens=64, messages=[{"role": "user", "content": "Summarise a story."}],
+            extra_headers=headers)
+        resp = responses.responses.with_raw_response.create(model="auto", input="Summarise a story.",
+                                                            extra_headers=headers)
+        for raw in (msg, resp):
+            assert raw.headers["x-sigroute-model"] == expected, (dial, raw.headers)
+            assert raw.headers[tradeoff.TRADEOFF_HEADER].startswith("applied;"), raw.headers
