@@ -217,8 +217,9 @@ def parse_args(argv):
                    help="the energy frontier's pool (default: the pool's models with a parameter count in models.csv)")
     p.add_argument("--features", default=routing.DEFAULT_FEATURES)
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--alpha", type=float, default=0.1)
-    p.add_argument("--ridge", type=float, default=1.0)
+    p.add_argument("--alpha", type=float, default=0.1, help="LinUCB alpha (default: learning.yaml's, chosen by "
+                                                               "benchmarks.routing's cross-validation)")
+    p.add_argument("--ridge", type=float, default=30.0, help="ridge λ (default: learning.yaml's)")
     p.add_argument("--only", choices=("dial", "energy"), default=None)
     p.add_argument("--cache", default=routing.DEFAULT_CACHE)
     p.add_argument("--json", default=None)
