@@ -5,8 +5,9 @@
 Both use the routing benchmark's data, split, features, warm start and stream (`benchmarks.routing`:
 the held-out TEST part of MMLU-Pro streamed in one random order per seed, bandit feedback from the
 recorded correctness) with the gateway's `learn: quality` LinUCB (`bandits.contextual.known_terms`
-scores the known terms at selection). Hyper-parameters are fixed (``--alpha 0.1 --ridge 1.0``, the
-values README's `learn: quality` runs use), not tuned here.
+scores the known terms at selection). Hyper-parameters are fixed (``--alpha 0.1 --ridge 30``,
+`policies/examples/learning.yaml`'s, which `benchmarks.routing` chose by cross-validation inside the
+training split), not tuned here; `benchmarks.routing --frontiers` passes its own.
 
 **Dial frontier (one learner).** Every stream question carries a cost/quality dial d from
 `DIAL_GRID` (question t of the stream gets ``DIAL_GRID[t % len]``), mapped to the cost weight as the
