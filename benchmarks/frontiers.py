@@ -70,11 +70,61 @@ def assumed_energy(models_table: Sequence[dict], pool: Sequence[str]) -> dict[st
     return out
 
 
+ENERGY_CSV_COLUMNS = ("model", "prompt_j_per_token", "completion_j_per_token", "per_request_j")
+
+
+def read_energy_csv(path: str | Path) -> dict[str, dict]:
+    """Declared energy per model from a models.csv-style file: a header naming `model` and any of
+    prompt_j_per_token, completion_j_per_token, per_request_j (joules; empty = 0), one row per
+    model. Each row is validated as a model's `energy:` declaration; a bad row raises ValueError
+    naming the file, line and column."""
+    import csv
+
+    from pydantic import ValidationError
+
+    from sigroute.policies.schema import Energy
+
+    path = Path(path)
+    out: dict[str, dict] = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        if "model" not in header or not set(header) & set(ENERGY_CSV_COLUMNS[1:]):
+            raise ValueError(f"{path}:1: the header must name 'model' and at least one of "
+                             f"{', '.join(ENERGY_CSV_COLUMNS[1:])}")
+        unknown = [c for c in header if c not in ENERGY_CSV_COLUMNS]
+        if unknown:
+            raise ValueError(f"{path}:1: unknown column(s) {', '.join(unknown)}; "
+                             f"expected {', '.join(ENERGY_CSV_COLUMNS)}")
+        for line, row in enumerate(reader, start=2):
+            model = (row.get("model") or "").strip()
+            if not model:
+                raise ValueError(f"{path}:{line}: the row names no model")
+            if model in out:
+                raise ValueError(f"{path}:{line}: model '{model}' is declared twice")
+            values = {}
+            for column in ENERGY_CSV_COLUMNS[1:]:
+                text = (row.get(column) or "").strip()
+                try:
+                    values[column] = float(text) if text else 0.0
+                except ValueError:
+                    raise ValueError(f"{path}:{line}: column '{column}' of '{model}' is not a number: "
+                                     f"{text!r}") from None
+            try:
+                out[model] = Energy(**values).model_dump()
+            except ValidationError as exc:
+                problem = "; ".join(e["msg"] for e in exc.errors())
+                raise ValueError(f"{path}:{line}: model '{model}': {problem}") from None
+    return out
+
+
 def energy_matrix(table: routing.Table, energy: dict[str, dict]) -> np.ndarray:
     """(n, m) joules per question and model."""
     pin = np.array([energy[m]["prompt_j_per_token"] for m in table.models])
     pout = np.array([energy[m]["completion_j_per_token"] for m in table.models])
-    return table.prompt_tokens[:, None] * pin[None, :] + table.completion_tokens * pout[None, :]
+    per_request = np.array([energy[m].get("per_request_j", 0.0) for m in table.models])
+    return (table.prompt_tokens[:, None] * pin[None, :] + table.completion_tokens * pout[None, :]
+            + per_request[None, :])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,6 +272,9 @@ def parse_args(argv):
                                                                "benchmarks.routing's cross-validation)")
     p.add_argument("--ridge", type=float, default=30.0, help="ridge λ (default: learning.yaml's)")
     p.add_argument("--only", choices=("dial", "energy"), default=None)
+    p.add_argument("--energy-csv", default=None,
+                   help="declared energy per model (columns: model, prompt_j_per_token, completion_j_per_token, "
+                        "per_request_j) instead of the figures ASSUMED from parameter counts")
     p.add_argument("--cache", default=routing.DEFAULT_CACHE)
     p.add_argument("--json", default=None)
     p.add_argument("--quiet", action="store_true")
@@ -256,9 +309,11 @@ def prepare(data_dir: str, pool: Sequence[str], features: str, cache: str | None
 
 
 def frontiers(data_dir: str, pool: Sequence[str], features: str, seeds: int, alpha: float, ridge: float,
-              cache: str | None, log, *, energy_pool: Sequence[str] | None = None, only: str | None = None) -> dict:
+              cache: str | None, log, *, energy_pool: Sequence[str] | None = None, only: str | None = None,
+              energy_csv: str | None = None) -> dict:
     """Both frontiers (or `only` one): the result object of this command, without its elapsed time.
-    Raises ValueError when an energy-pool model has no parameter count."""
+    The energy figures are the declared ones of `energy_csv` (`read_energy_csv`) when given, else
+    ASSUMED from parameter counts. Raises ValueError when an energy-pool model has no figure."""
     out: dict[str, Any] = {"config": {"features": features, "alpha": alpha, "ridge": ridge, "seeds": seeds,
                                       "dial_grid": DIAL_GRID, "energy_w_grid": ENERGY_W_GRID},
                            "summary": {}}
@@ -270,19 +325,27 @@ def frontiers(data_dir: str, pool: Sequence[str], features: str, seeds: int, alp
             str(p["dial"]): [p["one_learner"]["accuracy"]["mean"], p["one_learner"]["cost_per_question_usd"]["mean"]]
             for p in out["dial_frontier"]["points"]}
     if only in (None, "energy"):
-        models_table = routing.read_models(routing._resolve_dir(data_dir)[0] / "models.csv")
-        declared = assumed_energy(models_table, pool)
-        energy_pool = list(energy_pool) if energy_pool else [m for m in pool if declared.get(m)]
-        energy = assumed_energy(models_table, energy_pool)
-        missing = [m for m, e in energy.items() if e is None]
+        if energy_csv:
+            figures = read_energy_csv(energy_csv)
+            where = f"in {energy_csv}"
+            note = f"DECLARED figures from {energy_csv}, not measured by this benchmark"
+        else:
+            models_table = routing.read_models(routing._resolve_dir(data_dir)[0] / "models.csv")
+            figures = assumed_energy(models_table, pool if not energy_pool else energy_pool)
+            where = "in models.csv (no parameter count)"
+            note = "ASSUMED figures from active parameters (module docstring), not measured"
+        energy_pool = list(energy_pool) if energy_pool else [m for m in pool if figures.get(m)]
+        missing = [m for m in energy_pool if not figures.get(m)]
         if missing:
-            raise ValueError(f"no parameter count in models.csv for {', '.join(missing)}")
+            raise ValueError(f"no energy figure {where} for {', '.join(missing)}")
+        if len(energy_pool) < 2:
+            raise ValueError(f"the energy frontier needs two models with an energy figure {where}, "
+                             f"found {energy_pool or 'none'}")
+        energy = {m: figures[m] for m in energy_pool}
         data, split, X_train, X_stream = prepare(data_dir, energy_pool, features, cache, log)
         log(f"energy frontier: stream {split.stream.n}, pool {energy_pool}")
         result = energy_frontier(split, X_train, X_stream, seeds, alpha, ridge, energy, log)
-        out["energy_frontier"] = {"assumed_energy_j_per_token": energy, "pool": energy_pool,
-                                  "note": "ASSUMED figures from active parameters (module docstring), not measured",
-                                  **result}
+        out["energy_frontier"] = {"energy_j": energy, "pool": energy_pool, "note": note, **result}
         out["summary"]["energy"] = {"accuracy_vs_best_at_energy_budget": result["accuracy_vs_best_at_energy_budget"],
                                     "best_single": result["best_single"]["model"]}
     return out
@@ -296,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     energy_pool = [m.strip() for m in args.energy_pool.split(",") if m.strip()] if args.energy_pool else None
     try:
         out = frontiers(args.data, pool, args.features, args.seeds, args.alpha, args.ridge, args.cache, log,
-                        energy_pool=energy_pool, only=args.only)
+                        energy_pool=energy_pool, only=args.only, energy_csv=args.energy_csv)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

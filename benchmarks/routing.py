@@ -1364,6 +1364,9 @@ def parse_args(argv):
     p.add_argument("--frontiers", action="store_true",
                    help="also report the cost/quality dial's frontier and the accuracy-energy frontier "
                         "(benchmarks.frontiers, with this run's alpha and ridge; energy figures ASSUMED)")
+    p.add_argument("--energy-csv", default=None,
+                   help="with --frontiers: declared energy per model (benchmarks.frontiers.read_energy_csv) instead "
+                        "of figures ASSUMED from parameter counts")
     p.add_argument("--cache", default=DEFAULT_CACHE, help="directory for the embedding cache")
     p.add_argument("--json", default=None, help="where to write the full result")
     p.add_argument("--quiet", action="store_true")
@@ -1486,7 +1489,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             out["frontiers"] = frontiers.frontiers(args.data, [m.strip() for m in args.pool.split(",") if m.strip()],
                                                    args.features, args.seeds, hyper["linucb_alpha"], hyper["ridge"],
-                                                   args.cache, log)
+                                                   args.cache, log, energy_csv=args.energy_csv)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -45,3 +45,32 @@ def test_energy_weight_trades_accuracy_for_joules(split):
     assert first["w"] == 0.0 and last["joules"]["mean"] < 0.3 * first["joules"]["mean"]
     assert first["accuracy"]["mean"] > last["accuracy"]["mean"]
     assert {r["model"] for r in out["single_models"]} == set(POOL)
+
+
+def test_declared_energy_comes_from_a_models_csv_style_file(tmp_path):
+    good = tmp_path / "energy.csv"
+    good.write_text("model,prompt_j_per_token,completion_j_per_token,per_request_j\n"
+                    "small,0.01,0.05,\nbig,0.5,2.5,100\n")
+    figures = fr.read_energy_csv(good)
+    assert figures["small"] == {"prompt_j_per_token": 0.01, "completion_j_per_token": 0.05, "per_request_j": 0.0}
+    assert figures["big"]["per_request_j"] == 100.0
+    for text, message in (
+        ("model,watts\nsmall,3\n", r":1: the header must name 'model'"),
+        ("model,prompt_j_per_token,watts\nsmall,1,3\n", r":1: unknown column\(s\) watts"),
+        ("model,prompt_j_per_token\nsmall,lots\n", r":2: column 'prompt_j_per_token' of 'small' is not a number"),
+        ("model,prompt_j_per_token\nsmall,1\nbig,-2\n", r":3: model 'big': .*greater than or equal to 0"),
+        ("model,prompt_j_per_token\nsmall,0\n", r":2: model 'small': .*declare at least one"),
+        ("model,prompt_j_per_token\nsmall,1\nsmall,2\n", r":3: model 'small' is declared twice"),
+    ):
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            fr.read_energy_csv(bad)
+
+
+def test_per_request_energy_counts_once_per_answer(split):
+    figures = {m: {"prompt_j_per_token": 0.0, "completion_j_per_token": 0.0, "per_request_j": j}
+               for m, j in zip(POOL, (1.0, 10.0, 100.0))}
+    joules = fr.energy_matrix(split.stream, figures)
+    assert joules.shape == (split.stream.n, len(POOL))
+    assert (joules == [[1.0, 10.0, 100.0]]).all()

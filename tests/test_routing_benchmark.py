@@ -485,3 +485,13 @@ def test_the_routing_run_reports_the_dial_and_energy_frontiers_beside_the_cost_o
     assert {p["w"] for p in energy["points"]} and out["summary"]["energy_frontier"]["best_single"] in POOL
     joules = [p["joules"]["mean"] for p in energy["points"]]
     assert joules[-1] < joules[0]   # a heavy energy weight uses less energy than none
+    # declared figures (a models.csv-style file) replace the assumed ones; the pool follows the file
+    declared = tmp_path / "energy.csv"
+    declared.write_text("model,prompt_j_per_token,completion_j_per_token\nsmall,0.001,0.004\nbig,0.9,3.0\n")
+    own = fr.frontiers(str(data_dir), POOL, "bias,shape", 1, 0.1, 1.0, str(tmp_path / "cache"), lambda m: None,
+                       only="energy", energy_csv=str(declared))["energy_frontier"]
+    assert own["pool"] == ["small", "big"] and own["note"].startswith("DECLARED")
+    assert own["energy_j"]["big"]["completion_j_per_token"] == 3.0
+    with pytest.raises(ValueError, match="no energy figure in .* for mid"):
+        fr.frontiers(str(data_dir), POOL, "bias,shape", 1, 0.1, 1.0, str(tmp_path / "cache"), lambda m: None,
+                     only="energy", energy_csv=str(declared), energy_pool=["small", "mid"])
