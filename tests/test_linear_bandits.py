@@ -262,18 +262,22 @@ def test_discounting_fades_old_observations_exactly_even_across_epochs():
     history = [(630.0, 1.0), (635.0, 1.0), (645.0, 0.0), (650.0, 0.0)]  # epoch 0 ends at 640 s
     for t, r in history:
         selector.observe("default", "m", x, r, now=t)
-    # exact discounted ridge at t = 650: weights 2^-(650 - t)/10
+    # exact discounted ridge at t = 650: weights 2^-(650 - t)/10, shrunk towards the prior (0.75 by
+    # default) with the ridge's weight 0.5: (Σ w r + 0.5 · prior) / (0.5 + Σ w)
+    prior = options.prior
+    assert prior == 0.75
     w = np.array([2.0 ** (-(650.0 - t) / 10.0) for t, _ in history])
     rewards = np.array([r for _, r in history])
-    expected = float((w * rewards).sum() / (0.5 + w.sum()))
+    expected = float(((w * rewards).sum() + 0.5 * prior) / (0.5 + w.sum()))
     mean, _ = selector.learner("default").estimator.predict("m", x)
     assert mean == pytest.approx(expected, rel=1e-9)
     assert selector.learner("default").epoch == 1
     undiscounted = LinUCBSelector(Algorithm.model_validate({"linucb": {"features": ["bias"], "ridge": 0.5}}).options)
     for t, r in history:
         undiscounted.observe("default", "m", x, r, now=t)
-    assert undiscounted.learner("default").estimator.predict("m", x)[0] == pytest.approx(2 / 4.5)
-    assert mean < 2 / 4.5  # recent zeros weigh more than the old ones
+    plain = (2 + 0.5 * prior) / 4.5
+    assert undiscounted.learner("default").estimator.predict("m", x)[0] == pytest.approx(plain)
+    assert mean < plain  # recent zeros weigh more than the old ones
 
 
 def test_a_discounted_selector_round_trips_through_the_store():
