@@ -208,29 +208,21 @@ async def test_a_messages_stream_completes_and_gives_its_connection_back(message
         assert server.connections == 1  # the second stream reused the first one's connection
 
 
-async def test_a_messages_stream_that_breaks_off_or_stalls(messages):
-    async with RawServer(_messages_stream(MESSAGE_EVENTS[:3])) as server:  # no message_stop
-        chunks = messages.stream(_anthropic(server), PAYLOAD)
-        with pytest.raises(UpstreamError) as info:
-            async for _ in chunks:
-                pass
-        assert (info.value.kind, info.value.message) == ("stream_broken", "stream ended before message_stop")
-        assert messages.connections_in_use() == 0
+async def _consume(chunks) -> None:
+    async for _ in chunks:
+        pass
 
-    async with RawServer(_messages_stream(MESSAGE_EVENTS, stall_after=2)) as server:
-        chunks = messages.stream(_anthropic(server, stream_idle_timeout_s=0.2), PAYLOAD)
-        await anext(chunks)
-        with pytest.raises(UpstreamError) as info:
-            async for _ in chunks:
-                pass
-        assert (info.value.kind, info.value.message) == ("timeout", "stream stalled for 0.2s")
-        assert messages.connections_in_use() == 0
 
-    async with RawServer(_messages_stream(MESSAGE_EVENTS, stall_after=0)) as server:
-        chunks = messages.stream(_anthropic(server, first_token_timeout_s=0.2), PAYLOAD)
+@pytest.mark.parametrize("events, stall_after, spec, failure", [
+    (MESSAGE_EVENTS[:3], None, {}, ("stream_broken", "stream ended before message_stop")),
+    (MESSAGE_EVENTS, 2, {"stream_idle_timeout_s": 0.2}, ("timeout", "stream stalled for 0.2s")),
+    (MESSAGE_EVENTS, 0, {"first_token_timeout_s": 0.2}, ("timeout", "no first token in time")),
+], ids=["no-message-stop", "stalled", "no-first-token"])
+async def test_a_messages_stream_that_breaks_off_or_stalls(messages, events, stall_after, spec, failure):
+    async with RawServer(_messages_stream(events, stall_after)) as server:
         with pytest.raises(UpstreamError) as info:
-            await asyncio.wait_for(anext(chunks), HANG_S)
-        assert (info.value.kind, info.value.message) == ("timeout", "no first token in time")
+            await asyncio.wait_for(_consume(messages.stream(_anthropic(server, **spec), PAYLOAD)), HANG_S)
+        assert (info.value.kind, info.value.message) == failure
         assert messages.connections_in_use() == 0
 
 
