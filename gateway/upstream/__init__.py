@@ -8,6 +8,9 @@ One concept per module:
                        when the server may have processed it; egress proxies; bounded answers
 - `openai_compatible`  `OpenAICompatibleTransport`: direct HTTP to OpenAI-compatible servers, streams read
                        with `sigroute.gateway.sse`
+- `direct`             what the direct transports share: calls and streams over `http1` with their failures as
+                       `UpstreamError`s (the response held by a context manager), a stream's events read under
+                       the model's first-token and idle deadlines
 - `anthropic_messages` `AnthropicMessagesTransport`: direct HTTP to Anthropic Messages APIs (`anthropic/…` models),
                        translating chat ↔ Messages without losing what a Messages request carried
 - `litellm_transport`  `LiteLLMTransport`: every other provider, through litellm (imported on first use)

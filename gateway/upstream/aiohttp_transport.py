@@ -50,11 +50,12 @@ except ImportError as exc:  # an optional extra: say what to install
     raise ImportError("the aiohttp transport needs aiohttp: pip install 'sigroute[aiohttp]'") from exc
 from yarl import URL
 
-from sigroute.gateway.sse import EventTooLarge, SSEDecoder
+from sigroute.gateway.sse import SSEDecoder
 from sigroute.gateway.upstream import http1
-from sigroute.gateway.upstream.errors import UpstreamError, classify_status, error_message, retry_after, unsendable_body
+from sigroute.gateway.upstream.direct import StreamEvents, chat_body, chat_chunk, chat_headers, end_of_chat_stream
+from sigroute.gateway.upstream.errors import UpstreamError, classify_status, error_message, retry_after
 from sigroute.gateway.upstream.openai_compatible import MAX_STREAM_EVENT_BYTES
-from sigroute.gateway.upstream.targets import CALL_HEADERS, HeaderChanges, ModelTarget, merged_headers
+from sigroute.gateway.upstream.targets import CALL_HEADERS, HeaderChanges, ModelTarget
 
 __all__ = ["AiohttpTransport"]
 
@@ -120,11 +121,7 @@ class AiohttpTransport:
         key = (target.name, target.api_base, stream, changes)
         prepared = self._prepared_by_target.get(key)
         if prepared is None:
-            headers = {"content-type": "application/json",
-                       "accept": "text/event-stream" if stream else "application/json"}
-            if target.api_key:
-                headers["authorization"] = f"Bearer {target.api_key}"
-            headers.update(merged_headers(target.spec.extra_headers, changes))
+            headers = chat_headers(target, stream, changes)
             for name, value in headers.items():
                 if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                     raise ValueError(f"header {name!r} contains a line break")
@@ -141,18 +138,10 @@ class AiohttpTransport:
                     # is deprecated)
                     headers["proxy-authorization"] = proxy.authorization
             # connect: waiting for a pooled connection and opening one; sock_connect: opening one
-            timeout = aiohttp.ClientTimeout(total=None, connect=POOL_WAIT_S, sock_connect=min(10.0, target.spec.timeout_s))
+            timeout = aiohttp.ClientTimeout(total=None, connect=POOL_WAIT_S,
+                                            sock_connect=min(10.0, target.spec.timeout_s))
             prepared = self._prepared_by_target[key] = _Prepared(url, headers, proxy_url, proxy_headers, timeout)
         return prepared
-
-    @staticmethod
-    def _body(target: ModelTarget, payload: dict[str, Any]) -> bytes:
-        body = dict(payload)
-        body["model"] = target.upstream_model
-        try:
-            return orjson.dumps(body)
-        except orjson.JSONEncodeError as exc:  # parsed, but too deep (or odd) to send again
-            raise unsendable_body(exc) from None
 
     async def _send(self, prepared: _Prepared, body: bytes) -> aiohttp.ClientResponse:
         call_headers = CALL_HEADERS.get()   # this call's own (a trace's traceparent)
@@ -181,7 +170,7 @@ class AiohttpTransport:
     async def complete(self, target: ModelTarget, payload: dict[str, Any],
                        headers: HeaderChanges | None = None) -> dict[str, Any]:
         prepared = self._prepared(target, False, headers)
-        body = self._body(target, payload)
+        body = chat_body(target, payload)
         self._in_use += 1
         response = None
         try:
@@ -214,7 +203,7 @@ class AiohttpTransport:
     async def stream(self, target: ModelTarget, payload: dict[str, Any],
                      headers: HeaderChanges | None = None) -> AsyncIterator[dict[str, Any]]:
         prepared = self._prepared(target, True, headers)
-        body = self._body(target, payload)
+        body = chat_body(target, payload)
         spec = target.spec
         loop = asyncio.get_running_loop()
         first_token_by = loop.time() + spec.first_token_timeout_s  # one budget, from the call
@@ -239,56 +228,20 @@ class AiohttpTransport:
                                     status=response.status, model=target.name,
                                     retry_after_s=retry_after(response.headers))
             reader = response.content
-            decoder = SSEDecoder(max_event_bytes=self.max_event_bytes)
-            events: list = []
-            taken = 0
-            first = True
-            while True:
-                if taken < len(events):
-                    event = events[taken]
-                    taken += 1
-                else:  # read until some event is complete
-                    # the first event: what is left of the first-token budget; the next ones:
-                    # stream_idle_timeout_s from the moment they are asked for
-                    deadline = first_token_by if first else loop.time() + spec.stream_idle_timeout_s
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            while True:
-                                piece = await reader.readany()
-                                if not piece:  # the body ended; accept a last [DONE] without its blank line
-                                    last = decoder.end()
-                                    if last is not None and last.data.strip() == "[DONE]":
-                                        return
-                                    raise UpstreamError("stream_broken", "stream ended before [DONE]",
-                                                        model=target.name)
-                                events = decoder.feed(piece)
-                                if events:
-                                    break
-                    except TimeoutError:
-                        raise UpstreamError("timeout", f"no first token within {spec.first_token_timeout_s:g}s"
-                                            if first else f"stream stalled for {spec.stream_idle_timeout_s:g}s",
-                                            model=target.name) from None
-                    except aiohttp.ClientError as exc:
-                        raise UpstreamError("stream_broken", f"{type(exc).__name__}: {exc}",
-                                            model=target.name) from None
-                    except EventTooLarge as exc:
-                        raise UpstreamError("protocol", str(exc), model=target.name) from None
-                    event = events[0]
-                    taken = 1
-                first = False
-                data = event.data
-                if not data.startswith("{") and data.strip() == "[DONE]":
+
+            async def read_chunk(timeout: float) -> bytes | None:
+                async with asyncio.timeout(timeout):
+                    return await reader.readany() or None
+
+            events = StreamEvents(read_chunk, SSEDecoder(max_event_bytes=self.max_event_bytes), target, first_token_by,
+                                  timeouts=(TimeoutError,), breaks=(aiohttp.ClientError,))
+            async for event in events:
+                chunk = chat_chunk(event.data, target.name)
+                if chunk is None:  # [DONE]
                     await self._drain(response, spec.stream_idle_timeout_s)  # so the connection is reused
                     return
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError("protocol", "stream chunk is not JSON", model=target.name) from None
-                if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-                    err = chunk["error"]
-                    message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-                    raise UpstreamError("stream_broken", f"upstream sent an error event: {message}", model=target.name)
                 yield chunk
+            end_of_chat_stream(events, target.name)  # a last [DONE] without its blank line is accepted
         finally:
             self._in_use -= 1
             if response is not None:

@@ -37,10 +37,9 @@ from typing import Any, AsyncIterator, Mapping
 
 import orjson
 
-from sigroute.gateway.sse import EventTooLarge, SSEDecoder
 from sigroute.gateway.upstream import http1
-from sigroute.gateway.upstream.errors import (UpstreamError, classify_status, error_code, error_message, retry_after,
-                                              unsendable_body)
+from sigroute.gateway.upstream.direct import http1_events, json_answer, open_stream
+from sigroute.gateway.upstream.errors import UpstreamError, error_message, unsendable_body
 from sigroute.gateway.upstream.targets import CALL_HEADERS, NATIVE, HeaderChanges, ModelTarget, merged_headers
 
 __all__ = ["AnthropicMessagesTransport", "chat_to_messages", "completion_from_message", "ANTHROPIC_VERSION",
@@ -275,14 +274,6 @@ class _ChunkMaker:
 # --------------------------------------------------------------------------------------------
 # the transport
 
-def _transport_error(exc: http1.TransportError, model: str) -> UpstreamError:
-    if isinstance(exc, http1.TimeoutException):
-        return UpstreamError("timeout", type(exc).__name__, model=model)
-    if isinstance(exc, http1.ResponseTooLarge):
-        return UpstreamError("protocol", str(exc), model=model)
-    return UpstreamError("connect", f"{type(exc).__name__}: {exc}", model=model)
-
-
 class AnthropicMessagesTransport:
     """Direct HTTP to an Anthropic Messages API (Anthropic's, or a server that speaks it)."""
 
@@ -318,28 +309,10 @@ class AnthropicMessagesTransport:
         except orjson.JSONEncodeError as exc:
             raise unsendable_body(exc) from None
 
-    @staticmethod
-    def _failure(status: int, content: bytes, headers, model: str) -> UpstreamError:
-        return UpstreamError(classify_status(status), error_message(content), status=status, model=model,
-                             retry_after_s=retry_after(headers), code=error_code(content))
-
     async def complete(self, target: ModelTarget, payload: dict[str, Any],
                        headers: HeaderChanges | None = None) -> dict[str, Any]:
         request, timeouts = self._prepared(target, False, headers)
-        body = self._body(target, payload)
-        try:
-            async with asyncio.timeout(target.spec.timeout_s):
-                response = await self.client.send(request, body, timeouts=timeouts)
-        except TimeoutError:
-            raise UpstreamError("timeout", f"no answer within {target.spec.timeout_s:g}s", model=target.name) from None
-        except http1.TransportError as exc:
-            raise _transport_error(exc, target.name) from None
-        if response.status_code != 200:
-            raise self._failure(response.status_code, response.content, response.headers, target.name)
-        try:
-            data = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("protocol", "response is not JSON", status=200, model=target.name) from None
+        data = await json_answer(self.client, request, self._body(target, payload), timeouts, target)
         if not isinstance(data, dict) or data.get("type") != "message" or not isinstance(data.get("content"), list):
             raise UpstreamError("protocol", "response is not a Message (type 'message' with a content list)",
                                 status=200, model=target.name)
@@ -352,46 +325,19 @@ class AnthropicMessagesTransport:
         spec = target.spec
         loop = asyncio.get_running_loop()
         first_by = loop.time() + spec.first_token_timeout_s   # one budget, from the call
-        try:
-            async with asyncio.timeout_at(first_by):
-                response = await self.client.send(request, body, stream=True, timeouts=timeouts)
-        except TimeoutError:
-            raise UpstreamError("timeout", f"no first token within {spec.first_token_timeout_s:g}s",
-                                model=target.name) from None
-        except http1.TransportError as exc:
-            raise _transport_error(exc, target.name) from None
-        try:
-            if response.status_code != 200:
-                try:
-                    content = await response.aread()
-                except (http1.TransportError, http1.StreamError):
-                    content = b""
-                raise self._failure(response.status_code, content, response.headers, target.name)
+        async with open_stream(self.client, request, body, timeouts, target, first_by) as response:
             options = payload.get("stream_options")
-            maker = _ChunkMaker(target.upstream_model, isinstance(options, dict) and options.get("include_usage") is True)
-            decoder = SSEDecoder(max_event_bytes=self.max_event_bytes, errors="strict")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            maker = _ChunkMaker(target.upstream_model, include_usage)
+            events = http1_events(response, target, first_by, self.max_event_bytes, first_late="no first token in time")
             first = True
             while True:
-                deadline = first_by if first else loop.time() + spec.stream_idle_timeout_s
-                left = deadline - loop.time()
-                try:
-                    if left <= 0:
-                        raise http1.ReadTimeout
-                    piece = await response.read_chunk(left)
-                except http1.ReadTimeout:
-                    raise UpstreamError("timeout", "no first token in time" if first else
-                                        f"stream stalled for {spec.stream_idle_timeout_s:g}s", model=target.name) from None
-                except (http1.TransportError, http1.StreamError) as exc:
-                    raise UpstreamError("stream_broken", f"{type(exc).__name__}: {exc}", model=target.name) from None
-                if piece is None:
+                # this transport's own pace: the first-token budget lasts until the first chunk, and
+                # each read of the body (not each event) gets stream_idle_timeout_s
+                arrived = await events.read(first_by if first else loop.time() + spec.stream_idle_timeout_s, first)
+                if arrived is None:
                     raise UpstreamError("stream_broken", "stream ended before message_stop", model=target.name)
-                try:
-                    events = decoder.feed(piece)
-                except EventTooLarge as exc:
-                    raise UpstreamError("protocol", str(exc), model=target.name) from None
-                except UnicodeDecodeError:
-                    raise UpstreamError("protocol", "stream is not valid UTF-8", model=target.name) from None
-                for event in events:
+                for event in arrived:
                     try:
                         data = orjson.loads(event.data)
                     except orjson.JSONDecodeError:
@@ -408,8 +354,6 @@ class AnthropicMessagesTransport:
                     for chunk in maker.chunks(data):
                         first = False
                         yield chunk
-        finally:
-            await response.aclose()
 
     def connections_in_use(self) -> int:
         return sum(s["open"] - s["idle"] for s in self.client.stats().values())

@@ -32,26 +32,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator, Mapping
 
-import orjson
-
-from sigroute.gateway.sse import EventTooLarge, SSEDecoder
 from sigroute.gateway.upstream import http1
-from sigroute.gateway.upstream.errors import (UpstreamError, classify_status, error_code, error_message, retry_after,
-                                              unsendable_body, well_formed)
-from sigroute.gateway.upstream.targets import CALL_HEADERS, HeaderChanges, ModelTarget, merged_headers
+from sigroute.gateway.upstream.direct import (chat_body, chat_chunk, chat_headers, end_of_chat_stream, http1_events,
+                                              json_answer, open_stream)
+from sigroute.gateway.upstream.errors import UpstreamError, well_formed
+from sigroute.gateway.upstream.targets import CALL_HEADERS, HeaderChanges, ModelTarget
 
 __all__ = ["OpenAICompatibleTransport", "MAX_STREAM_EVENT_BYTES"]
 
 MAX_STREAM_EVENT_BYTES = 8 * 1024 * 1024  # one server-sent event of a streamed answer
-
-
-def _transport_error(exc: http1.TransportError, model: str) -> UpstreamError:
-    """An `http1` failure as an `UpstreamError` (a timeout, an oversized answer, or a connection failure)."""
-    if isinstance(exc, http1.TimeoutException):
-        return UpstreamError("timeout", f"{type(exc).__name__}", model=model)
-    if isinstance(exc, http1.ResponseTooLarge):
-        return UpstreamError("protocol", str(exc), model=model)
-    return UpstreamError("connect", f"{type(exc).__name__}: {exc}", model=model)
 
 
 class OpenAICompatibleTransport:
@@ -74,11 +63,7 @@ class OpenAICompatibleTransport:
         key = (target.name, target.api_base, stream, changes)
         prepared = self._prepared_by_target.get(key)
         if prepared is None:
-            headers = {"content-type": "application/json",
-                       "accept": "text/event-stream" if stream else "application/json"}
-            if target.api_key:
-                headers["authorization"] = f"Bearer {target.api_key}"
-            headers.update(merged_headers(target.spec.extra_headers, changes))
+            headers = chat_headers(target, stream, changes)
             timeouts = http1.Timeouts(connect=min(10.0, target.spec.timeout_s), read=None, write=30.0, pool=10.0)
             prepared = (self.client.prepare("POST", f"{target.api_base}/chat/completions", headers), timeouts)
             self._prepared_by_target[key] = prepared
@@ -87,34 +72,10 @@ class OpenAICompatibleTransport:
             return prepared[0].with_headers(call_headers), prepared[1]
         return prepared
 
-    @staticmethod
-    def _body(target: ModelTarget, payload: dict[str, Any]) -> bytes:
-        body = dict(payload)
-        body["model"] = target.upstream_model
-        try:
-            return orjson.dumps(body)
-        except orjson.JSONEncodeError as exc:  # parsed, but too deep (or odd) to send again
-            raise unsendable_body(exc) from None
-
     async def complete(self, target: ModelTarget, payload: dict[str, Any],
                        headers: HeaderChanges | None = None) -> dict[str, Any]:
         request, timeouts = self._prepared(target, False, headers)
-        body = self._body(target, payload)
-        try:
-            async with asyncio.timeout(target.spec.timeout_s):
-                response = await self.client.send(request, body, timeouts=timeouts)
-        except TimeoutError:
-            raise UpstreamError("timeout", f"no answer within {target.spec.timeout_s:g}s", model=target.name) from None
-        except http1.TransportError as exc:
-            raise _transport_error(exc, target.name) from None
-        if response.status_code != 200:
-            raise UpstreamError(classify_status(response.status_code), error_message(response.content),
-                                status=response.status_code, model=target.name,
-                                retry_after_s=retry_after(response.headers), code=error_code(response.content))
-        try:
-            data = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("protocol", "response is not JSON", status=200, model=target.name) from None
+        data = await json_answer(self.client, request, chat_body(target, payload), timeouts, target)
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise UpstreamError("protocol", "response has no 'choices'", status=200, model=target.name)
         if not well_formed(data, "message"):
@@ -125,90 +86,21 @@ class OpenAICompatibleTransport:
     async def stream(self, target: ModelTarget, payload: dict[str, Any],
                      headers: HeaderChanges | None = None) -> AsyncIterator[dict[str, Any]]:
         request, timeouts = self._prepared(target, True, headers)
-        body = self._body(target, payload)
-        spec = target.spec
-        loop = asyncio.get_running_loop()
-        first_token_by = loop.time() + spec.first_token_timeout_s  # one budget, from the call
-        try:
-            async with asyncio.timeout_at(first_token_by):
-                response = await self.client.send(request, body, stream=True, timeouts=timeouts)
-        except TimeoutError:
-            raise UpstreamError("timeout", f"no first token within {spec.first_token_timeout_s:g}s",
-                                model=target.name) from None
-        except http1.TransportError as exc:
-            raise _transport_error(exc, target.name) from None
-        try:
-            if response.status_code != 200:
-                try:
-                    content = await response.aread()
-                except (http1.TransportError, http1.StreamError):
-                    content = b""
-                raise UpstreamError(classify_status(response.status_code), error_message(content),
-                                    status=response.status_code, model=target.name,
-                                    retry_after_s=retry_after(response.headers), code=error_code(content))
-            decoder = SSEDecoder(max_event_bytes=self.max_event_bytes, errors="strict")
-            events: list = []
-            taken = 0
-            first = True
-            while True:
-                if taken < len(events):
-                    event = events[taken]
-                    taken += 1
-                else:  # read until some event is complete
-                    # the first event: what is left of the first-token budget; the next ones:
-                    # stream_idle_timeout_s from the moment they are asked for
-                    deadline = first_token_by if first else loop.time() + spec.stream_idle_timeout_s
-                    while True:
-                        left = deadline - loop.time()
-                        try:
-                            if left <= 0:
-                                raise http1.ReadTimeout
-                            piece = await response.read_chunk(left)
-                        except http1.ReadTimeout:
-                            raise UpstreamError("timeout", f"no first token within {spec.first_token_timeout_s:g}s"
-                                                if first else f"stream stalled for {spec.stream_idle_timeout_s:g}s",
-                                                model=target.name) from None
-                        except (http1.TransportError, http1.StreamError) as exc:
-                            raise UpstreamError("stream_broken", f"{type(exc).__name__}: {exc}",
-                                                model=target.name) from None
-                        if piece is None:  # the body ended; accept a last [DONE] without its blank line
-                            try:
-                                last = decoder.end()
-                            except UnicodeDecodeError:
-                                last = None
-                            if last is not None and last.data.strip() == "[DONE]":
-                                return
-                            raise UpstreamError("stream_broken", "stream ended before [DONE]", model=target.name)
-                        try:
-                            events = decoder.feed(piece)
-                        except EventTooLarge as exc:
-                            raise UpstreamError("protocol", str(exc), model=target.name) from None
-                        except UnicodeDecodeError:
-                            raise UpstreamError("protocol", "stream is not valid UTF-8", model=target.name) from None
-                        if events:
-                            break
-                    event = events[0]
-                    taken = 1
-                first = False
-                data = event.data
-                if not data.startswith("{") and data.strip() == "[DONE]":
-                    await response.drain(spec.stream_idle_timeout_s)  # so the connection goes back to the pool
+        body = chat_body(target, payload)
+        first_token_by = asyncio.get_running_loop().time() + target.spec.first_token_timeout_s  # one budget
+        async with open_stream(self.client, request, body, timeouts, target, first_token_by) as response:
+            events = http1_events(response, target, first_token_by, self.max_event_bytes)
+            async for event in events:
+                chunk = chat_chunk(event.data, target.name)
+                if chunk is None:  # [DONE]
+                    await response.drain(target.spec.stream_idle_timeout_s)  # so the connection goes back to the pool
                     return
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError("protocol", "stream chunk is not JSON", model=target.name) from None
-                if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-                    err = chunk["error"]
-                    message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-                    raise UpstreamError("stream_broken", f"upstream sent an error event: {message}", model=target.name)
                 if not well_formed(chunk, "delta"):
                     raise UpstreamError("protocol", "stream chunk is not a chat.completion.chunk (not an object, "
                                         "choices not a list of objects, a delta or usage not an object)",
                                         model=target.name)
                 yield chunk
-        finally:
-            await response.aclose()  # a response not read to its end closes its connection
+            end_of_chat_stream(events, target.name)  # a last [DONE] without its blank line is accepted
 
     def connections_in_use(self) -> int:
         """Connections a request or a stream is using now (open and not idle in the pool)."""
