@@ -22,10 +22,11 @@ vLLM does) so the Messages surface reports `stop_sequence`. Thinking blocks of a
 relayed (the chat form has no place for them).
 
 Wire: the shared `http1` client (one keep-alive pool), `x-api-key` and `anthropic-version`
-headers (the model's `extra_headers` may override the version), the same timeouts as the
-OpenAI-compatible transport (whole call `timeout_s`; first event within `first_token_timeout_s`,
-each next within `stream_idle_timeout_s`). Errors are the same `UpstreamError` kinds, read from
-the status (Anthropic's 529 "overloaded" is a retryable server error); a stream is complete only
+headers (the model's `extra_headers` may override the version), the model's timeouts
+(whole call `timeout_s`; the first chunk of a stream within `first_token_timeout_s`, each next
+read of the body within `stream_idle_timeout_s` — paced per read, not per event as the
+OpenAI-compatible transport does, so Anthropic's keep-alive pings keep a slow stream alive).
+Errors are the same `UpstreamError` kinds, read from the status (Anthropic's 529 "overloaded" is a retryable server error); a stream is complete only
 at `message_stop`, and one that ends before it or sends an `error` event is ``stream_broken``.
 """
 
