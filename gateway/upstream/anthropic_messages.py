@@ -26,8 +26,9 @@ headers (the model's `extra_headers` may override the version), the model's time
 (whole call `timeout_s`; the first chunk of a stream within `first_token_timeout_s`, each next
 read of the body within `stream_idle_timeout_s` — paced per read, not per event as the
 OpenAI-compatible transport does, so Anthropic's keep-alive pings keep a slow stream alive).
-Errors are the same `UpstreamError` kinds, read from the status (Anthropic's 529 "overloaded" is a retryable server error); a stream is complete only
-at `message_stop`, and one that ends before it or sends an `error` event is ``stream_broken``.
+Errors are the same `UpstreamError` kinds, read from the status (Anthropic's 529 "overloaded" is a
+retryable server error); a stream is complete only at `message_stop`, and one that ends before it or
+sends an `error` event is ``stream_broken``.
 """
 
 from __future__ import annotations
