@@ -2,9 +2,10 @@
 
 Every shared store (bandit state and pending feedback in `sigroute.bandits.store`, cache documents
 in `sigroute.cache.store`, rate-limit buckets in `sigroute.gateway.ratelimit`, stored Responses in
-`sigroute.gateway.response_store`) opens its client here, so they agree on which URLs they take, how a URL is shown (never with its password),
-which failures mean "Redis is unavailable", and how a hung Redis is failed fast. It lives beside
-the packages rather than in one of them because `bandits` and `cache` must not import each other.
+`sigroute.gateway.response_store`) opens its client here, so they agree on which URLs they take,
+how a URL is shown (never with its password), which failures mean "Redis is unavailable", and how a
+hung Redis is failed fast (`LazyRedisStore` is that set-up as a base class). It lives beside the
+packages rather than in one of them because `bandits` and `cache` must not import each other.
 
 URLs:
 
@@ -346,3 +347,50 @@ class HungRedis:
         finally:
             if probe:
                 self.probing = False
+
+
+class LazyRedisStore:
+    """What a Redis-backed store (`sigroute.gateway.ratelimit`, `sigroute.gateway.response_store`)
+    shares: its URL (checked, shown redacted as `description`), its `namespace`, the connection
+    options, the `HungRedis` fail-fast rule and a client opened on first use.
+
+    The client (``_redis``) is created lazily, so it binds to the event loop that first uses it; it
+    is a cluster client for a cluster URL, and retries connection errors only (a stale pooled
+    connection after a restart, a cluster node gone), never timeouts: a timed-out command may have
+    run, and a slow Redis must not slow requests more.
+    A subclass sets `_decode_responses` and may override `_opened` to register scripts on a fresh
+    client."""
+
+    shared = True
+    _decode_responses = False
+
+    def __init__(self, url: str, namespace: str, *, socket_timeout: float, connect_timeout: float,
+                 retries: int, hung_hold_s: float) -> None:
+        if not is_redis_url(url):
+            raise ValueError(f"not a Redis URL: {redacted_url(url)!r}; use redis://[:password@]host[:port][/db], "
+                             f"rediss://..., unix:///path/to/redis.sock or redis+cluster://host:port[,host:port...]")
+        self.url = url
+        self.namespace = namespace
+        self.description = redacted_url(url)
+        self._options = dict(socket_timeout=socket_timeout, connect_timeout=connect_timeout, retries=retries)
+        self._hung = HungRedis(hung_hold_s)
+        self._client: Any = None
+
+    @property
+    def _redis(self) -> Any:
+        if self._client is None:
+            self._client = open_client(self.url, decode_responses=self._decode_responses, **self._options)
+            self._opened(self._client)
+        return self._client
+
+    def _opened(self, client: Any) -> None:
+        """Called once per client `_redis` opens (a subclass registers its scripts here)."""
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            close = getattr(self._client, "aclose", None) or self._client.close
+            await close()
+            self._client = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description!r}, namespace={self.namespace!r})"

@@ -69,7 +69,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterator, Mapping, NamedTuple, Sequence, Union
+from typing import Any, AsyncIterator, Iterator, Mapping, NamedTuple, Self, Sequence, Union
 
 import httpx
 
@@ -363,16 +363,35 @@ def _content_text(content: Any) -> str | None:
     return str(content)
 
 
+def _of_type(items: Any, kind: str) -> list[dict[str, Any]]:
+    """The items of a body's list (content blocks, output items) whose `type` is `kind`."""
+    return [item for item in items or () if item.get("type") == kind]
+
+
 @dataclass(frozen=True)
-class RoutedCompletion:
+class _Routed:
+    """What every routed answer has: its body `raw` (a dict), the gateway's routing headers as a
+    `RoutingInfo`, and the body's `usage` and `id`."""
+
+    raw: dict[str, Any]
+    routing: RoutingInfo
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self.raw.get("usage")
+
+    @property
+    def id(self) -> str | None:
+        return self.raw.get("id")
+
+
+@dataclass(frozen=True)
+class RoutedCompletion(_Routed):
     """A chat completion and how it was routed.
 
     `raw` is the OpenAI response body (a dict); `text` the first choice's message content;
     `routing` the gateway's routing headers as a `RoutingInfo`.
     """
-
-    raw: dict[str, Any]
-    routing: RoutingInfo
 
     @property
     def text(self) -> str | None:
@@ -386,16 +405,8 @@ class RoutedCompletion:
         return self.raw.get("choices") or []
 
     @property
-    def usage(self) -> dict[str, Any] | None:
-        return self.raw.get("usage")
-
-    @property
     def model(self) -> str | None:
         return self.raw.get("model") or self.routing.model
-
-    @property
-    def id(self) -> str | None:
-        return self.raw.get("id")
 
     @property
     def finish_reason(self) -> str | None:
@@ -404,62 +415,40 @@ class RoutedCompletion:
 
 
 @dataclass(frozen=True)
-class RoutedMessage:
+class RoutedMessage(_Routed):
     """An Anthropic Messages answer (`POST /v1/messages`) and how it was routed. `raw` is the
     Message body; `text` its text blocks joined; `tool_uses` its tool_use blocks."""
 
-    raw: dict[str, Any]
-    routing: RoutingInfo
-
     @property
     def text(self) -> str:
-        return "".join(b.get("text", "") for b in self.raw.get("content") or () if b.get("type") == "text")
+        return "".join(block.get("text", "") for block in _of_type(self.raw.get("content"), "text"))
 
     @property
     def tool_uses(self) -> list[dict[str, Any]]:
-        return [b for b in self.raw.get("content") or () if b.get("type") == "tool_use"]
+        return _of_type(self.raw.get("content"), "tool_use")
 
     @property
     def stop_reason(self) -> str | None:
         return self.raw.get("stop_reason")
 
-    @property
-    def usage(self) -> dict[str, Any] | None:
-        return self.raw.get("usage")
-
-    @property
-    def id(self) -> str | None:
-        return self.raw.get("id")
-
 
 @dataclass(frozen=True)
-class RoutedResponse:
+class RoutedResponse(_Routed):
     """An OpenAI Responses answer (`POST /v1/responses`) and how it was routed. `raw` is the
     Response object; `text` its output text; `id` what `previous_response_id` continues."""
 
-    raw: dict[str, Any]
-    routing: RoutingInfo
-
     @property
     def text(self) -> str:
-        return "".join(part.get("text", "") for item in self.raw.get("output") or () if item.get("type") == "message"
-                       for part in item.get("content") or () if part.get("type") == "output_text")
+        return "".join(part.get("text", "") for item in _of_type(self.raw.get("output"), "message")
+                       for part in _of_type(item.get("content"), "output_text"))
 
     @property
     def function_calls(self) -> list[dict[str, Any]]:
-        return [item for item in self.raw.get("output") or () if item.get("type") == "function_call"]
+        return _of_type(self.raw.get("output"), "function_call")
 
     @property
     def status(self) -> str | None:
         return self.raw.get("status")
-
-    @property
-    def usage(self) -> dict[str, Any] | None:
-        return self.raw.get("usage")
-
-    @property
-    def id(self) -> str | None:
-        return self.raw.get("id")
 
 
 @dataclass(frozen=True)
@@ -591,20 +580,72 @@ class _StreamState:
                 self.finish_reason = choice["finish_reason"]
         return chunk
 
-    def end(self) -> Any:
+    def feed(self, piece: bytes) -> Iterator[dict[str, Any]]:
+        """The chunks of the events a piece of the body completes, up to [DONE] (then `done` is set)."""
+        for event in self.decoder.feed(piece):
+            result = self.handle(event.data)
+            if result is _DONE:
+                return
+            yield result
+
+    def connection_broken(self, exc: httpx.TransportError) -> StreamBroken:
+        return self.broken(f"the connection broke mid-stream ({type(exc).__name__}: {exc}); "
+                           "the answer is incomplete", code="connection_broken")
+
+    def end(self) -> list[dict[str, Any]]:
         """The body ended: handle a last event the server did not terminate with a blank line
-        (which the SSE standard discards; see `sigroute.gateway.sse`), then insist on [DONE]."""
+        (which the SSE standard discards; see `sigroute.gateway.sse`), then insist on [DONE].
+        Returns that last event's chunk, if it was one."""
         last = self.decoder.end()
         if last is not None and not self.done:
             result = self.handle(last.data)
             if result is not _DONE:
-                return result
+                return [result]
         if not self.done:
             raise self.broken("the stream ended without [DONE]: the answer is incomplete", code="stream_incomplete")
-        return _DONE
+        return []
 
 
-class ChatStream:
+class _Closing:
+    """`with obj:` ... closes it (`close()`) at the end."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()   # type: ignore[attr-defined]
+
+
+class _AsyncClosing:
+    """`async with obj:` ... closes it (`await aclose()`) at the end."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()   # type: ignore[attr-defined]
+
+
+class _Stream:
+    """What both stream classes show: the routing, and what the chunks so far said."""
+
+    def __init__(self, response: httpx.Response, routing: RoutingInfo):
+        self.response = response
+        self._state = _StreamState(routing)
+        self._events = self._iterate()
+
+    def _iterate(self) -> Any:
+        """The subclass's generator of chunks (sync or async), started by the constructor."""
+        raise NotImplementedError
+
+    routing = property(lambda self: self._state.routing)
+    done = property(lambda self: self._state.done, doc="True once [DONE] arrived.")
+    usage = property(lambda self: self._state.usage)
+    model = property(lambda self: self._state.model)
+    finish_reason = property(lambda self: self._state.finish_reason)
+
+
+class ChatStream(_Stream, _Closing):
     """A streamed chat completion (sync). Iterate it for OpenAI chunk dicts.
 
     `routing` is available as soon as `stream()` returns, before the first chunk. `text()` reads
@@ -614,33 +655,17 @@ class ChatStream:
     stop early.
     """
 
-    def __init__(self, response: httpx.Response, routing: RoutingInfo):
-        self.response = response
-        self._state = _StreamState(routing)
-        self._events = self._iterate()
-
-    routing = property(lambda self: self._state.routing)
-    done = property(lambda self: self._state.done, doc="True once [DONE] arrived.")
-    usage = property(lambda self: self._state.usage)
-    model = property(lambda self: self._state.model)
-    finish_reason = property(lambda self: self._state.finish_reason)
-
     def _iterate(self) -> Iterator[dict[str, Any]]:
         state = self._state
         try:
             try:
                 for piece in self.response.iter_bytes():
-                    for event in state.decoder.feed(piece):
-                        result = state.handle(event.data)
-                        if result is _DONE:
-                            return
-                        yield result
+                    yield from state.feed(piece)
+                    if state.done:
+                        return
             except httpx.TransportError as exc:
-                raise state.broken(f"the connection broke mid-stream ({type(exc).__name__}: {exc}); "
-                                   "the answer is incomplete", code="connection_broken") from exc
-            result = state.end()
-            if result is not _DONE:
-                yield result
+                raise state.connection_broken(exc) from exc
+            yield from state.end()
         finally:
             self.response.close()
 
@@ -660,46 +685,26 @@ class ChatStream:
         self._events.close()
         self.response.close()
 
-    def __enter__(self) -> "ChatStream":
-        return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-
-class AsyncChatStream:
+class AsyncChatStream(_Stream, _AsyncClosing):
     """A streamed chat completion (async): `async for chunk in stream`, `await stream.text()`.
 
     Same behaviour as `ChatStream`; use `async with` (or `await aclose()`) to stop early.
     """
-
-    def __init__(self, response: httpx.Response, routing: RoutingInfo):
-        self.response = response
-        self._state = _StreamState(routing)
-        self._events = self._iterate()
-
-    routing = property(lambda self: self._state.routing)
-    done = property(lambda self: self._state.done, doc="True once [DONE] arrived.")
-    usage = property(lambda self: self._state.usage)
-    model = property(lambda self: self._state.model)
-    finish_reason = property(lambda self: self._state.finish_reason)
 
     async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
         state = self._state
         try:
             try:
                 async for piece in self.response.aiter_bytes():
-                    for event in state.decoder.feed(piece):
-                        result = state.handle(event.data)
-                        if result is _DONE:
-                            return
-                        yield result
+                    for chunk in state.feed(piece):
+                        yield chunk
+                    if state.done:
+                        return
             except httpx.TransportError as exc:
-                raise state.broken(f"the connection broke mid-stream ({type(exc).__name__}: {exc}); "
-                                   "the answer is incomplete", code="connection_broken") from exc
-            result = state.end()
-            if result is not _DONE:
-                yield result
+                raise state.connection_broken(exc) from exc
+            for chunk in state.end():
+                yield chunk
         finally:
             await self.response.aclose()
 
@@ -720,12 +725,6 @@ class AsyncChatStream:
         await self.response.aclose()
 
     close = aclose
-
-    async def __aenter__(self) -> "AsyncChatStream":
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.aclose()
 
 
 # clients -----------------------------------------------------------------------------------------
@@ -754,7 +753,9 @@ class _ClientCore:
 
     def __init__(self, base_url: str | None, api_key: str | None, timeout: float | httpx.Timeout | None,
                  default_model: str, headers: Mapping[str, str] | None, max_retries: int,
-                 max_retry_wait: float, backoff_s: float):
+                 max_retry_wait: float, backoff_s: float, http_client: Any, http_class: type):
+        self._owns_http = http_client is None
+        self._http = http_client or http_class(timeout=timeout)
         self.base_url = _normalize_base_url(base_url or os.environ.get("SIGROUTE_BASE_URL") or DEFAULT_BASE_URL)
         self.api_key = api_key if api_key is not None else os.environ.get("SIGROUTE_API_KEY")
         self.timeout = timeout
@@ -818,6 +819,16 @@ class _ClientCore:
         if not isinstance(raw, dict):
             raise SigrouteError(f"expected {what}, got {type(raw).__name__}", status=response.status_code)
         return cls(raw, RoutingInfo.from_headers(response.headers))
+
+    def _request(self, method: str, url: str, content: bytes | None, headers: dict[str, str]) -> httpx.Request:
+        return self._http.build_request(method, url, content=content, headers=headers, timeout=self.timeout)
+
+    def _retry_wait(self, attempt: int, error: SigrouteError) -> float:
+        """Seconds to wait before retry number `attempt + 1`; raises `error` when it must not be retried."""
+        delay = self._retry_delay(attempt, error)
+        if delay is None:
+            raise error
+        return delay
 
     def _retry_delay(self, attempt: int, error: SigrouteError) -> float | None:
         """Seconds to wait before retry number `attempt + 1`, or None when it must not be retried."""
@@ -884,7 +895,7 @@ class _ClientCore:
         return error
 
 
-class Client(_ClientCore):
+class Client(_ClientCore, _Closing):
     """Synchronous client for a sigroute gateway.
 
     Args:
@@ -913,9 +924,8 @@ class Client(_ClientCore):
                  timeout: float | httpx.Timeout | None = 60, default_model: str = "auto",
                  headers: Mapping[str, str] | None = None, max_retries: int = 2, *,
                  max_retry_wait: float = 30.0, backoff_s: float = 0.5, http_client: httpx.Client | None = None):
-        super().__init__(base_url, api_key, timeout, default_model, headers, max_retries, max_retry_wait, backoff_s)
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=timeout)
+        super().__init__(base_url, api_key, timeout, default_model, headers, max_retries, max_retry_wait, backoff_s,
+                         http_client, httpx.Client)
 
     # transport ------------------------------------------------------------------------------------
     def _send(self, method: str, path: str, *, content: bytes | None = None, headers: dict[str, str],
@@ -924,24 +934,26 @@ class Client(_ClientCore):
         url = self.base_url + path
         attempt = 0
         while True:
-            request = self._http.build_request(method, url, content=content, headers=headers, timeout=self.timeout)
-            try:
-                response = self._http.send(request, stream=stream)
-            except httpx.TransportError as exc:
-                error: SigrouteError = _connection_error(exc, url)
-            else:
-                if response.status_code < 400 or response.status_code in accept:
-                    return response
-                try:
-                    response.read()
-                finally:
-                    response.close()
-                error = _error_from_response(response.status_code, response.headers, response.content, url)
-            delay = self._retry_delay(attempt, error)
-            if delay is None:
-                raise error
+            outcome = self._send_once(method, url, content, headers, stream, accept)
+            if isinstance(outcome, httpx.Response):
+                return outcome
+            time.sleep(self._retry_wait(attempt, outcome))
             attempt += 1
-            time.sleep(delay)
+
+    def _send_once(self, method: str, url: str, content: bytes | None, headers: dict[str, str], stream: bool,
+                   accept: tuple[int, ...]) -> httpx.Response | SigrouteError:
+        """One try: the response when it succeeded (or is `accept`ed), else the error it means."""
+        try:
+            response = self._http.send(self._request(method, url, content, headers), stream=stream)
+        except httpx.TransportError as exc:
+            return _connection_error(exc, url)
+        if response.status_code < 400 or response.status_code in accept:
+            return response
+        try:
+            response.read()
+        finally:
+            response.close()
+        return _error_from_response(response.status_code, response.headers, response.content, url)
 
     def _get_json(self, path: str, headers: Mapping[str, str] | None = None,
                   accept: tuple[int, ...] = ()) -> Any:
@@ -1067,17 +1079,11 @@ class Client(_ClientCore):
         if self._owns_http:
             self._http.close()
 
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"Client(base_url={self.base_url!r}, default_model={self.default_model!r})"
 
 
-class AsyncClient(_ClientCore):
+class AsyncClient(_ClientCore, _AsyncClosing):
     """Asynchronous client for a sigroute gateway: the same API as `Client`, awaited.
 
     `stream()` is awaited too and returns an `AsyncChatStream` (`async for chunk in stream`).
@@ -1096,33 +1102,33 @@ class AsyncClient(_ClientCore):
                  headers: Mapping[str, str] | None = None, max_retries: int = 2, *,
                  max_retry_wait: float = 30.0, backoff_s: float = 0.5,
                  http_client: httpx.AsyncClient | None = None):
-        super().__init__(base_url, api_key, timeout, default_model, headers, max_retries, max_retry_wait, backoff_s)
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+        super().__init__(base_url, api_key, timeout, default_model, headers, max_retries, max_retry_wait, backoff_s,
+                         http_client, httpx.AsyncClient)
 
     async def _send(self, method: str, path: str, *, content: bytes | None = None, headers: dict[str, str],
                     stream: bool = False, accept: tuple[int, ...] = ()) -> httpx.Response:
         url = self.base_url + path
         attempt = 0
         while True:
-            request = self._http.build_request(method, url, content=content, headers=headers, timeout=self.timeout)
-            try:
-                response = await self._http.send(request, stream=stream)
-            except httpx.TransportError as exc:
-                error: SigrouteError = _connection_error(exc, url)
-            else:
-                if response.status_code < 400 or response.status_code in accept:
-                    return response
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-                error = _error_from_response(response.status_code, response.headers, response.content, url)
-            delay = self._retry_delay(attempt, error)
-            if delay is None:
-                raise error
+            outcome = await self._send_once(method, url, content, headers, stream, accept)
+            if isinstance(outcome, httpx.Response):
+                return outcome
+            await asyncio.sleep(self._retry_wait(attempt, outcome))
             attempt += 1
-            await asyncio.sleep(delay)
+
+    async def _send_once(self, method: str, url: str, content: bytes | None, headers: dict[str, str],
+                         stream: bool, accept: tuple[int, ...]) -> httpx.Response | SigrouteError:
+        try:
+            response = await self._http.send(self._request(method, url, content, headers), stream=stream)
+        except httpx.TransportError as exc:
+            return _connection_error(exc, url)
+        if response.status_code < 400 or response.status_code in accept:
+            return response
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return _error_from_response(response.status_code, response.headers, response.content, url)
 
     async def _get_json(self, path: str) -> Any:
         response = await self._send("GET", path, headers=self._headers())
@@ -1200,12 +1206,6 @@ class AsyncClient(_ClientCore):
             await self._http.aclose()
 
     aclose = close
-
-    async def __aenter__(self) -> "AsyncClient":
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.close()
 
     def __repr__(self) -> str:
         return f"AsyncClient(base_url={self.base_url!r}, default_model={self.default_model!r})"

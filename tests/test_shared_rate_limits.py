@@ -111,6 +111,31 @@ def test_unreachable_redis_raises_naming_the_url_without_password():
     assert "127.0.0.1" in message and "hunter2" not in message
 
 
+def test_bucket_and_response_stores_open_their_own_client_lazily(clean_redis_url):
+    """Both take their Redis set-up from `sigroute._redis.LazyRedisStore`: no client before the
+    first command, the bucket store's replies decoded to str and its script registered on each
+    client it opens, the response store's records kept as bytes, a new client after aclose()."""
+    from sigroute.gateway.response_store import RedisResponseStore
+
+    async def run():
+        limits, responses = RedisRateLimitStore(clean_redis_url), RedisResponseStore(clean_redis_url)
+        assert limits._client is None and responses._client is None
+        assert await limits.take("k", 1.0, 2.0) == 0.0
+        first = limits._client
+        assert first is not None and limits._take_script.registered_client is first
+        assert await first.hget(limits.bucket_key("k"), "t") == "1"
+        await responses.put("acme", "resp_1", b"\xff not utf-8", 60)
+        assert await responses.get("acme", "resp_1") == b"\xff not utf-8"
+        await limits.aclose()
+        await responses.aclose()
+        assert limits._client is None and responses._client is None
+        assert await limits.take("k", 1.0, 2.0) == 0.0
+        assert limits._client is not first and limits._take_script.registered_client is limits._client
+        await limits.aclose()
+
+    asyncio.run(run())
+
+
 # ------------------------------------------------------------------------------ three replicas
 
 def test_three_replicas_on_one_redis_admit_the_limit_once(sim, gateway_factory, clean_redis_url):
