@@ -350,8 +350,8 @@ class HungRedis:
 
 
 class LazyRedisStore:
-    """What a Redis-backed store (`sigroute.gateway.ratelimit`, `sigroute.gateway.response_store`)
-    shares: its URL (checked, shown redacted as `description`), its `namespace`, the connection
+    """What a Redis-backed store (the rate limits, stored Responses, served answers of implicit
+    feedback and the semantic cache's documents) shares: its URL (checked, shown redacted as `description`), its `namespace`, the connection
     options, the `HungRedis` fail-fast rule and a client opened on first use.
 
     The client (``_redis``) is created lazily, so it binds to the event loop that first uses it; it

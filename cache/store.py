@@ -79,7 +79,7 @@ from typing import Any, AsyncIterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from sigroute._redis import HungRedis, is_redis_url, open_client, redacted_url, run_script_many, tagged_prefix
+from sigroute._redis import LazyRedisStore, run_script_many, tagged_prefix
 
 __all__ = [
     "CacheEntry",
@@ -496,28 +496,19 @@ class _Shard:
         return self.prefix + "events"
 
 
-class RedisDocumentStore:
+class RedisDocumentStore(LazyRedisStore):
     """Documents in Redis with native TTLs, per-category LRU sets and an event stream; with
     ``shards`` > 1, spread over that many hash tags (each with its own LRU sets and stream)."""
-
-    shared = True
 
     def __init__(self, url: str, namespace: str = "sigroute:cache:", *, socket_timeout: float = 0.5,
                  connect_timeout: float = 0.5, retries: int = 1, stream_maxlen: int = 100_000,
                  hung_hold_s: float = 1.0, idle_ttl_s: float | None = None, shards: int = 1) -> None:
         if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
             raise ValueError(f"shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}")
-        if not is_redis_url(url):
-            raise ValueError(f"not a Redis URL: {redacted_url(url)!r}; use redis://[:password@]host[:port][/db], "
-                             f"rediss://..., unix:///path/to/redis.sock or redis+cluster://host:port[,host:port...]")
-        self.url = url
-        self.namespace = namespace
-        self.description = redacted_url(url)
+        super().__init__(url, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
+                         retries=retries, hung_hold_s=hung_hold_s)
         self.stream_maxlen = stream_maxlen
         self.idle_ttl_s = idle_ttl_s
-        self._options = dict(socket_timeout=socket_timeout, connect_timeout=connect_timeout, retries=retries)
-        self._hung = HungRedis(hung_hold_s)
-        self._client = None
         self._scripts: dict[str, Any] = {}
         self.shards = shards
         self._shards = [_Shard(prefix) for prefix in shard_prefixes(namespace, shards)]
@@ -529,15 +520,9 @@ class RedisDocumentStore:
 
     # ------------------------------------------------------------------------------ plumbing
 
-    @property
-    def _redis(self):
-        if self._client is None:  # created lazily: binds to the loop that first uses it
-            # Connection errors (a stale pooled connection after a restart, a cluster node gone)
-            # are retried; timeouts never: a slow Redis must not slow requests down further.
-            self._client = open_client(self.url, decode_responses=False, **self._options)
-            self._scripts = {name: self._client.register_script(src) for name, src in
-                             (("put", _PUT_LUA), ("get", _GET_LUA), ("delete", _DELETE_LUA))}
-        return self._client
+    def _opened(self, client) -> None:
+        self._scripts = {name: client.register_script(src) for name, src in
+                         (("put", _PUT_LUA), ("get", _GET_LUA), ("delete", _DELETE_LUA))}
 
     def _guard(self, operation: str):
         return self._hung.guard(StoreUnavailable, f"Redis at {self.description} is unavailable ({operation})",
@@ -770,13 +755,6 @@ class RedisDocumentStore:
         with self._guard("ping"):
             await client.ping()
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-
-    def __repr__(self) -> str:
-        return f"RedisDocumentStore({self.description!r}, namespace={self.namespace!r})"
 
 
 def open_document_store(url: str | None, **options: Any) -> DocumentStore:

@@ -44,7 +44,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sigroute._redis import HungRedis, is_redis_url, open_client, redacted_url
+from sigroute._redis import LazyRedisStore
 from sigroute.bandits.feedback import implicit_credit
 from sigroute.signals.followup import FollowUp, classify, cue_pattern, follow_up
 
@@ -130,30 +130,20 @@ return 1
 """
 
 
-class RedisServedAnswers:
+class RedisServedAnswers(LazyRedisStore):
     """Served answers in Redis, shared by every replica (layout in the module docstring)."""
 
-    shared = True
+    _decode_responses = True
 
     def __init__(self, url: str, namespace: str = REDIS_NAMESPACE, *, socket_timeout: float = 0.5,
                  connect_timeout: float = 0.5, retries: int = 1, hung_hold_s: float = 1.0, clock=time.time) -> None:
-        if not is_redis_url(url):
-            raise ValueError(f"not a Redis URL: {redacted_url(url)!r}")
-        self.url = url
-        self.namespace = namespace
-        self.description = redacted_url(url)
+        super().__init__(url, namespace, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
+                         retries=retries, hung_hold_s=hung_hold_s)
         self.clock = clock
-        self._options = dict(socket_timeout=socket_timeout, connect_timeout=connect_timeout, retries=retries)
-        self._hung = HungRedis(hung_hold_s)
-        self._client = None
         self._script = None
 
-    @property
-    def _redis(self):
-        if self._client is None:   # created lazily: binds to the event loop that first uses it
-            self._client = open_client(self.url, decode_responses=True, **self._options)
-            self._script = self._client.register_script(_REMEMBER_LUA)
-        return self._client
+    def _opened(self, client) -> None:
+        self._script = client.register_script(_REMEMBER_LUA)
 
     def keys(self, who: str) -> tuple[str, str]:
         return f"{self.namespace}{{{who}}}:h", f"{self.namespace}{{{who}}}:z"
@@ -179,11 +169,6 @@ class RedisServedAnswers:
             return None
         return entry
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            close = getattr(self._client, "aclose", None) or self._client.close
-            await close()
-            self._client = None
 
 
 def open_served_answers(url: str | None, **options: Any) -> ServedAnswers:
