@@ -382,6 +382,12 @@ def feedback_accounting(exchanges: list[Exchange]) -> dict[str, Any]:
     return {"answers": answers, "feedback_recorded": recorded}
 
 
+def outcome(ex: Exchange) -> str:
+    """How an exchange ended, for counting: what went wrong when something did (the exception, or
+    the error of a stream that started with status 200 and broke), else the HTTP status."""
+    return ex.error or str(ex.status)
+
+
 def count_by(items, key: Callable[[Any], Any]) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in items:
@@ -487,7 +493,7 @@ def scenario_redis_outage(settings: Settings, tmp: Path, sim_url: str, log) -> d
                      "after_s": settings.after_s, "sync_interval_s": SYNC_INTERVAL_S, "redis_restarted": "empty"},
         "chat": {p: {"requests": sum(1 for ex in chats if phase(ex) == p),
                      "streamed": sum(1 for ex in chats if phase(ex) == p and ex.stream),
-                     "status": count_by([ex for ex in chats if phase(ex) == p], lambda ex: ex.status or ex.error),
+                     "status": count_by([ex for ex in chats if phase(ex) == p], outcome),
                      "latency_ms": stats([(ex.finished - ex.started) * 1000 for ex in chats
                                           if phase(ex) == p and ex.status == 200], 1),
                      "cache": count_by([ex for ex in chats if phase(ex) == p and ex.status == 200],
@@ -584,7 +590,7 @@ def scenario_redis_frozen(settings: Settings, tmp: Path, sim_url: str, log) -> d
         xs = [ex for ex in chats if start <= ex.started < end] if name != "before" else \
             [ex for ex in chats if ex.started < end]
         span = end - (start if name != "before" else min((ex.started for ex in chats), default=end))
-        phases[name] = {"requests": len(xs), "status": count_by(xs, lambda ex: ex.status or ex.error),
+        phases[name] = {"requests": len(xs), "status": count_by(xs, outcome),
                         "answers_per_s": round(sum(1 for ex in xs if ex.status == 200) / max(span, 1e-9), 1),
                         "latency_ms": stats([(ex.finished - ex.started) * 1000 for ex in xs if ex.status == 200], 1),
                         "feedback": count_by([ex for ex in xs if ex.status == 200],
@@ -683,8 +689,7 @@ def scenario_replica_kill(settings: Settings, tmp: Path, sim_url: str, log) -> d
         "survivor_failed": survivor_failed,
         "survivor_feedback_failed": survivor_feedback_failed,
         "victim_requests_before_kill": len(victim_before),
-        "victim_requests_failed": count_by([ex for ex in to_victim if ex.status != 200 or ex.error],
-                                           lambda ex: ex.status or ex.error),
+        "victim_requests_failed": count_by([ex for ex in to_victim if ex.status != 200 or ex.error], outcome),
         "victim_answer_rate_per_s": round(len(victim_learned) / span, 2),
         "expected_n": expected_n, "stored_n": stored_n, "expected_feedback": expected_r, "stored_feedback": stored_r,
         "observations_lost": lost_n,
@@ -694,8 +699,8 @@ def scenario_replica_kill(settings: Settings, tmp: Path, sim_url: str, log) -> d
                                                     and ex.finished >= kill_at - k * SYNC_INTERVAL_S)
                                              for k in (1, 2, 3)},
         # requests the victim was answering when it died: it may have learned (and flushed) them
-        # without the client seeing the answer
-        "victim_requests_cut_at_kill": sum(1 for ex in to_victim if ex.status is None
+        # without the client seeing the answer (or, for a stream, its end)
+        "victim_requests_cut_at_kill": sum(1 for ex in to_victim if ex.status in (None, 200)
                                            and ex.error in ("ReadError", "RemoteProtocolError")),
         "victim_feedback_in_last_interval": len(window_feedback),
         "victim_feedback_total": sum(1 for ex in victim_before if ex.learned and ex.feedback_code == "recorded"),
