@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.chaos_ops import SYNC_INTERVAL_S, run_operations
+from benchmarks.chaos_ops import SYNC_INTERVAL_S, Exchange, count_by, outcome, run_operations
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,17 @@ def test_the_survivor_serves_on_when_a_replica_is_killed(operations):
     assert kill["survivor_failed"] == 0 and kill["survivor_feedback_failed"] == 0, kill
     assert kill["victim_requests_before_kill"] > 0
     assert set(kill["victim_requests_failed"]) <= {"ConnectError", "RemoteProtocolError", "ReadError"}, kill
+
+
+def test_an_answer_whose_stream_was_cut_counts_by_its_error_not_its_status():
+    # a replica killed mid-stream leaves the client a 200 and a broken stream: what is counted is
+    # the break, so the survivor test can tell it from an answer that failed in another way
+    cut = Exchange(target=1, started=0.0, stream=True, status=200, error="RemoteProtocolError")
+    refused = Exchange(target=1, started=0.0, status=None, error="ConnectError")
+    failed = Exchange(target=1, started=0.0, status=502)
+    answered = Exchange(target=1, started=0.0, status=200)
+    assert count_by([cut, refused, failed, answered], outcome) == {
+        "200": 1, "502": 1, "ConnectError": 1, "RemoteProtocolError": 1}
 
 
 def test_a_killed_replica_loses_at_most_its_last_sync_interval(operations):
