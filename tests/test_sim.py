@@ -372,8 +372,11 @@ def test_echo_and_last_body(client, http):
         == messages[1]["content"]
     last = http.get("/sim/last/org/slashed").json()
     assert last["messages"] == messages and last["stream"] is True
-    assert_openai_error(http.get("/sim/last/fast"), 404)  # nothing received yet
-    assert_openai_error(http.get("/sim/last/nope"), 404)
+    headers = http.get("/sim/last_headers/org/slashed").json()
+    assert headers["content-type"] == "application/json" and "openai" in headers["user-agent"].lower()
+    for what in ("last", "last_headers"):
+        assert assert_openai_error(http.get(f"/sim/{what}/fast"), 404)["code"] == "no_request"  # nothing received yet
+        assert assert_openai_error(http.get(f"/sim/{what}/nope"), 404)["code"] == "model_not_found"
 
 
 def test_stats_counting_and_reset(client, http):

@@ -1141,10 +1141,10 @@ async def list_models(request: Request) -> Response:
 
 
 async def get_model(request: Request) -> Response:
-    state: SimState = request.app.state.sim
-    name = state.resolve(request.path_params["name"])
-    if name is None:
-        return _unknown_model(state, request.path_params["name"])
+    found = _path_model(request)
+    if isinstance(found, Response):
+        return found
+    state, name = found
     return _json(_model_card(name))
 
 
@@ -1164,25 +1164,34 @@ async def reset(request: Request) -> Response:
 
 
 async def last_body(request: Request) -> Response:
-    state: SimState = request.app.state.sim
-    name = state.resolve(request.path_params["name"])
-    if name is None:
-        return _unknown_model(state, request.path_params["name"])
-    if name not in state.last_body:
-        return _error(404, f"Model '{name}' has not received a request since the last reset.",
-                      code="no_request")
-    return _json(state.last_body[name])
+    return _last_received(request, "last_body")
 
 
 async def last_headers(request: Request) -> Response:
+    return _last_received(request, "last_headers")
+
+
+def _last_received(request: Request, what: str) -> Response:
+    """The body or headers (`what`: the SimState attribute) of the path's model's last request."""
+    found = _path_model(request)
+    if isinstance(found, Response):
+        return found
+    state, name = found
+    seen = getattr(state, what)
+    if name not in seen:
+        return _error(404, f"Model '{name}' has not received a request since the last reset.",
+                      code="no_request")
+    return _json(seen[name])
+
+
+def _path_model(request: Request) -> tuple[SimState, str] | Response:
+    """The simulator's state and the configured model the path's `{name}` (or its alias) names, or
+    the 404 to answer when it names none."""
     state: SimState = request.app.state.sim
     name = state.resolve(request.path_params["name"])
     if name is None:
         return _unknown_model(state, request.path_params["name"])
-    if name not in state.last_headers:
-        return _error(404, f"Model '{name}' has not received a request since the last reset.",
-                      code="no_request")
-    return _json(state.last_headers[name])
+    return state, name
 
 
 def _unknown_model(state: SimState, name: str) -> Response:
@@ -1206,19 +1215,19 @@ def _validation_message(exc: ValidationError, prefix: str = "") -> str:
 
 
 async def get_model_settings(request: Request) -> Response:
-    state: SimState = request.app.state.sim
-    name = state.resolve(request.path_params["name"])
-    if name is None:
-        return _unknown_model(state, request.path_params["name"])
+    found = _path_model(request)
+    if isinstance(found, Response):
+        return found
+    state, name = found
     return _json(state.models[name].model_dump())
 
 
 async def put_model_settings(request: Request) -> Response:
     """Replace the given top-level keys of a model's settings, e.g. {"ttft_ms": 500}."""
-    state: SimState = request.app.state.sim
-    name = state.resolve(request.path_params["name"])
-    if name is None:
-        return _unknown_model(state, request.path_params["name"])
+    found = _path_model(request)
+    if isinstance(found, Response):
+        return found
+    state, name = found
     body = await _json_object(request)
     if isinstance(body, Response):
         return body
@@ -1232,10 +1241,10 @@ async def put_model_settings(request: Request) -> Response:
 
 async def put_faults(request: Request) -> Response:
     """Replace a model's faults block; keys left out become 0."""
-    state: SimState = request.app.state.sim
-    name = state.resolve(request.path_params["name"])
-    if name is None:
-        return _unknown_model(state, request.path_params["name"])
+    found = _path_model(request)
+    if isinstance(found, Response):
+        return found
+    state, name = found
     body = await _json_object(request)
     if isinstance(body, Response):
         return body
