@@ -600,7 +600,7 @@ class HybridLinUCBSelector(LinUCBSelector):
 
     def _base_estimator(self):
         feats = {m: self.model_features(m) for m in self.models}
-        return HybridRidge(self.features.dim, arm_features=feats, ridge=self.options.ridge,
+        return HybridRidge(self.features.dim, arm_features=feats, ridge=self.options.ridge, prior=self.options.prior,
                            default_arm_features=self.model_features("") if not feats else None)
 
 

@@ -229,18 +229,27 @@ class HybridRidge:
     `arm_features` maps each arm to a small vector describing it (for example [1, log price]); an
     arm without an entry gets `default_arm_features`. With arm features [1] for every arm, β is the
     pooled linear model shared by all arms and θₐ each arm's deviation from it.
+
+    `prior` works as in `DisjointRidge`, on the joint regression: the joint feature vector is
+    φ = [zₐ, x] (|φ|² = (1 + |armfeatures(a)|²)·|x|²), and the share of the prediction the data does
+    not support, λ·φᵀA⁻¹φ/|φ|², is credited at the prior. With no data at all every arm predicts
+    `prior`·|x|²; an arm never observed in a pool that has learned predicts the pooled zₐᵀβ plus the
+    prior on what the pool cannot tell about it (its own part, and any shared direction the other
+    arms did not cover). Without it a cold pool settles on the first arm whose reward came out above
+    0, however expensive.
     """
 
     kind = "hybrid"
 
     def __init__(self, dim: int, arm_features: Mapping[str, np.ndarray] | None = None,
-                 default_arm_features: np.ndarray | None = None, ridge: float = 1.0):
+                 default_arm_features: np.ndarray | None = None, ridge: float = 1.0, prior: float = 0.0):
         if dim < 1:
             raise ValueError("dim must be at least 1")
         if ridge <= 0:
             raise ValueError("ridge (λ) must be positive")
         self.dim = dim
         self.ridge = float(ridge)
+        self.prior = float(prior)
         self.arm_features = {a: np.asarray(v, dtype=np.float64).reshape(-1) for a, v in (arm_features or {}).items()}
         if default_arm_features is None:  # [1, 0, 0, …]: the pooled intercept only
             size = next(iter(self.arm_features.values())).size if self.arm_features else 1
@@ -352,6 +361,8 @@ class HybridRidge:
         return self._cache["beta"]  # type: ignore[return-value]
 
     def predict(self, arm: str, x: np.ndarray) -> tuple[float, float]:
+        """(zₐᵀβ + xᵀθₐ + prior·λ·φᵀA⁻¹φ/(1 + |armfeatures(a)|²), φᵀA⁻¹φ) with φ = [zₐ, x] (see the
+        class docstring for the prior)."""
         x = _as_vector(x, self.dim)
         if self._dirty:
             self._solve()
@@ -361,16 +372,22 @@ class HybridRidge:
         arm_state = self._cache["arms"].get(arm)  # type: ignore[union-attr]
         if arm_state is None:  # never observed: θ = 0, A = λI, B = 0
             mean = float(z @ beta)
-            var = float(z @ a0_inv @ z) + float(x @ x) / self.ridge
-            return mean, max(0.0, var)
+            var = max(0.0, float(z @ a0_inv @ z) + float(x @ x) / self.ridge)
+            return mean + self._prior_part(arm, var), var
         a_inv, xz, _, a_inv_b = arm_state
         theta = self._cache["theta"][arm]  # type: ignore[index]
         mean = float(z @ beta + x @ theta)
         a_inv_x = a_inv @ x
         cross = a_inv_b.T @ x  # Bᵀ A⁻¹ x  (k,)
-        var = (float(z @ a0_inv @ z) - 2.0 * float(z @ a0_inv @ cross) + float(x @ a_inv_x)
-               + float(cross @ a0_inv @ cross))
-        return mean, max(0.0, var)
+        var = max(0.0, float(z @ a0_inv @ z) - 2.0 * float(z @ a0_inv @ cross) + float(x @ a_inv_x)
+                  + float(cross @ a0_inv @ cross))
+        return mean + self._prior_part(arm, var), var
+
+    def _prior_part(self, arm: str, var: float) -> float:
+        if not self.prior:
+            return 0.0
+        features = self._features_of(arm)
+        return self.prior * self.ridge * var / (1.0 + float(features @ features))
 
     def predict_many(self, arms: Iterable[str], x: np.ndarray) -> dict[str, tuple[float, float]]:
         return {arm: self.predict(arm, x) for arm in arms}

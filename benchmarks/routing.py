@@ -652,7 +652,8 @@ class Learner:
             return
         if spec.kind == "hybrid_linucb":  # model features [1, log(1 + input + output price)] as the gateway
             self.arm_features = {m: np.array([1.0, math.log1p(float(pr[0] + pr[1]))]) for m, pr in zip(models, prices)}
-            self.estimator = HybridRidge(dim, arm_features=self.arm_features, ridge=ridge)
+            self.estimator = HybridRidge(dim, arm_features=self.arm_features, ridge=ridge,
+                                         prior=float(p.get("prior", DEFAULT_PRIOR)))
         else:
             self.estimator = DisjointRidge(dim, ridge=ridge, prior=float(p.get("prior", DEFAULT_PRIOR)))
         if spec.kind in ("linucb", "hybrid_linucb"):

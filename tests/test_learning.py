@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from sigroute.bandits.store import RedisStateStore
+from sigroute.policies.schema.algorithms import DEFAULT_PRIOR
 from conftest import GatewayProcess, base_policy, free_port
 
 LEARN = {"linucb": {"alpha": 0.2, "features": ["bias", "length", "shape"], "sync_interval_s": 0.05,
@@ -277,6 +278,7 @@ def test_every_contextual_algorithm_serves_and_learns(sim, gateway_factory):
         name = next(iter(algorithm))
         learner = gw.app.state.runtime.pipeline.selectors["learn"].learner("default")
         assert learner.estimator.total_count() == 12, name
+        assert learner.estimator.prior == DEFAULT_PRIOR, name   # every one starts optimistic, hybrid too
         assert seen <= {"alpha", "beta"}
 
 

@@ -162,6 +162,64 @@ def test_hybrid_equals_joint_ridge_regression():
     assert est.predict("c", x_new)[0] != 0.0  # a new model starts from the pooled estimate
 
 
+def test_a_hybrid_prior_credits_what_the_joint_regression_does_not_support():
+    rng = np.random.default_rng(5)
+    d, lam, prior = 4, 2.0, 0.75
+    arm_feats = {"a": np.array([1.0, 0.2]), "b": np.array([1.0, 2.5]), "c": np.array([1.0, 1.0])}
+    plain = HybridRidge(d, arm_features=arm_feats, ridge=lam)
+    primed = HybridRidge(d, arm_features=arm_feats, ridge=lam, prior=prior)
+    x = rng.normal(size=d)
+    x /= np.linalg.norm(x)
+    # nothing learned: every arm, whatever its features, scores the prior (plain ridge: 0)
+    for arm in arm_feats:
+        assert plain.predict(arm, x)[0] == 0.0
+        assert primed.predict(arm, x)[0] == pytest.approx(prior)
+        assert primed.predict(arm, x)[1] == pytest.approx(plain.predict(arm, x)[1])
+    # with data on a and b: plain mean + prior × λ·φᵀA⁻¹φ/|φ|² for each arm, c (never observed) too
+    for _ in range(40):
+        arm = "ab"[int(rng.integers(0, 2))]
+        z = rng.normal(size=d)
+        z /= np.linalg.norm(z)
+        r = float(rng.random())
+        plain.observe(arm, z, r)
+        primed.observe(arm, z, r)
+    for arm, feats in arm_feats.items():
+        (m0, v0), (m1, v1) = plain.predict(arm, x), primed.predict(arm, x)
+        assert v1 == pytest.approx(v0)
+        share = lam * v0 / (1.0 + float(feats @ feats))
+        assert 0 < share < 1 and m1 == pytest.approx(m0 + prior * share)
+    assert all(np.array_equal(plain.sums()[k], primed.sums()[k]) for k in "ab")   # nothing of it is stored
+    # many observations of b around x: the prior's share falls towards 0 and the data decides
+    for _ in range(3000):
+        z = x + 0.05 * rng.normal(size=d)
+        primed.observe("b", z / np.linalg.norm(z), 0.2)
+    mean, var = primed.predict("b", x)
+    assert lam * var / (1.0 + float(arm_feats["b"] @ arm_feats["b"])) < 0.01 and mean == pytest.approx(0.2, abs=0.02)
+
+
+def test_a_cold_hybrid_with_a_prior_does_not_settle_on_the_first_expensive_arm():
+    """Cold hybrid LinUCB with plain ridge tries the priciest arm first (its shared features make
+    its bonus the largest) and, its reward being above 0, keeps it: the shared price coefficient it
+    learned says price pays. With the prior the cheap, better arm is tried and wins."""
+    d = 2
+    feats = {"pricey": np.array([1.0, 3.0]), "cheap": np.array([1.0, 0.1])}
+    reward = {"pricey": 0.4, "cheap": 0.9}
+    picks = {}
+    for prior in (0.0, 0.75):
+        est = HybridRidge(d, arm_features=feats, ridge=1.0, prior=prior)
+        rule = LinUCBRule(est, alpha=0.1)
+        chosen = []
+        for i in range(60):
+            x = np.array([1.0, 0.3 * ((i % 3) - 1)])
+            x /= np.linalg.norm(x)
+            arm = rule.choose(x, list(feats)).arm
+            est.observe(arm, x, reward[arm])
+            chosen.append(arm)
+        picks[prior] = chosen
+    assert picks[0.0][0] == "pricey" and "cheap" not in picks[0.0], picks[0.0]
+    assert picks[0.75][-20:].count("cheap") == 20, picks[0.75]
+
+
 def test_hybrid_state_round_trips_and_merges():
     rng = np.random.default_rng(4)
     d = 3

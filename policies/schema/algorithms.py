@@ -172,15 +172,6 @@ class HybridLinUCBOptions(LinUCBOptions):
         ("bias", "price"), min_length=1,
         description="what describes a model to the shared part: bias = 1, price = log(1 + input + output price)")
 
-    prior: float = Field(0.0, ge=0, le=1, description="not used: a new model starts at the pooled prediction")
-
-    @model_validator(mode="after")
-    def _no_prior(self) -> "HybridLinUCBOptions":
-        if self.prior:
-            raise ValueError("'prior' is an option of linucb, thompson and epsilon_greedy: hybrid_linucb already "
-                             "starts a new model at what the shared part has learned of the pool")
-        return self
-
 
 class ThompsonOptions(_ContextualOptions):
     """Linear Thompson sampling: draw each model's reward from its posterior, pick the best draw."""
