@@ -16,6 +16,11 @@ REASK = json.dumps({"event": "reask", "quality": 0.0, "weight": 0.8})
 URLS = {"redis": "clean_redis_url", "cluster": "clean_cluster_url"}
 
 
+# what the stores do, not how fast: a just-flushed cluster node on 2 busy cores can take longer than
+# the request path's 0.5 s default
+PATIENT = {"socket_timeout": 5.0, "connect_timeout": 5.0}
+
+
 @pytest.fixture(params=["memory", "redis", "cluster"])
 async def pending_store(request):
     store = MemoryPendingStore() if request.param == "memory" else RedisPendingStore(
@@ -36,7 +41,7 @@ class Clock:
 async def served(request):
     clock = Clock()
     store = MemoryServedAnswers(clock=clock) if request.param == "memory" else RedisServedAnswers(
-        request.getfixturevalue(URLS[request.param]), clock=clock)
+        request.getfixturevalue(URLS[request.param]), clock=clock, **PATIENT)
     store.test_clock = clock
     yield store
     await store.aclose()
@@ -112,7 +117,7 @@ async def test_served_answer_keys_share_one_slot_per_user(clean_cluster_url):
     """Both keys of a user are written by one script: on a cluster they must hash to one slot."""
     from redis.crc import key_slot
 
-    store = RedisServedAnswers(clean_cluster_url)
+    store = RedisServedAnswers(clean_cluster_url, **PATIENT)
     try:
         who = user_key("acme", "alice")
         await store.remember(who, answer_hash("x"), {"request_id": "r"}, 60, 8)

@@ -69,6 +69,9 @@ def chat(gw, content: str, api_key: str = KEY):
     return gw.chat(content, api_key=api_key)
 
 
+PATIENT = {"socket_timeout": 5.0, "connect_timeout": 5.0}   # request-path stores, where speed is not tested
+
+
 def wait_for(condition, timeout_s: float = 30.0, what: str = "condition"):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -138,7 +141,8 @@ async def test_each_key_family_lives_in_the_slot_its_scripts_need(any_cluster):
     cluster = any_cluster
     url = cluster.url
     state, pending = RedisStateStore(url), RedisPendingStore(url)
-    docs, buckets = RedisDocumentStore(url), RedisRateLimitStore(url)
+    # (the request-path stores wait up to 5 s here: this test is about key slots, not a busy machine)
+    docs, buckets = RedisDocumentStore(url, **PATIENT), RedisRateLimitStore(url, **PATIENT)
     try:
         await state.add("t=acme/d=hard/s=1", {"m": np.ones(3)})
         await state.add("t=globex/d=hard/s=1", {"m": np.ones(3)})
@@ -175,7 +179,7 @@ async def test_each_key_family_lives_in_the_slot_its_scripts_need(any_cluster):
 
 async def test_a_rate_limit_bucket_on_the_cluster_refuses_past_its_burst_and_survives_a_script_flush(
         cluster, clean_cluster_url):
-    store = RedisRateLimitStore(clean_cluster_url)
+    store = RedisRateLimitStore(clean_cluster_url, **PATIENT)
     try:
         admitted = [await store.take("caller", 0.5, 5.0) for _ in range(5)]   # one token every 2 s
         wait = await store.take("caller", 0.5, 5.0)

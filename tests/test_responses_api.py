@@ -363,7 +363,9 @@ def store(request):
     if request.param == "memory":
         store = MemoryResponseStore(clock=ManualClock())
     else:
-        store = RedisResponseStore(request.getfixturevalue(SERVER_URLS[request.param]))
+        # what the store does, not how fast: a busy cluster node may take longer than the 0.5 s default
+        store = RedisResponseStore(request.getfixturevalue(SERVER_URLS[request.param]), socket_timeout=5.0,
+                                   connect_timeout=5.0)
     yield store
     asyncio.run(store.aclose())
 
